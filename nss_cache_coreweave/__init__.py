@@ -1,0 +1,16 @@
+"""CoreWeave IAM (SCIM 2.0) source for nsscache.
+
+Data flows one way, one module per stage:
+
+    config   nsscache.conf options -> one frozen Config
+    scim     HTTP: pagination, retries, page checks        (fetch)
+    snapshot one consistent set of users and groups per run
+    policy   allow-list, activity, validation              -> Directory
+    render   Directory -> nsscache maps
+    source   the nsscache Source adapter (name "coreweave")
+    cli      the operator's commands (update, check, preview)
+
+This file imports nothing so that the registration hook stays cheap.
+"""
+
+__version__ = "0.1.0"

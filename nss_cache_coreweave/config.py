@@ -1,0 +1,356 @@
+"""nsscache.conf options -> one frozen, validated Config.
+
+nsscache hands a source the ``coreweave_*`` options of a map with the prefix
+stripped (``coreweave_base_url`` -> ``base_url``), after its ``FixValue``
+turned numeric-looking strings into int/float. Every key, default and unit
+lives in ``KEYS`` below; README.md and conf/nsscache.conf mirror it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from dataclasses import dataclass
+from typing import Mapping, Optional, Tuple, Union
+
+from .errors import ConfigError
+
+__all__ = [
+    "KEYS",
+    "USER_EXTENSION",
+    "TOKEN_ENV_VARS",
+    "AttributePath",
+    "UserAttributes",
+    "GroupAttributes",
+    "Server",
+    "Config",
+    "parse",
+    "parse_path",
+]
+
+USER_EXTENSION = "urn:coreweave:params:scim:schemas:extension:coreweave:2.0:CoreWeaveUser"
+_EXT = USER_EXTENSION + ":"
+
+# Checked in this order after coreweave_token_file; coreweave_token is last.
+TOKEN_ENV_VARS = ("NSSCACHE_COREWEAVE_TOKEN", "NSSCACHE_SCIM_AUTH_TOKEN")
+
+# key (without the coreweave_ prefix) -> default; None = required or unset.
+KEYS: Mapping[str, object] = {
+    "base_url": None,
+    "users_endpoint": "Users",
+    "groups_endpoint": "Groups",
+    "token_file": None,
+    "token": None,
+    "groups": None,
+    "user_name_attribute": _EXT + "sunkPosixUsername",
+    "uid_attribute": _EXT + "sunkPosixUid",
+    "gid_attribute": _EXT + "sunkPosixGid",
+    "ssh_keys_attribute": _EXT + "sunkSshKeys",
+    "home_attribute": _EXT + "sunkHomeDirectory",
+    "shell_attribute": _EXT + "sunkLoginShell",
+    "gecos_attribute": "displayName, name.formatted",
+    "group_name_attribute": "sunkPosixGroupName, displayName",
+    "group_gid_attribute": "sunkPosixGid",
+    "home_directory": None,
+    "default_shell": "/bin/bash",
+    "min_uid": 1000,
+    "max_uid": 4294967294,
+    "min_gid": 1000,
+    "max_gid": 4294967294,
+    "page_size": 1000,
+    "pagination": "index",
+    "timeout": 30.0,
+    "retries": 3,
+    "ca_bundle": None,
+    "verify_tls": True,
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_CORE_SCHEMAS = (
+    "urn:ietf:params:scim:schemas:core:2.0:user",
+    "urn:ietf:params:scim:schemas:core:2.0:group",
+)
+_ID_LIMIT = 4294967294  # 2**32 - 2: (uid_t)-1 means "no change" to chown()
+
+
+@dataclass(frozen=True)
+class AttributePath:
+    """Where a value lives in a SCIM resource: an optional extension schema
+    URN (the top-level key holding the extension object) and the attribute
+    names below it."""
+
+    schema: Optional[str]
+    names: Tuple[str, ...]
+    text: str  # as configured, for messages
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class UserAttributes:
+    name: Tuple[AttributePath, ...]
+    uid: Tuple[AttributePath, ...]
+    gid: Tuple[AttributePath, ...]
+    ssh_keys: Tuple[AttributePath, ...]
+    home: Tuple[AttributePath, ...]
+    shell: Tuple[AttributePath, ...]
+    gecos: Tuple[AttributePath, ...]
+
+
+@dataclass(frozen=True)
+class GroupAttributes:
+    name: Tuple[AttributePath, ...]
+    gid: Tuple[AttributePath, ...]
+
+
+@dataclass(frozen=True)
+class Server:
+    """Everything needed to list Users and Groups."""
+
+    base_url: str
+    users_url: str
+    groups_url: str
+    token: str = dataclasses.field(repr=False)
+    page_size: int = 1000
+    pagination: str = "index"
+    timeout: float = 30.0
+    retries: int = 3
+    verify: Union[bool, str] = True  # requests' verify: a CA bundle path or a bool
+
+
+@dataclass(frozen=True)
+class Config:
+    server: Server
+    users: UserAttributes
+    groups: GroupAttributes
+    allowed_groups: Optional[Tuple[str, ...]]  # None means "*": every group
+    home_template: Optional[str]
+    default_shell: str
+    min_uid: int
+    max_uid: int
+    min_gid: int
+    max_gid: int
+    warnings: Tuple[str, ...] = ()
+
+
+def parse_path(text: str) -> AttributePath:
+    """Parse an attribute path in SCIM notation or SUNK's ``/`` notation.
+
+    >>> parse_path("urn:x:2.0:CoreWeaveUser:sunkSshKeys")
+    AttributePath(schema='urn:x:2.0:CoreWeaveUser', names=('sunkSshKeys',), text='urn:x:2.0:CoreWeaveUser:sunkSshKeys')
+    >>> parse_path("name.givenName").names
+    ('name', 'givenName')
+    >>> parse_path("urn:x:2.0:CoreWeaveUser/sunkSshKeys").schema
+    'urn:x:2.0:CoreWeaveUser'
+    """
+    text = text.strip()
+    if "/" in text:
+        head, *names = text.split("/")
+        schema = head if head.lower().startswith("urn:") else None
+        if schema is None:
+            names = [head, *names]
+    elif text.lower().startswith("urn:"):
+        # The URN itself holds ':' and '.' ("...:coreweave:2.0:..."), so
+        # split it off at the last ':' before treating '.' as a separator.
+        schema, _, attr = text.rpartition(":")
+        names = attr.split(".")
+    else:
+        schema, names = None, text.split(".")
+    if schema is not None and schema.lower() in _CORE_SCHEMAS:
+        schema = None  # core attributes are top level in the JSON body
+    if not names or not all(names) or (schema is not None and not schema[4:].strip(":")):
+        raise ConfigError(f"attribute path {text!r} is malformed")
+    return AttributePath(schema, tuple(names), text)
+
+
+def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ) -> Config:
+    """Build a Config from a map's prefix-stripped options.
+
+    Every problem is collected and reported in one ConfigError.
+    """
+    problems = []
+    warnings = []
+    opts = {k: v for k, v in options.items() if k != "name"}
+    for key in sorted(set(opts) - set(KEYS)):
+        warnings.append(f"unknown option coreweave_{key} is ignored (a typo?)")
+
+    def get(key):
+        value = opts.get(key)
+        if isinstance(value, str):
+            value = value.strip()
+            if value == "":
+                value = None
+        return KEYS[key] if value is None else value
+
+    def number(key, kind, low, high):
+        value = get(key)
+        try:
+            if isinstance(value, bool) or value is None:
+                raise ValueError
+            result = kind(value)
+            if kind is int and result != float(value):
+                raise ValueError
+        except (TypeError, ValueError):
+            problems.append(f"coreweave_{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+            return kind(KEYS[key])
+        if not low <= result <= high:
+            problems.append(f"coreweave_{key} must be between {low} and {high}, got {result}")
+        return result
+
+    def boolean(key):
+        value = get(key)
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        problems.append(f"coreweave_{key} must be true or false, got {value!r}")
+        return bool(KEYS[key])
+
+    def paths(key):
+        try:
+            return tuple(parse_path(p) for p in str(get(key)).split(",") if p.strip())
+        except ConfigError as e:
+            problems.append(f"coreweave_{key}: {e}")
+            return ()
+
+    base_url = get("base_url")
+    if base_url is None:
+        problems.append("coreweave_base_url is required (the SCIM base URL, e.g. https://api.coreweave.com/scim/<org-id>)")
+        base_url = ""
+    base_url = str(base_url).rstrip("/")
+    if base_url and not base_url.startswith(("https://", "http://")):
+        problems.append(f"coreweave_base_url must start with https:// (or http:// for a loopback test server), got {base_url!r}")
+
+    groups = get("groups")
+    if groups is None:
+        problems.append("coreweave_groups is required: the POSIX groups whose members may log in, comma-separated, or *")
+        allowed = ()
+    elif str(groups).strip() == "*":
+        allowed = None
+    else:
+        allowed = tuple(dict.fromkeys(g.strip() for g in str(groups).split(",") if g.strip()))
+        if not allowed:
+            problems.append("coreweave_groups names no group")
+
+    pagination = str(get("pagination")).lower()
+    if pagination not in ("index", "cursor"):
+        problems.append(f"coreweave_pagination must be index or cursor, got {pagination!r}")
+
+    verify: Union[bool, str] = boolean("verify_tls")
+    ca_bundle = get("ca_bundle")
+    if ca_bundle is not None:
+        ca_bundle = str(ca_bundle)
+        if not os.path.isabs(ca_bundle):
+            problems.append(f"coreweave_ca_bundle must be an absolute path, got {ca_bundle!r}")
+        elif verify:
+            verify = ca_bundle
+
+    default_shell = str(get("default_shell"))
+    if not default_shell.startswith("/"):
+        problems.append(f"coreweave_default_shell must be an absolute path, got {default_shell!r}")
+
+    home_template = get("home_directory")
+    if home_template is not None:
+        home_template = str(home_template)
+        if not home_template.startswith("/"):
+            problems.append(f"coreweave_home_directory must be an absolute path template (%%u = username), got {home_template!r}")
+
+    token = _read_token(opts, environ, problems, warnings)
+
+    def endpoint(key):
+        return base_url + "/" + str(get(key)).strip("/")
+
+    server = Server(
+        base_url=base_url,
+        users_url=endpoint("users_endpoint"),
+        groups_url=endpoint("groups_endpoint"),
+        token=token,
+        page_size=number("page_size", int, 1, 10000),
+        pagination=pagination,
+        timeout=number("timeout", float, 0.1, 3600),
+        retries=number("retries", int, 0, 10),
+        verify=verify,
+    )
+    users = UserAttributes(
+        name=paths("user_name_attribute"),
+        uid=paths("uid_attribute"),
+        gid=paths("gid_attribute"),
+        ssh_keys=paths("ssh_keys_attribute"),
+        home=paths("home_attribute"),
+        shell=paths("shell_attribute"),
+        gecos=paths("gecos_attribute"),
+    )
+    group_attrs = GroupAttributes(name=paths("group_name_attribute"), gid=paths("group_gid_attribute"))
+    min_uid = number("min_uid", int, 1, _ID_LIMIT)
+    max_uid = number("max_uid", int, 1, _ID_LIMIT)
+    min_gid = number("min_gid", int, 1, _ID_LIMIT)
+    max_gid = number("max_gid", int, 1, _ID_LIMIT)
+    if min_uid > max_uid or min_gid > max_gid:
+        problems.append("coreweave_min_uid/min_gid must not exceed coreweave_max_uid/max_gid")
+    for key, value in (("user_name_attribute", users.name), ("uid_attribute", users.uid), ("gid_attribute", users.gid)):
+        if not value:
+            problems.append(f"coreweave_{key} must name an attribute")
+    if not group_attrs.name or not group_attrs.gid:
+        problems.append("coreweave_group_name_attribute and coreweave_group_gid_attribute must name an attribute")
+
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+    return Config(
+        server=server,
+        users=users,
+        groups=group_attrs,
+        allowed_groups=allowed,
+        home_template=home_template,
+        default_shell=default_shell,
+        min_uid=min_uid,
+        max_uid=max_uid,
+        min_gid=min_gid,
+        max_gid=max_gid,
+        warnings=tuple(warnings),
+    )
+
+
+def _read_token(opts, environ, problems, warnings) -> str:
+    """First found wins: token file, env vars, inline option."""
+    path = opts.get("token_file")
+    if path not in (None, ""):
+        path = str(path)
+        if not os.path.isabs(path):
+            # nsscache runs sources from a temporary working directory.
+            problems.append(f"coreweave_token_file must be an absolute path, got {path!r}")
+            return ""
+        try:
+            with open(path, encoding="utf-8") as f:
+                mode = os.fstat(f.fileno()).st_mode
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            problems.append(f"coreweave_token_file {path!r} cannot be read: {getattr(e, 'strerror', None) or type(e).__name__}")
+            return ""
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            warnings.append(f"coreweave_token_file {path!r} is readable by group or others: chmod 600 it")
+        source = f"coreweave_token_file {path!r}"
+    else:
+        for var in TOKEN_ENV_VARS:
+            if environ.get(var, "").strip():
+                token, source = environ[var].strip(), f"environment variable {var}"
+                break
+        else:
+            inline = opts.get("token")
+            if inline in (None, ""):
+                problems.append(
+                    "no bearer token: set coreweave_token_file (recommended), "
+                    "or NSSCACHE_COREWEAVE_TOKEN / NSSCACHE_SCIM_AUTH_TOKEN in the environment"
+                )
+                return ""
+            warnings.append("coreweave_token is set inline in a world-readable nsscache.conf: use coreweave_token_file")
+            token, source = str(inline).strip(), "coreweave_token"
+    if not token:
+        problems.append(f"the bearer token from {source} is empty")
+    elif not all(0x21 <= ord(c) <= 0x7E for c in token):
+        # Checked here so that requests never echoes the header value in an error.
+        problems.append(f"the bearer token from {source} contains spaces or non-printable characters")
+    return token

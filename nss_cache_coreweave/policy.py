@@ -1,0 +1,255 @@
+"""Policy: decide who and what reaches the node, and say why for the rest.
+
+Only active members of the allowed groups become accounts; every field is
+checked here, so render can trust what it is given. A bad entry is dropped
+(with a Drop saying why), never rewritten into something else, except GECOS,
+which is cleaned because it is free text.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from . import sshkeys
+from .config import Config
+from .snapshot import GroupRecord, Snapshot, UserRecord
+
+__all__ = ["Account", "PosixGroup", "Drop", "Directory", "decide", "POSIX_NAME"]
+
+# POSIX portable names: lower-case letters, digits, '_', '-', '.', not
+# starting with '-', at most 32 characters (utmp's limit).
+POSIX_NAME = re.compile(r"[a-z0-9_.][a-z0-9_.-]{0,31}", re.ASCII)
+NOBODY = 65534
+_GECOS_MAX = 255
+_PATH_BAD = re.compile(r"[\x00-\x1f\x7f:,]")
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+    gecos: str
+    home: str
+    shell: str
+    keys: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PosixGroup:
+    name: str
+    gid: int
+    members: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Drop:
+    """An entry (or part of one) that does not reach the caches, and why."""
+
+    kind: str  # "user", "group", "member" or "key"
+    who: str  # the POSIX name where known, else the SCIM id
+    reason: str
+    expected: bool = False  # e.g. an inactive user: logged quietly
+
+    def __str__(self) -> str:
+        return f"dropped {self.kind} {self.who}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Directory:
+    """What the maps are rendered from: accepted entries, sorted by name."""
+
+    accounts: Tuple[Account, ...]
+    groups: Tuple[PosixGroup, ...]
+    drops: Tuple[Drop, ...]
+    missing_groups: Tuple[str, ...]  # allowed groups the directory lacks
+
+
+def decide(snapshot: Snapshot, config: Config) -> Directory:
+    drops: List[Drop] = []
+    groups = _allowed_groups(snapshot.groups, config, drops)
+    found = {g.name for g in groups}
+    missing = tuple(n for n in (config.allowed_groups or ()) if n not in found)
+
+    users_by_id = {u.id: u for u in snapshot.users}
+    member_ids: Dict[str, None] = {}
+    for group in groups:
+        for member in group.members:
+            if member.type not in (None, "User"):
+                drops.append(Drop("member", f"{group.name}/{member.value}", f"is a {member.type!r}, not a User (nested groups are not supported)"))
+            elif not isinstance(member.value, str) or member.value not in users_by_id:
+                drops.append(Drop("member", f"{group.name}/{member.value}", "does not resolve to any listed user"))
+            else:
+                member_ids[member.value] = None
+
+    accounts = {}
+    for user_id in member_ids:
+        account = _account(users_by_id[user_id], config, drops)
+        if account is not None:
+            accounts[user_id] = account
+    accounts = _without_duplicates(accounts, ("name", "uid"), "user", drops)
+
+    posix_groups = []
+    for group in groups:
+        names = sorted({accounts[m.value].name for m in group.members if m.value in accounts})
+        posix_groups.append(PosixGroup(group.name, group.gid, tuple(names)))
+
+    return Directory(
+        accounts=tuple(sorted(accounts.values(), key=lambda a: a.name)),
+        groups=tuple(sorted(posix_groups, key=lambda g: g.name)),
+        drops=tuple(drops),
+        missing_groups=missing,
+    )
+
+
+@dataclass(frozen=True)
+class _Group:
+    name: str
+    gid: int
+    members: tuple
+
+
+def _allowed_groups(records: Tuple[GroupRecord, ...], config: Config, drops: List[Drop]) -> List[_Group]:
+    allowed = None if config.allowed_groups is None else set(config.allowed_groups)
+    chosen = {}
+    for record in records:
+        name = record.name
+        if allowed is not None and name not in allowed:
+            continue  # exact match on the POSIX group name; others are not ours
+        who = name if isinstance(name, str) and POSIX_NAME.fullmatch(name) else f"id {record.id}"
+        problem = _name_problem(name) or _id_problem(record.gid, "gid", config.min_gid, config.max_gid)
+        if problem:
+            drops.append(Drop("group", who, problem))
+            continue
+        chosen[record.id] = _Group(name, _as_int(record.gid), record.members)
+    return list(_without_duplicates(chosen, ("name", "gid"), "group", drops).values())
+
+
+def _account(user: UserRecord, config: Config, drops: List[Drop]) -> Optional[Account]:
+    name = user.name
+    who = name if isinstance(name, str) and POSIX_NAME.fullmatch(name) else f"id {user.id}"
+    if user.active is False:
+        drops.append(Drop("user", who, "is inactive", expected=True))
+        return None
+    if user.active is not True:
+        drops.append(Drop("user", who, f"active is {user.active!r}, not a boolean"))
+        return None
+    problem = (
+        _name_problem(name)
+        or _id_problem(user.uid, "uid", config.min_uid, config.max_uid)
+        or _id_problem(user.gid, "gid", config.min_gid, config.max_gid)
+    )
+    if problem:
+        drops.append(Drop("user", who, problem))
+        return None
+    home = config.home_template.replace("%u", name) if config.home_template else user.home
+    if home is None:
+        home = f"/home/{name}"
+    if not _clean_path(home):
+        drops.append(Drop("user", who, f"home directory {_show(home)} is not an absolute, normalised path"))
+        return None
+    shell = user.shell if _clean_path(user.shell) else config.default_shell
+    return Account(
+        name=name,
+        uid=_as_int(user.uid),
+        gid=_as_int(user.gid),
+        gecos=_clean_gecos(user.gecos),
+        home=home,
+        shell=shell,
+        keys=_keys(name, user.ssh_keys, drops),
+    )
+
+
+def _keys(name: str, raw, drops: List[Drop]) -> Tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [raw]  # a single key sent as a bare string
+    if not isinstance(raw, list):
+        drops.append(Drop("key", name, f"the SSH keys attribute is a JSON {type(raw).__name__}, not a list"))
+        return ()
+    keys: Dict[str, None] = {}
+    for position, line in enumerate(raw, 1):
+        try:
+            key = sshkeys.normalise(line)
+        except sshkeys.InvalidKey as e:
+            drops.append(Drop("key", name, f"key {position} {e}"))
+            continue
+        keys.setdefault(key, None)
+    return tuple(keys)
+
+
+def _without_duplicates(entries: dict, fields: Tuple[str, ...], kind: str, drops: List[Drop]) -> dict:
+    """Drop every party to a name or id clash: never "last one wins"."""
+    clashing = set()
+    for field in fields:
+        counts = Counter(getattr(e, field) for e in entries.values())
+        for key, entry in entries.items():
+            value = getattr(entry, field)
+            if counts[value] > 1:
+                clashing.add(key)
+                others = sorted(e.name for k, e in entries.items() if getattr(e, field) == value)
+                drops.append(Drop(kind, entry.name, f"{field} {value} is shared by {', '.join(others)}"))
+    return {k: e for k, e in entries.items() if k not in clashing}
+
+
+def _name_problem(name) -> Optional[str]:
+    if not isinstance(name, str):
+        return "has no POSIX name" if name is None else f"name is a JSON {type(name).__name__}, not a string"
+    if not POSIX_NAME.fullmatch(name) or name.isdigit() or name in (".", ".."):
+        return f"name {_show(name)} is not a POSIX portable name (a-z 0-9 _ . -, at most 32, lower-case)"
+    return None
+
+
+def _id_problem(value, field: str, low: int, high: int) -> Optional[str]:
+    number = _as_int(value)
+    if number is None:
+        return f"{field} {_show(value)} is missing or not an integer"
+    if number == 0:
+        return f"{field} 0 (root) is never accepted"
+    if number == NOBODY:
+        return f"{field} {NOBODY} (nobody) is never accepted"
+    if not low <= number <= high:
+        return f"{field} {number} is outside [{low}, {high}]"
+    return None
+
+
+def _as_int(value) -> Optional[int]:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
+        return int(value)
+    return None
+
+
+def _clean_path(path) -> bool:
+    return (
+        isinstance(path, str)
+        and path.startswith("/")
+        and not _PATH_BAD.search(path)
+        and posixpath.normpath(path) == path
+        and "/../" not in path + "/"
+        and not path.startswith("//")
+    )
+
+
+def _clean_gecos(value) -> str:
+    """Free text for passwd's 5th field: ASCII (nsscache's index offsets
+    count characters, not bytes), without ':' or control characters."""
+    if not isinstance(value, str):
+        return ""
+    ascii_text = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode("ascii")
+    cleaned = "".join(c for c in ascii_text if c.isprintable() and c != ":")
+    return " ".join(cleaned.split())[:_GECOS_MAX]
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

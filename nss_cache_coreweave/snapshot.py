@@ -1,0 +1,144 @@
+"""Snapshot: one consistent set of users and groups per run.
+
+Users and Groups are each listed once; only the fields the maps need are
+kept (raw JSON values, not yet validated: that is policy's job).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple
+
+from . import scim
+from .config import AttributePath, Config
+
+__all__ = ["UserRecord", "Member", "GroupRecord", "Snapshot", "take", "resolve"]
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: str
+    active: Any
+    name: Any
+    uid: Any
+    gid: Any
+    gecos: Any
+    home: Any
+    shell: Any
+    ssh_keys: Any
+
+
+@dataclass(frozen=True)
+class Member:
+    value: Optional[str]  # the member's resource id
+    type: Any  # "User", "Group" or absent
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    id: str
+    name: Any
+    gid: Any
+    members: Tuple[Member, ...]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    users: Tuple[UserRecord, ...]
+    groups: Tuple[GroupRecord, ...]
+    fetched_at: float  # time.time() when the listing started
+
+
+def take(config: Config, *, session=None, sleep=time.sleep) -> Snapshot:
+    """List Users and Groups once each.
+
+    :raises FetchError, ListingError: see scim.list_resources.
+    """
+    started = time.time()
+    own_session = session is None
+    if own_session:
+        session = scim.new_session(config.server)
+    try:
+        users = scim.list_resources(
+            session, config.server, config.server.users_url, "Users",
+            lambda r: _user(r, config), _id, sleep=sleep,
+        )
+        groups = scim.list_resources(
+            session, config.server, config.server.groups_url, "Groups",
+            lambda r: _group(r, config), _id, sleep=sleep,
+        )
+    finally:
+        if own_session:
+            session.close()
+    return Snapshot(tuple(users), tuple(groups), started)
+
+
+def _id(record) -> str:
+    return record.id
+
+
+def resolve(resource: dict, paths: Sequence[AttributePath]) -> Any:
+    """The first present, non-empty value among ``paths`` (None if none).
+
+    Attribute names are matched exactly, then case-insensitively as
+    RFC 7643 §2.1 asks.
+    """
+    for path in paths:
+        node: Any = resource
+        steps = ((path.schema,) if path.schema else ()) + path.names
+        for step in steps:
+            node = _child(node, step)
+            if node is _MISSING:
+                break
+        if node is not _MISSING and node is not None and node != "" and node != []:
+            return node
+    return None
+
+
+def _child(node: Any, name: str) -> Any:
+    if not isinstance(node, dict):
+        return _MISSING
+    if name in node:
+        return node[name]
+    lowered = name.lower()
+    for key, value in node.items():
+        if isinstance(key, str) and key.lower() == lowered:
+            return value
+    return _MISSING
+
+
+def _user(resource: dict, config: Config) -> UserRecord:
+    attrs = config.users
+    return UserRecord(
+        id=resource["id"],
+        active=resource.get("active", True),  # absent: policy treats as active
+        name=resolve(resource, attrs.name),
+        uid=resolve(resource, attrs.uid),
+        gid=resolve(resource, attrs.gid),
+        gecos=resolve(resource, attrs.gecos),
+        home=resolve(resource, attrs.home),
+        shell=resolve(resource, attrs.shell),
+        ssh_keys=resolve(resource, attrs.ssh_keys),
+    )
+
+
+def _group(resource: dict, config: Config) -> GroupRecord:
+    members = resource.get("members") or []
+    if not isinstance(members, list):
+        members = []
+    return GroupRecord(
+        id=resource["id"],
+        name=resolve(resource, config.groups.name),
+        gid=resolve(resource, config.groups.gid),
+        members=tuple(_member(m) for m in members if isinstance(m, dict)),
+    )
+
+
+def _member(item: dict) -> Member:
+    value = item.get("value")
+    if not value and isinstance(item.get("$ref"), str):
+        value = item["$ref"].rstrip("/").rpartition("/")[2]
+    return Member(value=value if isinstance(value, str) else None, type=item.get("type"))
