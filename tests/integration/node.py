@@ -1,0 +1,77 @@
+"""A login node in a temporary directory: nsscache.conf, token file, cache
+and state directories, and the commands an operator or cron runs."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict
+
+TOKEN = "cw-test-token-4f1c9a"
+MAPS = ("passwd", "group", "shadow", "sshkey")
+
+
+@dataclass
+class Node:
+    root: Path
+    bin: Path  # the venv's bin directory: nsscache and nsscache-coreweave
+
+    def __post_init__(self):
+        for sub in ("cache", "state"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.token_file.write_text(TOKEN + "\n")
+        self.token_file.chmod(0o600)
+
+    @property
+    def token_file(self) -> Path:
+        return self.root / "token"
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "nsscache.conf"
+
+    def configure(self, base_url: str, extra: str = "", maps: str = ", ".join(MAPS)) -> Path:
+        self.conf.write_text(
+            "[DEFAULT]\n"
+            "source = coreweave\n"
+            "cache = files\n"
+            f"maps = {maps}\n"
+            f"timestamp_dir = {self.root / 'state'}\n"
+            f"lockfile = {self.root / 'nsscache.lock'}\n"
+            f"files_dir = {self.root / 'cache'}\n"
+            "files_cache_filename_suffix = cache\n"
+            f"coreweave_base_url = {base_url}\n"
+            f"coreweave_token_file = {self.token_file}\n"
+            "coreweave_groups = slurm-users, slurm-admins\n"
+            "coreweave_home_directory = /mnt/home/%%u\n" + extra
+        )
+        return self.conf
+
+    def run(self, command: str, *args: str) -> subprocess.CompletedProcess:
+        """Run ``nsscache`` or ``nsscache-coreweave`` with ``-c`` this node's
+        conf. stdin is a terminal so that nsscache logs to stderr instead of
+        syslog (there is no /dev/log here)."""
+        primary, secondary = pty.openpty()
+        try:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("NSSCACHE_")}
+            return subprocess.run(
+                [str(self.bin / command), "-c", str(self.conf), *args],
+                stdin=secondary, capture_output=True, text=True, env=env, timeout=120,
+            )
+        finally:
+            os.close(primary)
+            os.close(secondary)
+
+    def cache(self, name: str) -> str:
+        return (self.root / "cache" / f"{name}.cache").read_text()
+
+    def files(self) -> Dict[str, bytes]:
+        """Every cache, index and timestamp file, byte for byte."""
+        return {
+            str(p.relative_to(self.root)): p.read_bytes()
+            for p in sorted(self.root.glob("*/*"))
+            if p.is_file()
+        }

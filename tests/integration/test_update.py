@@ -1,0 +1,197 @@
+"""The whole chain against the real nsscache 0.49: the project's wheel,
+installed non-editably into a fresh venv beside nsscache, the stock
+``nsscache update`` (and ``nsscache-coreweave``) run as subprocesses against
+a real HTTP server on loopback (tests/fakeiam.py), exact cache contents."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
+from fakeiam import FakeIAM, Fault  # noqa: E402
+from node import MAPS, TOKEN, Node  # noqa: E402
+
+EXT = "urn:coreweave:params:scim:schemas:extension:coreweave:2.0:CoreWeaveUser"
+
+
+def keys_of(org, name):
+    user = next(u for u in org["Users"] if u[EXT]["sunkPosixUsername"] == name)
+    return user[EXT]["sunkSshKeys"]
+
+
+@pytest.fixture
+def iam(demo_org):
+    with FakeIAM(demo_org, token=TOKEN) as server:
+        yield server
+
+
+@pytest.fixture
+def node(tmp_path, installed_venv, iam):
+    n = Node(tmp_path / "node", installed_venv.python.parent)
+    n.configure(iam.base_url)
+    return n
+
+
+def expected_caches(org):
+    alice, bob, frank = keys_of(org, "alice"), keys_of(org, "bob"), keys_of(org, "frank")
+    return {
+        "passwd": (
+            "alice:x:20001:20001:Alice Smith:/mnt/home/alice:/bin/bash\n"
+            "bob:x:20002:20002:Bob Jones:/mnt/home/bob:/bin/zsh\n"
+            "erin:x:20005:20005:Erin Garcia:/mnt/home/erin:/bin/bash\n"
+            "frank:x:20006:20006:Frank Miller:/mnt/home/frank:/bin/bash\n"
+        ),
+        "group": "slurm-admins:x:30002:alice\nslurm-users:x:30001:alice,bob,erin,frank\n",
+        "shadow": "alice:*:::::::\nbob:*:::::::\nerin:*:::::::\nfrank:*:::::::\n",
+        # frank's second key is garbage: dropped, his valid key stays.
+        "sshkey": f"alice:{[alice[0], alice[1]]!r}\nbob:{[bob[0]]!r}\nfrank:{[frank[0]]!r}\n",
+    }
+
+
+def test_stock_nsscache_writes_exact_caches(node, iam, demo_org):
+    result = node.run("nsscache", "update", "--full")
+
+    assert result.returncode == 0, result.stderr
+    for name, content in expected_caches(demo_org).items():
+        assert node.cache(name) == content, name
+    assert "dropped key frank: key 2 does not decode as a ssh-ed25519 key" in result.stderr
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def test_four_maps_make_one_users_pass_and_one_groups_pass(node, iam):
+    node.configure(iam.base_url, "coreweave_page_size = 2\n")
+
+    assert node.run("nsscache", "update", "--full").returncode == 0
+
+    # 6 users and 3 groups at 2 per page: 3 + 2 requests for all four maps.
+    assert [r.target for r in iam.requests("Users")] == [
+        f"/scim/cw-demo/Users?startIndex={i}&count=2" for i in (1, 3, 5)
+    ]
+    assert [r.target for r in iam.requests("Groups")] == [
+        f"/scim/cw-demo/Groups?startIndex={i}&count=2" for i in (1, 3)
+    ]
+
+
+def test_cursor_pagination_writes_the_same_caches(node, iam, demo_org):
+    node.configure(iam.base_url, "coreweave_pagination = cursor\ncoreweave_page_size = 4\n")
+
+    assert node.run("nsscache", "update", "--full").returncode == 0
+
+    for name, content in expected_caches(demo_org).items():
+        assert node.cache(name) == content, name
+    assert iam.request_count("Users") == 2 and iam.request_count("Groups") == 1
+
+
+def test_inactive_and_outside_users_never_reach_any_cache(node, iam):
+    assert node.run("nsscache", "update", "--full").returncode == 0
+
+    for name in MAPS:
+        text = node.cache(name)
+        assert "dave" not in text and "carol" not in text and "other-team" not in text, name
+
+
+def test_removed_user_disappears_at_the_next_run(node, iam, demo_org):
+    assert node.run("nsscache", "update", "--full").returncode == 0
+    slurm_users = next(g for g in demo_org["Groups"] if g["sunkPosixGroupName"] == "slurm-users")
+    bob_id = next(u["id"] for u in demo_org["Users"] if u[EXT]["sunkPosixUsername"] == "bob")
+    slurm_users["members"] = [m for m in slurm_users["members"] if m["value"] != bob_id]
+    iam.set_org(demo_org)
+
+    # A plain `update` (what cron runs) is a full write: no modify timestamp.
+    assert node.run("nsscache", "update").returncode == 0
+
+    assert all("bob" not in node.cache(name) for name in MAPS)
+    assert not (node.root / "state" / "timestamp-passwd-modify").exists()
+
+
+@pytest.mark.parametrize(
+    "fault, status",
+    [
+        pytest.param(Fault.error("Users", page=2, status=503, times=None), 75, id="server-down-mid-listing"),
+        pytest.param(Fault.error("Groups", page=1, status=401, times=None), 75, id="token-refused"),
+        pytest.param(Fault.wrong_total("Users", page=2, total=99), 4, id="total-changes-mid-listing"),
+        pytest.param(Fault.not_json("Users", page=3), 4, id="proxy-error-page"),
+        pytest.param(Fault.empty_page("Users", page=2), 4, id="empty-page-before-total"),
+    ],
+)
+def test_failed_run_leaves_every_cache_byte_identical(node, iam, fault, status):
+    node.configure(iam.base_url, "coreweave_page_size = 2\ncoreweave_retries = 0\n")
+    assert node.run("nsscache", "update", "--full").returncode == 0
+    before = node.files()
+    iam.add_fault(fault)
+
+    result = node.run("nsscache", "update", "--full")
+
+    # SourceUnavailable stops nsscache at once (75, EX_TEMPFAIL); InvalidMap
+    # fails each of the four maps (+1 each).
+    assert result.returncode == status, result.stderr
+    assert node.files() == before
+    assert iam.request_count("Users") == (3 + 3 if fault.endpoint == "Groups" else 3 + fault.page)
+
+
+def test_nsscache_coreweave_update_exit_status_is_truthful(node, iam):
+    # passwd's own coreweave_groups names a group without members: nsscache
+    # refuses the empty map, then group and shadow succeed and overwrite its
+    # exit status with 0 (upstream bug). Our command reports the failure.
+    node.configure(iam.base_url, "[passwd]\ncoreweave_groups = no-such-group\n", maps="passwd, group")
+
+    stock = node.run("nsscache", "update", "--full")
+    ours = node.run("nsscache-coreweave", "update")
+
+    assert stock.returncode == 0
+    assert ours.returncode == 1
+    assert "not updated this run: passwd" in ours.stderr
+
+
+def test_nsscache_coreweave_update_writes_the_caches(node, iam, demo_org):
+    result = node.run("nsscache-coreweave", "update")
+
+    assert result.returncode == 0, result.stderr
+    for name, content in expected_caches(demo_org).items():
+        assert node.cache(name) == content, name
+
+
+def test_preview_prints_map_lines_and_touches_no_cache(node, iam, demo_org):
+    result = node.run("nsscache-coreweave", "preview", "group")
+
+    assert (result.returncode, result.stdout) == (0, expected_caches(demo_org)["group"])
+    assert node.files() == {}
+
+
+def test_check_reports_counts_attributes_and_drops(node, iam):
+    result = node.run("nsscache-coreweave", "check")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "listed: 6 users, 3 groups (token accepted)" in lines
+    assert "would write: 4 users, 2 groups, 4 SSH keys" in lines
+    assert "dropped user dave: is inactive" in lines
+    assert "dropped key frank: key 2 does not decode as a ssh-ed25519 key (Invalid format)" in lines
+    assert f"attribute users.uid ({EXT}:sunkPosixUid): present on 6 of 6" in lines
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def test_check_names_a_misspelt_attribute_and_fails(node, iam):
+    node.configure(iam.base_url, f"coreweave_uid_attribute = {EXT}:sunkPosixUID_typo\n")
+
+    result = node.run("nsscache-coreweave", "check")
+
+    assert result.returncode == 1
+    assert (
+        f"problem: no user carries {EXT}:sunkPosixUID_typo: check the attribute name (see check --sample)"
+        in result.stdout.splitlines()
+    )
+
+
+def test_check_reports_a_refused_token(node, iam):
+    node.token_file.write_text("wrong-token\n")
+
+    result = node.run("nsscache-coreweave", "check")
+
+    assert result.returncode == 75
+    assert "HTTP 401" in result.stdout and "check the bearer token" in result.stdout
+    assert "wrong-token" not in result.stdout + result.stderr
