@@ -1,0 +1,700 @@
+"""A small CoreWeave-IAM-like SCIM 2.0 server for tests, the demo and benchmarks.
+
+Stdlib only. It serves ``GET <prefix>/Users`` and ``GET <prefix>/Groups`` from an
+organisation given as ``{"Users": [...], "Groups": [...]}`` (SCIM resources, as
+CoreWeave IAM returns them), with both pagination modes of
+``docs/coreweave-iam-scim.md`` §3:
+
+* index (RFC 7644 §3.4.2.4): ``startIndex`` (1-based, default 1) and ``count``
+  (default :data:`DEFAULT_COUNT`); the ListResponse carries ``schemas``,
+  ``totalResults``, ``itemsPerPage``, ``startIndex`` and ``Resources``;
+* cursor (RFC 9865): a request carrying a ``cursor`` parameter (empty on the first
+  request) gets ``totalResults``, ``itemsPerPage``, ``Resources`` and, only while
+  more remain, ``nextCursor``. A cursor this server did not issue gets a 400 with
+  ``scimType`` ``invalidCursor``; after :meth:`FakeIAM.invalidate_cursors` the
+  issued ones get ``invalidCursor`` or ``expiredCursor``.
+
+Filters (``filter=``, ``groups=``, ``attributes=``) are recorded but ignored: every
+page holds every resource, as a server that does not honour them would answer.
+
+Python use::
+
+    with FakeIAM(org, token="t0ken") as iam:
+        iam.add_fault(Fault("Users", page=2, status=500))
+        run_client(iam.base_url, token="t0ken")
+        assert iam.request_count("Users") == 3
+        assert [r.target for r in iam.requests("Users")][0] == "/scim/cw-demo/Users?startIndex=1&count=100"
+
+Faults are plain values (:class:`Fault`) matched, in the order added, against the
+endpoint and the page number a request asks for; each fires ``times`` times.
+
+Command line (the demo)::
+
+    python tests/fakeiam.py --org demo/org.json --token-file PATH --port 0 --port-file PATH
+
+writes the port to ``--port-file`` once listening, then prints one
+``fakeiam: serving N users, M groups at <base_url> ...`` line to stderr (wait for
+that line, or for the port file), logs one line per request to stderr (never the
+token) and serves until SIGTERM or SIGINT (exit status 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import hmac
+import http.server
+import json
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO, Union
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = [
+    "DEFAULT_COUNT",
+    "DEFAULT_PREFIX",
+    "ENDPOINTS",
+    "FakeIAM",
+    "Fault",
+    "RecordedRequest",
+    "load_org",
+    "main",
+]
+
+DEFAULT_PREFIX = "/scim/cw-demo"
+DEFAULT_COUNT = 100
+ENDPOINTS = ("Users", "Groups")
+
+LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
+ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
+SCIM_JSON = "application/scim+json"
+
+Body = Union[bytes, str, dict, list, Callable[[dict], Any], None]
+
+
+@dataclass
+class Fault:
+    """What to do instead of the normal answer, for matching requests.
+
+    :param endpoint: ``"Users"``, ``"Groups"`` or ``"*"`` (both). Faults apply only to
+        authorized, well-formed GETs (not to 401, 404, or 400 such as invalidCursor).
+    :param page: the 1-based page number the request asks for (index mode:
+        ``(startIndex - 1) // count + 1``; cursor mode: the page the cursor points
+        at, 1 for the empty cursor); ``None`` matches every request.
+    :param status: HTTP status to answer; with no ``body`` a SCIM Error body is sent.
+    :param body: replaces the body: ``bytes``/``str`` are sent as is, ``dict``/``list``
+        as JSON, a callable gets a deep copy of the normal ListResponse dict and
+        returns one of those (e.g. ``lambda page: {**page, "totalResults": 99}``).
+        The Content-Type stays ``application/scim+json`` unless ``headers`` set it.
+    :param headers: extra response headers (e.g. ``{"Retry-After": "2"}``).
+    :param delay: seconds to wait before answering (cut short when the server closes).
+    :param replay_page: answer as if page ``replay_page`` had been asked for (a
+        repeated page: same ``Resources``, same ``startIndex``/``nextCursor``).
+    :param disconnect: close the connection without sending anything.
+    :param times: how many matching requests it serves; ``None`` for all of them.
+
+    ``fired`` counts the requests it served.
+    """
+
+    endpoint: str
+    page: int | None = None
+    status: int | None = None
+    body: Body = None
+    headers: Mapping[str, str] | None = None
+    delay: float = 0.0
+    replay_page: int | None = None
+    disconnect: bool = False
+    times: int | None = 1
+    fired: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.endpoint not in (*ENDPOINTS, "*"):
+            raise ValueError(f"Fault endpoint must be one of {ENDPOINTS} or '*': {self.endpoint!r}")
+        if self.page is not None and self.page < 1:
+            raise ValueError(f"Fault page is 1-based: {self.page!r}")
+        if self.times is not None and self.times < 1:
+            raise ValueError(f"Fault times must be >= 1 or None: {self.times!r}")
+
+    # Readable constructors for the usual cases.
+    @classmethod
+    def error(cls, endpoint: str, page: int | None = None, status: int = 500, **kw: Any) -> Fault:
+        """A SCIM Error response with ``status``."""
+        return cls(endpoint, page, status=status, **kw)
+
+    @classmethod
+    def rate_limited(cls, endpoint: str, page: int | None = None, retry_after: str | int = 1, **kw: Any) -> Fault:
+        """A 429 with ``Retry-After`` (seconds or an HTTP date)."""
+        return cls(endpoint, page, status=429, headers={"Retry-After": str(retry_after)}, **kw)
+
+    @classmethod
+    def not_json(cls, endpoint: str, page: int | None = None, **kw: Any) -> Fault:
+        """A 200 whose body is an HTML proxy error page, not JSON."""
+        kw.setdefault("body", b"<html><body><h1>502 Bad Gateway</h1></body></html>\n")
+        return cls(endpoint, page, **kw)
+
+    @classmethod
+    def wrong_total(cls, endpoint: str, page: int | None = None, total: int | None = None, **kw: Any) -> Fault:
+        """The normal page with ``totalResults`` replaced (``None``: the key removed)."""
+
+        def rewrite(body: dict) -> dict:
+            body.pop("totalResults", None)
+            if total is not None:
+                body["totalResults"] = total
+            return body
+
+        return cls(endpoint, page, body=rewrite, **kw)
+
+    @classmethod
+    def empty_page(cls, endpoint: str, page: int | None = None, **kw: Any) -> Fault:
+        """The normal page with no ``Resources`` (``itemsPerPage`` 0), totals kept."""
+
+        def rewrite(body: dict) -> dict:
+            body["Resources"] = []
+            body["itemsPerPage"] = 0
+            return body
+
+        return cls(endpoint, page, body=rewrite, **kw)
+
+    @classmethod
+    def repeated_page(cls, endpoint: str, page: int, of_page: int = 1, **kw: Any) -> Fault:
+        """Page ``page`` answered with the content of page ``of_page``."""
+        return cls(endpoint, page, replay_page=of_page, **kw)
+
+    @classmethod
+    def stall(cls, endpoint: str, page: int | None = None, seconds: float = 5.0, **kw: Any) -> Fault:
+        """The normal answer, after ``seconds``."""
+        return cls(endpoint, page, delay=seconds, **kw)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the server saw and answered it (the token is never recorded)."""
+
+    method: str
+    target: str  # path + query, as sent
+    endpoint: str | None  # "Users", "Groups", or None for other paths
+    params: dict[str, str]  # last value of each query parameter, blanks kept
+    status: int  # 0 when the connection was dropped
+    bytes_sent: int  # body bytes
+    page: int | None  # page number asked for, when known
+    authorized: bool
+    fault: Fault | None = None
+
+
+@dataclass
+class _Response:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    page: int | None = None
+    fault: Fault | None = None
+    disconnect: bool = False
+    delay: float = 0.0
+
+
+class _ClientError(Exception):
+    def __init__(self, status: int, detail: str, scim_type: str | None = None):
+        super().__init__(detail)
+        self.status, self.detail, self.scim_type = status, detail, scim_type
+
+
+def load_org(source: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
+    """Return a validated deep copy of an org given as a dict or a JSON file path.
+
+    :raises ValueError: when ``Users``/``Groups`` are not lists of objects with a
+        string ``id``, or an ``id`` repeats.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        data = json.loads(Path(source).read_text(encoding="utf-8"))
+    else:
+        data = copy.deepcopy(dict(source))
+    if not isinstance(data, dict):
+        raise ValueError(f"org must be a JSON object, got {type(data).__name__}")
+    org: dict[str, list[dict[str, Any]]] = {}
+    for endpoint in ENDPOINTS:
+        resources = data.get(endpoint, [])
+        if not isinstance(resources, list):
+            raise ValueError(f"org[{endpoint!r}] must be a list")
+        seen: set[str] = set()
+        for i, resource in enumerate(resources):
+            if not isinstance(resource, dict) or not isinstance(resource.get("id"), str):
+                raise ValueError(f"org[{endpoint!r}][{i}] must be an object with a string 'id'")
+            if resource["id"] in seen:
+                raise ValueError(f"org[{endpoint!r}] repeats id {resource['id']!r}")
+            seen.add(resource["id"])
+        org[endpoint] = resources
+    return org
+
+
+def _error_body(status: int, detail: str, scim_type: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"schemas": [ERROR], "status": str(status)}
+    if scim_type:
+        body["scimType"] = scim_type
+    body["detail"] = detail
+    return body
+
+
+def _encode(body: Any) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    return json.dumps(body).encode("utf-8")
+
+
+def _int_param(params: Mapping[str, str], name: str) -> int | None:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise _ClientError(400, f"{name} must be an integer: {raw!r}", "invalidValue") from None
+
+
+class FakeIAM:
+    """A loopback SCIM server serving one org; a context manager.
+
+    :param org: ``{"Users": [...], "Groups": [...]}`` or a path to such a JSON file.
+    :param token: the bearer token to require; ``None`` accepts every request.
+    :param prefix: URL path before ``/Users`` and ``/Groups``.
+    :param host, port: where to listen; port 0 picks a free one.
+    :param default_count: page size when a request has no ``count``.
+    :param max_page_size: cap on ``count`` (a server answering smaller pages than asked).
+    :param cursor_pagination: when False the ``cursor`` parameter is ignored and the
+        answer is index-paged (a server that does not know RFC 9865).
+    :param log: stream for one line per request (e.g. ``sys.stderr``); None: silent.
+
+    Everything read or set from Python is thread-safe.
+    """
+
+    def __init__(
+        self,
+        org: Mapping[str, Any] | str | os.PathLike[str],
+        *,
+        token: str | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        default_count: int = DEFAULT_COUNT,
+        max_page_size: int | None = None,
+        cursor_pagination: bool = True,
+        log: TextIO | None = None,
+    ):
+        if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+            raise ValueError(f"prefix must start with '/' and not end with '/': {prefix!r}")
+        if default_count < 0:
+            raise ValueError(f"default_count must be >= 0: {default_count!r}")
+        if max_page_size is not None and max_page_size < 1:
+            raise ValueError(f"max_page_size must be >= 1: {max_page_size!r}")
+        self._org = load_org(org)
+        self.token = token
+        self.prefix = prefix
+        self.default_count = default_count
+        self.max_page_size = max_page_size
+        self.cursor_pagination = cursor_pagination
+        self.log = log
+        self._host, self._port = host, port
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+        self._requests: list[RecordedRequest] = []
+        self._cursors: dict[str, tuple[str, int]] = {}  # cursor -> (endpoint, offset)
+        self._dead_cursors: dict[str, str] = {}  # cursor -> scimType
+        self._closing = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self) -> FakeIAM:
+        """Bind, listen and serve in a daemon thread; returns self."""
+        if self._server is not None:
+            raise RuntimeError("FakeIAM already started")
+        self._server = _Server((self._host, self._port), _Handler, self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name=f"FakeIAM:{self.port}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving, drop open connections, wait for the handler threads."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._closing.set()
+        server.shutdown()
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> FakeIAM:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("FakeIAM not started")
+        return self._server.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port><prefix>``: the SCIM base URL (no trailing slash)."""
+        return f"http://{self._host}:{self.port}{self.prefix}"
+
+    # -- org -------------------------------------------------------------
+    @property
+    def org(self) -> dict[str, list[dict[str, Any]]]:
+        """A deep copy of the org being served."""
+        with self._lock:
+            return copy.deepcopy(self._org)
+
+    def set_org(self, org: Mapping[str, Any] | str | os.PathLike[str]) -> None:
+        """Serve another org from the next request on (issued cursors stay valid)."""
+        new = load_org(org)
+        with self._lock:
+            self._org = new
+
+    # -- faults ----------------------------------------------------------
+    def add_fault(self, fault: Fault) -> Fault:
+        """Queue a fault (matched in the order added); returns it, to read ``fired``."""
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def fail(self, endpoint: str, page: int | None = None, status: int = 500, times: int | None = 1, **kw: Any) -> Fault:
+        """Shorthand: ``add_fault(Fault(endpoint, page, status=status, times=times, **kw))``."""
+        return self.add_fault(Fault(endpoint, page, status=status, times=times, **kw))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    @property
+    def pending_faults(self) -> list[Fault]:
+        """Faults that can still fire."""
+        with self._lock:
+            return [f for f in self._faults if f.times is None or f.fired < f.times]
+
+    def invalidate_cursors(self, scim_type: str = "invalidCursor") -> int:
+        """Make every cursor issued so far answer 400 with ``scim_type``
+        (``invalidCursor`` or ``expiredCursor``); returns how many."""
+        if scim_type not in ("invalidCursor", "expiredCursor"):
+            raise ValueError(f"scim_type must be invalidCursor or expiredCursor: {scim_type!r}")
+        with self._lock:
+            for cursor in self._cursors:
+                self._dead_cursors[cursor] = scim_type
+            n = len(self._cursors)
+            self._cursors.clear()
+            return n
+
+    # -- observation -----------------------------------------------------
+    def requests(self, endpoint: str | None = None) -> list[RecordedRequest]:
+        """Requests served so far, oldest first; only ``endpoint``'s when given."""
+        with self._lock:
+            return [r for r in self._requests if endpoint is None or r.endpoint == endpoint]
+
+    def request_count(self, endpoint: str | None = None) -> int:
+        return len(self.requests(endpoint))
+
+    @property
+    def bytes_sent(self) -> int:
+        """Response body bytes sent so far, all endpoints."""
+        with self._lock:
+            return sum(r.bytes_sent for r in self._requests)
+
+    def reset_stats(self) -> None:
+        """Forget recorded requests (faults and cursors stay)."""
+        with self._lock:
+            self._requests.clear()
+
+    # -- request handling (called from handler threads) ------------------
+    def _authorized(self, header: str | None) -> bool:
+        if self.token is None:
+            return True
+        scheme, _, value = (header or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode())
+
+    def _answer(self, method: str, target: str, authorized: bool) -> tuple[_Response, str | None, dict[str, str]]:
+        """The response to one request. Faults apply only to authorized,
+        well-formed GETs of ``Users``/``Groups``; errors are answered as is."""
+        split = urlsplit(target)
+        params = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        endpoint: str | None = None
+        if split.path.startswith(self.prefix + "/"):
+            rest = split.path[len(self.prefix) + 1 :]
+            if rest in ENDPOINTS:
+                endpoint = rest
+        try:
+            if endpoint is None:
+                raise _ClientError(404, f"no SCIM endpoint at {split.path!r}")
+            if method != "GET":
+                raise _ClientError(405, f"{method} not supported: this fake is read-only")
+            if not authorized:
+                response = _Response(401, headers={"WWW-Authenticate": 'Bearer realm="scim"'})
+                response.body = _encode(_error_body(401, "invalid or expired bearer token"))
+                return response, endpoint, params
+            page_no, build = self._plan_page(endpoint, params)
+        except _ClientError as e:
+            return _Response(e.status, _encode(_error_body(e.status, e.detail, e.scim_type))), endpoint, params
+        return self._page_response(endpoint, page_no, build), endpoint, params
+
+    def _plan_page(self, endpoint: str, params: Mapping[str, str]) -> tuple[int, Callable[[int | None], dict]]:
+        """Validate the paging parameters; return the page number and a function
+        building the body of any page number (None: the asked one)."""
+        count = _int_param(params, "count")
+        count = self.default_count if count is None else max(count, 0)
+        if self.max_page_size is not None:
+            count = min(count, self.max_page_size)
+        by_cursor = self.cursor_pagination and "cursor" in params
+        if by_cursor:
+            if "startIndex" in params:
+                raise _ClientError(400, "a request cannot carry both cursor and startIndex", "invalidValue")
+            cursor = params["cursor"]
+            if cursor == "":
+                offset = 0
+            else:
+                with self._lock:
+                    issued = self._cursors.get(cursor)
+                    dead = self._dead_cursors.get(cursor)
+                if issued is None or issued[0] != endpoint:
+                    scim_type = dead or "invalidCursor"
+                    raise _ClientError(400, f"cursor is {'expired' if dead == 'expiredCursor' else 'invalid'}: {cursor!r}", scim_type)
+                offset = issued[1]
+        else:
+            start = _int_param(params, "startIndex")
+            offset = max(start or 1, 1) - 1
+        page_no = offset // count + 1 if count else 1
+
+        def build(as_page: int | None) -> dict:
+            first = offset if as_page is None else (as_page - 1) * count
+            with self._lock:
+                resources = self._org[endpoint]
+                chunk = copy.deepcopy(resources[first : first + count])
+                total = len(resources)
+            body: dict[str, Any] = {"schemas": [LIST_RESPONSE], "totalResults": total, "itemsPerPage": len(chunk)}
+            if by_cursor:
+                if count and first + count < total:
+                    body["nextCursor"] = self._issue_cursor(endpoint, first + count)
+            else:
+                body["startIndex"] = first + 1
+            body["Resources"] = chunk
+            return body
+
+        return page_no, build
+
+    def _issue_cursor(self, endpoint: str, offset: int) -> str:
+        """The cursor of a position: one per (endpoint, offset) until
+        :meth:`invalidate_cursors`, so a repeated page repeats its ``nextCursor``."""
+        with self._lock:
+            for cursor, position in self._cursors.items():
+                if position == (endpoint, offset):
+                    return cursor
+            cursor = secrets.token_urlsafe(12)  # RFC 9865 §2: unreserved characters only
+            self._cursors[cursor] = (endpoint, offset)
+            return cursor
+
+    def _take_fault(self, endpoint: str | None, page: int | None) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.times is not None and fault.fired >= fault.times:
+                    continue
+                if fault.endpoint != "*" and fault.endpoint != endpoint:
+                    continue
+                if fault.page is not None and fault.page != page:
+                    continue
+                fault.fired += 1
+                return fault
+        return None
+
+    def _page_response(self, endpoint: str, page: int, build: Callable[[int | None], dict]) -> _Response:
+        response = _Response(200, page=page)
+        fault = response.fault = self._take_fault(endpoint, page)
+        if fault is None:
+            response.body = _encode(build(None))
+            return response
+        response.delay = fault.delay
+        response.disconnect = fault.disconnect
+        if fault.status is not None:
+            response.status = fault.status
+        if callable(fault.body):
+            response.body = _encode(fault.body(build(fault.replay_page)))
+        elif fault.body is not None:
+            response.body = _encode(fault.body)
+        elif fault.status is not None and fault.status != 200:
+            scim_type = "tooMany" if fault.status == 429 else None
+            response.body = _encode(_error_body(fault.status, f"injected fault: HTTP {fault.status}", scim_type))
+        else:
+            response.body = _encode(build(fault.replay_page))
+        response.headers.update(fault.headers or {})
+        return response
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+        if self.log is not None:
+            self.log.write(
+                f"fakeiam: {request.method} {request.target} -> {request.status or 'dropped'}"
+                f" {request.bytes_sent}B{' fault' if request.fault else ''}\n"
+            )
+            self.log.flush()
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type, iam: FakeIAM):
+        self.iam = iam
+        super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up, or close() dropping a connection, is not an error.
+        if isinstance(sys.exc_info()[1], (ConnectionError, socket.timeout)) or self.iam._closing.is_set():
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as requests.Session uses it
+    server_version = "FakeIAM/1.0"
+    timeout = 60  # idle keep-alive connections end on their own
+    # Headers and body leave in one buffered write with Nagle off: no 40 ms
+    # delayed-ACK stall per keep-alive request (it would skew the benchmarks).
+    wbufsize = 64 * 1024
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.iam._lock:
+            self.server.iam._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.iam._lock:
+            self.server.iam._connections.discard(self.connection)
+        super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # FakeIAM._record logs one line per request
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    def _serve(self) -> None:
+        iam = self.server.iam
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        authorized = iam._authorized(self.headers.get("Authorization"))
+        response, endpoint, params = iam._answer(self.command, self.path, authorized)
+        if response.delay:
+            iam._closing.wait(response.delay)
+        dropped = response.disconnect or iam._closing.is_set()
+        # Record before answering, so a client that has its answer sees it counted.
+        iam._record(
+            RecordedRequest(
+                method=self.command,
+                target=self.path,
+                endpoint=endpoint,
+                params=dict(params),
+                status=0 if dropped else response.status,
+                bytes_sent=0 if dropped else len(response.body),
+                page=response.page,
+                authorized=authorized,
+                fault=response.fault,
+            )
+        )
+        if dropped:
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        self.send_response(response.status)
+        for name, value in {"Content-Type": SCIM_JSON, **response.headers}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        self.wfile.write(response.body)
+        self.wfile.flush()
+
+
+def _read_token_file(path: str) -> str:
+    token = Path(path).read_text(encoding="utf-8").strip()
+    if not token:
+        raise SystemExit(f"fakeiam: token file {path} is empty")
+    return token
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fakeiam", description="Serve a CoreWeave-IAM-like SCIM org on loopback.")
+    parser.add_argument("--org", required=True, help="JSON file {'Users': [...], 'Groups': [...]}")
+    parser.add_argument("--token-file", help="file holding the bearer token to require (none: no auth)")
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"URL path prefix (default {DEFAULT_PREFIX})")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--port-file", help="write the port here once listening")
+    parser.add_argument("--max-page-size", type=int, default=None)
+    parser.add_argument("--no-cursor", action="store_true", help="ignore the cursor parameter (index paging only)")
+    args = parser.parse_args(argv)
+
+    token = _read_token_file(args.token_file) if args.token_file else None
+    # Block the stop signals in every thread, then wait for them in this one.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    iam = FakeIAM(
+        args.org,
+        token=token,
+        prefix=args.prefix,
+        host=args.host,
+        port=args.port,
+        max_page_size=args.max_page_size,
+        cursor_pagination=not args.no_cursor,
+        log=sys.stderr,
+    )
+    with iam:
+        if args.port_file:
+            _write_atomically(args.port_file, f"{iam.port}\n")
+        org = iam.org
+        # Printed after the port file is in place: a reader of this line can use both.
+        print(
+            f"fakeiam: serving {len(org['Users'])} users, {len(org['Groups'])} groups at {iam.base_url}"
+            f" ({'bearer token required' if token else 'no authentication'})",
+            file=sys.stderr,
+            flush=True,
+        )
+        signum = signal.sigwait(stop_signals)
+        print(f"fakeiam: {signal.Signals(signum).name}, stopping", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
