@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Dict
 
 TOKEN = "cw-test-token-4f1c9a"
+EXT = "urn:coreweave:params:scim:schemas:extension:coreweave:2.0:CoreWeaveUser"
 MAPS = ("passwd", "group", "shadow", "sshkey")
 
 
@@ -75,3 +76,25 @@ class Node:
             for p in sorted(self.root.glob("*/*"))
             if p.is_file()
         }
+
+
+def keys_of(org, name):
+    user = next(u for u in org["Users"] if u[EXT]["sunkPosixUsername"] == name)
+    return user[EXT]["sunkSshKeys"]
+
+
+def expected_caches(org):
+    """The caches demo/org.json must produce with the Node's configuration."""
+    alice, bob, frank = keys_of(org, "alice"), keys_of(org, "bob"), keys_of(org, "frank")
+    return {
+        "passwd": (
+            "alice:x:20001:20001:Alice Smith:/mnt/home/alice:/bin/bash\n"
+            "bob:x:20002:20002:Bob Jones:/mnt/home/bob:/bin/zsh\n"
+            "erin:x:20005:20005:Erin Garcia:/mnt/home/erin:/bin/bash\n"
+            "frank:x:20006:20006:Frank Miller:/mnt/home/frank:/bin/bash\n"
+        ),
+        "group": "slurm-admins:x:30002:alice\nslurm-users:x:30001:alice,bob,erin,frank\n",
+        "shadow": "alice:*:::::::\nbob:*:::::::\nerin:*:::::::\nfrank:*:::::::\n",
+        # frank's second key is garbage: dropped, his valid key stays.
+        "sshkey": f"alice:{[alice[0], alice[1]]!r}\nbob:{[bob[0]]!r}\nfrank:{[frank[0]]!r}\n",
+    }

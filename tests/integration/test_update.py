@@ -13,14 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
 from fakeiam import FakeIAM, Fault  # noqa: E402
-from node import MAPS, TOKEN, Node  # noqa: E402
-
-EXT = "urn:coreweave:params:scim:schemas:extension:coreweave:2.0:CoreWeaveUser"
-
-
-def keys_of(org, name):
-    user = next(u for u in org["Users"] if u[EXT]["sunkPosixUsername"] == name)
-    return user[EXT]["sunkSshKeys"]
+from node import EXT, MAPS, TOKEN, Node, expected_caches  # noqa: E402
 
 
 @pytest.fixture
@@ -34,22 +27,6 @@ def node(tmp_path, installed_venv, iam):
     n = Node(tmp_path / "node", installed_venv.python.parent)
     n.configure(iam.base_url)
     return n
-
-
-def expected_caches(org):
-    alice, bob, frank = keys_of(org, "alice"), keys_of(org, "bob"), keys_of(org, "frank")
-    return {
-        "passwd": (
-            "alice:x:20001:20001:Alice Smith:/mnt/home/alice:/bin/bash\n"
-            "bob:x:20002:20002:Bob Jones:/mnt/home/bob:/bin/zsh\n"
-            "erin:x:20005:20005:Erin Garcia:/mnt/home/erin:/bin/bash\n"
-            "frank:x:20006:20006:Frank Miller:/mnt/home/frank:/bin/bash\n"
-        ),
-        "group": "slurm-admins:x:30002:alice\nslurm-users:x:30001:alice,bob,erin,frank\n",
-        "shadow": "alice:*:::::::\nbob:*:::::::\nerin:*:::::::\nfrank:*:::::::\n",
-        # frank's second key is garbage: dropped, his valid key stays.
-        "sshkey": f"alice:{[alice[0], alice[1]]!r}\nbob:{[bob[0]]!r}\nfrank:{[frank[0]]!r}\n",
-    }
 
 
 def test_stock_nsscache_writes_exact_caches(node, iam, demo_org):

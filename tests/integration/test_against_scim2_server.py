@@ -1,0 +1,40 @@
+"""The client against a SCIM server this project did not write: scim2-server
+(PyPI), with the CoreWeave extension schemas loaded through ``--schema`` and the
+demo organisation created through its real SCIM API. The stock nsscache writes
+the same caches as against our own fake IAM."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
+from node import TOKEN, Node, expected_caches  # noqa: E402
+from scim2_harness import GROUP_GID_PATH, GROUP_NAME_PATH, Scim2Server, load_org  # noqa: E402
+
+
+@pytest.fixture
+def scim2(tmp_path, demo_org):
+    with Scim2Server(tmp_path / "scim2", token=TOKEN) as server:
+        load_org(server.base_url, TOKEN, demo_org)
+        yield server
+
+
+@pytest.mark.parametrize("paging", ["coreweave_pagination = index", "coreweave_pagination = cursor"])
+def test_stock_nsscache_against_scim2_server_writes_exact_caches(tmp_path, installed_venv, scim2, demo_org, paging):
+    node = Node(tmp_path / "node", installed_venv.python.parent)
+    node.configure(
+        scim2.base_url,
+        f"coreweave_group_name_attribute = {GROUP_NAME_PATH}\n"
+        f"coreweave_group_gid_attribute = {GROUP_GID_PATH}\n"
+        f"coreweave_page_size = 2\n{paging}\n",
+    )
+
+    result = node.run("nsscache", "update", "--full")
+
+    assert result.returncode == 0, result.stderr
+    for name, content in expected_caches(demo_org).items():
+        assert node.cache(name) == content, name
