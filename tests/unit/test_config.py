@@ -1,0 +1,468 @@
+"""config: nsscache's prefix-stripped options -> one frozen, validated Config.
+
+nsscache hands the source its ``coreweave_*`` options without the prefix,
+after ``FixValue`` stripped one pair of quotes and turned numbers into
+int/float. Every problem is reported in one ConfigError; the bearer token
+never appears in a message, a warning or a repr.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from nss_cache.config import FixValue
+
+from nss_cache_coreweave import config
+from nss_cache_coreweave.config import KEYS, USER_EXTENSION, AttributePath, parse, parse_path
+from nss_cache_coreweave.errors import ConfigError
+
+BASE = "https://api.coreweave.com/scim/cw623e"
+TOKEN = "cwT0ken-secret-value"
+ENV = {"NSSCACHE_COREWEAVE_TOKEN": TOKEN}
+REQUIRED = {"base_url": BASE, "groups": "slurm-users"}
+
+
+def ok(environ=ENV, **options):
+    return parse({**REQUIRED, **options}, environ=environ)
+
+
+def problem(environ=ENV, **options) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse({**REQUIRED, **options}, environ=environ)
+    return str(caught.value)
+
+
+def ext(name):
+    return AttributePath(USER_EXTENSION, (name,), f"{USER_EXTENSION}:{name}")
+
+
+def top(*names):
+    return AttributePath(None, names, ".".join(names))
+
+
+# --- defaults ---------------------------------------------------------------
+
+# key -> (what the Config holds for it, its value when the key is not set)
+DEFAULTS = {
+    "base_url": (lambda c: c.server.base_url, BASE),  # required: REQUIRED sets it
+    "users_endpoint": (lambda c: c.server.users_url, BASE + "/Users"),
+    "groups_endpoint": (lambda c: c.server.groups_url, BASE + "/Groups"),
+    "token_file": (lambda c: c.server.token, TOKEN),  # unset: the environment's token
+    "token": (lambda c: c.server.token, TOKEN),
+    "groups": (lambda c: c.allowed_groups, ("slurm-users",)),  # required
+    "user_name_attribute": (lambda c: c.users.name, (ext("sunkPosixUsername"),)),
+    "uid_attribute": (lambda c: c.users.uid, (ext("sunkPosixUid"),)),
+    "gid_attribute": (lambda c: c.users.gid, (ext("sunkPosixGid"),)),
+    "ssh_keys_attribute": (lambda c: c.users.ssh_keys, (ext("sunkSshKeys"),)),
+    "home_attribute": (lambda c: c.users.home, (ext("sunkHomeDirectory"),)),
+    "shell_attribute": (lambda c: c.users.shell, (ext("sunkLoginShell"),)),
+    "gecos_attribute": (lambda c: c.users.gecos, (top("displayName"), top("name", "formatted"))),
+    "group_name_attribute": (lambda c: c.groups.name, (top("sunkPosixGroupName"), top("displayName"))),
+    "group_gid_attribute": (lambda c: c.groups.gid, (top("sunkPosixGid"),)),
+    "home_directory": (lambda c: c.home_template, None),
+    "default_shell": (lambda c: c.default_shell, "/bin/bash"),
+    "min_uid": (lambda c: c.min_uid, 1000),
+    "max_uid": (lambda c: c.max_uid, 4294967294),
+    "min_gid": (lambda c: c.min_gid, 1000),
+    "max_gid": (lambda c: c.max_gid, 4294967294),
+    "page_size": (lambda c: c.server.page_size, 1000),
+    "pagination": (lambda c: c.server.pagination, "index"),
+    "timeout": (lambda c: c.server.timeout, 30.0),
+    "retries": (lambda c: c.server.retries, 3),
+    "ca_bundle": (lambda c: c.server.verify, True),
+    "verify_tls": (lambda c: c.server.verify, True),
+}
+
+
+def test_every_key_has_a_default_test():
+    assert set(DEFAULTS) == set(KEYS)
+
+
+@pytest.mark.parametrize("key", sorted(DEFAULTS))
+def test_unset_key_takes_its_default(key):
+    read, expected = DEFAULTS[key]
+    value = read(ok())
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_minimal_configuration_has_no_warnings():
+    assert ok().warnings == ()
+
+
+def test_empty_value_means_unset():
+    cfg = ok(page_size="", users_endpoint="  ", home_directory="")
+    assert (cfg.server.page_size, cfg.server.users_url, cfg.home_template) == (1000, BASE + "/Users", None)
+
+
+# --- required keys ----------------------------------------------------------
+
+
+def test_missing_required_keys_are_reported_in_one_error():
+    with pytest.raises(ConfigError) as caught:
+        parse({}, environ={})
+    assert str(caught.value) == (
+        "invalid configuration: "
+        "coreweave_base_url is required (the SCIM base URL, e.g. https://api.coreweave.com/scim/<org-id>); "
+        "coreweave_groups is required: the POSIX groups whose members may log in, comma-separated, or *; "
+        "no bearer token: set coreweave_token_file (recommended), "
+        "or NSSCACHE_COREWEAVE_TOKEN / NSSCACHE_SCIM_AUTH_TOKEN in the environment"
+    )
+
+
+def test_every_problem_is_reported_together():
+    message = problem(page_size=0, timeout="soon", retries=11, pagination="offset", verify_tls="maybe", default_shell="bash")
+    for part in (
+        "coreweave_pagination must be index or cursor, got 'offset'",
+        "coreweave_verify_tls must be true or false, got 'maybe'",
+        "coreweave_default_shell must be an absolute path, got 'bash'",
+        "coreweave_page_size must be between 1 and 10000, got 0",
+        "coreweave_timeout must be a number, got 'soon'",
+        "coreweave_retries must be between 0 and 10, got 11",
+    ):
+        assert part in message
+    assert message.startswith("invalid configuration: ")
+    assert message.count("; ") == 5
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+# --- values as nsscache's FixValue hands them over --------------------------
+
+
+@pytest.mark.parametrize(
+    "key, raw, read, expected",
+    [
+        pytest.param("page_size", "500", lambda c: c.server.page_size, 500, id="int"),
+        pytest.param("page_size", "'500'", lambda c: c.server.page_size, 500, id="quoted-int"),
+        pytest.param("page_size", "1000.0", lambda c: c.server.page_size, 1000, id="float-1000.0"),
+        pytest.param("page_size", "1e3", lambda c: c.server.page_size, 1000, id="float-1e3"),
+        pytest.param("page_size", "0042", lambda c: c.server.page_size, 42, id="leading-zeros"),
+        pytest.param("retries", "0", lambda c: c.server.retries, 0, id="zero-retries"),
+        pytest.param("timeout", "30", lambda c: c.server.timeout, 30.0, id="int-timeout"),
+        pytest.param("timeout", "2.5", lambda c: c.server.timeout, 2.5, id="float-timeout"),
+        pytest.param("min_uid", "2000.0", lambda c: c.min_uid, 2000, id="float-uid"),
+        pytest.param("verify_tls", '"true"', lambda c: c.server.verify, True, id="quoted-true"),
+        pytest.param("verify_tls", "True", lambda c: c.server.verify, True, id="True"),
+        pytest.param("verify_tls", "yes", lambda c: c.server.verify, True, id="yes"),
+        pytest.param("verify_tls", "on", lambda c: c.server.verify, True, id="on"),
+        pytest.param("verify_tls", "1", lambda c: c.server.verify, True, id="int-1"),
+        pytest.param("verify_tls", "'false'", lambda c: c.server.verify, False, id="quoted-false"),
+        pytest.param("verify_tls", "No", lambda c: c.server.verify, False, id="No"),
+        pytest.param("verify_tls", "off", lambda c: c.server.verify, False, id="off"),
+        pytest.param("verify_tls", "0", lambda c: c.server.verify, False, id="int-0"),
+        pytest.param("pagination", '"cursor"', lambda c: c.server.pagination, "cursor", id="quoted-cursor"),
+        pytest.param("pagination", "Cursor", lambda c: c.server.pagination, "cursor", id="Cursor"),
+        pytest.param("pagination", "INDEX", lambda c: c.server.pagination, "index", id="INDEX"),
+        pytest.param("groups", "'slurm-users, slurm-sudo'", lambda c: c.allowed_groups, ("slurm-users", "slurm-sudo"), id="quoted-groups"),
+        pytest.param("groups", "a,b , a,,", lambda c: c.allowed_groups, ("a", "b"), id="groups-deduplicated"),
+        pytest.param("groups", "*", lambda c: c.allowed_groups, None, id="star-is-every-group"),
+        pytest.param("groups", " * ", lambda c: c.allowed_groups, None, id="star-spaced"),
+        pytest.param("home_directory", "'/mnt/home/%u'", lambda c: c.home_template, "/mnt/home/%u", id="quoted-home"),
+        pytest.param("default_shell", '"/bin/zsh"', lambda c: c.default_shell, "/bin/zsh", id="quoted-shell"),
+        pytest.param("base_url", BASE + "/", lambda c: c.server.users_url, BASE + "/Users", id="base-url-trailing-slash"),
+        pytest.param("users_endpoint", "/People/", lambda c: c.server.users_url, BASE + "/People", id="endpoint-slashes"),
+        pytest.param("groups_endpoint", "Teams", lambda c: c.server.groups_url, BASE + "/Teams", id="groups-endpoint"),
+        pytest.param("ca_bundle", "/etc/ssl/iam-ca.pem", lambda c: c.server.verify, "/etc/ssl/iam-ca.pem", id="ca-bundle"),
+    ],
+)
+def test_nsscache_value_shapes_are_understood(key, raw, read, expected):
+    value = read(ok(**{key: FixValue(raw)}))
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_verify_tls_false_wins_over_ca_bundle():
+    assert ok(ca_bundle="/etc/ssl/iam-ca.pem", verify_tls="false").server.verify is False
+
+
+# --- refused values ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        pytest.param({"page_size": 1000.5}, "coreweave_page_size must be an integer, got 1000.5", id="fractional"),
+        pytest.param({"page_size": "ten"}, "coreweave_page_size must be an integer, got 'ten'", id="word"),
+        pytest.param({"page_size": True}, "coreweave_page_size must be an integer, got True", id="bool"),
+        pytest.param({"retries": "3 # three"}, "coreweave_retries must be an integer, got '3 # three'", id="comment-is-part-of-value"),
+        pytest.param({"page_size": float("nan")}, "coreweave_page_size must be an integer, got nan", id="nan"),
+        pytest.param({"page_size": float("inf")}, "coreweave_page_size must be an integer, got inf", id="inf"),
+        pytest.param({"retries": FixValue("1e400")}, "coreweave_retries must be an integer, got inf", id="1e400"),
+        pytest.param({"timeout": False}, "coreweave_timeout must be a number, got False", id="bool-timeout"),
+        pytest.param({"timeout": "30s"}, "coreweave_timeout must be a number, got '30s'", id="unit-suffix"),
+        pytest.param({"page_size": 0}, "coreweave_page_size must be between 1 and 10000, got 0", id="page-size-0"),
+        pytest.param({"page_size": 10001}, "coreweave_page_size must be between 1 and 10000, got 10001", id="page-size-too-big"),
+        pytest.param({"timeout": 0}, "coreweave_timeout must be between 0.1 and 3600, got 0.0", id="timeout-0"),
+        pytest.param({"timeout": 3601}, "coreweave_timeout must be between 0.1 and 3600, got 3601.0", id="timeout-too-long"),
+        pytest.param({"timeout": float("nan")}, "coreweave_timeout must be between 0.1 and 3600, got nan", id="timeout-nan"),
+        pytest.param({"retries": -1}, "coreweave_retries must be between 0 and 10, got -1", id="retries-negative"),
+        pytest.param({"min_uid": 0}, "coreweave_min_uid must be between 1 and 4294967294, got 0", id="min-uid-0"),
+        pytest.param({"max_gid": 4294967295}, "coreweave_max_gid must be between 1 and 4294967294, got 4294967295", id="max-gid-2**32-1"),
+        pytest.param({"min_uid": 5000, "max_uid": 4000}, "coreweave_min_uid/min_gid must not exceed coreweave_max_uid/max_gid", id="min-above-max"),
+        pytest.param({"verify_tls": "maybe"}, "coreweave_verify_tls must be true or false, got 'maybe'", id="bool-word"),
+        pytest.param({"verify_tls": 2}, "coreweave_verify_tls must be true or false, got 2", id="bool-2"),
+        pytest.param({"pagination": "offset"}, "coreweave_pagination must be index or cursor, got 'offset'", id="pagination"),
+        pytest.param({"base_url": "api.coreweave.com/scim/x"}, "coreweave_base_url must start with https:// (or http:// for a loopback test server), got 'api.coreweave.com/scim/x'", id="base-url-scheme"),
+        pytest.param({"groups": " , "}, "coreweave_groups names no group", id="no-group"),
+        pytest.param({"ca_bundle": "certs/ca.pem"}, "coreweave_ca_bundle must be an absolute path, got 'certs/ca.pem'", id="relative-ca"),
+        pytest.param({"default_shell": "bash"}, "coreweave_default_shell must be an absolute path, got 'bash'", id="relative-shell"),
+        pytest.param({"home_directory": "home/%u"}, "coreweave_home_directory must be an absolute path template (%%u = username), got 'home/%u'", id="relative-home"),
+        pytest.param({"user_name_attribute": ","}, "coreweave_user_name_attribute must name an attribute", id="no-name-path"),
+        pytest.param({"uid_attribute": " , "}, "coreweave_uid_attribute must name an attribute", id="no-uid-path"),
+        pytest.param({"group_gid_attribute": ","}, "coreweave_group_name_attribute and coreweave_group_gid_attribute must name an attribute", id="no-group-gid-path"),
+        pytest.param({"gecos_attribute": "name..givenName"}, "coreweave_gecos_attribute: attribute path 'name..givenName' is malformed", id="malformed-path"),
+    ],
+)
+def test_bad_value_is_refused_naming_the_option(options, expected):
+    assert problem(**options) == f"invalid configuration: {expected}"
+
+
+# --- unknown keys -----------------------------------------------------------
+
+
+def test_unknown_key_is_a_warning_naming_the_key():
+    assert ok(page_sise=50).warnings == ("unknown option coreweave_page_sise is ignored (a typo?)",)
+
+
+def test_unknown_keys_are_warned_in_sorted_order():
+    assert ok(zeta=1, alpha=2).warnings == (
+        "unknown option coreweave_alpha is ignored (a typo?)",
+        "unknown option coreweave_zeta is ignored (a typo?)",
+    )
+
+
+def test_nsscache_name_option_is_not_unknown():
+    assert ok(name="coreweave").warnings == ()
+
+
+# --- the bearer token -------------------------------------------------------
+
+
+@pytest.fixture
+def token_file(tmp_path):
+    def write(content, mode=0o600, name="token"):
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        os.chmod(path, mode)
+        return str(path)
+
+    return write
+
+
+@pytest.mark.parametrize(
+    "sources, expected",
+    [
+        pytest.param(("file", "env1", "env2", "inline"), "from-file", id="file-first"),
+        pytest.param(("env1", "env2", "inline"), "from-env1", id="NSSCACHE_COREWEAVE_TOKEN-second"),
+        pytest.param(("env2", "inline"), "from-env2", id="NSSCACHE_SCIM_AUTH_TOKEN-third"),
+        pytest.param(("inline",), "from-inline", id="inline-last"),
+        pytest.param(("file", "inline"), "from-file", id="file-over-inline"),
+        pytest.param(("env1", "env2"), "from-env1", id="env1-over-env2"),
+    ],
+)
+def test_token_precedence(token_file, sources, expected):
+    options, environ = {}, {}
+    if "file" in sources:
+        options["token_file"] = token_file("from-file\n")
+    if "env1" in sources:
+        environ["NSSCACHE_COREWEAVE_TOKEN"] = "from-env1"
+    if "env2" in sources:
+        environ["NSSCACHE_SCIM_AUTH_TOKEN"] = "from-env2"
+    if "inline" in sources:
+        options["token"] = "from-inline"
+    assert ok(environ=environ, **options).server.token == expected
+
+
+def test_blank_environment_variable_is_skipped():
+    environ = {"NSSCACHE_COREWEAVE_TOKEN": "  \n", "NSSCACHE_SCIM_AUTH_TOKEN": "from-env2"}
+    assert ok(environ=environ).server.token == "from-env2"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param("  tok3n  \n", id="spaces-and-newline"),
+        pytest.param("tok3n\r\n", id="crlf"),
+        pytest.param("\ttok3n\n\n", id="tab-and-blank-line"),
+    ],
+)
+def test_token_file_whitespace_is_stripped(token_file, content):
+    assert ok(environ={}, token_file=token_file(content)).server.token == "tok3n"
+
+
+def test_environment_token_whitespace_is_stripped():
+    assert ok(environ={"NSSCACHE_SCIM_AUTH_TOKEN": " tok3n\n"}).server.token == "tok3n"
+
+
+def test_inline_token_is_used_with_a_warning():
+    cfg = ok(environ={}, token=" tok3n ")
+    assert cfg.server.token == "tok3n"
+    assert cfg.warnings == ("coreweave_token is set inline in a world-readable nsscache.conf: use coreweave_token_file",)
+
+
+def test_relative_token_file_is_refused():
+    assert problem(environ=ENV, token_file="secrets/token") == (
+        "invalid configuration: coreweave_token_file must be an absolute path, got 'secrets/token'"
+    )
+
+
+def test_unreadable_token_file_is_refused_without_falling_back(tmp_path, token_file):
+    missing = str(tmp_path / "missing")
+    assert problem(environ=ENV, token_file=missing) == (
+        f"invalid configuration: coreweave_token_file {missing!r} cannot be read: No such file or directory"
+    )
+    assert problem(environ=ENV, token_file=str(tmp_path)) == (
+        f"invalid configuration: coreweave_token_file {str(tmp_path)!r} cannot be read: Is a directory"
+    )
+    latin1 = token_file(b"caf\xe9")
+    assert problem(token_file=latin1) == (
+        f"invalid configuration: coreweave_token_file {latin1!r} cannot be read: UnicodeDecodeError"
+    )
+
+
+def test_empty_token_file_is_refused(token_file):
+    path = token_file(" \n")
+    assert problem(token_file=path) == f"invalid configuration: the bearer token from coreweave_token_file {path!r} is empty"
+
+
+@pytest.mark.parametrize(
+    "mode, warned",
+    [
+        pytest.param(0o600, False, id="0600"),
+        pytest.param(0o400, False, id="0400"),
+        pytest.param(0o640, True, id="0640-group-readable"),
+        pytest.param(0o604, True, id="0604-world-readable"),
+        pytest.param(0o644, True, id="0644"),
+        pytest.param(0o620, True, id="0620-group-writable"),
+    ],
+)
+def test_token_file_open_to_group_or_others_warns(token_file, mode, warned):
+    path = token_file("tok3n", mode=mode)
+    expected = (f"coreweave_token_file {path!r} is readable by group or others: chmod 600 it",) if warned else ()
+    assert ok(environ={}, token_file=path).warnings == expected
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param("tok en", id="space"),
+        pytest.param("tok\ten", id="tab"),
+        pytest.param("tök3n", id="non-ascii"),
+        pytest.param("tok\x00en", id="nul"),
+        pytest.param("tok\x7fen", id="del"),
+    ],
+)
+def test_token_with_spaces_or_non_printable_characters_is_refused(token, token_file):
+    assert problem(environ={"NSSCACHE_COREWEAVE_TOKEN": token}) == (
+        "invalid configuration: the bearer token from environment variable NSSCACHE_COREWEAVE_TOKEN "
+        "contains spaces or non-printable characters"
+    )
+    path = token_file(token)
+    assert problem(environ={}, token_file=path) == (
+        f"invalid configuration: the bearer token from coreweave_token_file {path!r} "
+        "contains spaces or non-printable characters"
+    )
+
+
+SECRET = "S3cr3t-T0ken-zz9"
+
+
+@pytest.mark.parametrize(
+    "options, environ",
+    [
+        pytest.param({"token": SECRET}, {}, id="inline-ok"),
+        pytest.param({"token": SECRET, "page_size": 0}, {}, id="inline-with-problem"),
+        pytest.param({"token": SECRET + " x"}, {}, id="inline-with-space"),
+        pytest.param({"tokn": SECRET, "token": SECRET}, {}, id="typo-key-with-token"),
+        pytest.param({"base_url": None}, {"NSSCACHE_SCIM_AUTH_TOKEN": SECRET}, id="env-with-problem"),
+        pytest.param({}, {"NSSCACHE_COREWEAVE_TOKEN": SECRET + "\x01"}, id="env-non-printable"),
+    ],
+)
+def test_token_never_appears_in_repr_errors_or_warnings(options, environ):
+    options = {k: v for k, v in {**REQUIRED, **options}.items() if v is not None}
+    try:
+        cfg = parse(options, environ=environ)
+    except ConfigError as e:
+        text = str(e) + repr(e)
+    else:
+        text = repr(cfg) + str(cfg) + repr(cfg.server) + " ".join(cfg.warnings)
+        assert cfg.server.token.startswith(SECRET)
+    assert SECRET not in text
+
+
+def test_token_file_contents_never_appear_in_repr(token_file):
+    cfg = ok(environ={}, token_file=token_file(SECRET, mode=0o644))
+    assert cfg.server.token == SECRET
+    assert SECRET not in repr(cfg) + " ".join(cfg.warnings)
+
+
+# --- attribute paths --------------------------------------------------------
+
+CORE_USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+
+
+@pytest.mark.parametrize(
+    "text, schema, names",
+    [
+        pytest.param("userName", None, ("userName",), id="core-attribute"),
+        pytest.param("name.givenName", None, ("name", "givenName"), id="sub-attribute"),
+        pytest.param(f"{USER_EXTENSION}:sunkSshKeys", USER_EXTENSION, ("sunkSshKeys",), id="coreweave-urn"),
+        pytest.param(f"{USER_EXTENSION}:sunkName.first", USER_EXTENSION, ("sunkName", "first"), id="coreweave-urn-sub-attribute"),
+        pytest.param(f"{USER_EXTENSION}/sunkSshKeys", USER_EXTENSION, ("sunkSshKeys",), id="slash-form-urn"),
+        pytest.param(f"{USER_EXTENSION}/sunkName/first", USER_EXTENSION, ("sunkName", "first"), id="slash-form-urn-sub"),
+        pytest.param("name/givenName", None, ("name", "givenName"), id="slash-form"),
+        pytest.param("members/value", None, ("members", "value"), id="slash-form-members"),
+        pytest.param(f"{CORE_USER}:userName", None, ("userName",), id="core-schema-qualified"),
+        pytest.param(f"{CORE_USER}:name.givenName", None, ("name", "givenName"), id="core-schema-qualified-sub"),
+        pytest.param(f"{CORE_USER}/name/givenName", None, ("name", "givenName"), id="core-schema-slash-form"),
+        pytest.param("urn:ietf:params:scim:schemas:core:2.0:Group:displayName", None, ("displayName",), id="core-group"),
+        pytest.param(f"{CORE_USER.upper()}:userName", None, ("userName",), id="core-schema-any-case"),
+        pytest.param(f"{ENTERPRISE}:employeeNumber", ENTERPRISE, ("employeeNumber",), id="enterprise-extension"),
+        pytest.param(f"{ENTERPRISE}:manager.value", ENTERPRISE, ("manager", "value"), id="enterprise-sub-attribute"),
+    ],
+)
+def test_attribute_path_notation(text, schema, names):
+    assert parse_path(text) == AttributePath(schema, names, text)
+    assert str(parse_path(text)) == text
+
+
+def test_attribute_path_is_stripped():
+    assert parse_path("  name.givenName \t") == AttributePath(None, ("name", "givenName"), "name.givenName")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("", id="empty"),
+        pytest.param(".", id="dot"),
+        pytest.param("name.", id="trailing-dot"),
+        pytest.param(".name", id="leading-dot"),
+        pytest.param("name..givenName", id="double-dot"),
+        pytest.param("urn:", id="bare-urn"),
+        pytest.param("urn:x", id="urn-without-attribute"),
+        pytest.param(f"{USER_EXTENSION}:", id="urn-trailing-colon"),
+        pytest.param(f"{USER_EXTENSION}:sunkName.", id="urn-trailing-dot"),
+        pytest.param("/name", id="leading-slash"),
+        pytest.param("name/", id="trailing-slash"),
+        pytest.param("name//givenName", id="double-slash"),
+        pytest.param(f"{USER_EXTENSION}/", id="urn-slash-nothing"),
+    ],
+)
+def test_malformed_attribute_path_is_refused(text):
+    with pytest.raises(ConfigError) as caught:
+        parse_path(text)
+    assert str(caught.value) == f"attribute path {text.strip()!r} is malformed"
+
+
+def test_comma_separated_paths_keep_their_order():
+    cfg = ok(gecos_attribute=f"name.formatted, displayName ,{USER_EXTENSION}:sunkGecos")
+    assert cfg.users.gecos == (top("name", "formatted"), top("displayName"), ext("sunkGecos"))
+
+
+def test_module_exports():
+    assert config.TOKEN_ENV_VARS == ("NSSCACHE_COREWEAVE_TOKEN", "NSSCACHE_SCIM_AUTH_TOKEN")

@@ -1,0 +1,107 @@
+"""render: a policy Directory -> nsscache maps, checked through nsscache's own
+files cache writer (``FilesCache._WriteData``), so the lines below are the
+lines libnss-cache and the keys helper will read.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from nss_cache.caches import cache_factory
+from nss_cache.maps import group, passwd, shadow, sshkey
+
+from nss_cache_coreweave import render
+from nss_cache_coreweave.policy import Account, Directory, PosixGroup
+from unit_keys import ed25519_key, rsa_key
+
+ALICE_KEYS = (ed25519_key() + " alice@laptop", rsa_key(2048) + " alice@desk")
+DIRECTORY = Directory(
+    accounts=(
+        Account("alice", 20001, 20001, "Alice Smith", "/mnt/home/alice", "/bin/bash", ALICE_KEYS),
+        Account("bob", 20002, 20002, "Bob Jones", "/mnt/home/bob", "/bin/zsh", ()),
+        Account("carol", 20003, 30001, "", "/home/carol", "/bin/bash", (ed25519_key("carol"),)),
+    ),
+    groups=(
+        PosixGroup("slurm-sudo", 30002, ("alice",)),
+        PosixGroup("slurm-users", 30001, ("alice", "bob", "carol")),
+        PosixGroup("empty", 30003, ()),
+    ),
+    drops=(),
+    missing_groups=(),
+)
+
+
+def written(map_name, directory, tmp_path):
+    cache = cache_factory.Create({"name": "files", "dir": str(tmp_path)}, map_name)
+    target = io.BytesIO()
+    for entry in render.render(map_name, directory):
+        cache._WriteData(target, entry)
+    return target.getvalue().decode("ascii").splitlines()
+
+
+def test_passwd_lines(tmp_path):
+    assert written("passwd", DIRECTORY, tmp_path) == [
+        "alice:x:20001:20001:Alice Smith:/mnt/home/alice:/bin/bash",
+        "bob:x:20002:20002:Bob Jones:/mnt/home/bob:/bin/zsh",
+        "carol:x:20003:30001::/home/carol:/bin/bash",
+    ]
+
+
+def test_group_lines(tmp_path):
+    assert written("group", DIRECTORY, tmp_path) == [
+        "slurm-sudo:x:30002:alice",
+        "slurm-users:x:30001:alice,bob,carol",
+        "empty:x:30003:",
+    ]
+
+
+def test_shadow_line_is_a_locked_password_for_every_account(tmp_path):
+    assert written("shadow", DIRECTORY, tmp_path) == ["alice:*:::::::", "bob:*:::::::", "carol:*:::::::"]
+
+
+def test_sshkey_line_is_the_python_list_and_keyless_users_get_none(tmp_path):
+    assert written("sshkey", DIRECTORY, tmp_path) == [
+        f"alice:['{ALICE_KEYS[0]}', '{ALICE_KEYS[1]}']",
+        f"carol:['{ed25519_key('carol')}']",
+    ]
+
+
+def test_sshkey_comment_with_a_quote_is_written_in_double_quotes(tmp_path):
+    key = ed25519_key() + " it's-me"
+    directory = Directory((Account("dave", 20004, 20004, "", "/home/dave", "/bin/bash", (key,)),), (), (), ())
+    assert written("sshkey", directory, tmp_path) == [f'dave:["{key}"]']
+
+
+@pytest.mark.parametrize(
+    "map_name, kind, size",
+    [("passwd", passwd.PasswdMap, 3), ("group", group.GroupMap, 3), ("shadow", shadow.ShadowMap, 3), ("sshkey", sshkey.SshkeyMap, 2)],
+)
+def test_render_returns_the_nsscache_map(map_name, kind, size):
+    result = render.render(map_name, DIRECTORY)
+    assert type(result) is kind
+    assert len(result) == size
+
+
+def test_passwd_entries_carry_ints_and_strings():
+    entry = next(iter(render.render("passwd", DIRECTORY)))
+    assert (entry.name, entry.passwd, entry.uid, entry.gid, entry.gecos, entry.dir, entry.shell) == (
+        "alice", "x", 20001, 20001, "Alice Smith", "/mnt/home/alice", "/bin/bash",
+    )
+    assert type(entry.uid) is int and type(entry.gid) is int
+
+
+def test_group_members_are_a_list_of_names():
+    entry = [e for e in render.render("group", DIRECTORY) if e.name == "slurm-users"][0]
+    assert entry.members == ["alice", "bob", "carol"]
+
+
+@pytest.mark.parametrize("map_name", sorted(render.MAPS))
+def test_empty_directory_renders_empty_maps(map_name, tmp_path):
+    empty = Directory((), (), (), ())
+    assert len(render.render(map_name, empty)) == 0
+    assert written(map_name, empty, tmp_path) == []
+
+
+def test_the_four_maps():
+    assert sorted(render.MAPS) == ["group", "passwd", "shadow", "sshkey"]

@@ -1,0 +1,612 @@
+"""scim: list every resource of an endpoint, all or nothing.
+
+Every test runs the package's real ``requests.Session`` (``scim.new_session``)
+over a scripted transport (``unit_http.ScriptedTransport``): a
+``BaseAdapter`` that answers from a script and records each request. No
+network, no sleeping: ``sleep`` is injected and only recorded.
+"""
+
+from __future__ import annotations
+
+import email.utils
+
+import pytest
+import requests
+
+from nss_cache_coreweave import scim
+from nss_cache_coreweave.errors import AuthError, FetchError, ListingError, StaleCursorError
+from unit_http import BASE, TOKEN, Reply, ScriptedTransport, load_page, page, scim_error, server, session_with, users
+
+
+def listing(*steps, **server_options):
+    """Run list_resources over a scripted transport.
+
+    Returns (ids listed, transport, sleeps) or raises what list_resources raised
+    (the transport and sleeps are then on the exception as .transport/.sleeps).
+    """
+    srv = server(**server_options)
+    transport = ScriptedTransport(*steps)
+    sleeps = []
+    try:
+        found = scim.list_resources(
+            session_with(transport, srv), srv, srv.users_url, "Users",
+            lambda r: r, lambda r: r["id"], sleep=sleeps.append,
+        )
+    except Exception as e:
+        e.transport, e.sleeps = transport, sleeps
+        raise
+    return [r["id"] for r in found], transport, sleeps
+
+
+def refused(kind, *steps, **server_options):
+    with pytest.raises(kind) as caught:
+        listing(*steps, **server_options)
+    return caught.value
+
+
+# --- index paging (RFC 7644 §3.4.2.4) ---------------------------------------
+
+
+def test_index_paging_sends_explicit_start_index_and_count():
+    ids, transport, sleeps = listing(
+        page(users("a", "b"), total=3, startIndex=1),
+        page(users("c"), total=3, startIndex=3),
+        page_size=2,
+    )
+    assert ids == ["a", "b", "c"]
+    assert transport.params() == [{"startIndex": "1", "count": "2"}, {"startIndex": "3", "count": "2"}]
+    assert transport.paths() == ["/scim/cw-test/Users"] * 2
+    assert sleeps == []
+
+
+def test_index_paging_advances_by_what_the_server_returned():
+    # The server caps pages at 1 although 2 were asked for.
+    ids, transport, _ = listing(page(users("a"), total=3), page(users("b"), total=3), page(users("c"), total=3))
+    assert ids == ["a", "b", "c"]
+    assert [p["startIndex"] for p in transport.params()] == ["1", "2", "3"]
+
+
+def test_single_page_listing_makes_one_request():
+    ids, transport, _ = listing(page(users("a", "b")))
+    assert (ids, len(transport.sent)) == (["a", "b"], 1)
+
+
+def test_page_with_changed_total_is_refused():
+    error = refused(ListingError, page(users("a", "b"), total=3), page(users("c", "d"), total=4))
+    assert str(error) == "Users page 2 has totalResults 4, page 1 said 3: refusing a partial listing"
+
+
+def test_empty_page_before_total_is_refused():
+    error = refused(ListingError, page(users("a", "b"), total=3), page([], total=3))
+    assert str(error) == "Users page 2 (startIndex 3) brought no new resources after 2 of 3: refusing a partial listing"
+
+
+def test_empty_first_page_with_a_total_is_refused():
+    error = refused(ListingError, page([], total=5))
+    assert str(error) == "Users page 1 (startIndex 1) brought no new resources after 0 of 5: refusing a partial listing"
+
+
+def test_page_repeating_earlier_resources_is_refused():
+    # A server that ignores startIndex serves page 1 forever.
+    error = refused(ListingError, page(users("a", "b"), total=4), page(users("a", "b"), total=4))
+    assert str(error) == "Users page 2 (startIndex 3) brought no new resources after 2 of 4: refusing a partial listing"
+
+
+def test_overlapping_pages_are_deduplicated_by_id():
+    # A deletion between requests shifts the window: b comes twice.
+    ids, _, _ = listing(page(users("a", "b"), total=3), page(users("b", "c"), total=3))
+    assert ids == ["a", "b", "c"]
+
+
+def test_first_copy_of_a_duplicated_resource_is_kept():
+    first = {"id": "a", "userName": "first"}
+    srv = server()
+    transport = ScriptedTransport(page([first, {"id": "a", "userName": "second"}, {"id": "b"}], total=2))
+    found = scim.list_resources(session_with(transport, srv), srv, srv.users_url, "Users", lambda r: r, lambda r: r["id"], sleep=None)
+    assert found == [first, {"id": "b"}]
+
+
+@pytest.mark.parametrize(
+    "total, shown",
+    [
+        pytest.param("omit", "None", id="missing"),
+        pytest.param("null", "None", id="null"),
+        pytest.param(-1, "-1", id="negative"),
+        pytest.param(True, "True", id="bool"),
+        pytest.param("3", "'3'", id="string"),
+        pytest.param(3.0, "3.0", id="float"),
+    ],
+)
+def test_total_that_cannot_be_checked_is_refused(total, shown):
+    if total == "omit":
+        reply = page(users("a"), omit=["totalResults"])
+    elif total == "null":
+        reply = page(users("a"), totalResults=None)
+    else:
+        reply = page(users("a"), total=total)
+    error = refused(ListingError, reply)
+    assert str(error) == (
+        f"Users page 1: totalResults is {shown}, not a non-negative integer: refusing a listing we cannot check"
+    )
+
+
+@pytest.mark.parametrize(
+    "resources",
+    [
+        pytest.param({"id": "a"}, id="object"),
+        pytest.param("a", id="string"),
+        pytest.param(5, id="number"),
+        pytest.param(True, id="bool"),
+    ],
+)
+def test_resources_that_are_not_a_list_are_refused(resources):
+    error = refused(ListingError, page([], total=1, Resources=resources))
+    assert str(error) == "Users page 1: 'Resources' is not a list: refusing a malformed listing"
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        pytest.param({"userName": "a"}, id="no-id"),
+        pytest.param({"id": ""}, id="empty-id"),
+        pytest.param({"id": 5}, id="number-id"),
+        pytest.param({"id": None}, id="null-id"),
+        pytest.param({"id": ["a"]}, id="list-id"),
+        pytest.param("a", id="string-resource"),
+        pytest.param(None, id="null-resource"),
+    ],
+)
+def test_resource_without_a_string_id_is_refused(resource):
+    error = refused(ListingError, page([{"id": "ok"}, resource]))
+    assert str(error) == "Users page 1: a resource has no string 'id': refusing a malformed listing"
+
+
+def test_more_resources_than_total_is_refused():
+    error = refused(ListingError, page(users("a", "b"), total=1))
+    assert str(error) == "Users: collected 2 distinct resources but totalResults is 1: refusing a partial listing"
+
+
+def test_zero_total_with_resources_is_refused():
+    error = refused(ListingError, page(users("a"), total=0))
+    assert str(error) == "Users: collected 1 distinct resources but totalResults is 0: refusing a partial listing"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(page([], total=0), id="empty-Resources"),
+        pytest.param(page([], total=0, omit=["Resources"]), id="no-Resources"),
+    ],
+)
+def test_zero_results_is_an_empty_listing_after_one_request(reply):
+    ids, transport, _ = listing(reply)
+    assert (ids, len(transport.sent)) == ([], 1)
+
+
+def test_endless_index_listing_is_capped(monkeypatch):
+    monkeypatch.setattr(scim, "MAX_PAGES", 2)
+    error = refused(ListingError, page(users("a"), total=100), page(users("b"), total=100))
+    assert str(error) == "Users: more than 2 pages: refusing an endless listing"
+
+
+# --- cursor paging (RFC 9865) -------------------------------------------------
+
+
+def cursor_page(*ids, next_cursor=None):
+    """A cursor page without totalResults (RFC 9865 makes it optional)."""
+    extra = {} if next_cursor is None else {"nextCursor": next_cursor}
+    return page(users(*ids), omit=["totalResults"], **extra)
+
+
+def test_cursor_paging_starts_empty_and_follows_next_cursor():
+    ids, transport, _ = listing(
+        page(users("a", "b"), total=3, nextCursor="VXNlcnM6Mg"),
+        page(users("c"), total=3),
+        pagination="cursor",
+    )
+    assert ids == ["a", "b", "c"]
+    assert transport.params() == [{"cursor": "", "count": "2"}, {"cursor": "VXNlcnM6Mg", "count": "2"}]
+    assert transport.sent[0].query == "cursor=&count=2"
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        pytest.param(page(users("c"), omit=["totalResults"]), id="absent"),
+        pytest.param(page(users("c"), omit=["totalResults"], nextCursor=None), id="null"),
+    ],
+)
+def test_absent_next_cursor_ends_the_walk(last):
+    ids, transport, _ = listing(cursor_page("a", next_cursor="c1"), last, pagination="cursor")
+    assert (ids, len(transport.sent)) == (["a", "c"], 2)
+
+
+def test_cursor_paging_does_not_need_total_results():
+    ids, _, _ = listing(page(users("a", "b"), omit=["totalResults", "itemsPerPage"]), pagination="cursor")
+    assert ids == ["a", "b"]
+
+
+def test_repeated_cursor_is_refused():
+    error = refused(
+        ListingError,
+        cursor_page("a", next_cursor="c1"),
+        cursor_page("b", next_cursor="c2"),
+        cursor_page("c", next_cursor="c1"),
+        pagination="cursor",
+    )
+    assert str(error) == (
+        "Users page 3 makes no progress (repeated cursor or no new resources): refusing an endless listing"
+    )
+
+
+def test_cursor_page_without_new_resources_is_refused():
+    error = refused(ListingError, cursor_page("a", next_cursor="c1"), cursor_page("a", next_cursor="c2"), pagination="cursor")
+    assert str(error) == (
+        "Users page 2 makes no progress (repeated cursor or no new resources): refusing an endless listing"
+    )
+
+
+@pytest.mark.parametrize("cursor, shown", [("", "''"), (5, "5"), (["c"], "['c']")])
+def test_next_cursor_must_be_a_non_empty_string(cursor, shown):
+    error = refused(ListingError, cursor_page("a", next_cursor=cursor), pagination="cursor")
+    assert str(error) == f"Users page 1: nextCursor {shown} is not a non-empty string"
+
+
+def test_cursor_page_with_changed_total_is_refused():
+    error = refused(ListingError, page(users("a"), total=2, nextCursor="c1"), page(users("b"), total=3), pagination="cursor")
+    assert str(error) == "Users page 2 has totalResults 3, page 1 said 2: refusing a partial listing"
+
+
+def test_cursor_listing_short_of_its_total_is_refused():
+    error = refused(ListingError, page(users("a"), total=2), pagination="cursor")
+    assert str(error) == "Users: collected 1 distinct resources but totalResults is 2: refusing a partial listing"
+
+
+def test_endless_cursor_listing_is_capped(monkeypatch):
+    monkeypatch.setattr(scim, "MAX_PAGES", 3)
+    steps = [cursor_page(f"u{n}", next_cursor=f"c{n}") for n in range(3)]
+    error = refused(ListingError, *steps, pagination="cursor")
+    assert str(error) == "Users: more than 3 pages: refusing an endless listing"
+
+
+@pytest.mark.parametrize("scim_type", ["invalidCursor", "expiredCursor"])
+def test_stale_cursor_restarts_the_walk_once(scim_type):
+    ids, transport, sleeps = listing(
+        page(users("a"), total=2, nextCursor="c1"),
+        scim_error(400, "cursor expired", scim_type),
+        page(users("a"), total=2, nextCursor="c9"),
+        page(users("b"), total=2),
+        pagination="cursor",
+    )
+    assert ids == ["a", "b"]
+    assert [p["cursor"] for p in transport.params()] == ["", "c1", "", "c9"]
+    assert sleeps == []
+
+
+def test_second_stale_cursor_fails_the_listing():
+    error = refused(
+        StaleCursorError,
+        cursor_page("a", next_cursor="c1"),
+        scim_error(400, "cursor expired", "expiredCursor"),
+        cursor_page("a", next_cursor="c2"),
+        scim_error(400, "cursor expired", "invalidCursor"),
+        pagination="cursor",
+    )
+    assert isinstance(error, FetchError)
+    assert str(error) == "Users page 2: HTTP 400 ('cursor expired')"
+    assert len(error.transport.sent) == 4
+
+
+def test_bad_request_without_a_cursor_type_is_not_restarted():
+    error = refused(FetchError, cursor_page("a", next_cursor="c1"), scim_error(400, "bad filter", "invalidFilter"), pagination="cursor")
+    assert type(error) is FetchError
+    assert str(error) == f"Users page 2: HTTP 400 from {BASE} ('bad filter'): check coreweave_base_url and the endpoints"
+    assert len(error.transport.sent) == 2
+
+
+# --- retries ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "retry_after, wait",
+    [
+        pytest.param("7", 7.0, id="seconds"),
+        pytest.param(" 3 ", 3.0, id="padded"),
+        pytest.param("0", 0.0, id="zero"),
+        pytest.param("120", 120.0, id="at-the-cap"),
+        pytest.param("86400", 120.0, id="clamped"),
+    ],
+)
+def test_429_retry_after_seconds_is_honoured_and_clamped(retry_after, wait):
+    ids, transport, sleeps = listing(scim_error(429, headers={"Retry-After": retry_after}), page(users("a")))
+    assert (ids, sleeps, len(transport.sent)) == (["a"], [wait], 2)
+
+
+NOW = 1_780_000_000.0
+
+
+@pytest.mark.parametrize(
+    "offset, wait",
+    [
+        pytest.param(45, 45.0, id="in-45-s"),
+        pytest.param(-300, 0.0, id="in-the-past"),
+        pytest.param(3600, 120.0, id="clamped"),
+    ],
+)
+def test_429_retry_after_http_date_is_honoured_and_clamped(monkeypatch, offset, wait):
+    monkeypatch.setattr(scim.time, "time", lambda: NOW)
+    header = email.utils.formatdate(NOW + offset, usegmt=True)
+    _, _, sleeps = listing(scim_error(429, headers={"Retry-After": header}), page(users("a")))
+    assert sleeps == [wait]
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    [
+        pytest.param("soon", id="word"),
+        pytest.param("1.5", id="fraction"),
+        pytest.param("-5", id="negative"),
+        pytest.param("", id="empty"),
+        pytest.param("Mon, 32 Foo 2026 25:61:61", id="bad-date"),
+        pytest.param("\xb2", id="latin1-superscript-two"),  # http.client decodes header bytes as latin-1
+    ],
+)
+def test_unusable_retry_after_falls_back_to_backoff(retry_after):
+    _, _, sleeps = listing(scim_error(429, headers={"Retry-After": retry_after}), page(users("a")))
+    assert sleeps == [1.0]
+
+
+def test_retry_after_is_honoured_on_503_too():
+    _, _, sleeps = listing(scim_error(503, headers={"Retry-After": "9"}), page(users("a")))
+    assert sleeps == [9.0]
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+def test_retryable_status_backs_off_1_2_4_then_succeeds(status):
+    ids, transport, sleeps = listing(scim_error(status), scim_error(status), scim_error(status), page(users("a")), retries=3)
+    assert (ids, sleeps, len(transport.sent)) == (["a"], [1.0, 2.0, 4.0], 4)
+
+
+def test_backoff_is_capped_at_30_seconds_and_then_fails():
+    error = refused(FetchError, *[scim_error(503)] * 8, retries=7)
+    assert type(error) is FetchError
+    assert error.sleeps == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert str(error) == f"Users page 1: HTTP 503 from {BASE} (after 8 attempts): the server is failing, try later"
+
+
+def test_zero_retries_fails_at_once():
+    error = refused(FetchError, scim_error(500, "boom"), retries=0)
+    assert (error.sleeps, len(error.transport.sent)) == ([], 1)
+    assert str(error) == f"Users page 1: HTTP 500 from {BASE} ('boom') (after 1 attempts): the server is failing, try later"
+
+
+def test_retries_count_per_page():
+    ids, _, sleeps = listing(
+        page(users("a"), total=2), scim_error(502), scim_error(502), page(users("b"), total=2), retries=2,
+    )
+    assert (ids, sleeps) == (["a", "b"], [1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    "exception",
+    [
+        pytest.param(requests.ConnectionError("refused"), id="ConnectionError"),
+        pytest.param(requests.exceptions.ConnectTimeout("connect timeout"), id="ConnectTimeout"),
+        pytest.param(requests.exceptions.ReadTimeout("read timeout"), id="ReadTimeout"),
+        pytest.param(requests.exceptions.SSLError("handshake"), id="SSLError"),
+    ],
+)
+def test_connection_errors_are_retried(exception):
+    ids, _, sleeps = listing(exception, exception, page(users("a")))
+    assert (ids, sleeps) == (["a"], [1.0, 2.0])
+
+
+def test_connection_errors_fail_after_the_last_attempt():
+    error = refused(FetchError, *[requests.ConnectionError("refused")] * 4, retries=3)
+    assert error.sleeps == [1.0, 2.0, 4.0]
+    assert str(error) == (
+        f"Users page 1: ConnectionError talking to {BASE} (after 4 attempts): is the network or the server down?"
+    )
+
+
+def test_other_request_errors_are_not_retried():
+    error = refused(FetchError, requests.exceptions.InvalidURL("bad"))
+    assert (str(error), error.sleeps) == ("Users page 1: request failed: InvalidURL", [])
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_401_and_403_are_never_retried(status):
+    error = refused(AuthError, scim_error(status, "invalid or expired bearer token", headers={"Retry-After": "1"}))
+    assert isinstance(error, FetchError)
+    assert (error.sleeps, len(error.transport.sent)) == ([], 1)
+    assert str(error) == (
+        f"Users page 1: HTTP {status} from {BASE} ('invalid or expired bearer token'): check the bearer token "
+        "(coreweave_token_file or NSSCACHE_SCIM_AUTH_TOKEN) and its scope"
+    )
+
+
+@pytest.mark.parametrize(
+    "reply, detail",
+    [
+        pytest.param(scim_error(404, "no such tenant"), " ('no such tenant')", id="404-scim-error"),
+        pytest.param(Reply(404, b"<html>Not Found</html>"), "", id="404-html"),
+        pytest.param(Reply(405, b""), "", id="405"),
+        pytest.param(Reply(304, b""), "", id="304"),
+        pytest.param(scim_error(404, "a\nb\x00c" + "x" * 300), " ('a b c" + "x" * 195 + "')", id="detail-cleaned-and-cut"),
+    ],
+)
+def test_other_statuses_fail_without_retry(reply, detail):
+    error = refused(FetchError, reply)
+    assert type(error) is FetchError
+    assert (error.sleeps, len(error.transport.sent)) == ([], 1)
+    assert str(error) == (
+        f"Users page 1: HTTP {reply.status} from {BASE}{detail}: check coreweave_base_url and the endpoints"
+    )
+
+
+# --- response bodies ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"<html>hello</html>", id="html"),
+        pytest.param(b"", id="empty"),
+        pytest.param(b'{"Resources": [', id="truncated"),
+        pytest.param(b"\xff\xfe\x00garbage", id="not-utf8"),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, id="deeply-nested"),
+    ],
+)
+def test_body_that_is_not_json_is_a_listing_error(body):
+    error = refused(ListingError, Reply(200, body))
+    assert str(error) == "Users page 1: the response is not JSON: refusing a malformed listing"
+
+
+def test_deeply_nested_error_body_is_still_a_fetch_error():
+    error = refused(FetchError, Reply(503, b"[" * 100_000), retries=0)
+    assert str(error) == f"Users page 1: HTTP 503 from {BASE} (after 1 attempts): the server is failing, try later"
+
+
+@pytest.mark.parametrize("body", [[], "Resources", 5, None, True])
+def test_json_that_is_not_an_object_is_a_listing_error(body):
+    error = refused(ListingError, Reply(200, body))
+    assert str(error) == "Users page 1: the response is not a JSON object: refusing a malformed listing"
+
+
+@pytest.mark.parametrize(
+    "schemas",
+    [
+        ["urn:ietf:params:scim:api:messages:2.0:Error"],
+        ["urn:ietf:params:scim:schemas:core:2.0:User"],
+    ],
+)
+def test_wrong_schemas_are_a_listing_error(schemas):
+    error = refused(ListingError, page(users("a"), schemas=schemas))
+    assert str(error) == f"Users page 1: the response is not a SCIM ListResponse (schemas {schemas!r})"
+
+
+def test_listing_without_schemas_is_tolerated():
+    ids, _, _ = listing(page(users("a"), omit=["schemas"]))
+    assert ids == ["a"]
+
+
+# --- what goes on the wire ----------------------------------------------------
+
+
+def test_request_carries_bearer_token_scim_accept_and_user_agent():
+    _, transport, _ = listing(page(users("a")), timeout=7.5)
+    sent = transport.sent[0]
+    assert sent.method == "GET"
+    assert sent.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert sent.headers["Accept"] == "application/scim+json"
+    assert sent.headers["User-Agent"] == f"nss-cache-coreweave/{scim.__version__}"
+    assert sent.timeout == 7.5
+
+
+@pytest.mark.parametrize("verify", [True, False, "/etc/ssl/iam-ca.pem"])
+def test_configured_tls_verification_is_used(monkeypatch, verify):
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    _, transport, _ = listing(page(users("a")), verify=verify)
+    assert transport.sent[0].verify == verify
+
+
+@pytest.mark.parametrize("verify", [False, "/etc/ssl/iam-ca.pem"])
+def test_environment_ca_bundle_does_not_override_configured_verification(monkeypatch, verify):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    _, transport, _ = listing(page(users("a")), verify=verify)
+    assert transport.sent[0].verify == verify
+
+
+def test_netrc_does_not_replace_the_bearer_token(tmp_path, monkeypatch):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine api.coreweave.test login someone password hunter2\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+
+    # Control: a plain Session over the same transport does pick the netrc up.
+    plain = requests.Session()
+    control = ScriptedTransport(page([]))
+    plain.mount("https://", control)
+    plain.get(BASE + "/Users")
+    assert control.sent[0].headers["Authorization"].startswith("Basic ")
+
+    _, transport, _ = listing(page(users("a")))
+    assert transport.sent[0].headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_redirect_to_another_host_drops_the_token():
+    redirect = Reply(302, b"", {"Location": "https://elsewhere.example/scim/Users?startIndex=1&count=2"})
+    _, transport, _ = listing(redirect, page(users("a")))
+    assert [s.url.split("?")[0] for s in transport.sent] == [BASE + "/Users", "https://elsewhere.example/scim/Users"]
+    assert transport.sent[0].headers["Authorization"] == f"Bearer {TOKEN}"
+    assert "Authorization" not in transport.sent[1].headers
+
+
+def test_session_auth_repr_hides_the_token():
+    session = scim.new_session(server())
+    assert TOKEN not in repr(session.auth)
+    assert repr(session.auth) == "_Bearer(<redacted>)"
+
+
+@pytest.mark.parametrize(
+    "steps, kind",
+    [
+        pytest.param([scim_error(401, "invalid or expired bearer token")], AuthError, id="401"),
+        pytest.param([scim_error(403)], AuthError, id="403-no-detail"),
+        pytest.param([scim_error(404, "not found")], FetchError, id="404"),
+        pytest.param([scim_error(503, "busy")] * 4, FetchError, id="503-exhausted"),
+        pytest.param([requests.ConnectionError(f"Authorization: Bearer {TOKEN}")] * 4, FetchError, id="connection-error-quoting-the-header"),
+        pytest.param([requests.exceptions.InvalidHeader(f"Invalid header value b'Bearer {TOKEN}'")], FetchError, id="invalid-header"),
+        pytest.param([Reply(200, b"not json")], ListingError, id="not-json"),
+        pytest.param([page(users("a"), total=2), page([], total=2)], ListingError, id="short-listing"),
+    ],
+)
+def test_no_error_message_contains_the_token(steps, kind):
+    error = refused(kind, *steps)
+    assert TOKEN not in shown_chain(error)
+
+
+def shown_chain(error) -> str:
+    """Every message a traceback of ``error`` would print."""
+    texts = []
+    while error is not None:
+        texts.append(f"{error!s} {error!r}")
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return "\n".join(texts)
+
+
+def test_server_error_detail_echoing_the_token_is_not_repeated():
+    # Some servers quote the credential they refused; the message is logged.
+    error = refused(AuthError, scim_error(401, f"invalid bearer token {TOKEN}"))
+    assert TOKEN not in str(error)
+
+
+# --- the documented payloads (docs/coreweave-iam-scim.md §8) -----------------
+
+
+def test_documented_index_pages_list_three_users():
+    ids, _, _ = listing(Reply(200, load_page("users-index-page1.json")), Reply(200, load_page("users-index-page2.json")))
+    assert ids == ["5b0e8f7a", "c3a4d5e6", "e1f2a3b4"]
+
+
+def test_documented_cursor_last_page_ends_the_walk():
+    first = load_page("users-index-page1.json")
+    first.pop("startIndex")
+    first["nextCursor"] = "VXNlcnM6Mg"
+    ids, transport, _ = listing(Reply(200, first), Reply(200, load_page("users-cursor-last.json")), pagination="cursor")
+    assert ids == ["5b0e8f7a", "c3a4d5e6", "e1f2a3b4"]
+    assert [p["cursor"] for p in transport.params()] == ["", "VXNlcnM6Mg"]
+
+
+def test_documented_empty_result_is_an_empty_listing():
+    ids, transport, _ = listing(Reply(200, load_page("empty.json")))
+    assert (ids, len(transport.sent)) == ([], 1)
+
+
+def test_documented_401_body_is_an_auth_error():
+    error = refused(AuthError, Reply(401, load_page("error-401.json")))
+    assert str(error) == (
+        f"Users page 1: HTTP 401 from {BASE} ('invalid or expired bearer token'): check the bearer token "
+        "(coreweave_token_file or NSSCACHE_SCIM_AUTH_TOKEN) and its scope"
+    )

@@ -1,0 +1,225 @@
+"""snapshot: Users and Groups listed once each; only what the maps need kept.
+
+``resolve`` reads a configured attribute path out of a SCIM resource: the
+first present, non-empty value among several paths, attribute names matched
+case-insensitively (RFC 7643 §2.1), extension objects keyed by their URN.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from nss_cache_coreweave import config, snapshot
+from nss_cache_coreweave.config import USER_EXTENSION, parse_path
+from nss_cache_coreweave.errors import AuthError
+from nss_cache_coreweave.snapshot import GroupRecord, Member, UserRecord, resolve
+from unit_http import BASE, TOKEN, ScriptedTransport, load_page, page, scim_error, session_with
+
+ALICE = {
+    "id": "5b0e8f7a",
+    "userName": "alice.smith@example.com",
+    "displayName": "",
+    "nickName": None,
+    "emails": [],
+    "name": {"givenName": "Alice", "familyName": "Smith"},
+    USER_EXTENSION: {"sunkPosixUsername": "alice", "sunkPosixUid": 20001, "sunkRetired": False, "sunkZero": 0},
+}
+
+
+def configured(**options):
+    return config.parse(
+        {"base_url": BASE, "groups": "slurm-users", "page_size": 2, **options},
+        environ={"NSSCACHE_COREWEAVE_TOKEN": TOKEN},
+    )
+
+
+def paths(text):
+    return tuple(parse_path(p) for p in text.split(","))
+
+
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        pytest.param("userName", "alice.smith@example.com", id="top-level"),
+        pytest.param("name.givenName", "Alice", id="nested"),
+        pytest.param("name/familyName", "Smith", id="nested-slash-form"),
+        pytest.param(f"{USER_EXTENSION}:sunkPosixUid", 20001, id="extension-urn"),
+        pytest.param(f"{USER_EXTENSION}/sunkPosixUsername", "alice", id="extension-urn-slash-form"),
+        pytest.param(f"{USER_EXTENSION.upper()}:SUNKPOSIXUID", 20001, id="urn-and-name-any-case"),
+        pytest.param("USERNAME", "alice.smith@example.com", id="name-any-case"),
+        pytest.param("Name.GivenName", "Alice", id="sub-attribute-any-case"),
+        pytest.param("urn:ietf:params:scim:schemas:core:2.0:User:userName", "alice.smith@example.com", id="core-schema-qualified"),
+        pytest.param("displayName, name.givenName", "Alice", id="empty-string-skipped"),
+        pytest.param("nickName, userName", "alice.smith@example.com", id="null-skipped"),
+        pytest.param("emails, userName", "alice.smith@example.com", id="empty-list-skipped"),
+        pytest.param("title, name.middleName, name.givenName", "Alice", id="first-present-of-three"),
+        pytest.param("name.givenName, userName", "Alice", id="first-wins"),
+        pytest.param(f"{USER_EXTENSION}:sunkZero", 0, id="zero-is-a-value"),
+        pytest.param(f"{USER_EXTENSION}:sunkRetired", False, id="false-is-a-value"),
+        pytest.param("title", None, id="absent"),
+        pytest.param("name.givenName.first", None, id="below-a-string"),
+        pytest.param("userName.x", None, id="below-a-top-level-string"),
+        pytest.param(f"urn:example:params:scim:schemas:extension:Other:2.0:User:sunkPosixUid", None, id="other-extension"),
+        pytest.param("sunkPosixUid", None, id="extension-attribute-not-top-level"),
+    ],
+)
+def test_resolve(path, expected):
+    value = resolve(ALICE, paths(path))
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_resolve_prefers_the_exact_spelling():
+    assert resolve({"userName": "exact", "USERNAME": "other", "username": "third"}, paths("userName")) == "exact"
+    assert resolve({"USERNAME": "other", "userName": "exact"}, paths("username")) == "other"
+
+
+def test_resolve_with_no_paths_is_none():
+    assert resolve(ALICE, ()) is None
+
+
+# --- members ----------------------------------------------------------------
+
+
+def group_record(members, **resource):
+    cfg = configured()
+    transport = ScriptedTransport(page([]), page([{"id": "g1", "sunkPosixGroupName": "g", "sunkPosixGid": 3000, "members": members, **resource}]))
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server), sleep=None)
+    return snap.groups[0]
+
+
+@pytest.mark.parametrize(
+    "item, member",
+    [
+        pytest.param({"value": "u-1", "type": "User"}, Member("u-1", "User"), id="value"),
+        pytest.param({"value": "u-1"}, Member("u-1", None), id="no-type"),
+        pytest.param({"value": "g-2", "type": "Group"}, Member("g-2", "Group"), id="group-type-kept-for-policy"),
+        pytest.param({"$ref": f"{BASE}/Users/u-3", "type": "User"}, Member("u-3", "User"), id="ref-fallback"),
+        pytest.param({"value": "", "$ref": f"{BASE}/Users/u-3/"}, Member("u-3", None), id="empty-value-ref-trailing-slash"),
+        pytest.param({"value": "u-1", "$ref": f"{BASE}/Users/u-9"}, Member("u-1", None), id="value-beats-ref"),
+        pytest.param({"value": 42}, Member(None, None), id="number-value"),
+        pytest.param({"display": "alice@example.com"}, Member(None, None), id="display-only-is-not-an-id"),
+        pytest.param({"$ref": 5}, Member(None, None), id="non-string-ref"),
+    ],
+)
+def test_member_is_read_from_value_then_ref(item, member):
+    assert group_record([item]).members == (member,)
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        pytest.param(None, id="null"),
+        pytest.param({"value": "u-1"}, id="object"),
+        pytest.param("u-1", id="string"),
+        pytest.param(["u-1", 5, None], id="list-of-non-objects"),
+    ],
+)
+def test_malformed_members_yield_no_member(members):
+    assert group_record(members).members == ()
+
+
+def test_group_without_members_attribute_has_no_members():
+    cfg = configured()
+    transport = ScriptedTransport(page([]), page([{"id": "g1", "displayName": "g"}]))
+    assert snapshot.take(cfg, session=session_with(transport, cfg.server)).groups == (GroupRecord("g1", "g", None, ()),)
+
+
+# --- take -------------------------------------------------------------------
+
+
+def test_take_lists_users_once_and_groups_once():
+    cfg = configured()
+    transport = ScriptedTransport(
+        page(load_page("users-index-page1.json")["Resources"], total=3),
+        page(load_page("users-index-page2.json")["Resources"], total=3),
+        page(load_page("groups.json")["Resources"]),
+    )
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server), sleep=None)
+    assert transport.paths() == ["/scim/cw-test/Users", "/scim/cw-test/Users", "/scim/cw-test/Groups"]
+    assert [s.params for s in transport.sent] == [
+        {"startIndex": "1", "count": "2"},
+        {"startIndex": "3", "count": "2"},
+        {"startIndex": "1", "count": "2"},
+    ]
+    assert snap.users == (
+        UserRecord(
+            id="5b0e8f7a", active=True, name="alice", uid=20001, gid=20001, gecos=None, home=None, shell=None,
+            ssh_keys=["ssh-ed25519 AAAAC3Nza...1 alice@laptop", "ssh-rsa AAAAB3Nza...2 alice@desk"],
+        ),
+        UserRecord(id="c3a4d5e6", active=True, name="bob", uid=20002, gid=20002, gecos="Bob Jones", home=None, shell=None, ssh_keys=None),
+        UserRecord(id="e1f2a3b4", active=True, name=None, uid=None, gid=None, gecos="Carol White", home=None, shell=None, ssh_keys=None),
+    )
+    assert snap.groups == (
+        GroupRecord("9d1c0001", "slurm-users", 30001, (Member("5b0e8f7a", "User"), Member("c3a4d5e6", "User"))),
+        GroupRecord("9d1c0002", "slurm-sudo", 30002, (Member("5b0e8f7a", "User"),)),
+    )
+    assert isinstance(snap.fetched_at, float)
+
+
+def test_take_follows_the_configured_attribute_paths():
+    cfg = configured(
+        user_name_attribute="userName",
+        uid_attribute="urn:example:ext:2.0:User:uidNumber",
+        gid_attribute="urn:example:ext:2.0:User:gidNumber",
+        gecos_attribute="name.formatted, displayName",
+        home_attribute="urn:example:ext:2.0:User/homeDirectory",
+        shell_attribute="urn:example:ext:2.0:User:loginShell",
+        ssh_keys_attribute="urn:example:ext:2.0:User:sshKeys",
+        group_name_attribute="displayName",
+        group_gid_attribute="urn:example:ext:2.0:Group:gidNumber",
+    )
+    user = {
+        "id": "u1", "userName": "dave", "displayName": "Dave D", "active": False,
+        "urn:example:ext:2.0:User": {"uidNumber": "20010", "gidNumber": 20010, "homeDirectory": "/u/dave", "loginShell": "/bin/zsh", "sshKeys": "k"},
+    }
+    group = {"id": "g1", "displayName": "ops", "urn:example:ext:2.0:Group": {"gidNumber": 30010}}
+    transport = ScriptedTransport(page([user]), page([group]))
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
+    assert snap.users == (UserRecord("u1", False, "dave", "20010", 20010, "Dave D", "/u/dave", "/bin/zsh", "k"),)
+    assert snap.groups == (GroupRecord("g1", "ops", 30010, ()),)
+
+
+@pytest.mark.parametrize(
+    "resource, active",
+    [
+        pytest.param({"id": "u1"}, True, id="absent-means-active"),
+        pytest.param({"id": "u1", "active": False}, False, id="false"),
+        pytest.param({"id": "u1", "active": None}, None, id="null-kept-for-policy"),
+        pytest.param({"id": "u1", "active": "false"}, "false", id="string-kept-for-policy"),
+        pytest.param({"id": "u1", "Active": False}, False, id="attribute-name-any-case"),
+        pytest.param({"id": "u1", "ACTIVE": False}, False, id="attribute-name-upper-case"),
+    ],
+)
+def test_active_flag_is_read_as_sent(resource, active):
+    cfg = configured()
+    transport = ScriptedTransport(page([resource]), page([]))
+    assert snapshot.take(cfg, session=session_with(transport, cfg.server)).users[0].active == active
+
+
+def test_take_fails_whole_when_groups_fail():
+    cfg = configured()
+    transport = ScriptedTransport(page([{"id": "u1"}]), scim_error(401, "invalid or expired bearer token"))
+    with pytest.raises(AuthError):
+        snapshot.take(cfg, session=session_with(transport, cfg.server))
+    assert transport.paths() == ["/scim/cw-test/Users", "/scim/cw-test/Groups"]
+
+
+def test_take_opens_and_closes_its_own_session_when_given_none(mocker):
+    cfg = configured()
+    transport = ScriptedTransport(page([]), page([]))
+    session = session_with(transport, cfg.server)
+    close = mocker.spy(session, "close")
+    new_session = mocker.patch.object(snapshot.scim, "new_session", return_value=session)
+    snap = snapshot.take(cfg)
+    assert (snap.users, snap.groups) == ((), ())
+    new_session.assert_called_once_with(cfg.server)
+    assert close.call_count == 1
+
+
+def test_take_leaves_a_given_session_open(mocker):
+    cfg = configured()
+    session = session_with(ScriptedTransport(page([]), page([])), cfg.server)
+    close = mocker.spy(session, "close")
+    snapshot.take(cfg, session=session)
+    assert close.call_count == 0

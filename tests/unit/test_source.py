@@ -1,0 +1,291 @@
+"""source.CoreWeaveSource: the nsscache Source ``coreweave``.
+
+nsscache builds a fresh Source per map; the module-level ``_CACHE`` makes
+one process list Users and Groups once for all four maps, and fail all four
+the same way. Our errors become nsscache's: FetchError -> SourceUnavailable
+(remaining maps skipped), ListingError/ConfigError/anything else ->
+InvalidMap (old cache kept). Verify() returns an int.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+from nss_cache import error
+from nss_cache.caches import cache_factory
+from nss_cache.sources import source_factory
+
+from nss_cache_coreweave import scim, snapshot, source
+from nss_cache_coreweave.errors import AuthError, ConfigError, CoreWeaveError, FetchError, ListingError, StaleCursorError
+from nss_cache_coreweave.snapshot import GroupRecord, Member, Snapshot, UserRecord
+from nss_cache_coreweave.source import CoreWeaveSource
+from unit_http import BASE, TOKEN, USER_EXTENSION, ScriptedTransport, load_page, page, session_with
+from unit_keys import ed25519_key, rsa_key
+
+CONF = {
+    "name": "coreweave",
+    "base_url": BASE,
+    "groups": "slurm-users, slurm-sudo",
+    "home_directory": "/mnt/home/%u",
+    "page_size": 2,
+}
+MAPS = ("passwd", "group", "shadow", "sshkey")
+GETTERS = {
+    "passwd": CoreWeaveSource.GetPasswdMap,
+    "group": CoreWeaveSource.GetGroupMap,
+    "shadow": CoreWeaveSource.GetShadowMap,
+    "sshkey": CoreWeaveSource.GetSshkeyMap,
+}
+
+
+@pytest.fixture(autouse=True)
+def fresh_process(monkeypatch):
+    """Each test is a new nsscache process with the token in the environment."""
+    source._CACHE.clear()
+    monkeypatch.delenv("NSSCACHE_SCIM_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("NSSCACHE_COREWEAVE_TOKEN", TOKEN)
+    yield
+    source._CACHE.clear()
+
+
+def alice(**changes):
+    fields = dict(id="u-alice", active=True, name="alice", uid=20001, gid=20001, gecos="Alice Smith",
+                  home=None, shell=None, ssh_keys=[ed25519_key()])
+    fields.update(changes)
+    return UserRecord(**fields)
+
+
+def bob(**changes):
+    fields = dict(id="u-bob", active=True, name="bob", uid=20002, gid=20002, gecos="Bob Jones",
+                  home=None, shell=None, ssh_keys=None)
+    fields.update(changes)
+    return UserRecord(**fields)
+
+
+def snap(users=None, groups=None):
+    users = (alice(), bob()) if users is None else tuple(users)
+    groups = (
+        GroupRecord("g-users", "slurm-users", 30001, (Member("u-alice", "User"), Member("u-bob", "User"))),
+        GroupRecord("g-sudo", "slurm-sudo", 30002, (Member("u-alice", "User"),)),
+    ) if groups is None else tuple(groups)
+    return Snapshot(users, groups, 0.0)
+
+
+def lines(map_name, nss_map, tmp_path):
+    cache = cache_factory.Create({"name": "files", "dir": str(tmp_path)}, map_name)
+    target = io.BytesIO()
+    for entry in nss_map:
+        cache._WriteData(target, entry)
+    return target.getvalue().decode("ascii").splitlines()
+
+
+def every_map(conf=CONF):
+    """What ``nsscache update`` does: a fresh Source per map."""
+    return {name: GETTERS[name](CoreWeaveSource(dict(conf))) for name in MAPS}
+
+
+def serve_from(mocker, transport):
+    """Every Session the package opens gets the scripted transport."""
+    real = scim.new_session
+    mocker.patch.object(scim, "new_session", side_effect=lambda server: session_with(transport, server, real))
+
+
+# --- one listing per process ------------------------------------------------
+
+
+def test_four_maps_list_users_and_groups_once(mocker):
+    take = mocker.patch.object(snapshot, "take", return_value=snap())
+    maps = every_map()
+    assert take.call_count == 1
+    assert {name: len(m) for name, m in maps.items()} == {"passwd": 2, "group": 2, "shadow": 2, "sshkey": 1}
+
+
+def test_four_maps_over_the_wire_make_one_walk_of_each_endpoint(mocker):
+    transport = ScriptedTransport(
+        page(load_page("users-index-page1.json")["Resources"], total=3),
+        page(load_page("users-index-page2.json")["Resources"], total=3),
+        page(load_page("groups.json")["Resources"]),
+    )
+    serve_from(mocker, transport)
+    every_map()
+    assert transport.paths() == ["/scim/cw-test/Users", "/scim/cw-test/Users", "/scim/cw-test/Groups"]
+
+
+def test_maps_with_different_allow_lists_share_one_listing(mocker):
+    take = mocker.patch.object(snapshot, "take", return_value=snap())
+    sudo_only = GETTERS["passwd"](CoreWeaveSource({**CONF, "groups": "slurm-sudo"}))
+    everyone = GETTERS["passwd"](CoreWeaveSource(dict(CONF)))
+    assert take.call_count == 1
+    assert ([e.name for e in sudo_only], [e.name for e in everyone]) == (["alice"], ["alice", "bob"])
+
+
+def test_documented_example_renders_the_documented_files(mocker, tmp_path):
+    # docs/coreweave-iam-scim.md §8: "Files output for A + C (home template /mnt/home/%u)".
+    users_page = load_page("users-index-page1.json")
+    keys = [ed25519_key() + " alice@laptop", rsa_key(2048) + " alice@desk"]
+    users_page["Resources"][0][USER_EXTENSION]["sunkSshKeys"] = keys
+    transport = ScriptedTransport(
+        page(users_page["Resources"], total=3),
+        page(load_page("users-index-page2.json")["Resources"], total=3),
+        page(load_page("groups.json")["Resources"]),
+    )
+    serve_from(mocker, transport)
+    written = {name: lines(name, m, tmp_path) for name, m in every_map().items()}
+    assert written == {
+        "passwd": [
+            "alice:x:20001:20001:Alice Smith:/mnt/home/alice:/bin/bash",
+            "bob:x:20002:20002:Bob Jones:/mnt/home/bob:/bin/bash",
+        ],
+        "group": ["slurm-sudo:x:30002:alice", "slurm-users:x:30001:alice,bob"],
+        "shadow": ["alice:*:::::::", "bob:*:::::::"],
+        "sshkey": [f"alice:['{keys[0]}', '{keys[1]}']"],
+    }
+
+
+# --- who reaches the maps ---------------------------------------------------
+
+
+def test_inactive_user_never_reaches_any_map(mocker, tmp_path):
+    mocker.patch.object(snapshot, "take", return_value=snap([alice(active=False), bob()]))
+    written = {name: lines(name, m, tmp_path) for name, m in every_map().items()}
+    assert written == {
+        "passwd": ["bob:x:20002:20002:Bob Jones:/mnt/home/bob:/bin/bash"],
+        "group": ["slurm-sudo:x:30002:", "slurm-users:x:30001:bob"],
+        "shadow": ["bob:*:::::::"],
+        "sshkey": [],
+    }
+
+
+def test_user_outside_allowed_groups_never_reaches_any_map(mocker, tmp_path):
+    groups = (
+        GroupRecord("g-users", "slurm-users", 30001, (Member("u-bob", "User"),)),
+        GroupRecord("g-other", "contractors", 30009, (Member("u-alice", "User"),)),
+    )
+    mocker.patch.object(snapshot, "take", return_value=snap(groups=groups))
+    written = {name: lines(name, m, tmp_path) for name, m in every_map({**CONF, "groups": "slurm-users"}).items()}
+    assert written == {
+        "passwd": ["bob:x:20002:20002:Bob Jones:/mnt/home/bob:/bin/bash"],
+        "group": ["slurm-users:x:30001:bob"],
+        "shadow": ["bob:*:::::::"],
+        "sshkey": [],
+    }
+
+
+# --- errors -----------------------------------------------------------------
+
+FAILURES = [
+    pytest.param(FetchError("Users page 1: HTTP 503 from x (after 4 attempts)"), error.SourceUnavailable,
+                 "coreweave: Users page 1: HTTP 503 from x (after 4 attempts)", id="FetchError"),
+    pytest.param(AuthError("Users page 1: HTTP 401"), error.SourceUnavailable, "coreweave: Users page 1: HTTP 401", id="AuthError"),
+    pytest.param(StaleCursorError("Users page 2: HTTP 400"), error.SourceUnavailable, "coreweave: Users page 2: HTTP 400", id="StaleCursorError"),
+    pytest.param(ListingError("Users: collected 1 distinct resources but totalResults is 2"), error.InvalidMap,
+                 "coreweave: Users: collected 1 distinct resources but totalResults is 2", id="ListingError"),
+    pytest.param(ConfigError("invalid configuration: x"), error.InvalidMap, "coreweave: invalid configuration: x", id="ConfigError"),
+    pytest.param(KeyError("id"), error.InvalidMap, "coreweave: internal error (KeyError); the {map} cache is kept", id="KeyError"),
+    pytest.param(CoreWeaveError("root"), error.InvalidMap, "coreweave: internal error (CoreWeaveError); the {map} cache is kept", id="CoreWeaveError"),
+]
+
+
+@pytest.mark.parametrize("map_name", MAPS)
+@pytest.mark.parametrize("raised, becomes, message", FAILURES)
+def test_failure_becomes_the_nsscache_error(mocker, map_name, raised, becomes, message):
+    mocker.patch.object(snapshot, "take", side_effect=raised)
+    with pytest.raises(becomes) as caught:
+        GETTERS[map_name](CoreWeaveSource(dict(CONF)))
+    assert type(caught.value) is becomes
+    assert str(caught.value) == message.format(map=map_name)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_bad_configuration_is_an_invalid_map_without_listing(mocker):
+    take = mocker.patch.object(snapshot, "take")
+    with pytest.raises(error.InvalidMap) as caught:
+        CoreWeaveSource({"name": "coreweave", "groups": "slurm-users"}).GetPasswdMap()
+    assert str(caught.value) == (
+        "coreweave: invalid configuration: coreweave_base_url is required "
+        "(the SCIM base URL, e.g. https://api.coreweave.com/scim/<org-id>)"
+    )
+    assert take.call_count == 0
+
+
+@pytest.mark.parametrize(
+    "raised, becomes",
+    [
+        pytest.param(FetchError("Users page 1: down"), error.SourceUnavailable, id="fetch"),
+        pytest.param(ListingError("Users page 2: short"), error.InvalidMap, id="listing"),
+    ],
+)
+def test_cached_failure_is_reraised_without_a_second_listing(mocker, raised, becomes):
+    take = mocker.patch.object(snapshot, "take", side_effect=raised)
+    for name in MAPS:
+        with pytest.raises(becomes) as caught:
+            GETTERS[name](CoreWeaveSource(dict(CONF)))
+        assert str(caught.value) == f"coreweave: {raised}"
+    assert CoreWeaveSource(dict(CONF)).Verify() == 1
+    assert take.call_count == 1
+
+
+# --- Verify -----------------------------------------------------------------
+
+
+def test_verify_returns_int_zero_when_the_directory_is_readable(mocker):
+    mocker.patch.object(snapshot, "take", return_value=snap())
+    result = CoreWeaveSource(dict(CONF)).Verify()
+    assert (result, type(result)) == (0, int)
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        pytest.param(FetchError("Users page 1: down"), id="FetchError"),
+        pytest.param(AuthError("Users page 1: HTTP 401"), id="AuthError"),
+        pytest.param(ListingError("Users page 1: not JSON"), id="ListingError"),
+        pytest.param(KeyError("id"), id="unexpected-KeyError"),
+        pytest.param(RuntimeError("boom"), id="unexpected-RuntimeError"),
+    ],
+)
+def test_verify_returns_int_one_on_any_failure(mocker, raised):
+    mocker.patch.object(snapshot, "take", side_effect=raised)
+    result = CoreWeaveSource(dict(CONF)).Verify()
+    assert (result, type(result)) == (1, int)
+
+
+def test_verify_returns_one_on_bad_configuration(mocker):
+    take = mocker.patch.object(snapshot, "take")
+    assert CoreWeaveSource({"name": "coreweave"}).Verify() == 1
+    assert take.call_count == 0
+
+
+# --- the Source contract ----------------------------------------------------
+
+
+def test_constructor_does_no_work(mocker):
+    take = mocker.patch.object(snapshot, "take")
+    CoreWeaveSource({})
+    CoreWeaveSource({"name": "coreweave", "base_url": "not a url"})
+    assert take.call_count == 0
+
+
+def test_source_is_named_coreweave_on_the_class_itself():
+    assert CoreWeaveSource.__dict__["name"] == "coreweave"
+    assert CoreWeaveSource.UPDATER is None
+
+
+def test_register_makes_nsscache_create_the_source(mocker):
+    mocker.patch.dict(source_factory._source_implementations)
+    source.register()
+    created = source_factory.Create({"name": "coreweave", "base_url": BASE})
+    assert type(created) is CoreWeaveSource
+    assert created.conf == {"name": "coreweave", "base_url": BASE}
+
+
+def test_token_never_reaches_the_log(mocker, caplog, monkeypatch):
+    monkeypatch.delenv("NSSCACHE_COREWEAVE_TOKEN")
+    mocker.patch.object(snapshot, "take", return_value=snap([alice(uid=0), bob()]))
+    caplog.set_level(logging.DEBUG)
+    every_map({**CONF, "token": TOKEN, "tokn": TOKEN})
+    assert "dropped user alice: uid 0 (root) is never accepted" in caplog.text
+    assert "coreweave_token is set inline" in caplog.text
+    assert TOKEN not in caplog.text
