@@ -193,7 +193,7 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
             result = kind(value)
             if kind is int and result != float(value):
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             problems.append(f"coreweave_{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
             return kind(KEYS[key])
         if not low <= result <= high:

@@ -51,7 +51,7 @@ class PosixGroup:
 class Drop:
     """An entry (or part of one) that does not reach the caches, and why."""
 
-    kind: str  # "user", "group", "member" or "key"
+    kind: str  # "user", "group", "member", "key" or "shell" (replaced, not dropped)
     who: str  # the POSIX name where known, else the SCIM id
     reason: str
     expected: bool = False  # e.g. an inactive user: logged quietly
@@ -80,7 +80,7 @@ def decide(snapshot: Snapshot, config: Config) -> Directory:
     member_ids: Dict[str, None] = {}
     for group in groups:
         for member in group.members:
-            if member.type not in (None, "User"):
+            if member.type is not None and str(member.type).lower() != "user":
                 drops.append(Drop("member", f"{group.name}/{member.value}", f"is a {member.type!r}, not a User (nested groups are not supported)"))
             elif not isinstance(member.value, str) or member.value not in users_by_id:
                 drops.append(Drop("member", f"{group.name}/{member.value}", "does not resolve to any listed user"))
@@ -119,7 +119,7 @@ def _allowed_groups(records: Tuple[GroupRecord, ...], config: Config, drops: Lis
     chosen = {}
     for record in records:
         name = record.name
-        if allowed is not None and name not in allowed:
+        if allowed is not None and not (isinstance(name, str) and name in allowed):
             continue  # exact match on the POSIX group name; others are not ours
         who = name if isinstance(name, str) and POSIX_NAME.fullmatch(name) else f"id {record.id}"
         problem = _name_problem(name) or _id_problem(record.gid, "gid", config.min_gid, config.max_gid)
@@ -153,7 +153,11 @@ def _account(user: UserRecord, config: Config, drops: List[Drop]) -> Optional[Ac
     if not _clean_path(home):
         drops.append(Drop("user", who, f"home directory {_show(home)} is not an absolute, normalised path"))
         return None
-    shell = user.shell if _clean_path(user.shell) else config.default_shell
+    shell = config.default_shell
+    if _clean_path(user.shell):
+        shell = user.shell
+    elif user.shell is not None:
+        drops.append(Drop("shell", name, f"shell {_show(user.shell)} is not an absolute, clean path: {shell} used instead"))
     return Account(
         name=name,
         uid=_as_int(user.uid),
@@ -173,15 +177,16 @@ def _keys(name: str, raw, drops: List[Drop]) -> Tuple[str, ...]:
     if not isinstance(raw, list):
         drops.append(Drop("key", name, f"the SSH keys attribute is a JSON {type(raw).__name__}, not a list"))
         return ()
-    keys: Dict[str, None] = {}
+    keys: Dict[str, str] = {}  # "type base64" -> the first line carrying it
     for position, line in enumerate(raw, 1):
         try:
             key = sshkeys.normalise(line)
         except sshkeys.InvalidKey as e:
             drops.append(Drop("key", name, f"key {position} {e}"))
             continue
-        keys.setdefault(key, None)
-    return tuple(keys)
+        # The same key with another comment is still the same key.
+        keys.setdefault(" ".join(key.split(" ", 2)[:2]), key)
+    return tuple(keys.values())
 
 
 def _without_duplicates(entries: dict, fields: Tuple[str, ...], kind: str, drops: List[Drop]) -> dict:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 USER_AGENT = f"nss-cache-coreweave/{__version__}"
 SCIM_JSON = "application/scim+json"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 STALE_CURSOR_TYPES = frozenset({"invalidCursor", "expiredCursor"})  # RFC 9865 §2.3
 BACKOFF_BASE = 1.0  # seconds; doubled per retry
 BACKOFF_MAX = 30.0
@@ -120,7 +121,6 @@ def _walk_index(session, server, url, kind, extract, key, sleep):
             raise ListingError(
                 f"{kind} page {page_no} has totalResults {page_total}, page 1 said {total}: refusing a partial listing"
             )
-        got = len(body.get("Resources") or [])
         new = collected.add_page(page_no, body)
         if len(collected.items) >= total:
             break
@@ -129,7 +129,7 @@ def _walk_index(session, server, url, kind, extract, key, sleep):
                 f"{kind} page {page_no} (startIndex {start}) brought no new resources after "
                 f"{len(collected.items)} of {total}: refusing a partial listing"
             )
-        start += got
+        start += len(body.get("Resources") or ())
     else:
         raise ListingError(f"{kind}: more than {MAX_PAGES} pages: refusing an endless listing")
     if len(collected.items) != total:
@@ -149,7 +149,8 @@ def _walk_cursor(session, server, url, kind, extract, key, sleep):
         if page_total is not None:
             if total is not None and page_total != total:
                 raise ListingError(
-                    f"{kind} page {page_no} has totalResults {page_total}, page 1 said {total}: refusing a partial listing"
+                    f"{kind} page {page_no} has totalResults {page_total}, an earlier page said {total}: "
+                    "refusing a partial listing"
                 )
             total = page_total
         new = collected.add_page(page_no, body)
@@ -190,7 +191,8 @@ def _get(session, server, url, params, kind, page_no, sleep) -> dict:
     for attempt in range(server.retries + 1):
         last = attempt == server.retries
         try:
-            response = session.get(url, params=params, timeout=server.timeout)
+            # verify per request: a session-level value loses to REQUESTS_CA_BUNDLE.
+            response = session.get(url, params=params, timeout=server.timeout, verify=server.verify)
         except (requests.ConnectionError, requests.Timeout) as e:
             problem = f"{where}: {type(e).__name__} talking to {server.base_url}"
             if last:
@@ -203,7 +205,7 @@ def _get(session, server, url, params, kind, page_no, sleep) -> dict:
             status = response.status_code
             if status == 200:
                 return _json_body(response, where)
-            detail = _error_detail(response)
+            detail = _error_detail(response, server.token)
             if status in (401, 403):
                 raise AuthError(
                     f"{where}: HTTP {status} from {server.base_url}{detail}: check the bearer token "
@@ -225,35 +227,44 @@ def _get(session, server, url, params, kind, page_no, sleep) -> dict:
 
 
 def _json_body(response, where) -> dict:
-    try:
-        body = json.loads(response.content)
-    except ValueError:
-        raise ListingError(f"{where}: the response is not JSON: refusing a malformed listing") from None
+    body = _loads(response.content)
+    if body is _NOT_JSON:
+        raise ListingError(f"{where}: the response is not JSON: refusing a malformed listing")
     if not isinstance(body, dict):
         raise ListingError(f"{where}: the response is not a JSON object: refusing a malformed listing")
-    schemas = body.get("schemas")
-    if isinstance(schemas, list) and schemas and "urn:ietf:params:scim:api:messages:2.0:ListResponse" not in schemas:
-        raise ListingError(f"{where}: the response is not a SCIM ListResponse (schemas {schemas!r})")
+    schemas = body.get("schemas", [LIST_RESPONSE])
+    if not isinstance(schemas, list) or (schemas and LIST_RESPONSE not in schemas):
+        raise ListingError(f"{where}: the response is not a SCIM ListResponse (schemas {str(schemas)[:100]})")
     return body
 
 
+_NOT_JSON = object()
+
+
+def _loads(content: bytes):
+    try:
+        return json.loads(content)
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting
+        return _NOT_JSON
+
+
+def _error_field(response, name: str) -> Optional[str]:
+    body = _loads(response.content)
+    value = body.get(name) if isinstance(body, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
 def _scim_type(response) -> Optional[str]:
-    try:
-        body = json.loads(response.content)
-        return body.get("scimType") if isinstance(body, dict) else None
-    except ValueError:
-        return None
+    return _error_field(response, "scimType")
 
 
-def _error_detail(response) -> str:
-    """The server's SCIM error 'detail', shortened and made printable."""
-    try:
-        body = json.loads(response.content)
-        detail = body.get("detail") if isinstance(body, dict) else None
-    except ValueError:
-        detail = None
-    if not isinstance(detail, str) or not detail:
+def _error_detail(response, token: str) -> str:
+    """The server's SCIM error 'detail', shortened, printable, and without
+    our token should the server echo it."""
+    detail = _error_field(response, "detail")
+    if detail is None:
         return ""
+    detail = detail.replace(token, "<token>") if token else detail
     detail = "".join(c if c.isprintable() else " " for c in detail)[:200]
     return f" ({detail!r})"
 
@@ -267,7 +278,7 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         seconds = float(value)
     else:
         try:

@@ -112,21 +112,30 @@ def _child(node: Any, name: str) -> Any:
 
 def _user(resource: dict, config: Config) -> UserRecord:
     attrs = config.users
+    active = _child(resource, "active")
     return UserRecord(
         id=resource["id"],
-        active=resource.get("active", True),  # absent: policy treats as active
+        active=True if active is _MISSING else active,  # absent counts as active
         name=resolve(resource, attrs.name),
         uid=resolve(resource, attrs.uid),
         gid=resolve(resource, attrs.gid),
-        gecos=resolve(resource, attrs.gecos),
+        gecos=resolve(resource, attrs.gecos) or _given_family(resource),
         home=resolve(resource, attrs.home),
         shell=resolve(resource, attrs.shell),
         ssh_keys=resolve(resource, attrs.ssh_keys),
     )
 
 
+def _given_family(resource: dict) -> Optional[str]:
+    """GECOS's last resort: name.givenName + name.familyName (RFC 7643 §4.1.1)."""
+    name = _child(resource, "name")
+    parts = [_child(name, part) for part in ("givenName", "familyName")]
+    text = " ".join(p for p in parts if isinstance(p, str) and p.strip())
+    return text or None
+
+
 def _group(resource: dict, config: Config) -> GroupRecord:
-    members = resource.get("members") or []
+    members = _child(resource, "members")
     if not isinstance(members, list):
         members = []
     return GroupRecord(
@@ -138,7 +147,10 @@ def _group(resource: dict, config: Config) -> GroupRecord:
 
 
 def _member(item: dict) -> Member:
-    value = item.get("value")
-    if not value and isinstance(item.get("$ref"), str):
-        value = item["$ref"].rstrip("/").rpartition("/")[2]
-    return Member(value=value if isinstance(value, str) else None, type=item.get("type"))
+    value, ref, kind = (_child(item, key) for key in ("value", "$ref", "type"))
+    if not (isinstance(value, str) and value) and isinstance(ref, str):
+        value = ref.rstrip("/").rpartition("/")[2]
+    return Member(
+        value=value if isinstance(value, str) and value else None,
+        type=None if kind is _MISSING else kind,
+    )

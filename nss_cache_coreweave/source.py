@@ -86,10 +86,14 @@ class CoreWeaveSource(source.Source):
         return self._map("sshkey")
 
     def Verify(self) -> int:
+        # nsscache adds this up (retval += source.Verify()): an int, always.
         try:
             directory(self.conf)
         except CoreWeaveError as e:
             log.error("coreweave: %s", e)
+            return 1
+        except Exception:
+            log.exception("coreweave: internal error while verifying the source")
             return 1
         return 0
 

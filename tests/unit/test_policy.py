@@ -321,9 +321,12 @@ def test_shell_from_attribute_else_default(attribute, options, shell):
         pytest.param(["/bin/zsh"], id="list"),
     ],
 )
-def test_unclean_shell_never_reaches_passwd(shell):
-    for account in decide([user(shell=shell)]).accounts:
-        assert account.shell == "/bin/bash"
+def test_unclean_shell_is_replaced_by_the_default_and_logged(shell):
+    directory = decide([user(shell=shell)])
+
+    assert [a.shell for a in directory.accounts] == ["/bin/bash"]
+    assert [(d.kind, d.who) for d in directory.drops] == [("shell", "alice")]
+    assert str(directory.drops[0]).endswith("is not an absolute, clean path: /bin/bash used instead")
 
 
 # --- activity ---------------------------------------------------------------

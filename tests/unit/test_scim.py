@@ -254,7 +254,7 @@ def test_next_cursor_must_be_a_non_empty_string(cursor, shown):
 
 def test_cursor_page_with_changed_total_is_refused():
     error = refused(ListingError, page(users("a"), total=2, nextCursor="c1"), page(users("b"), total=3), pagination="cursor")
-    assert str(error) == "Users page 2 has totalResults 3, page 1 said 2: refusing a partial listing"
+    assert str(error) == "Users page 2 has totalResults 3, an earlier page said 2: refusing a partial listing"
 
 
 def test_cursor_listing_short_of_its_total_is_refused():

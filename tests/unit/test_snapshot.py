@@ -144,7 +144,8 @@ def test_take_lists_users_once_and_groups_once():
     ]
     assert snap.users == (
         UserRecord(
-            id="5b0e8f7a", active=True, name="alice", uid=20001, gid=20001, gecos=None, home=None, shell=None,
+            # no displayName or name.formatted: givenName + familyName
+            id="5b0e8f7a", active=True, name="alice", uid=20001, gid=20001, gecos="Alice Smith", home=None, shell=None,
             ssh_keys=["ssh-ed25519 AAAAC3Nza...1 alice@laptop", "ssh-rsa AAAAB3Nza...2 alice@desk"],
         ),
         UserRecord(id="c3a4d5e6", active=True, name="bob", uid=20002, gid=20002, gecos="Bob Jones", home=None, shell=None, ssh_keys=None),
