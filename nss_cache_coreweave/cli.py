@@ -23,7 +23,9 @@ from typing import List, Optional
 from . import __version__
 from . import config as config_mod
 from . import policy, scim, snapshot
-from .errors import ConfigError, CoreWeaveError, FetchError
+from .errors import ConfigError, CoreWeaveError, FetchError, GuardError
+from .policy import ACCEPT_SHRINK_ENV
+from .source import guard, register
 
 log = logging.getLogger("nss_cache_coreweave")
 
@@ -40,6 +42,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     update = commands.add_parser("update", help="update the caches (always a full update)")
     update.add_argument("-f", "--full", action="store_true", help="accepted for familiarity: every update is full")
+    update.add_argument(
+        "--accept-shrink", action="store_true",
+        help="accept, for this run only, a drop in users or groups larger than coreweave_max_shrink",
+    )
     check = commands.add_parser("check", help="check configuration, directory and data")
     check.add_argument("--sample", action="store_true", help="also print one raw User and one raw Group")
     preview = commands.add_parser("preview", help="print the lines a map's cache would get")
@@ -87,9 +93,9 @@ def _coreweave_options(conf, map_name: Optional[str] = None) -> dict:
 def _update(conf, args) -> int:
     from nss_cache import command, error
 
-    from .source import register
-
     register()
+    if args.accept_shrink:
+        os.environ[ACCEPT_SHRINK_ENV] = "1"  # read by the source in this process only
     if conf.lockfile is None:
         conf.lockfile = STOCK_LOCKFILE  # never run beside the stock nsscache
     before = {m: _update_stamp(conf, m) for m in conf.maps}
@@ -152,6 +158,11 @@ def _check(conf, args) -> int:
     decided = policy.decide(snap, config)
     for name in decided.missing_groups:
         print(f"problem: group {name!r} in coreweave_groups does not exist in the directory", file=out)
+        problems += 1
+    try:
+        guard(config, decided, accept_shrink=False, record=False)
+    except GuardError as e:
+        print(f"problem: {e}", file=out)
         problems += 1
     keys = sum(len(a.keys) for a in decided.accounts)
     print(f"would write: {len(decided.accounts)} users, {len(decided.groups)} groups, {keys} SSH keys", file=out)

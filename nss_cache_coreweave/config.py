@@ -12,12 +12,14 @@ import dataclasses
 import os
 import stat
 from dataclasses import dataclass
-from typing import Mapping, Optional, Tuple, Union
+from typing import FrozenSet, Mapping, Optional, Tuple, Union
 
 from .errors import ConfigError
+from .sshkeys import KEY_TYPES
 
 __all__ = [
     "KEYS",
+    "KeyRules",
     "USER_EXTENSION",
     "TOKEN_ENV_VARS",
     "AttributePath",
@@ -58,13 +60,27 @@ KEYS: Mapping[str, object] = {
     "max_uid": 4294967294,
     "min_gid": 1000,
     "max_gid": 4294967294,
+    "allowed_shells": None,  # None: the node's /etc/shells
+    "local_passwd": "/etc/passwd",
+    "local_group": "/etc/group",
+    "ssh_key_types": "ed25519, ecdsa, sk-ed25519, sk-ecdsa, rsa",
+    "min_rsa_bits": 2048,
+    "allow_key_options": False,
+    "max_shrink": 0.25,
+    "state_dir": "/var/lib/nsscache",
     "page_size": 1000,
     "pagination": "index",
+    "max_pages": 10000,
+    "max_page_bytes": 64 * 1024 * 1024,
     "timeout": 30.0,
     "retries": 3,
+    "max_retry_wait": 60.0,
+    "deadline": 300.0,
     "ca_bundle": None,
     "verify_tls": True,
 }
+
+SHELLS_FILE = "/etc/shells"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -116,9 +132,20 @@ class Server:
     token: str = dataclasses.field(repr=False)
     page_size: int = 1000
     pagination: str = "index"
-    timeout: float = 30.0
+    max_pages: int = 10000
+    max_page_bytes: int = 64 * 1024 * 1024
+    timeout: float = 30.0  # seconds per request
     retries: int = 3
+    max_retry_wait: float = 60.0  # seconds, caps Retry-After and backoff
+    deadline: float = 300.0  # seconds for the whole listing of Users and Groups
     verify: Union[bool, str] = True  # requests' verify: a CA bundle path or a bool
+
+
+@dataclass(frozen=True)
+class KeyRules:
+    types: FrozenSet[str]  # families: ed25519, ecdsa, sk-ed25519, sk-ecdsa, rsa
+    min_rsa_bits: int
+    allow_options: bool
 
 
 @dataclass(frozen=True)
@@ -133,6 +160,12 @@ class Config:
     max_uid: int
     min_gid: int
     max_gid: int
+    allowed_shells: FrozenSet[str]
+    local_passwd: str  # the node's own accounts: IAM names and uids must not clash
+    local_group: str
+    keys: KeyRules
+    max_shrink: float  # refuse a run losing more than this share of users or groups
+    state_dir: str
     warnings: Tuple[str, ...] = ()
 
 
@@ -264,6 +297,12 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
     def endpoint(key):
         return base_url + "/" + str(get(key)).strip("/")
 
+    def absolute(key):
+        value = str(get(key))
+        if not value.startswith("/"):
+            problems.append(f"coreweave_{key} must be an absolute path, got {value!r}")
+        return value
+
     server = Server(
         base_url=base_url,
         users_url=endpoint("users_endpoint"),
@@ -271,10 +310,29 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
         token=token,
         page_size=number("page_size", int, 1, 10000),
         pagination=pagination,
+        max_pages=number("max_pages", int, 1, 1_000_000),
+        max_page_bytes=number("max_page_bytes", int, 1024, 2**31),
         timeout=number("timeout", float, 0.1, 3600),
         retries=number("retries", int, 0, 10),
+        max_retry_wait=number("max_retry_wait", float, 0, 3600),
+        deadline=number("deadline", float, 1, 86400),
         verify=verify,
     )
+    key_types = frozenset(t.strip().lower() for t in str(get("ssh_key_types")).split(",") if t.strip())
+    unknown_types = key_types - set(KEY_TYPES.values())
+    if unknown_types or not key_types:
+        problems.append(
+            f"coreweave_ssh_key_types must name some of {', '.join(sorted(set(KEY_TYPES.values())))}, "
+            f"got {str(get('ssh_key_types'))!r}"
+        )
+    keys = KeyRules(
+        types=key_types,
+        min_rsa_bits=number("min_rsa_bits", int, 1024, 16384),
+        allow_options=boolean("allow_key_options"),
+    )
+    shells = _allowed_shells(get("allowed_shells"), problems)
+    if default_shell not in shells:
+        warnings.append(f"coreweave_default_shell {default_shell} is not among the allowed shells")
     users = UserAttributes(
         name=paths("user_name_attribute"),
         uid=paths("uid_attribute"),
@@ -310,8 +368,31 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
         max_uid=max_uid,
         min_gid=min_gid,
         max_gid=max_gid,
+        allowed_shells=shells,
+        local_passwd=absolute("local_passwd"),
+        local_group=absolute("local_group"),
+        keys=keys,
+        max_shrink=number("max_shrink", float, 0.0, 1.0),
+        state_dir=absolute("state_dir"),
         warnings=tuple(warnings),
     )
+
+
+def _allowed_shells(value, problems) -> FrozenSet[str]:
+    """The configured list, else the node's /etc/shells."""
+    if value is not None:
+        shells = [s.strip() for s in str(value).split(",") if s.strip()]
+    else:
+        try:
+            with open(SHELLS_FILE, encoding="utf-8") as f:
+                shells = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        except OSError as e:
+            problems.append(f"{SHELLS_FILE} cannot be read ({e.strerror}): set coreweave_allowed_shells")
+            return frozenset()
+    bad = [s for s in shells if not s.startswith("/")]
+    if bad:
+        problems.append(f"coreweave_allowed_shells must list absolute paths, got {', '.join(bad)}")
+    return frozenset(shells)
 
 
 def _read_token(opts, environ, problems, warnings) -> str:

@@ -8,6 +8,7 @@ __all__ = [
     "AuthError",
     "StaleCursorError",
     "ListingError",
+    "GuardError",
 ]
 
 
@@ -36,3 +37,8 @@ class ListingError(CoreWeaveError):
     """The server answered, but not with a complete, well-formed listing
     (pagination anomaly, count mismatch, not JSON). The source maps it to
     InvalidMap: nsscache keeps the previous cache."""
+
+
+class GuardError(CoreWeaveError):
+    """A whole-run guard refused the result (e.g. too large a shrink). The
+    source maps it to InvalidMap: nsscache keeps the previous cache."""

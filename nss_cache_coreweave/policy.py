@@ -13,18 +13,22 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from . import sshkeys
 from .config import Config
 from .snapshot import GroupRecord, Snapshot, UserRecord
 
-__all__ = ["Account", "PosixGroup", "Drop", "Directory", "decide", "POSIX_NAME"]
+__all__ = [
+    "Account", "PosixGroup", "Drop", "Directory", "LocalAccounts", "decide", "read_local_accounts", "shrink_problem",
+    "POSIX_NAME", "ACCEPT_SHRINK_ENV",
+]
 
 # POSIX portable names: lower-case letters, digits, '_', '-', '.', not
 # starting with '-', at most 32 characters (utmp's limit).
 POSIX_NAME = re.compile(r"[a-z0-9_.][a-z0-9_.-]{0,31}", re.ASCII)
 NOBODY = 65534
+ACCEPT_SHRINK_ENV = "NSSCACHE_COREWEAVE_ACCEPT_SHRINK"
 _GECOS_MAX = 255
 _PATH_BAD = re.compile(r"[\x00-\x1f\x7f:,]")
 
@@ -70,9 +74,44 @@ class Directory:
     missing_groups: Tuple[str, ...]  # allowed groups the directory lacks
 
 
-def decide(snapshot: Snapshot, config: Config) -> Directory:
+@dataclass(frozen=True)
+class LocalAccounts:
+    """The node's own /etc/passwd and /etc/group: IAM must not shadow them."""
+
+    user_names: FrozenSet[str] = frozenset()
+    uids: FrozenSet[int] = frozenset()
+    group_names: FrozenSet[str] = frozenset()
+    gids: FrozenSet[int] = frozenset()
+
+
+def read_local_accounts(config: Config) -> LocalAccounts:
+    """Names and ids from the node's passwd and group files (a missing file
+    counts as empty; an unreadable one is an error)."""
+    users = _read_colon_file(config.local_passwd)
+    groups = _read_colon_file(config.local_group)
+    return LocalAccounts(
+        user_names=frozenset(f[0] for f in users),
+        uids=frozenset(_as_int(f[2]) for f in users if len(f) > 2 and _as_int(f[2]) is not None),
+        group_names=frozenset(f[0] for f in groups),
+        gids=frozenset(_as_int(f[2]) for f in groups if len(f) > 2 and _as_int(f[2]) is not None),
+    )
+
+
+def _read_colon_file(path: str) -> List[List[str]]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith(("#", "+", "-"))]
+    except FileNotFoundError:
+        return []
+
+
+def decide(snapshot: Snapshot, config: Config, local: Optional[LocalAccounts] = None) -> Directory:
+    """Accept, clean or drop every entry; ``local`` defaults to the node's
+    own accounts (read_local_accounts)."""
+    if local is None:
+        local = read_local_accounts(config)
     drops: List[Drop] = []
-    groups = _allowed_groups(snapshot.groups, config, drops)
+    groups = _allowed_groups(snapshot.groups, config, local, drops)
     found = {g.name for g in groups}
     missing = tuple(n for n in (config.allowed_groups or ()) if n not in found)
 
@@ -89,7 +128,7 @@ def decide(snapshot: Snapshot, config: Config) -> Directory:
 
     accounts = {}
     for user_id in member_ids:
-        account = _account(users_by_id[user_id], config, drops)
+        account = _account(users_by_id[user_id], config, local, drops)
         if account is not None:
             accounts[user_id] = account
     accounts = _without_duplicates(accounts, ("name", "uid"), "user", drops)
@@ -114,7 +153,7 @@ class _Group:
     members: tuple
 
 
-def _allowed_groups(records: Tuple[GroupRecord, ...], config: Config, drops: List[Drop]) -> List[_Group]:
+def _allowed_groups(records: Tuple[GroupRecord, ...], config: Config, local: LocalAccounts, drops: List[Drop]) -> List[_Group]:
     allowed = None if config.allowed_groups is None else set(config.allowed_groups)
     chosen = {}
     for record in records:
@@ -122,7 +161,11 @@ def _allowed_groups(records: Tuple[GroupRecord, ...], config: Config, drops: Lis
         if allowed is not None and not (isinstance(name, str) and name in allowed):
             continue  # exact match on the POSIX group name; others are not ours
         who = name if isinstance(name, str) and POSIX_NAME.fullmatch(name) else f"id {record.id}"
-        problem = _name_problem(name) or _id_problem(record.gid, "gid", config.min_gid, config.max_gid)
+        problem = (
+            _name_problem(name)
+            or _id_problem(record.gid, "gid", config.min_gid, config.max_gid)
+            or _local_clash(name, "group", local.group_names, _as_int(record.gid), "gid", local.gids)
+        )
         if problem:
             drops.append(Drop("group", who, problem))
             continue
@@ -130,7 +173,7 @@ def _allowed_groups(records: Tuple[GroupRecord, ...], config: Config, drops: Lis
     return list(_without_duplicates(chosen, ("name", "gid"), "group", drops).values())
 
 
-def _account(user: UserRecord, config: Config, drops: List[Drop]) -> Optional[Account]:
+def _account(user: UserRecord, config: Config, local: LocalAccounts, drops: List[Drop]) -> Optional[Account]:
     name = user.name
     who = name if isinstance(name, str) and POSIX_NAME.fullmatch(name) else f"id {user.id}"
     if user.active is False:
@@ -143,6 +186,7 @@ def _account(user: UserRecord, config: Config, drops: List[Drop]) -> Optional[Ac
         _name_problem(name)
         or _id_problem(user.uid, "uid", config.min_uid, config.max_uid)
         or _id_problem(user.gid, "gid", config.min_gid, config.max_gid)
+        or _local_clash(name, "account", local.user_names, _as_int(user.uid), "uid", local.uids)
     )
     if problem:
         drops.append(Drop("user", who, problem))
@@ -154,10 +198,10 @@ def _account(user: UserRecord, config: Config, drops: List[Drop]) -> Optional[Ac
         drops.append(Drop("user", who, f"home directory {_show(home)} is not an absolute, normalised path"))
         return None
     shell = config.default_shell
-    if _clean_path(user.shell):
+    if _clean_path(user.shell) and user.shell in config.allowed_shells:
         shell = user.shell
     elif user.shell is not None:
-        drops.append(Drop("shell", name, f"shell {_show(user.shell)} is not an absolute, clean path: {shell} used instead"))
+        drops.append(Drop("shell", name, f"shell {_show(user.shell)} is not an allowed shell: {shell} used instead"))
     return Account(
         name=name,
         uid=_as_int(user.uid),
@@ -165,11 +209,11 @@ def _account(user: UserRecord, config: Config, drops: List[Drop]) -> Optional[Ac
         gecos=_clean_gecos(user.gecos),
         home=home,
         shell=shell,
-        keys=_keys(name, user.ssh_keys, drops),
+        keys=_keys(name, user.ssh_keys, config, drops),
     )
 
 
-def _keys(name: str, raw, drops: List[Drop]) -> Tuple[str, ...]:
+def _keys(name: str, raw, config: Config, drops: List[Drop]) -> Tuple[str, ...]:
     if raw is None:
         return ()
     if isinstance(raw, str):
@@ -180,12 +224,17 @@ def _keys(name: str, raw, drops: List[Drop]) -> Tuple[str, ...]:
     keys: Dict[str, str] = {}  # "type base64" -> the first line carrying it
     for position, line in enumerate(raw, 1):
         try:
-            key = sshkeys.normalise(line)
+            key = sshkeys.parse(
+                line,
+                allowed=config.keys.types,
+                min_rsa_bits=config.keys.min_rsa_bits,
+                allow_options=config.keys.allow_options,
+            )
         except sshkeys.InvalidKey as e:
             drops.append(Drop("key", name, f"key {position} {e}"))
             continue
-        # The same key with another comment is still the same key.
-        keys.setdefault(" ".join(key.split(" ", 2)[:2]), key)
+        # The same key with another comment (or options) is still the same key.
+        keys.setdefault(key.identity, key.line)
     return tuple(keys.values())
 
 
@@ -208,6 +257,33 @@ def _name_problem(name) -> Optional[str]:
         return "has no POSIX name" if name is None else f"name is a JSON {type(name).__name__}, not a string"
     if not POSIX_NAME.fullmatch(name) or name.isdigit() or name in (".", ".."):
         return f"name {_show(name)} is not a POSIX portable name (a-z 0-9 _ . -, at most 32, lower-case)"
+    return None
+
+
+def shrink_problem(directory: Directory, previous, max_shrink: float) -> Optional[str]:
+    """Why this run must be refused for losing too many users or groups
+    compared with ``previous`` (state.Counts of the last accepted run), or None."""
+    if previous is None:
+        return None
+    for what, before, now in (
+        ("users", previous.users, len(directory.accounts)),
+        ("groups", previous.groups, len(directory.groups)),
+    ):
+        if before > 0 and (before - now) / before > max_shrink:
+            return (
+                f"refusing to shrink {what} from {before} to {now} (-{(before - now) / before:.0%}, more than "
+                f"coreweave_max_shrink {max_shrink:.0%} of the last accepted run): the previous caches are kept. "
+                f"If this removal is intended, run `nsscache-coreweave update --accept-shrink` once "
+                f"(or set {ACCEPT_SHRINK_ENV}=1 for one run)"
+            )
+    return None
+
+
+def _local_clash(name: str, what: str, names, number: Optional[int], field: str, numbers) -> Optional[str]:
+    if name in names:
+        return f"name {name!r} is a local {what} of this node (/etc/{'passwd' if what == 'account' else 'group'})"
+    if number in numbers:
+        return f"{field} {number} belongs to a local {what} of this node"
     return None
 
 

@@ -1,8 +1,8 @@
 """Fetch: list every resource of a SCIM endpoint, all or nothing.
 
-One function talks to the network (``_get``); the page checks are plain code
-around it. Any anomaly fails the whole listing: nsscache must never be handed
-a partial directory.
+One method talks to the network (``_Fetcher._send``); the page checks are
+plain code around it. Any anomaly fails the whole listing: nsscache must never
+be handed a partial directory.
 """
 
 from __future__ import annotations
@@ -10,8 +10,11 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import random
 import time
+from dataclasses import dataclass
 from typing import Callable, Dict, Hashable, List, Optional, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 import requests.auth
@@ -20,28 +23,36 @@ from . import __version__
 from .config import Server
 from .errors import AuthError, FetchError, ListingError, StaleCursorError
 
-__all__ = ["new_session", "list_resources", "USER_AGENT"]
+__all__ = ["new_session", "list_resources", "Clock", "USER_AGENT"]
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"nss-cache-coreweave/{__version__}"
 SCIM_JSON = "application/scim+json"
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+JSON_TYPES = ("application/scim+json", "application/json")
 LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 STALE_CURSOR_TYPES = frozenset({"invalidCursor", "expiredCursor"})  # RFC 9865 §2.3
-BACKOFF_BASE = 1.0  # seconds; doubled per retry
-BACKOFF_MAX = 30.0
-RETRY_AFTER_MAX = 120.0
-MAX_PAGES = 100_000
+BACKOFF_BASE = 1.0  # seconds; doubled per retry, then jittered and capped
+CHUNK = 256 * 1024
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Time, sleep and randomness, injectable so tests neither wait nor guess."""
+
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
+    random: Callable[[], float] = random.random
 
 
 def new_session(server: Server) -> requests.Session:
     session = requests.Session()
     session.headers.update({"Accept": SCIM_JSON, "User-Agent": USER_AGENT})
     # As session.auth (not a plain header) so that a ~/.netrc cannot replace
-    # the token, and requests drops it on a redirect to another host.
+    # the token.
     session.auth = _Bearer(server.token)
     session.verify = server.verify
     return session
@@ -67,22 +78,36 @@ def list_resources(
     extract: Callable[[dict], T],
     key: Callable[[T], Hashable],
     *,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Optional[Callable[[float], None]] = time.sleep,
+    clock: Optional[Clock] = None,
+    deadline: Optional[float] = None,
 ) -> List[T]:
     """Every resource at ``url``, each passed through ``extract`` (so only the
     fields the maps need stay in memory) and de-duplicated by ``key`` (the
     resource id).
 
-    :raises FetchError: transport failure, 401/403, or 429/5xx after retries.
+    ``deadline`` is a ``clock.monotonic()`` time by which the listing must be
+    complete (default: ``server.deadline`` seconds from now).
+
+    :raises FetchError: transport failure, 401/403, 429/5xx after retries,
+        redirect, deadline.
     :raises ListingError: anything that is not a complete listing.
     """
+    clock = clock or Clock(sleep=sleep or _no_sleep)
+    if deadline is None:
+        deadline = clock.monotonic() + server.deadline
+    fetcher = _Fetcher(session, server, url, kind, clock, deadline)
     walk = _walk_cursor if server.pagination == "cursor" else _walk_index
     try:
-        return walk(session, server, url, kind, extract, key, sleep)
+        return walk(fetcher, _Collector(kind, extract, key))
     except StaleCursorError:
         # RFC 9865: a cursor may expire mid-walk; start over once.
         log.warning("%s: the server expired our cursor; restarting the listing once", kind)
-        return walk(session, server, url, kind, extract, key, sleep)
+        return walk(fetcher, _Collector(kind, extract, key))
+
+
+def _no_sleep(seconds: float) -> None:
+    raise AssertionError("no sleep was injected")
 
 
 class _Collector:
@@ -93,9 +118,16 @@ class _Collector:
         self.items: Dict[Hashable, object] = {}
 
     def add_page(self, page_no: int, body: dict) -> int:
+        """Add a page's resources; return how many were new."""
         resources = body.get("Resources", [])
         if not isinstance(resources, list):
             raise ListingError(f"{self.kind} page {page_no}: 'Resources' is not a list: refusing a malformed listing")
+        per_page = body.get("itemsPerPage")
+        if isinstance(per_page, int) and not isinstance(per_page, bool) and per_page != len(resources):
+            raise ListingError(
+                f"{self.kind} page {page_no} says itemsPerPage {per_page} but holds {len(resources)} resources: "
+                "refusing a partial listing"
+            )
         new = 0
         for resource in resources:
             if not isinstance(resource, dict) or not isinstance(resource.get("id"), str) or not resource["id"]:
@@ -105,15 +137,20 @@ class _Collector:
             if k not in self.items:
                 self.items[k] = item
                 new += 1
+            elif self.items[k] != item:
+                raise ListingError(
+                    f"{self.kind} page {page_no}: id {str(k)[:80]!r} appears twice with different content: "
+                    "the directory changed during the listing, refusing it (the next run will retry)"
+                )
         return new
 
 
-def _walk_index(session, server, url, kind, extract, key, sleep):
+def _walk_index(fetcher: "_Fetcher", collected: _Collector) -> list:
     """RFC 7644 §3.4.2.4: startIndex (1-based) and count."""
-    collected = _Collector(kind, extract, key)
+    kind, server = fetcher.kind, fetcher.server
     start, total = 1, None
-    for page_no in range(1, MAX_PAGES + 1):
-        body = _get(session, server, url, {"startIndex": start, "count": server.page_size}, kind, page_no, sleep)
+    for page_no in range(1, server.max_pages + 1):
+        body = fetcher.page(page_no, {"startIndex": start, "count": server.page_size})
         page_total = _total(body, kind, page_no, required=True)
         if total is None:
             total = page_total
@@ -131,7 +168,7 @@ def _walk_index(session, server, url, kind, extract, key, sleep):
             )
         start += len(body.get("Resources") or ())
     else:
-        raise ListingError(f"{kind}: more than {MAX_PAGES} pages: refusing an endless listing")
+        raise ListingError(f"{kind}: more than coreweave_max_pages ({server.max_pages}) pages: refusing an endless listing")
     if len(collected.items) != total:
         raise ListingError(
             f"{kind}: collected {len(collected.items)} distinct resources but totalResults is {total}: refusing a partial listing"
@@ -139,12 +176,12 @@ def _walk_index(session, server, url, kind, extract, key, sleep):
     return list(collected.items.values())
 
 
-def _walk_cursor(session, server, url, kind, extract, key, sleep):
+def _walk_cursor(fetcher: "_Fetcher", collected: _Collector) -> list:
     """RFC 9865: ``cursor`` (empty first), follow ``nextCursor`` until absent."""
-    collected = _Collector(kind, extract, key)
+    kind, server = fetcher.kind, fetcher.server
     cursor, seen_cursors, total = "", set(), None
-    for page_no in range(1, MAX_PAGES + 1):
-        body = _get(session, server, url, {"cursor": cursor, "count": server.page_size}, kind, page_no, sleep)
+    for page_no in range(1, server.max_pages + 1):
+        body = fetcher.page(page_no, {"cursor": cursor, "count": server.page_size})
         page_total = _total(body, kind, page_no, required=False)
         if page_total is not None:
             if total is not None and page_total != total:
@@ -166,7 +203,7 @@ def _walk_cursor(session, server, url, kind, extract, key, sleep):
         seen_cursors.add(next_cursor)
         cursor = next_cursor
     else:
-        raise ListingError(f"{kind}: more than {MAX_PAGES} pages: refusing an endless listing")
+        raise ListingError(f"{kind}: more than coreweave_max_pages ({server.max_pages}) pages: refusing an endless listing")
     if total is not None and len(collected.items) != total:
         raise ListingError(
             f"{kind}: collected {len(collected.items)} distinct resources but totalResults is {total}: refusing a partial listing"
@@ -185,49 +222,115 @@ def _total(body: dict, kind: str, page_no: int, *, required: bool) -> Optional[i
     return value
 
 
-def _get(session, server, url, params, kind, page_no, sleep) -> dict:
-    """GET one page, retrying connection errors, 429 and 5xx; never 401/403."""
-    where = f"{kind} page {page_no}"
-    for attempt in range(server.retries + 1):
-        last = attempt == server.retries
+@dataclass
+class _Fetcher:
+    """GETs pages of one endpoint within the run's deadline."""
+
+    session: requests.Session
+    server: Server
+    url: str
+    kind: str
+    clock: Clock
+    deadline: float
+
+    def page(self, page_no: int, params: dict) -> dict:
+        """One page as a JSON object, retrying connection errors, timeouts,
+        429 and 5xx with jittered exponential backoff; never 4xx otherwise."""
+        server, where = self.server, f"{self.kind} page {page_no}"
+        for attempt in range(server.retries + 1):
+            last = attempt == server.retries
+            try:
+                status, headers, content = self._send(params, where)
+            except _Transient as e:
+                problem = f"{where}: {e.args[0]} talking to {server.base_url}"
+                if last:
+                    raise FetchError(f"{problem} (after {attempt + 1} attempts): is the network or the server down?") from None
+                wait = self._backoff(attempt)
+            else:
+                if status == 200:
+                    return _json_body(headers, content, where)
+                detail = _error_detail(content, server.token)
+                if status in (401, 403):
+                    raise AuthError(
+                        f"{where}: HTTP {status} from {server.base_url}{detail}: the bearer token is missing, expired "
+                        "or lacks the SUNK/SCIM permissions: check coreweave_token_file or NSSCACHE_SCIM_AUTH_TOKEN"
+                    )
+                if status == 400 and _error_field(content, "scimType") in STALE_CURSOR_TYPES:
+                    raise StaleCursorError(f"{where}: HTTP 400{detail}")
+                if 300 <= status < 400:
+                    location = urlsplit(headers.get("Location", "")).netloc or "elsewhere"
+                    raise FetchError(
+                        f"{where}: HTTP {status} redirect to {location}: refusing to follow it (the bearer token must "
+                        "not go anywhere else); set coreweave_base_url to the final URL"
+                    )
+                problem = f"{where}: HTTP {status} from {server.base_url}{detail}"
+                if status not in RETRY_STATUSES:
+                    raise FetchError(f"{problem}: not retried; check coreweave_base_url and the endpoints")
+                if last:
+                    raise FetchError(f"{problem} (after {attempt + 1} attempts): the server is failing, try later")
+                wait = _retry_after(headers.get("Retry-After"), server.max_retry_wait)
+                if wait is None:
+                    wait = self._backoff(attempt)
+            if self.clock.monotonic() + wait > self.deadline:
+                raise FetchError(f"{problem}: no time left to retry within coreweave_deadline ({server.deadline:g} s)")
+            log.warning("%s; retrying in %.1f s (%d of %d)", problem, wait, attempt + 1, server.retries)
+            self.clock.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send(self, params: dict, where: str):
+        """One GET, read to the end within the size limit and the deadline.
+        :raises _Transient: for what a retry may cure."""
+        server = self.server
+        remaining = self.deadline - self.clock.monotonic()
+        if remaining <= 0:
+            raise FetchError(f"{where}: coreweave_deadline ({server.deadline:g} s) exceeded: refusing to go on")
         try:
             # verify per request: a session-level value loses to REQUESTS_CA_BUNDLE.
-            response = session.get(url, params=params, timeout=server.timeout, verify=server.verify)
-        except (requests.ConnectionError, requests.Timeout) as e:
-            problem = f"{where}: {type(e).__name__} talking to {server.base_url}"
-            if last:
-                raise FetchError(f"{problem} (after {attempt + 1} attempts): is the network or the server down?") from None
-            wait = _backoff(attempt)
+            response = self.session.get(
+                self.url, params=params, timeout=min(server.timeout, remaining), verify=server.verify,
+                allow_redirects=False, stream=True,
+            )
+            with response:
+                log.debug("GET %s -> %d", response.url, response.status_code)
+                return response.status_code, response.headers, self._read(response, where)
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+            raise _Transient(type(e).__name__) from None
         except requests.RequestException as e:
             raise FetchError(f"{where}: request failed: {type(e).__name__}") from None
-        else:
-            log.debug("GET %s -> %d", response.url, response.status_code)
-            status = response.status_code
-            if status == 200:
-                return _json_body(response, where)
-            detail = _error_detail(response, server.token)
-            if status in (401, 403):
-                raise AuthError(
-                    f"{where}: HTTP {status} from {server.base_url}{detail}: check the bearer token "
-                    "(coreweave_token_file or NSSCACHE_SCIM_AUTH_TOKEN) and its scope"
-                )
-            if status == 400 and _scim_type(response) in STALE_CURSOR_TYPES:
-                raise StaleCursorError(f"{where}: HTTP 400{detail}")
-            problem = f"{where}: HTTP {status} from {server.base_url}{detail}"
-            if status not in RETRY_STATUSES:
-                raise FetchError(f"{problem}: check coreweave_base_url and the endpoints")
-            if last:
-                raise FetchError(f"{problem} (after {attempt + 1} attempts): the server is failing, try later")
-            wait = _retry_after(response.headers.get("Retry-After"))
-            if wait is None:
-                wait = _backoff(attempt)
-        log.warning("%s; retrying in %.1f s (%d of %d)", problem, wait, attempt + 1, server.retries)
-        sleep(wait)
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    def _read(self, response, where: str) -> bytes:
+        limit = self.server.max_page_bytes
+        too_big = ListingError(
+            f"{where}: the response is larger than coreweave_max_page_bytes ({limit} bytes): refusing a runaway response"
+        )
+        declared = response.headers.get("Content-Length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
+            raise too_big
+        chunks, size = [], 0
+        for chunk in response.iter_content(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            if self.clock.monotonic() > self.deadline:
+                raise FetchError(f"{where}: coreweave_deadline ({self.server.deadline:g} s) exceeded while reading")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _backoff(self, attempt: int) -> float:
+        """1, 2, 4 … s, capped, times a random factor in (0.5, 1] so that a
+        fleet of nodes does not retry in step."""
+        return min(self.server.max_retry_wait, BACKOFF_BASE * (2**attempt)) * (1 - self.clock.random() / 2)
 
 
-def _json_body(response, where) -> dict:
-    body = _loads(response.content)
+class _Transient(Exception):
+    """A failure that a retry may cure (connection, timeout, cut body)."""
+
+
+def _json_body(headers, content: bytes, where: str) -> dict:
+    content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if content_type and content_type not in JSON_TYPES:
+        raise ListingError(f"{where}: the response is {content_type[:60]}, not JSON: refusing a malformed listing")
+    body = _loads(content)
     if body is _NOT_JSON:
         raise ListingError(f"{where}: the response is not JSON: refusing a malformed listing")
     if not isinstance(body, dict):
@@ -248,20 +351,16 @@ def _loads(content: bytes):
         return _NOT_JSON
 
 
-def _error_field(response, name: str) -> Optional[str]:
-    body = _loads(response.content)
+def _error_field(content: bytes, name: str) -> Optional[str]:
+    body = _loads(content)
     value = body.get(name) if isinstance(body, dict) else None
     return value if isinstance(value, str) and value else None
 
 
-def _scim_type(response) -> Optional[str]:
-    return _error_field(response, "scimType")
-
-
-def _error_detail(response, token: str) -> str:
+def _error_detail(content: bytes, token: str) -> str:
     """The server's SCIM error 'detail', shortened, printable, and without
     our token should the server echo it."""
-    detail = _error_field(response, "detail")
+    detail = _error_field(content, "detail")
     if detail is None:
         return ""
     detail = detail.replace(token, "<token>") if token else detail
@@ -269,12 +368,8 @@ def _error_detail(response, token: str) -> str:
     return f" ({detail!r})"
 
 
-def _backoff(attempt: int) -> float:
-    return min(BACKOFF_MAX, BACKOFF_BASE * (2**attempt))
-
-
-def _retry_after(value: Optional[str]) -> Optional[float]:
-    """Retry-After in seconds or as an HTTP date, clamped to RETRY_AFTER_MAX."""
+def _retry_after(value: Optional[str], cap: float) -> Optional[float]:
+    """Retry-After in seconds or as an HTTP date, clamped to ``cap``."""
     if not value:
         return None
     value = value.strip()
@@ -283,9 +378,9 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
     else:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
         if when is None or when.tzinfo is None:
             return None
         seconds = when.timestamp() - time.time()
-    return max(0.0, min(RETRY_AFTER_MAX, seconds))
+    return max(0.0, min(cap, seconds))

@@ -52,23 +52,25 @@ class Snapshot:
     fetched_at: float  # time.time() when the listing started
 
 
-def take(config: Config, *, session=None, sleep=time.sleep) -> Snapshot:
-    """List Users and Groups once each.
+def take(config: Config, *, session=None, clock: Optional[scim.Clock] = None) -> Snapshot:
+    """List Users and Groups once each, both within coreweave_deadline.
 
     :raises FetchError, ListingError: see scim.list_resources.
     """
     started = time.time()
+    clock = clock or scim.Clock()
+    deadline = clock.monotonic() + config.server.deadline
     own_session = session is None
     if own_session:
         session = scim.new_session(config.server)
     try:
         users = scim.list_resources(
             session, config.server, config.server.users_url, "Users",
-            lambda r: _user(r, config), _id, sleep=sleep,
+            lambda r: _user(r, config), _id, clock=clock, deadline=deadline,
         )
         groups = scim.list_resources(
             session, config.server, config.server.groups_url, "Groups",
-            lambda r: _group(r, config), _id, sleep=sleep,
+            lambda r: _group(r, config), _id, clock=clock, deadline=deadline,
         )
     finally:
         if own_session:

@@ -12,43 +12,82 @@ fail the same way instead of listing again.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Dict, Tuple, Union
 
 from nss_cache import error
 from nss_cache.sources import source
 
 from . import config as config_mod
-from . import policy, render, snapshot
-from .errors import ConfigError, CoreWeaveError, FetchError, ListingError
+from . import policy, render, snapshot, state
+from .errors import ConfigError, CoreWeaveError, FetchError, GuardError, ListingError
 
 __all__ = ["CoreWeaveSource", "directory", "register", "log_directory"]
 
 log = logging.getLogger("nss_cache_coreweave")
 
 _Outcome = Union[snapshot.Snapshot, policy.Directory, CoreWeaveError]
+# ("snapshot", server, attributes...) -> Snapshot; ("directory", Config) -> Directory
+# (or, for either, the error that prevented it).
 _CACHE: Dict[Tuple, _Outcome] = {}
 
 
 def directory(options: dict) -> policy.Directory:
-    """The Directory for a map's nsscache options, fetched at most once per
-    process. :raises CoreWeaveError:"""
+    """The Directory for a map's nsscache options, fetched and decided at
+    most once per process. :raises CoreWeaveError:"""
     config = config_mod.parse(options)
-    decided = _CACHE.get(("directory", config))
-    if decided is None:
-        fetch_key = ("snapshot", config.server, config.users, config.groups)
-        snap = _CACHE.get(fetch_key)
-        if snap is None:
-            try:
-                snap = snapshot.take(config)
-            except CoreWeaveError as e:
-                snap = e
-            _CACHE[fetch_key] = snap
-        if isinstance(snap, CoreWeaveError):
-            raise snap
-        decided = policy.decide(snap, config)
-        _CACHE[("directory", config)] = decided
-        log_directory(config, decided)
+    key = ("directory", config)
+    if key not in _CACHE:
+        try:
+            _CACHE[key] = _decide(config)
+        except CoreWeaveError as e:
+            _CACHE[key] = e
+    outcome = _CACHE[key]
+    if isinstance(outcome, CoreWeaveError):
+        raise outcome
+    return outcome
+
+
+def _decide(config: config_mod.Config) -> policy.Directory:
+    fetch_key = ("snapshot", config.server, config.users, config.groups)
+    if fetch_key not in _CACHE:
+        try:
+            _CACHE[fetch_key] = snapshot.take(config)
+        except CoreWeaveError as e:
+            _CACHE[fetch_key] = e
+    snap = _CACHE[fetch_key]
+    if isinstance(snap, CoreWeaveError):
+        raise snap
+    decided = policy.decide(snap, config)
+    log_directory(config, decided)
+    guard(config, decided, accept_shrink=os.environ.get(policy.ACCEPT_SHRINK_ENV) == "1")
     return decided
+
+
+def guard(config: config_mod.Config, decided: policy.Directory, *, accept_shrink: bool, record: bool = True) -> None:
+    """The whole-run guards: refuse a large shrink, then record the accepted
+    counts for the next run. :raises GuardError:"""
+    scope = state_scope(config)
+    problem = policy.shrink_problem(decided, state.load(config.state_dir, scope), config.max_shrink)
+    if problem and not accept_shrink:
+        log.error("coreweave: %s", problem)
+        raise GuardError(problem)
+    if problem:
+        log.warning("coreweave: shrink accepted by the operator (%s=1): %s", policy.ACCEPT_SHRINK_ENV, problem)
+    if record:
+        try:
+            state.save(config.state_dir, scope, len(decided.accounts), len(decided.groups))
+        except OSError as e:
+            log.warning(
+                "coreweave: cannot record this run's counts in %s (%s): the shrink guard will have nothing "
+                "to compare with; set coreweave_state_dir", config.state_dir, e.strerror,
+            )
+
+
+def state_scope(config: config_mod.Config) -> str:
+    """Counts are kept per directory and allow-list."""
+    groups = "*" if config.allowed_groups is None else ",".join(config.allowed_groups)
+    return f"{config.server.base_url} groups={groups}"
 
 
 def log_directory(config: config_mod.Config, decided: policy.Directory) -> None:
@@ -105,7 +144,7 @@ class CoreWeaveSource(source.Source):
         except FetchError as e:
             # Skips the remaining maps: they stay mutually consistent.
             raise error.SourceUnavailable(f"coreweave: {e}") from None
-        except (ConfigError, ListingError) as e:
+        except (ConfigError, ListingError, GuardError) as e:
             raise error.InvalidMap(f"coreweave: {e}") from None
         except Exception as e:  # a bug of ours must not become a traceback
             log.exception("coreweave: internal error building the %s map", map_name)

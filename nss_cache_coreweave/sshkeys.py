@@ -8,12 +8,13 @@ modulus of at least 2048 bits.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Mapping
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
-__all__ = ["InvalidKey", "KEY_TYPES", "DEFAULT_KEY_TYPES", "MIN_RSA_BITS", "normalise"]
+__all__ = ["InvalidKey", "Key", "KEY_TYPES", "DEFAULT_KEY_TYPES", "MIN_RSA_BITS", "parse", "normalise"]
 
 # OpenSSH key type -> the family name used in configuration.
 KEY_TYPES: Mapping[str, str] = {
@@ -30,21 +31,60 @@ MIN_RSA_BITS = 2048
 MAX_KEY_LENGTH = 16384
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}", re.ASCII)
 _PRINTABLE = re.compile(r"[\x20-\x7e]*", re.ASCII)
+# One option: a name, optionally ="value" with \" escapes inside.
+_OPTION_RE = r'[A-Za-z0-9-]+(?:="(?:[^"\\]|\\.)*")?'
+_OPTION_LIST = re.compile(rf"{_OPTION_RE}(?:,{_OPTION_RE})*", re.ASCII)
+_OPTION = re.compile(r'(?:^|,)([A-Za-z0-9-]+)(?==|,|$)', re.ASCII)
+KEY_OPTIONS = frozenset({
+    "agent-forwarding", "cert-authority", "command", "environment", "expiry-time", "from",
+    "no-agent-forwarding", "no-port-forwarding", "no-pty", "no-user-rc", "no-x11-forwarding",
+    "permitlisten", "permitopen", "port-forwarding", "principals", "pty", "no-touch-required",
+    "verify-required", "restrict", "tunnel", "user-rc", "x11-forwarding",
+})
 
 
 class InvalidKey(ValueError):
     """The reason a key was refused, fit for a log line."""
 
 
-def normalise(line: object, *, allowed=DEFAULT_KEY_TYPES, min_rsa_bits: int = MIN_RSA_BITS) -> str:
-    """Return ``type base64[ comment]`` for a valid key, else raise InvalidKey."""
+@dataclass(frozen=True)
+class Key:
+    line: str  # [options ]type base64[ comment], one line, printable ASCII
+    identity: str  # type base64: two lines with the same identity are one key
+
+
+def normalise(line: object, **rules) -> str:
+    """The normalised line of a valid key (see parse)."""
+    return parse(line, **rules).line
+
+
+def parse(
+    line: object,
+    *,
+    allowed=DEFAULT_KEY_TYPES,
+    min_rsa_bits: int = MIN_RSA_BITS,
+    allow_options: bool = False,
+) -> Key:
+    """Check one authorized_keys line; raise InvalidKey with the reason.
+    Options (``from="10.0.0.0/8",no-pty``) are refused unless
+    ``allow_options``; then their names must be OpenSSH's."""
     if not isinstance(line, str):
         raise InvalidKey(f"is a JSON {type(line).__name__}, not a string")
     if len(line) > MAX_KEY_LENGTH:
         raise InvalidKey(f"is longer than {MAX_KEY_LENGTH} characters")
     if any(c in line for c in "\r\n\0"):
         raise InvalidKey("contains a line break or NUL")
-    fields = line.strip().split(None, 2)
+    line = line.strip()
+    first = line.split(None, 1)[0] if line else ""
+    options = ""
+    if first and first not in KEY_TYPES and first != "ssh-dss":
+        if not allow_options:
+            raise InvalidKey(
+                f"has unknown type {first[:40]!r} or authorized_keys options, which are not accepted "
+                "(coreweave_allow_key_options)"
+            )
+        options, line = _split_options(line)
+    fields = line.split(None, 2)
     if len(fields) < 2:
         raise InvalidKey("is not 'type base64 [comment]'")
     key_type, body = fields[0], fields[1]
@@ -52,7 +92,7 @@ def normalise(line: object, *, allowed=DEFAULT_KEY_TYPES, min_rsa_bits: int = MI
     if key_type == "ssh-dss":
         raise InvalidKey("is a DSA key, which is not accepted")
     if key_type not in KEY_TYPES:
-        raise InvalidKey(f"has unknown type {key_type[:40]!r} (or authorized_keys options, which are not accepted)")
+        raise InvalidKey(f"has unknown type {key_type[:40]!r}")
     if KEY_TYPES[key_type] not in allowed:
         raise InvalidKey(f"has type {key_type}, which is not allowed here")
     if not _BASE64.fullmatch(body):
@@ -67,4 +107,28 @@ def normalise(line: object, *, allowed=DEFAULT_KEY_TYPES, min_rsa_bits: int = MI
         raise InvalidKey(f"is a {key.key_size}-bit RSA key, below the {min_rsa_bits}-bit minimum")
     if comment and not _PRINTABLE.fullmatch(comment):
         comment = ""  # a comment is decoration: drop it rather than the key
-    return f"{key_type} {body} {comment}" if comment else f"{key_type} {body}"
+    key = f"{key_type} {body} {comment}" if comment else f"{key_type} {body}"
+    return Key(line=f"{options} {key}" if options else key, identity=f"{key_type} {body}")
+
+
+def _split_options(line: str):
+    """Split ``opt1,opt2="a b" type base64 ...`` at the first unquoted blank
+    and check each option name (authorized_keys(5), AUTHORIZED_KEYS FILE FORMAT)."""
+    in_quotes, end = False, len(line)
+    for i, c in enumerate(line):
+        if c == '"' and (i == 0 or line[i - 1] != "\\"):
+            in_quotes = not in_quotes
+        elif c in " \t" and not in_quotes:
+            end = i
+            break
+    if in_quotes:
+        raise InvalidKey("has options with an unterminated quote")
+    options = line[:end]
+    if not _PRINTABLE.fullmatch(options):
+        raise InvalidKey("has options with control or non-ASCII characters")
+    for option in _OPTION.findall(options):
+        if option.lower() not in KEY_OPTIONS:
+            raise InvalidKey(f"has unknown option {option[:40]!r}")
+    if _OPTION_LIST.fullmatch(options) is None:
+        raise InvalidKey(f"has unknown type or malformed options {options[:40]!r}")
+    return options, line[end:].strip()

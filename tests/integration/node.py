@@ -47,7 +47,10 @@ class Node:
             f"coreweave_base_url = {base_url}\n"
             f"coreweave_token_file = {self.token_file}\n"
             "coreweave_groups = slurm-users, slurm-admins\n"
-            "coreweave_home_directory = /mnt/home/%%u\n" + extra
+            "coreweave_home_directory = /mnt/home/%%u\n"
+            f"coreweave_state_dir = {self.root / 'state'}\n"
+            # Listed so that the host's /etc/shells does not matter.
+            "coreweave_allowed_shells = /bin/bash, /bin/zsh\n" + extra
         )
         return self.conf
 

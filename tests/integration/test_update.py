@@ -170,5 +170,5 @@ def test_check_reports_a_refused_token(node, iam):
     result = node.run("nsscache-coreweave", "check")
 
     assert result.returncode == 75
-    assert "HTTP 401" in result.stdout and "check the bearer token" in result.stdout
+    assert "HTTP 401" in result.stdout and "the bearer token is missing, expired or lacks the SUNK/SCIM permissions" in result.stdout
     assert "wrong-token" not in result.stdout + result.stderr

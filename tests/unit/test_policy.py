@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from nss_cache_coreweave import config, policy
-from nss_cache_coreweave.policy import Account, Drop, PosixGroup
+from nss_cache_coreweave.policy import Account, Drop, LocalAccounts, PosixGroup
 from nss_cache_coreweave.snapshot import GroupRecord, Member, Snapshot, UserRecord
 from unit_http import BASE, TOKEN
 from unit_keys import dsa_key, ed25519_key, rsa_key
@@ -19,6 +19,8 @@ NOT_POSIX = "is not a POSIX portable name (a-z 0-9 _ . -, at most 32, lower-case
 
 
 def configure(allowed="slurm-users", **options):
+    # Shells are listed here so that the host's /etc/shells does not matter.
+    options.setdefault("allowed_shells", "/bin/bash, /bin/zsh, /usr/bin/fish")
     return config.parse({"base_url": BASE, "groups": allowed, **options}, environ={"NSSCACHE_COREWEAVE_TOKEN": TOKEN})
 
 
@@ -35,7 +37,8 @@ def decide(users, groups=None, *, allowed="slurm-users", **options):
     holding every user) with coreweave_groups = ``allowed``."""
     if groups is None:
         groups = [group(members=[u.id for u in users])]
-    return policy.decide(Snapshot(tuple(users), tuple(groups), 0.0), configure(allowed, **options))
+    # An empty node: local-account clashes have their own tests.
+    return policy.decide(Snapshot(tuple(users), tuple(groups), 0.0), configure(allowed, **options), local=LocalAccounts())
 
 
 def names(directory):
@@ -326,7 +329,7 @@ def test_unclean_shell_is_replaced_by_the_default_and_logged(shell):
 
     assert [a.shell for a in directory.accounts] == ["/bin/bash"]
     assert [(d.kind, d.who) for d in directory.drops] == [("shell", "alice")]
-    assert str(directory.drops[0]).endswith("is not an absolute, clean path: /bin/bash used instead")
+    assert str(directory.drops[0]).endswith("is not an allowed shell: /bin/bash used instead")
 
 
 # --- activity ---------------------------------------------------------------
@@ -467,7 +470,7 @@ def test_invalid_key_is_dropped_and_the_user_kept():
         Drop("key", "alice", "key 2 is a DSA key, which is not accepted"),
         Drop("key", "alice", "key 3 is a 1024-bit RSA key, below the 2048-bit minimum"),
         Drop("key", "alice", "key 4 has a body that is not base64"),
-        Drop("key", "alice", "key 5 has unknown type 'command=\"/bin/sh\"' (or authorized_keys options, which are not accepted)"),
+        Drop("key", "alice", "key 5 has unknown type 'command=\"/bin/sh\"' or authorized_keys options, which are not accepted (coreweave_allow_key_options)"),
     )
 
 

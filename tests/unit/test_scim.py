@@ -30,7 +30,8 @@ def listing(*steps, **server_options):
     try:
         found = scim.list_resources(
             session_with(transport, srv), srv, srv.users_url, "Users",
-            lambda r: r, lambda r: r["id"], sleep=sleeps.append,
+            # random() == 0: backoff without jitter, so the waits are exact.
+            lambda r: r, lambda r: r["id"], clock=scim.Clock(sleep=sleeps.append, random=lambda: 0.0),
         )
     except Exception as e:
         e.transport, e.sleeps = transport, sleeps

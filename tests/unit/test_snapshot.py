@@ -84,7 +84,7 @@ def test_resolve_with_no_paths_is_none():
 def group_record(members, **resource):
     cfg = configured()
     transport = ScriptedTransport(page([]), page([{"id": "g1", "sunkPosixGroupName": "g", "sunkPosixGid": 3000, "members": members, **resource}]))
-    snap = snapshot.take(cfg, session=session_with(transport, cfg.server), sleep=None)
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
     return snap.groups[0]
 
 
@@ -135,7 +135,7 @@ def test_take_lists_users_once_and_groups_once():
         page(load_page("users-index-page2.json")["Resources"], total=3),
         page(load_page("groups.json")["Resources"]),
     )
-    snap = snapshot.take(cfg, session=session_with(transport, cfg.server), sleep=None)
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
     assert transport.paths() == ["/scim/cw-test/Users", "/scim/cw-test/Users", "/scim/cw-test/Groups"]
     assert [s.params for s in transport.sent] == [
         {"startIndex": "1", "count": "2"},

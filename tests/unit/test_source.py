@@ -41,8 +41,12 @@ GETTERS = {
 
 
 @pytest.fixture(autouse=True)
-def fresh_process(monkeypatch):
-    """Each test is a new nsscache process with the token in the environment."""
+def fresh_process(monkeypatch, tmp_path):
+    """Each test is a new nsscache process with the token in the environment,
+    on an empty node (no local accounts, no state from an earlier run)."""
+    monkeypatch.setitem(CONF, "state_dir", str(tmp_path / "state"))
+    monkeypatch.setitem(CONF, "local_passwd", str(tmp_path / "no-passwd"))
+    monkeypatch.setitem(CONF, "local_group", str(tmp_path / "no-group"))
     source._CACHE.clear()
     monkeypatch.delenv("NSSCACHE_SCIM_AUTH_TOKEN", raising=False)
     monkeypatch.setenv("NSSCACHE_COREWEAVE_TOKEN", TOKEN)
