@@ -146,7 +146,7 @@ def _check(conf, args) -> int:
     for warning in config.warnings:
         print(f"warning: {warning}", file=out)
     try:
-        snap = snapshot.take(config)
+        snap = snapshot.take(config, everyone=True)  # every user, for the attribute report
     except FetchError as e:
         print(f"directory unavailable: {e}", file=out)
         return EXIT_TEMPFAIL

@@ -52,8 +52,14 @@ class Snapshot:
     fetched_at: float  # time.time() when the listing started
 
 
-def take(config: Config, *, session=None, clock: Optional[scim.Clock] = None) -> Snapshot:
-    """List Users and Groups once each, both within coreweave_deadline.
+def take(
+    config: Config, *, session=None, clock: Optional[scim.Clock] = None, everyone: bool = False
+) -> Snapshot:
+    """List Groups, then Users, once each, both within coreweave_deadline.
+
+    Groups come first so that only members of the allowed groups are kept
+    from the (much longer) Users listing; every user still counts for the
+    listing's checks. ``everyone`` keeps every user (for ``check``).
 
     :raises FetchError, ListingError: see scim.list_resources.
     """
@@ -64,18 +70,41 @@ def take(config: Config, *, session=None, clock: Optional[scim.Clock] = None) ->
     if own_session:
         session = scim.new_session(config.server)
     try:
-        users = scim.list_resources(
-            session, config.server, config.server.users_url, "Users",
-            lambda r: _user(r, config), _id, clock=clock, deadline=deadline,
-        )
         groups = scim.list_resources(
             session, config.server, config.server.groups_url, "Groups",
             lambda r: _group(r, config), _id, clock=clock, deadline=deadline,
         )
+        wanted = None if everyone else _member_ids(groups, config.allowed_groups)
+
+        def extract(resource: dict):
+            if wanted is None or resource["id"] in wanted:
+                return _user(resource, config)
+            return _Unwanted(resource["id"])
+
+        users = scim.list_resources(
+            session, config.server, config.server.users_url, "Users", extract, _id, clock=clock, deadline=deadline,
+        )
     finally:
         if own_session:
             session.close()
-    return Snapshot(tuple(users), tuple(groups), started)
+    return Snapshot(tuple(u for u in users if type(u) is UserRecord), tuple(groups), started)
+
+
+@dataclass(frozen=True)
+class _Unwanted:
+    """A user who is in no allowed group: only its id is kept."""
+
+    id: str
+
+
+def _member_ids(groups, allowed: Optional[Tuple[str, ...]]) -> Optional[set]:
+    """Ids of the members of the allowed groups (None: every user is wanted)."""
+    if allowed is None:
+        return None
+    allowed_set = set(allowed)
+    return {
+        m.value for g in groups if isinstance(g.name, str) and g.name in allowed_set for m in g.members if m.value
+    }
 
 
 def _id(record) -> str:

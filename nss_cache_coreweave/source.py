@@ -27,7 +27,7 @@ __all__ = ["CoreWeaveSource", "directory", "register", "log_directory"]
 log = logging.getLogger("nss_cache_coreweave")
 
 _Outcome = Union[snapshot.Snapshot, policy.Directory, CoreWeaveError]
-# ("snapshot", server, attributes...) -> Snapshot; ("directory", Config) -> Directory
+# ("snapshot", server, attributes, allow-list) -> Snapshot; ("directory", Config) -> Directory
 # (or, for either, the error that prevented it).
 _CACHE: Dict[Tuple, _Outcome] = {}
 
@@ -49,7 +49,8 @@ def directory(options: dict) -> policy.Directory:
 
 
 def _decide(config: config_mod.Config) -> policy.Directory:
-    fetch_key = ("snapshot", config.server, config.users, config.groups)
+    # The allow-list is part of the key: the snapshot keeps only its members.
+    fetch_key = ("snapshot", config.server, config.users, config.groups, config.allowed_groups)
     if fetch_key not in _CACHE:
         try:
             _CACHE[fetch_key] = snapshot.take(config)

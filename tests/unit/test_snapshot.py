@@ -83,7 +83,8 @@ def test_resolve_with_no_paths_is_none():
 
 def group_record(members, **resource):
     cfg = configured()
-    transport = ScriptedTransport(page([]), page([{"id": "g1", "sunkPosixGroupName": "g", "sunkPosixGid": 3000, "members": members, **resource}]))
+    # Groups are listed first, then Users.
+    transport = ScriptedTransport(page([{"id": "g1", "sunkPosixGroupName": "g", "sunkPosixGid": 3000, "members": members, **resource}]), page([]))
     snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
     return snap.groups[0]
 
@@ -121,7 +122,7 @@ def test_malformed_members_yield_no_member(members):
 
 def test_group_without_members_attribute_has_no_members():
     cfg = configured()
-    transport = ScriptedTransport(page([]), page([{"id": "g1", "displayName": "g"}]))
+    transport = ScriptedTransport(page([{"id": "g1", "displayName": "g"}]), page([]))
     assert snapshot.take(cfg, session=session_with(transport, cfg.server)).groups == (GroupRecord("g1", "g", None, ()),)
 
 
@@ -131,16 +132,16 @@ def test_group_without_members_attribute_has_no_members():
 def test_take_lists_users_once_and_groups_once():
     cfg = configured()
     transport = ScriptedTransport(
+        page(load_page("groups.json")["Resources"]),
         page(load_page("users-index-page1.json")["Resources"], total=3),
         page(load_page("users-index-page2.json")["Resources"], total=3),
-        page(load_page("groups.json")["Resources"]),
     )
-    snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
-    assert transport.paths() == ["/scim/cw-test/Users", "/scim/cw-test/Users", "/scim/cw-test/Groups"]
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server), everyone=True)
+    assert transport.paths() == ["/scim/cw-test/Groups", "/scim/cw-test/Users", "/scim/cw-test/Users"]
     assert [s.params for s in transport.sent] == [
         {"startIndex": "1", "count": "2"},
-        {"startIndex": "3", "count": "2"},
         {"startIndex": "1", "count": "2"},
+        {"startIndex": "3", "count": "2"},
     ]
     assert snap.users == (
         UserRecord(
@@ -175,8 +176,8 @@ def test_take_follows_the_configured_attribute_paths():
         "urn:example:ext:2.0:User": {"uidNumber": "20010", "gidNumber": 20010, "homeDirectory": "/u/dave", "loginShell": "/bin/zsh", "sshKeys": "k"},
     }
     group = {"id": "g1", "displayName": "ops", "urn:example:ext:2.0:Group": {"gidNumber": 30010}}
-    transport = ScriptedTransport(page([user]), page([group]))
-    snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
+    transport = ScriptedTransport(page([group]), page([user]))
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server), everyone=True)
     assert snap.users == (UserRecord("u1", False, "dave", "20010", 20010, "Dave D", "/u/dave", "/bin/zsh", "k"),)
     assert snap.groups == (GroupRecord("g1", "ops", 30010, ()),)
 
@@ -194,16 +195,31 @@ def test_take_follows_the_configured_attribute_paths():
 )
 def test_active_flag_is_read_as_sent(resource, active):
     cfg = configured()
-    transport = ScriptedTransport(page([resource]), page([]))
-    assert snapshot.take(cfg, session=session_with(transport, cfg.server)).users[0].active == active
+    transport = ScriptedTransport(page([]), page([resource]))
+    assert snapshot.take(cfg, session=session_with(transport, cfg.server), everyone=True).users[0].active == active
 
 
-def test_take_fails_whole_when_groups_fail():
+def test_take_fails_whole_when_users_fail():
     cfg = configured()
-    transport = ScriptedTransport(page([{"id": "u1"}]), scim_error(401, "invalid or expired bearer token"))
+    transport = ScriptedTransport(page([{"id": "g1", "displayName": "g"}]), scim_error(401, "invalid or expired bearer token"))
     with pytest.raises(AuthError):
         snapshot.take(cfg, session=session_with(transport, cfg.server))
-    assert transport.paths() == ["/scim/cw-test/Users", "/scim/cw-test/Groups"]
+    assert transport.paths() == ["/scim/cw-test/Groups", "/scim/cw-test/Users"]
+
+
+def test_only_members_of_allowed_groups_are_kept_but_every_user_is_counted():
+    cfg = configured()  # coreweave_groups = slurm-users
+    groups = [
+        {"id": "g1", "sunkPosixGroupName": "slurm-users", "members": [{"value": "u1"}]},
+        {"id": "g2", "sunkPosixGroupName": "other", "members": [{"value": "u2"}]},
+    ]
+    users = [{"id": "u1", "active": True}, {"id": "u2", "active": True}, {"id": "u3"}]
+    transport = ScriptedTransport(page(groups), page(users[:2], total=3), page(users[2:], total=3))
+
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
+
+    assert [u.id for u in snap.users] == ["u1"]
+    assert [g.id for g in snap.groups] == ["g1", "g2"]
 
 
 def test_take_opens_and_closes_its_own_session_when_given_none(mocker):
