@@ -1,0 +1,309 @@
+"""End to end: who can ssh into a login node. The real chain, as root, in a private mount
+namespace (tests/e2e/loginnode.py): FakeIAM on loopback -> the stock ``nsscache update --full``
+-> /etc/*.cache -> the real libnss-cache (``passwd/group/shadow: files cache``) -> a real sshd
+(Debian's sshd_config, ``UsePAM yes``, the shipped conf/sshd_config.d snippet:
+``AuthorizedKeysFile none``, ``AuthorizedKeysCommand /usr/local/sbin/nsscache-coreweave-keys
+%u %f`` as ``nobody``) -> ``ssh -i KEY USER@127.0.0.1 id``.
+
+The organisation is demo/org.json with a fresh key pair per user, plus two IAM members named
+to trap a careless helper: ``root`` (a local system account) and ``al`` (a prefix of alice, no
+keys). The host's /etc is checked unchanged afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "integration"))
+from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
+from fakeiam import FakeIAM  # noqa: E402
+from loginnode import (  # noqa: E402
+    KEYS_COMMAND, LoginNode, fingerprint, make_key, make_keys_venv, public_key, require_environment, run, snapshot,
+)
+from node import EXT, TOKEN  # noqa: E402
+
+REPO = HERE.parents[1]
+HOST_PATHS = ("/etc", "/usr/local/sbin")
+
+ALICE_ID = "uid=20001(alice) gid=20001 groups=20001,30001(slurm-users),30002(slurm-admins)\n"
+FRANK_ID = "uid=20006(frank) gid=20006 groups=20006,30001(slurm-users)\n"
+
+
+def _user(org, name):
+    return next(u for u in org["Users"] if u[EXT]["sunkPosixUsername"] == name)
+
+
+def _group(org, name):
+    return next(g for g in org["Groups"] if g["sunkPosixGroupName"] == name)
+
+
+def build_org(keys):
+    """demo/org.json with our public keys, plus IAM members ``root`` and ``al``."""
+    org = json.loads((REPO / "demo" / "org.json").read_text())
+    for name in ("alice", "bob", "carol", "dave", "frank"):
+        _user(org, name)[EXT]["sunkSshKeys"] = [public_key(keys[name])]
+    _user(org, "alice")[EXT]["sunkSshKeys"].append(public_key(keys["alice2"]))
+    for number, (name, user_keys) in enumerate((("root", [public_key(keys["root"])]), ("al", [])), start=7):
+        user = copy.deepcopy(_user(org, "erin"))
+        user["id"] = f"00000000-0000-4000-8000-00000000000{number}"
+        user["userName"] = f"{name}@example.com"
+        user["displayName"] = f"IAM {name}"
+        user[EXT].update(sunkPosixUsername=name, sunkPosixUid=20000 + number, sunkPosixGid=20000 + number,
+                         sunkSshKeys=user_keys)
+        org["Users"].append(user)
+        _group(org, "slurm-users")["members"].append({"value": user["id"], "type": "User"})
+    return org
+
+
+@pytest.fixture(scope="module")
+def host_before():
+    require_environment()
+    before = snapshot(*HOST_PATHS)
+    yield before
+    after = snapshot(*HOST_PATHS)
+    assert after == before, "the host's /etc or /usr/local/sbin changed"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ssh-keys")
+    return {name: make_key(directory, name)
+            for name in ("alice", "alice2", "bob", "carol", "dave", "frank", "root", "mallory")}
+
+
+@pytest.fixture(scope="module")
+def keys_bin(project_wheel, host_before):
+    path = make_keys_venv(project_wheel)
+    yield path
+    import shutil
+
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def org(keys):
+    return build_org(keys)
+
+
+@pytest.fixture(scope="module")
+def iam(org):
+    with FakeIAM(org, token=TOKEN) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def node(host_before, installed_venv, keys_bin, iam):
+    with LoginNode(installed_venv.python.parent, keys_bin, iam.base_url, TOKEN) as n:
+        n.update()
+        yield n
+
+
+@pytest.fixture(scope="module")
+def sshd(node):
+    server = node.start_sshd()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def change_iam(node, iam, org):
+    """Apply a changed organisation and run ``nsscache update --full``; the original is restored after."""
+
+    def change(new_org):
+        iam.set_org(new_org)
+        node.update()
+
+    yield change
+    iam.set_org(org)
+    node.update()
+
+
+# --- the node resolves IAM users through libnss-cache -----------------------------------------
+
+
+def test_nss_resolves_iam_users_through_libnss_cache(node):
+    assert node.ns("getent", "passwd", "alice").stdout == "alice:x:20001:20001:Alice Smith:/mnt/home/alice:/bin/bash\n"
+    assert node.ns("getent", "group", "slurm-admins").stdout == "slurm-admins:x:30002:alice\n"
+    assert node.ns("getent", "shadow", "alice").stdout == "alice:*:::::::\n"
+    assert node.ns("id", "alice").stdout == (
+        "uid=20001(alice) gid=20001 groups=20001,30002(slurm-admins),30001(slurm-users)\n"
+    )
+    # Outside the listed groups, inactive: unknown to the node.
+    assert [node.ns("getent", "passwd", name).returncode for name in ("carol", "dave", "ali")] == [2, 2, 2]
+    # A local account wins over an IAM user of the same name (files before cache).
+    assert node.ns("getent", "passwd", "root").stdout.startswith("root:x:0:0:")
+
+
+def test_the_host_sees_none_of_it(node):
+    assert node.ns("test", "-f", "/etc/sshkey.cache").returncode == 0
+    assert not Path("/etc/sshkey.cache").exists()
+    assert run(["getent", "passwd", "alice"]).returncode == 2
+
+
+def test_effective_sshd_configuration(node):
+    result = node.ns("/usr/sbin/sshd", "-T", "-C", "user=alice,host=client,addr=127.0.0.1")
+    settings = set(result.stdout.splitlines())
+
+    assert result.returncode == 0, result.stderr
+    assert {
+        "usepam yes",
+        "authorizedkeysfile none",
+        f"authorizedkeyscommand {KEYS_COMMAND} %u %f",
+        "authorizedkeyscommanduser nobody",
+    } <= settings
+    # The snippet's Match block covers root only.
+    root = node.ns("/usr/sbin/sshd", "-T", "-C", "user=root,host=client,addr=127.0.0.1").stdout.splitlines()
+    assert "authorizedkeysfile .ssh/authorized_keys" in root
+
+
+def test_keys_command_path_meets_sshd_rules(node):
+    result = node.ns(KEYS_COMMAND, "--check-path", KEYS_COMMAND)
+
+    assert (result.returncode, result.stdout) == (0, f"{KEYS_COMMAND}: sshd's ownership and permission rules are met\n")
+
+
+# --- logins ----------------------------------------------------------------------------------
+
+
+def test_member_of_a_listed_group_logs_in_with_iam_identity(sshd, keys):
+    login = sshd.ssh("alice", keys["alice"])
+
+    assert login.returncode == 0, login
+    assert login.stdout == ALICE_ID
+    assert login.sshd_logged(f"Accepted publickey for alice from 127.0.0.1"), login
+
+
+def test_each_of_a_users_keys_works(sshd, keys):
+    login = sshd.ssh("alice", keys["alice2"], "echo $HOME $SHELL")
+
+    assert (login.returncode, login.stdout) == (0, "/mnt/home/alice /bin/bash\n"), login
+
+
+def test_user_outside_the_listed_groups_is_refused(sshd, keys):
+    login = sshd.ssh("carol", keys["carol"])
+
+    assert login.refused, login
+    assert login.sshd_logged("Invalid user carol"), login
+
+
+def test_inactive_user_is_refused(sshd, keys):
+    login = sshd.ssh("dave", keys["dave"])
+
+    assert login.refused, login
+    assert login.sshd_logged("Invalid user dave"), login
+
+
+def test_iam_user_named_like_a_local_account_is_refused(sshd, node, keys):
+    login = sshd.ssh("root", keys["root"])
+
+    assert login.refused, login
+    assert login.sshd_logged("Failed publickey for root"), login
+    answer = node.keys("root")
+    assert (answer.returncode, answer.stdout) == (0, "")
+    assert answer.stderr == "nsscache-coreweave-keys: root: a local account in /etc/passwd: no keys\n"
+
+
+def test_ali_gets_nothing_when_only_alice_exists(sshd, node, keys):
+    login = sshd.ssh("ali", keys["alice"])
+
+    assert login.refused, login
+    assert login.sshd_logged("Invalid user ali"), login
+    assert (node.keys("ali").returncode, node.keys("ali").stdout) == (0, "")
+
+
+def test_prefix_of_a_name_never_gets_its_keys(sshd, node, keys):
+    # "al" is an IAM member without keys: sshd asks the command, which must not answer with alice's.
+    login = sshd.ssh("al", keys["alice"])
+
+    assert login.refused, login
+    assert login.sshd_logged("nsscache-coreweave-keys: al: no entry in /etc/sshkey.cache: no keys"), login
+
+
+def test_key_with_another_fingerprint_is_refused(sshd, node, keys):
+    login = sshd.ssh("alice", keys["mallory"])
+
+    assert login.refused, login
+    assert login.sshd_logged(
+        f"nsscache-coreweave-keys: alice: no key with fingerprint {fingerprint(keys['mallory'])}: no keys"
+    ), login
+
+
+def test_keys_command_prints_only_the_key_offered(node, keys):
+    answer = node.keys("alice", fingerprint(keys["alice2"]))
+
+    assert (answer.returncode, answer.stdout) == (0, public_key(keys["alice2"]) + "\n")
+    assert node.keys("alice").stdout == public_key(keys["alice"]) + "\n" + public_key(keys["alice2"]) + "\n"
+
+
+def test_user_removed_from_the_group_is_refused_after_the_next_update(sshd, keys, org, change_iam):
+    assert sshd.ssh("frank", keys["frank"]).stdout == FRANK_ID
+    new_org = copy.deepcopy(org)
+    frank_id = _user(new_org, "frank")["id"]
+    users = _group(new_org, "slurm-users")
+    users["members"] = [m for m in users["members"] if m["value"] != frank_id]
+
+    change_iam(new_org)
+    login = sshd.ssh("frank", keys["frank"])
+
+    assert login.refused, login
+    assert login.sshd_logged("Invalid user frank"), login
+
+
+def test_removed_key_is_refused_after_the_next_update_and_the_other_still_works(sshd, keys, org, change_iam):
+    new_org = copy.deepcopy(org)
+    _user(new_org, "alice")[EXT]["sunkSshKeys"] = [public_key(keys["alice"])]
+
+    change_iam(new_org)
+    removed = sshd.ssh("alice", keys["alice2"])
+    kept = sshd.ssh("alice", keys["alice"])
+
+    assert removed.refused, removed
+    assert (kept.returncode, kept.stdout) == (0, ALICE_ID), kept
+
+
+def test_user_made_inactive_is_refused_after_the_next_update(sshd, keys, org, change_iam):
+    new_org = copy.deepcopy(org)
+    _user(new_org, "frank")["active"] = False
+
+    change_iam(new_org)
+    login = sshd.ssh("frank", keys["frank"])
+
+    assert login.refused, login
+
+
+def test_stale_cache_is_refused_when_max_age_is_set(node, keys):
+    bounded = node.start_sshd(
+        f"AuthorizedKeysCommand={KEYS_COMMAND} -c /etc/nsscache.conf --max-age 3600 %u %f"
+    )
+    stamp = node.state / "timestamp-sshkey-update"
+    try:
+        fresh = bounded.ssh("alice", keys["alice"])
+        stamp.write_text("2020-01-01T00:00:00Z\n")  # the last successful update, long ago
+        stale = bounded.ssh("alice", keys["alice"])
+    finally:
+        bounded.stop()
+        node.update()  # a fresh timestamp for the tests after this one
+
+    assert (fresh.returncode, fresh.stdout) == (0, ALICE_ID), fresh
+    assert stale.refused, stale
+    assert stale.sshd_logged("sshkey cache is stale: last successful update 2020-01-01T00:00:00Z"), stale
+
+
+def test_failed_update_keeps_logins_working(sshd, node, iam, keys):
+    # IAM refuses the token: nsscache exits 75 and keeps the old caches.
+    iam_token = node.root / "token"
+    iam_token.write_text("wrong-token\n")
+    try:
+        result = node.nsscache("update", "--full")
+    finally:
+        iam_token.write_text(TOKEN + "\n")
+
+    assert result.returncode == 75, result.stderr
+    assert sshd.ssh("alice", keys["alice"]).stdout == ALICE_ID
