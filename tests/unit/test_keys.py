@@ -1,0 +1,503 @@
+"""keys: sshd's AuthorizedKeysCommand (``nsscache-coreweave-keys USER [FINGERPRINT]``).
+
+Caches are written by nsscache's own files writer (both sshkey line formats, the name
+indexes), so the formats read here are the ones nsscache produces. Fingerprints are checked
+against ``ssh-keygen -l``. Keys are generated per run (unit_keys).
+"""
+
+from __future__ import annotations
+
+import ast
+import calendar
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from nss_cache.caches import files
+from nss_cache.maps import passwd as passwd_map
+from nss_cache.maps import sshkey as sshkey_map
+
+from nss_cache_coreweave import keys
+from nss_cache_coreweave.keys import (
+    CacheUnreadable, MalformedEntry, Settings, StaleCache, UsageError, authorized_keys, find_line,
+    fingerprint, parse_keys, parse_timestamp, read_settings, sshd_path_problems, wrapper_text,
+)
+from unit_keys import ecdsa_key, ed25519_key, rsa_key, sk_ecdsa_key, sk_ed25519_key
+
+NOW = 1_800_000_000
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_caches(directory: Path, sshkeys: dict, uids: dict) -> Settings:
+    """sshkey.cache and passwd.cache (+ .ixname) as nsscache writes them; a local passwd file
+    with root and a system account; settings pointing at them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = {"dir": str(directory), "cache_filename_suffix": "cache"}
+    pmap = passwd_map.PasswdMap()
+    for name, uid in uids.items():
+        pmap.Add(passwd_map.PasswdMapEntry(
+            {"name": name, "uid": uid, "gid": uid, "passwd": "x", "gecos": name, "dir": f"/home/{name}",
+             "shell": "/bin/bash"}
+        ))
+    assert files.FilesPasswdMapHandler(conf).WriteMap(map_data=pmap) == 0
+    smap = sshkey_map.SshkeyMap()
+    for name, value in sshkeys.items():
+        smap.Add(sshkey_map.SshkeyMapEntry({"name": name, "sshkey": value}))
+    assert files.FilesSshkeyMapHandler(conf).WriteMap(map_data=smap) == 0
+    local = directory / "local-passwd"
+    local.write_text("root:x:0:0:root:/root:/bin/bash\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\n")
+    state = directory / "state"
+    state.mkdir(exist_ok=True)
+    (state / "timestamp-sshkey-update").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime(NOW - 60)))
+    return Settings(
+        sshkey_cache=str(directory / "sshkey.cache"), passwd_cache=str(directory / "passwd.cache"),
+        system_passwd=str(local), timestamp_dir=str(state),
+    )
+
+
+def ssh_keygen_fingerprint(key: str, hash_name: str = "sha256") -> str:
+    result = subprocess.run(["ssh-keygen", "-E", hash_name, "-lf", "-"], input=key + "\n", capture_output=True,
+                            text=True, check=True)
+    return result.stdout.split()[1]
+
+
+A1, A2, BOB, MALLORY = ed25519_key("alice-1"), ecdsa_key("nistp256"), ed25519_key("bob"), ed25519_key("mallory")
+
+
+@pytest.fixture
+def node(tmp_path):
+    return write_caches(
+        tmp_path / "etc",
+        {"alice": [f"{A1} alice@laptop", f"{A2} alice@desk"], "bob": f"{BOB} bob@ws", "erin": []},
+        {"alice": 20001, "bob": 20002, "erin": 20005, "ali": 20009, "low": 999, "root": 20007},
+    )
+
+
+# --- the answer -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "user, expected",
+    [
+        pytest.param("alice", [f"{A1} alice@laptop", f"{A2} alice@desk"], id="list-format"),
+        pytest.param("bob", [f"{BOB} bob@ws"], id="string-format"),
+    ],
+)
+def test_prints_every_key_of_the_user(node, user, expected):
+    assert authorized_keys(user, node).keys == expected
+
+
+@pytest.mark.parametrize(
+    "user, refusal",
+    [
+        pytest.param("carol", "not in {passwd}", id="not-in-passwd-cache"),
+        pytest.param("ali", "no entry in {sshkey}", id="prefix-of-alice"),
+        pytest.param("alic", "not in {passwd}", id="prefix-unknown"),
+        pytest.param("alicex", "not in {passwd}", id="alice-prefixes-it"),
+        pytest.param("ALICE", "not in {passwd}", id="case-differs"),
+        pytest.param("erin", "no keys in {sshkey}", id="empty-list"),
+        pytest.param("root", "a local account in {local}", id="local-root"),
+        pytest.param("sshd", "a local account in {local}", id="local-system-account"),
+        pytest.param("low", "uid 999 is below the minimum 1000", id="uid-below-minimum"),
+        pytest.param("alice:x", "not a valid user name", id="colon"),
+        pytest.param("", "not a valid user name", id="empty"),
+        pytest.param("-alice", "not a valid user name", id="leading-dash"),
+        pytest.param("al ice", "not a valid user name", id="space"),
+        pytest.param("alice\n", "not a valid user name", id="newline"),
+    ],
+)
+def test_refuses_without_printing_a_key(node, user, refusal):
+    answer = authorized_keys(user, node)
+
+    assert answer.keys == []
+    assert answer.refusal == refusal.format(passwd=node.passwd_cache, sshkey=node.sshkey_cache,
+                                            local=node.system_passwd)
+
+
+def test_min_uid_is_configurable(node):
+    node.min_uid = 20002
+    assert authorized_keys("alice", node).refusal == "uid 20001 is below the minimum 20002"
+    assert authorized_keys("bob", node).keys == [f"{BOB} bob@ws"]
+
+
+def test_fingerprint_selects_only_the_offered_key(node):
+    assert authorized_keys("alice", node, ssh_keygen_fingerprint(A2)).keys == [f"{A2} alice@desk"]
+    assert authorized_keys("alice", node, ssh_keygen_fingerprint(A1, "md5")).keys == [f"{A1} alice@laptop"]
+
+
+def test_fingerprint_of_another_key_prints_nothing(node):
+    fp = ssh_keygen_fingerprint(MALLORY)
+    assert authorized_keys("alice", node, fp).refusal == f"no key with fingerprint {fp}"
+    # bob's key is no key of alice's.
+    assert authorized_keys("alice", node, ssh_keygen_fingerprint(BOB)).keys == []
+
+
+@pytest.mark.parametrize("fp", ["SHA1:abc", "abc", "", "sha256:abc"])
+def test_unknown_fingerprint_form_is_a_usage_error(node, fp):
+    with pytest.raises(UsageError):
+        authorized_keys("alice", node, fp)
+
+
+# --- fail closed ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        pytest.param("alice:['ssh-ed25519 AAAA", id="unterminated-list"),
+        pytest.param("alice:['{a1}' '{a2}']", id="no-comma"),
+        pytest.param("alice:[{a1}]", id="unquoted"),
+        pytest.param("alice:['{a1}', ]", id="trailing-comma"),
+        pytest.param("alice:['{a1}'] x", id="text-after-list"),
+        pytest.param("alice:['{a1}', 'ssh-dss AAAAB3NzaC1kc3MAAACBAP']", id="one-bad-key-spoils-all"),
+        pytest.param("alice:ssh-ed25519 !!notbase64!!", id="not-base64"),
+        pytest.param("alice:ssh-rsa {a1body}", id="body-of-another-type"),
+        pytest.param("alice:ssh-ed25519", id="no-body"),
+        pytest.param("alice:['{a1} caf\\xe9']", id="escape-non-ascii"),
+        pytest.param("alice:__import__('os').system('id')", id="code"),
+    ],
+)
+def test_malformed_entry_for_the_user_fails_closed(node, line):
+    a1body = A1.split()[1]
+    text = line.format(a1=A1, a2=A2, a1body=a1body)
+    data = Path(node.sshkey_cache)
+    data.chmod(0o644)
+    data.write_text(text + "\nbob:" + BOB + "\n")
+
+    with pytest.raises(MalformedEntry):
+        authorized_keys("alice", node)
+    # Another user's entry is unaffected.
+    assert authorized_keys("bob", node).keys == [BOB]
+
+
+def test_malformed_passwd_entry_fails_closed(node):
+    Path(node.passwd_cache).write_text("alice:x:notanumber:1:a:/h:/bin/sh\n")
+    with pytest.raises(MalformedEntry):
+        authorized_keys("alice", node)
+
+
+@pytest.mark.parametrize("which", ["sshkey_cache", "passwd_cache", "system_passwd"])
+def test_unreadable_file_fails_closed(node, which):
+    os.unlink(getattr(node, which))
+    with pytest.raises(CacheUnreadable):
+        authorized_keys("alice", node)
+
+
+# --- bounded staleness ----------------------------------------------------------------------
+
+
+def test_max_age_off_by_default_serves_an_old_cache(node):
+    (Path(node.timestamp_dir) / "timestamp-sshkey-update").write_text("2001-01-01T00:00:00Z\n")
+    assert authorized_keys("bob", node, now=NOW).keys == [f"{BOB} bob@ws"]
+
+
+def test_max_age_serves_a_fresh_cache(node):
+    node.max_age = 3600
+    assert authorized_keys("bob", node, now=NOW).keys == [f"{BOB} bob@ws"]
+
+
+@pytest.mark.parametrize(
+    "stamp, message",
+    [
+        pytest.param("2001-01-01T00:00:00Z\n", "sshkey cache is stale: last successful update 2001-01-01T00:00:00Z",
+                     id="old"),
+        pytest.param(None, "no last update time", id="missing"),
+        pytest.param("yesterday\n", "unparseable timestamp", id="garbage"),
+    ],
+)
+def test_max_age_refuses_a_stale_or_unknown_cache(node, stamp, message):
+    node.max_age = 3600
+    path = Path(node.timestamp_dir) / "timestamp-sshkey-update"
+    if stamp is None:
+        path.unlink()
+    else:
+        path.write_text(stamp)
+    with pytest.raises(StaleCache, match=message):
+        authorized_keys("bob", node, now=NOW)
+
+
+def test_max_age_boundary(node):
+    node.max_age = 60
+    assert authorized_keys("bob", node, now=NOW).keys  # exactly 60 s old
+    with pytest.raises(StaleCache):
+        authorized_keys("bob", node, now=NOW + 1)
+
+
+@pytest.mark.parametrize("when", [0, 86401, 951782400, 1709251199, 1_800_000_000, 4102444800, 253402300799])
+def test_parse_timestamp_agrees_with_the_calendar(when):
+    text = time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime(when))
+    assert parse_timestamp(text) == calendar.timegm(time.gmtime(when)) == when
+
+
+@pytest.mark.parametrize("text", ["", "2026-01-01 00:00:00Z", "2026-13-01T00:00:00Z", "2026-01-01T00:00:00",
+                                  "２０２６-01-01T00:00:00Z", "2026-01-01T24:00:00Z"])
+def test_parse_timestamp_rejects_other_forms(text):
+    with pytest.raises(StaleCache):
+        parse_timestamp(text)
+
+
+# --- line formats ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        pytest.param("", [], id="empty-string"),
+        pytest.param("[]", [], id="empty-list"),
+        pytest.param("{k}", ["{k}"], id="string"),
+        pytest.param("['{k}']", ["{k}"], id="list-of-one"),
+        pytest.param("['{k} a', '{k} b']", ["{k} a", "{k} b"], id="list-of-two"),
+        pytest.param('["{k} it\'s mine"]', ["{k} it's mine"], id="double-quoted-repr"),
+        pytest.param("['{k} say \"hi\" it\\'s']", ["{k} say \"hi\" it's"], id="escaped-repr"),
+        pytest.param("['{k} back\\\\slash']", ["{k} back\\slash"], id="backslash-repr"),
+        pytest.param('[\'from="10.0.0.0/8 x",no-pty {k}\']', ['from="10.0.0.0/8 x",no-pty {k}'], id="options"),
+    ],
+)
+def test_parse_keys_reads_what_nsscache_writes(value, expected):
+    k = ed25519_key()
+    assert parse_keys(value.format(k=k)) == [e.format(k=k) for e in expected]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ["{k} it's \"quoted\"", "{k} plain"],
+        ["{k} back\\slash"],
+        "{k} string form",
+    ],
+)
+def test_nsscache_writer_round_trip(tmp_path, value):
+    k = ed25519_key()
+    value = [v.format(k=k) for v in value] if isinstance(value, list) else value.format(k=k)
+    settings = write_caches(tmp_path, {"alice": value}, {"alice": 20001})
+    assert authorized_keys("alice", settings).keys == (value if isinstance(value, list) else [value])
+
+
+@pytest.mark.parametrize(
+    "make", [ed25519_key, ecdsa_key, lambda: ecdsa_key("nistp384"), lambda: ecdsa_key("nistp521"), rsa_key,
+             sk_ed25519_key, sk_ecdsa_key],
+    ids=["ed25519", "ecdsa256", "ecdsa384", "ecdsa521", "rsa", "sk-ed25519", "sk-ecdsa"],
+)
+def test_fingerprints_match_ssh_keygen(make):
+    key = make()
+    assert fingerprint(key) == ssh_keygen_fingerprint(key)
+    assert fingerprint(f"{key} comment") == ssh_keygen_fingerprint(key)
+    assert fingerprint(key, "MD5") == ssh_keygen_fingerprint(key, "md5")
+
+
+# --- the index and its fallbacks ------------------------------------------------------------
+
+
+@pytest.fixture
+def big(tmp_path):
+    """5,000 users with one key each (u00000 ... u04999), written by nsscache."""
+    names = [f"u{i:05d}" for i in range(5000)]
+    k = ed25519_key()
+    settings = write_caches(tmp_path, {n: [f"{k} {n}@x"] for n in names}, {n: 30000 + i for i, n in enumerate(names)})
+    return settings, k
+
+
+def test_fresh_index_answers_with_a_logarithmic_number_of_reads(big, monkeypatch):
+    settings, k = big
+    reads = []
+    real = os.pread
+    monkeypatch.setattr(keys.os, "pread", lambda fd, n, off: reads.append(n) or real(fd, n, off))
+
+    for name in ("u00000", "u02500", "u04999"):
+        reads.clear()
+        line, method = find_line(settings.sshkey_cache, name, settings.sshkey_cache + ".ixname")
+        assert (line.decode(), method) == (f"{name}:['{k} {name}@x']", "index")
+        assert len(reads) <= 14  # log2(5000) ~ 12.3 probes, plus the data line
+    for name in ("u", "u05000", "u0249", "zzz", "a"):
+        assert find_line(settings.sshkey_cache, name, settings.sshkey_cache + ".ixname") == (None, "index")
+
+
+def _age(path: str, seconds: int) -> None:
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - seconds * 10**9))
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda ix: _age(ix, 10), id="older-than-data"),
+        pytest.param(os.unlink, id="missing"),
+        pytest.param(lambda ix: Path(ix).write_bytes(b"garbage"), id="not-fixed-width"),
+        pytest.param(lambda ix: Path(ix).write_bytes(b""), id="empty"),
+        pytest.param(lambda ix: Path(ix).write_bytes(b"u02500\x0099999999\x00\n"), id="offset-past-end"),
+        pytest.param(lambda ix: Path(ix).write_bytes(b"u02500\x0000000003\x00\n"), id="offset-mid-line"),
+        pytest.param(lambda ix: Path(ix).write_bytes(b"u02500\x000\x00\x00\x00\n"), id="offset-of-another-user"),
+    ],
+)
+def test_untrusted_index_falls_back_to_a_scan(big, spoil):
+    settings, k = big
+    spoil(settings.sshkey_cache + ".ixname")
+
+    line, method = find_line(settings.sshkey_cache, "u02500", settings.sshkey_cache + ".ixname")
+
+    assert (line.decode(), method) == (f"u02500:['{k} u02500@x']", "scan")
+    assert authorized_keys("u02500", settings).keys == [f"{k} u02500@x"]
+
+
+def test_character_offsets_after_a_non_ascii_line_fall_back_to_a_scan(tmp_path):
+    # nsscache counts characters: after "é" (2 bytes) every later offset is one byte short.
+    k = ed25519_key()
+    cache = tmp_path / "c"
+    cache.mkdir()
+    smap = sshkey_map.SshkeyMap()
+    smap.Add(sshkey_map.SshkeyMapEntry({"name": "aaron", "sshkey": "x é"}))
+    smap.Add(sshkey_map.SshkeyMapEntry({"name": "bob", "sshkey": [f"{k} bob"]}))
+    assert files.FilesSshkeyMapHandler({"dir": str(cache), "cache_filename_suffix": "cache"}).WriteMap(map_data=smap) == 0
+
+    line, method = find_line(str(cache / "sshkey.cache"), "bob", str(cache / "sshkey.cache.ixname"))
+
+    assert (line.decode(), method) == (f"bob:['{k} bob']", "scan")
+
+
+def test_last_line_without_newline(tmp_path):
+    data = tmp_path / "sshkey.cache"
+    data.write_bytes(b"alice:x\nbob:y")
+    assert find_line(str(data), "bob") == (b"bob:y", "scan")
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+def test_settings_from_nsscache_conf(tmp_path):
+    conf = tmp_path / "nsscache.conf"
+    conf.write_text(
+        "[DEFAULT]\nsource = coreweave\ncache = files\nmaps = passwd, sshkey\n"
+        "timestamp_dir = /var/lib/ns\nfiles_dir = /srv/cache\nfiles_cache_filename_suffix = 'db'\n"
+        "coreweave_min_uid = 5000\ncoreweave_home_directory = /home/%%u\n"
+        "[sshkey]\nfiles_dir = /srv/keys\n"
+    )
+
+    assert read_settings(str(conf)) == Settings(
+        sshkey_cache="/srv/keys/sshkey.db", passwd_cache="/srv/cache/passwd.db", timestamp_dir="/var/lib/ns",
+        min_uid=5000,
+    )
+    assert read_settings(str(conf), min_uid=7, max_age=60).min_uid == 7
+
+
+def test_default_settings_are_libnss_caches_paths():
+    assert read_settings() == Settings(
+        sshkey_cache="/etc/sshkey.cache", passwd_cache="/etc/passwd.cache", system_passwd="/etc/passwd",
+        timestamp_dir="/var/lib/nsscache", min_uid=1000, max_age=None,
+    )
+
+
+def test_cache_option_finds_the_passwd_cache_beside_it():
+    assert read_settings(sshkey_cache="/x/sshkey.cache").passwd_cache == "/x/passwd.cache"
+    with pytest.raises(UsageError):
+        read_settings(sshkey_cache="/x/keys")
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def _argv(settings: Settings, *args: str):
+    return ["--cache", settings.sshkey_cache, "--system-passwd", settings.system_passwd,
+            "--timestamp-dir", settings.timestamp_dir, *args]
+
+
+def test_main_prints_one_key_per_line(node, capsys):
+    assert keys.main(_argv(node, "alice")) == 0
+    out, err = capsys.readouterr()
+    assert (out, err) == (f"{A1} alice@laptop\n{A2} alice@desk\n", "")
+
+
+def test_main_with_fingerprint(node, capsys):
+    assert keys.main(_argv(node, "alice", ssh_keygen_fingerprint(A2))) == 0
+    assert capsys.readouterr().out == f"{A2} alice@desk\n"
+
+
+def test_main_refusal_exits_0_with_one_line(node, capsys):
+    assert keys.main(_argv(node, "ali")) == 0
+    assert capsys.readouterr() == ("", f"nsscache-coreweave-keys: ali: no entry in {node.sshkey_cache}: no keys\n")
+
+
+def test_main_fails_closed_with_one_line(node, capsys):
+    Path(node.sshkey_cache).chmod(0o644)
+    Path(node.sshkey_cache).write_text("alice:['broken\n")
+
+    assert keys.main(_argv(node, "alice")) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("nsscache-coreweave-keys: alice: ") and err.endswith(": no keys\n")
+
+
+def test_main_stale_cache_exits_1(node, capsys):
+    (Path(node.timestamp_dir) / "timestamp-sshkey-update").write_text("2001-01-01T00:00:00Z\n")
+    assert keys.main(_argv(node, "--max-age", "86400", "alice")) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "sshkey cache is stale" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["a", "b", "c"], ["--bogus", "alice"], ["--max-age", "soon", "alice"], ["--min-uid", "-1", "alice"],
+     ["--cache"], ["alice", "MD4:xx"]],
+)
+def test_main_usage_errors_exit_2_and_print_nothing(node, capsys, argv):
+    assert keys.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+
+
+def test_main_unreadable_config_exits_1(tmp_path, capsys):
+    assert keys.main(["-c", str(tmp_path / "missing.conf"), "alice"]) == 1
+    assert capsys.readouterr().out == ""
+
+
+# --- sshd's path rules and the wrapper ------------------------------------------------------
+
+
+def test_sshd_path_rules():
+    assert sshd_path_problems("/usr/bin/env") == []
+    assert sshd_path_problems("relative") == ["relative is not an absolute path"]
+
+
+def test_sshd_path_rules_refuse_a_world_writable_parent(tmp_path):
+    script = tmp_path / "keys"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    problems = sshd_path_problems(str(script))
+    assert "/tmp is group- or world-writable (mode 1777)" in problems
+
+
+def test_wrapper_runs_the_command(tmp_path, node):
+    wrapper = tmp_path / "nsscache-coreweave-keys"
+    problems = keys.install_wrapper(str(wrapper), sys.executable)
+
+    assert wrapper.read_text() == wrapper_text(sys.executable)
+    assert wrapper.read_text().splitlines()[0] == f"#!{sys.executable} -I"
+    assert wrapper.stat().st_mode & 0o7777 == 0o755
+    assert problems  # under /tmp: sshd would refuse it there
+    result = subprocess.run([str(wrapper), *_argv(node, "bob")], capture_output=True, text=True)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"{BOB} bob@ws\n", "")
+
+
+def test_wrapper_refuses_an_interpreter_path_with_spaces():
+    with pytest.raises(UsageError):
+        wrapper_text("/opt/my env/bin/python")
+
+
+# --- what it imports ------------------------------------------------------------------------
+
+
+def test_lookup_imports_only_the_standard_library_it_needs(node):
+    code = (
+        "import sys; before = set(sys.modules)\n"
+        "from nss_cache_coreweave import keys\n"
+        f"status = keys.main({_argv(node, 'alice', ssh_keygen_fingerprint(A1))!r})\n"
+        "print(status, sorted(m for m in set(sys.modules) - before if not m.startswith('nss_cache_coreweave')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+
+    key, last = result.stdout.splitlines()
+    status, imported = last.split(" ", 1)
+    assert (key, status) == (f"{A1} alice@laptop", "0")
+    assert set(ast.literal_eval(imported)) <= {"binascii", "_sha256", "_sha2"}, imported
