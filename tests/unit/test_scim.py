@@ -99,12 +99,49 @@ def test_overlapping_pages_are_deduplicated_by_id():
     assert ids == ["a", "b", "c"]
 
 
-def test_first_copy_of_a_duplicated_resource_is_kept():
+def test_identical_copies_of_a_resource_are_kept_once():
     first = {"id": "a", "userName": "first"}
     srv = server()
-    transport = ScriptedTransport(page([first, {"id": "a", "userName": "second"}, {"id": "b"}], total=2))
+    transport = ScriptedTransport(page([first, dict(first), {"id": "b"}], total=2, itemsPerPage=3))
     found = scim.list_resources(session_with(transport, srv), srv, srv.users_url, "Users", lambda r: r, lambda r: r["id"], sleep=None)
     assert found == [first, {"id": "b"}]
+
+
+@pytest.mark.parametrize(
+    "steps, page_no",
+    [
+        pytest.param(
+            [page([{"id": "a", "userName": "first"}, {"id": "a", "userName": "second"}], total=1)], 1, id="same-page"
+        ),
+        pytest.param(
+            [page([{"id": "a", "userName": "first"}, {"id": "b"}], total=3),
+             page([{"id": "a", "userName": "second"}, {"id": "c"}], total=3)],
+            2, id="across-pages",
+        ),
+    ],
+)
+def test_same_id_with_different_content_is_refused(steps, page_no):
+    error = refused(ListingError, *steps)
+    assert str(error) == (
+        f"Users page {page_no}: id 'a' appears twice with different content: the directory changed during the "
+        "listing, refusing it (the next run will retry)"
+    )
+
+
+def test_same_id_with_different_content_is_refused_in_cursor_mode_too():
+    error = refused(
+        ListingError,
+        page([{"id": "a", "active": True}], total=2, nextCursor="c1"),
+        page([{"id": "a", "active": False}], total=2),
+        pagination="cursor",
+    )
+    assert str(error).startswith("Users page 2: id 'a' appears twice with different content")
+
+
+def test_long_duplicate_id_is_shown_cut():
+    long_id = "x" * 200
+    error = refused(ListingError, page([{"id": long_id, "n": 1}, {"id": long_id, "n": 2}], total=1))
+    assert str(error).startswith(f"Users page 1: id {'x' * 80!r} appears twice")
 
 
 @pytest.mark.parametrize(
@@ -184,10 +221,15 @@ def test_zero_results_is_an_empty_listing_after_one_request(reply):
     assert (ids, len(transport.sent)) == ([], 1)
 
 
-def test_endless_index_listing_is_capped(monkeypatch):
-    monkeypatch.setattr(scim, "MAX_PAGES", 2)
-    error = refused(ListingError, page(users("a"), total=100), page(users("b"), total=100))
-    assert str(error) == "Users: more than 2 pages: refusing an endless listing"
+def test_endless_index_listing_is_capped_by_max_pages():
+    error = refused(ListingError, page(users("a"), total=100), page(users("b"), total=100), max_pages=2)
+    assert str(error) == "Users: more than coreweave_max_pages (2) pages: refusing an endless listing"
+    assert len(error.transport.sent) == 2
+
+
+def test_listing_of_exactly_max_pages_is_complete():
+    ids, transport, _ = listing(page(users("a"), total=2), page(users("b"), total=2), max_pages=2)
+    assert (ids, len(transport.sent)) == (["a", "b"], 2)
 
 
 # --- cursor paging (RFC 9865) -------------------------------------------------
@@ -263,11 +305,11 @@ def test_cursor_listing_short_of_its_total_is_refused():
     assert str(error) == "Users: collected 1 distinct resources but totalResults is 2: refusing a partial listing"
 
 
-def test_endless_cursor_listing_is_capped(monkeypatch):
-    monkeypatch.setattr(scim, "MAX_PAGES", 3)
+def test_endless_cursor_listing_is_capped_by_max_pages():
     steps = [cursor_page(f"u{n}", next_cursor=f"c{n}") for n in range(3)]
-    error = refused(ListingError, *steps, pagination="cursor")
-    assert str(error) == "Users: more than 3 pages: refusing an endless listing"
+    error = refused(ListingError, *steps, pagination="cursor", max_pages=3)
+    assert str(error) == "Users: more than coreweave_max_pages (3) pages: refusing an endless listing"
+    assert len(error.transport.sent) == 3
 
 
 @pytest.mark.parametrize("scim_type", ["invalidCursor", "expiredCursor"])
@@ -301,7 +343,9 @@ def test_second_stale_cursor_fails_the_listing():
 def test_bad_request_without_a_cursor_type_is_not_restarted():
     error = refused(FetchError, cursor_page("a", next_cursor="c1"), scim_error(400, "bad filter", "invalidFilter"), pagination="cursor")
     assert type(error) is FetchError
-    assert str(error) == f"Users page 2: HTTP 400 from {BASE} ('bad filter'): check coreweave_base_url and the endpoints"
+    assert str(error) == (
+        f"Users page 2: HTTP 400 from {BASE} ('bad filter'): not retried; check coreweave_base_url and the endpoints"
+    )
     assert len(error.transport.sent) == 2
 
 
@@ -314,8 +358,9 @@ def test_bad_request_without_a_cursor_type_is_not_restarted():
         pytest.param("7", 7.0, id="seconds"),
         pytest.param(" 3 ", 3.0, id="padded"),
         pytest.param("0", 0.0, id="zero"),
-        pytest.param("120", 120.0, id="at-the-cap"),
-        pytest.param("86400", 120.0, id="clamped"),
+        pytest.param("60", 60.0, id="at-the-cap"),
+        pytest.param("61", 60.0, id="just-above-the-cap"),
+        pytest.param("86400", 60.0, id="clamped"),
     ],
 )
 def test_429_retry_after_seconds_is_honoured_and_clamped(retry_after, wait):
@@ -331,7 +376,7 @@ NOW = 1_780_000_000.0
     [
         pytest.param(45, 45.0, id="in-45-s"),
         pytest.param(-300, 0.0, id="in-the-past"),
-        pytest.param(3600, 120.0, id="clamped"),
+        pytest.param(3600, 60.0, id="clamped"),
     ],
 )
 def test_429_retry_after_http_date_is_honoured_and_clamped(monkeypatch, offset, wait):
@@ -368,10 +413,10 @@ def test_retryable_status_backs_off_1_2_4_then_succeeds(status):
     assert (ids, sleeps, len(transport.sent)) == (["a"], [1.0, 2.0, 4.0], 4)
 
 
-def test_backoff_is_capped_at_30_seconds_and_then_fails():
+def test_backoff_is_capped_by_max_retry_wait_and_then_fails():
     error = refused(FetchError, *[scim_error(503)] * 8, retries=7)
     assert type(error) is FetchError
-    assert error.sleeps == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert error.sleeps == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0]
     assert str(error) == f"Users page 1: HTTP 503 from {BASE} (after 8 attempts): the server is failing, try later"
 
 
@@ -421,8 +466,8 @@ def test_401_and_403_are_never_retried(status):
     assert isinstance(error, FetchError)
     assert (error.sleeps, len(error.transport.sent)) == ([], 1)
     assert str(error) == (
-        f"Users page 1: HTTP {status} from {BASE} ('invalid or expired bearer token'): check the bearer token "
-        "(coreweave_token_file or NSSCACHE_SCIM_AUTH_TOKEN) and its scope"
+        f"Users page 1: HTTP {status} from {BASE} ('invalid or expired bearer token'): the bearer token is missing, "
+        "expired or lacks the SUNK/SCIM permissions: check coreweave_token_file or NSSCACHE_SCIM_AUTH_TOKEN"
     )
 
 
@@ -432,7 +477,7 @@ def test_401_and_403_are_never_retried(status):
         pytest.param(scim_error(404, "no such tenant"), " ('no such tenant')", id="404-scim-error"),
         pytest.param(Reply(404, b"<html>Not Found</html>"), "", id="404-html"),
         pytest.param(Reply(405, b""), "", id="405"),
-        pytest.param(Reply(304, b""), "", id="304"),
+        pytest.param(Reply(400, b""), "", id="400"),
         pytest.param(scim_error(404, "a\nb\x00c" + "x" * 300), " ('a b c" + "x" * 195 + "')", id="detail-cleaned-and-cut"),
     ],
 )
@@ -441,7 +486,7 @@ def test_other_statuses_fail_without_retry(reply, detail):
     assert type(error) is FetchError
     assert (error.sleeps, len(error.transport.sent)) == ([], 1)
     assert str(error) == (
-        f"Users page 1: HTTP {reply.status} from {BASE}{detail}: check coreweave_base_url and the endpoints"
+        f"Users page 1: HTTP {reply.status} from {BASE}{detail}: not retried; check coreweave_base_url and the endpoints"
     )
 
 
@@ -536,12 +581,39 @@ def test_netrc_does_not_replace_the_bearer_token(tmp_path, monkeypatch):
     assert transport.sent[0].headers["Authorization"] == f"Bearer {TOKEN}"
 
 
-def test_redirect_to_another_host_drops_the_token():
-    redirect = Reply(302, b"", {"Location": "https://elsewhere.example/scim/Users?startIndex=1&count=2"})
-    _, transport, _ = listing(redirect, page(users("a")))
-    assert [s.url.split("?")[0] for s in transport.sent] == [BASE + "/Users", "https://elsewhere.example/scim/Users"]
-    assert transport.sent[0].headers["Authorization"] == f"Bearer {TOKEN}"
-    assert "Authorization" not in transport.sent[1].headers
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirect_is_refused_and_never_followed(status):
+    redirect = Reply(status, b"", {"Location": "https://elsewhere.example/scim/Users?startIndex=1&count=2"})
+    # The second step would be the redirect target: it must never be asked.
+    error = refused(FetchError, redirect, page(users("a")))
+    assert type(error) is FetchError
+    assert str(error) == (
+        f"Users page 1: HTTP {status} redirect to elsewhere.example: refusing to follow it (the bearer token must "
+        "not go anywhere else); set coreweave_base_url to the final URL"
+    )
+    assert [s.url.split("?")[0] for s in error.transport.sent] == [BASE + "/Users"]
+    assert (error.sleeps, len(error.transport.steps)) == ([], 1)
+
+
+@pytest.mark.parametrize(
+    "location, shown",
+    [
+        pytest.param("/scim/cw-test/People", "elsewhere", id="same-host-relative"),
+        pytest.param(None, "elsewhere", id="no-location"),
+        pytest.param(f"{BASE}/Users?startIndex=1", "api.coreweave.test", id="same-host-absolute"),
+    ],
+)
+def test_even_a_redirect_to_the_same_host_is_refused(location, shown):
+    headers = {} if location is None else {"Location": location}
+    error = refused(FetchError, Reply(307, b"", headers))
+    assert str(error).startswith(f"Users page 1: HTTP 307 redirect to {shown}: refusing to follow it")
+    assert len(error.transport.sent) == 1
+
+
+def test_304_is_refused_like_a_redirect():
+    # There is no If-Modified-Since: a 304 can only be a broken server.
+    error = refused(FetchError, Reply(304, b""))
+    assert str(error).startswith("Users page 1: HTTP 304 redirect to elsewhere: refusing to follow it")
 
 
 def test_session_auth_repr_hides_the_token():
@@ -608,6 +680,6 @@ def test_documented_empty_result_is_an_empty_listing():
 def test_documented_401_body_is_an_auth_error():
     error = refused(AuthError, Reply(401, load_page("error-401.json")))
     assert str(error) == (
-        f"Users page 1: HTTP 401 from {BASE} ('invalid or expired bearer token'): check the bearer token "
-        "(coreweave_token_file or NSSCACHE_SCIM_AUTH_TOKEN) and its scope"
+        f"Users page 1: HTTP 401 from {BASE} ('invalid or expired bearer token'): the bearer token is missing, "
+        "expired or lacks the SUNK/SCIM permissions: check coreweave_token_file or NSSCACHE_SCIM_AUTH_TOKEN"
     )
