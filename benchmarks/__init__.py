@@ -1,0 +1,18 @@
+"""Benchmarks for nss-cache-coreweave (issue 5).
+
+``python -m benchmarks`` (or ``make bench``) runs the real ``nsscache update --full``
+against a synthetic organisation served from loopback and compares it with the
+floor, the cost of merely downloading and parsing the same pages; it writes
+``docs/benchmarks.md``.
+
+Modules:
+
+* ``keys``    a deterministic pool of real OpenSSH public keys (RSA cached on disk)
+* ``org``     the deterministic synthetic organisation (users, groups, invalid records)
+* ``server``  the fast loopback SCIM server (pre-rendered pages), run as its own process
+* ``launch``  the tiny launcher that measures one child (wall, CPU, peak RSS)
+* ``floor``   the floor client: one requests.Session, json.loads of every page
+* ``runner``  the benchmark runner and ``docs/benchmarks.md``
+
+Nothing is imported here: ``launch`` and ``floor`` run as scripts.
+"""
