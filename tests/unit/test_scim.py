@@ -9,13 +9,18 @@ network, no sleeping: ``sleep`` is injected and only recorded.
 from __future__ import annotations
 
 import email.utils
+import json
+import logging
+import random
+import time
 
 import pytest
 import requests
+import urllib3
 
 from nss_cache_coreweave import scim
 from nss_cache_coreweave.errors import AuthError, FetchError, ListingError, StaleCursorError
-from unit_http import BASE, TOKEN, Reply, ScriptedTransport, load_page, page, scim_error, server, session_with, users
+from unit_http import BASE, TOKEN, Reply, ScriptedTransport, cut, load_page, page, scim_error, server, session_with, users
 
 
 def listing(*steps, **server_options):
@@ -683,3 +688,342 @@ def test_documented_401_body_is_an_auth_error():
         f"Users page 1: HTTP 401 from {BASE} ('invalid or expired bearer token'): the bearer token is missing, "
         "expired or lacks the SUNK/SCIM permissions: check coreweave_token_file or NSSCACHE_SCIM_AUTH_TOKEN"
     )
+
+
+# --- issue 3: deadline, size limit, content type, itemsPerPage, cut bodies ----
+
+
+class FakeClock:
+    """Monotonic time that moves only when slept on or advanced."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+        self.sleeps = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def advance(self, seconds: float):
+        """A step (for the transport or a streamed body) that lets time pass."""
+
+        def step(_sent=None):
+            self.now += seconds
+
+        return step
+
+    def clock(self, random=lambda: 0.0) -> scim.Clock:
+        return scim.Clock(sleep=self.sleep, monotonic=self.monotonic, random=random)
+
+
+def timed_listing(fake, *steps, random=lambda: 0.0, **server_options):
+    """list_resources over a scripted transport with a fake clock; returns
+    (ids, transport) or raises with .transport on the exception."""
+    srv = server(**server_options)
+    transport = ScriptedTransport(*steps)
+    try:
+        found = scim.list_resources(
+            session_with(transport, srv), srv, srv.users_url, "Users", lambda r: r, lambda r: r["id"],
+            clock=fake.clock(random),
+        )
+    except Exception as e:
+        e.transport = transport
+        raise
+    return [r["id"] for r in found], transport
+
+
+def then(seconds_passing, fake, reply):
+    """A transport step: ``seconds_passing`` go by, then ``reply`` comes."""
+
+    def step(_sent):
+        fake.now += seconds_passing
+        return reply
+
+    return step
+
+
+def test_retries_stop_when_the_next_wait_would_pass_the_deadline():
+    fake = FakeClock()
+    with pytest.raises(FetchError) as caught:
+        timed_listing(fake, *[scim_error(503)] * 6, retries=5, deadline=10)
+    assert str(caught.value) == (
+        f"Users page 1: HTTP 503 from {BASE}: no time left to retry within coreweave_deadline (10 s)"
+    )
+    # 1 + 2 + 4 = 7 s slept; the next wait (8 s) would end past 10 s.
+    assert (fake.sleeps, len(caught.value.transport.sent)) == ([1.0, 2.0, 4.0], 4)
+
+
+def test_retry_after_beyond_the_deadline_is_not_waited_for():
+    fake = FakeClock()
+    with pytest.raises(FetchError) as caught:
+        timed_listing(fake, scim_error(429, headers={"Retry-After": "30"}), page(users("a")), deadline=20)
+    assert str(caught.value) == (
+        f"Users page 1: HTTP 429 from {BASE}: no time left to retry within coreweave_deadline (20 s)"
+    )
+    assert fake.sleeps == []
+
+
+def test_connection_errors_stop_at_the_deadline_too():
+    fake = FakeClock()
+    steps = [then(3.0, fake, requests.exceptions.ReadTimeout("read timeout"))] * 4
+    with pytest.raises(FetchError) as caught:
+        timed_listing(fake, *steps, retries=3, deadline=8)
+    # 3 s timing out, 1 s backoff, 3 s timing out: 7 s; a 2 s wait would end at 9 s.
+    assert str(caught.value) == (
+        f"Users page 1: ReadTimeout talking to {BASE}: no time left to retry within coreweave_deadline (8 s)"
+    )
+    assert fake.sleeps == [1.0]
+
+
+def test_no_page_is_asked_for_once_the_deadline_has_passed():
+    fake = FakeClock()
+    with pytest.raises(FetchError) as caught:
+        # Page 1 arrives whole; the deadline passes as its connection ends.
+        first = Reply(200, chunks=[page(users("a"), total=2).content(), fake.advance(11.0)])
+        timed_listing(fake, first, page(users("b"), total=2), deadline=10)
+    assert str(caught.value) == "Users page 2: coreweave_deadline (10 s) exceeded: refusing to go on"
+    assert len(caught.value.transport.sent) == 1
+
+
+def test_each_request_timeout_is_cut_to_the_time_left():
+    fake = FakeClock()
+    _, transport = timed_listing(
+        fake, then(8.0, fake, page(users("a"), total=2)), page(users("b"), total=2), timeout=7.5, deadline=10,
+    )
+    assert [s.timeout for s in transport.sent] == [7.5, 2.0]
+
+
+def test_a_body_still_arriving_at_the_deadline_is_abandoned():
+    fake = FakeClock()
+    body = [b'{"schemas": ', fake.advance(11.0), b'["urn:ietf:params:scim:api:messages:2.0:ListResponse"]}']
+    with pytest.raises(FetchError) as caught:
+        timed_listing(fake, Reply(200, chunks=body), deadline=10)
+    assert type(caught.value) is FetchError
+    assert str(caught.value) == "Users page 1: coreweave_deadline (10 s) exceeded while reading"
+    assert fake.sleeps == []
+
+
+def test_an_explicit_deadline_is_shared_by_listings():
+    # snapshot.take gives Users and Groups one deadline: time spent on the
+    # first endpoint is not available to the second.
+    fake = FakeClock()
+    srv = server(deadline=10)
+    transport = ScriptedTransport(page(users("a")))
+    with pytest.raises(FetchError) as caught:
+        scim.list_resources(
+            session_with(transport, srv), srv, srv.users_url, "Users", lambda r: r, lambda r: r["id"],
+            clock=fake.clock(), deadline=fake.now - 0.5,
+        )
+    assert str(caught.value) == "Users page 1: coreweave_deadline (10 s) exceeded: refusing to go on"
+    assert transport.sent == []
+
+
+def test_default_deadline_starts_when_the_listing_starts():
+    fake = FakeClock()
+    # 299 s pass on page 1: page 2 is still asked for, with 1 s left.
+    _, transport = timed_listing(fake, then(299.0, fake, page(users("a"), total=2)), page(users("b"), total=2))
+    assert [s.timeout for s in transport.sent] == [7.5, 1.0]
+
+
+def test_a_declared_content_length_above_the_limit_is_refused_unread():
+    reply = Reply(200, headers={"Content-Length": "1025"}, chunks=[lambda: pytest.fail("the body was read")])
+    srv = server(max_page_bytes=1024)
+    transport = ScriptedTransport(reply)
+    with pytest.raises(ListingError) as caught:
+        scim.list_resources(session_with(transport, srv), srv, srv.users_url, "Users", lambda r: r, lambda r: r["id"])
+    assert str(caught.value) == (
+        "Users page 1: the response is larger than coreweave_max_page_bytes (1024 bytes): refusing a runaway response"
+    )
+    assert transport.streamed.delivered == 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="no-content-length"),
+        pytest.param({"Content-Length": "100"}, id="content-length-lies"),
+        pytest.param({"Transfer-Encoding": "chunked"}, id="chunked"),
+    ],
+)
+def test_a_streamed_body_above_the_limit_is_refused_as_soon_as_it_passes_it(headers):
+    chunks = [b"x" * 600, b"x" * 600, lambda: pytest.fail("read past the limit")]
+    reply = Reply(200, headers=headers, chunks=chunks)
+    with pytest.raises(ListingError) as caught:
+        timed_listing(FakeClock(), reply, max_page_bytes=1024)
+    assert str(caught.value) == (
+        "Users page 1: the response is larger than coreweave_max_page_bytes (1024 bytes): refusing a runaway response"
+    )
+    assert caught.value.transport.streamed.delivered == 1200
+
+
+def test_a_body_of_exactly_the_limit_is_accepted():
+    body = json.dumps(page(users("a")).body).encode()
+    body = body[:-1] + b" " * (1024 - len(body)) + b"}"
+    assert len(body) == 1024
+    ids, _ = timed_listing(FakeClock(), Reply(200, body, {"Content-Length": "1024"}), max_page_bytes=1024)
+    assert ids == ["a"]
+
+
+def test_a_body_over_the_limit_is_not_retried():
+    reply = Reply(200, headers={"Content-Length": str(10**9)}, chunks=[])
+    with pytest.raises(ListingError) as caught:
+        timed_listing(FakeClock(), reply, page(users("a")), max_page_bytes=1024)
+    assert len(caught.value.transport.sent) == 1
+
+
+@pytest.mark.parametrize(
+    "content_type, shown",
+    [
+        pytest.param("text/html", "text/html", id="html"),
+        pytest.param("text/html; charset=iso-8859-1", "text/html", id="html-charset"),
+        pytest.param("text/plain", "text/plain", id="plain"),
+        pytest.param("application/xml", "application/xml", id="xml"),
+        pytest.param("application/octet-stream", "application/octet-stream", id="octet-stream"),
+        pytest.param("x/" + "y" * 100, "x/" + "y" * 58, id="long-cut-at-60"),
+    ],
+)
+def test_a_page_that_is_not_json_by_content_type_is_refused(content_type, shown):
+    # Even when the body would parse: a proxy page is not the directory.
+    reply = page(users("a"))
+    reply.headers["Content-Type"] = content_type
+    error = refused(ListingError, reply)
+    assert str(error) == f"Users page 1: the response is {shown}, not JSON: refusing a malformed listing"
+    assert len(error.transport.sent) == 1
+
+
+def test_an_html_error_page_served_with_200_is_refused():
+    reply = Reply(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", {"Content-Type": "text/html"})
+    error = refused(ListingError, reply)
+    assert str(error) == "Users page 1: the response is text/html, not JSON: refusing a malformed listing"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/scim+json",
+        "application/json",
+        "application/scim+json; charset=utf-8",
+        "Application/SCIM+JSON",
+        " application/json ; charset=UTF-8",
+        None,
+    ],
+)
+def test_json_content_types_are_accepted(content_type):
+    reply = page(users("a"))
+    if content_type is not None:
+        reply.headers["Content-Type"] = content_type
+    ids, _, _ = listing(reply)
+    assert ids == ["a"]
+
+
+@pytest.mark.parametrize("pagination", ["index", "cursor"])
+@pytest.mark.parametrize(
+    "promised, held",
+    [
+        pytest.param(3, 2, id="fewer-than-promised"),
+        pytest.param(1, 2, id="more-than-promised"),
+        pytest.param(0, 2, id="zero-with-resources"),
+    ],
+)
+def test_items_per_page_that_does_not_match_the_page_is_refused(pagination, promised, held):
+    reply = page(users(*"ab"[:held]), total=4, itemsPerPage=promised)
+    error = refused(ListingError, reply, pagination=pagination)
+    assert str(error) == (
+        f"Users page 1 says itemsPerPage {promised} but holds {held} resources: refusing a partial listing"
+    )
+
+
+def test_items_per_page_zero_on_an_empty_page_before_the_total_is_refused():
+    error = refused(ListingError, page(users("a", "b"), total=3), page([], total=3, itemsPerPage=0))
+    assert str(error) == "Users page 2 (startIndex 3) brought no new resources after 2 of 3: refusing a partial listing"
+
+
+def test_items_per_page_fewer_than_promised_on_a_later_page_is_refused():
+    error = refused(ListingError, page(users("a", "b"), total=4), page(users("c"), total=4, itemsPerPage=2))
+    assert str(error) == "Users page 2 says itemsPerPage 2 but holds 1 resources: refusing a partial listing"
+
+
+def test_connection_cut_mid_body_is_retried():
+    ids, transport, sleeps = listing(Reply(200, chunks=cut(b'{"schemas": ["urn:ietf')), page(users("a")))
+    assert (ids, sleeps, len(transport.sent)) == (["a"], [1.0], 2)
+
+
+def test_read_timeout_mid_body_is_retried():
+    stalled = urllib3.exceptions.ReadTimeoutError(None, BASE, "Read timed out.")
+    ids, _, sleeps = listing(Reply(200, chunks=[b'{"schemas"', stalled]), page(users("a")))
+    assert (ids, sleeps) == (["a"], [1.0])
+
+
+def test_connection_cut_mid_body_every_time_fails_after_the_retries():
+    error = refused(FetchError, *[Reply(200, chunks=cut(b'{"Resources": ['))] * 4, retries=3)
+    assert type(error) is FetchError
+    assert str(error) == (
+        f"Users page 1: ChunkedEncodingError talking to {BASE} (after 4 attempts): is the network or the server down?"
+    )
+    assert error.sleeps == [1.0, 2.0, 4.0]
+
+
+@pytest.mark.parametrize(
+    "random, waits",
+    [
+        pytest.param(0.0, [1.0, 2.0, 4.0], id="no-jitter"),
+        pytest.param(0.5, [0.75, 1.5, 3.0], id="half"),
+        pytest.param(1.0, [0.5, 1.0, 2.0], id="most"),
+    ],
+)
+def test_backoff_is_jittered_by_a_factor_between_one_half_and_one(random, waits):
+    fake = FakeClock()
+    timed_listing(fake, scim_error(503), scim_error(503), scim_error(503), page(users("a")), random=lambda: random)
+    assert fake.sleeps == waits
+
+
+def test_jitter_is_applied_after_the_cap():
+    fake = FakeClock()
+    with pytest.raises(FetchError):
+        timed_listing(fake, *[scim_error(503)] * 4, retries=3, max_retry_wait=2, random=lambda: 1.0)
+    assert fake.sleeps == [0.5, 1.0, 1.0]
+
+
+def test_retry_after_is_not_jittered():
+    fake = FakeClock()
+    timed_listing(fake, scim_error(429, headers={"Retry-After": "7"}), page(users("a")), random=lambda: 1.0)
+    assert fake.sleeps == [7.0]
+
+
+@pytest.mark.parametrize(
+    "cap, retry_after, waits",
+    [
+        pytest.param(5, "10", [5.0], id="retry-after-capped"),
+        pytest.param(5, None, [1.0], id="backoff-below-cap"),
+        pytest.param(0, "10", [0.0], id="zero-cap-retry-after"),
+        pytest.param(0, None, [0.0], id="zero-cap-backoff"),
+    ],
+)
+def test_max_retry_wait_caps_every_wait(cap, retry_after, waits):
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    _, _, sleeps = listing(scim_error(429, headers=headers), page(users("a")), max_retry_wait=cap)
+    assert sleeps == waits
+
+
+def test_default_clock_is_real_time():
+    clock = scim.Clock()
+    assert (clock.sleep, clock.monotonic, clock.random) == (time.sleep, time.monotonic, random.random)
+
+
+def test_each_retry_is_logged_without_the_token(caplog):
+    caplog.set_level(logging.WARNING, logger="nss_cache_coreweave")
+    listing(scim_error(503, f"busy {TOKEN}"), requests.ConnectionError(f"Bearer {TOKEN}"), page(users("a")))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Users page 1: HTTP 503 from {BASE} ('busy <token>'); retrying in 1.0 s (1 of 3)",
+        f"Users page 1: ConnectionError talking to {BASE}; retrying in 2.0 s (2 of 3)",
+    ]
+    assert TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_not_retried_statuses_are_not_retried_even_with_retry_after(status):
+    error = refused(FetchError, scim_error(status, headers={"Retry-After": "1"}), page(users("a")))
+    assert (error.sleeps, len(error.transport.sent)) == ([], 1)

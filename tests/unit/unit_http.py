@@ -9,6 +9,12 @@ records what was sent. No socket is ever opened.
 A step is a :class:`Reply`, an exception instance (raised as the transport
 would raise it), or a callable taking the :class:`Sent` request and returning
 either. Running out of steps fails the test loudly.
+
+A :class:`Reply` with ``chunks`` is streamed as a socket would deliver it:
+its body is read chunk by chunk through ``raw.stream`` (as urllib3 does), an
+exception among the chunks is raised there (a connection cut mid-body), and a
+callable among them is called when the reader gets that far (to move a fake
+clock, or to prove the reader stopped before it).
 """
 
 from __future__ import annotations
@@ -39,11 +45,45 @@ class Reply:
     status: int = 200
     body: Any = None  # bytes are sent as they are; anything else as JSON
     headers: Dict[str, str] = field(default_factory=dict)
+    chunks: Optional[List[Any]] = None  # bytes, exceptions, callables: a streamed body
 
     def content(self) -> bytes:
         if isinstance(self.body, bytes):
             return self.body
         return json.dumps(self.body).encode()
+
+
+class StreamedBody:
+    """``response.raw`` for a streamed Reply: what requests' iter_content reads."""
+
+    def __init__(self, chunks):
+        self.chunks = list(chunks)
+        self.delivered = 0  # body bytes handed to the reader
+        self.closed = False
+
+    def stream(self, amt=None, decode_content=None):
+        for item in self.chunks:
+            if isinstance(item, BaseException):
+                raise item
+            if callable(item):
+                item()
+                continue
+            self.delivered += len(item)
+            yield item
+
+    def close(self):
+        self.closed = True
+
+    def release_conn(self):
+        pass
+
+
+def cut(after: bytes) -> list:
+    """Chunks of a body that stops after ``after``: the connection was cut
+    (urllib3 reports an IncompleteRead as a ProtocolError)."""
+    import urllib3
+
+    return [after, urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead")]
 
 
 @dataclass
@@ -93,6 +133,7 @@ class ScriptedTransport(BaseAdapter):
         super().__init__()
         self.steps = list(steps)
         self.sent: List[Sent] = []
+        self.streamed: Optional[StreamedBody] = None  # the last streamed body
 
     def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
         parts = urlsplit(request.url)
@@ -117,14 +158,17 @@ class ScriptedTransport(BaseAdapter):
         return self._response(request, step)
 
     def _response(self, request, reply: Reply) -> requests.Response:
-        content = reply.content()
         response = requests.Response()
         response.status_code = reply.status
         response.reason = http.client.responses.get(reply.status, "")
         response.headers = CaseInsensitiveDict(reply.headers)
-        response._content = content
-        response._content_consumed = True
-        response.raw = io.BytesIO(content)
+        if reply.chunks is not None:
+            response.raw = self.streamed = StreamedBody(reply.chunks)
+        else:
+            content = reply.content()
+            response._content = content
+            response._content_consumed = True
+            response.raw = io.BytesIO(content)
         response.encoding = "utf-8"
         response.url = request.url
         response.request = request
