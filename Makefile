@@ -28,3 +28,24 @@ test: install
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo/out
+
+# make deb   build the Debian package (README, "Install on a login node"):
+# dist/nss-cache-coreweave_<version>_all.deb. Build dependencies:
+# apt-get build-dep ./   (debhelper, dh-python, pybuild-plugin-pyproject ...)
+# A copy of the checkout is built in $(DEB_BUILD), so no build product lands in
+# the tree or in its parent directory. PATH is reset so that the distribution's
+# python3 (not a pyenv or virtualenv one first on PATH) builds and runs pybuild.
+DEB_BUILD ?= build/deb
+DEB_OUT   ?= dist
+
+.PHONY: deb
+deb:
+	rm -rf $(DEB_BUILD)
+	mkdir -p $(DEB_BUILD)/src $(DEB_OUT)
+	tar -cf - --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./dist \
+		--exclude='*.egg-info' --exclude=__pycache__ --exclude=.pytest_cache \
+		--exclude=./.benchmarks --exclude=./.cache --exclude=./demo/out . \
+		| tar -xf - -C $(DEB_BUILD)/src
+	cd $(DEB_BUILD)/src && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage --no-sign -b
+	cp $(DEB_BUILD)/*.deb $(DEB_OUT)/
+	@ls -l $(DEB_OUT)/*.deb
