@@ -13,25 +13,29 @@ configuration error; 75 the directory is unavailable (EX_TEMPFAIL, as nsscache).
 from __future__ import annotations
 
 import argparse
+import calendar
 import io
 import json
 import logging
+import logging.handlers
 import os
 import sys
+import time
 from typing import List, Optional
 
 from . import __version__
 from . import config as config_mod
-from . import policy, scim, snapshot
+from . import policy, scim, snapshot, state
 from .errors import ConfigError, CoreWeaveError, FetchError, GuardError
 from .policy import ACCEPT_SHRINK_ENV
-from .source import guard, register
+from .source import guard, register, state_scope
 
 log = logging.getLogger("nss_cache_coreweave")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
 MAPS = ("passwd", "group", "shadow", "sshkey")
 STOCK_LOCKFILE = "/var/run/nsscache"  # what the stock `nsscache` locks
+SYSLOG_SOCKET = "/dev/log"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -50,21 +54,38 @@ def main(argv: Optional[List[str]] = None) -> int:
     check.add_argument("--sample", action="store_true", help="also print one raw User and one raw Group")
     preview = commands.add_parser("preview", help="print the lines a map's cache would get")
     preview.add_argument("map", choices=MAPS)
+    status = commands.add_parser("status", help="freshness, counts and last error of each map (no token needed)")
+    status.add_argument("--max-age", type=float, metavar="SECONDS",
+                        help="exit 0 fresh, 1 stale or failed, 2 unknown (never updated)")
+    status.add_argument("--json", action="store_true", help="print JSON for machines")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    if not args.verbose:
-        logging.getLogger("urllib3").setLevel(logging.WARNING)
+    _setup_logging(args.verbose, background=args.command == "update")
     try:
         conf = _load_nsscache_conf(args.config)
     except ConfigError as e:
         log.error("%s", e)
         return EXIT_USAGE
-    return {"update": _update, "check": _check, "preview": _preview}[args.command](conf, args)
+    commands_by_name = {"update": _update, "check": _check, "preview": _preview, "status": _status}
+    return commands_by_name[args.command](conf, args)
+
+
+def _setup_logging(verbose: bool, *, background: bool) -> None:
+    """stderr for people; syslog (daemon facility, nsscache's format) for
+    ``update`` run from cron or a timer, when stderr is not a terminal."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    if background and not sys.stderr.isatty() and os.path.exists(SYSLOG_SOCKET):
+        try:
+            handler = logging.handlers.SysLogHandler(SYSLOG_SOCKET, logging.handlers.SysLogHandler.LOG_DAEMON)
+            handler.setFormatter(logging.Formatter("nsscache-coreweave[%(process)d]: %(levelname)s %(message)s"))
+        except OSError:
+            pass  # keep stderr
+    root.addHandler(handler)
+    if not verbose:
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
 def _load_nsscache_conf(path: Optional[str]):
@@ -224,6 +245,93 @@ def _preview(conf, args) -> int:
         writer._WriteData(buffer, entry)
     sys.stdout.write(buffer.getvalue().decode())
     return EXIT_OK
+
+
+def _status(conf, args) -> int:
+    """Per map: last update (nsscache's timestamp), age, entries in the
+    cache; the last run's outcome, drops and error (from the state file)."""
+    try:
+        config = config_mod.parse(_coreweave_options(conf), need_token=False)
+    except ConfigError as e:
+        print(f"configuration: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    now = time.time()
+    entry = state.entry(config.state_dir, state_scope(config))
+    last_run = entry.get("last_run") if isinstance(entry.get("last_run"), dict) else None
+    maps = {name: _map_status(conf, name, now, last_run, args.max_age) for name in conf.maps}
+    verdicts = {m["status"] for m in maps.values()}
+    if last_run is None:
+        verdicts.add("unknown")
+    elif last_run.get("outcome") != "ok":
+        verdicts.add("failed")
+    overall = next(v for v in ("unknown", "failed", "stale", "fresh") if v in verdicts or v == "fresh")
+    code = {"fresh": 0, "stale": 1, "failed": 1, "unknown": 2}[overall] if args.max_age is not None else EXIT_OK
+    if args.json:
+        print(json.dumps({
+            "status": overall, "exit_status": code, "checked_at": now, "max_age": args.max_age, "maps": maps,
+            "last_run": last_run, "last_success": entry.get("last_success"),
+            "shrink_refusals": entry.get("shrink_refusals", 0),
+        }, indent=2, sort_keys=True))
+        return code
+    for name, m in maps.items():
+        when = f"updated {_iso(m['updated'])} ({m['age']:.0f} s ago)" if m["updated"] is not None else "never updated"
+        note = "  not updated by the last run" if m["missed_last_run"] else ""
+        print(f"{name:<7} {m['status']:<7} {when}, {m['entries']} entries{note}")
+    if last_run is None:
+        print(f"last run: none recorded in {config.state_dir}")
+    else:
+        print(f"last run: {_iso(last_run.get('started'))} {last_run.get('outcome')} in {last_run.get('duration')} s: "
+              f"{last_run.get('users')} users, {last_run.get('groups')} groups, {last_run.get('keys')} SSH keys")
+        for reason, count in (last_run.get("drops") or {}).items():
+            print(f"dropped {reason}: {count}")
+        if last_run.get("outcome") != "ok":
+            print(f"last error: {last_run.get('error_kind')}: {last_run.get('error')}")
+    print(f"status: {overall}")
+    return code
+
+
+def _map_status(conf, name: str, now: float, last_run: Optional[dict], max_age: Optional[float]) -> dict:
+    updated = _read_timestamp(os.path.join(conf.timestamp_dir, f"timestamp-{name}-update"))
+    cache = conf.options[name].cache
+    path = os.path.join(cache.get("dir", "/etc"), f"{name}.{cache.get('cache_filename_suffix', 'cache')}")
+    # nsscache's timestamps have whole seconds; a map the last run wrote is at least that new.
+    missed = bool(last_run and updated is not None and updated < int(last_run.get("started", 0)))
+    if updated is None:
+        status = "unknown"
+    elif missed:
+        status = "failed"
+    elif max_age is not None and now - updated > max_age:
+        status = "stale"
+    else:
+        status = "fresh"
+    return {
+        "status": status,
+        "updated": updated,
+        "age": None if updated is None else round(now - updated, 1),
+        "entries": _count_lines(path),
+        "missed_last_run": missed,
+        "cache": path,
+    }
+
+
+def _read_timestamp(path: str) -> Optional[int]:
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(calendar.timegm(time.strptime(f.read().strip(), "%Y-%m-%dT%H:%M:%SZ")))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _count_lines(path: str) -> Optional[int]:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return None
+
+
+def _iso(epoch) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if isinstance(epoch, (int, float)) else "-"
 
 
 if __name__ == "__main__":  # pragma: no cover

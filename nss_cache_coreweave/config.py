@@ -68,6 +68,7 @@ KEYS: Mapping[str, object] = {
     "allow_key_options": False,
     "max_shrink": 0.25,
     "state_dir": "/var/lib/nsscache",
+    "metrics_file": None,
     "page_size": 1000,
     "pagination": "index",
     "max_pages": 10000,
@@ -166,6 +167,7 @@ class Config:
     keys: KeyRules
     max_shrink: float  # refuse a run losing more than this share of users or groups
     state_dir: str
+    metrics_file: Optional[str]  # Prometheus textfile, e.g. for node_exporter
     warnings: Tuple[str, ...] = ()
 
 
@@ -199,10 +201,11 @@ def parse_path(text: str) -> AttributePath:
     return AttributePath(schema, tuple(names), text)
 
 
-def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ) -> Config:
+def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ, *, need_token: bool = True) -> Config:
     """Build a Config from a map's prefix-stripped options.
 
-    Every problem is collected and reported in one ConfigError.
+    Every problem is collected and reported in one ConfigError. Without
+    ``need_token`` (for ``status``) the token is not read at all.
     """
     problems = []
     warnings = []
@@ -292,7 +295,7 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
         if not home_template.startswith("/"):
             problems.append(f"coreweave_home_directory must be an absolute path template (%%u = username), got {home_template!r}")
 
-    token = _read_token(opts, environ, problems, warnings)
+    token = _read_token(opts, environ, problems, warnings) if need_token else ""
 
     def endpoint(key):
         return base_url + "/" + str(get(key)).strip("/")
@@ -374,6 +377,7 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
         keys=keys,
         max_shrink=number("max_shrink", float, 0.0, 1.0),
         state_dir=absolute("state_dir"),
+        metrics_file=absolute("metrics_file") if get("metrics_file") is not None else None,
         warnings=tuple(warnings),
     )
 

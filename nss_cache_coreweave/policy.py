@@ -12,8 +12,8 @@ import posixpath
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
 from . import sshkeys
 from .config import Config
@@ -59,6 +59,8 @@ class Drop:
     who: str  # the POSIX name where known, else the SCIM id
     reason: str
     expected: bool = False  # e.g. an inactive user: logged quietly
+    # A short, stable label for metrics ("uid", "duplicate", "local_clash" ...).
+    code: str = field(default="other", compare=False)
 
     def __str__(self) -> str:
         return f"dropped {self.kind} {self.who}: {self.reason}"
@@ -120,9 +122,14 @@ def decide(snapshot: Snapshot, config: Config, local: Optional[LocalAccounts] = 
     for group in groups:
         for member in group.members:
             if member.type is not None and str(member.type).lower() != "user":
-                drops.append(Drop("member", f"{group.name}/{member.value}", f"is a {member.type!r}, not a User (nested groups are not supported)"))
+                drops.append(Drop(
+                    "member", f"{group.name}/{member.value}",
+                    f"is a {member.type!r}, not a User (nested groups are not supported)", code="nested_group",
+                ))
             elif not isinstance(member.value, str) or member.value not in users_by_id:
-                drops.append(Drop("member", f"{group.name}/{member.value}", "does not resolve to any listed user"))
+                drops.append(Drop(
+                    "member", f"{group.name}/{member.value}", "does not resolve to any listed user", code="unresolved",
+                ))
             else:
                 member_ids[member.value] = None
 
@@ -167,7 +174,7 @@ def _allowed_groups(records: Tuple[GroupRecord, ...], config: Config, local: Loc
             or _local_clash(name, "group", local.group_names, _as_int(record.gid), "gid", local.gids)
         )
         if problem:
-            drops.append(Drop("group", who, problem))
+            drops.append(Drop("group", who, problem.text, code=problem.code))
             continue
         chosen[record.id] = _Group(name, _as_int(record.gid), record.members)
     return list(_without_duplicates(chosen, ("name", "gid"), "group", drops).values())
@@ -177,10 +184,10 @@ def _account(user: UserRecord, config: Config, local: LocalAccounts, drops: List
     name = user.name
     who = name if isinstance(name, str) and POSIX_NAME.fullmatch(name) else f"id {user.id}"
     if user.active is False:
-        drops.append(Drop("user", who, "is inactive", expected=True))
+        drops.append(Drop("user", who, "is inactive", expected=True, code="inactive"))
         return None
     if user.active is not True:
-        drops.append(Drop("user", who, f"active is {user.active!r}, not a boolean"))
+        drops.append(Drop("user", who, f"active is {_show(user.active)}, not a boolean", code="active"))
         return None
     problem = (
         _name_problem(name)
@@ -189,19 +196,21 @@ def _account(user: UserRecord, config: Config, local: LocalAccounts, drops: List
         or _local_clash(name, "account", local.user_names, _as_int(user.uid), "uid", local.uids)
     )
     if problem:
-        drops.append(Drop("user", who, problem))
+        drops.append(Drop("user", who, problem.text, code=problem.code))
         return None
     home = config.home_template.replace("%u", name) if config.home_template else user.home
     if home is None:
         home = f"/home/{name}"
     if not _clean_path(home):
-        drops.append(Drop("user", who, f"home directory {_show(home)} is not an absolute, normalised path"))
+        drops.append(Drop("user", who, f"home directory {_show(home)} is not an absolute, normalised path", code="home"))
         return None
     shell = config.default_shell
     if _clean_path(user.shell) and user.shell in config.allowed_shells:
         shell = user.shell
     elif user.shell is not None:
-        drops.append(Drop("shell", name, f"shell {_show(user.shell)} is not an allowed shell: {shell} used instead"))
+        drops.append(Drop(
+            "shell", name, f"shell {_show(user.shell)} is not an allowed shell: {shell} used instead", code="shell",
+        ))
     return Account(
         name=name,
         uid=_as_int(user.uid),
@@ -219,7 +228,7 @@ def _keys(name: str, raw, config: Config, drops: List[Drop]) -> Tuple[str, ...]:
     if isinstance(raw, str):
         raw = [raw]  # a single key sent as a bare string
     if not isinstance(raw, list):
-        drops.append(Drop("key", name, f"the SSH keys attribute is a JSON {type(raw).__name__}, not a list"))
+        drops.append(Drop("key", name, f"the SSH keys attribute is a JSON {type(raw).__name__}, not a list", code="key"))
         return ()
     keys: Dict[str, str] = {}  # "type base64" -> the first line carrying it
     for position, line in enumerate(raw, 1):
@@ -231,7 +240,7 @@ def _keys(name: str, raw, config: Config, drops: List[Drop]) -> Tuple[str, ...]:
                 allow_options=config.keys.allow_options,
             )
         except sshkeys.InvalidKey as e:
-            drops.append(Drop("key", name, f"key {position} {e}"))
+            drops.append(Drop("key", name, f"key {position} {e}", code="key"))
             continue
         # The same key with another comment (or options) is still the same key.
         keys.setdefault(key.identity, key.line)
@@ -241,22 +250,27 @@ def _keys(name: str, raw, config: Config, drops: List[Drop]) -> Tuple[str, ...]:
 def _without_duplicates(entries: dict, fields: Tuple[str, ...], kind: str, drops: List[Drop]) -> dict:
     """Drop every party to a name or id clash: never "last one wins"."""
     clashing = set()
-    for field in fields:
-        counts = Counter(getattr(e, field) for e in entries.values())
+    for attribute in fields:
+        counts = Counter(getattr(e, attribute) for e in entries.values())
         for key, entry in entries.items():
-            value = getattr(entry, field)
+            value = getattr(entry, attribute)
             if counts[value] > 1:
                 clashing.add(key)
-                others = sorted(e.name for k, e in entries.items() if getattr(e, field) == value)
-                drops.append(Drop(kind, entry.name, f"{field} {value} is shared by {', '.join(others)}"))
+                others = sorted(e.name for k, e in entries.items() if getattr(e, attribute) == value)
+                drops.append(Drop(kind, entry.name, f"{attribute} {value} is shared by {', '.join(others)}", code="duplicate"))
     return {k: e for k, e in entries.items() if k not in clashing}
 
 
-def _name_problem(name) -> Optional[str]:
+class _Problem(NamedTuple):
+    code: str
+    text: str
+
+
+def _name_problem(name) -> Optional[_Problem]:
     if not isinstance(name, str):
-        return "has no POSIX name" if name is None else f"name is a JSON {type(name).__name__}, not a string"
+        return _Problem("name", "has no POSIX name" if name is None else f"name is a JSON {type(name).__name__}, not a string")
     if not POSIX_NAME.fullmatch(name) or name.isdigit() or name in (".", ".."):
-        return f"name {_show(name)} is not a POSIX portable name (a-z 0-9 _ . -, at most 32, lower-case)"
+        return _Problem("name", f"name {_show(name)} is not a POSIX portable name (a-z 0-9 _ . -, at most 32, lower-case)")
     return None
 
 
@@ -279,24 +293,25 @@ def shrink_problem(directory: Directory, previous, max_shrink: float) -> Optiona
     return None
 
 
-def _local_clash(name: str, what: str, names, number: Optional[int], field: str, numbers) -> Optional[str]:
+def _local_clash(name: str, what: str, names, number: Optional[int], id_name: str, numbers) -> Optional[_Problem]:
     if name in names:
-        return f"name {name!r} is a local {what} of this node (/etc/{'passwd' if what == 'account' else 'group'})"
+        where = "/etc/passwd" if what == "account" else "/etc/group"
+        return _Problem("local_clash", f"name {name!r} is a local {what} of this node ({where})")
     if number in numbers:
-        return f"{field} {number} belongs to a local {what} of this node"
+        return _Problem("local_clash", f"{id_name} {number} belongs to a local {what} of this node")
     return None
 
 
-def _id_problem(value, field: str, low: int, high: int) -> Optional[str]:
+def _id_problem(value, id_name: str, low: int, high: int) -> Optional[_Problem]:
     number = _as_int(value)
     if number is None:
-        return f"{field} {_show(value)} is missing or not an integer"
+        return _Problem(id_name, f"{id_name} {_show(value)} is missing or not an integer")
     if number == 0:
-        return f"{field} 0 (root) is never accepted"
+        return _Problem(id_name, f"{id_name} 0 (root) is never accepted")
     if number == NOBODY:
-        return f"{field} {NOBODY} (nobody) is never accepted"
+        return _Problem(id_name, f"{id_name} {NOBODY} (nobody) is never accepted")
     if not low <= number <= high:
-        return f"{field} {number} is outside [{low}, {high}]"
+        return _Problem(id_name, f"{id_name} {number} is outside [{low}, {high}]")
     return None
 
 

@@ -12,7 +12,8 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Hashable, List, Optional, TypeVar
 from urllib.parse import urlsplit
 
@@ -23,7 +24,7 @@ from . import __version__
 from .config import Server
 from .errors import AuthError, FetchError, ListingError, StaleCursorError
 
-__all__ = ["new_session", "list_resources", "Clock", "USER_AGENT"]
+__all__ = ["new_session", "list_resources", "Clock", "Stats", "USER_AGENT"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,15 @@ BACKOFF_BASE = 1.0  # seconds; doubled per retry, then jittered and capped
 CHUNK = 256 * 1024
 
 T = TypeVar("T")
+
+
+@dataclass
+class Stats:
+    """HTTP counters of one run, for the run record and the metrics file."""
+
+    requests: Counter = field(default_factory=Counter)  # (endpoint, "2xx"/"4xx"/.../"error") -> count
+    retries: int = 0
+    bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,7 @@ def list_resources(
     sleep: Optional[Callable[[float], None]] = time.sleep,
     clock: Optional[Clock] = None,
     deadline: Optional[float] = None,
+    stats: Optional[Stats] = None,
 ) -> List[T]:
     """Every resource at ``url``, each passed through ``extract`` (so only the
     fields the maps need stay in memory) and de-duplicated by ``key`` (the
@@ -96,7 +107,7 @@ def list_resources(
     clock = clock or Clock(sleep=sleep or _no_sleep)
     if deadline is None:
         deadline = clock.monotonic() + server.deadline
-    fetcher = _Fetcher(session, server, url, kind, clock, deadline)
+    fetcher = _Fetcher(session, server, url, kind, clock, deadline, stats if stats is not None else Stats())
     walk = _walk_cursor if server.pagination == "cursor" else _walk_index
     try:
         return walk(fetcher, _Collector(kind, extract, key))
@@ -232,6 +243,7 @@ class _Fetcher:
     kind: str
     clock: Clock
     deadline: float
+    stats: Stats
 
     def page(self, page_no: int, params: dict) -> dict:
         """One page as a JSON object, retrying connection errors, timeouts,
@@ -242,11 +254,14 @@ class _Fetcher:
             try:
                 status, headers, content = self._send(params, where)
             except _Transient as e:
+                self.stats.requests[(self.kind, "error")] += 1
                 problem = f"{where}: {e.args[0]} talking to {server.base_url}"
                 if last:
                     raise FetchError(f"{problem} (after {attempt + 1} attempts): is the network or the server down?") from None
                 wait = self._backoff(attempt)
             else:
+                self.stats.requests[(self.kind, f"{status // 100}xx")] += 1
+                self.stats.bytes += len(content)
                 if status == 200:
                     return _json_body(headers, content, where)
                 detail = _error_detail(content, server.token)
@@ -274,6 +289,7 @@ class _Fetcher:
             if self.clock.monotonic() + wait > self.deadline:
                 raise FetchError(f"{problem}: no time left to retry within coreweave_deadline ({server.deadline:g} s)")
             log.warning("%s; retrying in %.1f s (%d of %d)", problem, wait, attempt + 1, server.retries)
+            self.stats.retries += 1
             self.clock.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -53,7 +53,12 @@ class Snapshot:
 
 
 def take(
-    config: Config, *, session=None, clock: Optional[scim.Clock] = None, everyone: bool = False
+    config: Config,
+    *,
+    session=None,
+    clock: Optional[scim.Clock] = None,
+    stats: Optional[scim.Stats] = None,
+    everyone: bool = False,
 ) -> Snapshot:
     """List Groups, then Users, once each, both within coreweave_deadline.
 
@@ -72,7 +77,7 @@ def take(
     try:
         groups = scim.list_resources(
             session, config.server, config.server.groups_url, "Groups",
-            lambda r: _group(r, config), _id, clock=clock, deadline=deadline,
+            lambda r: _group(r, config), _id, clock=clock, deadline=deadline, stats=stats,
         )
         wanted = None if everyone else _member_ids(groups, config.allowed_groups)
 
@@ -82,7 +87,8 @@ def take(
             return _Unwanted(resource["id"])
 
         users = scim.list_resources(
-            session, config.server, config.server.users_url, "Users", extract, _id, clock=clock, deadline=deadline,
+            session, config.server, config.server.users_url, "Users", extract, _id,
+            clock=clock, deadline=deadline, stats=stats,
         )
     finally:
         if own_session:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Dict, Tuple, Union
 
 from nss_cache import error
 from nss_cache.sources import source
 
 from . import config as config_mod
-from . import policy, render, snapshot, state
+from . import policy, render, report, scim, snapshot, state
 from .errors import ConfigError, CoreWeaveError, FetchError, GuardError, ListingError
 
 __all__ = ["CoreWeaveSource", "directory", "register", "log_directory"]
@@ -32,28 +33,60 @@ _Outcome = Union[snapshot.Snapshot, policy.Directory, CoreWeaveError]
 _CACHE: Dict[Tuple, _Outcome] = {}
 
 
-def directory(options: dict) -> policy.Directory:
+def directory(options: dict, *, record: bool = True) -> policy.Directory:
     """The Directory for a map's nsscache options, fetched and decided at
-    most once per process. :raises CoreWeaveError:"""
+    most once per process. The run is logged in one summary line and, with
+    ``record``, kept in the state file and the metrics file.
+    :raises CoreWeaveError:"""
     config = config_mod.parse(options)
     key = ("directory", config)
     if key not in _CACHE:
-        try:
-            _CACHE[key] = _decide(config)
-        except CoreWeaveError as e:
-            _CACHE[key] = e
+        _CACHE[key] = _run(config, record=record)
     outcome = _CACHE[key]
     if isinstance(outcome, CoreWeaveError):
         raise outcome
     return outcome
 
 
-def _decide(config: config_mod.Config) -> policy.Directory:
+def _run(config: config_mod.Config, *, record: bool) -> Union[policy.Directory, CoreWeaveError]:
+    started, start = time.time(), time.monotonic()
+    stats = scim.Stats()
+    try:
+        outcome: Union[policy.Directory, CoreWeaveError] = _decide(config, stats)
+    except CoreWeaveError as e:
+        outcome = e
+    decided = outcome if isinstance(outcome, policy.Directory) else None
+    run = report.RunReport(
+        started=started,
+        duration=round(time.monotonic() - start, 3),
+        outcome="ok" if decided else "refused" if isinstance(outcome, GuardError) else "failed",
+        error_kind="" if decided else type(outcome).__name__,
+        error="" if decided else str(outcome),
+        users=len(decided.accounts) if decided else 0,
+        groups=len(decided.groups) if decided else 0,
+        keys=sum(len(a.keys) for a in decided.accounts) if decided else 0,
+        drops=report.RunReport.count_drops(decided.drops) if decided else {},
+        requests=report.RunReport.count_requests(stats),
+        retries=stats.retries,
+        bytes=stats.bytes,
+    )
+    log.log(logging.INFO if decided else logging.ERROR, "coreweave: %s", report.summary(run))
+    if record:
+        try:
+            entry = report.record(config.state_dir, state_scope(config), run)
+            if config.metrics_file:
+                report.write_metrics(config.metrics_file, run, entry)
+        except OSError as e:
+            log.warning("coreweave: cannot record the run in %s or the metrics file: %s", config.state_dir, e)
+    return outcome
+
+
+def _decide(config: config_mod.Config, stats: scim.Stats) -> policy.Directory:
     # The allow-list is part of the key: the snapshot keeps only its members.
     fetch_key = ("snapshot", config.server, config.users, config.groups, config.allowed_groups)
     if fetch_key not in _CACHE:
         try:
-            _CACHE[fetch_key] = snapshot.take(config)
+            _CACHE[fetch_key] = snapshot.take(config, stats=stats)
         except CoreWeaveError as e:
             _CACHE[fetch_key] = e
     snap = _CACHE[fetch_key]
@@ -71,7 +104,6 @@ def guard(config: config_mod.Config, decided: policy.Directory, *, accept_shrink
     scope = state_scope(config)
     problem = policy.shrink_problem(decided, state.load(config.state_dir, scope), config.max_shrink)
     if problem and not accept_shrink:
-        log.error("coreweave: %s", problem)
         raise GuardError(problem)
     if problem:
         log.warning("coreweave: shrink accepted by the operator (%s=1): %s", policy.ACCEPT_SHRINK_ENV, problem)
@@ -92,20 +124,13 @@ def state_scope(config: config_mod.Config) -> str:
 
 
 def log_directory(config: config_mod.Config, decided: policy.Directory) -> None:
-    """One line per dropped entry and warning, then one summary line."""
+    """One line per warning and dropped entry (the summary follows the run)."""
     for warning in config.warnings:
         log.warning("coreweave: %s", warning)
     for name in decided.missing_groups:
         log.warning("coreweave: group %r listed in coreweave_groups does not exist in the directory", name)
     for drop in decided.drops:
         log.log(logging.INFO if drop.expected else logging.WARNING, "coreweave: %s", drop)
-    log.info(
-        "coreweave: %d users, %d groups, %d SSH keys accepted; %d entries dropped",
-        len(decided.accounts),
-        len(decided.groups),
-        sum(len(a.keys) for a in decided.accounts),
-        len(decided.drops),
-    )
 
 
 class CoreWeaveSource(source.Source):
@@ -128,7 +153,7 @@ class CoreWeaveSource(source.Source):
     def Verify(self) -> int:
         # nsscache adds this up (retval += source.Verify()): an int, always.
         try:
-            directory(self.conf)
+            directory(self.conf, record=False)  # verify writes no map: not a run to report
         except CoreWeaveError as e:
             log.error("coreweave: %s", e)
             return 1

@@ -1,6 +1,10 @@
-"""What the package remembers between runs: the counts of the last accepted
-run, for the shrink guard. One JSON file in ``coreweave_state_dir``, written
-atomically, readable by root only."""
+"""What the package remembers between runs, per scope (directory and
+allow-list): the counts of the last accepted run (for the shrink guard) and
+the record of the last run (for ``status`` and the metrics file).
+
+One JSON file in ``coreweave_state_dir``, ``coreweave-state.json``,
+written atomically (temporary file, fsync, rename), readable by root only.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,9 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
-__all__ = ["STATE_FILE", "Counts", "load", "save"]
+__all__ = ["STATE_FILE", "Counts", "load", "save", "entry", "update"]
 
 STATE_FILE = "coreweave-state.json"
 
@@ -24,36 +28,60 @@ class Counts:
 
 
 def load(state_dir: str, scope: str) -> Optional[Counts]:
-    """The counts last saved for ``scope`` (base URL and allowed groups), or
-    None when there are none (first run, or an unreadable file: the guard
-    then has nothing to compare with and says so)."""
+    """The counts last accepted for ``scope``, or None when there are none
+    (first run, or an unreadable file: the guard then has nothing to compare with)."""
     try:
-        with open(os.path.join(state_dir, STATE_FILE), encoding="utf-8") as f:
-            entry = json.load(f)["scopes"][scope]
-        return Counts(int(entry["users"]), int(entry["groups"]), float(entry["time"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        saved = entry(state_dir, scope)
+        return Counts(int(saved["users"]), int(saved["groups"]), float(saved["time"]))
+    except (KeyError, TypeError, ValueError):
         return None
 
 
 def save(state_dir: str, scope: str, users: int, groups: int) -> None:
     """Record accepted counts. :raises OSError: when the directory is not writable."""
-    path = os.path.join(state_dir, STATE_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        if not isinstance(data.get("scopes"), dict):
-            raise ValueError
-    except (OSError, ValueError, AttributeError):
+    update(state_dir, scope, lambda e: e.update(users=users, groups=groups, time=time.time()))
+
+
+def entry(state_dir: str, scope: str) -> dict:
+    """Everything recorded for ``scope`` ({} when nothing is)."""
+    scopes = _read(state_dir).get("scopes")
+    found = scopes.get(scope) if isinstance(scopes, dict) else None
+    return found if isinstance(found, dict) else {}
+
+
+def update(state_dir: str, scope: str, change: Callable[[dict], None]) -> None:
+    """Apply ``change`` to the scope's entry and write the file atomically.
+    :raises OSError:"""
+    data = _read(state_dir)
+    if not isinstance(data.get("scopes"), dict):
         data = {"scopes": {}}
-    data["scopes"][scope] = {"users": users, "groups": groups, "time": time.time()}
+    scoped = data["scopes"].get(scope)
+    if not isinstance(scoped, dict):
+        scoped = data["scopes"][scope] = {}
+    change(scoped)
     os.makedirs(state_dir, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".coreweave-state-", dir=state_dir)  # mode 0600
+    write_atomically(os.path.join(state_dir, STATE_FILE), json.dumps(data, indent=1, sort_keys=True), 0o600)
+
+
+def write_atomically(path: str, text: str, mode: int) -> None:
+    """Readers see the old file or the new one, never a part."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path) or ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
+            f.write(text)
             f.flush()
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _read(state_dir: str) -> dict:
+    try:
+        with open(os.path.join(state_dir, STATE_FILE), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -76,6 +76,7 @@ DEFAULTS = {
     "allow_key_options": (lambda c: c.keys.allow_options, False),
     "max_shrink": (lambda c: c.max_shrink, 0.25),
     "state_dir": (lambda c: c.state_dir, "/var/lib/nsscache"),
+    "metrics_file": (lambda c: c.metrics_file, None),
     "page_size": (lambda c: c.server.page_size, 1000),
     "pagination": (lambda c: c.server.pagination, "index"),
     "max_pages": (lambda c: c.server.max_pages, 10000),
