@@ -481,3 +481,144 @@ def test_comma_separated_paths_keep_their_order():
 
 def test_module_exports():
     assert config.TOKEN_ENV_VARS == ("NSSCACHE_COREWEAVE_TOKEN", "NSSCACHE_SCIM_AUTH_TOKEN")
+
+
+# --- issue 3: the hardening keys ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key, raw, read, expected",
+    [
+        pytest.param("allowed_shells", "/bin/bash, /bin/zsh", lambda c: c.allowed_shells, frozenset({"/bin/bash", "/bin/zsh"}), id="shells"),
+        pytest.param("allowed_shells", "'/bin/bash,,/bin/bash '", lambda c: c.allowed_shells, frozenset({"/bin/bash"}), id="shells-quoted-deduplicated"),
+        pytest.param("local_passwd", "/srv/node/passwd", lambda c: c.local_passwd, "/srv/node/passwd", id="local-passwd"),
+        pytest.param("local_group", "'/srv/node/group'", lambda c: c.local_group, "/srv/node/group", id="local-group-quoted"),
+        pytest.param("ssh_key_types", "ed25519", lambda c: c.keys.types, frozenset({"ed25519"}), id="key-types-one"),
+        pytest.param("ssh_key_types", "ED25519 , Rsa", lambda c: c.keys.types, frozenset({"ed25519", "rsa"}), id="key-types-case"),
+        pytest.param("ssh_key_types", "sk-ed25519,sk-ecdsa", lambda c: c.keys.types, frozenset({"sk-ed25519", "sk-ecdsa"}), id="key-types-fido"),
+        pytest.param("min_rsa_bits", "3072", lambda c: c.keys.min_rsa_bits, 3072, id="min-rsa-bits"),
+        pytest.param("min_rsa_bits", "4096.0", lambda c: c.keys.min_rsa_bits, 4096, id="min-rsa-bits-float"),
+        pytest.param("allow_key_options", "true", lambda c: c.keys.allow_options, True, id="key-options-true"),
+        pytest.param("allow_key_options", "'yes'", lambda c: c.keys.allow_options, True, id="key-options-quoted-yes"),
+        pytest.param("allow_key_options", "0", lambda c: c.keys.allow_options, False, id="key-options-0"),
+        pytest.param("max_shrink", "0.5", lambda c: c.max_shrink, 0.5, id="max-shrink"),
+        pytest.param("max_shrink", "1", lambda c: c.max_shrink, 1.0, id="max-shrink-1-disables"),
+        pytest.param("max_shrink", "0", lambda c: c.max_shrink, 0.0, id="max-shrink-0"),
+        pytest.param("state_dir", "/var/lib/nsscache-coreweave", lambda c: c.state_dir, "/var/lib/nsscache-coreweave", id="state-dir"),
+        pytest.param("max_pages", "50", lambda c: c.server.max_pages, 50, id="max-pages"),
+        pytest.param("max_page_bytes", "1024", lambda c: c.server.max_page_bytes, 1024, id="max-page-bytes-min"),
+        pytest.param("max_page_bytes", "1e6", lambda c: c.server.max_page_bytes, 1000000, id="max-page-bytes-1e6"),
+        pytest.param("max_retry_wait", "0", lambda c: c.server.max_retry_wait, 0.0, id="max-retry-wait-0"),
+        pytest.param("max_retry_wait", "2.5", lambda c: c.server.max_retry_wait, 2.5, id="max-retry-wait"),
+        pytest.param("deadline", "45", lambda c: c.server.deadline, 45.0, id="deadline"),
+        pytest.param("deadline", "1", lambda c: c.server.deadline, 1.0, id="deadline-min"),
+    ],
+)
+def test_hardening_values_are_understood(key, raw, read, expected):
+    value = read(ok(**{key: FixValue(raw)}))
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        pytest.param({"allowed_shells": "bash, /bin/zsh, zsh"}, "coreweave_allowed_shells must list absolute paths, got bash, zsh", id="relative-shells"),
+        pytest.param({"ssh_key_types": "dsa"}, "coreweave_ssh_key_types must name some of ecdsa, ed25519, rsa, sk-ecdsa, sk-ed25519, got 'dsa'", id="key-types-dsa"),
+        pytest.param({"ssh_key_types": "ed25519, ssh-rsa"}, "coreweave_ssh_key_types must name some of ecdsa, ed25519, rsa, sk-ecdsa, sk-ed25519, got 'ed25519, ssh-rsa'", id="key-types-openssh-name"),
+        pytest.param({"ssh_key_types": " , "}, "coreweave_ssh_key_types must name some of ecdsa, ed25519, rsa, sk-ecdsa, sk-ed25519, got ','", id="key-types-none"),
+        pytest.param({"min_rsa_bits": 1023}, "coreweave_min_rsa_bits must be between 1024 and 16384, got 1023", id="min-rsa-bits-low"),
+        pytest.param({"min_rsa_bits": 16385}, "coreweave_min_rsa_bits must be between 1024 and 16384, got 16385", id="min-rsa-bits-high"),
+        pytest.param({"min_rsa_bits": "2k"}, "coreweave_min_rsa_bits must be an integer, got '2k'", id="min-rsa-bits-word"),
+        pytest.param({"allow_key_options": "sometimes"}, "coreweave_allow_key_options must be true or false, got 'sometimes'", id="key-options-word"),
+        pytest.param({"max_pages": 0}, "coreweave_max_pages must be between 1 and 1000000, got 0", id="max-pages-0"),
+        pytest.param({"max_pages": 1.5}, "coreweave_max_pages must be an integer, got 1.5", id="max-pages-fraction"),
+        pytest.param({"max_page_bytes": 1023}, "coreweave_max_page_bytes must be between 1024 and 2147483648, got 1023", id="max-page-bytes-low"),
+        pytest.param({"max_page_bytes": 2**31 + 1}, "coreweave_max_page_bytes must be between 1024 and 2147483648, got 2147483649", id="max-page-bytes-high"),
+        pytest.param({"max_retry_wait": -1}, "coreweave_max_retry_wait must be between 0 and 3600, got -1.0", id="max-retry-wait-negative"),
+        pytest.param({"max_retry_wait": "1m"}, "coreweave_max_retry_wait must be a number, got '1m'", id="max-retry-wait-unit"),
+        pytest.param({"deadline": 0}, "coreweave_deadline must be between 1 and 86400, got 0.0", id="deadline-0"),
+        pytest.param({"deadline": 86401}, "coreweave_deadline must be between 1 and 86400, got 86401.0", id="deadline-too-long"),
+        pytest.param({"deadline": True}, "coreweave_deadline must be a number, got True", id="deadline-bool"),
+    ],
+)
+def test_bad_hardening_value_is_refused_naming_the_option(options, expected):
+    message = problem(**{"allowed_shells": "/bin/bash", **options})
+    assert message == f"invalid configuration: {expected}"
+
+
+# These four are checked after the others: a mistake in them must still be
+# reported, not silently replaced by the default (or kept as given).
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        pytest.param({"max_shrink": 1.5}, "coreweave_max_shrink must be between 0.0 and 1.0, got 1.5", id="max-shrink-above-1"),
+        pytest.param({"max_shrink": -0.1}, "coreweave_max_shrink must be between 0.0 and 1.0, got -0.1", id="max-shrink-negative"),
+        pytest.param({"max_shrink": "25%"}, "coreweave_max_shrink must be a number, got '25%'", id="max-shrink-percent"),
+        pytest.param({"state_dir": "state"}, "coreweave_state_dir must be an absolute path, got 'state'", id="state-dir-relative"),
+        pytest.param({"local_passwd": "passwd"}, "coreweave_local_passwd must be an absolute path, got 'passwd'", id="local-passwd-relative"),
+        pytest.param({"local_group": "etc/group"}, "coreweave_local_group must be an absolute path, got 'etc/group'", id="local-group-relative"),
+    ],
+)
+def test_bad_guard_value_is_refused_naming_the_option(options, expected):
+    assert problem(allowed_shells="/bin/bash", **options) == f"invalid configuration: {expected}"
+
+
+def test_guard_mistakes_are_reported_together_with_the_others():
+    message = problem(allowed_shells="/bin/bash", page_size=0, max_shrink=2, state_dir="state")
+    assert message.startswith("invalid configuration: ")
+    for part in (
+        "coreweave_page_size must be between 1 and 10000, got 0",
+        "coreweave_max_shrink must be between 0.0 and 1.0, got 2.0",
+        "coreweave_state_dir must be an absolute path, got 'state'",
+    ):
+        assert part in message
+    assert message.count("; ") == 2
+
+
+@pytest.fixture
+def shells_file(tmp_path, monkeypatch):
+    """The node's /etc/shells, replaced by a file of the test's."""
+    path = tmp_path / "shells"
+    monkeypatch.setattr(config, "SHELLS_FILE", str(path))
+    return path
+
+
+def test_allowed_shells_default_to_the_nodes_etc_shells(shells_file):
+    shells_file.write_text("# /etc/shells: valid login shells\n/bin/sh\n\n/bin/bash\n/usr/bin/bash\n  /bin/zsh  \n")
+    cfg = ok()
+    assert cfg.allowed_shells == frozenset({"/bin/sh", "/bin/bash", "/usr/bin/bash", "/bin/zsh"})
+    assert cfg.warnings == ()
+
+
+def test_configured_shells_replace_etc_shells(shells_file):
+    shells_file.write_text("/bin/sh\n/bin/bash\n")
+    assert ok(allowed_shells="/bin/zsh, /bin/bash").allowed_shells == frozenset({"/bin/zsh", "/bin/bash"})
+
+
+def test_unreadable_etc_shells_is_a_configuration_error(shells_file):
+    assert problem() == (
+        f"invalid configuration: {shells_file} cannot be read (No such file or directory): set coreweave_allowed_shells"
+    )
+
+
+def test_configured_shells_need_no_etc_shells(shells_file):
+    assert ok(allowed_shells="/bin/bash").allowed_shells == frozenset({"/bin/bash"})
+
+
+def test_default_shell_outside_the_allowed_shells_is_a_warning():
+    cfg = ok(allowed_shells="/bin/zsh")
+    assert cfg.warnings == ("coreweave_default_shell /bin/bash is not among the allowed shells",)
+    assert cfg.default_shell == "/bin/bash"
+
+
+def test_server_carries_the_transport_limits():
+    server = ok(max_pages=7, max_page_bytes=4096, max_retry_wait=3, deadline=42, timeout=5, retries=2).server
+    assert (server.max_pages, server.max_page_bytes, server.max_retry_wait, server.deadline, server.timeout, server.retries) == (
+        7, 4096, 3.0, 42.0, 5.0, 2,
+    )
+
+
+def test_key_rules_are_one_value():
+    rules = ok(ssh_key_types="ed25519", min_rsa_bits=4096, allow_key_options="true").keys
+    assert rules == config.KeyRules(types=frozenset({"ed25519"}), min_rsa_bits=4096, allow_options=True)
