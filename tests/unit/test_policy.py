@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from nss_cache_coreweave import config, policy
+from nss_cache_coreweave import config, policy, state
 from nss_cache_coreweave.policy import Account, Drop, LocalAccounts, PosixGroup
 from nss_cache_coreweave.snapshot import GroupRecord, Member, Snapshot, UserRecord
 from unit_http import BASE, TOKEN
@@ -502,3 +502,309 @@ def test_same_key_with_another_comment_is_a_duplicate():
 def test_keys_of_a_dropped_user_never_appear():
     directory = decide([user(uid=0, keys=[ed25519_key()])])
     assert directory.accounts == ()
+
+
+# --- issue 3: the node's own accounts -----------------------------------------
+
+NODE = LocalAccounts(
+    user_names=frozenset({"root", "daemon", "sshd", "localadmin"}),
+    uids=frozenset({0, 1, 105, 1000}),
+    group_names=frozenset({"root", "sudo", "docker", "localadmin"}),
+    gids=frozenset({0, 27, 999, 1000}),
+)
+
+
+def decide_on_node(users, groups=None, *, allowed="slurm-users", local=NODE, **options):
+    if groups is None:
+        groups = [group(members=[u.id for u in users])]
+    return policy.decide(Snapshot(tuple(users), tuple(groups), 0.0), configure(allowed, **options), local=local)
+
+
+@pytest.mark.parametrize(
+    "name, uid, reason",
+    [
+        pytest.param("root", 20009, "name 'root' is a local account of this node (/etc/passwd)", id="root"),
+        pytest.param("daemon", 20009, "name 'daemon' is a local account of this node (/etc/passwd)", id="daemon"),
+        pytest.param("sshd", 20009, "name 'sshd' is a local account of this node (/etc/passwd)", id="sshd"),
+        pytest.param("mallory", 1000, "uid 1000 belongs to a local account of this node", id="local-uid"),
+    ],
+)
+def test_user_clashing_with_a_local_account_is_dropped(name, uid, reason):
+    directory = decide_on_node([user(), user("u-x", name, uid, 20009)])
+    assert names(directory) == ["alice"]
+    assert directory.drops == (Drop("user", name, reason),)
+    assert directory.groups == (PosixGroup("slurm-users", 30001, ("alice",)),)
+
+
+def test_root_with_uid_0_is_dropped_for_its_uid_first():
+    directory = decide_on_node([user("u-root", "root", 0, 0, keys=[ed25519_key()])])
+    assert directory.accounts == ()
+    assert directory.drops == (Drop("user", "root", "uid 0 (root) is never accepted"),)
+
+
+@pytest.mark.parametrize(
+    "name, gid, reason",
+    [
+        pytest.param("sudo", 30009, "name 'sudo' is a local group of this node (/etc/group)", id="sudo"),
+        pytest.param("docker", 30009, "name 'docker' is a local group of this node (/etc/group)", id="docker"),
+        pytest.param("admins", 1000, "gid 1000 belongs to a local group of this node", id="local-gid"),
+    ],
+)
+def test_group_clashing_with_a_local_group_is_dropped(name, gid, reason):
+    groups = [group(), group("g-x", name, gid, ["u-alice"])]
+    directory = decide_on_node([user()], groups, allowed=f"slurm-users, {name}")
+    assert directory.groups == (PosixGroup("slurm-users", 30001, ("alice",)),)
+    assert directory.drops == (Drop("group", name, reason),)
+    assert directory.missing_groups == (name,)
+
+
+def test_member_of_only_a_local_clashing_group_gets_no_account():
+    groups = [group("g-sudo", "sudo", 30027, ["u-alice"])]
+    directory = decide_on_node([user()], groups, allowed="sudo")
+    assert (directory.accounts, directory.groups) == ((), ())
+
+
+def test_local_clash_drops_only_the_clashing_party():
+    # A local-account clash is not a duplicate: the other IAM users stay.
+    users = [user(), user("u-2", "root", 20002), user("u-3", "bob", 20003)]
+    directory = decide_on_node(users)
+    assert names(directory) == ["alice", "bob"]
+
+
+def test_an_empty_node_clashes_with_nothing():
+    directory = decide_on_node([user("u-x", "root", 20009)], local=LocalAccounts())
+    assert names(directory) == ["root"]
+
+
+def test_local_accounts_default_to_the_configured_files(tmp_path):
+    passwd, group_file = tmp_path / "passwd", tmp_path / "group"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\nalice:x:1500:1500::/home/alice:/bin/sh\n")
+    group_file.write_text("root:x:0:\nslurm-users:x:27:\n")
+    cfg = configure(local_passwd=str(passwd), local_group=str(group_file))
+    directory = policy.decide(Snapshot((user(),), (group(),), 0.0), cfg)
+    assert directory.accounts == ()
+    assert directory.groups == ()
+    assert directory.drops == (
+        Drop("group", "slurm-users", "name 'slurm-users' is a local group of this node (/etc/group)"),
+    )
+
+
+@pytest.fixture
+def node_files(tmp_path):
+    passwd, group_file = tmp_path / "passwd", tmp_path / "group"
+
+    def write(passwd_text="", group_text=""):
+        passwd.write_text(passwd_text)
+        group_file.write_text(group_text)
+        return configure(local_passwd=str(passwd), local_group=str(group_file))
+
+    return write
+
+
+def test_read_local_accounts_reads_names_and_ids(node_files):
+    cfg = node_files(
+        "root:x:0:0:root:/root:/bin/bash\n"
+        "daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+        "_apt:x:42:65534::/nonexistent:/usr/sbin/nologin\n",
+        "root:x:0:\nsudo:x:27:admin\nusers:x:100:\n",
+    )
+    assert policy.read_local_accounts(cfg) == LocalAccounts(
+        user_names=frozenset({"root", "daemon", "_apt"}),
+        uids=frozenset({0, 1, 42}),
+        group_names=frozenset({"root", "sudo", "users"}),
+        gids=frozenset({0, 27, 100}),
+    )
+
+
+def test_read_local_accounts_skips_comments_nis_markers_blank_and_odd_lines(node_files):
+    cfg = node_files(
+        "# comment\n\n+nisuser::::::\n-excluded::::::\nroot:x:0:0::/root:/bin/sh\nshort\nbaduid:x:abc:0::/:/bin/sh\n",
+        "+:::\nwheel:x:10:\n",
+    )
+    local = policy.read_local_accounts(cfg)
+    assert local.user_names == frozenset({"root", "short", "baduid"})
+    assert local.uids == frozenset({0})
+    assert (local.group_names, local.gids) == (frozenset({"wheel"}), frozenset({10}))
+
+
+def test_missing_local_files_count_as_empty(tmp_path):
+    cfg = configure(local_passwd=str(tmp_path / "none"), local_group=str(tmp_path / "none2"))
+    assert policy.read_local_accounts(cfg) == LocalAccounts()
+
+
+def test_unreadable_local_file_is_an_error_not_an_empty_node(tmp_path):
+    cfg = configure(local_passwd=str(tmp_path), local_group=str(tmp_path / "none"))  # a directory
+    with pytest.raises(OSError):
+        policy.read_local_accounts(cfg)
+
+
+def test_the_real_etc_passwd_holds_root():
+    # The default: the node's own files.
+    assert "root" in policy.read_local_accounts(configure()).user_names
+
+
+# --- issue 3: allowed shells --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shell, allowed, used, logged",
+    [
+        pytest.param("/bin/zsh", "/bin/bash, /bin/zsh", "/bin/zsh", False, id="listed"),
+        pytest.param("/usr/bin/zsh", "/bin/bash, /bin/zsh", "/bin/bash", True, id="not-listed"),
+        pytest.param("/bin/sh", "/bin/bash", "/bin/bash", True, id="sh-not-listed"),
+        pytest.param("/usr/sbin/nologin", "/bin/bash, /usr/sbin/nologin", "/usr/sbin/nologin", False, id="nologin-listed"),
+        pytest.param("/tmp/evil", "/bin/bash", "/bin/bash", True, id="tmp"),
+        pytest.param("/bin/bash/", "/bin/bash/", "/bin/bash", True, id="listed-but-unclean"),
+    ],
+)
+def test_only_allowed_shells_are_kept(shell, allowed, used, logged):
+    directory = decide([user(shell=shell)], allowed_shells=allowed)
+    assert [a.shell for a in directory.accounts] == [used]
+    expected = (Drop("shell", "alice", f"shell {shell!r} is not an allowed shell: /bin/bash used instead"),) if logged else ()
+    assert directory.drops == expected
+
+
+def test_replacement_shell_is_the_configured_default():
+    directory = decide([user(shell="/bin/csh")], allowed_shells="/bin/zsh", default_shell="/bin/zsh")
+    assert [a.shell for a in directory.accounts] == ["/bin/zsh"]
+    assert directory.drops == (Drop("shell", "alice", "shell '/bin/csh' is not an allowed shell: /bin/zsh used instead"),)
+
+
+def test_shell_replacement_does_not_drop_the_user():
+    directory = decide([user(shell="/bin/evil")])
+    assert names(directory) == ["alice"]
+    assert [d.kind for d in directory.drops] == ["shell"]
+
+
+# --- issue 3: SSH key rules and options --------------------------------------
+
+
+def test_key_options_are_refused_by_default():
+    directory = decide([user(keys=[f'from="10.0.0.0/8" {ed25519_key()}', ed25519_key("b")])])
+    assert directory.accounts[0].keys == (ed25519_key("b"),)
+    assert [d.reason for d in directory.drops] == [
+        "key 1 has unknown type 'from=\"10.0.0.0/8\"' or authorized_keys options, which are not accepted "
+        "(coreweave_allow_key_options)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        'from="10.0.0.0/8"',
+        "no-pty",
+        "restrict,pty",
+        'command="/usr/bin/true",no-agent-forwarding,no-port-forwarding',
+        'permitopen="db:5432",environment="A=1"',
+        'from="10.0.0.0/8,192.168.0.0/16",expiry-time="20301231"',
+        'command="echo \\"hi there\\""',
+        "NO-PTY",
+    ],
+)
+def test_key_options_with_openssh_names_are_kept_when_allowed(options):
+    line = f"{options} {ed25519_key()} alice@laptop"
+    directory = decide([user(keys=[line])], allow_key_options="true")
+    assert directory.accounts[0].keys == (line,)
+    assert directory.drops == ()
+
+
+@pytest.mark.parametrize(
+    "options, reason",
+    [
+        pytest.param("evil-option", "has unknown option 'evil-option'", id="unknown-name"),
+        pytest.param('no-pty,exec="/bin/sh"', "has unknown option 'exec'", id="unknown-among-known"),
+        pytest.param('command="/bin/sh', "has options with an unterminated quote", id="unterminated-quote"),
+        pytest.param('command="é"', "has options with control or non-ASCII characters", id="non-ascii"),
+        pytest.param('command="a\tb"', "has options with control or non-ASCII characters", id="tab"),
+        pytest.param("no-pty,,no-user-rc", "has unknown type or malformed options 'no-pty,,no-user-rc'", id="empty-option"),
+        pytest.param('from=10.0.0.0/8', "has unknown type or malformed options 'from=10.0.0.0/8'", id="unquoted-value"),
+    ],
+)
+def test_malformed_or_unknown_key_options_are_refused_even_when_allowed(options, reason):
+    directory = decide([user(keys=[f"{options} {ed25519_key()}"])], allow_key_options="true")
+    assert directory.accounts[0].keys == ()
+    assert directory.drops == (Drop("key", "alice", f"key 1 {reason}"),)
+
+
+def test_options_cannot_smuggle_a_second_line():
+    line = f'command="x"\n{ed25519_key("b")} {ed25519_key()}'
+    directory = decide([user(keys=[line])], allow_key_options="true")
+    assert directory.accounts[0].keys == ()
+    assert directory.drops == (Drop("key", "alice", "key 1 contains a line break or NUL"),)
+
+
+def test_options_in_front_of_a_dsa_key_do_not_make_it_acceptable():
+    directory = decide([user(keys=[f"no-pty {dsa_key()}"])], allow_key_options="true")
+    assert directory.drops == (Drop("key", "alice", "key 1 is a DSA key, which is not accepted"),)
+
+
+def test_the_same_key_with_other_options_or_comments_is_one_key():
+    key = ed25519_key()
+    lines = [f'from="10.0.0.0/8" {key} laptop', f"{key} desk", f"no-pty {key}", key, ed25519_key("b")]
+    (account,) = decide([user(keys=lines)], allow_key_options="true").accounts
+    assert account.keys == (f'from="10.0.0.0/8" {key} laptop', ed25519_key("b"))
+
+
+@pytest.mark.parametrize(
+    "types, kept",
+    [
+        pytest.param("ed25519", ["ed25519"], id="ed25519-only"),
+        pytest.param("rsa", ["rsa"], id="rsa-only"),
+        pytest.param("ed25519, rsa", ["ed25519", "rsa"], id="both"),
+    ],
+)
+def test_configured_key_types_decide_which_keys_stay(types, kept):
+    keys = {"ed25519": ed25519_key(), "rsa": rsa_key(2048)}
+    directory = decide([user(keys=list(keys.values()))], ssh_key_types=types)
+    assert directory.accounts[0].keys == tuple(keys[k] for k in kept)
+    refused = [f"key {i} has type {keys[k].split()[0]}, which is not allowed here" for i, k in enumerate(keys, 1) if k not in kept]
+    assert [d.reason for d in directory.drops] == refused
+
+
+def test_configured_rsa_minimum_applies():
+    directory = decide([user(keys=[rsa_key(2048)])], min_rsa_bits=3072)
+    assert directory.accounts[0].keys == ()
+    assert [d.reason for d in directory.drops] == ["key 1 is a 2048-bit RSA key, below the 3072-bit minimum"]
+
+
+# --- issue 3: the shrink guard ------------------------------------------------
+
+
+def counts(users, groups):
+    return state.Counts(users, groups, 0.0)
+
+
+def directory_of(n_users, n_groups):
+    accounts = tuple(Account(f"u{i}", 20000 + i, 20000, "", f"/home/u{i}", "/bin/bash", ()) for i in range(n_users))
+    groups = tuple(PosixGroup(f"g{i}", 30000 + i, ()) for i in range(n_groups))
+    return policy.Directory(accounts, groups, (), ())
+
+
+def shrink_message(what, before, now, share, limit="25%"):
+    return (
+        f"refusing to shrink {what} from {before} to {now} (-{share}, more than coreweave_max_shrink {limit} of the "
+        "last accepted run): the previous caches are kept. If this removal is intended, run "
+        "`nsscache-coreweave update --accept-shrink` once (or set NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1 for one run)"
+    )
+
+
+@pytest.mark.parametrize(
+    "previous, now, max_shrink, expected",
+    [
+        pytest.param(None, (0, 0), 0.25, None, id="first-run"),
+        pytest.param((4, 2), (3, 2), 0.25, None, id="exactly-25-percent"),
+        pytest.param((4, 2), (2, 2), 0.25, shrink_message("users", 4, 2, "50%"), id="half-the-users"),
+        pytest.param((3, 2), (1, 2), 0.25, shrink_message("users", 3, 1, "67%"), id="3-users-to-1"),
+        pytest.param((3, 2), (0, 2), 0.25, shrink_message("users", 3, 0, "100%"), id="every-user-gone"),
+        pytest.param((4, 4), (4, 2), 0.25, shrink_message("groups", 4, 2, "50%"), id="half-the-groups"),
+        pytest.param((4, 4), (1, 1), 0.25, shrink_message("users", 4, 1, "75%"), id="users-named-first"),
+        pytest.param((4, 2), (400, 20), 0.25, None, id="growth"),
+        pytest.param((0, 0), (0, 0), 0.25, None, id="was-empty"),
+        pytest.param((100, 2), (99, 2), 0.0, shrink_message("users", 100, 99, "1%", "0%"), id="zero-tolerance"),
+        pytest.param((100, 2), (50, 2), 0.5, None, id="configured-half"),
+        pytest.param((100, 2), (1, 1), 1.0, None, id="one-disables-the-ratio"),
+    ],
+)
+def test_shrink_problem(previous, now, max_shrink, expected):
+    before = None if previous is None else counts(*previous)
+    assert policy.shrink_problem(directory_of(*now), before, max_shrink) == expected
