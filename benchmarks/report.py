@@ -1,0 +1,303 @@
+"""Tables, targets and docs/benchmarks.md from a runner result."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, List, Optional, Tuple
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runner import BenchResult, Run, SizeResult
+
+__all__ = ["Target", "targets", "console", "markdown", "machine_line", "time_rows", "TARGET_N", "BASE_N"]
+
+TARGET_N = 100_000
+BASE_N = 10_000
+MAX_RATIO = 1.5
+MAX_GROWTH = 11.0
+MAX_RSS_MB = 200.0  # MB = 10**6 bytes (ru_maxrss is in KiB)
+MAX_DISCOVERY = 1
+
+
+@dataclass
+class Target:
+    name: str
+    measured: str
+    passed: Optional[bool]  # None: not measured in this run
+
+    @property
+    def mark(self) -> str:
+        return {True: "✅ pass", False: "❌ FAIL", None: "— not measured"}[self.passed]
+
+
+def _med(runs: List["Run"], attr: str) -> float:
+    return statistics.median(getattr(r, attr) for r in runs)
+
+
+def _mb(kb: float) -> float:
+    return kb * 1024 / 1e6
+
+
+def ratio(size: "SizeResult", attr: str = "wall") -> float:
+    return _med(size.sync, attr) / _med(size.floor, attr)
+
+
+def _size(result: "BenchResult", users: int) -> Optional["SizeResult"]:
+    return next((s for s in result.sizes if s.users == users), None)
+
+
+def requests_ok(size: "SizeResult") -> bool:
+    return all(r.listing_requests == size.expected_requests and r.other_requests <= MAX_DISCOVERY for r in size.sync)
+
+
+def lines_ok(size: "SizeResult") -> bool:
+    expected = size.org["expected"]
+    return all(all(r.lines.get(m) == expected[m] for m in ("passwd", "group", "shadow", "sshkey")) for r in size.sync)
+
+
+def targets(result: "BenchResult") -> List[Target]:
+    big, small = _size(result, TARGET_N), _size(result, BASE_N)
+    out = []
+    if big:
+        r = ratio(big)
+        out.append(Target(f"sync/floor ≤ {MAX_RATIO} at {TARGET_N:,} users (median wall time)",
+                          f"{r:.2f} ({_med(big.sync, 'wall'):.2f} s / {_med(big.floor, 'wall'):.2f} s)", r <= MAX_RATIO))
+    else:
+        out.append(Target(f"sync/floor ≤ {MAX_RATIO} at {TARGET_N:,} users", "N = 100,000 not run", None))
+    if big and small:
+        g = _med(big.sync, "wall") / _med(small.sync, "wall")
+        out.append(Target(f"time from {BASE_N:,} to {TARGET_N:,} users grows ≤ {MAX_GROWTH:g}× (median sync wall)",
+                          f"{g:.2f}×", g <= MAX_GROWTH))
+    else:
+        out.append(Target(f"growth {BASE_N:,} → {TARGET_N:,} ≤ {MAX_GROWTH:g}×", "both sizes not run", None))
+    if big:
+        peak = max(_mb(r.maxrss_kb) for r in big.sync)
+        out.append(Target(f"peak RSS ≤ {MAX_RSS_MB:g} MB at {TARGET_N:,} users (worst of the sync runs)",
+                          f"{peak:.0f} MB", peak <= MAX_RSS_MB))
+    else:
+        out.append(Target(f"peak RSS ≤ {MAX_RSS_MB:g} MB at {TARGET_N:,} users", "N = 100,000 not run", None))
+    bad = [s for s in result.sizes if not requests_ok(s)]
+    detail = "; ".join(
+        f"N={s.users:,}: {_requests_text(s)}" for s in result.sizes
+    )
+    out.append(Target("listing requests = ⌈users/page⌉ + ⌈groups/page⌉ (+ ≤ 1 discovery) in every sync run, every N",
+                      detail, not bad if result.sizes else None))
+    return out
+
+
+def _requests_text(size: "SizeResult") -> str:
+    listing = sorted({r.listing_requests for r in size.sync})
+    other = sorted({r.other_requests for r in size.sync})
+    text = f"{'/'.join(map(str, listing))} (expected {size.expected_requests})"
+    if any(other):
+        text += f" + {'/'.join(map(str, other))} other"
+    return text
+
+
+def machine_line(machine: dict) -> str:
+    return (f"machine: {machine['cpu']}, {machine['cores']}, {machine['ram']} RAM, {machine['os']}; "
+            f"{machine['python']}; nsscache {machine['nsscache']}; {machine['package']}; load {machine['load_before']}")
+
+
+def time_rows(result: "BenchResult") -> Tuple[List[str], List[List[str]]]:
+    head = ["users", "groups", "members", "sync wall s", "sync CPU s", "floor wall s", "floor CPU s",
+            "sync/floor wall", "sync/floor CPU"]
+    rows = []
+    for s in result.sizes:
+        rows.append([
+            f"{s.users:,}", f"{s.groups:,}", f"{s.members:,}",
+            _spread(s.sync, "wall"), f"{_med(s.sync, 'cpu'):.2f}",
+            _spread(s.floor, "wall"), f"{_med(s.floor, 'cpu'):.2f}",
+            f"**{ratio(s):.2f}**", f"{ratio(s, 'cpu'):.2f}",
+        ])
+    return head, rows
+
+
+def _spread(runs: List["Run"], attr: str) -> str:
+    values = [getattr(r, attr) for r in runs]
+    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+
+
+def resource_rows(result: "BenchResult") -> Tuple[List[str], List[List[str]]]:
+    head = ["users", "sync peak RSS MB (max)", "floor peak RSS MB", "listing requests (expected)", "other requests",
+            "connections", "MB per run", "bytes/user", "lines passwd/group/shadow/sshkey", "expected"]
+    rows = []
+    for s in result.sizes:
+        first = s.sync[0]
+        lines = sorted({tuple(r.lines.get(m, 0) for m in ("passwd", "group", "shadow", "sshkey")) for r in s.sync})
+        exp = s.org["expected"]
+        rows.append([
+            f"{s.users:,}",
+            f"{_mb(_med(s.sync, 'maxrss_kb')):.0f} ({max(_mb(r.maxrss_kb) for r in s.sync):.0f})",
+            f"{_mb(_med(s.floor, 'maxrss_kb')):.0f}",
+            ("" if requests_ok(s) else "⚠ ") + _requests_text(s).split(" +")[0],
+            "/".join(sorted({str(r.other_requests) for r in s.sync})),
+            "/".join(sorted({str(r.connections) for r in s.sync})),
+            f"{first.body_bytes / 1e6:.1f}",
+            f"{s.page_bytes_per_user:,.0f}",
+            ("" if lines_ok(s) else "⚠ ") + " | ".join("/".join(f"{x:,}" for x in t) for t in lines),
+            "/".join(f"{exp[m]:,}" for m in ("passwd", "group", "shadow", "sshkey")),
+        ])
+    return head, rows
+
+
+def growth_rows(result: "BenchResult") -> Tuple[List[str], List[List[str]]]:
+    head = ["from → to", "users ×", "sync wall ×", "sync CPU ×", "floor wall ×", "sync peak RSS ×"]
+    rows = []
+    for a, b in zip(result.sizes, result.sizes[1:]):
+        rows.append([
+            f"{a.users:,} → {b.users:,}", f"{b.users / a.users:g}",
+            f"**{_med(b.sync, 'wall') / _med(a.sync, 'wall'):.2f}**",
+            f"{_med(b.sync, 'cpu') / _med(a.sync, 'cpu'):.2f}",
+            f"{_med(b.floor, 'wall') / _med(a.floor, 'wall'):.2f}",
+            f"{_med(b.sync, 'maxrss_kb') / _med(a.sync, 'maxrss_kb'):.2f}",
+        ])
+    return head, rows
+
+
+def checks(result: "BenchResult") -> List[str]:
+    """Sanity checks of the measurement itself (not targets)."""
+    out = []
+    for s in result.sizes:
+        same_sync = all(r.targets_match for r in s.sync)
+        same_floor = all(r.targets_match for r in s.floor)
+        floor_requests = sorted({r.listing_requests + r.other_requests for r in s.floor})
+        out.append(
+            f"N={s.users:,}: every sync run requested the same {len(s.targets)} URLs: {_yes(same_sync)}; "
+            f"the floor requested exactly those: {_yes(same_floor)} ({'/'.join(map(str, floor_requests))} requests); "
+            f"cache line counts match the organisation's expected counts: {_yes(lines_ok(s))}; "
+            f"Accept-Encoding sent: {', '.join(repr(k) for k in s.accept_encoding) or 'none'}"
+        )
+    out.append(f"installed package: {result.machine['installed']}")
+    return out
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "**NO**"
+
+
+def _md_table(head: List[str], rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _text_table(head: List[str], rows: List[List[str]]) -> str:
+    rows = [[c.replace("**", "") for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def console(result: "BenchResult") -> str:
+    parts = [_text_table(*time_rows(result)), "", _text_table(*resource_rows(result))]
+    if len(result.sizes) > 1:
+        parts += ["", _text_table(*growth_rows(result))]
+    parts += ["", "targets (issue 5):"]
+    parts += [f"  {t.mark:16} {t.name}: {t.measured}" for t in targets(result)]
+    parts += ["", "checks:"] + [f"  {c}" for c in checks(result)]
+    return "\n".join(parts)
+
+
+def markdown(result: "BenchResult") -> str:
+    s = result.settings
+    m = result.machine
+    first = result.sizes[0] if result.sizes else None
+    org = first.org if first else {}
+    key_types = ", ".join(f"{n} {k}" for k, n in org.get("key_types", {}).items())
+    members = (f"M = {s.members:,} for every N" if s.members is not None
+               else f"M = {s.members_share:.0%} of N")
+    out = [
+        "# Benchmarks",
+        "",
+        "Written by the benchmark runner (`benchmarks/`, issue 5); do not edit by hand, rerun it. "
+        f"Run started {result.started}, took {result.seconds / 60:.1f} min.",
+        "",
+        "## Command",
+        "",
+        "```sh",
+        result.command or "python -m benchmarks",
+        "```",
+        "",
+        "`make bench` runs `.venv/bin/python -m benchmarks $(BENCH_ARGS)` after `make install`; "
+        "`--million` adds N = 1,000,000; `--profile` adds a cProfile of one sync per N.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']}",
+        f"- RAM: {m['ram']}",
+        f"- OS: {m['os']}",
+        f"- Python: {m['python']}",
+        f"- nsscache: {m['nsscache']}",
+        f"- package: {m['package']}; {m['installed']}",
+        f"- load average before / after: {m['load_before']} / {m.get('load_after', '?')}",
+        "",
+        "## Targets (issue 5)",
+        "",
+        _md_table(["target", "measured", "result"], [[t.name, t.measured, t.mark] for t in targets(result)]),
+        "",
+        "## Results",
+        "",
+        f"Medians of {s.reps} runs each (min–max in brackets), after {s.warmup} unmeasured warm-up "
+        "run of each; sync and floor runs alternate.",
+        "",
+        _md_table(*time_rows(result)),
+        "",
+        _md_table(*resource_rows(result)),
+        "",
+    ]
+    if len(result.sizes) > 1:
+        out += ["Growth:", "", _md_table(*growth_rows(result)), ""]
+    out += ["Checks of the measurement itself:", ""] + [f"- {c}" for c in checks(result)] + [""]
+    out += [
+        "## What is measured",
+        "",
+        "- **sync**: the stock `nsscache -c nsscache.conf update --full` with `maps = passwd, group, shadow, sshkey`, "
+        "`source = coreweave`, run from the venv above (the package installed non-editably, found through its `.pth` "
+        "hook), stdin a pty so that nsscache logs to stderr (to a file). The caches are written to a temporary "
+        "`files_dir` and are kept between runs, as on a node. Configuration: the five groups in `coreweave_groups`, "
+        f"`coreweave_page_size = {s.page_size}`, `coreweave_pagination = {s.pagination}`, "
+        "`coreweave_allowed_shells` = the organisation's shells, empty `coreweave_local_passwd`/`coreweave_local_group`, "
+        "`coreweave_max_shrink = 1`, state in the temporary directory.",
+        "- **floor**: a fresh `python benchmarks/floor.py` (same interpreter) fetching exactly the URLs the sync "
+        "requested, as the server recorded them, in the same order, with one `requests.Session` (same "
+        "`Authorization` and `Accept` headers) and `json.loads` of every page, nothing else.",
+        "- **wall**: fork to exit of the measured process, interpreter start-up included. **CPU**: its user + system "
+        "time (`os.wait4`). **Peak RSS**: its `ru_maxrss` (MB = 10⁶ bytes). Both are measured through "
+        "`benchmarks/launch.py`, a tiny launcher, because Linux reports a child's `ru_maxrss` as at least the "
+        "resident size of the process that forked it.",
+        "- **requests, bytes, connections**: counted by the server per run (response bodies; `connections` = TCP "
+        "connections that carried requests). Expected listing requests: ⌈users/page⌉ + ⌈groups/page⌉.",
+        "- **server**: `benchmarks/server.py` in its own process (its CPU is not the client's) on 127.0.0.1, HTTP/1.1 "
+        "keep-alive, every page rendered once and then served from memory; honours `count`, index and cursor "
+        "pagination, `attributes`/`excludedAttributes` (`id` and `schemas` always returned); ignores `filter`. "
+        f"gzip: {'on for clients that accept it' if s.gzip else 'off'}.",
+        "",
+        "## Organisation",
+        "",
+        f"Synthetic and deterministic (`benchmarks/org.py`, seed {s.seed}): N users, G = {s.groups:,} flat groups, "
+        f"{members} distinct users in the five configured groups "
+        f"({', '.join(org.get('configured_groups', []))}; about 20 % of them in two), the other groups hold 0–40 "
+        "members each. Users carry core attributes, the enterprise extension and the CoreWeave extension "
+        f"(POSIX name, uid, gid, usually home and shell, 0–3 SSH keys: 15 % none, 50 % one, 25 % two, 10 % three) "
+        f"— about {first.page_bytes_per_user if first else 0:,.0f} bytes of JSON per user in the listing. "
+        f"SSH keys are drawn from a pool of {org.get('key_pool', '?')} distinct real keys ({key_types}), each with "
+        "a per-user comment, so many users share a key body: a validation cache keyed on the key would be "
+        "unrealistically effective here. Invalid records: 0.3 % of N by default "
+        f"({', '.join(str(x.org.get('invalid')) for x in result.sizes)}), 80 % of them among the configured groups' "
+        "members: bad names (upper case, e-mail, too long, digits), uid 0, 65534, 999 or not a number, gid missing "
+        "or 0, no CoreWeave extension, relative home, duplicated names and uids (both parties dropped), inactive, "
+        "an unlisted shell (replaced) and broken SSH keys (dropped); each configured group also lists two ids that "
+        "resolve to nothing, and one a nested group.",
+        "",
+    ]
+    if first:
+        kinds = org.get("expected", {}).get("invalid_kinds_among_members", {})
+        out += [f"Invalid records among the members at N = {first.users:,}: "
+                + ", ".join(f"{k} {v}" for k, v in kinds.items()) + ".", ""]
+    profiles = [x for x in result.sizes if x.profile]
+    if profiles:
+        out += ["## Profile", ""]
+        for x in profiles:
+            out += ["```", x.profile.rstrip(), "```", ""]
+    return "\n".join(out)

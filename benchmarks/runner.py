@@ -1,0 +1,567 @@
+"""The benchmark runner (issue 5, item 3): ``python -m benchmarks`` / ``make bench``.
+
+For each organisation size N (default 10,000 and 100,000; 1,000,000 with
+``--million``) it starts the benchmark SCIM server (:mod:`benchmarks.server`, its own
+process) with a synthetic organisation (:mod:`benchmarks.org`: N users, G groups,
+M = ``--members-share`` x N members of the five configured groups), writes an
+``nsscache.conf`` into a temporary directory and then, after one warm-up of each,
+alternates R times:
+
+* **sync**: the real ``nsscache -c CONF update --full`` (passwd, group, shadow,
+  sshkey; stdin a pty so nsscache logs to stderr, which goes to a file);
+* **floor**: :mod:`benchmarks.floor` in a fresh interpreter, fetching exactly the URLs
+  the warm-up sync requested (as the server recorded them, in order) with one
+  ``requests.Session`` and ``json.loads`` of every page, nothing else.
+
+Both run under :mod:`benchmarks.launch`, which measures the process alone: wall time
+(including interpreter start-up), CPU time (user + sys, ``os.wait4``) and peak RSS
+(``ru_maxrss``). The server's counters give requests, body bytes and connections per
+run; the caches' line counts are compared with what the organisation says the policy
+must accept. Medians over R runs are reported, with the sync/floor ratio per N, the
+growth from one N to the next, and the issue's targets marked pass/fail; the report is
+printed and written to ``docs/benchmarks.md`` (``--output``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import pty
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from . import report
+from .org import CONFIGURED_GROUPS, SHELLS
+
+__all__ = ["Settings", "Run", "SizeResult", "BenchResult", "run", "main", "MAPS"]
+
+REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+MAPS = ("passwd", "group", "shadow", "sshkey")
+TOKEN = "bench-token-5d2e8c"
+DEFAULT_SIZES = (10_000, 100_000)
+MILLION = 1_000_000
+READY_TIMEOUT = 900.0  # seconds: the first run computes the RSA key pool
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not be run as asked (a failing sync, a dead server ...)."""
+
+
+@dataclass
+class Settings:
+    sizes: List[int] = field(default_factory=lambda: list(DEFAULT_SIZES))
+    groups: int = 2_000
+    members_share: float = 0.10
+    members: Optional[int] = None  # absolute M for every N (overrides members_share)
+    reps: int = 5
+    warmup: int = 1
+    page_size: int = 1_000
+    pagination: str = "index"
+    seed: int = 1
+    invalid: Optional[int] = None
+    key_pool: Optional[int] = None
+    gzip: bool = False
+    bin_dir: Path = REPO / ".venv" / "bin"
+    cache_dir: Optional[Path] = None
+    work_dir: Optional[Path] = None
+    keep: bool = False
+    profile: bool = False
+    quiet: bool = False
+
+    def members_for(self, users: int) -> int:
+        if self.members is not None:
+            return min(self.members, users)
+        return max(1, min(users, round(users * self.members_share)))
+
+
+@dataclass
+class Run:
+    """One measured process (sync or floor) and what the server saw."""
+
+    wall: float
+    user: float
+    sys: float
+    maxrss_kb: int
+    exit: int
+    requests: Dict[str, int]
+    body_bytes: int
+    connections: int
+    lines: Dict[str, int] = field(default_factory=dict)
+    targets_match: bool = True
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.sys
+
+    @property
+    def listing_requests(self) -> int:
+        return self.requests.get("Users", 0) + self.requests.get("Groups", 0)
+
+    @property
+    def other_requests(self) -> int:
+        return self.requests.get("other", 0)
+
+
+@dataclass
+class SizeResult:
+    users: int
+    groups: int
+    members: int
+    page_size: int
+    org: dict  # the server's summary: expected lines, invalid records, key pool ...
+    sync: List[Run]
+    floor: List[Run]
+    targets: List[str]  # what the warm-up sync requested, in order
+    accept_encoding: Dict[str, int]
+    page_bytes_per_user: float
+    server_render_seconds: float
+    profile: Optional[str] = None
+
+    @property
+    def expected_requests(self) -> int:
+        return math.ceil(self.users / self.page_size) + math.ceil(self.groups / self.page_size)
+
+    @staticmethod
+    def median(runs: List[Run], attribute: str) -> float:
+        return statistics.median(getattr(r, attribute) for r in runs)
+
+
+@dataclass
+class BenchResult:
+    settings: Settings
+    sizes: List[SizeResult]
+    machine: Dict[str, str]
+    command: str
+    started: str
+    seconds: float
+
+
+# --- measuring ------------------------------------------------------------------------
+
+
+def _launch(python: str, command: List[str], log: Path, env: Dict[str, str], cwd: Path) -> dict:
+    """Run ``command`` under benchmarks/launch.py with a pty as stdin, in ``cwd``; its measurement."""
+    result_file = log.with_suffix(".result.json")
+    primary, secondary = pty.openpty()
+    try:
+        done = subprocess.run(
+            [python, "-S", str(HERE / "launch.py"), str(result_file), str(log), "--", *command],
+            stdin=secondary, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd, timeout=3600,
+        )
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    if done.returncode != 0:
+        raise BenchError(f"launch.py failed ({done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}")
+    return json.loads(result_file.read_text())
+
+
+def _tail(path: Path, limit: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except OSError:
+        return ""
+
+
+class _Server:
+    """The benchmark SCIM server as a separate process."""
+
+    def __init__(self, settings: Settings, users: int, workdir: Path, token_file: Path):
+        self.ready = workdir / "server.ready.json"
+        self.log = workdir / "server.log"
+        args = [
+            sys.executable, "-m", "benchmarks.server",
+            "--users", str(users), "--groups", str(settings.groups), "--members", str(settings.members_for(users)),
+            "--seed", str(settings.seed), "--token-file", str(token_file), "--ready-file", str(self.ready),
+        ]
+        if settings.invalid is not None:
+            args += ["--invalid", str(settings.invalid)]
+        if settings.key_pool:
+            args += ["--key-pool", str(settings.key_pool)]
+        if settings.cache_dir:
+            args += ["--cache-dir", str(settings.cache_dir)]
+        if settings.gzip:
+            args.append("--gzip")
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self.ready.exists():
+            if self.proc.poll() is not None:
+                raise BenchError(f"the benchmark server exited ({self.proc.returncode}):\n{_tail(self.log)}")
+            if time.monotonic() > deadline:
+                self.close()
+                raise BenchError(f"the benchmark server did not start within {READY_TIMEOUT:g} s")
+            time.sleep(0.05)
+        info = json.loads(self.ready.read_text())
+        self.base_url: str = info["base_url"]
+        self.origin = f"http://127.0.0.1:{info['port']}"
+        self.summary: dict = info["summary"]
+
+    def stats(self, reset: bool = True) -> dict:
+        url = f"{self.origin}/_bench/stats" + ("?reset=1" if reset else "")
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return json.loads(response.read())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _write_conf(node: Path, base_url: str, settings: Settings) -> Path:
+    for sub in ("cache", "state"):
+        (node / sub).mkdir(parents=True, exist_ok=True)
+    token = node / "token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+    (node / "local-passwd").write_text("")
+    (node / "local-group").write_text("")
+    conf = node / "nsscache.conf"
+    conf.write_text(
+        "[DEFAULT]\n"
+        "source = coreweave\n"
+        "cache = files\n"
+        f"maps = {', '.join(MAPS)}\n"
+        f"timestamp_dir = {node / 'state'}\n"
+        f"lockfile = {node / 'nsscache.lock'}\n"
+        f"files_dir = {node / 'cache'}\n"
+        "files_cache_filename_suffix = cache\n"
+        f"coreweave_base_url = {base_url}\n"
+        f"coreweave_token_file = {token}\n"
+        f"coreweave_groups = {', '.join(name for name, _, _ in CONFIGURED_GROUPS)}\n"
+        f"coreweave_state_dir = {node / 'state'}\n"
+        f"coreweave_allowed_shells = {', '.join(SHELLS)}\n"
+        f"coreweave_local_passwd = {node / 'local-passwd'}\n"
+        f"coreweave_local_group = {node / 'local-group'}\n"
+        "coreweave_max_shrink = 1\n"
+        f"coreweave_page_size = {settings.page_size}\n"
+        f"coreweave_pagination = {settings.pagination}\n"
+    )
+    return conf
+
+
+def _child_env() -> Dict[str, str]:
+    scrub = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONINSPECT", "PYTHONPROFILEIMPORTTIME")
+    return {k: v for k, v in os.environ.items() if not k.startswith("NSSCACHE_") and k not in scrub}
+
+
+def _line_counts(cache: Path) -> Dict[str, int]:
+    counts = {}
+    for name in MAPS:
+        try:
+            counts[name] = (cache / f"{name}.cache").read_bytes().count(b"\n")
+        except FileNotFoundError:
+            counts[name] = 0
+    return counts
+
+
+class _Size:
+    """Everything for one N: server, node directory, measured runs."""
+
+    def __init__(self, settings: Settings, users: int, workdir: Path, say):
+        self.settings, self.users, self.workdir, self.say = settings, users, workdir, say
+        self.node = workdir / "node"
+        self.node.mkdir(parents=True)
+        self.server = _Server(settings, users, workdir, self._token_file())
+        self.conf = _write_conf(self.node, self.server.base_url, settings)
+        self.bin = settings.bin_dir
+        self.python = str(self.bin / "python")
+        self.env = _child_env()
+        self.floor_env = dict(self.env, BENCH_TOKEN=TOKEN)
+        self.urls_file = workdir / "floor-urls.json"
+        self.targets: Optional[List[str]] = None
+        self.counter = 0
+
+    def _token_file(self) -> Path:
+        path = self.workdir / "server-token"
+        path.write_text(TOKEN + "\n")
+        path.chmod(0o600)
+        return path
+
+    def _log(self, what: str) -> Path:
+        self.counter += 1
+        return self.workdir / f"{self.counter:02d}-{what}.log"
+
+    def sync(self) -> Run:
+        self.server.stats(reset=True)
+        log = self._log("sync")
+        m = _launch(self.python, [str(self.bin / "nsscache"), "-c", str(self.conf), "update", "--full"], log, self.env, self.node)
+        stats = self.server.stats(reset=True)
+        if m["exit"] != 0:
+            raise BenchError(f"nsscache update --full exited {m['exit']} at N={self.users}; log {log}:\n{_tail(log)}")
+        if self.targets is None:
+            self.targets = stats["targets"]
+            self.accept_encoding = stats["accept_encodings"]
+            self.users_bytes = stats["bytes_by_endpoint"].get("Users", 0)
+            self.urls_file.write_text(json.dumps([self.server.origin + t for t in self.targets]))
+        return Run(
+            wall=m["wall"], user=m["user"], sys=m["sys"], maxrss_kb=m["maxrss_kb"], exit=m["exit"],
+            requests=stats["requests"], body_bytes=stats["body_bytes"], connections=stats["connections"],
+            lines=_line_counts(self.node / "cache"), targets_match=stats["targets"] == self.targets,
+        )
+
+    def floor(self) -> Run:
+        self.server.stats(reset=True)
+        log = self._log("floor")
+        m = _launch(self.python, [self.python, str(HERE / "floor.py"), str(self.urls_file)], log, self.floor_env, self.node)
+        stats = self.server.stats(reset=True)
+        if m["exit"] != 0:
+            raise BenchError(f"the floor client exited {m['exit']} at N={self.users}; log {log}:\n{_tail(log)}")
+        return Run(
+            wall=m["wall"], user=m["user"], sys=m["sys"], maxrss_kb=m["maxrss_kb"], exit=m["exit"],
+            requests=stats["requests"], body_bytes=stats["body_bytes"], connections=stats["connections"],
+            targets_match=stats["targets"] == self.targets,
+        )
+
+    def profile(self) -> str:
+        """One more sync under cProfile; the top functions as text."""
+        import pstats
+        import io
+
+        out = self.workdir / "sync.prof"
+        log = self._log("profile")
+        m = _launch(self.python, [self.python, "-m", "cProfile", "-o", str(out), str(self.bin / "nsscache"),
+                                  "-c", str(self.conf), "update", "--full"], log, self.env, self.node)
+        self.server.stats(reset=True)
+        if m["exit"] != 0:
+            raise BenchError(f"the profiled sync exited {m['exit']}; log {log}:\n{_tail(log)}")
+        text = io.StringIO()
+        stats = pstats.Stats(str(out), stream=text)
+        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(35)
+        return f"cProfile of one sync at N={self.users} (wall {m['wall']:.2f} s under the profiler; {out}):\n" + text.getvalue()
+
+    def measure(self) -> SizeResult:
+        s = self.settings
+        for _ in range(max(1, s.warmup)):
+            self.sync()  # the first sync also records the URLs the floor replays
+            self.floor()
+        syncs, floors = [], []
+        for rep in range(s.reps):
+            syncs.append(self.sync())
+            floors.append(self.floor())
+            self.say(f"  N={self.users:,} rep {rep + 1}/{s.reps}: sync {syncs[-1].wall:.2f} s "
+                     f"(CPU {syncs[-1].cpu:.2f} s, {syncs[-1].maxrss_kb / 1024:.0f} MiB), "
+                     f"floor {floors[-1].wall:.2f} s (CPU {floors[-1].cpu:.2f} s, {floors[-1].maxrss_kb / 1024:.0f} MiB)")
+        profile = self.profile() if s.profile else None
+        stats = self.server.stats(reset=False)
+        return SizeResult(
+            users=self.users, groups=s.groups, members=s.members_for(self.users), page_size=s.page_size,
+            org=self.server.summary, sync=syncs, floor=floors, targets=list(self.targets),
+            accept_encoding=self.accept_encoding,
+            page_bytes_per_user=self.users_bytes / self.users,
+            server_render_seconds=stats.get("render_seconds", 0.0), profile=profile,
+        )
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def run(settings: Settings, say=print) -> BenchResult:
+    """Measure every size in ``settings``; nothing is written."""
+    started = time.time()
+    nsscache = settings.bin_dir / "nsscache"
+    if not nsscache.exists():
+        raise BenchError(f"{nsscache} does not exist: run `make install` (or pass --bin-dir)")
+    machine = machine_description(settings.bin_dir)
+    say(report.machine_line(machine))
+    results = []
+    base = Path(tempfile.mkdtemp(prefix="nss-bench-", dir=settings.work_dir))
+    try:
+        for users in settings.sizes:
+            say(f"N={users:,}: {settings.groups:,} groups, {settings.members_for(users):,} members of the "
+                f"{len(CONFIGURED_GROUPS)} configured groups; starting the server ...")
+            size = _Size(settings, users, base / f"n{users}", say)
+            try:
+                results.append(size.measure())
+            finally:
+                size.close()
+            if results[-1].profile:
+                say(results[-1].profile)
+    finally:
+        if settings.keep:
+            say(f"work files kept in {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    machine["load_after"] = _loadavg()
+    return BenchResult(settings=settings, sizes=results, machine=machine, command="", started=time.strftime(
+        "%Y-%m-%d %H:%M:%S %Z", time.localtime(started)), seconds=time.time() - started)
+
+
+# --- the machine -------------------------------------------------------------------------
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+_PROBE = r"""
+import hashlib, json, pathlib, platform, sys
+import nss_cache, nss_cache_coreweave
+pkg = pathlib.Path(nss_cache_coreweave.__file__).parent
+files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(pkg.glob("*.py"))}
+print(json.dumps({"python": platform.python_version(), "implementation": platform.python_implementation(),
+                  "nsscache": nss_cache.__version__, "package": nss_cache_coreweave.__version__,
+                  "package_dir": str(pkg), "files": files}))
+"""
+
+
+def machine_description(bin_dir: Path) -> Dict[str, str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    mem_kb = next((int(line.split()[1]) for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal")), 0)
+    os_name = next((line.split("=", 1)[1].strip().strip('"') for line in _read("/etc/os-release").splitlines()
+                    if line.startswith("PRETTY_NAME=")), platform.system())
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    # Not from the checkout: "-c" puts the working directory first on sys.path.
+    probe = subprocess.run([str(bin_dir / "python"), "-c", _PROBE], capture_output=True, text=True, env=_child_env(),
+                           cwd=tempfile.gettempdir())
+    if probe.returncode != 0:
+        raise BenchError(f"cannot import nss_cache / nss_cache_coreweave with {bin_dir / 'python'}: {probe.stderr[-1500:]}")
+    info = json.loads(probe.stdout)
+    source = REPO / "nss_cache_coreweave"
+    import hashlib
+
+    tree = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(source.glob("*.py"))}
+    differs = sorted(set(tree) ^ set(info["files"]) | {n for n in tree if info["files"].get(n) not in (None, tree[n])})
+    commit = _git("rev-parse", "--short=12", "HEAD") or "unknown"
+    dirty = _git("status", "--porcelain", "--", "nss_cache_coreweave", "_nss_cache_coreweave_hook.py", "setup.cfg", "setup.py")
+    nsscache_version = info["nsscache"]
+    if nsscache_version == "0.48":
+        nsscache_version = "0.49 (Debian's orig tarball via scripts/install-nsscache; its __version__ still says 0.48)"
+    return {
+        "cpu": cpu,
+        "cores": f"{usable} usable (os.cpu_count() = {os.cpu_count()})",
+        "ram": f"{mem_kb / 1024 / 1024:.1f} GiB",
+        "os": f"{os_name}, Linux {platform.release()} {platform.machine()}",
+        "python": f"{info['implementation']} {info['python']} ({bin_dir / 'python'})",
+        "nsscache": nsscache_version,
+        "package": f"nss-cache-coreweave {info['package']}, git {commit}"
+                   + (" with uncommitted changes to the package" if dirty else ""),
+        "installed": (f"the installed copy ({info['package_dir']}) matches the working tree"
+                      if not differs else
+                      f"WARNING: the installed copy ({info['package_dir']}) differs from the working tree in "
+                      f"{', '.join(differs)}: run `make install`"),
+        "installed_matches": "yes" if not differs else "no",
+        "load_before": _loadavg(),
+    }
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="comma-separated user counts N")
+    p.add_argument("--million", action="store_true", help="also run N = 1,000,000")
+    p.add_argument("--groups", type=int, default=2_000, help="groups G (flat)")
+    p.add_argument("--members-share", type=float, default=0.10,
+                   help="M, the distinct members of the 5 configured groups, as a share of N")
+    p.add_argument("--members", type=int, default=None, help="M as an absolute number for every N")
+    p.add_argument("--reps", type=int, default=5, help="measured runs of each of sync and floor per N (median)")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured sync+floor pairs first")
+    p.add_argument("--page-size", type=int, default=1_000, help="coreweave_page_size")
+    p.add_argument("--pagination", choices=("index", "cursor"), default="index", help="coreweave_pagination")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--invalid", type=int, default=None, help="invalid records (default 0.3%% of N)")
+    p.add_argument("--key-pool", type=int, default=None, help="distinct SSH keys in the pool (default 384)")
+    p.add_argument("--gzip", action="store_true", help="the server gzips pages for clients that accept it")
+    p.add_argument("--bin-dir", type=Path, default=REPO / ".venv" / "bin",
+                   help="where nsscache and the python with the installed package are")
+    p.add_argument("--cache-dir", type=Path, default=None, help="key pool cache (default ~/.cache/nss-cache-coreweave/benchmarks)")
+    p.add_argument("--work-dir", type=Path, default=None, help="parent of the temporary directory")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, caches, conf)")
+    p.add_argument("--profile", action="store_true", help="also run one sync per N under cProfile and print the top functions")
+    p.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md", help="the Markdown report")
+    p.add_argument("--no-write", action="store_true", help="print the report only")
+    p.add_argument("--json", type=Path, default=None, help="also write the raw measurements as JSON")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target of the issue is missed")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    sizes = [int(x.replace("_", "")) for x in args.sizes.split(",") if x.strip()]
+    if args.million and MILLION not in sizes:
+        sizes.append(MILLION)
+    if args.reps < 1:
+        raise SystemExit("--reps must be at least 1")
+    settings = Settings(
+        sizes=sizes, groups=args.groups, members_share=args.members_share, members=args.members, reps=args.reps,
+        warmup=args.warmup, page_size=args.page_size, pagination=args.pagination, seed=args.seed,
+        invalid=args.invalid, key_pool=args.key_pool, gzip=args.gzip, bin_dir=args.bin_dir.absolute(),
+        cache_dir=args.cache_dir, work_dir=args.work_dir, keep=args.keep, profile=args.profile,
+    )
+    try:
+        result = run(settings, say=lambda text: print(text, flush=True))
+    except BenchError as e:
+        print(f"benchmarks: {e}", file=sys.stderr)
+        return 2
+    result.command = command_line(argv)
+    print()
+    print(report.console(result))
+    if not args.no_write:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(report.markdown(result))
+        print(f"\nwritten: {args.output}")
+    if args.json:
+        args.json.write_text(json.dumps(_as_json(result), indent=1, default=str))
+    if args.strict and not all(t.passed for t in report.targets(result) if t.passed is not None):
+        return 1
+    return 0
+
+
+def command_line(argv: List[str]) -> str:
+    python = sys.executable
+    try:
+        python = os.path.relpath(python, Path.cwd())
+    except ValueError:
+        pass
+    return " ".join(shlex.quote(x) for x in [python, "-m", "benchmarks", *argv])
+
+
+def _as_json(result: BenchResult) -> dict:
+    data = asdict(result)
+    for size in data["sizes"]:
+        size.pop("targets", None)
+    return data

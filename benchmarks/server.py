@@ -1,0 +1,443 @@
+"""The benchmark SCIM server (issue 5, item 2): pre-rendered pages on loopback.
+
+``GET <prefix>/Users`` and ``GET <prefix>/Groups`` list a synthetic organisation
+(:mod:`benchmarks.org`) with both pagination modes:
+
+* index (RFC 7644 §3.4.2.4): ``startIndex`` (1-based, default 1) and ``count``
+  (default :data:`DEFAULT_COUNT`, at most :data:`MAX_COUNT`);
+* cursor (RFC 9865): a request carrying ``cursor`` (empty on the first request)
+  gets ``nextCursor`` while more remain; a cursor this server did not issue gets a
+  400 ``invalidCursor``.
+
+``attributes`` and ``excludedAttributes`` (RFC 7644 §3.9) are honoured: names are
+case-insensitive, sub-attributes use ``.`` (``name.givenName``, ``members.value``),
+extension attributes carry their schema URN (``urn:...:CoreWeaveUser:sunkSshKeys``,
+or the bare URN for the whole extension); ``id`` and ``schemas`` are always
+returned. ``filter``, ``groups`` and other parameters are recorded and ignored (every
+page holds every resource, as a server that does not support them answers), so the
+client's own allow-list does the work.
+
+Every distinct page (endpoint, position, count, attributes, excludedAttributes) is
+rendered once, on first request, and then served from memory as bytes; with
+``--gzip`` a client sending ``Accept-Encoding: gzip`` gets a cached gzip copy. The
+server is meant to run in its own process (``python -m benchmarks.server``) so its
+CPU time never counts against the measured client. HTTP/1.1 with Content-Length and
+TCP_NODELAY: a client's keep-alive connection is reused.
+
+Counters (requests per endpoint, body bytes, connections, statuses) and the request
+targets in arrival order are read and reset at ``GET /_bench/stats?reset=1``, which is
+not counted; ``GET /ServiceProviderConfig`` answers discovery (counted as "other").
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hmac
+import http.server
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+from urllib.parse import parse_qsl, urlsplit
+
+from .org import CORE_GROUP, CORE_USER, EXT_CW, EXT_ENTERPRISE, Org, OrgSpec
+
+__all__ = ["BenchServer", "Stats", "DEFAULT_COUNT", "MAX_COUNT", "DEFAULT_PREFIX", "parse_attribute_list", "project", "main"]
+
+DEFAULT_PREFIX = "/scim/cwbench"
+DEFAULT_COUNT = 100
+MAX_COUNT = 10_000
+LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
+ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
+SCIM_JSON = "application/scim+json"
+ALWAYS = ("id", "schemas")  # returned whatever attributes/excludedAttributes say
+ENDPOINTS = ("Users", "Groups")
+CONTROL = "/_bench/"
+
+
+# --- attributes / excludedAttributes (RFC 7644 §3.9, §3.10) -------------------------
+
+Path_ = Tuple[str, ...]
+
+
+def parse_attribute_list(value: Optional[str], schemas: Tuple[str, ...]) -> Tuple[Path_, ...]:
+    """``"userName,name.givenName,urn:x:Ext:attr"`` -> lower-cased key paths:
+    ``(("username",), ("name", "givenname"), ("urn:x:ext", "attr"))``. A name
+    qualified with a core schema URN becomes a core attribute path."""
+    if not value:
+        return ()
+    paths = []
+    known = sorted((s.lower() for s in schemas), key=len, reverse=True)
+    core = {CORE_USER.lower(), CORE_GROUP.lower()}
+    for raw in value.split(","):
+        name = raw.strip().lower()
+        if not name:
+            continue
+        if name.startswith("urn:"):
+            urn = next((s for s in known if name == s or name.startswith(s + ":")), None)
+            if urn is None:
+                continue  # an unknown schema: nothing to return or exclude
+            rest = name[len(urn) + 1:]
+            if urn in core:
+                if rest:
+                    paths.append(tuple(rest.split(".")))
+                continue
+            paths.append((urn,) + (tuple(rest.split(".")) if rest else ()))
+        else:
+            paths.append(tuple(name.split(".")))
+    return tuple(sorted(set(paths)))
+
+
+def project(resource: dict, attributes: Tuple[Path_, ...], excluded: Tuple[Path_, ...]) -> dict:
+    """The resource as RFC 7644 §3.9 asks: only ``attributes`` (when given), minus
+    ``excluded``; :data:`ALWAYS` stays."""
+    if not attributes and not excluded:
+        return resource
+    out = _keep(resource, attributes) if attributes else dict(resource)
+    for name in ALWAYS:
+        if name in resource:
+            out[name] = resource[name]
+    if excluded:
+        out = _drop(out, tuple(p for p in excluded if p[0] not in ALWAYS))
+    # Keep the resource's own key order (id first, as a real server does).
+    return {k: out[k] for k in resource if k in out}
+
+
+def _keep(node, paths: Tuple[Path_, ...]):
+    if any(len(p) == 0 for p in paths):
+        return node
+    if isinstance(node, list):
+        return [_keep(item, paths) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        wanted = tuple(p[1:] for p in paths if p[0] == key.lower())
+        if wanted:
+            out[key] = _keep(value, wanted)
+    return out
+
+
+def _drop(node, paths: Tuple[Path_, ...]):
+    if not paths:
+        return node
+    if isinstance(node, list):
+        return [_drop(item, paths) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        below = tuple(p[1:] for p in paths if p[0] == key.lower())
+        if any(len(p) == 0 for p in below):
+            continue
+        out[key] = _drop(value, below) if below else value
+    return out
+
+
+# --- the server ------------------------------------------------------------------------
+
+
+class Stats:
+    """What the clients asked for since the last reset."""
+
+    def __init__(self):
+        self.requests: Counter = Counter()  # "Users", "Groups", "other"
+        self.statuses: Counter = Counter()
+        self.body_bytes = 0
+        self.bytes_by_endpoint: Counter = Counter()
+        self.connections = 0
+        self.targets: List[str] = []
+        self.accept_encodings: Counter = Counter()
+        self.started = time.time()
+
+    def as_dict(self) -> dict:
+        return {
+            "requests": dict(self.requests),
+            "requests_total": sum(self.requests.values()),
+            "statuses": {str(k): v for k, v in self.statuses.items()},
+            "body_bytes": self.body_bytes,
+            "bytes_by_endpoint": dict(self.bytes_by_endpoint),
+            "connections": self.connections,
+            "targets": list(self.targets),
+            "accept_encodings": dict(self.accept_encodings),
+        }
+
+
+class BenchServer:
+    """The organisation's pages over HTTP on 127.0.0.1 (a ThreadingHTTPServer)."""
+
+    def __init__(self, org: Org, token: str, *, port: int = 0, prefix: str = DEFAULT_PREFIX, gzip_pages: bool = False):
+        self.org, self.token, self.prefix, self.gzip_pages = org, token, prefix.rstrip("/"), gzip_pages
+        self.totals = {"Users": org.spec.users, "Groups": org.spec.groups}
+        self._schemas = {"Users": (CORE_USER, EXT_ENTERPRISE, EXT_CW), "Groups": (CORE_GROUP,)}
+        self._pages: Dict[tuple, Tuple[int, bytes, Optional[bytes]]] = {}
+        self._render_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self.stats = Stats()
+        self.render_seconds = 0.0
+        self._httpd = _HTTPServer(("127.0.0.1", port), _Handler, self)
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.prefix}"
+
+    def start(self) -> "BenchServer":
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="bench-scim", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def __enter__(self) -> "BenchServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def take_stats(self, reset: bool = False) -> dict:
+        with self._stats_lock:
+            data = self.stats.as_dict()
+            data["pages_cached"] = len(self._pages)
+            data["render_seconds"] = round(self.render_seconds, 3)
+            if reset:
+                self.stats = Stats()
+        return data
+
+    # --- answering -------------------------------------------------------------------
+
+    def answer(self, target: str, authorization: Optional[str], accept_encoding: str) -> Tuple[int, bytes, Dict[str, str]]:
+        """(status, body, headers) for one GET, counted."""
+        split = urlsplit(target)
+        path = split.path.rstrip("/")
+        endpoint = path[len(self.prefix) + 1:] if path.startswith(self.prefix + "/") else None
+        kind = endpoint if endpoint in ENDPOINTS else "other"
+        status, body, gz = self._respond(endpoint, split.query, authorization)
+        headers = {"Content-Type": SCIM_JSON}
+        if gz is not None and self.gzip_pages and "gzip" in accept_encoding.lower():
+            body = gz
+            headers["Content-Encoding"] = "gzip"
+        with self._stats_lock:
+            self.stats.requests[kind] += 1
+            self.stats.statuses[status] += 1
+            self.stats.body_bytes += len(body)
+            self.stats.bytes_by_endpoint[kind] += len(body)
+            self.stats.targets.append(target)
+            self.stats.accept_encodings[accept_encoding] += 1
+        return status, body, headers
+
+    def _respond(self, endpoint: Optional[str], query: str, authorization: Optional[str]):
+        if not (authorization and hmac.compare_digest(authorization.encode(), f"Bearer {self.token}".encode())):
+            return self._error(401, "invalid or expired bearer token")
+        if endpoint == "ServiceProviderConfig":
+            return 200, _dumps(SERVICE_PROVIDER_CONFIG), None
+        if endpoint not in ENDPOINTS:
+            return self._error(404, "no such endpoint")
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        try:
+            count = _int(params.get("count"), DEFAULT_COUNT)
+        except ValueError:
+            return self._error(400, "count is not an integer", "invalidValue")
+        count = max(0, min(count, MAX_COUNT))
+        total = self.totals[endpoint]
+        if "cursor" in params:
+            cursor = params["cursor"]
+            offset = 0 if cursor == "" else _parse_cursor(cursor, endpoint)
+            if offset is None or offset > total:
+                return self._error(400, "the cursor is not valid", "invalidCursor")
+            mode = "cursor"
+        else:
+            try:
+                offset = max(1, _int(params.get("startIndex"), 1)) - 1
+            except ValueError:
+                return self._error(400, "startIndex is not an integer", "invalidValue")
+            mode = "index"
+        schemas = self._schemas[endpoint]
+        attributes = parse_attribute_list(params.get("attributes"), schemas)
+        excluded = parse_attribute_list(params.get("excludedAttributes"), schemas)
+        key = (endpoint, mode, offset, count, attributes, excluded)
+        page = self._pages.get(key)
+        if page is None:
+            with self._render_lock:
+                page = self._pages.get(key)
+                if page is None:
+                    page = self._pages[key] = self._render(key, total)
+        return page
+
+    def _render(self, key: tuple, total: int):
+        started = time.perf_counter()
+        endpoint, mode, offset, count, attributes, excluded = key
+        make = self.org.user if endpoint == "Users" else self.org.group
+        stop = min(total, offset + count)
+        resources = [project(make(i), attributes, excluded) for i in range(offset, stop)]
+        body: dict = {"schemas": [LIST_RESPONSE], "totalResults": total, "itemsPerPage": len(resources)}
+        if mode == "index":
+            body["startIndex"] = offset + 1
+        elif stop < total and count > 0:
+            body["nextCursor"] = _cursor(stop, endpoint)
+        body["Resources"] = resources
+        data = _dumps(body)
+        page = (200, data, gzip.compress(data, 6) if self.gzip_pages else None)
+        self.render_seconds += time.perf_counter() - started
+        return page
+
+    @staticmethod
+    def _error(status: int, detail: str, scim_type: Optional[str] = None):
+        body = {"schemas": [ERROR], "status": str(status), "detail": detail}
+        if scim_type:
+            body["scimType"] = scim_type
+        return status, _dumps(body), None
+
+
+SERVICE_PROVIDER_CONFIG = {
+    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+    "patch": {"supported": False},
+    "bulk": {"supported": False, "maxOperations": 0, "maxPayloadSize": 0},
+    "filter": {"supported": False, "maxResults": 0},
+    "changePassword": {"supported": False},
+    "sort": {"supported": False},
+    "etag": {"supported": False},
+    "pagination": {"cursor": True, "index": True, "defaultPaginationMethod": "index",
+                   "defaultPageSize": DEFAULT_COUNT, "maxPageSize": MAX_COUNT, "cursorTimeout": 3600},
+    "authenticationSchemes": [{"type": "oauthbearertoken", "name": "OAuth Bearer Token",
+                               "description": "Authentication with a bearer token"}],
+}
+
+
+def _dumps(body) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _int(value: Optional[str], default: int) -> int:
+    if value is None or value == "":
+        return default
+    return int(value)
+
+
+def _cursor(offset: int, endpoint: str) -> str:
+    return f"{endpoint[0]}{offset:x}"  # RFC 9865 §2: unreserved characters only
+
+
+def _parse_cursor(cursor: str, endpoint: str) -> Optional[int]:
+    if len(cursor) < 2 or cursor[0] != endpoint[0]:
+        return None
+    try:
+        return int(cursor[1:], 16)
+    except ValueError:
+        return None
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address, handler, bench: BenchServer):
+        self.bench = bench
+        super().__init__(address, handler)
+
+    def handle_error(self, request, client_address):  # a client hanging up is not news
+        if not isinstance(sys.exc_info()[1], (ConnectionError, socket.timeout)):
+            super().handle_error(request, client_address)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "bench-scim/1"
+
+    def setup(self):
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._counted = False
+
+    def log_message(self, format, *args):  # noqa: A002 - quiet
+        pass
+
+    def do_GET(self):
+        bench: BenchServer = self.server.bench
+        if self.path.startswith(CONTROL):
+            return self._control(bench)
+        if not self._counted:
+            self._counted = True
+            with bench._stats_lock:
+                bench.stats.connections += 1
+        status, body, headers = bench.answer(
+            self.path, self.headers.get("Authorization"), self.headers.get("Accept-Encoding", "")
+        )
+        head = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        head.append(f"Content-Length: {len(body)}")
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        self.wfile.write(body)
+
+    def _control(self, bench: BenchServer):
+        split = urlsplit(self.path)
+        if split.path == CONTROL + "stats":
+            reset = dict(parse_qsl(split.query)).get("reset") == "1"
+            body = _dumps(bench.take_stats(reset=reset))
+            status = 200
+        else:
+            body, status = b'{"detail":"unknown control path"}', 404
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.server", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--groups", type=int, default=2_000)
+    parser.add_argument("--members", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--invalid", type=int, default=None, help="invalid records (default 0.3%% of the users)")
+    parser.add_argument("--key-pool", type=int, default=None)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX)
+    parser.add_argument("--token-file", type=Path, required=True)
+    parser.add_argument("--ready-file", type=Path, help="written (JSON: port, base_url, org summary) once listening")
+    parser.add_argument("--gzip", action="store_true", help="gzip pages for clients that accept it")
+    args = parser.parse_args(argv)
+
+    spec_args = dict(users=args.users, groups=args.groups, members=args.members, seed=args.seed, invalid=args.invalid)
+    if args.key_pool:
+        spec_args["key_pool"] = args.key_pool
+    org = Org(OrgSpec(**spec_args), cache_dir=args.cache_dir)
+    server = BenchServer(org, args.token_file.read_text().strip(), port=args.port, prefix=args.prefix,
+                         gzip_pages=args.gzip)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server._httpd.shutdown, daemon=True).start())
+    if args.ready_file:
+        tmp = args.ready_file.with_name(args.ready_file.name + ".tmp")
+        tmp.write_text(json.dumps({"port": server.port, "base_url": server.base_url, "pid": os.getpid(),
+                                   "summary": org.summary()}))
+        os.replace(tmp, args.ready_file)
+    print(f"bench-scim: {org.spec.users} users, {org.spec.groups} groups at {server.base_url}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    server._httpd.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
