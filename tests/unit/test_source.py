@@ -295,3 +295,156 @@ def test_token_never_reaches_the_log(mocker, caplog, monkeypatch):
     assert "dropped user alice: uid 0 (root) is never accepted" in caplog.text
     assert "coreweave_token is set inline" in caplog.text
     assert TOKEN not in caplog.text
+
+
+# --- issue 3: the shrink guard -------------------------------------------------
+
+from nss_cache_coreweave import config as config_mod  # noqa: E402
+from nss_cache_coreweave import policy, state  # noqa: E402
+from nss_cache_coreweave.errors import GuardError  # noqa: E402
+
+SHRINK_3_TO_1 = (
+    "coreweave: refusing to shrink users from 3 to 1 (-67%, more than coreweave_max_shrink 25% of the last accepted "
+    "run): the previous caches are kept. If this removal is intended, run `nsscache-coreweave update --accept-shrink` "
+    "once (or set NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1 for one run)"
+)
+
+
+def scope(conf=CONF):
+    return source.state_scope(config_mod.parse(dict(conf)))
+
+
+def counts(conf=CONF):
+    found = state.load(conf["state_dir"], scope(conf))
+    return None if found is None else (found.users, found.groups)
+
+
+def alice_only():
+    return snap([alice(), bob(active=False)])
+
+
+def test_first_accepted_run_records_its_counts(mocker):
+    mocker.patch.object(snapshot, "take", return_value=snap())
+    every_map()
+    assert counts() == (2, 2)
+
+
+def test_state_is_scoped_by_directory_and_allow_list():
+    assert scope() == f"{BASE} groups=slurm-users,slurm-sudo"
+    assert scope({**CONF, "groups": "*"}) == f"{BASE} groups=*"
+
+
+def test_a_shrink_beyond_the_limit_refuses_every_map_and_records_nothing(mocker, caplog):
+    state.save(CONF["state_dir"], scope(), 3, 2)
+    mocker.patch.object(snapshot, "take", return_value=alice_only())
+    for name in MAPS:
+        with pytest.raises(error.InvalidMap) as caught:
+            GETTERS[name](CoreWeaveSource(dict(CONF)))
+        assert type(caught.value) is error.InvalidMap
+        assert str(caught.value) == SHRINK_3_TO_1
+    assert counts() == (3, 2)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("refusing to shrink users from 3 to 1" in m for m in errors), errors
+
+
+def test_the_guard_error_is_a_guard_error(mocker):
+    state.save(CONF["state_dir"], scope(), 3, 2)
+    mocker.patch.object(snapshot, "take", return_value=alice_only())
+    with pytest.raises(GuardError):
+        source.directory(dict(CONF))
+
+
+def test_a_shrink_within_the_limit_is_accepted_and_recorded(mocker):
+    state.save(CONF["state_dir"], scope(), 2, 2)
+    mocker.patch.object(snapshot, "take", return_value=alice_only())
+    every_map({**CONF, "max_shrink": 0.5})
+    assert counts({**CONF, "max_shrink": 0.5}) == (1, 2)
+
+
+def test_accept_shrink_environment_variable_accepts_and_records(mocker, monkeypatch, caplog, tmp_path):
+    monkeypatch.setenv(policy.ACCEPT_SHRINK_ENV, "1")
+    state.save(CONF["state_dir"], scope(), 3, 2)
+    mocker.patch.object(snapshot, "take", return_value=alice_only())
+    written = {name: lines(name, m, tmp_path) for name, m in every_map().items()}
+    assert written["passwd"] == ["alice:x:20001:20001:Alice Smith:/mnt/home/alice:/bin/bash"]
+    assert counts() == (1, 2)
+    assert f"coreweave: shrink accepted by the operator (NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1): {SHRINK_3_TO_1[11:]}" in [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+    ]
+
+
+@pytest.mark.parametrize("value", ["", "0", "true", "yes", " 1"])
+def test_only_accept_shrink_1_accepts(mocker, monkeypatch, value):
+    monkeypatch.setenv(policy.ACCEPT_SHRINK_ENV, value)
+    state.save(CONF["state_dir"], scope(), 3, 2)
+    mocker.patch.object(snapshot, "take", return_value=alice_only())
+    with pytest.raises(error.InvalidMap):
+        CoreWeaveSource(dict(CONF)).GetPasswdMap()
+    assert counts() == (3, 2)
+
+
+def test_after_an_accepted_shrink_the_next_run_compares_with_it(mocker, monkeypatch):
+    monkeypatch.setenv(policy.ACCEPT_SHRINK_ENV, "1")
+    state.save(CONF["state_dir"], scope(), 3, 2)
+    mocker.patch.object(snapshot, "take", return_value=alice_only())
+    every_map()
+    monkeypatch.delenv(policy.ACCEPT_SHRINK_ENV)
+    source._CACHE.clear()  # the next nsscache process
+    assert len(every_map()["passwd"]) == 1
+
+
+def test_an_emptied_group_set_is_refused(mocker):
+    # The listed groups still exist but have lost every member.
+    state.save(CONF["state_dir"], scope(), 2, 2)
+    groups = (GroupRecord("g-users", "slurm-users", 30001, ()), GroupRecord("g-sudo", "slurm-sudo", 30002, ()))
+    mocker.patch.object(snapshot, "take", return_value=snap(groups=groups))
+    for name in MAPS:
+        with pytest.raises(error.InvalidMap) as caught:
+            GETTERS[name](CoreWeaveSource(dict(CONF)))
+        assert str(caught.value).startswith("coreweave: refusing to shrink users from 2 to 0 (-100%")
+    assert counts() == (2, 2)
+
+
+def test_an_emptied_group_set_is_refused_even_with_the_ratio_guard_off(mocker):
+    # Issue 3, whole-run guards: "an empty result for a listed group set that
+    # previously had members is refused the same way" -- a guard of its own,
+    # lifted only by the one-shot override, not by coreweave_max_shrink = 1.
+    conf = {**CONF, "max_shrink": 1}
+    state.save(conf["state_dir"], scope(conf), 2, 2)
+    groups = (GroupRecord("g-users", "slurm-users", 30001, ()), GroupRecord("g-sudo", "slurm-sudo", 30002, ()))
+    mocker.patch.object(snapshot, "take", return_value=snap(groups=groups))
+    for name in MAPS:
+        with pytest.raises(error.InvalidMap):
+            GETTERS[name](CoreWeaveSource(dict(conf)))
+    assert counts(conf) == (2, 2)
+
+
+def test_an_unwritable_state_directory_is_logged_and_the_maps_still_served(mocker, caplog, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    conf = {**CONF, "state_dir": str(blocker / "state")}
+    mocker.patch.object(snapshot, "take", return_value=snap())
+    assert len(every_map(conf)["passwd"]) == 2
+    assert (
+        f"coreweave: cannot record this run's counts in {blocker / 'state'} (Not a directory): the shrink guard will "
+        "have nothing to compare with; set coreweave_state_dir"
+    ) in [r.getMessage() for r in caplog.records]
+
+
+def test_a_corrupt_state_file_means_nothing_to_compare_with(mocker):
+    import os
+
+    os.makedirs(CONF["state_dir"], exist_ok=True)
+    with open(os.path.join(CONF["state_dir"], state.STATE_FILE), "w") as f:
+        f.write("{not json")
+    mocker.patch.object(snapshot, "take", return_value=alice_only())
+    assert len(every_map()["passwd"]) == 1
+    assert counts() == (1, 2)
+
+
+def test_a_failed_listing_records_no_counts(mocker):
+    state.save(CONF["state_dir"], scope(), 3, 2)
+    mocker.patch.object(snapshot, "take", side_effect=ListingError("Users page 2: short"))
+    with pytest.raises(error.InvalidMap):
+        CoreWeaveSource(dict(CONF)).GetPasswdMap()
+    assert counts() == (3, 2)
