@@ -40,6 +40,7 @@ CONF = REPO / "conf"
 KEYS_COMMAND = "/usr/local/sbin/nsscache-coreweave-keys"
 SSHD = "/usr/sbin/sshd"
 LIBNSS_CACHE = "/usr/lib/x86_64-linux-gnu/libnss_cache.so.2"
+HOST_STATE_DIR = "/var/lib/nsscache"  # nsscache's and the source's state on a real node
 REQUIRED = ("unshare", "nsenter", "mount", "ssh", "ssh-keygen", SSHD)
 
 
@@ -186,15 +187,16 @@ class LoginNode:
             if not any(line.startswith(db + ":") for line in lines):
                 lines.append(snippet[db])
         nsswitch.write_text("\n".join(lines) + "\n")
-        # nsscache.conf: the shipped example, pointed at the FakeIAM and this node's state directory.
+        # nsscache.conf: the shipped example, pointed at the FakeIAM; what it keeps in /var/lib/nsscache
+        # (timestamps, the shrink guard's state) goes to this node's state directory instead.
         conf = []
         for line in (CONF / "nsscache.conf").read_text().splitlines():
             if line.startswith("coreweave_base_url ="):
                 line = f"coreweave_base_url = {self.base_url}"
             elif line.startswith("coreweave_token_file ="):
                 line = f"coreweave_token_file = {token}"
-            elif line.startswith("timestamp_dir ="):
-                line = f"timestamp_dir = {self.state}"
+            elif not line.startswith("#"):
+                line = line.replace(f"= {HOST_STATE_DIR}", f"= {self.state}")
             conf.append(line)
         (self.etc / "nsscache.conf").write_text("\n".join(conf) + "\n")
         # sshd: Debian's sshd_config (it includes sshd_config.d/*.conf) plus the shipped snippet.
@@ -343,7 +345,7 @@ def make_keys_venv(wheel: Path) -> Path:
     return root / "bin"
 
 
-__all__ = ["LoginNode", "Login", "Sshd", "make_key", "make_keys_venv", "public_key", "fingerprint", "snapshot",
+__all__ = ["HOST_STATE_DIR", "LoginNode", "Login", "Sshd", "make_key", "make_keys_venv", "public_key", "fingerprint", "snapshot",
            "require_environment", "run", "stop", "KEYS_COMMAND"]
 
 

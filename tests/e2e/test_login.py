@@ -25,12 +25,12 @@ sys.path.insert(0, str(HERE.parent / "integration"))
 from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
 from fakeiam import FakeIAM  # noqa: E402
 from loginnode import (  # noqa: E402
-    KEYS_COMMAND, LoginNode, fingerprint, make_key, make_keys_venv, public_key, require_environment, run, snapshot,
+    HOST_STATE_DIR, KEYS_COMMAND, LoginNode, fingerprint, make_key, make_keys_venv, public_key, require_environment, run, snapshot,
 )
 from node import EXT, TOKEN  # noqa: E402
 
 REPO = HERE.parents[1]
-HOST_PATHS = ("/etc", "/usr/local/sbin")
+HOST_PATHS = ("/etc", "/usr/local/sbin", HOST_STATE_DIR)  # a missing one must stay missing
 
 ALICE_ID = "uid=20001(alice) gid=20001 groups=20001,30001(slurm-users),30002(slurm-admins)\n"
 FRANK_ID = "uid=20006(frank) gid=20006 groups=20006,30001(slurm-users)\n"
@@ -68,7 +68,7 @@ def host_before():
     before = snapshot(*HOST_PATHS)
     yield before
     after = snapshot(*HOST_PATHS)
-    assert after == before, "the host's /etc or /usr/local/sbin changed"
+    assert after == before, f"the host's {', '.join(HOST_PATHS)} changed"
 
 
 @pytest.fixture(scope="module")
