@@ -84,6 +84,7 @@ def _setup_logging(verbose: bool, *, background: bool) -> None:
         except OSError:
             pass  # keep stderr
     root.addHandler(handler)
+    logging.getLogger("nss_cache_coreweave").setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:
         logging.getLogger("urllib3").setLevel(logging.WARNING)
 
@@ -294,8 +295,11 @@ def _map_status(conf, name: str, now: float, last_run: Optional[dict], max_age: 
     updated = _read_timestamp(os.path.join(conf.timestamp_dir, f"timestamp-{name}-update"))
     cache = conf.options[name].cache
     path = os.path.join(cache.get("dir", "/etc"), f"{name}.{cache.get('cache_filename_suffix', 'cache')}")
-    # nsscache's timestamps have whole seconds; a map the last run wrote is at least that new.
-    missed = bool(last_run and updated is not None and updated < int(last_run.get("started", 0)))
+    # A failed run hands nsscache no map. After a good run, a map nsscache
+    # did not write (e.g. an empty map) has an older timestamp (whole seconds).
+    missed = bool(last_run) and (
+        last_run.get("outcome") != "ok" or (updated is not None and updated < int(last_run.get("started", 0)))
+    )
     if updated is None:
         status = "unknown"
     elif missed:

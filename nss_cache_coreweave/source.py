@@ -26,6 +26,11 @@ from .errors import ConfigError, CoreWeaveError, FetchError, GuardError, Listing
 __all__ = ["CoreWeaveSource", "directory", "register", "log_directory"]
 
 log = logging.getLogger("nss_cache_coreweave")
+# nsscache leaves the root logger at WARNING unless run with -v, which would
+# swallow the run's summary line and the dropped entries logged at INFO; our
+# records still go through nsscache's own handlers (terminal or syslog).
+if log.level == logging.NOTSET:
+    log.setLevel(logging.INFO)
 
 _Outcome = Union[snapshot.Snapshot, policy.Directory, CoreWeaveError]
 # ("snapshot", server, attributes, allow-list) -> Snapshot; ("directory", Config) -> Directory
