@@ -49,3 +49,10 @@ deb:
 	cd $(DEB_BUILD)/src && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage --no-sign -b
 	cp $(DEB_BUILD)/*.deb $(DEB_OUT)/
 	@ls -l $(DEB_OUT)/*.deb
+
+# make bench   issue 5's benchmarks: the real nsscache against a synthetic 10,000- and
+# 100,000-user organisation on loopback, compared with the floor; writes docs/benchmarks.md.
+# BENCH_ARGS="--million" adds 1,000,000 users; "--profile" prints a cProfile of one sync.
+.PHONY: bench
+bench: install
+	$(PY) -m benchmarks $(BENCH_ARGS)
