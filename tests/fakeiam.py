@@ -99,6 +99,14 @@ class Fault:
     :param replay_page: answer as if page ``replay_page`` had been asked for (a
         repeated page: same ``Resources``, same ``startIndex``/``nextCursor``).
     :param disconnect: close the connection without sending anything.
+    :param cut_after: send the status line, the headers (with the full
+        ``Content-Length``) and only this many body bytes, then close the
+        connection: a connection reset mid-body.
+    :param chunked: send the body with ``Transfer-Encoding: chunked`` and no
+        ``Content-Length`` (a client cannot know the size in advance).
+    :param drip: seconds to wait between pieces of ``drip_bytes`` body bytes: a
+        server that answers at once but trickles the body (each piece arrives
+        well within a read timeout).
     :param times: how many matching requests it serves; ``None`` for all of them.
 
     ``fired`` counts the requests it served.
@@ -112,6 +120,10 @@ class Fault:
     delay: float = 0.0
     replay_page: int | None = None
     disconnect: bool = False
+    cut_after: int | None = None
+    chunked: bool = False
+    drip: float = 0.0
+    drip_bytes: int = 64
     times: int | None = 1
     fired: int = field(default=0, compare=False)
 
@@ -122,6 +134,10 @@ class Fault:
             raise ValueError(f"Fault page is 1-based: {self.page!r}")
         if self.times is not None and self.times < 1:
             raise ValueError(f"Fault times must be >= 1 or None: {self.times!r}")
+        if self.cut_after is not None and self.cut_after < 0:
+            raise ValueError(f"Fault cut_after must be >= 0: {self.cut_after!r}")
+        if self.drip < 0 or self.drip_bytes < 1:
+            raise ValueError(f"Fault drip must be >= 0 and drip_bytes >= 1: {self.drip!r}, {self.drip_bytes!r}")
 
     # Readable constructors for the usual cases.
     @classmethod
@@ -173,6 +189,52 @@ class Fault:
         """The normal answer, after ``seconds``."""
         return cls(endpoint, page, delay=seconds, **kw)
 
+    @classmethod
+    def cut_mid_body(cls, endpoint: str, page: int | None = None, after: int = 20, **kw: Any) -> Fault:
+        """The normal answer, its connection reset after ``after`` body bytes."""
+        return cls(endpoint, page, cut_after=after, **kw)
+
+    @classmethod
+    def truncated_json(cls, endpoint: str, page: int | None = None, keep: float = 0.5, **kw: Any) -> Fault:
+        """A complete HTTP answer whose JSON body stops after ``keep`` of itself."""
+
+        def rewrite(body: dict) -> bytes:
+            text = json.dumps(body).encode("utf-8")
+            return text[: int(len(text) * keep)]
+
+        return cls(endpoint, page, body=rewrite, **kw)
+
+    @classmethod
+    def content_type(cls, endpoint: str, page: int | None = None, value: str = "text/plain", **kw: Any) -> Fault:
+        """The normal page (valid JSON) under another ``Content-Type``."""
+        return cls(endpoint, page, headers={"Content-Type": value, **(kw.pop("headers", None) or {})}, **kw)
+
+    @classmethod
+    def html_page(cls, endpoint: str, page: int | None = None, **kw: Any) -> Fault:
+        """A 200 carrying an HTML error page, as ``text/html`` (a captive proxy)."""
+        kw.setdefault("body", b"<!DOCTYPE html><html><body><h1>Service Unavailable</h1></body></html>\n")
+        return cls.content_type(endpoint, page, "text/html; charset=utf-8", **kw)
+
+    @classmethod
+    def huge_page(cls, endpoint: str, page: int | None = None, size: int = 1 << 20, **kw: Any) -> Fault:
+        """The normal page padded with an extra attribute to at least ``size`` bytes."""
+
+        def rewrite(body: dict) -> dict:
+            body["x-padding"] = "x" * size
+            return body
+
+        return cls(endpoint, page, body=rewrite, **kw)
+
+    @classmethod
+    def redirect(cls, endpoint: str, page: int | None = None, location: str = "", status: int = 302, **kw: Any) -> Fault:
+        """A redirect to ``location`` (with an empty body)."""
+        return cls(endpoint, page, status=status, body=b"", headers={"Location": location}, **kw)
+
+    @classmethod
+    def slow_body(cls, endpoint: str, page: int | None = None, seconds_per_piece: float = 0.5, piece: int = 64, **kw: Any) -> Fault:
+        """The normal page, trickled ``piece`` bytes at a time."""
+        return cls(endpoint, page, drip=seconds_per_piece, drip_bytes=piece, **kw)
+
 
 @dataclass(frozen=True)
 class RecordedRequest:
@@ -187,6 +249,7 @@ class RecordedRequest:
     page: int | None  # page number asked for, when known
     authorized: bool
     fault: Fault | None = None
+    authorization_sent: bool = False  # an Authorization header arrived (its value is never kept)
 
 
 @dataclass
@@ -610,6 +673,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if response.delay:
             iam._closing.wait(response.delay)
         dropped = response.disconnect or iam._closing.is_set()
+        fault = response.fault
+        cut_after = None if fault is None else fault.cut_after
+        sent = len(response.body) if cut_after is None else min(cut_after, len(response.body))
         # Record before answering, so a client that has its answer sees it counted.
         iam._record(
             RecordedRequest(
@@ -618,26 +684,55 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 endpoint=endpoint,
                 params=dict(params),
                 status=0 if dropped else response.status,
-                bytes_sent=0 if dropped else len(response.body),
+                bytes_sent=0 if dropped else sent,
                 page=response.page,
                 authorized=authorized,
                 fault=response.fault,
+                authorization_sent="Authorization" in self.headers,
             )
         )
         if dropped:
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self._hang_up()
             return
+        chunked = fault is not None and fault.chunked
         self.send_response(response.status)
         for name, value in {"Content-Type": SCIM_JSON, **response.headers}.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(response.body)))
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(response.body)))
         self.end_headers()
-        self.wfile.write(response.body)
-        self.wfile.flush()
+        body = response.body[:sent]
+        drip = 0.0 if fault is None else fault.drip
+        step = len(body) or 1 if not drip else fault.drip_bytes
+        try:
+            for start in range(0, len(body), step):
+                if start and drip and iam._closing.wait(drip):
+                    break
+                piece = body[start : start + step]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                self.wfile.flush()
+            else:
+                if cut_after is None:
+                    if chunked:
+                        self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                    return
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up: what a fault is for
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+        except OSError:
+            pass
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _read_token_file(path: str) -> str:
