@@ -155,9 +155,25 @@ def growth_rows(result: "BenchResult") -> Tuple[List[str], List[List[str]]]:
     return head, rows
 
 
+def busy(machine: dict) -> Optional[str]:
+    """A warning when other work was running (1-minute load above half the usable cores)."""
+    try:
+        load = max(float(machine[k].split()[0]) for k in ("load_before", "load_after") if k in machine)
+        cores = int(machine["cores"].split()[0])
+    except (ValueError, KeyError, IndexError):
+        return None
+    if load > cores / 2:
+        return (f"the machine was busy (1-minute load average up to {load:.2f} on {cores} cores): wall times are "
+                "inflated and noisy; CPU times are less affected; request, byte and RSS figures are not")
+    return None
+
+
 def checks(result: "BenchResult") -> List[str]:
     """Sanity checks of the measurement itself (not targets)."""
     out = []
+    warning = busy(result.machine)
+    if warning:
+        out.append(f"WARNING: {warning}")
     for s in result.sizes:
         same_sync = all(r.targets_match for r in s.sync)
         same_floor = all(r.targets_match for r in s.floor)

@@ -186,6 +186,7 @@ class _Server:
             sys.executable, "-m", "benchmarks.server",
             "--users", str(users), "--groups", str(settings.groups), "--members", str(settings.members_for(users)),
             "--seed", str(settings.seed), "--token-file", str(token_file), "--ready-file", str(self.ready),
+            "--prerender", str(settings.page_size), "--pagination", settings.pagination,
         ]
         if settings.invalid is not None:
             args += ["--invalid", str(settings.invalid)]

@@ -282,6 +282,14 @@ class BenchServer:
                     page = self._pages[key] = self._render(key, total)
         return page
 
+    def prerender(self, count: int, mode: str = "index") -> None:
+        """Render every page of both endpoints for ``count`` (no attributes) ahead of the first client."""
+        for endpoint, total in self.totals.items():
+            for offset in range(0, total, max(1, count)):
+                key = (endpoint, mode, offset, count, (), ())
+                if key not in self._pages:
+                    self._pages[key] = self._render(key, total)
+
     def _render(self, key: tuple, total: int):
         started = time.perf_counter()
         endpoint, mode, offset, count, attributes, excluded = key
@@ -416,6 +424,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--token-file", type=Path, required=True)
     parser.add_argument("--ready-file", type=Path, help="written (JSON: port, base_url, org summary) once listening")
     parser.add_argument("--gzip", action="store_true", help="gzip pages for clients that accept it")
+    parser.add_argument("--prerender", type=int, default=0, metavar="COUNT",
+                        help="render every page for this count (no attributes) before listening")
+    parser.add_argument("--pagination", choices=("index", "cursor"), default="index", help="the mode --prerender renders")
     args = parser.parse_args(argv)
 
     spec_args = dict(users=args.users, groups=args.groups, members=args.members, seed=args.seed, invalid=args.invalid)
@@ -424,6 +435,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     org = Org(OrgSpec(**spec_args), cache_dir=args.cache_dir)
     server = BenchServer(org, args.token_file.read_text().strip(), port=args.port, prefix=args.prefix,
                          gzip_pages=args.gzip)
+    if args.prerender:
+        server.prerender(args.prerender, args.pagination)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server._httpd.shutdown, daemon=True).start())
     if args.ready_file:
         tmp = args.ready_file.with_name(args.ready_file.name + ".tmp")
