@@ -138,19 +138,21 @@ def script_interpreter(path: str) -> List[str]:
     return argv
 
 
-def installed_copies(patterns: Sequence[str] = SEARCH_PATTERNS) -> List[str]:
-    """Site directories (matching patterns, plus this interpreter's) that hold the package."""
-    import site
-    import sysconfig
-
+def installed_copies(patterns: Optional[Sequence[str]] = None) -> List[str]:
+    """Site directories that hold the package: those matching patterns (globs), by default
+    :data:`SEARCH_PATTERNS` plus this interpreter's own site directories."""
     dirs = []
-    for pattern in patterns:
+    for pattern in SEARCH_PATTERNS if patterns is None else patterns:
         dirs.extend(sorted(glob.glob(pattern)))
-    try:
-        dirs.extend(site.getsitepackages())
-    except AttributeError:  # very old virtualenvs
-        pass
-    dirs.append(sysconfig.get_path("purelib"))
+    if patterns is None:
+        import site
+        import sysconfig
+
+        try:
+            dirs.extend(site.getsitepackages())
+        except AttributeError:  # very old virtualenvs
+            pass
+        dirs.append(sysconfig.get_path("purelib"))
     found = []
     seen = set()
     for d in dirs:
@@ -182,10 +184,12 @@ def check_registration(
     nsscache: Optional[str] = None,
     *,
     timeout: float = 30.0,
-    search_patterns: Sequence[str] = SEARCH_PATTERNS,
+    search_patterns: Optional[Sequence[str]] = None,
 ) -> Registration:
     """Check that the interpreter running ``nsscache`` (default :func:`find_nsscache`) registers
-    the ``coreweave`` source. Never raises for a broken install: the result's ``problem`` says it."""
+    the ``coreweave`` source. Never raises for a broken install: the result's ``problem`` says it.
+    search_patterns: where to look for copies of the package installed for other Pythons
+    (default :data:`SEARCH_PATTERNS` and this interpreter's site directories)."""
     if nsscache is None:
         nsscache = find_nsscache()
         if nsscache is None:
@@ -255,10 +259,13 @@ def _with(reg: Registration, **changes) -> Registration:
     return Registration(**values)
 
 
-def _diagnose(reg: Registration, seen: dict, search_patterns: Sequence[str]) -> Registration:
+def _diagnose(reg: Registration, seen: dict, search_patterns: Optional[Sequence[str]]) -> Registration:
     python = "%s (Python %s)" % (reg.python_executable or reg.interpreter[0], reg.python_version or "?")
     head = "%s runs %s" % (reg.nsscache, python)
-    consequence = "nsscache will fail with \"source not implemented: '%s'\"" % SOURCE_NAME
+    consequence = (
+        "nsscache will fail with \"source not implemented: '%s'\" (or \"no source implementations exist\")"
+        % SOURCE_NAME
+    )
     if not reg.nss_cache_importable:
         return _with(
             reg,
@@ -295,7 +302,8 @@ def _diagnose(reg: Registration, seen: dict, search_patterns: Sequence[str]) -> 
     elif not seen.get("pth"):
         why = "%s is missing beside it (a partial install: reinstall %s)" % (PTH, DIST)
     else:
-        warnings = [line for line in reg.details if "coreweave" in line]
+        # The hook's WARNING (logging's last-resort handler prints it, then the traceback).
+        warnings = [line.strip() for line in reg.details if "cannot register the coreweave" in line]
         why = "registration failed: %s" % (warnings[-1] if warnings else "; ".join(reg.details[-3:]) or "no message")
     return _with(
         reg,

@@ -51,11 +51,10 @@ def other_minor_python() -> str:
     """A CPython >= 3.9 whose minor version differs from Debian's /usr/bin/python3 (pyenv's on this image)."""
     system = _minor(SYSTEM_PYTHON)
     root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
-    candidates = sorted(glob.glob(os.path.join(root, "versions", "3.*", "bin", "python3.*")), reverse=True)
-    candidates += sorted(glob.glob("/usr/bin/python3.[0-9]*"), reverse=True)
-    for python in candidates:
-        if not re.search(r"python3\.\d+$", python):
-            continue
+    found = glob.glob(os.path.join(root, "versions", "3.*", "bin", "python3.*")) + glob.glob("/usr/bin/python3.*")
+    found = [p for p in found if re.search(r"python3\.\d+$", p)]
+    # The newest first: what an OS upgrade brings (Debian 13 has 3.13).
+    for python in sorted(found, key=lambda p: int(p.rsplit(".", 1)[1]), reverse=True):
         minor = _minor(python)
         if minor and minor != system and tuple(map(int, minor.split("."))) >= (3, 9):
             return python

@@ -1,0 +1,149 @@
+"""nss_cache_coreweave.install: does the interpreter running `nsscache` register the source?
+Real interpreters and venvs (tests/integration/_venv.py), including a Python of another minor
+version; the system-Python cases are in test_system_pip.py and test_deb.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from _venv import run_ok
+from nss_cache_coreweave import install
+
+
+def _script(path: Path, first_line: str, rest: str = "") -> Path:
+    path.write_text(first_line + "\n" + rest)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize(
+    "first_line, second_line, argv",
+    [
+        ("#!/usr/bin/python3", "", ["/usr/bin/python3"]),
+        ("#! /usr/bin/python3", "", ["/usr/bin/python3"]),
+        ("#!/usr/bin/python3 -I", "", ["/usr/bin/python3", "-I"]),
+        ("#!/usr/bin/python3 -s -E", "", ["/usr/bin/python3", "-s -E"]),  # Linux: one argument
+        ("#!/usr/bin/env python3", "", ["/usr/bin/env", "python3"]),
+        ("#!/opt/nsscache/bin/python  ", "", ["/opt/nsscache/bin/python"]),
+        ("#!/bin/sh", "'''exec' \"/a long/path/bin/python\" \"$0\" \"$@\"", ["/a long/path/bin/python"]),
+        ("#!/bin/sh", "exec /usr/bin/python3 \"$0\"", ["/bin/sh"]),
+    ],
+)
+def test_script_interpreter(tmp_path, first_line, second_line, argv):
+    assert install.script_interpreter(str(_script(tmp_path / "nsscache", first_line, second_line))) == argv
+
+
+def test_installed_venv_registers(installed_venv):
+    reg = install.check_registration(str(installed_venv.root / "bin" / "nsscache"))
+
+    assert reg.ok and reg.problem is None, reg.problem
+    assert reg.registered and reg.nss_cache_importable
+    assert reg.python_version == "3.11"
+    assert reg.package_dir == str(installed_venv.site_packages / "nss_cache_coreweave")
+    assert reg.interpreter == (str(installed_venv.python),)
+
+
+def test_find_nsscache_prefers_the_one_beside_the_interpreter(installed_venv):
+    result = installed_venv.run("-c", "from nss_cache_coreweave.install import find_nsscache as f; print(f())")
+
+    assert result.stdout.strip() == str(installed_venv.root / "bin" / "nsscache"), result.stderr
+
+
+def test_registration_problem_is_none_when_fine(installed_venv):
+    assert install.registration_problem(str(installed_venv.root / "bin" / "nsscache")) is None
+
+
+def test_another_minor_version_is_named(other_minor_nsscache, installed_venv):
+    # nsscache run by another minor version (no package there); the package installed for 3.11.
+    reg = install.check_registration(str(other_minor_nsscache), search_patterns=[str(installed_venv.site_packages)])
+
+    assert not reg.ok
+    assert reg.python_version not in (None, "3.11") and reg.nss_cache_importable and not reg.registered
+    assert reg.problem == (
+        f"{other_minor_nsscache} runs {other_minor_nsscache.parent / 'python'} (Python {reg.python_version}), "
+        "which cannot import nss_cache_coreweave, so nsscache will fail with \"source not implemented: "
+        "'coreweave'\" (or \"no source implementations exist\"). The package is installed for another Python: "
+        f"Python 3.11 ({installed_venv.site_packages}) (installed before an OS or Python upgrade, or with another "
+        f"pip?). Install it for Python {reg.python_version}: "
+        f"`{other_minor_nsscache.parent / 'python'} -m pip install nss-cache-coreweave`"
+    )
+    assert str(installed_venv.site_packages) in reg.installed_elsewhere
+
+
+def test_hook_failures_are_explained(make_venv):
+    venv = make_venv()
+    nsscache = str(venv.root / "bin" / "nsscache")
+    run_ok([venv.python, "-m", "pip", "uninstall", "-y", "requests"], "pip uninstall requests")
+
+    broken = install.check_registration(nsscache)
+    (venv.site_packages / "nss_cache_coreweave.pth").unlink()
+    no_pth = install.check_registration(nsscache)
+
+    assert broken.package_dir == str(venv.site_packages / "nss_cache_coreweave") and not broken.registered
+    assert "does not register the 'coreweave' source (registration failed: " in broken.problem
+    assert "No module named 'requests'" in broken.problem
+    assert "(nss_cache_coreweave.pth is missing beside it (a partial install: reinstall nss-cache-coreweave))" in (
+        no_pth.problem
+    )
+
+
+def test_interpreter_without_site(installed_venv, tmp_path):
+    nsscache = _script(tmp_path / "nsscache", f"#!{installed_venv.python} -S", "import sys\n")
+
+    reg = install.check_registration(str(nsscache))
+
+    assert not reg.ok and not reg.nss_cache_importable
+    assert "which cannot import nsscache's nss_cache (ModuleNotFoundError: No module named 'nss_cache'): reinstall nsscache" in reg.problem
+
+
+def test_missing_interpreter(tmp_path):
+    nsscache = _script(tmp_path / "nsscache", "#!/usr/bin/python3.99")
+
+    reg = install.check_registration(str(nsscache))
+
+    assert reg.problem == (
+        f"{nsscache} runs /usr/bin/python3.99, which does not exist (removed by an OS upgrade?): reinstall nsscache"
+    )
+
+
+def test_not_a_script(tmp_path):
+    nsscache = tmp_path / "nsscache"
+    nsscache.write_bytes(b"\x7fELF\x02\x01")
+
+    assert install.check_registration(str(nsscache)).problem == (
+        f"cannot read the interpreter of {nsscache}: {nsscache} does not start with #!"
+    )
+
+
+def test_interpreter_that_is_not_python(tmp_path):
+    fake = _script(tmp_path / "python", "#!/bin/sh", "echo 'not json'; echo oops >&2; exit 3\n")
+    nsscache = _script(tmp_path / "nsscache", f"#!{fake}")
+
+    reg = install.check_registration(str(nsscache))
+
+    assert reg.problem == (
+        f"{fake} (the interpreter of {nsscache}) failed to run the registration probe (exit 3): oops"
+    )
+
+
+def test_no_nsscache_anywhere(monkeypatch):
+    monkeypatch.setattr(install, "find_nsscache", lambda: None)
+
+    problem = install.registration_problem()
+
+    assert problem.startswith("nsscache not found (not beside ")
+
+
+def test_the_module_is_stdlib_only():
+    # check/status may run where requests or cryptography are broken: install.py must not need them.
+    code = (
+        "import sys; import nss_cache_coreweave.install; "
+        "bad = [m for m in ('requests', 'cryptography', 'nss_cache') if m in sys.modules]; print(bad)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+
+    assert result.stdout.strip() == "[]", result.stderr
