@@ -334,8 +334,8 @@ class _Size:
 
     def profile(self) -> str:
         """One more sync under cProfile; the top functions as text."""
-        import pstats
         import io
+        import pstats
 
         out = self.workdir / "sync.prof"
         log = self._log("profile")
@@ -346,9 +346,14 @@ class _Size:
             raise BenchError(f"the profiled sync exited {m['exit']}; log {log}:\n{_tail(log)}")
         text = io.StringIO()
         stats = pstats.Stats(str(out), stream=text)
+        stats.strip_dirs()
         stats.sort_stats("tottime").print_stats(25)
-        stats.sort_stats("cumulative").print_stats(35)
-        return f"cProfile of one sync at N={self.users} (wall {m['wall']:.2f} s under the profiler; {out}):\n" + text.getvalue()
+        stats.sort_stats("cumulative").print_stats(40)
+        body = "\n".join(line for line in text.getvalue().splitlines()
+                         if line.strip() and not line.lstrip().startswith(str(out)[:20]) and "sync.prof" not in line)
+        where = f"; {out}" if self.settings.keep else ""
+        return (f"cProfile of one sync at N={self.users:,} (wall {m['wall']:.2f} s, CPU {m['user'] + m['sys']:.2f} s "
+                f"under the profiler{where}):\n{body}")
 
     def measure(self) -> SizeResult:
         s = self.settings
@@ -403,6 +408,11 @@ def run(settings: Settings, say=print) -> BenchResult:
         else:
             shutil.rmtree(base, ignore_errors=True)
     machine["load_after"] = _loadavg()
+    after = machine_description(settings.bin_dir)
+    if after["installed_files"] != machine["installed_files"]:
+        machine["installed"] = ("WARNING: the installed package changed during the run (someone ran `make install`?): "
+                                "the figures mix two versions; rerun")
+        machine["installed_matches"] = "no"
     return BenchResult(settings=settings, sizes=results, machine=machine, command="", started=time.strftime(
         "%Y-%m-%d %H:%M:%S %Z", time.localtime(started)), seconds=time.time() - started)
 
@@ -482,6 +492,7 @@ def machine_description(bin_dir: Path) -> Dict[str, str]:
                       f"WARNING: the installed copy ({info['package_dir']}) differs from the working tree in "
                       f"{', '.join(differs)}: run `make install`"),
         "installed_matches": "yes" if not differs else "no",
+        "installed_files": json.dumps(info["files"], sort_keys=True),
         "load_before": _loadavg(),
     }
 
