@@ -51,6 +51,7 @@ __all__ = [
     "authorized_keys",
     "fingerprint",
     "find_line",
+    "install_wrapper",
     "parse_keys",
     "parse_timestamp",
     "read_settings",
