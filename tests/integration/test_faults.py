@@ -1,0 +1,882 @@
+"""Fault injection through the real ``nsscache update --full`` (issue 3, item 5).
+
+One table, ``SCENARIOS``: what the directory or the network can do to a run,
+and every kind of bad record. Each scenario runs the stock nsscache 0.49
+script (this project's wheel installed non-editably beside it) as a
+subprocess against ``tests/fakeiam.py`` on loopback and asserts
+
+* the exit status of ``nsscache update --full``;
+* the key log line (nsscache logs to stderr: stdin is a terminal);
+* the caches: after a whole-run failure, every cache, index and timestamp
+  file byte-identical to those of the good run before it; after a per-entry
+  rejection, exactly the caches of a fault-free run without the offending
+  entry (or with the documented change, for a replaced shell or a cleaned
+  GECOS); after a retried fault, exactly the fault-free caches;
+* the wall time: below the run's ``coreweave_deadline`` + 5 s; and a bounded
+  number of requests (nothing loops).
+
+``docs/faults.md`` is generated from the same table
+(``python tests/integration/test_faults.py --write-doc``), and
+``test_docs_faults_md_is_this_table`` fails when the two differ: the document
+lists what these tests observe, and cannot drift from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pty
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "unit"))  # unit_keys: real keys, made per run
+from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
+from fakeiam import FakeIAM, Fault  # noqa: E402
+from node import EXT, MAPS, TOKEN, Node, expected_caches  # noqa: E402
+
+REPO = HERE.parents[1]
+DOC = REPO / "docs" / "faults.md"
+DEMO_ORG = json.loads((REPO / "demo" / "org.json").read_text())
+
+# Every faulty run gets these unless its scenario says otherwise: small
+# pages (so there is a page 2 and 3 of Users), one retry, short waits.
+FAULT_SETTINGS = {
+    "page_size": "2",
+    "retries": "1",
+    "max_retry_wait": "1",
+    "timeout": "5",
+    "deadline": "20",
+}
+MAX_REQUESTS = 40  # per run, both endpoints: far above any honest run here (6 users, 3 groups)
+# The node's own accounts (coreweave_local_passwd / coreweave_local_group):
+LOCAL_PASSWD = (
+    "root:x:0:0:root:/root:/bin/bash\n"
+    "daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+    "sshd:x:105:65534::/run/sshd:/usr/sbin/nologin\n"
+    "localadmin:x:1000:1000:Local Admin:/home/localadmin:/bin/bash\n"
+)
+LOCAL_GROUP = "root:x:0:\nsudo:x:27:localadmin\ndocker:x:999:\nlocaladmin:x:1000:\n"
+
+# What a scenario's run ends in.
+WHOLE_RUN = "whole run refused"
+RETRIED = "recovered, written"
+REJECTED = "entry rejected"
+CHANGED = "entry kept, changed"
+ACCEPTED = "accepted by the operator"
+KINDS = (WHOLE_RUN, RETRIED, REJECTED, CHANGED, ACCEPTED)
+KIND_MEANING = {
+    WHOLE_RUN: "exit 75 or 4; every cache, index and timestamp file byte-identical to the good run's before",
+    RETRIED: "exit 0; the fault was retried or tolerated; exactly the caches of a fault-free run",
+    REJECTED: "exit 0; exactly the caches of a fault-free run: the bad entry (every party to a duplicate) absent",
+    CHANGED: "exit 0; the entry present with the bad part dropped (a key), replaced (a shell) or cleaned (GECOS)",
+    ACCEPTED: "exit 0; an intended shrink written after the operator's one-shot override",
+}
+
+
+# --- the organisation and its expected caches ---------------------------------
+
+
+def user_named(org: dict, name: str) -> dict:
+    return next(u for u in org["Users"] if u[EXT]["sunkPosixUsername"] == name)
+
+
+def group_named(org: dict, name: str) -> dict:
+    return next(g for g in org["Groups"] if g["sunkPosixGroupName"] == name)
+
+
+def mallory(uid=20100, gid=20100, name="mallory", *, id="u-mallory", display="Mallory Mal", **extension) -> dict:
+    """A well-formed IAM user: each scenario breaks one thing about her."""
+    fields = {"sunkPosixUsername": name, "sunkPosixUid": uid, "sunkPosixGid": gid, "sunkSshKeys": []}
+    fields.update(extension)
+    return {
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", EXT],
+        "id": id,
+        "userName": "mallory@example.com",
+        "displayName": display,
+        "active": True,
+        EXT: fields,
+    }
+
+
+def add_member(org: dict, group: str, user_id: str, kind: str = "User") -> None:
+    group_named(org, group)["members"].append({"value": user_id, "type": kind})
+
+
+def adding(resource: dict, *, to: str = "slurm-users", top: Optional[dict] = None) -> Callable[[dict], None]:
+    """An org edit: add ``resource`` (a user, with ``top`` merged into its
+    top level) as a member of group ``to``."""
+
+    def edit(org: dict) -> None:
+        user = {**resource, **(top or {})}
+        org["Users"].append(user)
+        add_member(org, to, user["id"])
+
+    return edit
+
+
+def adding_group(name: str, gid, members=(), group_id: str = "g-extra") -> Callable[[dict], None]:
+    def edit(org: dict) -> None:
+        org["Groups"].append({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+            "id": group_id,
+            "displayName": name,
+            "sunkPosixGroupName": name,
+            "sunkPosixGid": gid,
+            "members": [{"value": user_named(org, m)["id"], "type": "User"} for m in members],
+        })
+
+    return edit
+
+
+def editing(path: Callable[[dict], dict], **changes) -> Callable[[dict], None]:
+    def edit(org: dict) -> None:
+        path(org).update(changes)
+
+    return edit
+
+
+def both(*edits: Callable[[dict], None]) -> Callable[[dict], None]:
+    def edit(org: dict) -> None:
+        for e in edits:
+            e(org)
+
+    return edit
+
+
+Caches = Dict[str, str]
+
+
+def fault_free() -> Caches:
+    return expected_caches(DEMO_ORG)
+
+
+def same(caches: Caches) -> Caches:
+    return caches
+
+
+def without_users(*names: str) -> Callable[[Caches], Caches]:
+    def expect(caches: Caches) -> Caches:
+        out = {}
+        for name, text in caches.items():
+            lines = []
+            for line in text.splitlines():
+                if name == "group":
+                    head, _, members = line.rpartition(":")
+                    line = head + ":" + ",".join(m for m in members.split(",") if m and m not in names)
+                elif line.split(":", 1)[0] in names:
+                    continue
+                lines.append(line)
+            out[name] = "".join(f"{line}\n" for line in lines)
+        return out
+
+    return expect
+
+
+def without_groups(*names: str) -> Callable[[Caches], Caches]:
+    def expect(caches: Caches) -> Caches:
+        kept = [line for line in caches["group"].splitlines() if line.split(":", 1)[0] not in names]
+        return {**caches, "group": "".join(f"{line}\n" for line in kept)}
+
+    return expect
+
+
+def with_mallory(passwd_line: str, keys: Tuple[str, ...] = ()) -> Callable[[Caches], Caches]:
+    """The fault-free caches plus mallory (last by name) in slurm-users."""
+
+    def expect(caches: Caches) -> Caches:
+        group = caches["group"].replace("slurm-users:x:30001:alice,bob,erin,frank", "slurm-users:x:30001:alice,bob,erin,frank,mallory")
+        return {
+            "passwd": caches["passwd"] + passwd_line + "\n",
+            "group": group,
+            "shadow": caches["shadow"] + "mallory:*:::::::\n",
+            "sshkey": caches["sshkey"] + (f"mallory:{list(keys)!r}\n" if keys else ""),
+        }
+
+    return expect
+
+
+def homes_from_attributes(caches: Caches) -> Caches:
+    """Without coreweave_home_directory: alice's attribute, /home/<name> for the rest."""
+    passwd = caches["passwd"]
+    for name in ("bob", "erin", "frank"):
+        passwd = passwd.replace(f":/mnt/home/{name}:", f":/home/{name}:")
+    return {**caches, "passwd": passwd}
+
+
+def then(*steps: Callable[[Caches], Caches]) -> Callable[[Caches], Caches]:
+    def expect(caches: Caches) -> Caches:
+        for step in steps:
+            caches = step(caches)
+        return caches
+
+    return expect
+
+
+def key(kind: str) -> str:
+    """Real public keys, made once per run (tests/unit/unit_keys.py)."""
+    import unit_keys
+
+    return {
+        "ed25519": unit_keys.ed25519_key("mallory"),
+        "ed25519-b": unit_keys.ed25519_key("mallory-b"),
+        "rsa-1024": unit_keys.rsa_key(1024),
+        "dsa": unit_keys.dsa_key(),
+    }[kind]
+
+
+# --- the table -------------------------------------------------------------------
+
+
+@dataclass
+class Ctx:
+    """What a scenario's hooks see."""
+
+    iam: FakeIAM
+    other: FakeIAM  # a second server: where a redirect points
+    node: Node
+    result: Optional[subprocess.CompletedProcess] = None
+    elapsed: float = 0.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    injected: str  # what is done to the run, for docs/faults.md
+    kind: str  # one of KINDS
+    status: int  # exit status of the run
+    message: str  # in stderr; {base}: the server's base URL, {other}: the redirect target's host:port
+    settings: Dict[str, str] = field(default_factory=dict)  # coreweave_* for the faulty run
+    faults: Callable[[Ctx], List[Fault]] = lambda ctx: []
+    org: Optional[Callable[[dict], None]] = None  # edits the organisation
+    expect: Callable[[Caches], Caches] = same  # per-entry: the fault-free caches -> these
+    groups: str = "slurm-users, slurm-admins"
+    home_template: Optional[str] = "/mnt/home/%%u"
+    prepare: Optional[Callable[[Ctx], None]] = None  # after the good run, before the faulty one
+    check: Optional[Callable[[Ctx], None]] = None  # more assertions afterwards
+    command: Tuple[str, ...] = ("nsscache", "update", "--full")
+    env: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def deadline(self) -> float:
+        return float({**FAULT_SETTINGS, **self.settings}["deadline"])
+
+    def caches_text(self) -> str:
+        return {
+            WHOLE_RUN: "byte-identical",
+            RETRIED: "written: exactly the fault-free caches",
+            REJECTED: "the fault-free caches: the entry absent",
+            CHANGED: "the entry present, changed as logged",
+            ACCEPTED: "written: the smaller directory",
+        }[self.kind]
+
+
+def requests_to(endpoint: str, count: int) -> Callable[[Ctx], None]:
+    def check(ctx: Ctx) -> None:
+        assert ctx.iam.request_count(endpoint) == count, [r.target for r in ctx.iam.requests(endpoint)]
+
+    return check
+
+
+def waited_at_least(seconds: float) -> Callable[[Ctx], None]:
+    def check(ctx: Ctx) -> None:
+        assert ctx.elapsed >= seconds, ctx.elapsed
+
+    return check
+
+
+def redirect_target_got_nothing(ctx: Ctx) -> None:
+    # The token must not reach another host: the client never goes there.
+    assert ctx.other.requests() == []
+    assert ctx.iam.request_count("Users") == 1
+
+
+def page_with(change: Callable[[dict], None]) -> Callable[[dict], dict]:
+    def rewrite(body: dict) -> dict:
+        change(body)
+        return body
+
+    return rewrite
+
+
+def alice_renamed(body: dict) -> None:
+    """Page 2 carries alice again, changed: she was edited mid-listing."""
+    alice = copy.deepcopy(user_named(DEMO_ORG, "alice"))
+    alice["displayName"] = "Alice Smith-Jones"
+    body["Resources"].append(alice)
+    body["itemsPerPage"] = len(body["Resources"])
+
+
+def cursor_to_itself(ctx: Ctx) -> List[Fault]:
+    """Page 2's nextCursor is the cursor that fetched page 2."""
+    cursor = ctx.iam._issue_cursor("Users", 2)
+    return [Fault("Users", 2, body=page_with(lambda body: body.update(nextCursor=cursor)), times=None)]
+
+
+def only_alice(org: dict) -> None:
+    slurm_users = group_named(org, "slurm-users")
+    slurm_users["members"] = [m for m in slurm_users["members"] if m["value"] == user_named(org, "alice")["id"]]
+
+
+def no_members(org: dict) -> None:
+    for name in ("slurm-users", "slurm-admins"):
+        group_named(org, name)["members"] = []
+
+
+def no_admins_group(org: dict) -> None:
+    org["Groups"] = [g for g in org["Groups"] if g["sunkPosixGroupName"] != "slurm-admins"]
+
+
+def rotate_token(ctx: Ctx) -> None:
+    ctx.iam.token = "a-rotated-token"  # the node still holds the old one
+
+
+SHRINK_4_TO_1 = "refusing to shrink users from 4 to 1 (-75%, more than coreweave_max_shrink 25% of the last accepted run)"
+ALICE_ONLY = {
+    "passwd": "alice:x:20001:20001:Alice Smith:/mnt/home/alice:/bin/bash\n",
+    "group": "slurm-admins:x:30002:alice\nslurm-users:x:30001:alice\n",
+    "shadow": "alice:*:::::::\n",
+}
+NOT_POSIX = "is not a POSIX portable name (a-z 0-9 _ . -, at most 32, lower-case)"
+MALLORY = "mallory:x:20100:20100:Mallory Mal:/mnt/home/mallory"
+
+SCENARIOS: List[Scenario] = [
+    # --- transport: retried, then the run goes on --------------------------------
+    Scenario("500-then-success", "HTTP 500 once on Users page 2", RETRIED, 0,
+             "Users page 2: HTTP 500 from {base} ('injected fault: HTTP 500'); retrying in",
+             faults=lambda ctx: [Fault.error("Users", 2, 500)], check=requests_to("Users", 4)),
+    Scenario("429-retry-after", "HTTP 429 with Retry-After: 1 once on Users page 1", RETRIED, 0,
+             "Users page 1: HTTP 429 from {base} ('injected fault: HTTP 429'); retrying in 1.0 s (1 of 1)",
+             faults=lambda ctx: [Fault.rate_limited("Users", 1, retry_after=1)], check=waited_at_least(1.0)),
+    Scenario("slow-once", "Users page 1 answered after 3 s once, coreweave_timeout 1", RETRIED, 0,
+             "Users page 1: ReadTimeout talking to {base}; retrying in",
+             settings={"timeout": "1"}, faults=lambda ctx: [Fault.stall("Users", 1, seconds=3)]),
+    Scenario("reset-mid-body-once", "connection reset after 40 body bytes once on Users page 2", RETRIED, 0,
+             "Users page 2: ChunkedEncodingError talking to {base}; retrying in",
+             faults=lambda ctx: [Fault.cut_mid_body("Users", 2, after=40)]),
+    Scenario("dropped-once", "connection closed without an answer once on Groups page 1", RETRIED, 0,
+             "Groups page 1: ConnectionError talking to {base}; retrying in",
+             faults=lambda ctx: [Fault("Groups", 1, disconnect=True)]),
+    Scenario("chunked-body", "Users pages sent chunked (no Content-Length)", RETRIED, 0,
+             "run ok", faults=lambda ctx: [Fault("Users", None, chunked=True, times=None)]),
+    # --- transport: the whole run fails (SourceUnavailable: exit 75) ------------
+    Scenario("500-every-attempt", "HTTP 500 on every attempt at Users page 2", WHOLE_RUN, 75,
+             "Users page 2: HTTP 500 from {base} ('injected fault: HTTP 500') (after 2 attempts): the server is failing, try later",
+             faults=lambda ctx: [Fault.error("Users", 2, 500, times=None)], check=requests_to("Users", 3)),
+    Scenario("429-every-attempt", "HTTP 429 with Retry-After: 1 on every attempt", WHOLE_RUN, 75,
+             "Users page 1: HTTP 429 from {base} ('injected fault: HTTP 429') (after 2 attempts): the server is failing, try later",
+             faults=lambda ctx: [Fault.rate_limited("Users", 1, retry_after=1, times=None)]),
+    Scenario("slow-beyond-timeout", "Groups page 1 answered after 10 s, coreweave_timeout 1", WHOLE_RUN, 75,
+             "Groups page 1: ReadTimeout talking to {base} (after 2 attempts): is the network or the server down?",
+             settings={"timeout": "1"}, faults=lambda ctx: [Fault.stall("Groups", 1, seconds=10, times=None)]),
+    Scenario("reset-mid-body", "connection reset after 40 body bytes of Users page 2, every time", WHOLE_RUN, 75,
+             "Users page 2: ChunkedEncodingError talking to {base} (after 2 attempts): is the network or the server down?",
+             faults=lambda ctx: [Fault.cut_mid_body("Users", 2, after=40, times=None)]),
+    Scenario("connection-dropped", "connection closed without an answer, every time", WHOLE_RUN, 75,
+             "Groups page 1: ConnectionError talking to {base} (after 2 attempts): is the network or the server down?",
+             faults=lambda ctx: [Fault("Groups", 1, disconnect=True, times=None)]),
+    Scenario("401", "the server no longer accepts the node's token", WHOLE_RUN, 75,
+             "Groups page 1: HTTP 401 from {base} ('invalid or expired bearer token'): the bearer token is missing, "
+             "expired or lacks the SUNK/SCIM permissions: check coreweave_token_file or NSSCACHE_SCIM_AUTH_TOKEN",
+             prepare=rotate_token, check=requests_to("Groups", 1)),
+    Scenario("403", "HTTP 403 on Groups page 1", WHOLE_RUN, 75,
+             "Groups page 1: HTTP 403 from {base} ('injected fault: HTTP 403'): the bearer token is missing, "
+             "expired or lacks the SUNK/SCIM permissions: check coreweave_token_file or NSSCACHE_SCIM_AUTH_TOKEN",
+             faults=lambda ctx: [Fault.error("Groups", 1, 403, times=None)], check=requests_to("Groups", 1)),
+    Scenario("404", "coreweave_users_endpoint names no endpoint", WHOLE_RUN, 75,
+             "Users page 1: HTTP 404 from {base} (\"no SCIM endpoint at '/scim/cw-demo/People'\"): not retried; "
+             "check coreweave_base_url and the endpoints",
+             settings={"users_endpoint": "People"}),
+    Scenario("400", "HTTP 400 on Users page 1", WHOLE_RUN, 75,
+             "Users page 1: HTTP 400 from {base} ('injected fault: HTTP 400'): not retried; check coreweave_base_url and the endpoints",
+             faults=lambda ctx: [Fault.error("Users", 1, 400, times=None)], check=requests_to("Users", 1)),
+    Scenario("redirect-to-another-host", "HTTP 302 from Users page 1 to another host", WHOLE_RUN, 75,
+             "Users page 1: HTTP 302 redirect to {other}: refusing to follow it (the bearer token must not go anywhere else); "
+             "set coreweave_base_url to the final URL",
+             faults=lambda ctx: [Fault.redirect("Users", 1, location=f"http://localhost:{ctx.other.port}/scim/cw-demo/Users", times=None)],
+             check=redirect_target_got_nothing),
+    Scenario("deadline-while-retrying", "Groups page 1 never answers; coreweave_deadline 2, coreweave_timeout 30", WHOLE_RUN, 75,
+             "Groups page 1: ReadTimeout talking to {base}: no time left to retry within coreweave_deadline (2 s)",
+             settings={"deadline": "2", "timeout": "30", "retries": "3"},
+             faults=lambda ctx: [Fault.stall("Groups", 1, seconds=30, times=None)]),
+    Scenario("deadline-across-pages", "every Users page takes 1 s; coreweave_deadline 2.5", WHOLE_RUN, 75,
+             ": ReadTimeout talking to {base}: no time left to retry within coreweave_deadline (2.5 s)",
+             settings={"deadline": "2.5", "retries": "3"},
+             faults=lambda ctx: [Fault.stall("Users", None, seconds=1, times=None)]),
+    Scenario("deadline-slow-body", "Users page 1 trickled 150 bytes every 0.5 s (about 9 s); coreweave_deadline 2", WHOLE_RUN, 75,
+             "Users page 1: coreweave_deadline (2 s) exceeded while reading",
+             settings={"deadline": "2"},
+             faults=lambda ctx: [Fault.slow_body("Users", 1, seconds_per_piece=0.5, piece=150, times=None)]),
+    Scenario("deadline-slow-chunked-body", "Users page 1 trickled in 150-byte chunks every 0.5 s; coreweave_deadline 2", WHOLE_RUN, 75,
+             "Users page 1: coreweave_deadline (2 s) exceeded while reading",
+             settings={"deadline": "2"},
+             faults=lambda ctx: [Fault("Users", 1, chunked=True, drip=0.5, drip_bytes=150, times=None)]),
+    # --- not a complete listing (InvalidMap for each of the 4 maps: exit 4) ------
+    Scenario("truncated-json", "Users page 2's JSON cut in half (complete HTTP answer)", WHOLE_RUN, 4,
+             "Users page 2: the response is not JSON: refusing a malformed listing",
+             faults=lambda ctx: [Fault.truncated_json("Users", 2)]),
+    Scenario("wrong-content-type", "Users page 2 as text/plain (valid JSON inside)", WHOLE_RUN, 4,
+             "Users page 2: the response is text/plain, not JSON: refusing a malformed listing",
+             faults=lambda ctx: [Fault.content_type("Users", 2, "text/plain")]),
+    Scenario("html-error-page-200", "an HTML error page with 200 and text/html for Groups page 1", WHOLE_RUN, 4,
+             "Groups page 1: the response is text/html, not JSON: refusing a malformed listing",
+             faults=lambda ctx: [Fault.html_page("Groups", 1)]),
+    Scenario("html-as-scim-json", "an HTML page with 200, labelled application/scim+json", WHOLE_RUN, 4,
+             "Users page 3: the response is not JSON: refusing a malformed listing",
+             faults=lambda ctx: [Fault.not_json("Users", 3)]),
+    Scenario("not-a-list-response", "a SCIM Error body with 200", WHOLE_RUN, 4,
+             "Users page 1: the response is not a SCIM ListResponse (schemas ['urn:ietf:params:scim:api:messages:2.0:Error'])",
+             faults=lambda ctx: [Fault("Users", 1, body={"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "detail": "x"})]),
+    Scenario("missing-totalResults", "Users page 1 without totalResults", WHOLE_RUN, 4,
+             "Users page 1: totalResults is None, not a non-negative integer: refusing a listing we cannot check",
+             faults=lambda ctx: [Fault.wrong_total("Users", 1, total=None)]),
+    Scenario("changing-totalResults", "totalResults 99 on Users page 2 (6 on page 1)", WHOLE_RUN, 4,
+             "Users page 2 has totalResults 99, page 1 said 6: refusing a partial listing",
+             faults=lambda ctx: [Fault.wrong_total("Users", 2, total=99)]),
+    Scenario("itemsPerPage-0", "itemsPerPage 0 on Users page 2 (2 resources)", WHOLE_RUN, 4,
+             "Users page 2 says itemsPerPage 0 but holds 2 resources: refusing a partial listing",
+             faults=lambda ctx: [Fault("Users", 2, body=page_with(lambda b: b.update(itemsPerPage=0)))]),
+    Scenario("fewer-than-promised", "Users page 2 holds 1 resource, says itemsPerPage 2", WHOLE_RUN, 4,
+             "Users page 2 says itemsPerPage 2 but holds 1 resources: refusing a partial listing",
+             faults=lambda ctx: [Fault("Users", 2, body=page_with(lambda b: b["Resources"].pop()))]),
+    Scenario("empty-page-before-total", "Users page 2 empty (itemsPerPage 0), totalResults 6", WHOLE_RUN, 4,
+             "Users page 2 (startIndex 3) brought no new resources after 2 of 6: refusing a partial listing",
+             faults=lambda ctx: [Fault.empty_page("Users", 2)]),
+    Scenario("repeated-page", "Users page 2 answered with page 1 (startIndex ignored)", WHOLE_RUN, 4,
+             "Users page 2 (startIndex 3) brought no new resources after 2 of 6: refusing a partial listing",
+             faults=lambda ctx: [Fault.repeated_page("Users", 2, of_page=1, times=None)]),
+    Scenario("cursor-loop", "cursor paging: Users page 2 answered with page 1 and its nextCursor", WHOLE_RUN, 4,
+             "Users page 2 makes no progress (repeated cursor or no new resources): refusing an endless listing",
+             settings={"pagination": "cursor"},
+             faults=lambda ctx: [Fault.repeated_page("Users", 2, of_page=1, times=None)]),
+    Scenario("cursor-repeats-itself", "cursor paging: Users page 2's nextCursor is the cursor of page 2", WHOLE_RUN, 4,
+             "Users page 2 makes no progress (repeated cursor or no new resources): refusing an endless listing",
+             settings={"pagination": "cursor"}, faults=cursor_to_itself),
+    Scenario("duplicate-id-different-content", "alice again on Users page 2, with another displayName", WHOLE_RUN, 4,
+             f"Users page 2: id {user_named(DEMO_ORG, 'alice')['id']!r} appears twice with different content: "
+             "the directory changed during the listing, refusing it (the next run will retry)",
+             faults=lambda ctx: [Fault("Users", 2, body=page_with(alice_renamed))]),
+    Scenario("more-than-max-pages", "3 pages of Users, coreweave_max_pages 2", WHOLE_RUN, 4,
+             "Users: more than coreweave_max_pages (2) pages: refusing an endless listing",
+             settings={"max_pages": "2"}, check=requests_to("Users", 2)),
+    Scenario("huge-page", "Users page 2 padded to 200 kB (Content-Length), coreweave_max_page_bytes 65536", WHOLE_RUN, 4,
+             "Users page 2: the response is larger than coreweave_max_page_bytes (65536 bytes): refusing a runaway response",
+             settings={"max_page_bytes": "65536"},
+             faults=lambda ctx: [Fault.huge_page("Users", 2, size=200_000)]),
+    Scenario("huge-chunked-page", "Users page 2 padded to 4 MB, chunked (no Content-Length)", WHOLE_RUN, 4,
+             "Users page 2: the response is larger than coreweave_max_page_bytes (65536 bytes): refusing a runaway response",
+             settings={"max_page_bytes": "65536"},
+             faults=lambda ctx: [Fault.huge_page("Users", 2, size=4_000_000, chunked=True)]),
+    # --- whole-run guards (InvalidMap: exit 4) ----------------------------------
+    Scenario("shrink", "4 users -> 1 (slurm-users loses bob, erin, frank)", WHOLE_RUN, 4,
+             SHRINK_4_TO_1, org=only_alice),
+    Scenario("group-set-emptied", "slurm-users and slurm-admins lose every member", WHOLE_RUN, 4,
+             "refusing to shrink users from 4 to 0 (-100%", org=no_members),
+    Scenario("group-removed", "slurm-admins disappears from the directory", WHOLE_RUN, 4,
+             "refusing to shrink groups from 2 to 1 (-50%", org=no_admins_group),
+    Scenario("shrink-accepted-by-nsscache-coreweave", "4 users -> 1, `nsscache-coreweave update --accept-shrink`", ACCEPTED, 0,
+             "shrink accepted by the operator (NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1): " + SHRINK_4_TO_1,
+             org=only_alice, command=("nsscache-coreweave", "update", "--accept-shrink")),
+    Scenario("shrink-accepted-by-environment", "4 users -> 1, `NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1 nsscache update --full`", ACCEPTED, 0,
+             "shrink accepted by the operator (NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1): " + SHRINK_4_TO_1,
+             org=only_alice, env={"NSSCACHE_COREWEAVE_ACCEPT_SHRINK": "1"}),
+    # --- bad records: the entry is dropped, the run goes on (exit 0) ------------
+    Scenario("name-upper-case", "a user named Mallory", REJECTED, 0,
+             f"dropped user id u-mallory: name 'Mallory' {NOT_POSIX}", org=adding(mallory(name="Mallory"))),
+    Scenario("name-e-mail", "a user named mallory@example.com", REJECTED, 0,
+             f"dropped user id u-mallory: name 'mallory@example.com' {NOT_POSIX}", org=adding(mallory(name="mallory@example.com"))),
+    Scenario("name-33-characters", "a 33-character user name", REJECTED, 0,
+             f"dropped user id u-mallory: name '{'m' * 33}' {NOT_POSIX}", org=adding(mallory(name="m" * 33))),
+    Scenario("name-leading-dash", "a user named -mallory", REJECTED, 0,
+             f"dropped user id u-mallory: name '-mallory' {NOT_POSIX}", org=adding(mallory(name="-mallory"))),
+    Scenario("name-all-digits", "a user named 12345", REJECTED, 0,
+             f"dropped user 12345: name '12345' {NOT_POSIX}", org=adding(mallory(name="12345"))),
+    Scenario("name-colon", "a user named mal:lory", REJECTED, 0,
+             f"dropped user id u-mallory: name 'mal:lory' {NOT_POSIX}", org=adding(mallory(name="mal:lory"))),
+    Scenario("name-newline", "a user named mal\\nlory", REJECTED, 0,
+             f"dropped user id u-mallory: name 'mal\\nlory' {NOT_POSIX}", org=adding(mallory(name="mal\nlory"))),
+    Scenario("name-nul", "a user named mal\\0lory", REJECTED, 0,
+             f"dropped user id u-mallory: name 'mal\\x00lory' {NOT_POSIX}", org=adding(mallory(name="mal\x00lory"))),
+    Scenario("name-comma", "a user named mal,lory (would split a group's member list)", REJECTED, 0,
+             f"dropped user id u-mallory: name 'mal,lory' {NOT_POSIX}", org=adding(mallory(name="mal,lory"))),
+    Scenario("name-missing", "a user without the username attribute", REJECTED, 0,
+             "dropped user id u-mallory: has no POSIX name", org=adding(mallory(name=None))),
+    Scenario("uid-0", "a user with uid 0", REJECTED, 0,
+             "dropped user mallory: uid 0 (root) is never accepted", org=adding(mallory(uid=0))),
+    Scenario("uid-0-string", 'a user with uid "0"', REJECTED, 0,
+             "dropped user mallory: uid 0 (root) is never accepted", org=adding(mallory(uid="0"))),
+    Scenario("uid-65534", "a user with uid 65534 (nobody)", REJECTED, 0,
+             "dropped user mallory: uid 65534 (nobody) is never accepted", org=adding(mallory(uid=65534))),
+    Scenario("uid-below-range", "a user with uid 999", REJECTED, 0,
+             "dropped user mallory: uid 999 is outside [1000, 4294967294]", org=adding(mallory(uid=999))),
+    Scenario("uid-above-range", "a user with uid 4294967295", REJECTED, 0,
+             "dropped user mallory: uid 4294967295 is outside [1000, 4294967294]", org=adding(mallory(uid=4294967295))),
+    Scenario("uid-huge", "a user with uid 10**30", REJECTED, 0,
+             "dropped user mallory: uid 1000000000000000000000000000000 is outside [1000, 4294967294]", org=adding(mallory(uid=10**30))),
+    Scenario("uid-negative", "a user with uid -1", REJECTED, 0,
+             "dropped user mallory: uid -1 is outside [1000, 4294967294]", org=adding(mallory(uid=-1))),
+    Scenario("uid-fraction", "a user with uid 20100.5", REJECTED, 0,
+             "dropped user mallory: uid 20100.5 is missing or not an integer", org=adding(mallory(uid=20100.5))),
+    Scenario("uid-word", 'a user with uid "abc"', REJECTED, 0,
+             "dropped user mallory: uid 'abc' is missing or not an integer", org=adding(mallory(uid="abc"))),
+    Scenario("uid-object", "a user whose uid is a JSON object", REJECTED, 0,
+             "dropped user mallory: uid {{'value': 20100}} is missing or not an integer", org=adding(mallory(uid={"value": 20100}))),
+    Scenario("gid-0", "a user with primary gid 0", REJECTED, 0,
+             "dropped user mallory: gid 0 (root) is never accepted", org=adding(mallory(gid=0))),
+    Scenario("group-gid-0", "slurm-admins with gid 0", REJECTED, 0,
+             "dropped group slurm-admins: gid 0 (root) is never accepted",
+             org=editing(lambda org: group_named(org, "slurm-admins"), sunkPosixGid=0), expect=without_groups("slurm-admins")),
+    Scenario("duplicate-username", "a second user named bob", REJECTED, 0,
+             "dropped user bob: name bob is shared by bob, bob", org=adding(mallory(name="bob")), expect=without_users("bob")),
+    Scenario("duplicate-uid", "mallory with bob's uid 20002", REJECTED, 0,
+             "dropped user bob: uid 20002 is shared by bob, mallory", org=adding(mallory(uid=20002)), expect=without_users("bob")),
+    Scenario("duplicate-group-name", "a second group named slurm-admins", REJECTED, 0,
+             "dropped group slurm-admins: name slurm-admins is shared by slurm-admins, slurm-admins",
+             org=adding_group("slurm-admins", 30009, ["bob"]), expect=without_groups("slurm-admins")),
+    Scenario("duplicate-gid", "a listed group ops with slurm-admins' gid 30002", REJECTED, 0,
+             "dropped group ops: gid 30002 is shared by ops, slurm-admins",
+             groups="slurm-users, slurm-admins, ops", org=adding_group("ops", 30002, ["erin"]), expect=without_groups("slurm-admins")),
+    Scenario("local-name-root", "an IAM user named root (uid 20100)", REJECTED, 0,
+             "dropped user root: name 'root' is a local account of this node (/etc/passwd)", org=adding(mallory(name="root"))),
+    Scenario("local-name-daemon", "an IAM user named daemon", REJECTED, 0,
+             "dropped user daemon: name 'daemon' is a local account of this node (/etc/passwd)", org=adding(mallory(name="daemon"))),
+    Scenario("local-name-root-real-etc-passwd", "an IAM user named root, against the host's real /etc/passwd", REJECTED, 0,
+             "dropped user root: name 'root' is a local account of this node (/etc/passwd)",
+             settings={"local_passwd": "/etc/passwd", "local_group": "/etc/group"}, org=adding(mallory(name="root"))),
+    Scenario("local-uid", "an IAM user with the uid (1000) of a local account", REJECTED, 0,
+             "dropped user mallory: uid 1000 belongs to a local account of this node", org=adding(mallory(uid=1000))),
+    Scenario("local-group-sudo", "an IAM group named sudo, listed in coreweave_groups", REJECTED, 0,
+             "dropped group sudo: name 'sudo' is a local group of this node (/etc/group)",
+             groups="slurm-users, slurm-admins, sudo", org=adding_group("sudo", 30027, ["bob"])),
+    Scenario("local-gid", "an IAM group with the gid (1000) of a local group", REJECTED, 0,
+             "dropped group ops: gid 1000 belongs to a local group of this node",
+             groups="slurm-users, slurm-admins, ops", org=adding_group("ops", 1000, ["bob"])),
+    Scenario("home-dot-dot", "home attribute /home/../root (no home template)", REJECTED, 0,
+             "dropped user mallory: home directory '/home/../root' is not an absolute, normalised path",
+             home_template=None, org=adding(mallory(sunkHomeDirectory="/home/../root")), expect=homes_from_attributes),
+    Scenario("home-relative", "home attribute home/mallory", REJECTED, 0,
+             "dropped user mallory: home directory 'home/mallory' is not an absolute, normalised path",
+             home_template=None, org=adding(mallory(sunkHomeDirectory="home/mallory")), expect=homes_from_attributes),
+    Scenario("home-colon-newline", "home attribute /home/m:0:0\\n", REJECTED, 0,
+             "dropped user mallory: home directory '/home/m:0:0\\n' is not an absolute, normalised path",
+             home_template=None, org=adding(mallory(sunkHomeDirectory="/home/m:0:0\n")), expect=homes_from_attributes),
+    Scenario("inactive", "mallory with active false", REJECTED, 0,
+             "dropped user mallory: is inactive", org=adding(mallory(), top={"active": False})),
+    Scenario("active-not-boolean", 'mallory with active "true" (a string)', REJECTED, 0,
+             "dropped user mallory: active is 'true', not a boolean", org=adding(mallory(), top={"active": "true"})),
+    Scenario("nested-group-member", "a Group as a member of slurm-users", REJECTED, 0,
+             "dropped member slurm-users/g-nested: is a 'Group', not a User (nested groups are not supported)",
+             org=lambda org: add_member(org, "slurm-users", "g-nested", "Group")),
+    Scenario("unresolved-member", "a member id no user has", REJECTED, 0,
+             "dropped member slurm-users/u-ghost: does not resolve to any listed user",
+             org=lambda org: add_member(org, "slurm-users", "u-ghost")),
+    Scenario("key-dsa", "mallory with a DSA key and an ed25519 key", CHANGED, 0,
+             "dropped key mallory: key 1 is a DSA key, which is not accepted",
+             org=lambda org: adding(mallory(sunkSshKeys=[key("dsa"), key("ed25519")]))(org),
+             expect=with_mallory(MALLORY + ":/bin/bash", (key("ed25519"),))),
+    Scenario("key-rsa-1024", "mallory with a 1024-bit RSA key", CHANGED, 0,
+             "dropped key mallory: key 1 is a 1024-bit RSA key, below the 2048-bit minimum",
+             org=lambda org: adding(mallory(sunkSshKeys=[key("rsa-1024")]))(org), expect=with_mallory(MALLORY + ":/bin/bash")),
+    Scenario("key-garbage", "mallory with a key whose body is not base64", CHANGED, 0,
+             "dropped key mallory: key 1 has a body that is not base64",
+             org=adding(mallory(sunkSshKeys=["ssh-ed25519 !!not-a-key!!"])), expect=with_mallory(MALLORY + ":/bin/bash")),
+    Scenario("key-newline", "mallory with a key smuggling a second line", CHANGED, 0,
+             "dropped key mallory: key 1 contains a line break or NUL",
+             org=lambda org: adding(mallory(sunkSshKeys=[key("ed25519") + "\n" + key("ed25519-b")]))(org),
+             expect=with_mallory(MALLORY + ":/bin/bash")),
+    Scenario("key-options-refused", 'mallory with command="/bin/sh" in front of a key', CHANGED, 0,
+             "dropped key mallory: key 1 has unknown type 'command=\"/bin/sh\"' or authorized_keys options, which are "
+             "not accepted (coreweave_allow_key_options)",
+             org=lambda org: adding(mallory(sunkSshKeys=['command="/bin/sh" ' + key("ed25519")]))(org),
+             expect=with_mallory(MALLORY + ":/bin/bash")),
+    Scenario("key-unknown-option", 'coreweave_allow_key_options = true; exec="/bin/sh" in front of a key', CHANGED, 0,
+             "dropped key mallory: key 1 has unknown option 'exec'",
+             settings={"allow_key_options": "true"},
+             org=lambda org: adding(mallory(sunkSshKeys=['exec="/bin/sh" ' + key("ed25519")]))(org),
+             expect=with_mallory(MALLORY + ":/bin/bash")),
+    Scenario("key-options-allowed", 'coreweave_allow_key_options = true; from="10.0.0.0/8",no-pty in front of a key', CHANGED, 0,
+             "run ok",
+             settings={"allow_key_options": "true"},
+             org=lambda org: adding(mallory(sunkSshKeys=['from="10.0.0.0/8",no-pty ' + key("ed25519")]))(org),
+             expect=lambda c: with_mallory(MALLORY + ":/bin/bash", ('from="10.0.0.0/8",no-pty ' + key("ed25519"),))(c)),
+    Scenario("key-duplicates", "mallory with one key three times (other comments)", CHANGED, 0,
+             "run ok",
+             org=lambda org: adding(mallory(sunkSshKeys=[key("ed25519") + " a", key("ed25519") + " b", key("ed25519")]))(org),
+             expect=lambda c: with_mallory(MALLORY + ":/bin/bash", (key("ed25519") + " a",))(c)),
+    Scenario("shell-not-allowed", "mallory with shell /bin/sh (allowed: /bin/bash, /bin/zsh)", CHANGED, 0,
+             "dropped shell mallory: shell '/bin/sh' is not an allowed shell: /bin/bash used instead",
+             org=adding(mallory(sunkLoginShell="/bin/sh")), expect=with_mallory(MALLORY + ":/bin/bash")),
+    Scenario("shell-colon", "mallory with shell /bin/ba:sh", CHANGED, 0,
+             "dropped shell mallory: shell '/bin/ba:sh' is not an allowed shell: /bin/bash used instead",
+             org=adding(mallory(sunkLoginShell="/bin/ba:sh")), expect=with_mallory(MALLORY + ":/bin/bash")),
+    Scenario("gecos-fields-and-newline", "mallory's displayName x:0:0::/root:/bin/bash\\nevil", CHANGED, 0,
+             "run ok",
+             org=adding(mallory(display="x:0:0::/root:/bin/bash\nevil")),
+             expect=with_mallory("mallory:x:20100:20100:x00/root/bin/bashevil:/mnt/home/mallory:/bin/bash")),
+    Scenario("gecos-unicode-and-controls", "mallory's displayName Zoë\\a O'Neil\\u202e\\0", CHANGED, 0,
+             "run ok",
+             org=adding(mallory(display="Zoë\a O'Neil\u202e\0")),
+             expect=with_mallory("mallory:x:20100:20100:Zoe O'Neil:/mnt/home/mallory:/bin/bash")),
+]
+BY_ID = {s.id: s for s in SCENARIOS}
+
+
+# --- running a node ----------------------------------------------------------------
+
+
+def configure(node: Node, scenario: Scenario, base_url: str, settings: Dict[str, str]) -> None:
+    """nsscache.conf as Node.configure writes it, with the scenario's groups,
+    home template and settings, and this node's own local accounts."""
+    (node.root / "etc-passwd").write_text(LOCAL_PASSWD)
+    (node.root / "etc-group").write_text(LOCAL_GROUP)
+    values = {
+        "base_url": base_url,
+        "token_file": str(node.token_file),
+        "groups": scenario.groups,
+        "home_directory": scenario.home_template,
+        "state_dir": str(node.root / "state"),
+        "allowed_shells": "/bin/bash, /bin/zsh",
+        "local_passwd": str(node.root / "etc-passwd"),
+        "local_group": str(node.root / "etc-group"),
+        **settings,
+    }
+    node.conf.write_text(
+        "[DEFAULT]\n"
+        "source = coreweave\n"
+        "cache = files\n"
+        f"maps = {', '.join(MAPS)}\n"
+        f"timestamp_dir = {node.root / 'state'}\n"
+        f"lockfile = {node.root / 'nsscache.lock'}\n"
+        f"files_dir = {node.root / 'cache'}\n"
+        "files_cache_filename_suffix = cache\n"
+        + "".join(f"coreweave_{k} = {v}\n" for k, v in values.items() if v is not None)
+    )
+
+
+def run(node: Node, *command: str, env: Optional[Dict[str, str]] = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Like Node.run, with extra environment variables; the result carries
+    ``elapsed`` (seconds)."""
+    primary, secondary = pty.openpty()
+    try:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("NSSCACHE_")}
+        environ.update(env or {})
+        start = time.monotonic()
+        result = subprocess.run(
+            [str(node.bin / command[0]), "-c", str(node.conf), *command[1:]],
+            stdin=secondary, capture_output=True, text=True, env=environ, timeout=timeout,
+        )
+        result.elapsed = time.monotonic() - start
+        return result
+    finally:
+        os.close(primary)
+        os.close(secondary)
+
+
+def cache_files(node: Node) -> Dict[str, bytes]:
+    """Everything nsscache owns on the node: the cache directory (files and
+    any leftover temporary directory) and the map timestamps."""
+    found = {}
+    for path in sorted((node.root / "cache").iterdir()):
+        found[f"cache/{path.name}"] = path.read_bytes() if path.is_file() else b"<directory>"
+    for path in sorted((node.root / "state").glob("timestamp-*")):
+        found[f"state/{path.name}"] = path.read_bytes()
+    return found
+
+
+def read_caches(node: Node) -> Caches:
+    return {name: node.cache(name) for name in MAPS}
+
+
+def outcome(scenario: Scenario, result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}, {result.elapsed:.1f} s\n--- stderr\n{result.stderr[-6000:]}"
+
+
+@pytest.fixture(scope="module")
+def bin_dir(installed_venv) -> Path:
+    return installed_venv.python.parent
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.id for s in SCENARIOS])
+def test_fault(scenario: Scenario, bin_dir, tmp_path):
+    org = copy.deepcopy(DEMO_ORG)
+    with FakeIAM(org, token=TOKEN) as iam, FakeIAM({"Users": [], "Groups": []}) as other:
+        node = Node(tmp_path / "node", bin_dir)
+        ctx = Ctx(iam, other, node)
+        message = scenario.message.format(base=iam.base_url, other=f"localhost:{other.port}")
+        good_run_first = scenario.kind in (WHOLE_RUN, ACCEPTED)
+        if good_run_first:
+            # The caches a node has before the bad run: a good run's.
+            configure(node, scenario, iam.base_url, {})
+            first = run(node, "nsscache", "update", "--full")
+            assert first.returncode == 0, outcome(scenario, first)
+            assert read_caches(node) == fault_free()
+            iam.reset_stats()
+        before = cache_files(node)
+        if scenario.org is not None:
+            scenario.org(org)
+            iam.set_org(org)
+        if scenario.prepare is not None:
+            scenario.prepare(ctx)
+        for fault in scenario.faults(ctx):
+            iam.add_fault(fault)
+        configure(node, scenario, iam.base_url, {**FAULT_SETTINGS, **scenario.settings})
+
+        result = ctx.result = run(node, *scenario.command, env=scenario.env, timeout=scenario.deadline + 60)
+        ctx.elapsed = result.elapsed
+
+        assert result.returncode == scenario.status, outcome(scenario, result)
+        assert message in result.stderr, outcome(scenario, result)
+        # Done when: no run takes longer than its deadline + 5 s, none loops.
+        assert result.elapsed < scenario.deadline + 5, outcome(scenario, result)
+        assert iam.request_count() <= MAX_REQUESTS, [r.target for r in iam.requests()]
+        if scenario.kind == WHOLE_RUN:
+            assert cache_files(node) == before, outcome(scenario, result)
+        elif scenario.kind == ACCEPTED:
+            assert {name: node.cache(name) for name in ("passwd", "group", "shadow")} == ALICE_ONLY
+            assert node.cache("sshkey") == fault_free()["sshkey"].splitlines(keepends=True)[0]
+        else:
+            assert read_caches(node) == scenario.expect(fault_free()), outcome(scenario, result)
+        assert TOKEN not in result.stdout + result.stderr
+        if scenario.check is not None:
+            scenario.check(ctx)
+
+
+def test_a_refused_shrink_is_written_by_the_next_accepted_run_only(bin_dir, tmp_path):
+    """The operator's path: refused, then accepted once, then normal again."""
+    org = copy.deepcopy(DEMO_ORG)
+    scenario = BY_ID["shrink"]
+    with FakeIAM(org, token=TOKEN) as iam:
+        node = Node(tmp_path / "node", bin_dir)
+        configure(node, scenario, iam.base_url, {})
+        assert run(node, "nsscache", "update", "--full").returncode == 0
+        only_alice(org)
+        iam.set_org(org)
+
+        refused = run(node, "nsscache", "update", "--full")
+        still_refused = run(node, "nsscache-coreweave", "update")
+        accepted = run(node, "nsscache-coreweave", "update", "--accept-shrink")
+        next_run = run(node, "nsscache", "update", "--full")
+
+    assert refused.returncode == 4, outcome(scenario, refused)
+    assert still_refused.returncode != 0, outcome(scenario, still_refused)
+    assert SHRINK_4_TO_1 in refused.stderr and SHRINK_4_TO_1 in still_refused.stderr
+    assert accepted.returncode == 0, outcome(scenario, accepted)
+    assert next_run.returncode == 0, outcome(scenario, next_run)
+    assert "refusing to shrink" not in next_run.stderr
+    assert node.cache("passwd") == ALICE_ONLY["passwd"]
+
+
+# --- the fault injector itself ------------------------------------------------------
+
+
+def test_fakeiam_records_whether_a_token_arrived_but_never_the_token():
+    import requests
+
+    with FakeIAM(DEMO_ORG, token=TOKEN) as iam:
+        requests.get(iam.base_url + "/Users", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+        requests.get(iam.base_url + "/Users", timeout=5)
+        recorded = iam.requests()
+    assert [(r.authorization_sent, r.authorized, r.status) for r in recorded] == [(True, True, 200), (False, False, 401)]
+    assert TOKEN not in repr(recorded)
+
+
+def test_fakeiam_cut_mid_body_sends_the_promised_length_then_hangs_up():
+    import requests
+
+    with FakeIAM(DEMO_ORG) as iam:
+        iam.add_fault(Fault.cut_mid_body("Users", 1, after=10))
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            requests.get(iam.base_url + "/Users", timeout=5)
+        assert [r.bytes_sent for r in iam.requests()] == [10]
+
+
+def test_fakeiam_trickles_a_body_and_sends_chunked():
+    import requests
+
+    with FakeIAM(DEMO_ORG) as iam:
+        iam.add_fault(Fault("Users", 1, chunked=True, drip=0.05, drip_bytes=1000))
+        start = time.monotonic()
+        response = requests.get(iam.base_url + "/Users?count=2", timeout=5)
+        elapsed = time.monotonic() - start
+    assert response.headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in response.headers
+    assert len(response.json()["Resources"]) == 2
+    assert elapsed >= 0.05 * (len(response.content) // 1000)
+
+
+# --- docs/faults.md -----------------------------------------------------------------
+
+
+def _cell(text: str) -> str:
+    text = text.replace("|", "\\|")
+    return f"``{text}``" if "`" in text else f"`{text}`"
+
+
+def doc_text() -> str:
+    counts = {kind: sum(1 for s in SCENARIOS if s.kind == kind) for kind in KINDS}
+    lines = [
+        "# Fault scenarios and their observed outcomes",
+        "",
+        "Generated from `SCENARIOS` in `tests/integration/test_faults.py` (`python tests/integration/test_faults.py --write-doc`);",
+        "`test_docs_faults_md_is_this_table` fails when this file and the table differ, and `test_fault[<id>]`",
+        "asserts every row against the stock `nsscache update --full` (nsscache 0.49) run as a subprocess against",
+        "`tests/fakeiam.py` on loopback. Do not edit by hand.",
+        "",
+        f"**{len(SCENARIOS)} scenarios.**",
+        "",
+        "| outcome | what the test asserts | scenarios |",
+        "|---|---|---|",
+        *(f"| {k} | {KIND_MEANING[k]} | {counts[k]} |" for k in KINDS),
+        f"| **total** | | **{len(SCENARIOS)}** |",
+        "",
+        "Every run: page size 2 (6 users: 3 pages; 3 groups: 2 pages), `coreweave_retries = 1`,",
+        "`coreweave_max_retry_wait = 1`, `coreweave_timeout = 5`, `coreweave_deadline = 20`, unless the row says",
+        "otherwise. The organisation is `demo/org.json`; `mallory` is a well-formed user added to `slurm-users`, with",
+        "the one defect of the row. What the columns mean:",
+        "",
+        "- **exit**: the exit status of the run (75: `SourceUnavailable`, nsscache skips the remaining maps;",
+        "  4: `InvalidMap` for each of the 4 maps; 0: written).",
+        "- **log line**: a fragment of the stderr line that says what happened (`<base>`: the server's base URL;",
+        "  `<other-host>`: the redirect target).",
+        "- **caches**: see the outcomes above.",
+        "",
+        "Every run, including the failures, stays below its `coreweave_deadline` + 5 s and makes at most",
+        f"{MAX_REQUESTS} requests; the bearer token appears in no output.",
+        "",
+        "| # | scenario | injected | outcome | exit | log line (stderr) | caches |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for number, s in enumerate(SCENARIOS, 1):
+        message = s.message.format(base="<base>", other="<other-host>")
+        lines.append(
+            f"| {number} | `{s.id}` | {s.injected.replace('|', '/')} | {s.kind} | {s.status} | {_cell(message)} | {s.caches_text()} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def test_docs_faults_md_is_this_table():
+    assert DOC.exists(), "docs/faults.md is missing: python tests/integration/test_faults.py --write-doc"
+    assert DOC.read_text() == doc_text(), "docs/faults.md is stale: python tests/integration/test_faults.py --write-doc"
+
+
+def test_scenario_ids_are_unique_and_kinds_known():
+    assert len(BY_ID) == len(SCENARIOS)
+    assert {s.kind for s in SCENARIOS} <= set(KINDS)
+    assert all(s.status == 0 for s in SCENARIOS if s.kind != WHOLE_RUN)
+    assert all(s.status in (4, 75) for s in SCENARIOS if s.kind == WHOLE_RUN)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write-doc"]:
+        sys.exit("usage: python tests/integration/test_faults.py --write-doc")
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(doc_text())
+    print(f"wrote {DOC.relative_to(REPO)}: {len(SCENARIOS)} scenarios")
