@@ -64,7 +64,9 @@ if sys.path and sys.path[0] == "":  # -c: stand in for the script's own director
     sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[1]))
 out = {"version": "%d.%d" % sys.version_info[:2], "executable": sys.executable,
        "no_site": bool(sys.flags.no_site), "registered": False,
-       "venv": sys.prefix != getattr(sys, "base_prefix", sys.prefix)}
+       "venv": sys.prefix != getattr(sys, "base_prefix", sys.prefix),
+       # The .pth (or .start) imports the hook module at start-up, if Python read it.
+       "hook_loaded": "_nss_cache_coreweave_hook" in sys.modules}
 try:
     from nss_cache.sources import source_factory
     out["nss_cache"] = True
@@ -301,6 +303,12 @@ def _diagnose(reg: Registration, seen: dict, search_patterns: Optional[Sequence[
         why = "NSS_CACHE_COREWEAVE_DISABLE_HOOK is set"
     elif not seen.get("pth"):
         why = "%s is missing beside it (a partial install: reinstall %s)" % (PTH, DIST)
+    elif not seen.get("hook_loaded"):
+        why = (
+            "%s beside it was not read at start-up: %s is not a site directory of this Python "
+            "(reached through PYTHONPATH or a .pth line?); install the package into this Python"
+            % (PTH, os.path.dirname(reg.package_dir))
+        )
     else:
         # The hook's WARNING (logging's last-resort handler prints it, then the traceback).
         warnings = [line.strip() for line in reg.details if "cannot register the coreweave" in line]

@@ -4,6 +4,7 @@ version; the system-Python cases are in test_system_pip.py and test_deb.py."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,21 +75,67 @@ def test_another_minor_version_is_named(other_minor_nsscache, installed_venv):
     assert str(installed_venv.site_packages) in reg.installed_elsewhere
 
 
-def test_hook_failures_are_explained(make_venv):
-    venv = make_venv()
-    nsscache = str(venv.root / "bin" / "nsscache")
-    run_ok([venv.python, "-m", "pip", "uninstall", "-y", "requests"], "pip uninstall requests")
+def _venv_reading(tmp_path: Path, installed_venv, name: str) -> Path:
+    """A bare venv (no pip) whose sys.path reaches installed_venv's site-packages through a .pth
+    line. Python reads .pth files only in site directories, so the project's
+    nss_cache_coreweave.pth there is not read: the package imports but the hook is not installed."""
+    root = tmp_path / name
+    run_ok([sys.executable, "-m", "venv", "--without-pip", root], "creating a venv")
+    site = Path(run_ok([root / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                       "locating site-packages").stdout.strip())
+    (site / "reach.pth").write_text(f"{installed_venv.site_packages}\n")
+    nsscache = _script(root / "bin" / "nsscache", f"#!{root / 'bin' / 'python'}", "import nss_cache.app\n")
+    return nsscache
 
-    broken = install.check_registration(nsscache)
-    (venv.site_packages / "nss_cache_coreweave.pth").unlink()
-    no_pth = install.check_registration(nsscache)
 
-    assert broken.package_dir == str(venv.site_packages / "nss_cache_coreweave") and not broken.registered
-    assert "does not register the 'coreweave' source (registration failed: " in broken.problem
-    assert "No module named 'requests'" in broken.problem
+def test_hook_not_read(tmp_path, installed_venv):
+    nsscache = _venv_reading(tmp_path, installed_venv, "no-pth")
+
+    reg = install.check_registration(str(nsscache))
+
+    assert reg.package_dir == str(installed_venv.site_packages / "nss_cache_coreweave")
+    assert reg.nss_cache_importable and not reg.registered
+    assert reg.problem.endswith(
+        f"which imports nss_cache_coreweave 0.1.0 from {installed_venv.site_packages / 'nss_cache_coreweave'} but "
+        "does not register the 'coreweave' source (nss_cache_coreweave.pth beside it was not read at start-up: "
+        f"{installed_venv.site_packages} is not a site directory of this Python (reached through PYTHONPATH or a "
+        ".pth line?); install the package into this Python), so nsscache will fail with \"source not "
+        "implemented: 'coreweave'\" (or \"no source implementations exist\")"
+    ), reg.problem
+
+
+def test_hook_file_missing(tmp_path, installed_venv):
+    # A partial install: the package without its .pth (copied into a bare venv's own site-packages).
+    nsscache = _venv_reading(tmp_path, installed_venv, "partial")
+    site = nsscache.parent.parent / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    (site / "reach.pth").unlink()
+    shutil.copytree(installed_venv.site_packages / "nss_cache_coreweave", site / "nss_cache_coreweave")
+    (site / "reach.pth").write_text(f"{installed_venv.site_packages}\n")  # nss_cache, requests ... after ours
+
+    reg = install.check_registration(str(nsscache))
+
+    assert reg.package_dir == str(site / "nss_cache_coreweave")
     assert "(nss_cache_coreweave.pth is missing beside it (a partial install: reinstall nss-cache-coreweave))" in (
-        no_pth.problem
-    )
+        reg.problem
+    ), reg.problem
+
+
+def test_hook_registration_failure_is_quoted(tmp_path, installed_venv):
+    # The hook is read (the .pth is in this venv's own site-packages), but a dependency is broken:
+    # a `requests` that fails to import shadows the real one.
+    nsscache = _venv_reading(tmp_path, installed_venv, "broken-requests")
+    site = nsscache.parent.parent / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    (site / "nss_cache_coreweave.pth").write_bytes((installed_venv.site_packages / "nss_cache_coreweave.pth").read_bytes())
+    (site / "requests").mkdir()
+    (site / "requests" / "__init__.py").write_text("raise ImportError('requests is broken here')\n")
+
+    reg = install.check_registration(str(nsscache))
+
+    assert reg.nss_cache_importable and reg.package_dir and not reg.registered
+    assert (
+        "does not register the 'coreweave' source (registration failed: cannot register the coreweave nsscache "
+        "source: ImportError: requests is broken here)" in reg.problem
+    ), reg.problem
 
 
 def test_interpreter_without_site(installed_venv, tmp_path):
