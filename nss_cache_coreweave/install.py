@@ -17,6 +17,8 @@ directories of other Pythons that hold the package.
 
 Stdlib only. ``registration_problem()`` is the one-call form for ``check`` and
 ``status``: ``None`` when fine, else one message.
+
+``python3 -m nss_cache_coreweave.install [NSSCACHE]`` prints the verdict (exit 0 fine, 1 not).
 """
 
 import glob
@@ -37,6 +39,7 @@ __all__ = [
     "find_nsscache",
     "script_interpreter",
     "installed_copies",
+    "main",
 ]
 
 SOURCE_NAME = "coreweave"
@@ -324,3 +327,25 @@ def registration_problem(nsscache: Optional[str] = None, *, timeout: float = 30.
     """None when the ``nsscache`` command (default :func:`find_nsscache`) will find the source, else
     a one-paragraph message saying why not and what to do."""
     return check_registration(nsscache, timeout=timeout).problem
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """python3 -m nss_cache_coreweave.install [NSSCACHE]: 0 when the source is registered, else 1."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) > 1 or any(a.startswith("-") for a in args):
+        sys.stderr.write("usage: python3 -m nss_cache_coreweave.install [PATH-OF-NSSCACHE]\n")
+        return 2
+    reg = check_registration(args[0] if args else None)
+    if reg.ok:
+        sys.stdout.write(
+            "ok: %s runs %s (Python %s), which registers the '%s' source (%s %s from %s)\n"
+            % (reg.nsscache, reg.python_executable, reg.python_version, SOURCE_NAME, PACKAGE,
+               reg.package_version, reg.package_dir)
+        )
+        return 0
+    sys.stdout.write("problem: %s\n" % reg.problem)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from _venv import run_ok
-from nss_cache_coreweave import install
+from nss_cache_coreweave import __version__, install
 
 
 def _script(path: Path, first_line: str, rest: str = "") -> Path:
@@ -96,7 +96,7 @@ def test_hook_not_read(tmp_path, installed_venv):
     assert reg.package_dir == str(installed_venv.site_packages / "nss_cache_coreweave")
     assert reg.nss_cache_importable and not reg.registered
     assert reg.problem.endswith(
-        f"which imports nss_cache_coreweave 0.1.0 from {installed_venv.site_packages / 'nss_cache_coreweave'} but "
+        f"which imports nss_cache_coreweave {__version__} from {installed_venv.site_packages / 'nss_cache_coreweave'} but "
         "does not register the 'coreweave' source (nss_cache_coreweave.pth beside it was not read at start-up: "
         f"{installed_venv.site_packages} is not a site directory of this Python (reached through PYTHONPATH or a "
         ".pth line?); install the package into this Python), so nsscache will fail with \"source not "
@@ -194,3 +194,21 @@ def test_the_module_is_stdlib_only():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
 
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_command_line(installed_venv, tmp_path):
+    good = installed_venv.run("-m", "nss_cache_coreweave.install", str(installed_venv.root / "bin" / "nsscache"))
+    bad = installed_venv.run("-m", "nss_cache_coreweave.install", str(_script(tmp_path / "nsscache", "#!/nope")))
+    default = installed_venv.run("-m", "nss_cache_coreweave.install")  # the nsscache beside that python
+    usage = installed_venv.run("-m", "nss_cache_coreweave.install", "--help")
+
+    assert (good.returncode, good.stdout) == (
+        0,
+        f"ok: {installed_venv.root / 'bin' / 'nsscache'} runs {installed_venv.python} (Python 3.11), which "
+        f"registers the 'coreweave' source (nss_cache_coreweave {__version__} from "
+        f"{installed_venv.site_packages / 'nss_cache_coreweave'})\n",
+    ), good.stderr
+    assert (bad.returncode, bad.stdout) == (1, f"problem: {tmp_path / 'nsscache'} runs /nope, which does not exist "
+                                               "(removed by an OS upgrade?): reinstall nsscache\n")
+    assert default.returncode == 0 and default.stdout.startswith(f"ok: {installed_venv.root / 'bin' / 'nsscache'} ")
+    assert usage.returncode == 2
