@@ -5,6 +5,7 @@ fake IAM; `dpkg --purge` leaves the host as it was (HostGuard)."""
 from __future__ import annotations
 
 import configparser
+import re
 import subprocess
 from pathlib import Path
 
@@ -192,3 +193,23 @@ def test_purge_removes_everything_and_registration_reports_it(installed, host):
         capture_output=True, text=True, check=False, cwd="/",
     )
     assert "coreweave" not in result.stdout
+
+
+def test_readme_names_the_files_the_install_uses(built_deb):
+    from host import NSSCACHE_POOL_PATH
+
+    readme = (REPO / "README.md").read_text()
+
+    assert f"dist/{built_deb.name}" in readme
+    assert NSSCACHE_POOL_PATH in readme and Path(NSSCACHE_POOL_PATH).name in readme
+
+
+def test_ci_installs_the_build_dependencies():
+    # dpkg-buildpackage refuses to build without them (dpkg-checkbuilddeps); .ci/run installs them.
+    control = (REPO / "debian" / "control").read_text()
+    build_depends = control.split("Build-Depends:", 1)[1].split("\n\n", 1)[0].split("\nStandards-Version", 1)[0]
+    names = {d.strip().split(" ")[0] for d in build_depends.replace("\n", " ").split(",") if d.strip()}
+    ci = (REPO / ".ci" / "run").read_text()
+
+    names = {"debhelper" if n == "debhelper-compat" else n for n in names}
+    assert names and all(re.search(rf"[ (]{re.escape(n)}[ )\n]", ci) for n in names), names
