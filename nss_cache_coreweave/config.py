@@ -358,6 +358,11 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
     if not group_attrs.name or not group_attrs.gid:
         problems.append("coreweave_group_name_attribute and coreweave_group_gid_attribute must name an attribute")
 
+    local_passwd, local_group = absolute("local_passwd"), absolute("local_group")
+    max_shrink = number("max_shrink", float, 0.0, 1.0)
+    state_dir = absolute("state_dir")
+    metrics_file = absolute("metrics_file") if get("metrics_file") is not None else None
+
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
     return Config(
@@ -372,12 +377,12 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
         min_gid=min_gid,
         max_gid=max_gid,
         allowed_shells=shells,
-        local_passwd=absolute("local_passwd"),
-        local_group=absolute("local_group"),
+        local_passwd=local_passwd,
+        local_group=local_group,
         keys=keys,
-        max_shrink=number("max_shrink", float, 0.0, 1.0),
-        state_dir=absolute("state_dir"),
-        metrics_file=absolute("metrics_file") if get("metrics_file") is not None else None,
+        max_shrink=max_shrink,
+        state_dir=state_dir,
+        metrics_file=metrics_file,
         warnings=tuple(warnings),
     )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import posixpath
 import re
 import unicodedata
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
@@ -251,12 +250,14 @@ def _without_duplicates(entries: dict, fields: Tuple[str, ...], kind: str, drops
     """Drop every party to a name or id clash: never "last one wins"."""
     clashing = set()
     for attribute in fields:
-        counts = Counter(getattr(e, attribute) for e in entries.values())
+        holders: Dict[object, List[str]] = {}
+        for entry in entries.values():
+            holders.setdefault(getattr(entry, attribute), []).append(entry.name)
         for key, entry in entries.items():
             value = getattr(entry, attribute)
-            if counts[value] > 1:
+            if len(holders[value]) > 1:
                 clashing.add(key)
-                others = sorted(e.name for k, e in entries.items() if getattr(e, attribute) == value)
+                others = sorted(holders[value])
                 drops.append(Drop(kind, entry.name, f"{attribute} {value} is shared by {', '.join(others)}", code="duplicate"))
     return {k: e for k, e in entries.items() if k not in clashing}
 
@@ -283,13 +284,20 @@ def shrink_problem(directory: Directory, previous, max_shrink: float) -> Optiona
         ("users", previous.users, len(directory.accounts)),
         ("groups", previous.groups, len(directory.groups)),
     ):
+        override = (
+            f"If this removal is intended, run `nsscache-coreweave update --accept-shrink` once "
+            f"(or set {ACCEPT_SHRINK_ENV}=1 for one run)"
+        )
         if before > 0 and (before - now) / before > max_shrink:
             return (
                 f"refusing to shrink {what} from {before} to {now} (-{(before - now) / before:.0%}, more than "
                 f"coreweave_max_shrink {max_shrink:.0%} of the last accepted run): the previous caches are kept. "
-                f"If this removal is intended, run `nsscache-coreweave update --accept-shrink` once "
-                f"(or set {ACCEPT_SHRINK_ENV}=1 for one run)"
+                + override
             )
+        if before > 0 and now == 0:
+            # Even with the ratio guard off: an empty result after a
+            # non-empty run is far likelier an outage than a decision.
+            return f"refusing to remove all {before} {what} of the last accepted run: the previous caches are kept. " + override
     return None
 
 
@@ -341,7 +349,9 @@ def _clean_gecos(value) -> str:
     count characters, not bytes), without ':' or control characters."""
     if not isinstance(value, str):
         return ""
-    ascii_text = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode("ascii")
+    ascii_text = value if value.isascii() else (
+        unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode("ascii")
+    )
     cleaned = "".join(c for c in ascii_text if c.isprintable() and c != ":")
     return " ".join(cleaned.split())[:_GECOS_MAX]
 

@@ -75,19 +75,23 @@ def take(
     if own_session:
         session = scim.new_session(config.server)
     try:
+        # Only the allowed groups' members matter (unless everyone is wanted).
+        allowed = None if everyone or config.allowed_groups is None else frozenset(config.allowed_groups)
         groups = scim.list_resources(
             session, config.server, config.server.groups_url, "Groups",
-            lambda r: _group(r, config), _id, clock=clock, deadline=deadline, stats=stats,
+            lambda r: _group(r, config, allowed), _id, clock=clock, deadline=deadline, stats=stats,
         )
         wanted = None if everyone else _member_ids(groups, config.allowed_groups)
 
         def extract(resource: dict):
+            # A user in no allowed group is kept as its bare id, for the
+            # listing's checks: 100,000 users cost a set of strings.
             if wanted is None or resource["id"] in wanted:
                 return _user(resource, config)
-            return _Unwanted(resource["id"])
+            return resource["id"]
 
         users = scim.list_resources(
-            session, config.server, config.server.users_url, "Users", extract, _id,
+            session, config.server, config.server.users_url, "Users", extract, _user_id,
             clock=clock, deadline=deadline, stats=stats,
         )
     finally:
@@ -96,11 +100,8 @@ def take(
     return Snapshot(tuple(u for u in users if type(u) is UserRecord), tuple(groups), started)
 
 
-@dataclass(frozen=True)
-class _Unwanted:
-    """A user who is in no allowed group: only its id is kept."""
-
-    id: str
+def _user_id(item) -> str:
+    return item if type(item) is str else item.id
 
 
 def _member_ids(groups, allowed: Optional[Tuple[str, ...]]) -> Optional[set]:
@@ -171,20 +172,21 @@ def _given_family(resource: dict) -> Optional[str]:
     return text or None
 
 
-def _group(resource: dict, config: Config) -> GroupRecord:
+def _group(resource: dict, config: Config, allowed: Optional[frozenset] = None) -> GroupRecord:
+    name = resolve(resource, config.groups.name)
     members = _child(resource, "members")
-    if not isinstance(members, list):
-        members = []
+    if not isinstance(members, list) or (allowed is not None and not (isinstance(name, str) and name in allowed)):
+        members = []  # a group that is not ours: its members are never read
     return GroupRecord(
         id=resource["id"],
-        name=resolve(resource, config.groups.name),
+        name=name,
         gid=resolve(resource, config.groups.gid),
         members=tuple(_member(m) for m in members if isinstance(m, dict)),
     )
 
 
 def _member(item: dict) -> Member:
-    value, ref, kind = (_child(item, key) for key in ("value", "$ref", "type"))
+    value, ref, kind = _child(item, "value"), _child(item, "$ref"), _child(item, "type")
     if not (isinstance(value, str) and value) and isinstance(ref, str):
         value = ref.rstrip("/").rpartition("/")[2]
     return Member(

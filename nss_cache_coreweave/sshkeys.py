@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 __all__ = ["InvalidKey", "Key", "KEY_TYPES", "DEFAULT_KEY_TYPES", "MIN_RSA_BITS", "parse", "normalise"]
@@ -30,6 +29,7 @@ DEFAULT_KEY_TYPES = frozenset({"ed25519", "ecdsa", "sk-ed25519", "sk-ecdsa", "rs
 MIN_RSA_BITS = 2048
 MAX_KEY_LENGTH = 16384
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}", re.ASCII)
+_BREAK = re.compile(r"[\r\n\0]")
 _PRINTABLE = re.compile(r"[\x20-\x7e]*", re.ASCII)
 # One option: a name, optionally ="value" with \" escapes inside.
 _OPTION_RE = r'[A-Za-z0-9-]+(?:="(?:[^"\\]|\\.)*")?'
@@ -72,7 +72,7 @@ def parse(
         raise InvalidKey(f"is a JSON {type(line).__name__}, not a string")
     if len(line) > MAX_KEY_LENGTH:
         raise InvalidKey(f"is longer than {MAX_KEY_LENGTH} characters")
-    if any(c in line for c in "\r\n\0"):
+    if _BREAK.search(line):
         raise InvalidKey("contains a line break or NUL")
     line = line.strip()
     first = line.split(None, 1)[0] if line else ""
@@ -103,7 +103,7 @@ def parse(
         raise InvalidKey(f"does not decode as a {key_type} key ({e})") from None
     except Exception as e:  # cryptography raises UnsupportedAlgorithm for odd curves
         raise InvalidKey(f"cannot be loaded ({type(e).__name__})") from None
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < min_rsa_bits:
+    if key_type == "ssh-rsa" and key.key_size < min_rsa_bits:
         raise InvalidKey(f"is a {key.key_size}-bit RSA key, below the {min_rsa_bits}-bit minimum")
     if comment and not _PRINTABLE.fullmatch(comment):
         comment = ""  # a comment is decoration: drop it rather than the key

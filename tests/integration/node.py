@@ -73,12 +73,10 @@ class Node:
         return (self.root / "cache" / f"{name}.cache").read_text()
 
     def files(self) -> Dict[str, bytes]:
-        """Every cache, index and timestamp file, byte for byte."""
-        return {
-            str(p.relative_to(self.root)): p.read_bytes()
-            for p in sorted(self.root.glob("*/*"))
-            if p.is_file()
-        }
+        """Every cache and index file and nsscache's timestamps, byte for
+        byte (not the package's own run record, which every run updates)."""
+        paths = sorted(self.root.glob("cache/*")) + sorted(self.root.glob("state/timestamp-*"))
+        return {str(p.relative_to(self.root)): p.read_bytes() for p in paths if p.is_file()}
 
 
 def keys_of(org, name):

@@ -84,7 +84,7 @@ def test_resolve_with_no_paths_is_none():
 def group_record(members, **resource):
     cfg = configured()
     # Groups are listed first, then Users.
-    transport = ScriptedTransport(page([{"id": "g1", "sunkPosixGroupName": "g", "sunkPosixGid": 3000, "members": members, **resource}]), page([]))
+    transport = ScriptedTransport(page([{"id": "g1", "sunkPosixGroupName": "slurm-users", "sunkPosixGid": 3000, "members": members, **resource}]), page([]))
     snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
     return snap.groups[0]
 
