@@ -5,6 +5,8 @@
     check             configuration, connectivity and auth, attribute presence,
                       what would be written and every dropped entry
     preview MAP       the lines MAP's cache would get; touches no cache
+    slurm-sync        Slurm users, accounts and associations from the same
+                      users and groups, through sacctmgr (see slurm.py)
 
 Exit codes: 0 success; 1 a map failed / a problem was found; 2 usage or
 configuration error; 75 the directory is unavailable (EX_TEMPFAIL, as nsscache).
@@ -58,6 +60,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     status.add_argument("--max-age", type=float, metavar="SECONDS",
                         help="exit 0 fresh, 1 stale or failed, 2 unknown (never updated)")
     status.add_argument("--json", action="store_true", help="print JSON for machines")
+    sync = commands.add_parser("slurm-sync", help="reconcile Slurm users and accounts (sacctmgr) with IAM")
+    sync.add_argument("--dry-run", action="store_true", help="print the sacctmgr commands; change nothing")
+    sync.add_argument("--prune-accounts", action="store_true",
+                      help="remove managed accounts that are no longer wanted and left empty")
+    sync.add_argument("--accept-shrink", action="store_true",
+                      help="accept, for this run only, removing more than coreweave_max_shrink of the managed users")
     args = parser.parse_args(argv)
 
     _setup_logging(args.verbose, background=args.command == "update")
@@ -66,7 +74,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as e:
         log.error("%s", e)
         return EXIT_USAGE
-    commands_by_name = {"update": _update, "check": _check, "preview": _preview, "status": _status}
+    commands_by_name = {"update": _update, "check": _check, "preview": _preview, "status": _status,
+                        "slurm-sync": _slurm_sync}
     return commands_by_name[args.command](conf, args)
 
 
@@ -336,6 +345,44 @@ def _count_lines(path: str) -> Optional[int]:
 
 def _iso(epoch) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if isinstance(epoch, (int, float)) else "-"
+
+
+def _slurm_sync(conf, args) -> int:
+    """One listing of IAM, the maps' policy, then slurm.sync. Nothing changes in
+    Slurm unless the listing is complete and the guards pass."""
+    from . import slurm
+    from .source import log_directory
+
+    try:
+        config = config_mod.parse(_coreweave_options(conf))
+    except ConfigError as e:
+        log.error("%s", e)
+        return EXIT_USAGE
+    try:
+        snap = snapshot.take(config)
+    except FetchError as e:
+        log.error("coreweave: directory unavailable, Slurm left unchanged: %s", e)
+        return EXIT_TEMPFAIL
+    except CoreWeaveError as e:
+        log.error("coreweave: listing refused, Slurm left unchanged: %s", e)
+        return EXIT_FAILED
+    decided = policy.decide(snap, config)
+    log_directory(config, decided)
+    try:
+        result = slurm.sync(
+            decided, config, dry_run=args.dry_run, prune_accounts=args.prune_accounts,
+            accept_shrink=args.accept_shrink or os.environ.get(ACCEPT_SHRINK_ENV) == "1", out=sys.stdout,
+        )
+    except slurm.SlurmUnavailable as e:
+        log.error("coreweave: slurm: %s", e)
+        return EXIT_TEMPFAIL
+    except (slurm.SlurmError, GuardError) as e:
+        log.error("coreweave: slurm: %s", e)
+        return EXIT_FAILED
+    except OSError as e:
+        log.error("coreweave: slurm: cannot record state in %s: %s", config.state_dir, e.strerror or e)
+        return EXIT_FAILED
+    return EXIT_FAILED if result.conflicts else EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

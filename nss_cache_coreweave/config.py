@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import stat
 from dataclasses import dataclass
 from typing import FrozenSet, Mapping, Optional, Tuple, Union
@@ -29,6 +30,7 @@ __all__ = [
     "Config",
     "parse",
     "parse_path",
+    "SlurmSync",
 ]
 
 USER_EXTENSION = "urn:coreweave:params:scim:schemas:extension:coreweave:2.0:CoreWeaveUser"
@@ -69,6 +71,12 @@ KEYS: Mapping[str, object] = {
     "max_shrink": 0.25,
     "state_dir": "/var/lib/nsscache",
     "metrics_file": None,
+    # slurm-sync (nsscache-coreweave slurm-sync; not read by the maps)
+    "slurm_accounts": None,  # None: every listed group becomes an account of the same name
+    "slurm_cluster": None,  # None: the clusters slurmdbd knows, else ClusterName from slurm.conf
+    "slurm_parent_account": "root",
+    "slurm_sacctmgr": "sacctmgr",
+    "slurm_timeout": 600.0,
     "page_size": 1000,
     "pagination": "index",
     "max_pages": 10000,
@@ -150,6 +158,17 @@ class KeyRules:
 
 
 @dataclass(frozen=True)
+class SlurmSync:
+    """The coreweave_slurm_* keys, for ``nsscache-coreweave slurm-sync``."""
+
+    accounts: Optional[Tuple[Tuple[str, str], ...]] = None  # (group, account); None: every listed group
+    clusters: Optional[Tuple[str, ...]] = None  # None: the clusters slurmdbd knows
+    parent_account: str = "root"
+    sacctmgr: str = "sacctmgr"
+    timeout: float = 600.0  # seconds per sacctmgr call
+
+
+@dataclass(frozen=True)
 class Config:
     server: Server
     users: UserAttributes
@@ -169,6 +188,7 @@ class Config:
     state_dir: str
     metrics_file: Optional[str]  # Prometheus textfile, e.g. for node_exporter
     warnings: Tuple[str, ...] = ()
+    slurm: SlurmSync = SlurmSync()
 
 
 def parse_path(text: str) -> AttributePath:
@@ -362,6 +382,7 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
     max_shrink = number("max_shrink", float, 0.0, 1.0)
     state_dir = absolute("state_dir")
     metrics_file = absolute("metrics_file") if get("metrics_file") is not None else None
+    slurm = _slurm_sync(get, number, allowed, problems)
 
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
@@ -384,6 +405,60 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
         state_dir=state_dir,
         metrics_file=metrics_file,
         warnings=tuple(warnings),
+        slurm=slurm,
+    )
+
+
+# Slurm account, cluster and user names: lower-case (slurmdbd folds case), no ',', '=', '|' or spaces.
+_SLURM_NAME = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,63}", re.ASCII)
+
+
+def _slurm_sync(get, number, allowed, problems) -> SlurmSync:
+    """The coreweave_slurm_* keys; problems are appended to ``problems``."""
+
+    def names(key):
+        value = get(key)
+        if value is None:
+            return None
+        items = [v.strip() for v in str(value).split(",") if v.strip()]
+        bad = [v for v in items if not _SLURM_NAME.fullmatch(v)]
+        if bad or not items:
+            problems.append(f"coreweave_{key} must list lower-case Slurm names (a-z 0-9 _ . -), got {value!r}")
+        return tuple(dict.fromkeys(items))
+
+    accounts = None
+    raw = get("slurm_accounts")
+    if raw is not None:
+        pairs = []
+        for item in (i.strip() for i in str(raw).split(",")):
+            if not item:
+                continue
+            group, _, account = (p.strip() for p in item.partition("="))
+            account = account or group
+            if not group or not _SLURM_NAME.fullmatch(account):
+                problems.append(f"coreweave_slurm_accounts: {item!r} is not `group` or `group=account` "
+                                f"(account: lower-case a-z 0-9 _ . -)")
+            elif allowed is not None and group not in allowed:
+                problems.append(f"coreweave_slurm_accounts names group {group!r}, which is not in coreweave_groups")
+            elif any(g == group for g, _ in pairs):
+                problems.append(f"coreweave_slurm_accounts names group {group!r} twice")
+            else:
+                pairs.append((group, account))
+        if not str(raw).replace(",", "").strip():
+            problems.append("coreweave_slurm_accounts names no group")
+        accounts = tuple(pairs)
+    parent = str(get("slurm_parent_account")).strip()
+    if not _SLURM_NAME.fullmatch(parent):
+        problems.append(f"coreweave_slurm_parent_account must be a Slurm account name, got {parent!r}")
+    sacctmgr = str(get("slurm_sacctmgr")).strip()
+    if "/" in sacctmgr and not sacctmgr.startswith("/"):
+        problems.append(f"coreweave_slurm_sacctmgr must be a command name or an absolute path, got {sacctmgr!r}")
+    return SlurmSync(
+        accounts=accounts,
+        clusters=names("slurm_cluster"),
+        parent_account=parent,
+        sacctmgr=sacctmgr,
+        timeout=number("slurm_timeout", float, 1, 86400),
     )
 
 

@@ -77,6 +77,11 @@ DEFAULTS = {
     "max_shrink": (lambda c: c.max_shrink, 0.25),
     "state_dir": (lambda c: c.state_dir, "/var/lib/nsscache"),
     "metrics_file": (lambda c: c.metrics_file, None),
+    "slurm_accounts": (lambda c: c.slurm.accounts, None),  # slurm-sync keys: tests/unit/test_slurm.py
+    "slurm_cluster": (lambda c: c.slurm.clusters, None),
+    "slurm_parent_account": (lambda c: c.slurm.parent_account, "root"),
+    "slurm_sacctmgr": (lambda c: c.slurm.sacctmgr, "sacctmgr"),
+    "slurm_timeout": (lambda c: c.slurm.timeout, 600.0),
     "page_size": (lambda c: c.server.page_size, 1000),
     "pagination": (lambda c: c.server.pagination, "index"),
     "max_pages": (lambda c: c.server.max_pages, 10000),

@@ -1,0 +1,718 @@
+"""Slurm users and accounts from the same Directory as the maps.
+
+``nsscache-coreweave slurm-sync`` reconciles Slurm accounting (slurmdbd, through
+``sacctmgr``) with the users and groups that reach the caches:
+
+    Directory + config  -> wanted()  -> Wanted (accounts in configuration order, their members)
+    sacctmgr -n -P show -> read()    -> Current (clusters, accounts, users, associations)
+    Wanted + Current    -> plan()    -> Plan (operations, each one sacctmgr call; pure)
+    Plan                -> shrink_problem(), then apply() with ``sacctmgr -i``
+
+Ownership (what the package may touch):
+
+* an account is managed when its organization is ``MARKER``: the package sets it on
+  the accounts it creates; every other account (``root``, hand-made ones) is never
+  modified, removed, or given associations;
+* associations are added and removed only in managed accounts;
+* ``root`` and users with an AdminLevel (Operator, Administrator) are never touched;
+* a Slurm user is removed only when the package created it (recorded in
+  ``<coreweave_state_dir>/coreweave-slurm-state.json``) and no association remains:
+  slurmdbd itself deletes a user whose last association goes, so the last
+  association of a user the package did not create is kept.
+
+sacctmgr is called a bounded number of times: 3 reads plus one per cluster, and,
+per cluster, one write per new or re-parented account and one per (account, kind
+of change) for each ``ARG_BYTES`` of user names; never one per user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+
+from .errors import CoreWeaveError
+
+__all__ = [
+    "MARKER", "STATE_FILE", "LOCK_FILE", "ARG_BYTES",
+    "SlurmError", "SlurmUnavailable", "SlurmPermissionError", "SlurmStepError", "PlanError",
+    "WantedAccount", "Wanted", "AccountRow", "AssocRow", "UserRow", "Current", "Operation", "Plan",
+    "SlurmState", "Sacctmgr", "wanted", "plan", "shrink_problem", "read", "resolve_clusters",
+    "cluster_name_from_slurm_conf", "load_state", "save_state", "apply", "sync",
+]
+
+log = logging.getLogger("nss_cache_coreweave")
+
+MARKER = "nsscache-coreweave"  # the organization of every account this package manages
+STATE_FILE = "coreweave-slurm-state.json"
+LOCK_FILE = "coreweave-slurm.lock"
+# User names per sacctmgr argument: Linux refuses one argument longer than 128 KiB (MAX_ARG_STRLEN).
+ARG_BYTES = 100_000
+ROOT = "root"
+_NOT_ADMIN = ("", "none", "not set")
+_UNAVAILABLE = re.compile(
+    r"connection refused|problem talking to the database|unable to connect|persistinit|"
+    r"couldn't connect|connection timed out|no route to host|munge|authentication error",
+    re.I,
+)
+_DENIED = re.compile(r"permission denied|access/permission|privilege|not authorized|only admins", re.I)
+
+
+class SlurmError(CoreWeaveError):
+    """sacctmgr failed, or the Slurm side is not as the configuration says."""
+
+
+class SlurmUnavailable(SlurmError):
+    """slurmdbd (or munge) could not be reached, or sacctmgr timed out: try again later."""
+
+
+class SlurmPermissionError(SlurmError):
+    """slurmdbd refused: the caller is not a Slurm administrator (run as root or SlurmUser)."""
+
+
+class SlurmStepError(SlurmError):
+    """One step of an applied plan failed; the steps before it took effect (a rerun converges)."""
+
+
+class PlanError(SlurmError):
+    """The plan cannot be made: a configured cluster or the parent account does not exist."""
+
+
+# --- what IAM says -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WantedAccount:
+    name: str
+    groups: Tuple[str, ...]  # the IAM groups feeding it (present in the directory)
+    members: FrozenSet[str]
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """Slurm accounts wanted from IAM, in configuration order (a member's default
+    account is the first of theirs in this order)."""
+
+    accounts: Tuple[WantedAccount, ...]
+
+    def order(self) -> Dict[str, int]:
+        return {a.name: i for i, a in enumerate(self.accounts)}
+
+
+def wanted(directory, mapping: Optional[Sequence[Tuple[str, str]]], allowed_groups: Optional[Sequence[str]]) -> Wanted:
+    """Accounts wanted from a policy.Directory.
+
+    ``mapping`` is coreweave_slurm_accounts ((group, account) pairs), or None for
+    "every listed group becomes an account of the same name", in coreweave_groups
+    order (alphabetical for ``*``). An account whose groups are all absent from the
+    directory is not wanted (its members lose their associations).
+    """
+    present = {g.name: g for g in directory.groups}
+    if mapping is None:
+        names = list(allowed_groups) if allowed_groups is not None else sorted(present)
+        mapping = [(g, g) for g in names]
+    accounts: Dict[str, Tuple[List[str], Set[str]]] = {}
+    for group, account in mapping:
+        if group not in present:
+            continue
+        groups, members = accounts.setdefault(account, ([], set()))
+        groups.append(group)
+        members.update(present[group].members)
+    return Wanted(tuple(WantedAccount(a, tuple(g), frozenset(m)) for a, (g, m) in accounts.items()))
+
+
+# --- what slurmdbd says --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccountRow:
+    name: str
+    organization: str
+    description: str
+
+    @property
+    def managed(self) -> bool:
+        return self.organization == MARKER and self.name != ROOT
+
+
+@dataclass(frozen=True)
+class AssocRow:
+    cluster: str
+    account: str
+    user: str  # "" for the account's own association
+    partition: str
+    parent: str  # the parent account, for an account's own association
+
+
+@dataclass(frozen=True)
+class UserRow:
+    name: str
+    admin_level: str
+    defaults: Tuple[Tuple[str, str], ...] = ()  # (cluster, default account)
+
+    @property
+    def protected(self) -> bool:
+        """root and Slurm administrators/operators are never touched."""
+        return self.name == ROOT or self.admin_level.strip().lower() not in _NOT_ADMIN
+
+    def default(self, cluster: str) -> str:
+        return dict(self.defaults).get(cluster, "")
+
+
+@dataclass(frozen=True)
+class Current:
+    clusters: Tuple[str, ...]  # the clusters being reconciled
+    accounts: Mapping[str, AccountRow]
+    users: Mapping[str, UserRow]
+    assocs: Tuple[AssocRow, ...]
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+ADD_ACCOUNT = "add account"
+SET_PARENT = "set parent"
+ADD_USERS = "add users"
+SET_DEFAULT = "set default account"
+REMOVE_USERS = "remove associations"
+REMOVE_ACCOUNT = "remove account"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One modifying sacctmgr call."""
+
+    kind: str
+    cluster: str
+    account: str
+    users: Tuple[str, ...] = ()
+    parent: str = ""
+    description: str = ""
+    new_users: Tuple[str, ...] = ()  # for ADD_USERS: the users this call creates
+    creates_account: bool = False  # for ADD_ACCOUNT: the account does not exist yet anywhere
+
+    def args(self) -> List[str]:
+        """sacctmgr's arguments after ``-i``."""
+        names = ",".join(self.users)
+        where = [f"cluster={self.cluster}"]
+        if self.kind == ADD_ACCOUNT:
+            return ["add", "account", self.account, *where, f"parent={self.parent}",
+                    f"organization={MARKER}", f"description={self.description}"]
+        if self.kind == SET_PARENT:
+            return ["modify", "account", "where", f"name={self.account}", *where, "set", f"parent={self.parent}"]
+        if self.kind == ADD_USERS:
+            return ["add", "user", names, f"account={self.account}", *where]
+        if self.kind == SET_DEFAULT:
+            return ["modify", "user", "where", f"name={names}", *where, "set", f"defaultaccount={self.account}"]
+        if self.kind == REMOVE_USERS:
+            return ["remove", "user", "where", f"name={names}", f"account={self.account}", *where]
+        if self.kind == REMOVE_ACCOUNT:
+            return ["remove", "account", "where", f"name={self.account}", *where]
+        raise ValueError(f"unknown operation {self.kind!r}")
+
+    def __str__(self) -> str:
+        who = f" {len(self.users)} user(s)" if self.users else ""
+        to = f" -> {self.parent}" if self.kind in (ADD_ACCOUNT, SET_PARENT) else ""
+        return f"{self.kind} {self.account}{to}{who} on cluster {self.cluster}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    operations: Tuple[Operation, ...]
+    conflicts: Tuple[str, ...] = ()  # problems the operator must fix (exit status 1), nothing applied for them
+    notes: Tuple[str, ...] = ()  # things deliberately left alone
+    managed_users: FrozenSet[str] = frozenset()  # users holding a managed association before the run
+    losing_users: FrozenSet[str] = frozenset()  # ... and those of them left without any
+    deleted_users: FrozenSet[str] = frozenset()  # users slurmdbd deletes (no association left; created by us)
+
+    @property
+    def new_users(self) -> FrozenSet[str]:
+        return frozenset(u for op in self.operations for u in op.new_users)
+
+
+def plan(want: Wanted, current: Current, *, parent: str, created_users: Iterable[str] = (),
+         prune_accounts: bool = False, arg_bytes: int = ARG_BYTES) -> Plan:
+    """Operations turning ``current`` into what ``want`` asks, touching only what
+    the package manages (see the module's docstring). Pure: no I/O.
+
+    Order: new and re-parented accounts; then per cluster: associations added
+    (accounts in configuration order, so a user new to the cluster gets the first
+    of theirs as default account), default accounts set, associations removed,
+    empty managed accounts pruned. :raises PlanError:"""
+    created = frozenset(created_users)
+    order = want.order()
+    protected = {name for name, row in current.users.items() if row.protected} | {ROOT}
+    managed = {name for name, row in current.accounts.items() if row.managed} - {parent}
+    usable, conflicts, notes = _usable(want, current, parent, protected)
+    usable_names = {a.name for a in usable}
+    clusters = set(current.clusters)
+
+    held: Dict[str, Set[Tuple[str, str]]] = {}  # user -> {(cluster, account)}, on every cluster
+    for row in current.assocs:
+        if row.user:
+            held.setdefault(row.user, set()).add((row.cluster, row.account))
+
+    account_ops: List[Operation] = []
+    adds: Dict[Tuple[str, str], Set[str]] = {}  # (cluster, account) -> users
+    removes: Dict[Tuple[str, str], Set[str]] = {}
+    for cluster in current.clusters:
+        rows = [r for r in current.assocs if r.cluster == cluster]
+        parents = {r.account: r.parent for r in rows if not r.user}
+        if parent not in parents:
+            raise PlanError(f"coreweave_slurm_parent_account {parent!r} does not exist on cluster {cluster!r}: "
+                            f"create it (sacctmgr add account {parent} cluster={cluster}) or choose another")
+        general: Dict[str, Set[str]] = {}  # account -> users with an association for every partition
+        anywhere: Dict[str, Set[str]] = {}  # account -> users with any association
+        for r in rows:
+            if r.user:
+                anywhere.setdefault(r.account, set()).add(r.user)
+                if not r.partition:
+                    general.setdefault(r.account, set()).add(r.user)
+        for account in usable:
+            if account.name not in parents:
+                account_ops.append(Operation(
+                    ADD_ACCOUNT, cluster, account.name, parent=parent,
+                    description="coreweave iam group " + "+".join(account.groups),
+                    creates_account=account.name not in current.accounts))
+            elif parents[account.name] != parent:
+                account_ops.append(Operation(SET_PARENT, cluster, account.name, parent=parent))
+            missing = set(account.members) - protected - general.get(account.name, set())
+            if missing:
+                adds[(cluster, account.name)] = missing
+        members = {a.name: a.members for a in usable}
+        for account in managed & set(parents):
+            extra = anywhere.get(account, set()) - protected - members.get(account, frozenset())
+            if extra:
+                removes[(cluster, account)] = extra
+
+    def after(user: str) -> Set[Tuple[str, str]]:
+        gone = {key for key, users in removes.items() if user in users}
+        return (held.get(user, set()) - gone) | {key for key, users in adds.items() if user in users}
+
+    removed_users = set().union(*removes.values())
+    # slurmdbd deletes a user whose last association goes: keep it for users the package did not create.
+    for user in sorted(u for u in removed_users if u not in created and not after(u)):
+        for users in removes.values():
+            users.discard(user)
+        notes.append(f"{user}: not created by {MARKER}; its last association is kept (removing it would delete "
+                     f"the Slurm user): remove it by hand if intended")
+    deleted = frozenset(u for u in removed_users if u in created and not after(u))
+    managed_users = frozenset(r.user for r in current.assocs
+                              if r.user and r.cluster in clusters and r.account in managed and r.user not in protected)
+    losing = frozenset(u for u in managed_users
+                       if not any(c in clusters and (a in managed or a in usable_names) for c, a in after(u)))
+
+    ops: List[Operation] = list(account_ops)
+    existing_users = set(current.users)
+    rank = lambda account: (order.get(account, len(order)), account)  # noqa: E731
+    for cluster in current.clusters:
+        for account in usable:
+            for chunk in _chunks(sorted(adds.get((cluster, account.name), ())), arg_bytes):
+                new = tuple(u for u in chunk if u not in existing_users)
+                existing_users.update(new)
+                ops.append(Operation(ADD_USERS, cluster, account.name, tuple(chunk), new_users=new))
+        defaults = _defaults(cluster, usable, current, held, adds, removes, after, created, protected)
+        for account in sorted(defaults, key=rank):
+            for chunk in _chunks(sorted(defaults[account]), arg_bytes):
+                ops.append(Operation(SET_DEFAULT, cluster, account, tuple(chunk)))
+        for account in sorted((a for c, a in removes if c == cluster and removes[(c, a)]), key=rank):
+            for chunk in _chunks(sorted(removes[(cluster, account)]), arg_bytes):
+                ops.append(Operation(REMOVE_USERS, cluster, account, tuple(chunk)))
+        if prune_accounts:
+            ops += _prunes(cluster, managed - usable_names, current, removes, notes)
+    return Plan(
+        operations=tuple(ops),
+        conflicts=tuple(conflicts),
+        notes=tuple(notes),
+        managed_users=managed_users,
+        losing_users=losing,
+        deleted_users=deleted,
+    )
+
+
+def _usable(want: Wanted, current: Current, parent: str, protected: Set[str]):
+    """The wanted accounts the package may fill, the conflicts, and notes."""
+    usable: List[WantedAccount] = []
+    conflicts: List[str] = []
+    notes: List[str] = []
+    for account in want.accounts:
+        row = current.accounts.get(account.name)
+        if account.name in (ROOT, parent):
+            conflicts.append(f"account {account.name!r} (from group {', '.join(account.groups)}) is root or the "
+                             f"parent account: map the group to another account in coreweave_slurm_accounts")
+        elif row is not None and not row.managed:
+            conflicts.append(
+                f"account {account.name!r} (from group {', '.join(account.groups)}) exists and is not managed by "
+                f"{MARKER} (organization {row.organization!r}): left alone. Map the group to another account "
+                f"(coreweave_slurm_accounts = {account.groups[0]}=<account>), or hand it over with "
+                f"`sacctmgr modify account {account.name} set organization={MARKER}`"
+            )
+        else:
+            usable.append(account)
+            skipped = sorted(account.members & protected)
+            if skipped:
+                notes.append(f"{', '.join(skipped)}: root or a Slurm administrator, left alone "
+                             f"(account {account.name})")
+    return usable, conflicts, notes
+
+
+def _defaults(cluster, usable, current, held, adds, removes, after, created, protected) -> Dict[str, Set[str]]:
+    """account -> users whose default account on ``cluster`` must become it.
+
+    A user the package created gets the first of their accounts in configuration
+    order; any user whose default association goes gets the first of theirs (else
+    the first remaining account). Other users' defaults are left alone."""
+    touched = {u for (c, _), users in list(adds.items()) + list(removes.items()) if c == cluster for u in users}
+    touched |= {u for u in created if any(c == cluster for c, _ in held.get(u, ()))}
+    result: Dict[str, Set[str]] = {}
+    for user in sorted(touched - protected):
+        before = {a for c, a in held.get(user, ()) if c == cluster}
+        now = {a for c, a in after(user) if c == cluster}
+        if not now:
+            continue
+        row = current.users.get(user)
+        default = row.default(cluster) if row is not None and before else ""
+        if not before:  # new on this cluster: slurmdbd makes the first added account the default
+            default = next((a.name for a in usable if user in adds.get((cluster, a.name), ())), "")
+        mine = [a.name for a in usable if user in a.members]
+        target = default
+        if user in created and mine and default != mine[0]:
+            target = mine[0]
+        elif default not in now:
+            target = mine[0] if mine else sorted(now)[0]
+        if target != default:
+            result.setdefault(target, set()).add(user)
+    return result
+
+
+def _prunes(cluster, candidates, current, removes, notes) -> List[Operation]:
+    """Managed accounts no longer wanted and left empty on ``cluster``."""
+    rows = [r for r in current.assocs if r.cluster == cluster]
+    ops = []
+    for account in sorted(candidates):
+        if not any(r.account == account and not r.user for r in rows):
+            continue
+        left = {r.user for r in rows if r.account == account and r.user} - removes.get((cluster, account), set())
+        children = {r.account for r in rows if not r.user and r.parent == account}
+        if left or children:
+            notes.append(f"managed account {account} on {cluster} is kept: it still holds "
+                         f"{', '.join(sorted(left | children))}")
+        else:
+            ops.append(Operation(REMOVE_ACCOUNT, cluster, account))
+    return ops
+
+
+def _chunks(names: Sequence[str], limit: int) -> Iterator[List[str]]:
+    """Names in order, in lists whose comma-joined length stays within ``limit`` bytes."""
+    chunk: List[str] = []
+    size = 0
+    for name in names:
+        cost = len(name.encode()) + (1 if chunk else 0)
+        if chunk and size + cost > limit:
+            yield chunk
+            chunk, size, cost = [], 0, len(name.encode())
+        chunk.append(name)
+        size += cost
+    if chunk:
+        yield chunk
+
+
+def shrink_problem(result: Plan, max_shrink: float) -> Optional[str]:
+    """Why this plan must be refused: it leaves more than ``max_shrink`` of the users
+    holding managed associations without any (the maps' guard, on the Slurm side)."""
+    before, losing = len(result.managed_users), len(result.losing_users)
+    override = ("If this removal is intended, run `nsscache-coreweave slurm-sync --accept-shrink` once "
+                "(or set NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1 for one run)")
+    if before and losing / before > max_shrink:
+        return (
+            f"refusing to remove {losing} of {before} users from every managed Slurm account "
+            f"(-{losing / before:.0%}, more than coreweave_max_shrink {max_shrink:.0%}): nothing was changed. "
+            + override
+        )
+    if before and losing == before:
+        # Even with the ratio guard off (1): emptying every managed account is likelier an outage than a decision.
+        return f"refusing to remove all {before} users from every managed Slurm account: nothing was changed. " + override
+    return None
+
+
+# --- sacctmgr ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sacctmgr:
+    """The one place that runs sacctmgr. ``reads`` and ``writes`` count the calls."""
+
+    command: str = "sacctmgr"
+    timeout: float = 600.0
+    run: Callable[..., subprocess.CompletedProcess] = subprocess.run
+    reads: int = 0
+    writes: int = 0
+
+    def read(self, args: Sequence[str], step: str) -> List[List[str]]:
+        """``sacctmgr -n -P show ...`` as rows of fields."""
+        self.reads += 1
+        out = self._call(["-n", "-P", *args], step)
+        return [line.split("|") for line in out.splitlines() if line.strip()]
+
+    def write(self, args: Sequence[str], step: str) -> str:
+        self.writes += 1
+        return self._call(["-i", *args], step)
+
+    def argv(self, args: Sequence[str]) -> List[str]:
+        return [self.command, "-i", *args]
+
+    def _call(self, args: List[str], step: str) -> str:
+        argv = [self.command, *args]
+        try:
+            result = self.run(argv, capture_output=True, text=True, timeout=self.timeout,
+                              stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise SlurmError(f"{step}: {self.command!r} not found: install slurm-client on this host or set "
+                             f"coreweave_slurm_sacctmgr") from None
+        except PermissionError:
+            raise SlurmError(f"{step}: {self.command!r} is not executable") from None
+        except subprocess.TimeoutExpired:
+            raise SlurmUnavailable(f"{step}: sacctmgr did not answer within coreweave_slurm_timeout "
+                                   f"({self.timeout:g} s): is slurmdbd overloaded?") from None
+        text = " ".join(line.strip() for line in (result.stderr or "").splitlines() if line.strip())
+        if result.returncode != 0 or " error: " in f" {text} ":
+            detail = text or " ".join((result.stdout or "").split()) or f"exit status {result.returncode}"
+            detail = detail[:1000]
+            if _DENIED.search(detail):
+                raise SlurmPermissionError(
+                    f"{step}: slurmdbd refused (permission denied): run slurm-sync as root or SlurmUser, or as "
+                    f"a Slurm administrator (sacctmgr: {detail})")
+            if _UNAVAILABLE.search(detail):
+                raise SlurmUnavailable(f"{step}: slurmdbd is unreachable (sacctmgr: {detail})")
+            raise SlurmError(f"{step}: sacctmgr failed (exit status {result.returncode}): {detail}")
+        return result.stdout or ""
+
+
+def cluster_name_from_slurm_conf(environ: Mapping[str, str] = os.environ) -> Optional[str]:
+    """ClusterName from slurm.conf ($SLURM_CONF, else /etc/slurm/slurm.conf), or None."""
+    path = environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.split("#", 1)[0].strip().partition("=")
+                if sep and key.strip().lower() == "clustername" and value.strip():
+                    return value.strip().lower()
+    except OSError:
+        return None
+    return None
+
+
+def resolve_clusters(configured: Optional[Sequence[str]], known: Sequence[str],
+                     environ: Mapping[str, str] = os.environ) -> Tuple[str, ...]:
+    """coreweave_slurm_cluster, else every cluster slurmdbd knows, else ClusterName
+    from slurm.conf; each must be registered in slurmdbd. :raises PlanError:"""
+    if configured:
+        clusters = tuple(configured)
+    elif known:
+        clusters = tuple(known)
+    else:
+        name = cluster_name_from_slurm_conf(environ)
+        if not name:
+            raise PlanError("slurmdbd knows no cluster and slurm.conf names none (ClusterName): set "
+                            "coreweave_slurm_cluster")
+        clusters = (name,)
+    unknown = [c for c in clusters if c not in known]
+    if unknown:
+        raise PlanError(f"cluster {', '.join(unknown)} is not registered in slurmdbd (known: "
+                        f"{', '.join(known) or 'none'}): start its slurmctld once, or `sacctmgr add cluster "
+                        f"{unknown[0]}`, or set coreweave_slurm_cluster")
+    return clusters
+
+
+def read(sacctmgr: Sacctmgr, configured_clusters: Optional[Sequence[str]],
+         environ: Mapping[str, str] = os.environ) -> Current:
+    """The current state, with 3 + (number of clusters) sacctmgr calls."""
+    known = [r[0].strip() for r in sacctmgr.read(["show", "cluster", "format=cluster"], "reading clusters") if r[0].strip()]
+    clusters = resolve_clusters(configured_clusters, known, environ)
+    accounts = {}
+    for row in sacctmgr.read(["show", "account", "format=account,organization,description"], "reading accounts"):
+        if len(row) >= 2 and row[0]:
+            accounts[row[0]] = AccountRow(row[0], row[1], "|".join(row[2:]))
+    assocs = []
+    # Every cluster's: a user whose last association goes anywhere is deleted by slurmdbd.
+    for row in sacctmgr.read(["show", "association", "format=cluster,account,user,partition,parentname"],
+                             "reading associations"):
+        if len(row) == 5 and row[1]:
+            assocs.append(AssocRow(*row))
+    defaults: Dict[str, List[Tuple[str, str]]] = {}
+    levels: Dict[str, str] = {}
+    for cluster in clusters:
+        for row in sacctmgr.read(["show", "user", f"cluster={cluster}", "format=user,defaultaccount,adminlevel"],
+                                 f"reading users of cluster {cluster}"):
+            if len(row) == 3 and row[0]:
+                levels[row[0]] = row[2]
+                if row[1]:
+                    defaults.setdefault(row[0], []).append((cluster, row[1]))
+    users = {name: UserRow(name, level, tuple(defaults.get(name, ()))) for name, level in levels.items()}
+    return Current(clusters, accounts, users, tuple(assocs))
+
+
+# --- the package's own record ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlurmState:
+    """The Slurm users and accounts this package created."""
+
+    users: FrozenSet[str] = frozenset()
+    accounts: FrozenSet[str] = frozenset()
+
+
+def load_state(state_dir: str) -> SlurmState:
+    """An unreadable or missing file counts as empty: nothing is then taken for ours."""
+    try:
+        with open(os.path.join(state_dir, STATE_FILE), encoding="utf-8") as f:
+            data = json.load(f)
+        return SlurmState(frozenset(str(u) for u in data["users"]), frozenset(str(a) for a in data["accounts"]))
+    except FileNotFoundError:
+        return SlurmState()
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("coreweave: %s cannot be read (%s): no Slurm user counts as created by %s",
+                    os.path.join(state_dir, STATE_FILE), type(e).__name__, MARKER)
+        return SlurmState()
+
+
+def save_state(state_dir: str, recorded: SlurmState) -> None:
+    """Atomically, mode 0600. :raises OSError:"""
+    os.makedirs(state_dir, mode=0o755, exist_ok=True)
+    data = {"users": sorted(recorded.users), "accounts": sorted(recorded.accounts), "time": time.time()}
+    fd, tmp = tempfile.mkstemp(prefix=".coreweave-slurm-state-", dir=state_dir)  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(state_dir, STATE_FILE))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _lock(state_dir: str):
+    os.makedirs(state_dir, mode=0o755, exist_ok=True)
+    fd = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SlurmUnavailable(f"another slurm-sync is running ({os.path.join(state_dir, LOCK_FILE)} is "
+                                   f"locked)") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# --- applying --------------------------------------------------------------------------------------
+
+
+def apply(result: Plan, sacctmgr: Sacctmgr, recorded: SlurmState, save: Callable[[SlurmState], None]) -> SlurmState:
+    """Run the plan's operations in order, recording created users and accounts as
+    soon as each step succeeds. :raises SlurmError: naming the failed step."""
+    total = len(result.operations)
+    for number, op in enumerate(result.operations, 1):
+        step = f"step {number} of {total} ({op})"
+        log.info("slurm: %s", step)
+        try:
+            sacctmgr.write(op.args(), step)
+        except SlurmError as e:
+            if op.new_users:
+                recorded = _recover_created(op, sacctmgr, recorded, save)
+            if isinstance(e, (SlurmUnavailable, SlurmPermissionError)):
+                raise
+            raise SlurmStepError(f"{e}. The steps before it took effect; a rerun continues from there") from None
+        if op.new_users or op.creates_account:
+            recorded = SlurmState(
+                recorded.users | set(op.new_users),
+                recorded.accounts | ({op.account} if op.creates_account else set()),
+            )
+            save(recorded)
+    return recorded
+
+
+def _recover_created(op: Operation, sacctmgr: Sacctmgr, recorded: SlurmState, save) -> SlurmState:
+    """After a failed add: record the planned new users that exist now anyway."""
+    try:
+        rows = sacctmgr.read(["show", "user", "format=user"], "re-reading users after a failed step")
+    except SlurmError:
+        return recorded
+    exist = {r[0] for r in rows if r and r[0]}
+    made = set(op.new_users) & exist
+    if made:
+        recorded = SlurmState(recorded.users | made, recorded.accounts)
+        save(recorded)
+    return recorded
+
+
+def sync(directory, config, *, sacctmgr: Optional[Sacctmgr] = None, dry_run: bool = False,
+         prune_accounts: bool = False, accept_shrink: bool = False, out=None,
+         environ: Mapping[str, str] = os.environ) -> Plan:
+    """Read, plan, guard and (unless ``dry_run``) apply; return the plan.
+
+    ``--dry-run`` prints each sacctmgr command to ``out`` and changes nothing (not
+    even the state file). :raises SlurmError, GuardError:"""
+    from .errors import GuardError
+
+    settings = config.slurm
+    sacctmgr = sacctmgr or Sacctmgr(settings.sacctmgr, settings.timeout)
+    lock = contextlib.nullcontext() if dry_run else _lock(config.state_dir)
+    with lock:
+        recorded = load_state(config.state_dir)
+        current = read(sacctmgr, settings.clusters, environ)
+        # Forget created users that no longer exist (removed by hand): a later namesake is not ours.
+        recorded = SlurmState(recorded.users & set(current.users), recorded.accounts & set(current.accounts))
+        for account in sorted(recorded.accounts):
+            if not current.accounts[account].managed:
+                log.warning("coreweave: Slurm account %s was created by %s but its organization is now %r: "
+                            "it is no longer managed", account, MARKER, current.accounts[account].organization)
+        want = wanted(directory, settings.accounts, config.allowed_groups)
+        result = plan(want, current, parent=settings.parent_account, created_users=recorded.users,
+                      prune_accounts=prune_accounts)
+        for note in result.notes:
+            log.info("coreweave: slurm: %s", note)
+        for conflict in result.conflicts:
+            log.error("coreweave: slurm: %s", conflict)
+        problem = shrink_problem(result, config.max_shrink)
+        if problem and not accept_shrink:
+            raise GuardError(problem)
+        if problem:
+            log.warning("coreweave: shrink accepted by the operator: %s", problem)
+        counts = _counts(result)
+        if dry_run:
+            for op in result.operations:
+                print(shlex.join(sacctmgr.argv(op.args())), file=out)
+            log.info("coreweave: slurm: dry run, nothing changed: %s", counts)
+            return result
+        if not result.operations:
+            log.info("coreweave: slurm: in sync (%d managed users), nothing to do", len(result.managed_users))
+        else:
+            def save(state: SlurmState) -> None:
+                save_state(config.state_dir, state)
+
+            recorded = apply(result, sacctmgr, recorded, save)
+            log.info("coreweave: slurm: applied %s", counts)
+        final = SlurmState(recorded.users - result.deleted_users, recorded.accounts)
+        save_state(config.state_dir, final)
+        return result
+
+
+def _counts(result: Plan) -> str:
+    kinds: Dict[str, int] = {}
+    for op in result.operations:
+        kinds[op.kind] = kinds.get(op.kind, 0) + (len(op.users) or 1)
+    parts = [f"{kind}: {n}" for kind, n in kinds.items()]
+    return f"{len(result.operations)} sacctmgr call(s)" + (f" ({'; '.join(parts)})" if parts else "")
