@@ -256,8 +256,8 @@ def markdown(result: "BenchResult") -> str:
         "",
         "## Results",
         "",
-        f"Medians of {s.reps} runs each (min–max in brackets), after {s.warmup} unmeasured warm-up "
-        "run of each; sync and floor runs alternate.",
+        f"Medians of {s.reps} runs each (min–max in brackets; {s.large_reps} from 1,000,000 users on), after "
+        f"{s.warmup} unmeasured warm-up run of each; sync and floor runs alternate.",
         "",
         _md_table(*time_rows(result)),
         "",
@@ -276,7 +276,8 @@ def markdown(result: "BenchResult") -> str:
         "`files_dir` and are kept between runs, as on a node. Configuration: the five groups in `coreweave_groups`, "
         f"`coreweave_page_size = {s.page_size}`, `coreweave_pagination = {s.pagination}`, "
         "`coreweave_allowed_shells` = the organisation's shells, empty `coreweave_local_passwd`/`coreweave_local_group`, "
-        "`coreweave_max_shrink = 1`, state in the temporary directory.",
+        "`coreweave_max_shrink = 1`, state in the temporary directory; from 1,000,000 users on also "
+        "`coreweave_deadline = 1800` (the default 300 s is tight on a busy 2-core machine).",
         "- **floor**: a fresh `python benchmarks/floor.py` (same interpreter) fetching exactly the URLs the sync "
         "requested, as the server recorded them, in the same order, with one `requests.Session` (same "
         "`Authorization` and `Accept` headers) and `json.loads` of every page, nothing else.",

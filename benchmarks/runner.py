@@ -67,6 +67,7 @@ class Settings:
     members_share: float = 0.10
     members: Optional[int] = None  # absolute M for every N (overrides members_share)
     reps: int = 5
+    large_reps: int = 3  # for N >= 1,000,000
     warmup: int = 1
     page_size: int = 1_000
     pagination: str = "index"
@@ -227,7 +228,11 @@ class _Server:
                 self.proc.wait()
 
 
-def _write_conf(node: Path, base_url: str, settings: Settings) -> Path:
+LARGE_DEADLINE = 1800  # seconds, coreweave_deadline from LARGE_N users on (the default 300 s is tight at 1M)
+LARGE_N = 1_000_000
+
+
+def _write_conf(node: Path, base_url: str, settings: Settings, users: int = 0) -> Path:
     for sub in ("cache", "state"):
         (node / sub).mkdir(parents=True, exist_ok=True)
     token = node / "token"
@@ -255,6 +260,7 @@ def _write_conf(node: Path, base_url: str, settings: Settings) -> Path:
         "coreweave_max_shrink = 1\n"
         f"coreweave_page_size = {settings.page_size}\n"
         f"coreweave_pagination = {settings.pagination}\n"
+        + (f"coreweave_deadline = {LARGE_DEADLINE}\n" if users >= LARGE_N else "")
     )
     return conf
 
@@ -282,7 +288,7 @@ class _Size:
         self.node = workdir / "node"
         self.node.mkdir(parents=True)
         self.server = _Server(settings, users, workdir, self._token_file())
-        self.conf = _write_conf(self.node, self.server.base_url, settings)
+        self.conf = _write_conf(self.node, self.server.base_url, settings, users)
         self.bin = settings.bin_dir
         self.python = str(self.bin / "python")
         self.env = _child_env()
@@ -361,10 +367,11 @@ class _Size:
             self.sync()  # the first sync also records the URLs the floor replays
             self.floor()
         syncs, floors = [], []
-        for rep in range(s.reps):
+        reps = s.large_reps if self.users >= LARGE_N else s.reps
+        for rep in range(reps):
             syncs.append(self.sync())
             floors.append(self.floor())
-            self.say(f"  N={self.users:,} rep {rep + 1}/{s.reps}: sync {syncs[-1].wall:.2f} s "
+            self.say(f"  N={self.users:,} rep {rep + 1}/{reps}: sync {syncs[-1].wall:.2f} s "
                      f"(CPU {syncs[-1].cpu:.2f} s, {syncs[-1].maxrss_kb / 1024:.0f} MiB), "
                      f"floor {floors[-1].wall:.2f} s (CPU {floors[-1].cpu:.2f} s, {floors[-1].maxrss_kb / 1024:.0f} MiB)")
         profile = self.profile() if s.profile else None
@@ -510,6 +517,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="M, the distinct members of the 5 configured groups, as a share of N")
     p.add_argument("--members", type=int, default=None, help="M as an absolute number for every N")
     p.add_argument("--reps", type=int, default=5, help="measured runs of each of sync and floor per N (median)")
+    p.add_argument("--large-reps", type=int, default=3, help="measured runs per N from 1,000,000 users on")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured sync+floor pairs first")
     p.add_argument("--page-size", type=int, default=1_000, help="coreweave_page_size")
     p.add_argument("--pagination", choices=("index", "cursor"), default="index", help="coreweave_pagination")
@@ -536,11 +544,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     sizes = [int(x.replace("_", "")) for x in args.sizes.split(",") if x.strip()]
     if args.million and MILLION not in sizes:
         sizes.append(MILLION)
-    if args.reps < 1:
-        raise SystemExit("--reps must be at least 1")
+    if args.reps < 1 or args.large_reps < 1:
+        raise SystemExit("--reps and --large-reps must be at least 1")
     settings = Settings(
         sizes=sizes, groups=args.groups, members_share=args.members_share, members=args.members, reps=args.reps,
-        warmup=args.warmup, page_size=args.page_size, pagination=args.pagination, seed=args.seed,
+        large_reps=args.large_reps, warmup=args.warmup, page_size=args.page_size, pagination=args.pagination, seed=args.seed,
         invalid=args.invalid, key_pool=args.key_pool, gzip=args.gzip, bin_dir=args.bin_dir.absolute(),
         cache_dir=args.cache_dir, work_dir=args.work_dir, keep=args.keep, profile=args.profile,
     )
