@@ -132,8 +132,8 @@ def script_interpreter(path: str) -> List[str]:
     line = lines[0][2:].decode("utf-8", "surrogateescape").strip()
     if not line:
         raise ValueError("%s has an empty #! line" % path)
-    interpreter, _, argument = line.partition(" ")
-    argument = argument.strip(" \t")
+    cut = min((i for i in (line.find(" "), line.find("\t")) if i >= 0), default=len(line))
+    interpreter, argument = line[:cut], line[cut:].strip(" \t")
     argv = [interpreter] + ([argument] if argument else [])
     if os.path.basename(interpreter) == "sh" and len(lines) > 1 and lines[1].startswith(b"'''exec' "):
         # pip/distlib: #!/bin/sh \n '''exec' "/long path/bin/python" "$0" "$@"

@@ -28,6 +28,7 @@ def _script(path: Path, first_line: str, rest: str = "") -> Path:
         ("#! /usr/bin/python3", "", ["/usr/bin/python3"]),
         ("#!/usr/bin/python3 -I", "", ["/usr/bin/python3", "-I"]),
         ("#!/usr/bin/python3 -s -E", "", ["/usr/bin/python3", "-s -E"]),  # Linux: one argument
+        ("#!/usr/bin/python3\t-I", "", ["/usr/bin/python3", "-I"]),
         ("#!/usr/bin/env python3", "", ["/usr/bin/env", "python3"]),
         ("#!/opt/nsscache/bin/python  ", "", ["/opt/nsscache/bin/python"]),
         ("#!/bin/sh", "'''exec' \"/a long/path/bin/python\" \"$0\" \"$@\"", ["/a long/path/bin/python"]),
