@@ -417,8 +417,10 @@ def run(settings: Settings, say=print) -> BenchResult:
     machine["load_after"] = _loadavg()
     after = machine_description(settings.bin_dir)
     if after["installed_files"] != machine["installed_files"]:
-        machine["installed"] = ("WARNING: the installed package changed during the run (someone ran `make install`?): "
-                                "the figures mix two versions; rerun")
+        before, now = json.loads(machine["installed_files"]), json.loads(after["installed_files"])
+        changed = sorted(n for n in set(before) | set(now) if before.get(n) != now.get(n))
+        machine["installed"] = (f"WARNING: the installed package changed during the run ({', '.join(changed)}; someone "
+                                "ran `make install`?): the figures may mix two versions; rerun")
         machine["installed_matches"] = "no"
     return BenchResult(settings=settings, sizes=results, machine=machine, command="", started=time.strftime(
         "%Y-%m-%d %H:%M:%S %Z", time.localtime(started)), seconds=time.time() - started)

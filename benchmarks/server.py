@@ -12,8 +12,9 @@
 ``attributes`` and ``excludedAttributes`` (RFC 7644 §3.9) are honoured: names are
 case-insensitive, sub-attributes use ``.`` (``name.givenName``, ``members.value``),
 extension attributes carry their schema URN (``urn:...:CoreWeaveUser:sunkSshKeys``,
-or the bare URN for the whole extension); ``id`` and ``schemas`` are always
-returned. ``filter``, ``groups`` and other parameters are recorded and ignored (every
+or the bare URN for the whole extension); ``id`` (RFC 7643 §3.1: returned
+"always") and ``schemas`` (required in every representation, RFC 7643 §3; scim2-models
+always dumps it too) are always returned. ``filter``, ``groups`` and other parameters are recorded and ignored (every
 page holds every resource, as a server that does not support them answers), so the
 client's own allow-list does the work.
 
