@@ -250,6 +250,11 @@ def markdown(result: "BenchResult") -> str:
         f"- package: {m['package']}; {m['installed']}",
         f"- load average before / after: {m['load_before']} / {m.get('load_after', '?')}",
         "",
+    ]
+    warning = busy(m)
+    if warning:
+        out += [f"**Warning:** {warning}. Rerun on an idle machine before quoting wall times.", ""]
+    out += [
         "## Targets (issue 5)",
         "",
         _md_table(["target", "measured", "result"], [[t.name, t.measured, t.mark] for t in targets(result)]),
@@ -280,7 +285,9 @@ def markdown(result: "BenchResult") -> str:
         "`coreweave_deadline = 1800` (the default 300 s is tight on a busy 2-core machine).",
         "- **floor**: a fresh `python benchmarks/floor.py` (same interpreter) fetching exactly the URLs the sync "
         "requested, as the server recorded them, in the same order, with one `requests.Session` (same "
-        "`Authorization` and `Accept` headers) and `json.loads` of every page, nothing else.",
+        "`Authorization` and `Accept` headers) and `json.loads` of every page, nothing else. Because the URLs are "
+        "the same, whatever the sync asks of the server (`attributes=`, `count`, compression) makes the floor "
+        "cheaper too: the ratio measures the client's own work beyond downloading and parsing.",
         "- **wall**: fork to exit of the measured process, interpreter start-up included. **CPU**: its user + system "
         "time (`os.wait4`). **Peak RSS**: its `ru_maxrss` (MB = 10⁶ bytes). Both are measured through "
         "`benchmarks/launch.py`, a tiny launcher, because Linux reports a child's `ru_maxrss` as at least the "
