@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
-from benchmarks import keys, report, runner  # noqa: E402
+from benchmarks import keys, runner  # noqa: E402
 from benchmarks.org import CONFIGURED_GROUPS, EXT_CW, Org, OrgSpec  # noqa: E402
 from benchmarks.server import BenchServer  # noqa: E402
 from nss_cache_coreweave import sshkeys  # noqa: E402
