@@ -334,8 +334,11 @@ def _as_int(value) -> Optional[int]:
 
 
 def _clean_path(path) -> bool:
+    # ASCII only: nsscache's index offsets count characters, not bytes, and
+    # its writer cannot encode a lone surrogate.
     return (
         isinstance(path, str)
+        and path.isascii()
         and path.startswith("/")
         and not _PATH_BAD.search(path)
         and posixpath.normpath(path) == path

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import requests
 import requests.auth
+import urllib3.exceptions
 
 from . import __version__
 from .config import Server
@@ -311,6 +312,8 @@ class _Fetcher:
                 return response.status_code, response.headers, self._read(response, where)
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
             raise _Transient(type(e).__name__) from None
+        except urllib3.exceptions.HTTPError as e:  # while reading the body
+            raise _Transient(type(e).__name__) from None
         except requests.RequestException as e:
             raise FetchError(f"{where}: request failed: {type(e).__name__}") from None
 
@@ -323,14 +326,18 @@ class _Fetcher:
         if declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise too_big
         chunks, size = [], 0
-        for chunk in response.iter_content(CHUNK):
+        while True:
+            # read1: whatever one socket read brings, so that a trickling
+            # body meets the deadline check below (read(n) would wait for n).
+            chunk = response.raw.read1(CHUNK, decode_content=True)
+            if not chunk:
+                return b"".join(chunks)
             size += len(chunk)
             if size > limit:
                 raise too_big
             if self.clock.monotonic() > self.deadline:
                 raise FetchError(f"{where}: coreweave_deadline ({self.server.deadline:g} s) exceeded while reading")
             chunks.append(chunk)
-        return b"".join(chunks)
 
     def _backoff(self, attempt: int) -> float:
         """1, 2, 4 … s, capped, times a random factor in (0.5, 1] so that a

@@ -54,22 +54,26 @@ class Reply:
 
 
 class StreamedBody:
-    """``response.raw`` for a streamed Reply: what requests' iter_content reads."""
+    """``response.raw`` for a streamed Reply: like urllib3's HTTPResponse,
+    ``read1`` hands over what one socket read would bring (here: the next
+    scripted chunk), b"" at the end."""
 
     def __init__(self, chunks):
         self.chunks = list(chunks)
         self.delivered = 0  # body bytes handed to the reader
         self.closed = False
 
-    def stream(self, amt=None, decode_content=None):
-        for item in self.chunks:
+    def read1(self, amt=None, decode_content=None):
+        while self.chunks:
+            item = self.chunks.pop(0)
             if isinstance(item, BaseException):
                 raise item
             if callable(item):
                 item()
                 continue
             self.delivered += len(item)
-            yield item
+            return item
+        return b""
 
     def close(self):
         self.closed = True
@@ -168,7 +172,7 @@ class ScriptedTransport(BaseAdapter):
             content = reply.content()
             response._content = content
             response._content_consumed = True
-            response.raw = io.BytesIO(content)
+            response.raw = StreamedBody([content] if content else [])
         response.encoding = "utf-8"
         response.url = request.url
         response.request = request
