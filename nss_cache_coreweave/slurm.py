@@ -202,7 +202,7 @@ class Operation:
     def args(self) -> List[str]:
         """sacctmgr's arguments after ``-i``."""
         names = ",".join(self.users)
-        where = [f"cluster={self.cluster}"]
+        where = [f"cluster={self.cluster}"] if self.cluster else []
         if self.kind == ADD_ACCOUNT:
             return ["add", "account", self.account, *where, f"parent={self.parent}",
                     f"organization={MARKER}", f"description={self.description}"]
@@ -221,7 +221,8 @@ class Operation:
     def __str__(self) -> str:
         who = f" {len(self.users)} user(s)" if self.users else ""
         to = f" -> {self.parent}" if self.kind in (ADD_ACCOUNT, SET_PARENT) else ""
-        return f"{self.kind} {self.account}{to}{who} on cluster {self.cluster}"
+        on = f"cluster {self.cluster}" if self.cluster else "every cluster"
+        return f"{self.kind} {self.account}{to}{who} on {on}"
 
 
 @dataclass(frozen=True)
@@ -319,15 +320,21 @@ def plan(want: Wanted, current: Current, *, parent: str, created_users: Iterable
                 new = tuple(u for u in chunk if u not in existing_users)
                 existing_users.update(new)
                 ops.append(Operation(ADD_USERS, cluster, account.name, tuple(chunk), new_users=new))
-        defaults = _defaults(cluster, usable, current, held, adds, removes, after, created, protected)
+        defaults, final = _defaults(cluster, usable, current, held, adds, removes, after, created, protected)
         for account in sorted(defaults, key=rank):
             for chunk in _chunks(sorted(defaults[account]), arg_bytes):
                 ops.append(Operation(SET_DEFAULT, cluster, account, tuple(chunk)))
         for account in sorted((a for c, a in removes if c == cluster and removes[(c, a)]), key=rank):
-            for chunk in _chunks(sorted(removes[(cluster, account)]), arg_bytes):
-                ops.append(Operation(REMOVE_USERS, cluster, account, tuple(chunk)))
-        if prune_accounts:
-            ops += _prunes(cluster, managed - usable_names, current, removes, notes)
+            # slurmdbd refuses a removal mixing users for whom the account is the default with users for
+            # whom it is not (its check carries "has another association" over from one user to the
+            # next): one call for each kind.
+            users = removes[(cluster, account)]
+            last = {u for u in users if final.get(u) == account}
+            for batch in (users - last, last):
+                for chunk in _chunks(sorted(batch), arg_bytes):
+                    ops.append(Operation(REMOVE_USERS, cluster, account, tuple(chunk)))
+    if prune_accounts:
+        ops += _prunes(managed - usable_names, current, removes, notes)
     return Plan(
         operations=tuple(ops),
         conflicts=tuple(conflicts),
@@ -364,8 +371,9 @@ def _usable(want: Wanted, current: Current, parent: str, protected: Set[str]):
     return usable, conflicts, notes
 
 
-def _defaults(cluster, usable, current, held, adds, removes, after, created, protected) -> Dict[str, Set[str]]:
-    """account -> users whose default account on ``cluster`` must become it.
+def _defaults(cluster, usable, current, held, adds, removes, after, created, protected):
+    """(account -> users whose default account on ``cluster`` must become it,
+    user -> their default account once those changes are made).
 
     A user the package created gets the first of their accounts in configuration
     order; any user whose default association goes gets the first of theirs (else
@@ -373,15 +381,17 @@ def _defaults(cluster, usable, current, held, adds, removes, after, created, pro
     touched = {u for (c, _), users in list(adds.items()) + list(removes.items()) if c == cluster for u in users}
     touched |= {u for u in created if any(c == cluster for c, _ in held.get(u, ()))}
     result: Dict[str, Set[str]] = {}
+    final: Dict[str, str] = {}
     for user in sorted(touched - protected):
         before = {a for c, a in held.get(user, ()) if c == cluster}
         now = {a for c, a in after(user) if c == cluster}
-        if not now:
-            continue
         row = current.users.get(user)
         default = row.default(cluster) if row is not None and before else ""
         if not before:  # new on this cluster: slurmdbd makes the first added account the default
             default = next((a.name for a in usable if user in adds.get((cluster, a.name), ())), "")
+        final[user] = default
+        if not now:
+            continue
         mine = [a.name for a in usable if user in a.members]
         target = default
         if user in created and mine and default != mine[0]:
@@ -390,23 +400,32 @@ def _defaults(cluster, usable, current, held, adds, removes, after, created, pro
             target = mine[0] if mine else sorted(now)[0]
         if target != default:
             result.setdefault(target, set()).add(user)
-    return result
+            final[user] = target
+    return result, final
 
 
-def _prunes(cluster, candidates, current, removes, notes) -> List[Operation]:
-    """Managed accounts no longer wanted and left empty on ``cluster``."""
-    rows = [r for r in current.assocs if r.cluster == cluster]
+def _prunes(candidates, current, removes, notes) -> List[Operation]:
+    """Managed accounts no longer wanted and left empty: removed on the reconciled
+    clusters, and as a whole (``cluster=""``) when no other cluster has them."""
     ops = []
     for account in sorted(candidates):
-        if not any(r.account == account and not r.user for r in rows):
-            continue
-        left = {r.user for r in rows if r.account == account and r.user} - removes.get((cluster, account), set())
-        children = {r.account for r in rows if not r.user and r.parent == account}
-        if left or children:
-            notes.append(f"managed account {account} on {cluster} is kept: it still holds "
-                         f"{', '.join(sorted(left | children))}")
+        rows = [r for r in current.assocs if r.account == account or (not r.user and r.parent == account)]
+        on = sorted({r.cluster for r in rows if r.account == account and not r.user} & set(current.clusters))
+        empty = []
+        for cluster in on:
+            left = {r.user for r in rows if r.cluster == cluster and r.account == account and r.user}
+            left -= removes.get((cluster, account), set())
+            children = {r.account for r in rows if r.cluster == cluster and not r.user and r.parent == account}
+            if left or children:
+                notes.append(f"managed account {account} on {cluster} is kept: it still holds "
+                             f"{', '.join(sorted(left | children))}")
+            else:
+                empty.append(cluster)
+        elsewhere = {r.cluster for r in rows if r.account == account} - set(current.clusters)
+        if empty and len(empty) == len(on) and not elsewhere:
+            ops.append(Operation(REMOVE_ACCOUNT, "", account))
         else:
-            ops.append(Operation(REMOVE_ACCOUNT, cluster, account))
+            ops += [Operation(REMOVE_ACCOUNT, cluster, account) for cluster in empty]
     return ops
 
 
