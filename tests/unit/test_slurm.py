@@ -1,0 +1,632 @@
+"""slurm: planning from (what IAM wants, what slurmdbd holds) to sacctmgr operations,
+every ownership rule, the shrink guard, batching, the sacctmgr runner's error
+classification, the state file, and the coreweave_slurm_* keys. No sacctmgr runs
+here (tests/slurm has the real slurmdbd)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from types import SimpleNamespace
+from typing import Dict, Iterable, Optional, Sequence
+
+import pytest
+
+from nss_cache_coreweave import config as config_mod
+from nss_cache_coreweave import slurm
+from nss_cache_coreweave.errors import ConfigError, GuardError
+from nss_cache_coreweave.policy import Directory, PosixGroup
+from nss_cache_coreweave.slurm import (
+    ADD_ACCOUNT, ADD_USERS, MARKER, REMOVE_ACCOUNT, REMOVE_USERS, SET_DEFAULT, SET_PARENT,
+    AccountRow, AssocRow, Current, Operation, PlanError, Sacctmgr, SlurmError, SlurmPermissionError,
+    SlurmState, SlurmStepError, SlurmUnavailable, UserRow, Wanted, WantedAccount,
+)
+
+C1, C2 = "c1", "c2"
+
+
+# --- builders ---------------------------------------------------------------------------------------
+
+
+def want(*accounts) -> Wanted:
+    """want(("ml", ["alice", "bob"]), ("hpc", ["bob"])): accounts in configuration order."""
+    return Wanted(tuple(WantedAccount(name, (name,), frozenset(members)) for name, members in accounts))
+
+
+def current(members: Dict[str, Iterable[str]] = None, *, orgs: Dict[str, str] = None,
+            defaults: Dict[str, str] = None, admins: Sequence[str] = (), clusters=(C1,),
+            parents: Dict[str, str] = None, other_clusters: Dict[str, Dict[str, Iterable[str]]] = None,
+            partition_only: Sequence[tuple] = ()) -> Current:
+    """A slurmdbd holding ``members`` (account -> users) on every cluster in ``clusters``.
+    Accounts are managed unless ``orgs`` says otherwise; root/root always exists."""
+    members = dict(members or {})
+    orgs = dict(orgs or {})
+    accounts = {"root": AccountRow("root", "root", "default root account")}
+    for name in members:
+        accounts[name] = AccountRow(name, orgs.get(name, MARKER), f"coreweave iam group {name}")
+    assocs = []
+    everywhere = {c: members for c in clusters}
+    everywhere.update(other_clusters or {})
+    for cluster, per_account in everywhere.items():
+        assocs += [AssocRow(cluster, "root", "", "", ""), AssocRow(cluster, "root", "root", "", "")]
+        for name, users in per_account.items():
+            accounts.setdefault(name, AccountRow(name, orgs.get(name, MARKER), ""))
+            assocs.append(AssocRow(cluster, name, "", "", (parents or {}).get(name, "root")))
+            assocs += [AssocRow(cluster, name, u, "", "") for u in sorted(users)]
+    for cluster, name, user, partition in partition_only:
+        assocs.append(AssocRow(cluster, name, user, partition, ""))
+    users = {"root": UserRow("root", "Administrator", tuple((c, "root") for c in everywhere))}
+    for cluster, per_account in everywhere.items():
+        for name, members_ in per_account.items():
+            for user in members_:
+                users.setdefault(user, UserRow(user, "None"))
+    for user in list(users):
+        if user == "root":
+            continue
+        level = "Administrator" if user in admins else "None"
+        mine = (defaults or {}).get(user)
+        if mine is None:  # first account holding the user
+            mine = next((a for a, us in members.items() if user in us), "")
+        users[user] = UserRow(user, level, tuple((c, mine) for c in everywhere if mine))
+    return Current(tuple(clusters), accounts, users, tuple(assocs))
+
+
+def ops_of(result, kind=None):
+    return [(op.kind, op.cluster, op.account, op.users) for op in result.operations if kind in (None, op.kind)]
+
+
+def apply_in_memory(cur: Current, result) -> Current:
+    """What slurmdbd would hold after the plan (enough for idempotency checks)."""
+    assocs = list(cur.assocs)
+    accounts = dict(cur.accounts)
+    users = dict(cur.users)
+    for op in result.operations:
+        clusters = [op.cluster] if op.cluster else sorted({r.cluster for r in assocs})
+        if op.kind == ADD_ACCOUNT:
+            accounts.setdefault(op.account, AccountRow(op.account, MARKER, op.description))
+            assocs.append(AssocRow(op.cluster, op.account, "", "", op.parent))
+        elif op.kind == ADD_USERS:
+            for u in op.users:
+                had = any(r.user == u and r.cluster == op.cluster for r in assocs)
+                assocs.append(AssocRow(op.cluster, op.account, u, "", ""))
+                row = users.get(u, UserRow(u, "None"))
+                if not had:
+                    row = UserRow(u, row.admin_level, tuple(d for d in row.defaults if d[0] != op.cluster)
+                                  + ((op.cluster, op.account),))
+                users[u] = row
+        elif op.kind == SET_DEFAULT:
+            for u in op.users:
+                row = users[u]
+                users[u] = UserRow(u, row.admin_level,
+                                   tuple(d for d in row.defaults if d[0] != op.cluster) + ((op.cluster, op.account),))
+        elif op.kind == REMOVE_USERS:
+            assocs = [r for r in assocs if not (r.cluster == op.cluster and r.account == op.account
+                                                and r.user in op.users)]
+            for u in op.users:
+                if not any(r.user == u for r in assocs):
+                    users.pop(u, None)
+        elif op.kind == REMOVE_ACCOUNT:
+            assocs = [r for r in assocs if not (r.account == op.account and r.cluster in clusters)]
+            if not op.cluster:
+                accounts.pop(op.account)
+        elif op.kind == SET_PARENT:
+            assocs = [AssocRow(r.cluster, r.account, r.user, r.partition, op.parent)
+                      if (r.cluster, r.account, r.user) == (op.cluster, op.account, "") else r for r in assocs]
+    return Current(cur.clusters, accounts, users, tuple(assocs))
+
+
+# --- planning -----------------------------------------------------------------------------------------
+
+
+def test_an_empty_slurm_gets_accounts_then_users_in_configuration_order():
+    result = slurm.plan(want(("ml", ["alice", "bob"]), ("hpc", ["bob", "dave"])), current(), parent="root")
+
+    assert ops_of(result) == [
+        (ADD_ACCOUNT, C1, "ml", ()),
+        (ADD_ACCOUNT, C1, "hpc", ()),
+        (ADD_USERS, C1, "ml", ("alice", "bob")),
+        (ADD_USERS, C1, "hpc", ("bob", "dave")),
+    ]
+    # bob's first association is ml: slurmdbd makes it his default, so no modify is needed.
+    assert [op.new_users for op in result.operations if op.kind == ADD_USERS] == [("alice", "bob"), ("dave",)]
+    assert result.new_users == {"alice", "bob", "dave"}
+    first = result.operations[0]
+    assert first.args() == ["add", "account", "ml", "cluster=c1", "parent=root", f"organization={MARKER}",
+                            "description=coreweave iam group ml"]
+    assert first.creates_account
+    assert result.operations[2].args() == ["add", "user", "alice,bob", "account=ml", "cluster=c1"]
+    assert result.conflicts == () and result.managed_users == frozenset()
+
+
+def test_a_second_plan_is_empty():
+    wanted_ = want(("ml", ["alice", "bob"]), ("hpc", ["bob", "dave"]))
+    first = slurm.plan(wanted_, current(), parent="root")
+    after = apply_in_memory(current(), first)
+
+    again = slurm.plan(wanted_, after, parent="root", created_users=first.new_users)
+
+    assert again.operations == ()
+    assert again.losing_users == frozenset() and again.conflicts == ()
+
+
+def test_a_hand_made_account_is_never_filled_modified_or_emptied():
+    cur = current({"hpc": ["zed"], "lab": ["frank"]}, orgs={"hpc": "physics", "lab": "physics"})
+
+    result = slurm.plan(want(("hpc", ["bob"]), ("ml", ["alice"])), cur, parent="root")
+
+    assert all(op.account not in ("hpc", "lab") for op in result.operations)
+    assert ops_of(result) == [(ADD_ACCOUNT, C1, "ml", ()), (ADD_USERS, C1, "ml", ("alice",))]
+    assert len(result.conflicts) == 1
+    assert "account 'hpc' (from group hpc) exists and is not managed by nsscache-coreweave (organization " \
+           "'physics')" in result.conflicts[0]
+    assert f"sacctmgr modify account hpc set organization={MARKER}" in result.conflicts[0]
+
+
+def test_an_account_marked_by_hand_is_managed():
+    cur = current({"hpc": ["zed"]})  # organization = MARKER: handed over
+
+    result = slurm.plan(want(("hpc", ["bob"])), cur, parent="root", created_users={"zed"})
+
+    assert ops_of(result) == [(ADD_USERS, C1, "hpc", ("bob",)), (REMOVE_USERS, C1, "hpc", ("zed",))]
+
+
+@pytest.mark.parametrize("name", ["root", "top"])
+def test_root_and_the_parent_account_are_never_managed(name):
+    cur = current({"top": []}, orgs={"top": MARKER})
+
+    result = slurm.plan(want((name, ["alice"])), cur, parent="top")
+
+    assert result.operations == ()
+    assert "is root or the parent account" in result.conflicts[0]
+
+
+def test_root_and_administrators_are_left_alone():
+    cur = current({"ml": ["ops", "alice"], "lab": ["boss"]}, orgs={"lab": "physics"}, admins=("ops", "boss"))
+
+    # ops leaves ml, boss and root are IAM members: nothing happens to any of them.
+    result = slurm.plan(want(("ml", ["alice", "boss", "root"])), cur, parent="root", created_users={"ops"})
+
+    assert result.operations == ()
+    assert result.notes == ("boss, root: root or a Slurm administrator, left alone (account ml)",)
+    assert "ops" not in result.managed_users
+
+
+def test_leaving_a_group_removes_only_managed_associations():
+    cur = current({"ml": ["alice", "bob"], "hpc": ["bob"], "lab": ["bob"]}, orgs={"lab": "physics"},
+                  defaults={"bob": "ml"})
+
+    result = slurm.plan(want(("ml", ["alice"]), ("hpc", ["bob"])), cur, parent="root",
+                        created_users={"alice", "bob"})
+
+    # bob's default (ml) goes: it moves to his first remaining wanted account first.
+    assert ops_of(result) == [(SET_DEFAULT, C1, "hpc", ("bob",)), (REMOVE_USERS, C1, "ml", ("bob",))]
+    assert result.operations[0].args() == ["modify", "user", "where", "name=bob", "cluster=c1", "set",
+                                           "defaultaccount=hpc"]
+    assert result.operations[1].args() == ["remove", "user", "where", "name=bob", "account=ml", "cluster=c1"]
+    assert result.losing_users == frozenset() and result.deleted_users == frozenset()
+
+
+def test_a_created_user_without_associations_is_deleted_with_its_last_one():
+    cur = current({"ml": ["alice", "carol"]})
+
+    result = slurm.plan(want(("ml", ["alice"])), cur, parent="root", created_users={"alice", "carol"})
+
+    assert ops_of(result) == [(REMOVE_USERS, C1, "ml", ("carol",))]
+    assert result.deleted_users == {"carol"}
+    assert result.losing_users == {"carol"}
+
+
+def test_the_last_association_of_a_user_it_did_not_create_is_kept():
+    cur = current({"ml": ["alice", "dave", "frank"], "lab": ["frank"]}, orgs={"lab": "physics"})
+
+    result = slurm.plan(want(("ml", ["alice"])), cur, parent="root", created_users={"alice"})
+
+    # dave: only ml, not ours -> kept (slurmdbd would delete him); frank also holds lab -> removed,
+    # his default moving to lab first.
+    assert ops_of(result) == [(SET_DEFAULT, C1, "lab", ("frank",)), (REMOVE_USERS, C1, "ml", ("frank",))]
+    assert any(n.startswith("dave: not created by nsscache-coreweave; its last association is kept")
+               for n in result.notes)
+    assert result.deleted_users == frozenset()
+
+
+def test_default_accounts_follow_configuration_order_only_for_created_users():
+    # alice (created) and erin (hand-made) are in ml and hpc with hpc as default; ml comes first.
+    cur = current({"ml": ["alice", "erin"], "hpc": ["alice", "erin"]}, defaults={"alice": "hpc", "erin": "hpc"})
+
+    result = slurm.plan(want(("ml", ["alice", "erin"]), ("hpc", ["alice", "erin"])), cur, parent="root",
+                        created_users={"alice"})
+
+    assert ops_of(result) == [(SET_DEFAULT, C1, "ml", ("alice",))]
+
+
+def test_an_existing_user_new_to_the_accounts_keeps_its_default():
+    cur = current({"lab": ["erin"]}, orgs={"lab": "physics"})
+
+    result = slurm.plan(want(("ml", ["erin"])), cur, parent="root")
+
+    assert ops_of(result) == [(ADD_ACCOUNT, C1, "ml", ()), (ADD_USERS, C1, "ml", ("erin",))]
+    assert result.new_users == frozenset()
+
+
+def test_a_missing_default_is_repaired():
+    cur = current({"ml": ["alice"]}, defaults={"alice": ""})
+
+    result = slurm.plan(want(("ml", ["alice"])), cur, parent="root", created_users={"alice"})
+
+    assert ops_of(result) == [(SET_DEFAULT, C1, "ml", ("alice",))]
+
+
+def test_removals_for_which_the_account_is_the_default_go_in_their_own_call():
+    # slurmdbd refuses one call removing bob (ml not his default) and dave (ml his default, his last).
+    cur = current({"ml": ["bob", "dave"], "hpc": ["bob"]}, defaults={"bob": "hpc", "dave": "ml"})
+
+    result = slurm.plan(want(("hpc", ["bob"])), cur, parent="root", created_users={"bob", "dave"})
+
+    assert ops_of(result, REMOVE_USERS) == [(REMOVE_USERS, C1, "ml", ("bob",)), (REMOVE_USERS, C1, "ml", ("dave",))]
+
+
+def test_empty_managed_accounts_are_kept_unless_pruned():
+    cur = current({"ml": ["alice"], "old": ["bob"], "busy": ["carol"], "parent": []},
+                  parents={"sub": "parent"}, other_clusters=None)
+    cur = Current(cur.clusters, {**cur.accounts, "sub": AccountRow("sub", "physics", "")},
+                  cur.users, cur.assocs + (AssocRow(C1, "sub", "", "", "parent"),))
+    wanted_ = want(("ml", ["alice"]))
+
+    kept = slurm.plan(wanted_, cur, parent="root", created_users={"bob"}, prune_accounts=False)
+    pruned = slurm.plan(wanted_, cur, parent="root", created_users={"bob"}, prune_accounts=True)
+
+    assert ops_of(kept, REMOVE_ACCOUNT) == []
+    # old empties now -> removed; busy keeps carol (not ours, her last) -> kept; parent has a sub-account.
+    assert ops_of(pruned, REMOVE_ACCOUNT) == [(REMOVE_ACCOUNT, "", "old", ())]
+    assert pruned.operations[-1].args() == ["remove", "account", "where", "name=old"]
+    assert any("managed account busy on c1 is kept: it still holds carol" in n for n in pruned.notes)
+    assert any("managed account parent on c1 is kept: it still holds sub" in n for n in pruned.notes)
+
+
+def test_an_account_also_on_an_unreconciled_cluster_is_pruned_on_ours_only():
+    cur = current({"old": []}, other_clusters={"far": {"old": ["zed"]}})
+
+    result = slurm.plan(want(), cur, parent="root", prune_accounts=True)
+
+    assert ops_of(result) == [(REMOVE_ACCOUNT, C1, "old", ())]
+    assert result.operations[0].args() == ["remove", "account", "where", "name=old", "cluster=c1"]
+
+
+def test_a_managed_account_under_another_parent_is_moved():
+    cur = current({"ml": ["alice"], "top": []}, orgs={"top": "site"}, parents={"ml": "root"})
+
+    result = slurm.plan(want(("ml", ["alice"])), cur, parent="top")
+
+    assert ops_of(result) == [(SET_PARENT, C1, "ml", ())]
+    assert result.operations[0].args() == ["modify", "account", "where", "name=ml", "cluster=c1", "set",
+                                           "parent=top"]
+
+
+def test_a_missing_parent_account_stops_the_plan():
+    with pytest.raises(PlanError, match="coreweave_slurm_parent_account 'top' does not exist on cluster 'c1'"):
+        slurm.plan(want(("ml", ["alice"])), current(), parent="top")
+
+
+def test_every_cluster_gets_the_same_accounts_and_users_are_created_once():
+    cur = current(clusters=(C1, C2))
+
+    result = slurm.plan(want(("ml", ["alice"])), cur, parent="root")
+
+    assert ops_of(result) == [(ADD_ACCOUNT, C1, "ml", ()), (ADD_ACCOUNT, C2, "ml", ()),
+                              (ADD_USERS, C1, "ml", ("alice",)), (ADD_USERS, C2, "ml", ("alice",))]
+    assert [op.creates_account for op in result.operations[:2]] == [True, True]
+    assert [op.new_users for op in result.operations[2:]] == [("alice",), ()]
+
+
+def test_a_partition_only_association_gets_the_general_one():
+    cur = current({"ml": []}, partition_only=[(C1, "ml", "alice", "gpu")])
+    cur = Current(cur.clusters, cur.accounts, {**cur.users, "alice": UserRow("alice", "None", ((C1, "ml"),))},
+                  cur.assocs)
+
+    result = slurm.plan(want(("ml", ["alice"])), cur, parent="root")
+
+    assert ops_of(result) == [(ADD_USERS, C1, "ml", ("alice",))]
+
+
+def test_calls_grow_with_accounts_not_users():
+    members = [f"user{i:05d}" for i in range(10_000)]
+    wanted_ = want(*((f"acct{k}", members[k::5]) for k in range(5)))
+
+    result = slurm.plan(wanted_, current(), parent="root")
+
+    assert len(result.operations) == 5 + 5  # accounts, then one add per account
+    assert sum(len(op.users) for op in result.operations) == 10_000
+
+
+def test_names_are_batched_by_bytes():
+    members = [f"user{i:05d}" for i in range(100)]  # 9 bytes each, 10 with the comma
+
+    result = slurm.plan(want(("ml", members)), current(), parent="root", arg_bytes=99)
+
+    adds = [op for op in result.operations if op.kind == ADD_USERS]
+    assert [len(op.users) for op in adds] == [10] * 10
+    assert all(len(",".join(op.users)) <= 99 for op in adds)
+    assert [u for op in adds for u in op.users] == members
+
+
+# --- the shrink guard --------------------------------------------------------------------------------
+
+
+def test_shrink_guard_counts_users_leaving_every_managed_account():
+    cur = current({"ml": ["a", "b", "c", "d"]})
+
+    small = slurm.plan(want(("ml", ["a", "b", "c"])), cur, parent="root", created_users="abcd")
+    large = slurm.plan(want(("ml", ["a", "b"])), cur, parent="root", created_users="abcd")
+    everyone = slurm.plan(want(), cur, parent="root", created_users="abcd")
+
+    assert slurm.shrink_problem(small, 0.25) is None
+    assert slurm.shrink_problem(large, 0.25).startswith(
+        "refusing to remove 2 of 4 users from every managed Slurm account (-50%, more than coreweave_max_shrink 25%)")
+    assert "--accept-shrink" in slurm.shrink_problem(large, 0.25)
+    # Emptying every managed account is refused even with the ratio guard off.
+    assert slurm.shrink_problem(everyone, 1.0).startswith("refusing to remove all 4 users")
+    assert slurm.shrink_problem(slurm.plan(want(("ml", ["a"])), current(), parent="root"), 0.0) is None
+
+
+def test_moving_between_managed_accounts_is_not_a_shrink():
+    cur = current({"ml": ["a", "b"], "hpc": []})
+
+    result = slurm.plan(want(("ml", []), ("hpc", ["a", "b"])), cur, parent="root", created_users="ab")
+
+    assert result.losing_users == frozenset()
+    assert slurm.shrink_problem(result, 0.0) is None
+
+
+# --- wanted() ------------------------------------------------------------------------------------------
+
+
+def directory(*groups):
+    return Directory(accounts=(), groups=tuple(PosixGroup(n, 30000 + i, tuple(m)) for i, (n, m) in enumerate(groups)),
+                     drops=(), missing_groups=())
+
+
+def test_every_listed_group_becomes_an_account_in_configuration_order():
+    d = directory(("a-team", ["x"]), ("b-team", ["y"]))
+
+    assert [a.name for a in slurm.wanted(d, None, ("b-team", "a-team", "gone")).accounts] == ["b-team", "a-team"]
+    assert [a.name for a in slurm.wanted(d, None, None).accounts] == ["a-team", "b-team"]  # '*': alphabetical
+
+
+def test_groups_map_to_accounts_and_merge():
+    d = directory(("a-team", ["x"]), ("b-team", ["y"]), ("c-team", ["z"]))
+
+    result = slurm.wanted(d, (("c-team", "shared"), ("a-team", "shared"), ("b-team", "b"), ("gone", "g")), None)
+
+    assert result.accounts == (WantedAccount("shared", ("c-team", "a-team"), frozenset({"x", "z"})),
+                               WantedAccount("b", ("b-team",), frozenset({"y"})))
+
+
+# --- sacctmgr ------------------------------------------------------------------------------------------
+
+
+def runner(outputs: Dict[str, object], seen: Optional[list] = None):
+    """A subprocess.run stand-in: the first key found in the joined argv picks the answer
+    (stdout text, (returncode, stdout, stderr), or an exception to raise)."""
+
+    def run(argv, **kwargs):
+        if seen is not None:
+            seen.append(list(argv))
+        text = " ".join(argv)
+        for key, answer in outputs.items():
+            if key in text:
+                if isinstance(answer, BaseException):
+                    raise answer
+                if isinstance(answer, tuple):
+                    return subprocess.CompletedProcess(argv, answer[0], answer[1], answer[2])
+                return subprocess.CompletedProcess(argv, 0, answer, "")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    return run
+
+
+@pytest.mark.parametrize("answer, error, words", [
+    ((1, "", "sacctmgr: error: slurm_persist_conn_open_without_init: failed to open persistent connection to "
+             "host:127.0.0.1:6819: Connection refused\nsacctmgr: error: Problem talking to the database: "
+             "Connection refused"), SlurmUnavailable, "reading clusters: slurmdbd is unreachable"),
+    ((1, "", "sacctmgr: error: Munge encode failed: Failed to access \"/run/munge/munge.socket.2\""),
+     SlurmUnavailable, "slurmdbd is unreachable"),
+    ((1, " Error with request: Access/permission denied\n", ""), SlurmPermissionError,
+     "slurmdbd refused (permission denied)"),
+    ((1, " Nothing new added.\n", ""), SlurmError, "sacctmgr failed (exit status 1): Nothing new added."),
+    ((0, "", "sacctmgr: error: something odd"), SlurmError, "sacctmgr failed (exit status 0)"),
+    (FileNotFoundError(), SlurmError, "'sacctmgr' not found: install slurm-client"),
+    (subprocess.TimeoutExpired("sacctmgr", 5), SlurmUnavailable, "did not answer within coreweave_slurm_timeout (5 s)"),
+])
+def test_sacctmgr_failures_are_named_and_classified(answer, error, words):
+    s = Sacctmgr(timeout=5, run=runner({"show": answer}))
+
+    with pytest.raises(error) as caught:
+        s.read(["show", "cluster"], "reading clusters")
+
+    assert words in str(caught.value)
+    assert str(caught.value).startswith("reading clusters: ")
+
+
+def test_read_builds_the_current_state_with_few_calls():
+    seen = []
+    s = Sacctmgr(run=runner({
+        "show cluster": "c1\nc2\n",
+        "show account": "root|root|default root account\nml|nsscache-coreweave|coreweave iam group ml\n"
+                        "odd|x|a|b\n",
+        "show association": "c1|root|||\nc1|root|root||\nc1|ml|||root\nc1|ml|alice||\nc2|ml|bob|gpu|\n",
+        "show user cluster=c1": "root|root|Administrator\nalice|ml|None\nbob||None\n",
+    }, seen))
+
+    cur = slurm.read(s, ("c1",), environ={})
+
+    assert cur.clusters == ("c1",)
+    assert cur.accounts["odd"] == AccountRow("odd", "x", "a|b")
+    assert cur.accounts["ml"].managed and not cur.accounts["root"].managed
+    assert AssocRow("c2", "ml", "bob", "gpu", "") in cur.assocs  # every cluster's associations
+    assert cur.users["alice"] == UserRow("alice", "None", (("c1", "ml"),))
+    assert cur.users["root"].protected and not cur.users["bob"].protected
+    assert s.reads == 4 and s.writes == 0
+    assert seen[0] == ["sacctmgr", "-n", "-P", "show", "cluster", "format=cluster"]
+
+
+def test_clusters_default_to_slurmdbd_then_slurm_conf(tmp_path):
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("# x\nSlurmctldHost=h\nClusterName=Prod # comment\n")
+    env = {"SLURM_CONF": str(conf)}
+
+    assert slurm.resolve_clusters(None, ["a", "b"], env) == ("a", "b")
+    assert slurm.resolve_clusters(("b",), ["a", "b"], env) == ("b",)
+    assert slurm.cluster_name_from_slurm_conf(env) == "prod"
+    with pytest.raises(PlanError, match=r"cluster prod is not registered in slurmdbd \(known: none\)"):
+        slurm.resolve_clusters(None, [], env)
+    with pytest.raises(PlanError, match="cluster x is not registered in slurmdbd"):
+        slurm.resolve_clusters(("x",), ["a"], env)
+    with pytest.raises(PlanError, match="slurmdbd knows no cluster and slurm.conf names none"):
+        slurm.resolve_clusters(None, [], {"SLURM_CONF": str(tmp_path / "missing")})
+
+
+# --- state and apply -------------------------------------------------------------------------------------
+
+
+def test_state_is_written_atomically_and_root_only(tmp_path):
+    slurm.save_state(str(tmp_path / "state"), SlurmState(frozenset({"b", "a"}), frozenset({"ml"})))
+
+    path = tmp_path / "state" / slurm.STATE_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    data = json.loads(path.read_text())
+    assert (data["users"], data["accounts"]) == (["a", "b"], ["ml"])
+    assert slurm.load_state(str(tmp_path / "state")) == SlurmState(frozenset({"a", "b"}), frozenset({"ml"}))
+    assert [p.name for p in (tmp_path / "state").iterdir()] == [slurm.STATE_FILE]
+
+
+def test_an_unreadable_state_means_nothing_is_ours(tmp_path, caplog):
+    (tmp_path / slurm.STATE_FILE).write_text("{not json")
+
+    assert slurm.load_state(str(tmp_path)) == SlurmState()
+    assert slurm.load_state(str(tmp_path / "none")) == SlurmState()
+    assert "no Slurm user counts as created" in caplog.text
+
+
+def test_apply_records_created_users_step_by_step_and_names_the_failed_step():
+    plan = slurm.Plan(operations=(
+        Operation(ADD_ACCOUNT, C1, "ml", parent="root", creates_account=True),
+        Operation(ADD_USERS, C1, "ml", ("alice", "bob"), new_users=("alice", "bob")),
+        Operation(ADD_USERS, C1, "hpc", ("carol", "dave"), new_users=("carol", "dave")),
+    ))
+    saved = []
+    s = Sacctmgr(run=runner({"account=hpc": (1, "", "sacctmgr: error: boom"), "show user": "alice\nbob\ncarol\n"}))
+
+    with pytest.raises(SlurmStepError) as caught:
+        slurm.apply(plan, s, SlurmState(), saved.append)
+
+    assert str(caught.value).startswith("step 3 of 3 (add users hpc 2 user(s) on cluster c1): sacctmgr failed")
+    assert "a rerun continues from there" in str(caught.value)
+    # carol was created before the failure: recorded too.
+    assert saved[-1] == SlurmState(frozenset({"alice", "bob", "carol"}), frozenset({"ml"}))
+
+
+# --- sync() ------------------------------------------------------------------------------------------------
+
+
+def fake_slurmdbd(seen):
+    return Sacctmgr(run=runner({
+        "show cluster": "c1\n",
+        "show account": "root|root|default root account\nml|nsscache-coreweave|x\n",
+        "show association": "c1|root|||\nc1|root|root||\nc1|ml|||root\nc1|ml|a||\nc1|ml|b||\nc1|ml|c||\n",
+        "show user": "root|root|Administrator\na|ml|None\nb|ml|None\nc|ml|None\n",
+    }, seen))
+
+
+def settings(tmp_path, **slurm_keys):
+    return SimpleNamespace(slurm=config_mod.SlurmSync(**slurm_keys), state_dir=str(tmp_path), max_shrink=0.25,
+                           allowed_groups=("ml",))
+
+
+def test_sync_dry_run_prints_commands_and_writes_nothing(tmp_path, capsys):
+    seen = []
+
+    result = slurm.sync(directory(("ml", ["a", "b", "c", "d"])), settings(tmp_path), sacctmgr=fake_slurmdbd(seen),
+                        dry_run=True, out=None)
+
+    assert capsys.readouterr().out == "sacctmgr -i add user d account=ml cluster=c1\n"
+    assert [op.kind for op in result.operations] == [ADD_USERS]
+    assert all(argv[1] == "-n" for argv in seen)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sync_applies_and_records(tmp_path):
+    seen = []
+    slurm.save_state(str(tmp_path), SlurmState(frozenset({"a", "gone"}), frozenset()))
+
+    slurm.sync(directory(("ml", ["a", "b", "c", "d"])), settings(tmp_path), sacctmgr=fake_slurmdbd(seen))
+
+    assert seen[-1] == ["sacctmgr", "-i", "add", "user", "d", "account=ml", "cluster=c1"]
+    # "gone" no longer exists in Slurm: forgotten, so a namesake made by hand later is not ours.
+    assert slurm.load_state(str(tmp_path)).users == {"a", "d"}
+
+
+def test_sync_refuses_a_large_shrink_unless_accepted(tmp_path):
+    seen = []
+    slurm.save_state(str(tmp_path), SlurmState(frozenset("abc"), frozenset()))
+    with pytest.raises(GuardError, match="refusing to remove 2 of 3 users"):
+        slurm.sync(directory(("ml", ["a"])), settings(tmp_path), sacctmgr=fake_slurmdbd(seen))
+    assert all(argv[1] == "-n" for argv in seen)
+
+    slurm.sync(directory(("ml", ["a"])), settings(tmp_path), sacctmgr=fake_slurmdbd(seen), accept_shrink=True)
+    assert ["sacctmgr", "-i", "remove", "user", "where", "name=b,c", "account=ml", "cluster=c1"] in seen
+
+
+def test_sync_runs_one_at_a_time(tmp_path):
+    import fcntl
+
+    fd = os.open(tmp_path / slurm.LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(SlurmUnavailable, match="another slurm-sync is running"):
+            slurm.sync(directory(("ml", ["a"])), settings(tmp_path), sacctmgr=fake_slurmdbd([]))
+    finally:
+        os.close(fd)
+
+
+# --- the coreweave_slurm_* keys ---------------------------------------------------------------------------
+
+
+BASE_OPTIONS = {"base_url": "https://iam.example/scim/x", "groups": "ml-team, hpc", "allowed_shells": "/bin/bash"}
+TOKEN_ENV = {"NSSCACHE_COREWEAVE_TOKEN": "t"}
+
+
+def parse(**options):
+    return config_mod.parse({**BASE_OPTIONS, **options}, environ=TOKEN_ENV)
+
+
+def test_slurm_keys_are_parsed():
+    c = parse(slurm_accounts="hpc, ml-team=ml", slurm_cluster="c1, c2", slurm_parent_account="iam",
+              slurm_sacctmgr="/opt/slurm/bin/sacctmgr", slurm_timeout="30")
+
+    assert c.slurm == config_mod.SlurmSync(accounts=(("hpc", "hpc"), ("ml-team", "ml")), clusters=("c1", "c2"),
+                                           parent_account="iam", sacctmgr="/opt/slurm/bin/sacctmgr", timeout=30.0)
+    assert parse().slurm == config_mod.SlurmSync()
+    assert config_mod.parse({**BASE_OPTIONS, "groups": "*", "slurm_accounts": "any"}, environ=TOKEN_ENV).slurm.accounts == (
+        ("any", "any"),)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("slurm_accounts", "other", "coreweave_slurm_accounts names group 'other', which is not in coreweave_groups"),
+    ("slurm_accounts", "hpc=ML", "'hpc=ML' is not `group` or `group=account`"),
+    ("slurm_accounts", "hpc, hpc=x", "names group 'hpc' twice"),
+    ("slurm_accounts", " , ", "coreweave_slurm_accounts names no group"),
+    ("slurm_cluster", "Big Cluster", "coreweave_slurm_cluster must list lower-case Slurm names"),
+    ("slurm_parent_account", "a,b", "coreweave_slurm_parent_account must be a Slurm account name"),
+    ("slurm_sacctmgr", "bin/sacctmgr", "coreweave_slurm_sacctmgr must be a command name or an absolute path"),
+    ("slurm_timeout", "0", "coreweave_slurm_timeout must be between 1 and 86400"),
+])
+def test_slurm_key_mistakes_are_reported(key, value, message):
+    with pytest.raises(ConfigError) as caught:
+        parse(**{key: value})
+    assert message in str(caught.value)
+
+
+def test_the_slurm_keys_do_not_warn_in_the_maps():
+    assert parse(slurm_cluster="c1").warnings == ()
