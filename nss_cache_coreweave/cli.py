@@ -5,6 +5,8 @@
     check             configuration, connectivity and auth, attribute presence,
                       what would be written and every dropped entry
     preview MAP       the lines MAP's cache would get; touches no cache
+    status            freshness, counts and last error of each map; with
+                      --max-age a check (0 fresh, 1 stale/failed, 2 unknown)
     slurm-sync        Slurm users, accounts and associations from the same
                       users and groups, through sacctmgr (see slurm.py)
 
@@ -170,41 +172,40 @@ def _check(conf, args) -> int:
     except ConfigError as e:
         print(f"configuration: {e}")
         return EXIT_USAGE
-    out = sys.stdout
     coreweave_maps = [m for m in conf.maps if conf.options[m].source.get("name") == "coreweave"]
-    print(f"configuration: {conf.config_file}: maps {', '.join(coreweave_maps)} use source coreweave", file=out)
-    print(f"directory: {config.server.base_url} ({config.server.pagination} pagination, {config.server.page_size} per page)", file=out)
+    print(f"configuration: {conf.config_file}: maps {', '.join(coreweave_maps)} use source coreweave")
+    print(f"directory: {config.server.base_url} ({config.server.pagination} pagination, {config.server.page_size} per page)")
     for warning in config.warnings:
-        print(f"warning: {warning}", file=out)
+        print(f"warning: {warning}")
     try:
         snap = snapshot.take(config, everyone=True)  # every user, for the attribute report
     except FetchError as e:
-        print(f"directory unavailable: {e}", file=out)
+        print(f"directory unavailable: {e}")
         return EXIT_TEMPFAIL
     except CoreWeaveError as e:
-        print(f"listing refused: {e}", file=out)
+        print(f"listing refused: {e}")
         return EXIT_FAILED
-    print(f"listed: {len(snap.users)} users, {len(snap.groups)} groups (token accepted)", file=out)
-    problems = _attribute_report(config, snap, out)
+    print(f"listed: {len(snap.users)} users, {len(snap.groups)} groups (token accepted)")
+    problems = _attribute_report(config, snap)
     decided = policy.decide(snap, config)
     for name in decided.missing_groups:
-        print(f"problem: group {name!r} in coreweave_groups does not exist in the directory", file=out)
+        print(f"problem: group {name!r} in coreweave_groups does not exist in the directory")
         problems += 1
     try:
         guard(config, decided, accept_shrink=False, record=False)
     except GuardError as e:
-        print(f"problem: {e}", file=out)
+        print(f"problem: {e}")
         problems += 1
     keys = sum(len(a.keys) for a in decided.accounts)
-    print(f"would write: {len(decided.accounts)} users, {len(decided.groups)} groups, {keys} SSH keys", file=out)
+    print(f"would write: {len(decided.accounts)} users, {len(decided.groups)} groups, {keys} SSH keys")
     for drop in decided.drops:
-        print(str(drop), file=out)
+        print(str(drop))
     if args.sample:
-        _print_sample(config, out)
+        _print_sample(config)
     return EXIT_FAILED if problems else EXIT_OK
 
 
-def _attribute_report(config, snap, out) -> int:
+def _attribute_report(config, snap) -> int:
     """How many users/groups carry each configured attribute. An attribute
     no resource carries is most likely misnamed."""
     problems = 0
@@ -214,21 +215,25 @@ def _attribute_report(config, snap, out) -> int:
     for kind, records, field, paths in rows:
         present = sum(1 for r in records if getattr(r, field) is not None)
         where = " or ".join(str(p) for p in paths)
-        print(f"attribute {kind}.{field} ({where}): present on {present} of {len(records)}", file=out)
+        print(f"attribute {kind}.{field} ({where}): present on {present} of {len(records)}")
         if records and present == 0 and field in ("name", "uid", "gid"):
-            print(f"problem: no {kind[:-1]} carries {where}: check the attribute name (see check --sample)", file=out)
+            print(f"problem: no {kind[:-1]} carries {where}: check the attribute name (see check --sample)")
             problems += 1
     return problems
 
 
-def _print_sample(config, out) -> None:
-    session = scim.new_session(config.server)
-    with session:
+def _print_sample(config) -> None:
+    """One raw User and Group, to read the tenant's real attribute names."""
+    with scim.new_session(config.server) as session:
         for kind, url in (("User", config.server.users_url), ("Group", config.server.groups_url)):
-            response = session.get(url, params={"startIndex": 1, "count": 1}, timeout=config.server.timeout)
-            resources = response.json().get("Resources") or [None]
-            print(f"sample {kind}:", file=out)
-            print(json.dumps(resources[0], indent=2, sort_keys=True), file=out)
+            try:
+                response = session.get(url, params={"startIndex": 1, "count": 1}, timeout=config.server.timeout)
+                resources = response.json().get("Resources") or [None]
+            except (ValueError, AttributeError, OSError) as e:  # requests' errors are OSErrors
+                print(f"sample {kind}: cannot be read ({type(e).__name__})")
+                continue
+            print(f"sample {kind}:")
+            print(json.dumps(resources[0], indent=2, sort_keys=True))
 
 
 def _preview(conf, args) -> int:

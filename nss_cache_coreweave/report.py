@@ -4,8 +4,6 @@ log, and the Prometheus textfile for node_exporter."""
 
 from __future__ import annotations
 
-import os
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional, Tuple
@@ -114,6 +112,3 @@ def write_metrics(path: str, report: RunReport, entry: dict) -> None:
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
-
-def now() -> float:
-    return time.time()
