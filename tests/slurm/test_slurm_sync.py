@@ -13,7 +13,8 @@ from typing import List
 
 import pytest
 
-from conftest import CLUSTER, make_org
+from conftest import CLUSTER, TOKEN, Site, make_org
+from fakeiam import FakeIAM
 from harness import which
 
 MARKER = "nsscache-coreweave"
@@ -276,3 +277,17 @@ def test_configured_cluster_must_exist(site):
 
     assert result.returncode == 1
     assert "cluster nosuchcluster is not registered in slurmdbd" in result.stderr
+
+
+def test_calls_grow_with_accounts_not_members(tmp_path, dbd):
+    names = [f"u{i:04d}" for i in range(1000)]
+    groups = {f"team{k}": names[k::5] for k in range(5)}
+    with FakeIAM(make_org(groups), token=TOKEN) as iam:
+        site = Site(tmp_path / "site", iam, dbd, list(groups))
+        log = wrap(site)
+
+        assert site.sync().returncode == 0
+
+        # 4 reads, 5 accounts, one `add user` of 200 names per account.
+        assert len(calls(log)) == 4 + 5 + 5
+        assert managed_view(dbd) == {g: set(m) for g, m in groups.items()}
