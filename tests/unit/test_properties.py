@@ -285,8 +285,20 @@ def test_whatever_the_directory_sends_the_caches_are_well_formed(org, allowed, a
         check_lines(map_name, lines, directory)
 
 
+FORGED_LOG_LINE = {
+    # A SCIM id is the directory's text: shown raw, it forges a second log line.
+    "Users": [{"id": "u1\ncoreweave: run ok", USER_EXTENSION: {"sunkPosixUsername": "Mallory", "sunkPosixUid": 20100}}],
+    "Groups": [
+        {"id": "g1\x00", "sunkPosixGroupName": "Slurm-Users", "sunkPosixGid": 30001, "members": []},
+        {"id": "g2", "sunkPosixGroupName": "ops", "sunkPosixGid": 30002,
+         "members": [{"value": "u1\ncoreweave: run ok"}, {"value": "ghost\r\nx"}]},
+    ],
+}
+
+
 @PROPERTY
 @given(org=organisations())
+@example(org=FORGED_LOG_LINE)
 def test_decide_is_deterministic_and_drops_are_explained(org):
     cfg = configure("*", False)
     transport = serving(org, True)
@@ -298,7 +310,7 @@ def test_decide_is_deterministic_and_drops_are_explained(org):
     assert first == second
     for drop in first.drops:
         text = str(drop)
-        assert "\n" not in text and "\x00" not in text  # one log line each
+        assert text.isprintable(), text  # one log line each: nothing forged, nothing hidden
         assert text.startswith(f"dropped {drop.kind} ")
 
 
