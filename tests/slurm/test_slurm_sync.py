@@ -291,3 +291,22 @@ def test_calls_grow_with_accounts_not_members(tmp_path, dbd):
         # 4 reads, 5 accounts, one `add user` of 200 names per account.
         assert len(calls(log)) == 4 + 5 + 5
         assert managed_view(dbd) == {g: set(m) for g, m in groups.items()}
+
+
+def test_every_cluster_slurmdbd_knows_is_reconciled_by_default(site):
+    site.stack.sacctmgr("-i", "add", "cluster", "second", check=True)
+    log = wrap(site)
+
+    result = site.sync()
+
+    assert result.returncode == 0, result.stderr
+    wanted = {"ml-team": {"alice", "bob", "carol"}, "hpc": {"bob", "dave"}}
+    accounts = site.stack.accounts()
+    for cluster in (CLUSTER, "second"):
+        view = site.stack.associations(cluster)
+        assert {a: u for a, u in view.items() if accounts[a][0] == MARKER} == wanted, cluster
+        assert site.stack.users(cluster)["dave"][0] == "hpc"
+    assert len(writes(log)) == 2 * 4  # per cluster: 2 accounts, 2 adds
+    log.write_text("")
+    assert site.sync().returncode == 0
+    assert writes(log) == []
