@@ -1,6 +1,6 @@
 """Fixtures for the slurm-sync tests against a real slurmdbd (see harness.py).
 
-``stack``   munged + MariaDB, started once for the session, stopped by pid.
+``stack``   munged + MariaDB, started once per test module, stopped by pid at its end.
 ``dbd``     a fresh slurmdbd and database per test, with the cluster registered.
 ``site``    a FakeIAM organisation and an nsscache.conf for it; ``site.sync(...)``
             runs the installed ``nsscache-coreweave slurm-sync`` as a subprocess.
@@ -110,7 +110,7 @@ class Site:
                               text=True, env=run_env, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack():
     if not CLI.exists():
         pytest.fail(f"{CLI} is missing: run the tests with `make test` (installs the package into .venv)",
