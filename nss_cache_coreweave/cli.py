@@ -70,7 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                       help="accept, for this run only, removing more than coreweave_max_shrink of the managed users")
     args = parser.parse_args(argv)
 
-    _setup_logging(args.verbose, background=args.command == "update")
+    _setup_logging(args.verbose, background=args.command in ("update", "slurm-sync"))
     try:
         conf = _load_nsscache_conf(args.config)
     except ConfigError as e:
@@ -83,7 +83,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _setup_logging(verbose: bool, *, background: bool) -> None:
     """stderr for people; syslog (daemon facility, nsscache's format) for
-    ``update`` run from cron or a timer, when stderr is not a terminal."""
+    ``update`` and ``slurm-sync`` run from cron or a timer, when stderr is not a terminal."""
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     handler: logging.Handler = logging.StreamHandler(sys.stderr)
