@@ -703,9 +703,16 @@ def outcome(scenario: Scenario, result: subprocess.CompletedProcess) -> str:
     return f"exit {result.returncode}, {result.elapsed:.1f} s\n--- stderr\n{result.stderr[-6000:]}"
 
 
+_SHARED: Dict[str, Path] = {}
+
+
 @pytest.fixture(scope="module")
-def bin_dir(installed_venv) -> Path:
-    return installed_venv.python.parent
+def bin_dir(request) -> Path:
+    """The bin directory of a fresh venv with nsscache 0.49 and the wheel:
+    built once for this module and test_security (which imports this fixture)."""
+    if "bin" not in _SHARED:
+        _SHARED["bin"] = request.getfixturevalue("installed_venv").python.parent
+    return _SHARED["bin"]
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,13 @@ sys.path.insert(0, str(HERE))
 from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
 from fakeiam import ERROR, FakeIAM, Fault  # noqa: E402
 from node import EXT, MAPS, TOKEN, Node  # noqa: E402
-from test_faults import (  # noqa: E402
+from test_faults import (  # noqa: E402,F401,F811 (bin_dir is a fixture)
     DEMO_ORG,
     FAULT_SETTINGS,
     Scenario,
     adding,
     adding_group,
+    bin_dir,
     configure,
     key,
     mallory,
@@ -42,11 +43,6 @@ from test_faults import (  # noqa: E402
 )
 
 DEFAULT = Scenario("security", "", "", 0, "")
-
-
-@pytest.fixture(scope="module")
-def bin_dir(installed_venv) -> Path:
-    return installed_venv.python.parent
 
 
 @pytest.fixture

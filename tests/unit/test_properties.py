@@ -27,7 +27,6 @@ import io
 import json
 import os
 
-import pytest
 from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 from nss_cache.caches import cache_factory
