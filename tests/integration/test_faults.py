@@ -265,6 +265,7 @@ class Scenario:
     check: Optional[Callable[[Ctx], None]] = None  # more assertions afterwards
     command: Tuple[str, ...] = ("nsscache", "update", "--full")
     env: Dict[str, str] = field(default_factory=dict)
+    logged: int = 1  # per entry: how many lines carry the message (once per run; once per party to a duplicate)
 
     @property
     def deadline(self) -> float:
@@ -536,12 +537,13 @@ SCENARIOS: List[Scenario] = [
              "dropped group slurm-admins: gid 0 (root) is never accepted",
              org=editing(lambda org: group_named(org, "slurm-admins"), sunkPosixGid=0), expect=without_groups("slurm-admins")),
     Scenario("duplicate-username", "a second user named bob", REJECTED, 0,
-             "dropped user bob: name bob is shared by bob, bob", org=adding(mallory(name="bob")), expect=without_users("bob")),
+             "dropped user bob: name bob is shared by bob, bob", org=adding(mallory(name="bob")), expect=without_users("bob"),
+             logged=2),
     Scenario("duplicate-uid", "mallory with bob's uid 20002", REJECTED, 0,
              "dropped user bob: uid 20002 is shared by bob, mallory", org=adding(mallory(uid=20002)), expect=without_users("bob")),
     Scenario("duplicate-group-name", "a second group named slurm-admins", REJECTED, 0,
              "dropped group slurm-admins: name slurm-admins is shared by slurm-admins, slurm-admins",
-             org=adding_group("slurm-admins", 30009, ["bob"]), expect=without_groups("slurm-admins")),
+             org=adding_group("slurm-admins", 30009, ["bob"]), expect=without_groups("slurm-admins"), logged=2),
     Scenario("duplicate-gid", "a listed group ops with slurm-admins' gid 30002", REJECTED, 0,
              "dropped group ops: gid 30002 is shared by ops, slurm-admins",
              groups="slurm-users, slurm-admins, ops", org=adding_group("ops", 30002, ["erin"]), expect=without_groups("slurm-admins")),
@@ -774,6 +776,8 @@ def test_fault(scenario: Scenario, bin_dir, good_node_files, tmp_path):
             assert node.cache("sshkey") == fault_free()["sshkey"].splitlines(keepends=True)[0]
         else:
             assert read_caches(node) == scenario.expect(fault_free()), outcome(scenario, result)
+            # Each rejection is logged once per run, although nsscache asks for four maps.
+            assert result.stderr.count(message) == scenario.logged, outcome(scenario, result)
         assert TOKEN not in result.stdout + result.stderr
         if scenario.check is not None:
             scenario.check(ctx)
