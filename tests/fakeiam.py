@@ -107,6 +107,9 @@ class Fault:
     :param drip: seconds to wait between pieces of ``drip_bytes`` body bytes: a
         server that answers at once but trickles the body (each piece arrives
         well within a read timeout).
+    :param header_drip: seconds to wait before each of ``header_lines`` extra
+        header lines (``X-Pad-<n>: x``): a server trickling its headers, so a
+        client is still waiting for the status and headers.
     :param times: how many matching requests it serves; ``None`` for all of them.
 
     ``fired`` counts the requests it served.
@@ -124,6 +127,8 @@ class Fault:
     chunked: bool = False
     drip: float = 0.0
     drip_bytes: int = 64
+    header_drip: float = 0.0
+    header_lines: int = 0
     times: int | None = 1
     fired: int = field(default=0, compare=False)
 
@@ -229,6 +234,11 @@ class Fault:
     def redirect(cls, endpoint: str, page: int | None = None, location: str = "", status: int = 302, **kw: Any) -> Fault:
         """A redirect to ``location`` (with an empty body)."""
         return cls(endpoint, page, status=status, body=b"", headers={"Location": location}, **kw)
+
+    @classmethod
+    def slow_headers(cls, endpoint: str, page: int | None = None, seconds_per_line: float = 0.5, lines: int = 20, **kw: Any) -> Fault:
+        """The normal page after ``lines`` header lines sent ``seconds_per_line`` apart."""
+        return cls(endpoint, page, header_drip=seconds_per_line, header_lines=lines, **kw)
 
     @classmethod
     def slow_body(cls, endpoint: str, page: int | None = None, seconds_per_piece: float = 0.5, piece: int = 64, **kw: Any) -> Fault:
@@ -696,6 +706,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         chunked = fault is not None and fault.chunked
         self.send_response(response.status)
+        if fault is not None and fault.header_lines:
+            try:
+                for n in range(fault.header_lines):
+                    self.send_header(f"X-Pad-{n}", "x")
+                    self.wfile.write(b"".join(self._headers_buffer))
+                    self.wfile.flush()
+                    self._headers_buffer = []
+                    if iam._closing.wait(fault.header_drip):
+                        break
+            except (BrokenPipeError, ConnectionResetError):
+                self._hang_up()
+                return
         for name, value in {"Content-Type": SCIM_JSON, **response.headers}.items():
             self.send_header(name, value)
         if chunked:
