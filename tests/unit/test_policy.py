@@ -780,6 +780,12 @@ def directory_of(n_users, n_groups):
     return policy.Directory(accounts, groups, (), ())
 
 
+EMPTIED = (
+    "refusing to remove all {n} {what} of the last accepted run: the previous caches are kept. If this removal is "
+    "intended, run `nsscache-coreweave update --accept-shrink` once (or set NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1 for one run)"
+)
+
+
 def shrink_message(what, before, now, share, limit="25%"):
     return (
         f"refusing to shrink {what} from {before} to {now} (-{share}, more than coreweave_max_shrink {limit} of the "
@@ -803,6 +809,8 @@ def shrink_message(what, before, now, share, limit="25%"):
         pytest.param((100, 2), (99, 2), 0.0, shrink_message("users", 100, 99, "1%", "0%"), id="zero-tolerance"),
         pytest.param((100, 2), (50, 2), 0.5, None, id="configured-half"),
         pytest.param((100, 2), (1, 1), 1.0, None, id="one-disables-the-ratio"),
+        pytest.param((100, 2), (0, 2), 1.0, EMPTIED.format(n=100, what="users"), id="emptied-users-even-with-the-ratio-off"),
+        pytest.param((100, 2), (5, 0), 1.0, EMPTIED.format(n=2, what="groups"), id="emptied-groups-even-with-the-ratio-off"),
     ],
 )
 def test_shrink_problem(previous, now, max_shrink, expected):

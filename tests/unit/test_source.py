@@ -419,6 +419,16 @@ def test_an_emptied_group_set_is_refused_even_with_the_ratio_guard_off(mocker):
     assert counts(conf) == (2, 2)
 
 
+def test_an_emptied_group_set_is_accepted_by_the_one_shot_override(mocker, monkeypatch):
+    monkeypatch.setenv(policy.ACCEPT_SHRINK_ENV, "1")
+    conf = {**CONF, "max_shrink": 1}
+    state.save(conf["state_dir"], scope(conf), 2, 2)
+    groups = (GroupRecord("g-users", "slurm-users", 30001, ()), GroupRecord("g-sudo", "slurm-sudo", 30002, ()))
+    mocker.patch.object(snapshot, "take", return_value=snap(groups=groups))
+    assert len(GETTERS["group"](CoreWeaveSource(dict(conf)))) == 2
+    assert counts(conf) == (0, 2)
+
+
 def test_an_unwritable_state_directory_is_logged_and_the_maps_still_served(mocker, caplog, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
