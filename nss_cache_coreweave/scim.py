@@ -11,6 +11,7 @@ import email.utils
 import json
 import logging
 import random
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 STALE_CURSOR_TYPES = frozenset({"invalidCursor", "expiredCursor"})  # RFC 9865 §2.3
 BACKOFF_BASE = 1.0  # seconds; doubled per retry, then jittered and capped
 CHUNK = 256 * 1024
+WATCHDOG_GRACE = 1.0  # seconds past the deadline before a stalled exchange is abandoned
 
 T = TypeVar("T")
 
@@ -297,10 +299,36 @@ class _Fetcher:
     def _send(self, params: dict, where: str):
         """One GET, read to the end within the size limit and the deadline.
         :raises _Transient: for what a retry may cure."""
-        server = self.server
         remaining = self.deadline - self.clock.monotonic()
         if remaining <= 0:
-            raise FetchError(f"{where}: coreweave_deadline ({server.deadline:g} s) exceeded: refusing to go on")
+            raise FetchError(f"{where}: coreweave_deadline ({self.server.deadline:g} s) exceeded: refusing to go on")
+        # Socket timeouts restart with every byte, so a server trickling its
+        # headers or body would outlast any of them: the exchange runs in a
+        # daemon thread and is abandoned, with the run, at the deadline.
+        outcome: dict = {}
+        done = threading.Event()
+
+        def exchange() -> None:
+            try:
+                outcome["result"] = self._exchange(params, where, remaining)
+            except BaseException as e:  # handed to the waiting thread
+                outcome["error"] = e
+            finally:
+                done.set()
+
+        threading.Thread(target=exchange, name="nss-cache-coreweave-fetch", daemon=True).start()
+        # The grace lets the socket timeout and the checks in _read, which
+        # say more, speak first.
+        if not done.wait(remaining + WATCHDOG_GRACE):
+            raise FetchError(
+                f"{where}: coreweave_deadline ({self.server.deadline:g} s) exceeded waiting for the server: refusing to go on"
+            )
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+    def _exchange(self, params: dict, where: str, remaining: float):
+        server = self.server
         try:
             # verify per request: a session-level value loses to REQUESTS_CA_BUNDLE.
             response = self.session.get(
