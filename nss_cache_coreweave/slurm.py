@@ -645,7 +645,7 @@ def apply(result: Plan, sacctmgr: Sacctmgr, recorded: SlurmState, save: Callable
     total = len(result.operations)
     for number, op in enumerate(result.operations, 1):
         step = f"step {number} of {total} ({op})"
-        log.info("slurm: %s", step)
+        log.info("coreweave: slurm: %s", step)
         try:
             sacctmgr.write(op.args(), step)
         except SlurmError as e:
