@@ -1,6 +1,6 @@
 """Benchmark: ``nsscache-coreweave slurm-sync`` with 10,000 members in 5 accounts
 against a real slurmdbd (MariaDB at its default durability, munge), started as in
-the tests (harness.SlurmStack). Not collected by pytest; run it by hand:
+the tests (slurm_harness.SlurmStack). Not collected by pytest; run it by hand:
 
     make install && .venv/bin/python tests/slurm/bench_sync.py [--members 10000] [--accounts 5] [--leavers 20]
 
@@ -27,9 +27,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from conftest import TOKEN, Site, make_org  # noqa: E402
+from slurm_site import TOKEN, Site, make_org  # noqa: E402
 from fakeiam import FakeIAM  # noqa: E402
-from harness import SlurmStack, which  # noqa: E402
+from slurm_harness import SlurmStack, which  # noqa: E402
 
 WRAPPER = """#!/bin/sh
 printf '%s\n' "$1" >> "{log}"

@@ -13,9 +13,9 @@ from typing import List
 
 import pytest
 
-from conftest import CLUSTER, TOKEN, Site, make_org
 from fakeiam import FakeIAM
-from harness import which
+from slurm_harness import which
+from slurm_site import CLUSTER, TOKEN, Site, dbd, iam, make_org, org, site, stack  # noqa: F401 (fixtures)
 
 MARKER = "nsscache-coreweave"
 WRAPPER = """#!/bin/sh

@@ -1,4 +1,7 @@
-"""Fixtures for the slurm-sync tests against a real slurmdbd (see harness.py).
+"""Fixtures for the slurm-sync tests against a real slurmdbd (see slurm_harness.py).
+
+Not a conftest.py: tests/conftest.py is imported as ``conftest`` by other tests, and a
+second one would shadow it. Test modules import the fixtures by name.
 
 ``stack``   munged + MariaDB, started once per test module, stopped by pid at its end.
 ``dbd``     a fresh slurmdbd and database per test, with the cluster registered.
@@ -17,7 +20,7 @@ from typing import Dict, Optional, Sequence
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import CLUSTER, SlurmStack  # noqa: E402
+from slurm_harness import CLUSTER, SlurmStack  # noqa: E402
 from fakeiam import FakeIAM  # noqa: E402  (tests/ is on sys.path: tests/conftest.py)
 
 EXT = "urn:coreweave:params:scim:schemas:extension:coreweave:2.0:CoreWeaveUser"
@@ -158,4 +161,4 @@ def site(tmp_path, iam, dbd):
     return Site(tmp_path / "site", iam, dbd, ["ml-team", "hpc"])
 
 
-__all__ = ["CLUSTER", "make_org", "Site"]
+__all__ = ["CLUSTER", "TOKEN", "make_org", "Site", "stack", "dbd", "org", "iam", "site"]
