@@ -317,6 +317,14 @@ def alice_renamed(body: dict) -> None:
     body["itemsPerPage"] = len(body["Resources"])
 
 
+def gzip_bomb(body: dict) -> bytes:
+    """The page, padded to 40 MB of one character, gzipped (about 40 kB)."""
+    import gzip
+
+    body["x-padding"] = "x" * 40_000_000
+    return gzip.compress(json.dumps(body).encode(), compresslevel=9)
+
+
 def cursor_to_itself(ctx: Ctx) -> List[Fault]:
     """Page 2's nextCursor is the cursor that fetched page 2."""
     cursor = ctx.iam._issue_cursor("Users", 2)
@@ -362,7 +370,7 @@ SCENARIOS: List[Scenario] = [
              "Users page 1: ReadTimeout talking to {base}; retrying in",
              settings={"timeout": "1"}, faults=lambda ctx: [Fault.stall("Users", 1, seconds=3)]),
     Scenario("reset-mid-body-once", "connection reset after 40 body bytes once on Users page 2", RETRIED, 0,
-             "Users page 2: ProtocolError talking to {base}; retrying in",
+             "Users page 2: ChunkedEncodingError talking to {base}; retrying in",
              faults=lambda ctx: [Fault.cut_mid_body("Users", 2, after=40)]),
     Scenario("dropped-once", "connection closed without an answer once on Groups page 1", RETRIED, 0,
              "Groups page 1: ConnectionError talking to {base}; retrying in",
@@ -380,7 +388,7 @@ SCENARIOS: List[Scenario] = [
              "Groups page 1: ReadTimeout talking to {base} (after 2 attempts): is the network or the server down?",
              settings={"timeout": "1"}, faults=lambda ctx: [Fault.stall("Groups", 1, seconds=10, times=None)]),
     Scenario("reset-mid-body", "connection reset after 40 body bytes of Users page 2, every time", WHOLE_RUN, 75,
-             "Users page 2: ProtocolError talking to {base} (after 2 attempts): is the network or the server down?",
+             "Users page 2: ChunkedEncodingError talking to {base} (after 2 attempts): is the network or the server down?",
              faults=lambda ctx: [Fault.cut_mid_body("Users", 2, after=40, times=None)]),
     Scenario("connection-dropped", "connection closed without an answer, every time", WHOLE_RUN, 75,
              "Groups page 1: ConnectionError talking to {base} (after 2 attempts): is the network or the server down?",
@@ -481,6 +489,10 @@ SCENARIOS: List[Scenario] = [
              "Users page 2: the response is larger than coreweave_max_page_bytes (65536 bytes): refusing a runaway response",
              settings={"max_page_bytes": "65536"},
              faults=lambda ctx: [Fault.huge_page("Users", 2, size=4_000_000, chunked=True)]),
+    Scenario("gzip-bomb", "Users page 2 as 40 kB of gzip that inflates to 40 MB (Content-Encoding: gzip)", WHOLE_RUN, 4,
+             "Users page 2: the response is larger than coreweave_max_page_bytes (65536 bytes): refusing a runaway response",
+             settings={"max_page_bytes": "65536"},
+             faults=lambda ctx: [Fault("Users", 2, body=gzip_bomb, headers={"Content-Encoding": "gzip"})]),
     # --- whole-run guards (InvalidMap: exit 4) ----------------------------------
     Scenario("shrink", "4 users -> 1 (slurm-users loses bob, erin, frank)", WHOLE_RUN, 4,
              SHRINK_4_TO_1, org=only_alice),
