@@ -627,3 +627,19 @@ def test_server_carries_the_transport_limits():
 def test_key_rules_are_one_value():
     rules = ok(ssh_key_types="ed25519", min_rsa_bits=4096, allow_key_options="true").keys
     assert rules == config.KeyRules(types=frozenset({"ed25519"}), min_rsa_bits=4096, allow_options=True)
+
+
+@pytest.mark.parametrize(
+    "shell",
+    [
+        pytest.param("/bin/ba:sh", id="colon"),  # would shift passwd's fields for every user
+        pytest.param("/bin/bash\nevil", id="newline"),  # a continuation line in nsscache.conf
+        pytest.param("/bin/bash\x00", id="nul"),
+        pytest.param("/bin/../bin/bash", id="not-normalised"),
+    ],
+)
+def test_a_default_shell_that_cannot_be_written_is_refused(shell):
+    # The default shell lands in every user's passwd line unchecked by policy.
+    assert problem(default_shell=shell, allowed_shells="/bin/bash").startswith(
+        "invalid configuration: coreweave_default_shell"
+    )
