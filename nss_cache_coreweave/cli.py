@@ -143,14 +143,14 @@ def _update(conf, args) -> int:
         status = EXIT_FAILED
     finally:
         updater._Unlock()
-    if status == updater.ERR_LOCK:
-        return status
     stale = [m for m in conf.maps if _update_stamp(conf, m) in (None, before[m])]
     if stale:
         # nsscache's own status can be 0 when an earlier map failed.
         log.error("not updated this run: %s", ", ".join(stale))
-        return status or EXIT_FAILED
-    return status
+    if status in (EXIT_TEMPFAIL, updater.ERR_LOCK):
+        return status
+    # nsscache counts failed maps; ours is 1 for "some map was not updated".
+    return EXIT_FAILED if stale or status else EXIT_OK
 
 
 def _update_stamp(conf, map_name: str):

@@ -354,18 +354,14 @@ class _Fetcher:
         if declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise too_big
         chunks, size = [], 0
-        while True:
-            # read1: whatever one socket read brings, so that a trickling
-            # body meets the deadline check below (read(n) would wait for n).
-            chunk = response.raw.read1(CHUNK, decode_content=True)
-            if not chunk:
-                return b"".join(chunks)
+        for chunk in response.iter_content(CHUNK):
             size += len(chunk)
             if size > limit:
                 raise too_big
             if self.clock.monotonic() > self.deadline:
                 raise FetchError(f"{where}: coreweave_deadline ({self.server.deadline:g} s) exceeded while reading")
             chunks.append(chunk)
+        return b"".join(chunks)
 
     def _backoff(self, attempt: int) -> float:
         """1, 2, 4 … s, capped, times a random factor in (0.5, 1] so that a

@@ -422,7 +422,7 @@ SCENARIOS: List[Scenario] = [
              settings={"deadline": "2.5", "retries": "3"},
              faults=lambda ctx: [Fault.stall("Users", None, seconds=1, times=None)]),
     Scenario("deadline-slow-body", "Users page 1 trickled 150 bytes every 0.5 s (about 9 s); coreweave_deadline 2", WHOLE_RUN, 75,
-             "Users page 1: coreweave_deadline (2 s) exceeded while reading",
+             "Users page 1: coreweave_deadline (2 s) exceeded",
              settings={"deadline": "2"},
              faults=lambda ctx: [Fault.slow_body("Users", 1, seconds_per_piece=0.5, piece=150, times=None)]),
     Scenario("deadline-slow-headers", "Users page 1's headers trickled one line every 0.5 s (12 s); coreweave_deadline 2", WHOLE_RUN, 75,
@@ -430,7 +430,7 @@ SCENARIOS: List[Scenario] = [
              settings={"deadline": "2"},
              faults=lambda ctx: [Fault.slow_headers("Users", 1, seconds_per_line=0.5, lines=24, times=None)]),
     Scenario("deadline-slow-chunked-body", "Users page 1 trickled in 150-byte chunks every 0.5 s; coreweave_deadline 2", WHOLE_RUN, 75,
-             "Users page 1: coreweave_deadline (2 s) exceeded while reading",
+             "Users page 1: coreweave_deadline (2 s) exceeded",
              settings={"deadline": "2"},
              faults=lambda ctx: [Fault("Users", 1, chunked=True, drip=0.5, drip_bytes=150, times=None)]),
     # --- not a complete listing (InvalidMap for each of the 4 maps: exit 4) ------

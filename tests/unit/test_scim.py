@@ -961,7 +961,7 @@ def test_connection_cut_mid_body_every_time_fails_after_the_retries():
     error = refused(FetchError, *[Reply(200, chunks=cut(b'{"Resources": ['))] * 4, retries=3)
     assert type(error) is FetchError
     assert str(error) == (
-        f"Users page 1: ProtocolError talking to {BASE} (after 4 attempts): is the network or the server down?"
+        f"Users page 1: ChunkedEncodingError talking to {BASE} (after 4 attempts): is the network or the server down?"
     )
     assert error.sleeps == [1.0, 2.0, 4.0]
 

@@ -54,26 +54,24 @@ class Reply:
 
 
 class StreamedBody:
-    """``response.raw`` for a streamed Reply: like urllib3's HTTPResponse,
-    ``read1`` hands over what one socket read would bring (here: the next
-    scripted chunk), b"" at the end."""
+    """``response.raw`` for a Reply: its scripted chunks, as urllib3's
+    HTTPResponse.stream would hand them over."""
 
     def __init__(self, chunks):
         self.chunks = list(chunks)
         self.delivered = 0  # body bytes handed to the reader
         self.closed = False
 
-    def read1(self, amt=None, decode_content=None):
-        while self.chunks:
-            item = self.chunks.pop(0)
+    def stream(self, amt=None, decode_content=None):
+        """What requests' iter_content reads from urllib3."""
+        for item in self.chunks:
             if isinstance(item, BaseException):
                 raise item
             if callable(item):
                 item()
                 continue
             self.delivered += len(item)
-            return item
-        return b""
+            yield item
 
     def close(self):
         self.closed = True
