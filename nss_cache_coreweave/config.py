@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import posixpath
 import re
 import stat
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ SHELLS_FILE = "/etc/shells"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_PATH_BAD = re.compile(r"[\x00-\x1f\x7f:,]")
 _CORE_SCHEMAS = (
     "urn:ietf:params:scim:schemas:core:2.0:user",
     "urn:ietf:params:scim:schemas:core:2.0:group",
@@ -306,8 +308,9 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
             verify = ca_bundle
 
     default_shell = str(get("default_shell"))
-    if not default_shell.startswith("/"):
-        problems.append(f"coreweave_default_shell must be an absolute path, got {default_shell!r}")
+    if not clean_path(default_shell):
+        # It lands in the passwd line of every user whose own shell is not allowed.
+        problems.append(f"coreweave_default_shell must be an absolute, clean path, got {default_shell!r}")
 
     home_template = get("home_directory")
     if home_template is not None:
@@ -459,6 +462,21 @@ def _slurm_sync(get, number, allowed, problems) -> SlurmSync:
         parent_account=parent,
         sacctmgr=sacctmgr,
         timeout=number("slurm_timeout", float, 1, 86400),
+    )
+
+
+def clean_path(path) -> bool:
+    """An absolute, normalised ASCII path without ':', ',' or control
+    characters: safe in a passwd field. ASCII because nsscache's index
+    offsets count characters, not bytes (and its writer cannot encode a
+    lone surrogate)."""
+    return (
+        isinstance(path, str)
+        and path.isascii()
+        and path.startswith("/")
+        and not _PATH_BAD.search(path)
+        and posixpath.normpath(path) == path
+        and not path.startswith("//")
     )
 
 

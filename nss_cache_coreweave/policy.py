@@ -8,14 +8,13 @@ which is cleaned because it is free text.
 
 from __future__ import annotations
 
-import posixpath
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
 from . import sshkeys
-from .config import Config
+from .config import Config, clean_path as _clean_path
 from .snapshot import GroupRecord, Snapshot, UserRecord
 
 __all__ = [
@@ -29,7 +28,6 @@ POSIX_NAME = re.compile(r"[a-z0-9_.][a-z0-9_.-]{0,31}", re.ASCII)
 NOBODY = 65534
 ACCEPT_SHRINK_ENV = "NSSCACHE_COREWEAVE_ACCEPT_SHRINK"
 _GECOS_MAX = 255
-_PATH_BAD = re.compile(r"[\x00-\x1f\x7f:,]")
 
 
 @dataclass(frozen=True)
@@ -331,20 +329,6 @@ def _as_int(value) -> Optional[int]:
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
         return int(value)
     return None
-
-
-def _clean_path(path) -> bool:
-    # ASCII only: nsscache's index offsets count characters, not bytes, and
-    # its writer cannot encode a lone surrogate.
-    return (
-        isinstance(path, str)
-        and path.isascii()
-        and path.startswith("/")
-        and not _PATH_BAD.search(path)
-        and posixpath.normpath(path) == path
-        and "/../" not in path + "/"
-        and not path.startswith("//")
-    )
 
 
 def _clean_gecos(value) -> str:

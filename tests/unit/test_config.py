@@ -136,7 +136,7 @@ def test_every_problem_is_reported_together():
     for part in (
         "coreweave_pagination must be index or cursor, got 'offset'",
         "coreweave_verify_tls must be true or false, got 'maybe'",
-        "coreweave_default_shell must be an absolute path, got 'bash'",
+        "coreweave_default_shell must be an absolute, clean path, got 'bash'",
         "coreweave_page_size must be between 1 and 10000, got 0",
         "coreweave_timeout must be a number, got 'soon'",
         "coreweave_retries must be between 0 and 10, got 11",
@@ -229,7 +229,7 @@ def test_verify_tls_false_wins_over_ca_bundle():
         pytest.param({"base_url": "api.coreweave.com/scim/x"}, "coreweave_base_url must start with https:// (or http:// for a loopback test server), got 'api.coreweave.com/scim/x'", id="base-url-scheme"),
         pytest.param({"groups": " , "}, "coreweave_groups names no group", id="no-group"),
         pytest.param({"ca_bundle": "certs/ca.pem"}, "coreweave_ca_bundle must be an absolute path, got 'certs/ca.pem'", id="relative-ca"),
-        pytest.param({"default_shell": "bash"}, "coreweave_default_shell must be an absolute path, got 'bash'", id="relative-shell"),
+        pytest.param({"default_shell": "bash"}, "coreweave_default_shell must be an absolute, clean path, got 'bash'", id="relative-shell"),
         pytest.param({"home_directory": "home/%u"}, "coreweave_home_directory must be an absolute path template (%%u = username), got 'home/%u'", id="relative-home"),
         pytest.param({"user_name_attribute": ","}, "coreweave_user_name_attribute must name an attribute", id="no-name-path"),
         pytest.param({"uid_attribute": " , "}, "coreweave_uid_attribute must name an attribute", id="no-uid-path"),
