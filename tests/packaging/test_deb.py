@@ -50,6 +50,8 @@ SHIPPED = (
     KEYS,
     f"{UNITS}/nsscache-coreweave.service",
     f"{UNITS}/nsscache-coreweave.timer",
+    f"{UNITS}/nsscache-coreweave-slurm-sync.service",
+    f"{UNITS}/nsscache-coreweave-slurm-sync.timer",
     f"{EXAMPLES}/nsscache.conf",
     f"{EXAMPLES}/nsswitch.conf.snippet",
     f"{EXAMPLES}/cron.d/nsscache-coreweave",
@@ -167,18 +169,18 @@ def test_packaged_sshd_example_points_at_the_packaged_helper(installed, tmp_path
 
 
 def test_systemd_units_verify_and_the_timer_is_not_enabled(installed):
-    for name in ("nsscache-coreweave.service", "nsscache-coreweave.timer"):
+    units = ("nsscache-coreweave.service", "nsscache-coreweave.timer",
+             "nsscache-coreweave-slurm-sync.service", "nsscache-coreweave-slurm-sync.timer")
+    for name in units:
         assert Path(UNITS, name).read_bytes() == (REPO / "conf" / "systemd" / name).read_bytes()
 
-    verify = run(
-        ["systemd-analyze", "verify", f"{UNITS}/nsscache-coreweave.timer", f"{UNITS}/nsscache-coreweave.service"],
-        check=False,
-    )
-    enabled = run(["systemctl", "is-enabled", "nsscache-coreweave.timer"], check=False)
+    verify = run(["systemd-analyze", "verify", *(f"{UNITS}/{name}" for name in units)], check=False)
 
     assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
-    assert enabled.stdout.strip() == "disabled", enabled.stdout + enabled.stderr
-    assert not Path("/etc/systemd/system/timers.target.wants/nsscache-coreweave.timer").exists()
+    for timer in ("nsscache-coreweave.timer", "nsscache-coreweave-slurm-sync.timer"):
+        enabled = run(["systemctl", "is-enabled", timer], check=False)
+        assert enabled.stdout.strip() == "disabled", enabled.stdout + enabled.stderr
+        assert not Path(f"/etc/systemd/system/timers.target.wants/{timer}").exists()
 
 
 def test_examples_are_the_conf_files(installed):
