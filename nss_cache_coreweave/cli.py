@@ -29,7 +29,7 @@ from typing import List, Optional
 
 from . import __version__
 from . import config as config_mod
-from . import policy, scim, snapshot, state
+from . import install, policy, scim, snapshot, state
 from .errors import ConfigError, CoreWeaveError, FetchError, GuardError
 from .policy import ACCEPT_SHRINK_ENV
 from .source import guard, register, state_scope
@@ -200,6 +200,12 @@ def _check(conf, args) -> int:
     print(f"would write: {len(decided.accounts)} users, {len(decided.groups)} groups, {keys} SSH keys")
     for drop in decided.drops:
         print(str(drop))
+    registration = install.registration_problem()
+    if registration:
+        print(f"problem: {registration}")
+        problems += 1
+    else:
+        print("registration: the nsscache command finds source coreweave")
     if args.sample:
         _print_sample(config)
     return EXIT_FAILED if problems else EXIT_OK
@@ -279,12 +285,16 @@ def _status(conf, args) -> int:
         verdicts.add("unknown")
     elif last_run.get("outcome") != "ok":
         verdicts.add("failed")
+    # The classic breakage: installed for another Python than nsscache's.
+    registration = install.registration_problem()
+    if registration:
+        verdicts.add("failed")
     overall = next(v for v in ("unknown", "failed", "stale", "fresh") if v in verdicts or v == "fresh")
     code = {"fresh": 0, "stale": 1, "failed": 1, "unknown": 2}[overall] if args.max_age is not None else EXIT_OK
     if args.json:
         print(json.dumps({
             "status": overall, "exit_status": code, "checked_at": now, "max_age": args.max_age, "maps": maps,
-            "last_run": last_run, "last_success": entry.get("last_success"),
+            "last_run": last_run, "last_success": entry.get("last_success"), "registration_problem": registration,
             "shrink_refusals": entry.get("shrink_refusals", 0),
         }, indent=2, sort_keys=True))
         return code
@@ -301,6 +311,8 @@ def _status(conf, args) -> int:
             print(f"dropped {reason}: {count}")
         if last_run.get("outcome") != "ok":
             print(f"last error: {last_run.get('error_kind')}: {last_run.get('error')}")
+    if registration:
+        print(f"problem: {registration}")
     print(f"status: {overall}")
     return code
 

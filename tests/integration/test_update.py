@@ -147,6 +147,7 @@ def test_check_reports_counts_attributes_and_drops(node, iam):
     lines = result.stdout.splitlines()
     assert "listed: 6 users, 3 groups (token accepted)" in lines
     assert "would write: 4 users, 2 groups, 4 SSH keys" in lines
+    assert "registration: the nsscache command finds source coreweave" in lines
     assert "dropped user dave: is inactive" in lines
     assert "dropped key frank: key 2 does not decode as a ssh-ed25519 key (Invalid format)" in lines
     assert f"attribute users.uid ({EXT}:sunkPosixUid): present on 6 of 6" in lines
