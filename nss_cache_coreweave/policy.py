@@ -120,12 +120,12 @@ def decide(snapshot: Snapshot, config: Config, local: Optional[LocalAccounts] = 
         for member in group.members:
             if member.type is not None and str(member.type).lower() != "user":
                 drops.append(Drop(
-                    "member", f"{group.name}/{member.value}",
+                    "member", f"{group.name}/{_printable(member.value)}",
                     f"is a {member.type!r}, not a User (nested groups are not supported)", code="nested_group",
                 ))
             elif not isinstance(member.value, str) or member.value not in users_by_id:
                 drops.append(Drop(
-                    "member", f"{group.name}/{member.value}", "does not resolve to any listed user", code="unresolved",
+                    "member", f"{group.name}/{_printable(member.value)}", "does not resolve to any listed user", code="unresolved",
                 ))
             else:
                 member_ids[member.value] = None
@@ -164,7 +164,7 @@ def _allowed_groups(records: Tuple[GroupRecord, ...], config: Config, local: Loc
         name = record.name
         if allowed is not None and not (isinstance(name, str) and name in allowed):
             continue  # exact match on the POSIX group name; others are not ours
-        who = name if isinstance(name, str) and POSIX_NAME.fullmatch(name) else f"id {record.id}"
+        who = name if isinstance(name, str) and POSIX_NAME.fullmatch(name) else f"id {_printable(record.id)}"
         problem = (
             _name_problem(name)
             or _id_problem(record.gid, "gid", config.min_gid, config.max_gid)
@@ -179,7 +179,7 @@ def _allowed_groups(records: Tuple[GroupRecord, ...], config: Config, local: Loc
 
 def _account(user: UserRecord, config: Config, local: LocalAccounts, drops: List[Drop]) -> Optional[Account]:
     name = user.name
-    who = name if isinstance(name, str) and POSIX_NAME.fullmatch(name) else f"id {user.id}"
+    who = name if isinstance(name, str) and POSIX_NAME.fullmatch(name) else f"id {_printable(user.id)}"
     if user.active is False:
         drops.append(Drop("user", who, "is inactive", expected=True, code="inactive"))
         return None
@@ -341,6 +341,13 @@ def _clean_gecos(value) -> str:
     )
     cleaned = "".join(c for c in ascii_text if c.isprintable() and c != ":")
     return " ".join(cleaned.split())[:_GECOS_MAX]
+
+
+def _printable(value) -> str:
+    """A SCIM id or value as it may appear in a log line: a newline in it
+    must not forge another line."""
+    text = str(value)
+    return text if text.isprintable() else repr(text)
 
 
 def _show(value) -> str:
