@@ -15,14 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
-from fakeiam import FakeIAM, Fault  # noqa: E402
+from fakeiam import Fault  # noqa: E402
 from node import MAPS, TOKEN, Node  # noqa: E402
-
-
-@pytest.fixture
-def iam(demo_org):
-    with FakeIAM(demo_org, token=TOKEN) as server:
-        yield server
 
 
 @pytest.fixture
