@@ -57,7 +57,7 @@ def _run(config: config_mod.Config, *, record: bool) -> Union[policy.Directory, 
     started, start = time.time(), time.monotonic()
     stats = scim.Stats()
     try:
-        outcome: Union[policy.Directory, CoreWeaveError] = _decide(config, stats)
+        outcome: Union[policy.Directory, CoreWeaveError] = _decide(config, stats, record=record)
     except CoreWeaveError as e:
         outcome = e
     decided = outcome if isinstance(outcome, policy.Directory) else None
@@ -86,7 +86,7 @@ def _run(config: config_mod.Config, *, record: bool) -> Union[policy.Directory, 
     return outcome
 
 
-def _decide(config: config_mod.Config, stats: scim.Stats) -> policy.Directory:
+def _decide(config: config_mod.Config, stats: scim.Stats, *, record: bool) -> policy.Directory:
     # The allow-list is part of the key: the snapshot keeps only its members.
     fetch_key = ("snapshot", config.server, config.users, config.groups, config.allowed_groups)
     if fetch_key not in _CACHE:
@@ -99,7 +99,7 @@ def _decide(config: config_mod.Config, stats: scim.Stats) -> policy.Directory:
         raise snap
     decided = policy.decide(snap, config)
     log_directory(config, decided)
-    guard(config, decided, accept_shrink=os.environ.get(policy.ACCEPT_SHRINK_ENV) == "1")
+    guard(config, decided, accept_shrink=os.environ.get(policy.ACCEPT_SHRINK_ENV) == "1", record=record)
     return decided
 
 
