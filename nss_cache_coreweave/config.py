@@ -81,6 +81,7 @@ KEYS: Mapping[str, object] = {
     "page_size": 1000,
     "pagination": "index",
     "max_pages": 10000,
+    "workers": 2,
     "max_page_bytes": 64 * 1024 * 1024,
     "timeout": 30.0,
     "retries": 3,
@@ -144,6 +145,7 @@ class Server:
     page_size: int = 1000
     pagination: str = "index"
     max_pages: int = 10000
+    workers: int = 2  # processes decoding a long index listing; 0: decode in-process
     max_page_bytes: int = 64 * 1024 * 1024
     timeout: float = 30.0  # seconds per request
     retries: int = 3
@@ -337,6 +339,7 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
         page_size=number("page_size", int, 1, 10000),
         pagination=pagination,
         max_pages=number("max_pages", int, 1, 1_000_000),
+        workers=number("workers", int, 0, 8),
         max_page_bytes=number("max_page_bytes", int, 1024, 2**31),
         timeout=number("timeout", float, 0.1, 3600),
         retries=number("retries", int, 0, 10),

@@ -10,10 +10,12 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import multiprocessing
+import queue
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Hashable, List, Optional, TypeVar
 from urllib.parse import urlsplit
@@ -39,6 +41,7 @@ STALE_CURSOR_TYPES = frozenset({"invalidCursor", "expiredCursor"})  # RFC 9865 ย
 BACKOFF_BASE = 1.0  # seconds; doubled per retry, then jittered and capped
 CHUNK = 256 * 1024
 WATCHDOG_GRACE = 1.0  # seconds past the deadline before a stalled exchange is abandoned
+PARALLEL_MIN_PAGES = 8  # index pages after the first before decoding in workers pays
 
 T = TypeVar("T")
 
@@ -118,10 +121,22 @@ def list_resources(
         # RFC 9865: a cursor may expire mid-walk; start over once.
         log.warning("%s: the server expired our cursor; restarting the listing once", kind)
         return walk(fetcher, _Collector(kind, extract, key))
+    finally:
+        fetcher.close()
 
 
 def _no_sleep(seconds: float) -> None:
     raise AssertionError("no sleep was injected")
+
+
+@dataclass(frozen=True)
+class _Page:
+    """What a walk needs from one decoded page."""
+
+    total: object  # totalResults as sent (checked by _total)
+    next_cursor: object
+    count: int  # resources on the page
+    items: list  # [(key, extracted item)]
 
 
 class _Collector:
@@ -131,8 +146,9 @@ class _Collector:
         self.kind, self.extract, self.key = kind, extract, key
         self.items: Dict[Hashable, object] = {}
 
-    def add_page(self, page_no: int, body: dict) -> int:
-        """Add a page's resources; return how many were new."""
+    def read(self, body: dict, page_no: int) -> "_Page":
+        """Check a page's envelope and resources and extract them (no state:
+        this also runs in a decoding worker)."""
         resources = body.get("Resources", [])
         if not isinstance(resources, list):
             raise ListingError(f"{self.kind} page {page_no}: 'Resources' is not a list: refusing a malformed listing")
@@ -142,12 +158,18 @@ class _Collector:
                 f"{self.kind} page {page_no} says itemsPerPage {per_page} but holds {len(resources)} resources: "
                 "refusing a partial listing"
             )
-        new = 0
+        items = []
         for resource in resources:
             if not isinstance(resource, dict) or not isinstance(resource.get("id"), str) or not resource["id"]:
                 raise ListingError(f"{self.kind} page {page_no}: a resource has no string 'id': refusing a malformed listing")
             item = self.extract(resource)
-            k = self.key(item)
+            items.append((self.key(item), item))
+        return _Page(body.get("totalResults"), body.get("nextCursor"), len(resources), items)
+
+    def merge(self, page_no: int, page: "_Page") -> int:
+        """Add a page's items; return how many were new."""
+        new = 0
+        for k, item in page.items:
             if k not in self.items:
                 self.items[k] = item
                 new += 1
@@ -162,27 +184,36 @@ class _Collector:
 def _walk_index(fetcher: "_Fetcher", collected: _Collector) -> list:
     """RFC 7644 ยง3.4.2.4: startIndex (1-based) and count."""
     kind, server = fetcher.kind, fetcher.server
-    start, total = 1, None
-    for page_no in range(1, server.max_pages + 1):
-        body = fetcher.page(page_no, {"startIndex": start, "count": server.page_size})
-        page_total = _total(body, kind, page_no, required=True)
-        if total is None:
-            total = page_total
-        elif page_total != total:
-            raise ListingError(
-                f"{kind} page {page_no} has totalResults {page_total}, page 1 said {total}: refusing a partial listing"
-            )
-        new = collected.add_page(page_no, body)
-        if len(collected.items) >= total:
-            break
-        if new == 0:
-            raise ListingError(
-                f"{kind} page {page_no} (startIndex {start}) brought no new resources after "
-                f"{len(collected.items)} of {total}: refusing a partial listing"
-            )
-        start += len(body.get("Resources") or ())
-    else:
-        raise ListingError(f"{kind}: more than coreweave_max_pages ({server.max_pages}) pages: refusing an endless listing")
+    start, total, ahead = 1, None, None
+    try:
+        for page_no in range(1, server.max_pages + 1):
+            if ahead is not None:
+                page = ahead.take(page_no, start)
+            else:
+                page = collected.read(fetcher.page(page_no, {"startIndex": start, "count": server.page_size}), page_no)
+            page_total = _total({"totalResults": page.total}, kind, page_no, required=True)
+            if total is None:
+                total = page_total
+            elif page_total != total:
+                raise ListingError(
+                    f"{kind} page {page_no} has totalResults {page_total}, page 1 said {total}: refusing a partial listing"
+                )
+            new = collected.merge(page_no, page)
+            if len(collected.items) >= total:
+                break
+            if new == 0:
+                raise ListingError(
+                    f"{kind} page {page_no} (startIndex {start}) brought no new resources after "
+                    f"{len(collected.items)} of {total}: refusing a partial listing"
+                )
+            start += page.count
+            if page_no == 1 and _worth_decoding_ahead(server, total, page.count):
+                ahead = _Ahead(fetcher, collected, start, page.count, total)
+        else:
+            raise ListingError(f"{kind}: more than coreweave_max_pages ({server.max_pages}) pages: refusing an endless listing")
+    finally:
+        if ahead is not None:
+            ahead.close()
     if len(collected.items) != total:
         raise ListingError(
             f"{kind}: collected {len(collected.items)} distinct resources but totalResults is {total}: refusing a partial listing"
@@ -190,13 +221,85 @@ def _walk_index(fetcher: "_Fetcher", collected: _Collector) -> list:
     return list(collected.items.values())
 
 
+def _worth_decoding_ahead(server: Server, total: int, per_page: int) -> bool:
+    return server.workers > 0 and per_page > 0 and (total - per_page) / per_page >= PARALLEL_MIN_PAGES
+
+
+class _Ahead:
+    """Index paging with the JSON decoding in worker processes.
+
+    Decoding (json.loads) is most of a large listing's CPU time and holds the
+    GIL, so forked workers decode and extract pages while this process
+    fetches the next ones. Pages are requested where a walk of full pages
+    (as long as page 1) would ask for them; each is handed to the walk, in
+    order, only if that is where the walk is: otherwise the pipeline is
+    dropped and the walk goes on fetching page by page itself.
+    """
+
+    def __init__(self, fetcher: "_Fetcher", collected: _Collector, start: int, step: int, total: int):
+        self.fetcher, self.collected = fetcher, collected
+        self.next_page, self.next_start, self.step, self.total = 2, start, step, total
+        self.pending: deque = deque()  # (page_no, start, AsyncResult)
+        self.depth = 2 * fetcher.server.workers  # bounds the pages held in memory
+        self.pool = multiprocessing.get_context("fork").Pool(
+            fetcher.server.workers, initializer=_worker_init, initargs=(collected,)
+        )
+
+    def take(self, page_no: int, start: int) -> _Page:
+        fetcher = self.fetcher
+        if self.pool is not None:
+            while (
+                len(self.pending) < self.depth
+                and self.next_start <= self.total
+                and self.next_page <= fetcher.server.max_pages
+            ):
+                params = {"startIndex": self.next_start, "count": fetcher.server.page_size}
+                content = fetcher.content(self.next_page, params)
+                self.pending.append(
+                    (self.next_page, self.next_start, self.pool.apply_async(_worker_read, (content, self.next_page)))
+                )
+                self.next_page += 1
+                self.next_start += self.step
+            if self.pending and self.pending[0][:2] == (page_no, start):
+                _, _, result = self.pending.popleft()
+                try:
+                    return result.get(max(0.0, fetcher.deadline - fetcher.clock.monotonic()) + WATCHDOG_GRACE)
+                except multiprocessing.TimeoutError:
+                    raise FetchError(
+                        f"{fetcher.kind} page {page_no}: coreweave_deadline ({fetcher.server.deadline:g} s) exceeded "
+                        "while decoding: refusing to go on"
+                    ) from None
+            log.info("%s page %d: pages shorter than page 1, decoding the rest in this process", fetcher.kind, page_no)
+            self.close()
+        params = {"startIndex": start, "count": fetcher.server.page_size}
+        return self.collected.read(fetcher.page(page_no, params), page_no)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool, self.pending = None, deque()
+
+
+_worker_collector: Optional[_Collector] = None  # set in each decoding worker
+
+
+def _worker_init(collected: _Collector) -> None:
+    global _worker_collector
+    _worker_collector = collected
+
+
+def _worker_read(content: bytes, page_no: int) -> _Page:
+    return _worker_collector.read(_decode(content, f"{_worker_collector.kind} page {page_no}"), page_no)
+
+
 def _walk_cursor(fetcher: "_Fetcher", collected: _Collector) -> list:
     """RFC 9865: ``cursor`` (empty first), follow ``nextCursor`` until absent."""
     kind, server = fetcher.kind, fetcher.server
     cursor, seen_cursors, total = "", set(), None
     for page_no in range(1, server.max_pages + 1):
-        body = fetcher.page(page_no, {"cursor": cursor, "count": server.page_size})
-        page_total = _total(body, kind, page_no, required=False)
+        page = collected.read(fetcher.page(page_no, {"cursor": cursor, "count": server.page_size}), page_no)
+        page_total = _total({"totalResults": page.total}, kind, page_no, required=False)
         if page_total is not None:
             if total is not None and page_total != total:
                 raise ListingError(
@@ -204,8 +307,8 @@ def _walk_cursor(fetcher: "_Fetcher", collected: _Collector) -> list:
                     "refusing a partial listing"
                 )
             total = page_total
-        new = collected.add_page(page_no, body)
-        next_cursor = body.get("nextCursor")
+        new = collected.merge(page_no, page)
+        next_cursor = page.next_cursor
         if next_cursor is None:
             break
         if not isinstance(next_cursor, str) or not next_cursor:
@@ -247,10 +350,15 @@ class _Fetcher:
     clock: Clock
     deadline: float
     stats: Stats
+    exchanger: Optional["_Exchanger"] = None
 
     def page(self, page_no: int, params: dict) -> dict:
-        """One page as a JSON object, retrying connection errors, timeouts,
-        429 and 5xx with jittered exponential backoff; never 4xx otherwise."""
+        """One page as a JSON object (see content)."""
+        return _decode(self.content(page_no, params), f"{self.kind} page {page_no}")
+
+    def content(self, page_no: int, params: dict) -> bytes:
+        """One page's JSON text, retrying connection errors, timeouts, 429
+        and 5xx with jittered exponential backoff; never 4xx otherwise."""
         server, where = self.server, f"{self.kind} page {page_no}"
         for attempt in range(server.retries + 1):
             last = attempt == server.retries
@@ -266,7 +374,7 @@ class _Fetcher:
                 self.stats.requests[(self.kind, f"{status // 100}xx")] += 1
                 self.stats.bytes += len(content)
                 if status == 200:
-                    return _json_body(headers, content, where)
+                    return _json_content(headers, content, where)
                 detail = _error_detail(content, server.token)
                 if status in (401, 403):
                     raise AuthError(
@@ -304,28 +412,24 @@ class _Fetcher:
             raise FetchError(f"{where}: coreweave_deadline ({self.server.deadline:g} s) exceeded: refusing to go on")
         # Socket timeouts restart with every byte, so a server trickling its
         # headers or body would outlast any of them: the exchange runs in a
-        # daemon thread and is abandoned, with the run, at the deadline.
-        outcome: dict = {}
-        done = threading.Event()
-
-        def exchange() -> None:
-            try:
-                outcome["result"] = self._exchange(params, where, remaining)
-            except BaseException as e:  # handed to the waiting thread
-                outcome["error"] = e
-            finally:
-                done.set()
-
-        threading.Thread(target=exchange, name="nss-cache-coreweave-fetch", daemon=True).start()
-        # The grace lets the socket timeout and the checks in _read, which
-        # say more, speak first.
-        if not done.wait(remaining + WATCHDOG_GRACE):
+        # daemon thread and is abandoned, with the run, at the deadline. The
+        # grace lets the socket timeout and _read's checks, which say more,
+        # speak first.
+        if self.exchanger is None:
+            self.exchanger = _Exchanger()
+        outcome = self.exchanger.run(lambda: self._exchange(params, where, remaining), remaining + WATCHDOG_GRACE)
+        if outcome is None:
             raise FetchError(
                 f"{where}: coreweave_deadline ({self.server.deadline:g} s) exceeded waiting for the server: refusing to go on"
             )
         if "error" in outcome:
             raise outcome["error"]
         return outcome["result"]
+
+    def close(self) -> None:
+        if self.exchanger is not None:
+            self.exchanger.close()
+            self.exchanger = None
 
     def _exchange(self, params: dict, where: str, remaining: float):
         server = self.server
@@ -369,14 +473,51 @@ class _Fetcher:
         return min(self.server.max_retry_wait, BACKOFF_BASE * (2**attempt)) * (1 - self.clock.random() / 2)
 
 
+class _Exchanger:
+    """One daemon thread that performs a listing's HTTP exchanges, one at a
+    time, so that the caller can stop waiting at the deadline (and a thread
+    is started once per listing, not once per page)."""
+
+    def __init__(self):
+        self._jobs: "queue.SimpleQueue" = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="nss-cache-coreweave-fetch", daemon=True).start()
+
+    def run(self, job: Callable[[], object], timeout: float) -> Optional[dict]:
+        """{"result": ...} or {"error": exception}; None if ``timeout`` passed."""
+        outcome: dict = {}
+        done = threading.Event()
+        self._jobs.put((job, outcome, done))
+        return outcome if done.wait(timeout) else None
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+    def _serve(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            job, outcome, done = item
+            try:
+                outcome["result"] = job()
+            except BaseException as e:  # handed to the waiting thread
+                outcome["error"] = e
+            finally:
+                done.set()
+
+
 class _Transient(Exception):
     """A failure that a retry may cure (connection, timeout, cut body)."""
 
 
-def _json_body(headers, content: bytes, where: str) -> dict:
+def _json_content(headers, content: bytes, where: str) -> bytes:
     content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type and content_type not in JSON_TYPES:
         raise ListingError(f"{where}: the response is {content_type[:60]}, not JSON: refusing a malformed listing")
+    return content
+
+
+def _decode(content: bytes, where: str) -> dict:
     body = _loads(content)
     if body is _NOT_JSON:
         raise ListingError(f"{where}: the response is not JSON: refusing a malformed listing")

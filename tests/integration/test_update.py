@@ -168,3 +168,22 @@ def test_check_reports_a_refused_token(node, iam):
     assert result.returncode == 75
     assert "HTTP 401" in result.stdout and "the bearer token is missing, expired or lacks the SUNK/SCIM permissions" in result.stdout
     assert "wrong-token" not in result.stdout + result.stderr
+
+
+def test_long_listing_decoded_in_workers_writes_the_same_caches(node, iam, demo_org):
+    # 26 users at 1 per page: more than scim.PARALLEL_MIN_PAGES pages, so the
+    # Users pages are decoded in forked workers (coreweave_workers = 2).
+    org = dict(demo_org, Users=demo_org["Users"] + [
+        {"id": f"filler-{i:02d}", "userName": f"filler{i}@example.com", "active": True} for i in range(20)
+    ])
+    iam.set_org(org)
+    node.configure(iam.base_url, "coreweave_page_size = 1\ncoreweave_workers = 2\n")
+
+    result = node.run("nsscache", "update", "--full")
+
+    assert result.returncode == 0, result.stderr
+    for name, content in expected_caches(demo_org).items():
+        assert node.cache(name) == content, name
+    assert [r.target for r in iam.requests("Users")] == [
+        f"/scim/cw-demo/Users?startIndex={i}&count=1" for i in range(1, 27)
+    ]

@@ -85,6 +85,7 @@ DEFAULTS = {
     "page_size": (lambda c: c.server.page_size, 1000),
     "pagination": (lambda c: c.server.pagination, "index"),
     "max_pages": (lambda c: c.server.max_pages, 10000),
+    "workers": (lambda c: c.server.workers, 2),
     "max_page_bytes": (lambda c: c.server.max_page_bytes, 64 * 1024 * 1024),
     "timeout": (lambda c: c.server.timeout, 30.0),
     "retries": (lambda c: c.server.retries, 3),
