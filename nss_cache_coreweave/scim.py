@@ -8,6 +8,7 @@ be handed a partial directory.
 from __future__ import annotations
 
 import email.utils
+import gc
 import json
 import logging
 import multiprocessing
@@ -115,6 +116,10 @@ def list_resources(
         deadline = clock.monotonic() + server.deadline
     fetcher = _Fetcher(session, server, url, kind, clock, deadline, stats if stats is not None else Stats())
     walk = _walk_cursor if server.pagination == "cursor" else _walk_index
+    # Decoded pages hold no reference cycles: while they stream through, the
+    # cyclic collector would only keep walking millions of fresh objects.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         return walk(fetcher, _Collector(kind, extract, key))
     except StaleCursorError:
@@ -123,6 +128,8 @@ def list_resources(
         return walk(fetcher, _Collector(kind, extract, key))
     finally:
         fetcher.close()
+        if collecting:
+            gc.enable()
 
 
 def _no_sleep(seconds: float) -> None:
@@ -287,6 +294,9 @@ _worker_collector: Optional[_Collector] = None  # set in each decoding worker
 def _worker_init(collected: _Collector) -> None:
     global _worker_collector
     _worker_collector = collected
+    # A decoded page holds no reference cycles and dies with the next one:
+    # the cyclic collector would only walk millions of fresh objects.
+    gc.disable()
 
 
 def _worker_read(content: bytes, page_no: int) -> _Page:
