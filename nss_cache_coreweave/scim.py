@@ -276,7 +276,10 @@ class _Ahead:
                         f"{fetcher.kind} page {page_no}: coreweave_deadline ({fetcher.server.deadline:g} s) exceeded "
                         "while decoding: refusing to go on"
                     ) from None
-            log.info("%s page %d: pages shorter than page 1, decoding the rest in this process", fetcher.kind, page_no)
+            log.info(
+                "%s page %d: not where full pages would start, fetching and decoding the rest in this process",
+                fetcher.kind, page_no,
+            )
             self.close()
         params = {"startIndex": start, "count": fetcher.server.page_size}
         return self.collected.read(fetcher.page(page_no, params), page_no)
