@@ -160,10 +160,11 @@ def _update_stamp(conf, map_name: str):
         return None
 
 
-def _fetch(conf, map_name=None):
-    config = config_mod.parse(_coreweave_options(conf, map_name))
-    snap = snapshot.take(config)
-    return config, snap, policy.decide(snap, config)
+def _exit_status(error: CoreWeaveError) -> int:
+    """The documented exit code for one of our errors."""
+    if isinstance(error, ConfigError):
+        return EXIT_USAGE
+    return EXIT_TEMPFAIL if isinstance(error, FetchError) else EXIT_FAILED
 
 
 def _check(conf, args) -> int:
@@ -192,7 +193,7 @@ def _check(conf, args) -> int:
         print(f"problem: group {name!r} in coreweave_groups does not exist in the directory")
         problems += 1
     try:
-        guard(config, decided, accept_shrink=False, record=False)
+        guard(config, decided, accept_shrink=False)
     except GuardError as e:
         print(f"problem: {e}")
         problems += 1
@@ -248,17 +249,11 @@ def _preview(conf, args) -> int:
     from .render import render
 
     try:
-        _, _, decided = _fetch(conf, args.map)
-        nss_map = render(args.map, decided)
-    except ConfigError as e:
-        log.error("%s", e)
-        return EXIT_USAGE
-    except FetchError as e:
-        log.error("%s", e)
-        return EXIT_TEMPFAIL
+        config = config_mod.parse(_coreweave_options(conf, args.map))
+        nss_map = render(args.map, policy.decide(snapshot.take(config), config))
     except CoreWeaveError as e:
         log.error("%s", e)
-        return EXIT_FAILED
+        return _exit_status(e)
     # nsscache's own writer formats the lines, so the preview cannot drift.
     writer = cache_factory.Create(dict(conf.options[args.map].cache), args.map)
     buffer = io.BytesIO()
@@ -377,12 +372,10 @@ def _slurm_sync(conf, args) -> int:
         return EXIT_USAGE
     try:
         snap = snapshot.take(config)
-    except FetchError as e:
-        log.error("coreweave: directory unavailable, Slurm left unchanged: %s", e)
-        return EXIT_TEMPFAIL
     except CoreWeaveError as e:
-        log.error("coreweave: listing refused, Slurm left unchanged: %s", e)
-        return EXIT_FAILED
+        problem = "directory unavailable" if isinstance(e, FetchError) else "listing refused"
+        log.error("coreweave: %s, Slurm left unchanged: %s", problem, e)
+        return _exit_status(e)
     decided = policy.decide(snap, config)
     log_directory(config, decided)
     try:

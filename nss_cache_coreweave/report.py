@@ -40,13 +40,16 @@ class RunReport:
 
 
 def record(state_dir: str, scope: str, report: RunReport) -> dict:
-    """Keep ``report`` as the scope's last run (and last success, and the
-    count of guard refusals); return the scope's whole entry."""
+    """Keep ``report`` as the scope's last run (and, for a good run, its
+    counts for the shrink guard and its time; for a refused one, the count
+    of refusals) in one write; return the scope's whole entry.
+    :raises OSError:"""
     saved: dict = {}
 
     def change(entry: dict) -> None:
         entry["last_run"] = asdict(report)
         if report.outcome == "ok":
+            state.accept(entry, report.users, report.groups)
             entry["last_success"] = report.started + report.duration
         if report.outcome == "refused":
             entry["shrink_refusals"] = int(entry.get("shrink_refusals", 0)) + 1

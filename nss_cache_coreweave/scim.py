@@ -198,7 +198,7 @@ def _walk_index(fetcher: "_Fetcher", collected: _Collector) -> list:
                 page = ahead.take(page_no, start)
             else:
                 page = collected.read(fetcher.page(page_no, {"startIndex": start, "count": server.page_size}), page_no)
-            page_total = _total({"totalResults": page.total}, kind, page_no, required=True)
+            page_total = _total(page.total, kind, page_no, required=True)
             if total is None:
                 total = page_total
             elif page_total != total:
@@ -312,7 +312,7 @@ def _walk_cursor(fetcher: "_Fetcher", collected: _Collector) -> list:
     cursor, seen_cursors, total = "", set(), None
     for page_no in range(1, server.max_pages + 1):
         page = collected.read(fetcher.page(page_no, {"cursor": cursor, "count": server.page_size}), page_no)
-        page_total = _total({"totalResults": page.total}, kind, page_no, required=False)
+        page_total = _total(page.total, kind, page_no, required=False)
         if page_total is not None:
             if total is not None and page_total != total:
                 raise ListingError(
@@ -341,8 +341,8 @@ def _walk_cursor(fetcher: "_Fetcher", collected: _Collector) -> list:
     return list(collected.items.values())
 
 
-def _total(body: dict, kind: str, page_no: int, *, required: bool) -> Optional[int]:
-    value = body.get("totalResults")
+def _total(value, kind: str, page_no: int, *, required: bool) -> Optional[int]:
+    """A page's totalResults, checked."""
     if value is None and not required:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:

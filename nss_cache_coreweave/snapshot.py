@@ -75,13 +75,14 @@ def take(
     if own_session:
         session = scim.new_session(config.server)
     try:
-        # Only the allowed groups' members matter (unless everyone is wanted).
+        # Only the allowed groups' members are read (unless everyone is
+        # wanted), so the wanted users are all the members there are.
         allowed = None if everyone or config.allowed_groups is None else frozenset(config.allowed_groups)
         groups = scim.list_resources(
             session, config.server, config.server.groups_url, "Groups",
             lambda r: _group(r, config, allowed), _id, clock=clock, deadline=deadline, stats=stats,
         )
-        wanted = None if everyone else _member_ids(groups, config.allowed_groups)
+        wanted = None if allowed is None else {m.value for g in groups for m in g.members if m.value}
 
         def extract(resource: dict):
             # A user in no allowed group is kept as its bare id, for the
@@ -91,7 +92,7 @@ def take(
             return resource["id"]
 
         users = scim.list_resources(
-            session, config.server, config.server.users_url, "Users", extract, _user_id,
+            session, config.server, config.server.users_url, "Users", extract, _id,
             clock=clock, deadline=deadline, stats=stats,
         )
     finally:
@@ -100,22 +101,9 @@ def take(
     return Snapshot(tuple(u for u in users if type(u) is UserRecord), tuple(groups), started)
 
 
-def _user_id(item) -> str:
+def _id(item) -> str:
+    """A record's id (an unwanted user is kept as its bare id)."""
     return item if type(item) is str else item.id
-
-
-def _member_ids(groups, allowed: Optional[Tuple[str, ...]]) -> Optional[set]:
-    """Ids of the members of the allowed groups (None: every user is wanted)."""
-    if allowed is None:
-        return None
-    allowed_set = set(allowed)
-    return {
-        m.value for g in groups if isinstance(g.name, str) and g.name in allowed_set for m in g.members if m.value
-    }
-
-
-def _id(record) -> str:
-    return record.id
 
 
 def resolve(resource: dict, paths: Sequence[AttributePath]) -> Any:

@@ -57,7 +57,7 @@ def _run(config: config_mod.Config, *, record: bool) -> Union[policy.Directory, 
     started, start = time.time(), time.monotonic()
     stats = scim.Stats()
     try:
-        outcome: Union[policy.Directory, CoreWeaveError] = _decide(config, stats, record=record)
+        outcome: Union[policy.Directory, CoreWeaveError] = _decide(config, stats)
     except CoreWeaveError as e:
         outcome = e
     decided = outcome if isinstance(outcome, policy.Directory) else None
@@ -79,14 +79,21 @@ def _run(config: config_mod.Config, *, record: bool) -> Union[policy.Directory, 
     if record:
         try:
             entry = report.record(config.state_dir, state_scope(config), run)
-            if config.metrics_file:
-                report.write_metrics(config.metrics_file, run, entry)
         except OSError as e:
-            log.warning("coreweave: cannot record the run in %s or the metrics file: %s", config.state_dir, e)
+            log.warning(
+                "coreweave: cannot record this run's counts in %s (%s): the shrink guard will have nothing "
+                "to compare with; set coreweave_state_dir", config.state_dir, e.strerror,
+            )
+            entry = {}
+        if config.metrics_file:
+            try:
+                report.write_metrics(config.metrics_file, run, entry)
+            except OSError as e:
+                log.warning("coreweave: cannot write %s: %s", config.metrics_file, e.strerror)
     return outcome
 
 
-def _decide(config: config_mod.Config, stats: scim.Stats, *, record: bool) -> policy.Directory:
+def _decide(config: config_mod.Config, stats: scim.Stats) -> policy.Directory:
     # The allow-list is part of the key: the snapshot keeps only its members.
     fetch_key = ("snapshot", config.server, config.users, config.groups, config.allowed_groups)
     if fetch_key not in _CACHE:
@@ -99,27 +106,19 @@ def _decide(config: config_mod.Config, stats: scim.Stats, *, record: bool) -> po
         raise snap
     decided = policy.decide(snap, config)
     log_directory(config, decided)
-    guard(config, decided, accept_shrink=os.environ.get(policy.ACCEPT_SHRINK_ENV) == "1", record=record)
+    guard(config, decided, accept_shrink=os.environ.get(policy.ACCEPT_SHRINK_ENV) == "1")
     return decided
 
 
-def guard(config: config_mod.Config, decided: policy.Directory, *, accept_shrink: bool, record: bool = True) -> None:
-    """The whole-run guards: refuse a large shrink, then record the accepted
-    counts for the next run. :raises GuardError:"""
-    scope = state_scope(config)
-    problem = policy.shrink_problem(decided, state.load(config.state_dir, scope), config.max_shrink)
+def guard(config: config_mod.Config, decided: policy.Directory, *, accept_shrink: bool) -> None:
+    """The whole-run guard: refuse a large shrink against the counts of the
+    last accepted run (which _run records). :raises GuardError:"""
+    previous = state.load(config.state_dir, state_scope(config))
+    problem = policy.shrink_problem(decided, previous, config.max_shrink)
     if problem and not accept_shrink:
         raise GuardError(problem)
     if problem:
         log.warning("coreweave: shrink accepted by the operator (%s=1): %s", policy.ACCEPT_SHRINK_ENV, problem)
-    if record:
-        try:
-            state.save(config.state_dir, scope, len(decided.accounts), len(decided.groups))
-        except OSError as e:
-            log.warning(
-                "coreweave: cannot record this run's counts in %s (%s): the shrink guard will have nothing "
-                "to compare with; set coreweave_state_dir", config.state_dir, e.strerror,
-            )
 
 
 def state_scope(config: config_mod.Config) -> str:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-__all__ = ["STATE_FILE", "Counts", "load", "save", "entry", "update"]
+__all__ = ["STATE_FILE", "Counts", "load", "save", "accept", "entry", "update"]
 
 STATE_FILE = "coreweave-state.json"
 
@@ -39,7 +39,12 @@ def load(state_dir: str, scope: str) -> Optional[Counts]:
 
 def save(state_dir: str, scope: str, users: int, groups: int) -> None:
     """Record accepted counts. :raises OSError: when the directory is not writable."""
-    update(state_dir, scope, lambda e: e.update(users=users, groups=groups, time=time.time()))
+    update(state_dir, scope, lambda e: accept(e, users, groups))
+
+
+def accept(entry: dict, users: int, groups: int) -> None:
+    """Put accepted counts in a scope's entry (see load)."""
+    entry.update(users=users, groups=groups, time=time.time())
 
 
 def entry(state_dir: str, scope: str) -> dict:

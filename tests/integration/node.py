@@ -99,3 +99,13 @@ def expected_caches(org):
         # frank's second key is garbage: dropped, his valid key stays.
         "sshkey": f"alice:{[alice[0], alice[1]]!r}\nbob:{[bob[0]]!r}\nfrank:{[frank[0]]!r}\n",
     }
+
+
+def assert_stock_update_writes_the_demo_caches(node: Node, demo_org) -> subprocess.CompletedProcess:
+    """Run the stock ``nsscache update --full`` on ``node`` (configured for
+    an IAM serving demo/org.json); assert exit 0 and the exact caches."""
+    result = node.run("nsscache", "update", "--full")
+    assert result.returncode == 0, result.stderr
+    for name, content in expected_caches(demo_org).items():
+        assert node.cache(name) == content, name
+    return result

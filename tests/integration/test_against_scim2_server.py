@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
-from node import TOKEN, Node, expected_caches  # noqa: E402
+from node import TOKEN, Node, assert_stock_update_writes_the_demo_caches  # noqa: E402
 from scim2_harness import GROUP_GID_PATH, GROUP_NAME_PATH, Scim2Server, load_org  # noqa: E402
 
 
@@ -33,8 +33,4 @@ def test_stock_nsscache_against_scim2_server_writes_exact_caches(tmp_path, insta
         f"coreweave_page_size = 2\n{paging}\n",
     )
 
-    result = node.run("nsscache", "update", "--full")
-
-    assert result.returncode == 0, result.stderr
-    for name, content in expected_caches(demo_org).items():
-        assert node.cache(name) == content, name
+    assert_stock_update_writes_the_demo_caches(node, demo_org)

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
 from fakeiam import Fault  # noqa: E402
-from node import EXT, MAPS, TOKEN, Node, expected_caches  # noqa: E402
+from node import EXT, MAPS, TOKEN, Node, assert_stock_update_writes_the_demo_caches, expected_caches  # noqa: E402
 
 
 @pytest.fixture
@@ -24,11 +24,7 @@ def node(tmp_path, installed_venv, iam):
 
 
 def test_stock_nsscache_writes_exact_caches(node, iam, demo_org):
-    result = node.run("nsscache", "update", "--full")
-
-    assert result.returncode == 0, result.stderr
-    for name, content in expected_caches(demo_org).items():
-        assert node.cache(name) == content, name
+    result = assert_stock_update_writes_the_demo_caches(node, demo_org)
     assert "dropped key frank: key 2 does not decode as a ssh-ed25519 key" in result.stderr
     assert TOKEN not in result.stdout + result.stderr
 
@@ -50,10 +46,7 @@ def test_four_maps_make_one_users_pass_and_one_groups_pass(node, iam):
 def test_cursor_pagination_writes_the_same_caches(node, iam, demo_org):
     node.configure(iam.base_url, "coreweave_pagination = cursor\ncoreweave_page_size = 4\n")
 
-    assert node.run("nsscache", "update", "--full").returncode == 0
-
-    for name, content in expected_caches(demo_org).items():
-        assert node.cache(name) == content, name
+    assert_stock_update_writes_the_demo_caches(node, demo_org)
     assert iam.request_count("Users") == 2 and iam.request_count("Groups") == 1
 
 
@@ -179,11 +172,8 @@ def test_long_listing_decoded_in_workers_writes_the_same_caches(node, iam, demo_
     iam.set_org(org)
     node.configure(iam.base_url, "coreweave_page_size = 1\ncoreweave_workers = 2\n")
 
-    result = node.run("nsscache", "update", "--full")
+    assert_stock_update_writes_the_demo_caches(node, demo_org)
 
-    assert result.returncode == 0, result.stderr
-    for name, content in expected_caches(demo_org).items():
-        assert node.cache(name) == content, name
     assert [r.target for r in iam.requests("Users")] == [
         f"/scim/cw-demo/Users?startIndex={i}&count=1" for i in range(1, 27)
     ]

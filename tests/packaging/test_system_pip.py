@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from host import OUR_DEPENDS, PACKAGE, SYSTEM_NSSCACHE, SYSTEM_PYTHON, HostGuard, require_installed, run
-from node import Node, expected_caches
+from node import Node, assert_stock_update_writes_the_demo_caches
 
 from nss_cache_coreweave import install
 
@@ -66,11 +66,7 @@ def test_stock_nsscache_writes_exact_caches(pip_installed, tmp_path, iam, demo_o
     node = Node(tmp_path / "node", Path("/usr/bin"))
     node.configure(iam.base_url)
 
-    result = node.run("nsscache", "update", "--full")
-
-    assert result.returncode == 0, result.stderr
-    for name, content in expected_caches(demo_org).items():
-        assert node.cache(name) == content, name
+    assert_stock_update_writes_the_demo_caches(node, demo_org)
 
 
 def test_registration_check_passes(pip_installed):
