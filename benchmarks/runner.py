@@ -271,12 +271,15 @@ def _child_env() -> Dict[str, str]:
 
 
 def _line_counts(cache: Path) -> Dict[str, int]:
+    """Entries per cache: its lines, less the run marker on the first."""
     counts = {}
     for name in MAPS:
         try:
-            counts[name] = (cache / f"{name}.cache").read_bytes().count(b"\n")
+            data = (cache / f"{name}.cache").read_bytes()
         except FileNotFoundError:
             counts[name] = 0
+            continue
+        counts[name] = data.count(b"\n") - data.startswith(b"nsscache-coreweave:")
     return counts
 
 

@@ -9,6 +9,7 @@ Data flows one way, one module per stage:
     render   Directory -> nsscache maps
     source   the nsscache Source adapter (name "coreweave")
     cli      the operator's commands (update, check, preview)
+    redact   the bearer token out of every log line (ours and nsscache's)
 
 This file imports nothing so that the registration hook stays cheap.
 """

@@ -25,14 +25,14 @@ import logging.handlers
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from . import __version__
 from . import config as config_mod
-from . import install, policy, scim, snapshot, state
+from . import install, marker, policy, redact, scim, snapshot, state
 from .errors import ConfigError, CoreWeaveError, FetchError, GuardError
 from .policy import ACCEPT_SHRINK_ENV
-from .source import guard, register, state_scope
+from .source import finish, guard, register, state_scope
 
 log = logging.getLogger("nss_cache_coreweave")
 
@@ -40,6 +40,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
 MAPS = ("passwd", "group", "shadow", "sshkey")
 STOCK_LOCKFILE = "/var/run/nsscache"  # what the stock `nsscache` locks
 SYSLOG_SOCKET = "/dev/log"
+# On every handler _setup_logging installs; learns the tokens once nsscache.conf is read.
+_REDACT = redact.TokenFilter()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -76,6 +78,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as e:
         log.error("%s", e)
         return EXIT_USAGE
+    _REDACT.learn(conf)
     commands_by_name = {"update": _update, "check": _check, "preview": _preview, "status": _status,
                         "slurm-sync": _slurm_sync}
     return commands_by_name[args.command](conf, args)
@@ -94,6 +97,9 @@ def _setup_logging(verbose: bool, *, background: bool) -> None:
             handler.setFormatter(logging.Formatter("nsscache-coreweave[%(process)d]: %(levelname)s %(message)s"))
         except OSError:
             pass  # keep stderr
+    # The bearer token never leaves in a log line: nsscache's -v dump of its
+    # configuration holds an inline coreweave_token, for one.
+    handler.addFilter(_REDACT)
     root.addHandler(handler)
     logging.getLogger("nss_cache_coreweave").setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:
@@ -111,6 +117,8 @@ def _load_nsscache_conf(path: Optional[str]):
     try:
         nss_config.LoadConfig(conf)
     except Exception as e:  # configparser's errors: missing [DEFAULT] keys, bad '%'
+        if getattr(e, "option", None) == "coreweave_token":  # an interpolation error quotes the value
+            raise ConfigError(f"{conf.config_file}: {type(e).__name__} in coreweave_token (its value is not shown)") from None
         raise ConfigError(f"{conf.config_file}: {type(e).__name__}: {e}") from None
     return conf
 
@@ -143,6 +151,7 @@ def _update(conf, args) -> int:
         status = EXIT_FAILED
     finally:
         updater._Unlock()
+        finish()  # record what nsscache wrote
     stale = [m for m in conf.maps if _update_stamp(conf, m) in (None, before[m])]
     if stale:
         # nsscache's own status can be 0 when an earlier map failed.
@@ -187,7 +196,23 @@ def _check(conf, args) -> int:
         print(f"listing refused: {e}")
         return EXIT_FAILED
     print(f"listed: {len(snap.users)} users, {len(snap.groups)} groups (token accepted)")
-    problems = _attribute_report(config, snap)
+    problems = _attribute_report(config, snap) + _policy_report(config, snap)
+    registration = install.registration_problem()
+    if registration:
+        print(f"problem: {registration}")
+        problems += 1
+    else:
+        print("registration: the nsscache command finds source coreweave")
+    status = EXIT_FAILED if problems else EXIT_OK
+    if args.sample:
+        status = max(status, _print_sample(config))
+    return status
+
+
+def _policy_report(config, snap) -> int:
+    """What the maps would get: missing groups, the shrink guard, the counts
+    and every dropped entry. Returns the number of problems."""
+    problems = 0
     decided = policy.decide(snap, config)
     for name in decided.missing_groups:
         print(f"problem: group {name!r} in coreweave_groups does not exist in the directory")
@@ -201,15 +226,7 @@ def _check(conf, args) -> int:
     print(f"would write: {len(decided.accounts)} users, {len(decided.groups)} groups, {keys} SSH keys")
     for drop in decided.drops:
         print(str(drop))
-    registration = install.registration_problem()
-    if registration:
-        print(f"problem: {registration}")
-        problems += 1
-    else:
-        print("registration: the nsscache command finds source coreweave")
-    if args.sample:
-        _print_sample(config)
-    return EXIT_FAILED if problems else EXIT_OK
+    return problems
 
 
 def _attribute_report(config, snap) -> int:
@@ -229,18 +246,24 @@ def _attribute_report(config, snap) -> int:
     return problems
 
 
-def _print_sample(config) -> None:
-    """One raw User and Group, to read the tenant's real attribute names."""
-    with scim.new_session(config.server) as session:
-        for kind, url in (("User", config.server.users_url), ("Group", config.server.groups_url)):
+def _print_sample(config) -> int:
+    """One raw User and Group, to read the tenant's real attribute names.
+    Fetched as the listing's pages are (retries, no redirect, size cap,
+    deadline); a sample that cannot be read gets the listing's exit status."""
+    status = EXIT_OK
+    server = config.server
+    with scim.new_session(server) as session:
+        for kind, url in (("User", server.users_url), ("Group", server.groups_url)):
             try:
-                response = session.get(url, params={"startIndex": 1, "count": 1}, timeout=config.server.timeout)
-                resources = response.json().get("Resources") or [None]
-            except (ValueError, AttributeError, OSError) as e:  # requests' errors are OSErrors
-                print(f"sample {kind}: cannot be read ({type(e).__name__})")
+                page = scim.fetch_page(session, server, url, f"{kind}s", {"startIndex": 1, "count": 1})
+            except CoreWeaveError as e:
+                print(f"sample {kind}: cannot be read: {e}")
+                status = max(status, _exit_status(e))
                 continue
+            resources = page.get("Resources")
             print(f"sample {kind}:")
-            print(json.dumps(resources[0], indent=2, sort_keys=True))
+            print(json.dumps(resources[0] if isinstance(resources, list) and resources else None, indent=2, sort_keys=True))
+    return status
 
 
 def _preview(conf, args) -> int:
@@ -250,7 +273,7 @@ def _preview(conf, args) -> int:
 
     try:
         config = config_mod.parse(_coreweave_options(conf, args.map))
-        nss_map = render(args.map, policy.decide(snapshot.take(config), config))
+        nss_map = render(args.map, policy.decide(snapshot.take(config), config), marker.new_run(time.time()))
     except CoreWeaveError as e:
         log.error("%s", e)
         return _exit_status(e)
@@ -264,63 +287,81 @@ def _preview(conf, args) -> int:
 
 
 def _status(conf, args) -> int:
-    """Per map: last update (nsscache's timestamp), age, entries in the
-    cache; the last run's outcome, drops and error (from the state file)."""
+    """Per map: last update (nsscache's timestamp), age, entries and the run
+    named on the cache's first line; the last run's outcome, what nsscache
+    wrote, drops and error (from the state file)."""
     try:
         config = config_mod.parse(_coreweave_options(conf), need_token=False)
     except ConfigError as e:
         print(f"configuration: {e}", file=sys.stderr)
         return EXIT_USAGE
+    found = _status_report(conf, config, args.max_age)
+    if args.json:
+        print(json.dumps(found, indent=2, sort_keys=True))
+    else:
+        _print_status(found, config)
+    return found["exit_status"]
+
+
+def _status_report(conf, config, max_age: Optional[float]) -> dict:
     now = time.time()
     entry = state.entry(config.state_dir, state_scope(config))
     last_run = entry.get("last_run") if isinstance(entry.get("last_run"), dict) else None
-    maps = {name: _map_status(conf, name, now, last_run, args.max_age) for name in conf.maps}
+    maps = {name: _map_status(conf, name, now, last_run, max_age) for name in conf.maps}
     verdicts = {m["status"] for m in maps.values()}
+    runs = {name: m["run"] for name, m in maps.items()
+            if m["updated"] is not None and conf.options[name].source.get("name") == "coreweave"}
+    # What the keys command insists on: every cache from one run.
+    caches_agree = len(set(runs.values())) <= 1 and None not in runs.values()
     if last_run is None:
         verdicts.add("unknown")
-    elif last_run.get("outcome") != "ok":
+    if (last_run and last_run.get("outcome") != "ok") or not caches_agree:
         verdicts.add("failed")
     # The classic breakage: installed for another Python than nsscache's.
     registration = install.registration_problem()
     if registration:
         verdicts.add("failed")
     overall = next(v for v in ("unknown", "failed", "stale", "fresh") if v in verdicts or v == "fresh")
-    code = {"fresh": 0, "stale": 1, "failed": 1, "unknown": 2}[overall] if args.max_age is not None else EXIT_OK
-    if args.json:
-        print(json.dumps({
-            "status": overall, "exit_status": code, "checked_at": now, "max_age": args.max_age, "maps": maps,
-            "last_run": last_run, "last_success": entry.get("last_success"), "registration_problem": registration,
-            "shrink_refusals": entry.get("shrink_refusals", 0),
-        }, indent=2, sort_keys=True))
-        return code
-    for name, m in maps.items():
+    return {
+        "status": overall, "checked_at": now, "max_age": max_age, "maps": maps,
+        "exit_status": {"fresh": 0, "stale": 1, "failed": 1, "unknown": 2}[overall] if max_age is not None else EXIT_OK,
+        "caches_agree": caches_agree, "last_run": last_run, "last_success": entry.get("last_success"),
+        "registration_problem": registration, "shrink_refusals": entry.get("shrink_refusals", 0),
+    }
+
+
+def _print_status(found: dict, config) -> None:
+    for name, m in found["maps"].items():
         when = f"updated {_iso(m['updated'])} ({m['age']:.0f} s ago)" if m["updated"] is not None else "never updated"
         note = "  not updated by the last run" if m["missed_last_run"] else ""
-        print(f"{name:<7} {m['status']:<7} {when}, {m['entries']} entries{note}")
+        print(f"{name:<7} {m['status']:<7} {when}, {m['entries']} entries, run {m['run'] or '-'}{note}")
+    if not found["caches_agree"]:
+        print("problem: the caches are not from one run (or lack the run marker): the keys command serves no key "
+              "until a run writes them all (nsscache-coreweave update)")
+    last_run = found["last_run"]
     if last_run is None:
         print(f"last run: none recorded in {config.state_dir}")
     else:
         print(f"last run: {_iso(last_run.get('started'))} {last_run.get('outcome')} in {last_run.get('duration')} s: "
-              f"{last_run.get('users')} users, {last_run.get('groups')} groups, {last_run.get('keys')} SSH keys")
+              f"{last_run.get('users')} users, {last_run.get('groups')} groups, {last_run.get('keys')} SSH keys; "
+              f"nsscache wrote: {', '.join(last_run.get('maps_written') or ()) or 'none'}")
         for reason, count in (last_run.get("drops") or {}).items():
             print(f"dropped {reason}: {count}")
         if last_run.get("outcome") != "ok":
             print(f"last error: {last_run.get('error_kind')}: {last_run.get('error')}")
-    if registration:
-        print(f"problem: {registration}")
-    print(f"status: {overall}")
-    return code
+    if found["registration_problem"]:
+        print(f"problem: {found['registration_problem']}")
+    print(f"status: {found['status']}")
 
 
 def _map_status(conf, name: str, now: float, last_run: Optional[dict], max_age: Optional[float]) -> dict:
     updated = _read_timestamp(os.path.join(conf.timestamp_dir, f"timestamp-{name}-update"))
     cache = conf.options[name].cache
     path = os.path.join(cache.get("dir", "/etc"), f"{name}.{cache.get('cache_filename_suffix', 'cache')}")
-    # A failed run hands nsscache no map. After a good run, a map nsscache
-    # did not write (e.g. an empty map) has an older timestamp (whole seconds).
-    missed = bool(last_run) and (
-        last_run.get("outcome") != "ok" or (updated is not None and updated < int(last_run.get("started", 0)))
-    )
+    # The run record lists the maps nsscache wrote (a record of an earlier
+    # version of this package does not: then only its outcome counts).
+    written = last_run.get("maps_written") if last_run else None
+    missed = bool(last_run) and (name not in written if isinstance(written, list) else last_run.get("outcome") != "ok")
     if updated is None:
         status = "unknown"
     elif missed:
@@ -329,11 +370,13 @@ def _map_status(conf, name: str, now: float, last_run: Optional[dict], max_age: 
         status = "stale"
     else:
         status = "fresh"
+    lines, run = _cache_lines(path)
     return {
         "status": status,
         "updated": updated,
         "age": None if updated is None else round(now - updated, 1),
-        "entries": _count_lines(path),
+        "entries": None if lines is None else lines - (run is not None),
+        "run": run,
         "missed_last_run": missed,
         "cache": path,
     }
@@ -347,12 +390,15 @@ def _read_timestamp(path: str) -> Optional[int]:
         return None
 
 
-def _count_lines(path: str) -> Optional[int]:
+def _cache_lines(path: str) -> Tuple[Optional[int], Optional[str]]:
+    """(lines, run named by the marker on the first line) of a cache; (None, None) if unreadable."""
     try:
         with open(path, "rb") as f:
-            return sum(1 for _ in f)
+            run = marker.run_of(f.readline().rstrip(b"\n"))
+            f.seek(0)
+            return sum(1 for _ in f), run
     except OSError:
-        return None
+        return None, None
 
 
 def _iso(epoch) -> str:

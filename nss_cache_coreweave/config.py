@@ -9,12 +9,14 @@ lives in ``KEYS`` below; README.md and conf/nsscache.conf mirror it.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import posixpath
 import re
 import stat
 from dataclasses import dataclass
 from typing import FrozenSet, Mapping, Optional, Tuple, Union
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .sshkeys import KEY_TYPES
@@ -81,6 +83,7 @@ KEYS: Mapping[str, object] = {
     "page_size": 1000,
     "pagination": "index",
     "max_pages": 10000,
+    "max_users": 2_000_000,
     "workers": 2,
     "max_page_bytes": 64 * 1024 * 1024,
     "timeout": 30.0,
@@ -100,6 +103,7 @@ _CORE_SCHEMAS = (
     "urn:ietf:params:scim:schemas:core:2.0:user",
     "urn:ietf:params:scim:schemas:core:2.0:group",
 )
+_LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 _ID_LIMIT = 4294967294  # 2**32 - 2: (uid_t)-1 means "no change" to chown()
 
 
@@ -145,6 +149,7 @@ class Server:
     page_size: int = 1000
     pagination: str = "index"
     max_pages: int = 10000
+    max_users: int = 2_000_000  # a Users listing announcing or holding more is refused
     workers: int = 2  # processes decoding a long index listing; 0: decode in-process
     max_page_bytes: int = 64 * 1024 * 1024
     timeout: float = 30.0  # seconds per request
@@ -284,6 +289,11 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
     base_url = str(base_url).rstrip("/")
     if base_url and not base_url.startswith(("https://", "http://")):
         problems.append(f"coreweave_base_url must start with https:// (or http:// for a loopback test server), got {base_url!r}")
+    elif base_url.startswith("http://") and not _is_loopback(_url_host(base_url)):
+        problems.append(
+            f"coreweave_base_url must use https:// for host {_url_host(base_url)!r}: http:// is accepted only for a "
+            f"loopback test server (localhost, 127.0.0.0/8, ::1), got {base_url!r}"
+        )
 
     groups = get("groups")
     if groups is None:
@@ -317,8 +327,10 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
     home_template = get("home_directory")
     if home_template is not None:
         home_template = str(home_template)
-        if not home_template.startswith("/"):
-            problems.append(f"coreweave_home_directory must be an absolute path template (%%u = username), got {home_template!r}")
+        if not home_template.startswith("/") or "%u" not in home_template:
+            # Without %u every user would share one home: each would be dropped.
+            problems.append(f"coreweave_home_directory must be an absolute path template holding %%u (the username), "
+                            f"got {home_template!r}")
 
     token = _read_token(opts, environ, problems, warnings) if need_token else ""
 
@@ -339,6 +351,7 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
         page_size=number("page_size", int, 1, 10000),
         pagination=pagination,
         max_pages=number("max_pages", int, 1, 1_000_000),
+        max_users=number("max_users", int, 1, 100_000_000),
         workers=number("workers", int, 0, 8),
         max_page_bytes=number("max_page_bytes", int, 1024, 2**31),
         timeout=number("timeout", float, 0.1, 3600),
@@ -466,6 +479,25 @@ def _slurm_sync(get, number, allowed, problems) -> SlurmSync:
         sacctmgr=sacctmgr,
         timeout=number("slurm_timeout", float, 1, 86400),
     )
+
+
+def _url_host(url: str) -> str:
+    """The host of url, lower-case, without brackets ('' when there is none)."""
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:  # an unbalanced '[' or a bad port
+        return ""
+
+
+def _is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1 (not an IPv4-mapped form: Pythons disagree on it)."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in _LOOPBACK_NETWORKS)
 
 
 def clean_path(path) -> bool:

@@ -11,12 +11,18 @@ from ``sshkey.cache``, one per line, and nothing else:
   (so an IAM user called ``root`` gets nothing);
 * with FINGERPRINT (sshd's ``%f``: ``SHA256:…``, or ``MD5:…`` under
   ``FingerprintHash md5``) only the key with that fingerprint;
+* only from an ``sshkey.cache`` that names the same nsscache run as ``passwd.cache``
+  on its first line (the run marker, see marker.py): keys are never paired with an
+  account list from another run (a removed key kept by a failed write, a name
+  given to someone else since). While nsscache is between the two writes the
+  disagreement is waited out for up to ``--settle`` seconds;
 * with ``--max-age SECONDS``, nothing once nsscache's last successful sshkey update
   (``<timestamp_dir>/timestamp-sshkey-update``) is older than that.
 
-It fails closed: an unreadable cache, a malformed entry for USER, a missing or too
-old timestamp print no key, one line on stderr, and exit 1 (sshd ignores the output
-of a command that exits non-zero). A refusal (unknown or local user, low uid, no
+It fails closed: an unreadable cache, caches of different runs (or without a run
+marker), a malformed entry for USER, a missing or too old timestamp print no key,
+one line on stderr, and exit 1 (sshd ignores the output of a command that exits
+non-zero). A refusal (unknown or local user, low uid, no
 matching key) prints no key, one line on stderr, and exits 0. Usage errors exit 2.
 It never touches the network.
 
@@ -29,7 +35,7 @@ characters; a non-ASCII line before it shifts them) is not trusted: the data fil
 is scanned instead.
 
 Start-up cost matters (sshd runs this on every authentication attempt): the module
-imports only ``os``, ``sys`` and ``binascii`` on the lookup path (plus a SHA-256
+imports only ``os``, ``sys``, ``time``, ``binascii`` and ``marker`` on the lookup path (plus a SHA-256
 or MD5 implementation for FINGERPRINT); ``configparser`` only with ``-c``, ``ast``
 only for a key that Python wrote with backslash escapes. Run it through the wrapper
 ``--install-wrapper`` writes: pip's console-script wrapper imports ``re``.
@@ -38,6 +44,9 @@ only for a key that Python wrote with backslash escapes. Run it through the wrap
 import binascii
 import os
 import sys
+import time
+
+from . import marker
 
 __all__ = [
     "KEY_TYPES",
@@ -45,6 +54,7 @@ __all__ = [
     "CacheUnreadable",
     "MalformedEntry",
     "StaleCache",
+    "NotOneRun",
     "UsageError",
     "Settings",
     "Lookup",
@@ -79,6 +89,8 @@ DEFAULT_SUFFIX = "cache"
 DEFAULT_TIMESTAMP_DIR = "/var/lib/nsscache"
 DEFAULT_SYSTEM_PASSWD = "/etc/passwd"
 DEFAULT_MIN_UID = 1000
+DEFAULT_SETTLE = 10  # seconds: longer than nsscache takes to write the maps after passwd
+SETTLE_POLL = 0.1
 TIMESTAMP_NAME = "timestamp-sshkey-update"
 MAX_NAME = 256
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@$")
@@ -102,6 +114,10 @@ class StaleCache(KeysError):
     """--max-age is set and the last successful sshkey update is too old (or unknown)."""
 
 
+class NotOneRun(KeysError):
+    """passwd.cache and sshkey.cache do not name the same nsscache run (or one names none)."""
+
+
 class UsageError(KeysError, ValueError):
     """Bad command line (exit 2)."""
 
@@ -109,7 +125,7 @@ class UsageError(KeysError, ValueError):
 class Settings:
     """Where the caches are and the rules; built by read_settings()."""
 
-    __slots__ = ("sshkey_cache", "passwd_cache", "system_passwd", "timestamp_dir", "min_uid", "max_age")
+    __slots__ = ("sshkey_cache", "passwd_cache", "system_passwd", "timestamp_dir", "min_uid", "max_age", "settle")
 
     def __init__(
         self,
@@ -119,6 +135,7 @@ class Settings:
         timestamp_dir=DEFAULT_TIMESTAMP_DIR,
         min_uid=DEFAULT_MIN_UID,
         max_age=None,
+        settle=DEFAULT_SETTLE,
     ):
         self.sshkey_cache = sshkey_cache
         self.passwd_cache = passwd_cache
@@ -126,6 +143,7 @@ class Settings:
         self.timestamp_dir = timestamp_dir
         self.min_uid = min_uid
         self.max_age = max_age
+        self.settle = settle
 
     def __repr__(self):
         return "Settings(%s)" % ", ".join("%s=%r" % (k, getattr(self, k)) for k in self.__slots__)
@@ -246,46 +264,58 @@ def _scan(fd, prefix):
     return data[pos:] if end < 0 else data[pos:end]
 
 
+def _open(path):
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CacheUnreadable("cannot read %s: %s" % (path, e.strerror or e)) from e
+
+
 def find_line(data_path, name, index_path=None):
     """(line, method) for the line of data_path that starts with ``name:`` (name: str), or
     (None, method). method is "index" when the name index answered, "scan" otherwise.
 
     Raises CacheUnreadable when data_path cannot be read.
     """
-    prefix = name.encode("utf-8") + b":"
+    fd = _open(data_path)
     try:
-        fd = os.open(data_path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise CacheUnreadable("cannot read %s: %s" % (data_path, e.strerror or e)) from e
+        return _find(fd, data_path, name, index_path)
+    finally:
+        os.close(fd)
+
+
+def _find(fd, data_path, name, index_path):
+    """find_line on an open data file (so that several lookups read one version of it)."""
+    prefix = name.encode("utf-8") + b":"
     try:
         st = os.fstat(fd)
         if index_path is not None:
-            try:
-                ifd = os.open(index_path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                ifd = -1
-            if ifd >= 0:
-                try:
-                    ist = os.fstat(ifd)
-                    # libnss-cache ignores an index older than its data file; so do we.
-                    if ist.st_mtime_ns >= st.st_mtime_ns:
-                        offset = _index_search(ifd, ist.st_size, prefix[:-1])
-                        if offset == -1:
-                            return None, "index"
-                        if offset is not None:
-                            line = _line_at(fd, st.st_size, offset, prefix)
-                            if line is not None:
-                                return line, "index"
-                finally:
-                    os.close(ifd)
-        try:
-            return _scan(fd, prefix), "scan"
-        except OSError as e:
-            raise CacheUnreadable("cannot read %s: %s" % (data_path, e.strerror or e)) from e
+            found = _find_indexed(fd, st, index_path, prefix)
+            if found is not None:
+                return found
+        return _scan(fd, prefix), "scan"
     except OSError as e:
         raise CacheUnreadable("cannot read %s: %s" % (data_path, e.strerror or e)) from e
+
+
+def _find_indexed(fd, st, index_path, prefix):
+    """(line or None, "index") when the index answers for prefix, else None (use a scan)."""
+    try:
+        ifd = os.open(index_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        ist = os.fstat(ifd)
+        # libnss-cache ignores an index older than its data file; so do we.
+        if ist.st_mtime_ns < st.st_mtime_ns:
+            return None
+        offset = _index_search(ifd, ist.st_size, prefix[:-1])
+        if offset == -1:
+            return None, "index"
+        line = _line_at(fd, st.st_size, offset, prefix) if offset is not None else None
+        return (line, "index") if line is not None else None
     finally:
-        os.close(fd)
+        os.close(ifd)
 
 
 def _in_file(path, name):
@@ -492,10 +522,12 @@ def _valid_name(name):
     )
 
 
-def authorized_keys(user, settings, fp=None, now=None):
+def authorized_keys(user, settings, fp=None, now=None, clock=time):
     """The Lookup for user (exact name) under settings; fp: sshd's %f, or None for every key.
 
-    Raises KeysError (fail closed) for unreadable caches, a malformed entry, or a stale cache.
+    Keys are read only from an sshkey.cache written by the same nsscache run as
+    passwd.cache (see _open_one_run). Raises KeysError (fail closed) for unreadable
+    caches, caches of different runs, a malformed entry, or a stale cache.
     """
     if fp is not None:
         hash_name = fp.split(":", 1)[0]
@@ -503,11 +535,22 @@ def authorized_keys(user, settings, fp=None, now=None):
             raise UsageError("fingerprint %r is neither SHA256:… nor MD5:…" % fp[:100])
     if not _valid_name(user):
         return Lookup(refusal="not a valid user name")
+    if user == marker.NAME:
+        return Lookup(refusal="the run marker of the caches, not an account")
     if settings.max_age is not None:
         _check_age(settings, _now() if now is None else now)
     if _in_file(settings.system_passwd, user):
         return Lookup(refusal="a local account in %s" % settings.system_passwd)
-    line, _ = find_line(settings.passwd_cache, user, settings.passwd_cache + ".ixname")
+    passwd_fd, sshkey_fd = _open_one_run(settings, clock)
+    try:
+        return _lookup(user, settings, passwd_fd, sshkey_fd, fp)
+    finally:
+        os.close(passwd_fd)
+        os.close(sshkey_fd)
+
+
+def _lookup(user, settings, passwd_fd, sshkey_fd, fp):
+    line, _ = _find(passwd_fd, settings.passwd_cache, user, settings.passwd_cache + ".ixname")
     if line is None:
         return Lookup(refusal="not in %s" % settings.passwd_cache)
     fields = line.split(b":")
@@ -516,7 +559,7 @@ def authorized_keys(user, settings, fp=None, now=None):
     uid = int(fields[2])
     if uid < settings.min_uid or uid == 0:
         return Lookup(refusal="uid %d is below the minimum %d" % (uid, settings.min_uid))
-    line, method = find_line(settings.sshkey_cache, user, settings.sshkey_cache + ".ixname")
+    line, method = _find(sshkey_fd, settings.sshkey_cache, user, settings.sshkey_cache + ".ixname")
     if line is None:
         return Lookup(refusal="no entry in %s" % settings.sshkey_cache, method=method)
     try:
@@ -528,7 +571,7 @@ def authorized_keys(user, settings, fp=None, now=None):
     except MalformedEntry as e:
         raise MalformedEntry("%s: malformed entry: %s" % (settings.sshkey_cache, e)) from None
     if fp is not None:
-        keys = [k for k in keys if fingerprint(k, hash_name) == fp]
+        keys = [k for k in keys if fingerprint(k, fp.split(":", 1)[0]) == fp]
         if not keys:
             return Lookup(refusal="no key with fingerprint %s" % fp, method=method)
     elif not keys:
@@ -536,9 +579,56 @@ def authorized_keys(user, settings, fp=None, now=None):
     return Lookup(keys=keys, method=method)
 
 
-def _now():
-    import time
+def _open_one_run(settings, clock):
+    """(passwd fd, sshkey fd), open on caches whose run markers name the same run.
 
+    nsscache writes the maps one after another, so for a moment after passwd.cache is
+    renamed into place the sshkey cache is still the previous run's: a disagreement
+    younger than settings.settle seconds (by the newer file's mtime) is waited out.
+    Older, it is a failed or foreign write: NotOneRun, and no key for anyone.
+    """
+    while True:
+        passwd_fd = _open(settings.passwd_cache)
+        try:
+            sshkey_fd = _open(settings.sshkey_cache)
+        except KeysError:
+            os.close(passwd_fd)
+            raise
+        try:
+            runs = (_run_of(passwd_fd, settings.passwd_cache), _run_of(sshkey_fd, settings.sshkey_cache))
+            newest = max(os.fstat(passwd_fd).st_mtime, os.fstat(sshkey_fd).st_mtime)
+        except BaseException:
+            os.close(passwd_fd)
+            os.close(sshkey_fd)
+            raise
+        if runs[0] == runs[1]:
+            return passwd_fd, sshkey_fd
+        os.close(passwd_fd)
+        os.close(sshkey_fd)
+        if clock.time() >= newest + settings.settle:
+            raise NotOneRun(
+                "%s is from run %s, %s from run %s: not one nsscache run, so no key is served until a run "
+                "writes both" % (settings.sshkey_cache, runs[1], settings.passwd_cache, runs[0])
+            )
+        clock.sleep(SETTLE_POLL)
+
+
+def _run_of(fd, path):
+    """The run named by the marker, the first line of an open cache (see marker.py)."""
+    try:
+        head = _pread_all(fd, 256, 0)
+    except OSError as e:
+        raise CacheUnreadable("cannot read %s: %s" % (path, e.strerror or e)) from e
+    run = marker.run_of(head.split(b"\n", 1)[0])
+    if run is None:
+        raise NotOneRun(
+            "%s has no run marker (%s:*<run>): written by another source or an earlier version; "
+            "run nsscache update" % (path, marker.NAME)
+        )
+    return run
+
+
+def _now():
     return int(time.time())
 
 
@@ -561,7 +651,7 @@ def read_settings(conf_path=None, **overrides):
 
     From the file: ``files_dir`` and ``files_cache_filename_suffix`` of the [sshkey] and [passwd]
     maps, ``timestamp_dir``, ``coreweave_min_uid`` (of [passwd]). Overrides: sshkey_cache,
-    passwd_cache, system_passwd, timestamp_dir, min_uid, max_age (None = not given).
+    passwd_cache, system_passwd, timestamp_dir, min_uid, max_age, settle (None = not given).
     """
     settings = Settings()
     if conf_path is not None:
@@ -669,9 +759,11 @@ def install_wrapper(path, python=None):
     try:
         with open(fd, "w", encoding="ascii") as f:
             f.write(text)
-        if os.geteuid() == 0:
-            os.chown(tmp, 0, 0)
-        os.chmod(tmp, 0o755)
+            # On the descriptor, not the path: in a directory others can write
+            # to, the path may no longer name the file written here.
+            if os.geteuid() == 0:
+                os.fchown(f.fileno(), 0, 0)
+            os.fchmod(f.fileno(), 0o755)
         os.rename(tmp, path)
     except BaseException:
         try:
@@ -687,7 +779,7 @@ def install_wrapper(path, python=None):
 USAGE = """\
 usage: %(prog)s [-c NSSCACHE_CONF] [--cache SSHKEY_CACHE] [--passwd-cache PASSWD_CACHE]
        %(pad)s [--system-passwd FILE] [--min-uid UID] [--max-age SECONDS]
-       %(pad)s [--timestamp-dir DIR] USER [FINGERPRINT]
+       %(pad)s [--settle SECONDS] [--timestamp-dir DIR] USER [FINGERPRINT]
        %(prog)s --install-wrapper PATH [--python PYTHON]
        %(prog)s --check-path PATH
 
@@ -705,6 +797,9 @@ Print USER's SSH public keys from nsscache's sshkey.cache for sshd's AuthorizedK
   --min-uid UID      refuse uids below this (default 1000)
   --max-age SECONDS  print nothing once the last successful sshkey update
                      (TIMESTAMP_DIR/timestamp-sshkey-update) is older (default: off)
+  --settle SECONDS   how long a passwd cache and an sshkey cache of different
+                     nsscache runs are waited on (nsscache writes one map after
+                     the other) before failing closed (default 10)
   --timestamp-dir D  nsscache's timestamp_dir (default /var/lib/nsscache)
   --install-wrapper PATH   write a fast wrapper script for sshd at PATH and check
                      sshd's ownership rules for it (--python: its interpreter,
@@ -712,7 +807,8 @@ Print USER's SSH public keys from nsscache's sshkey.cache for sshd's AuthorizedK
   --check-path PATH  report why sshd would refuse PATH as AuthorizedKeysCommand
 
 Exit status: 0 answered (keys printed, or refused with a reason on stderr);
-1 failed closed (unreadable cache, malformed entry, stale cache): no keys; 2 usage.
+1 failed closed (unreadable cache, caches of different runs, malformed entry,
+stale cache): no keys; 2 usage.
 """
 
 _VALUE_OPTIONS = {
@@ -723,6 +819,7 @@ _VALUE_OPTIONS = {
     "--system-passwd": "system_passwd",
     "--min-uid": "min_uid",
     "--max-age": "max_age",
+    "--settle": "settle",
     "--timestamp-dir": "timestamp_dir",
     "--install-wrapper": "install_wrapper",
     "--python": "python",
@@ -789,6 +886,7 @@ def main(argv=None):
             timestamp_dir=opts.get("timestamp_dir"),
             min_uid=_number("--min-uid", opts["min_uid"]) if "min_uid" in opts else None,
             max_age=_number("--max-age", opts["max_age"]) if "max_age" in opts else None,
+            settle=_number("--settle", opts["settle"]) if "settle" in opts else None,
         )
     except UsageError as e:
         _log("%s (see --help): no keys" % e)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, NamedTuple, Optional, Tuple
+from typing import Dict, FrozenSet, List, NamedTuple, Optional, Tuple, Union
 
-from . import sshkeys
+from . import marker, sshkeys
 from .config import Config, clean_path as _clean_path
 from .snapshot import GroupRecord, Snapshot, UserRecord
 
@@ -26,6 +26,10 @@ __all__ = [
 # starting with '-', at most 32 characters (utmp's limit).
 POSIX_NAME = re.compile(r"[a-z0-9_.][a-z0-9_.-]{0,31}", re.ASCII)
 NOBODY = 65534
+# Never a home: pam_mkhomedir would hand the user the directory, or a tree below it.
+SYSTEM_HOMES = frozenset({"/", "/root", "/etc", "/bin", "/sbin", "/boot", "/dev", "/proc", "/run", "/sys", "/tmp", "/usr", "/var"})
+SYSTEM_TREES = ("/etc/", "/proc/", "/sys/", "/dev/", "/boot/", "/run/")
+_LIB = re.compile(r"/lib[^/]*", re.ASCII)  # /lib, /lib32, /lib64, /libx32 ...
 ACCEPT_SHRINK_ENV = "NSSCACHE_COREWEAVE_ACCEPT_SHRINK"
 _GECOS_MAX = 255
 
@@ -81,6 +85,7 @@ class LocalAccounts:
     uids: FrozenSet[int] = frozenset()
     group_names: FrozenSet[str] = frozenset()
     gids: FrozenSet[int] = frozenset()
+    homes: FrozenSet[str] = frozenset()
 
 
 def read_local_accounts(config: Config) -> LocalAccounts:
@@ -93,6 +98,7 @@ def read_local_accounts(config: Config) -> LocalAccounts:
         uids=frozenset(_as_int(f[2]) for f in users if len(f) > 2 and _as_int(f[2]) is not None),
         group_names=frozenset(f[0] for f in groups),
         gids=frozenset(_as_int(f[2]) for f in groups if len(f) > 2 and _as_int(f[2]) is not None),
+        homes=frozenset(f[5] for f in users if len(f) > 5 and f[5]),
     )
 
 
@@ -130,12 +136,13 @@ def decide(snapshot: Snapshot, config: Config, local: Optional[LocalAccounts] = 
             else:
                 member_ids[member.value] = None
 
+    holders = _gid_holders(snapshot.groups)
     accounts = {}
     for user_id in member_ids:
-        account = _account(users_by_id[user_id], config, local, drops)
+        account = _account(users_by_id[user_id], config, local, holders, drops)
         if account is not None:
             accounts[user_id] = account
-    accounts = _without_duplicates(accounts, ("name", "uid"), "user", drops)
+    accounts = _without_duplicates(accounts, ("name", "uid", "home"), "user", drops)
 
     posix_groups = []
     for group in groups:
@@ -177,29 +184,24 @@ def _allowed_groups(records: Tuple[GroupRecord, ...], config: Config, local: Loc
     return list(_without_duplicates(chosen, ("name", "gid"), "group", drops).values())
 
 
-def _account(user: UserRecord, config: Config, local: LocalAccounts, drops: List[Drop]) -> Optional[Account]:
+def _account(user: UserRecord, config: Config, local: LocalAccounts, holders: "_GidHolders",
+             drops: List[Drop]) -> Optional[Account]:
     name = user.name
     who = name if isinstance(name, str) and POSIX_NAME.fullmatch(name) else f"id {_printable(user.id)}"
-    if user.active is False:
-        drops.append(Drop("user", who, "is inactive", expected=True, code="inactive"))
-        return None
-    if user.active is not True:
-        drops.append(Drop("user", who, f"active is {_show(user.active)}, not a boolean", code="active"))
-        return None
+    home = config.home_template.replace("%u", name) if config.home_template and isinstance(name, str) else user.home
+    if home is None and isinstance(name, str):
+        home = f"/home/{name}"
     problem = (
-        _name_problem(name)
+        _activity_problem(user.active)
+        or _name_problem(name)
         or _id_problem(user.uid, "uid", config.min_uid, config.max_uid)
         or _id_problem(user.gid, "gid", config.min_gid, config.max_gid)
         or _local_clash(name, "account", local.user_names, _as_int(user.uid), "uid", local.uids)
+        or _primary_gid_problem(user.id, _as_int(user.gid), local, holders)
+        or _home_problem(home, local)
     )
     if problem:
-        drops.append(Drop("user", who, problem.text, code=problem.code))
-        return None
-    home = config.home_template.replace("%u", name) if config.home_template else user.home
-    if home is None:
-        home = f"/home/{name}"
-    if not _clean_path(home):
-        drops.append(Drop("user", who, f"home directory {_show(home)} is not an absolute, normalised path", code="home"))
+        drops.append(Drop("user", who, problem.text, expected=problem.code == "inactive", code=problem.code))
         return None
     shell = config.default_shell
     if _clean_path(user.shell) and user.shell in config.allowed_shells:
@@ -219,17 +221,55 @@ def _account(user: UserRecord, config: Config, local: LocalAccounts, drops: List
     )
 
 
+def _activity_problem(active) -> Optional[_Problem]:
+    if active is False:
+        return _Problem("inactive", "is inactive")
+    if active is not True:
+        return _Problem("active", f"active is {_show(active)}, not a boolean")
+    return None
+
+
+# gid -> (group, member ids) for every IAM group carrying it, listed or not.
+_GidHolders = Dict[int, List[Tuple[str, FrozenSet[str]]]]
+
+
+def _gid_holders(records: Tuple[GroupRecord, ...]) -> _GidHolders:
+    holders: _GidHolders = {}
+    for record in records:
+        gid = _as_int(record.gid)
+        if gid is not None:
+            name = record.name if isinstance(record.name, str) and POSIX_NAME.fullmatch(record.name) else f"id {_printable(record.id)}"
+            holders.setdefault(gid, []).append((name, frozenset(m.value for m in record.members if m.value)))
+    return holders
+
+
+def _primary_gid_problem(user_id: str, gid: Optional[int], local: LocalAccounts, holders: _GidHolders) -> Optional[_Problem]:
+    """A primary gid grants its group's file access: only a private gid, or
+    the gid of IAM groups the user is a member of."""
+    if gid in local.gids:
+        return _Problem("gid_local", f"primary gid {gid} belongs to a local group of this node")
+    for name, members in holders.get(gid, ()) if gid is not None else ():
+        if user_id not in members:
+            return _Problem("gid_not_member", f"primary gid {gid} is the gid of IAM group {name}, which the user is not a member of")
+    return None
+
+
+def _home_problem(home, local: LocalAccounts) -> Optional[_Problem]:
+    if not _clean_path(home):
+        return _Problem("home", f"home directory {_show(home)} is not an absolute, normalised path")
+    if home in SYSTEM_HOMES or home.startswith(SYSTEM_TREES) or _LIB.fullmatch(home):
+        return _Problem("home_system", f"home directory {home!r} is a system directory")
+    if home in local.homes:
+        return _Problem("home_local", f"home directory {home!r} is the home of a local account of this node")
+    return None
+
+
 def _keys(name: str, raw, config: Config, drops: List[Drop]) -> Tuple[str, ...]:
-    if raw is None:
-        return ()
-    if isinstance(raw, str):
-        raw = [raw]  # a single key sent as a bare string
-    if not isinstance(raw, list):
-        drops.append(Drop("key", name, f"the SSH keys attribute is a JSON {type(raw).__name__}, not a list", code="key"))
-        return ()
     keys: Dict[str, str] = {}  # "type base64" -> the first line carrying it
-    for position, line in enumerate(raw, 1):
+    for position, line in enumerate(_key_lines(raw), 1):
         try:
+            if not isinstance(line, str):
+                raise sshkeys.InvalidKey(line.text)
             key = sshkeys.parse(
                 line,
                 allowed=config.keys.types,
@@ -244,8 +284,29 @@ def _keys(name: str, raw, config: Config, drops: List[Drop]) -> Tuple[str, ...]:
     return tuple(keys.values())
 
 
+def _key_lines(raw) -> List[Union[str, _Problem]]:
+    """The keys as people enter them ("one key per line"): one string or a
+    list of them, each split at LF (so CRLF too), blank lines skipped and
+    surrounding whitespace stripped; a list item may be a SCIM multi-valued
+    object, whose string ``value`` is taken. Anything else is a _Problem."""
+    if raw is None:
+        return []
+    lines: List[Union[str, _Problem]] = []
+    for item in raw if isinstance(raw, list) else [raw]:
+        if isinstance(item, dict):
+            item = next((v for k, v in item.items() if isinstance(k, str) and k.lower() == "value"), item)
+        if isinstance(item, str):
+            lines.extend(line.strip() for line in item.split("\n") if line.strip())
+        elif isinstance(item, dict):
+            lines.append(_Problem("key", "is a JSON object without a string 'value'"))
+        else:
+            lines.append(_Problem("key", f"is a JSON {type(item).__name__}, not a string"))
+    return lines
+
+
 def _without_duplicates(entries: dict, fields: Tuple[str, ...], kind: str, drops: List[Drop]) -> dict:
-    """Drop every party to a name or id clash: never "last one wins"."""
+    """Drop every party to a name, id or home clash: never "last one wins".
+    Each party is dropped once, for the first field it shares."""
     clashing = set()
     for attribute in fields:
         holders: Dict[object, List[str]] = {}
@@ -253,7 +314,7 @@ def _without_duplicates(entries: dict, fields: Tuple[str, ...], kind: str, drops
             holders.setdefault(getattr(entry, attribute), []).append(entry.name)
         for key, entry in entries.items():
             value = getattr(entry, attribute)
-            if len(holders[value]) > 1:
+            if len(holders[value]) > 1 and key not in clashing:
                 clashing.add(key)
                 others = sorted(holders[value])
                 drops.append(Drop(kind, entry.name, f"{attribute} {value} is shared by {', '.join(others)}", code="duplicate"))
@@ -270,31 +331,41 @@ def _name_problem(name) -> Optional[_Problem]:
         return _Problem("name", "has no POSIX name" if name is None else f"name is a JSON {type(name).__name__}, not a string")
     if not POSIX_NAME.fullmatch(name) or name.isdigit() or name in (".", ".."):
         return _Problem("name", f"name {_show(name)} is not a POSIX portable name (a-z 0-9 _ . -, at most 32, lower-case)")
+    if name == marker.NAME:
+        return _Problem("reserved", f"name {name!r} is reserved for the run marker on the first line of every cache")
     return None
 
 
-def shrink_problem(directory: Directory, previous, max_shrink: float) -> Optional[str]:
+def shrink_problem(directory: Directory, previous, max_shrink: float,
+                   allowed_groups: Optional[Tuple[str, ...]] = None) -> Optional[str]:
     """Why this run must be refused for losing too many users or groups
-    compared with ``previous`` (state.Counts of the last accepted run), or None."""
+    compared with ``previous`` (state.Counts of the last accepted run; an empty
+    result after a non-empty one is refused even with the ratio guard off), or
+    for being empty with no earlier run to compare with, or None."""
+    override = (
+        f"If this removal is intended, run `nsscache-coreweave update --accept-shrink` once "
+        f"(or set {ACCEPT_SHRINK_ENV}=1 for one run)"
+    )
     if previous is None:
-        return None
+        if directory.accounts:
+            return None
+        # An empty result is far likelier an outage or a wrong setting than a
+        # decision, even with nothing to compare with (a first run over caches
+        # another source wrote, a changed coreweave_base_url or coreweave_groups).
+        groups = "*" if allowed_groups is None else ", ".join(allowed_groups)
+        return (f"refusing an empty directory: no active member of coreweave_groups ({groups}) is left to write "
+                "(no earlier accepted run to compare with); the previous caches are kept. " + override)
     for what, before, now in (
         ("users", previous.users, len(directory.accounts)),
         ("groups", previous.groups, len(directory.groups)),
     ):
-        override = (
-            f"If this removal is intended, run `nsscache-coreweave update --accept-shrink` once "
-            f"(or set {ACCEPT_SHRINK_ENV}=1 for one run)"
-        )
         if before > 0 and (before - now) / before > max_shrink:
             return (
-                f"refusing to shrink {what} from {before} to {now} (-{(before - now) / before:.0%}, more than "
-                f"coreweave_max_shrink {max_shrink:.0%} of the last accepted run): the previous caches are kept. "
+                f"refusing to shrink {what} from {before} to {now} (-{(before - now) / before:.0%}, "
+                f"more than coreweave_max_shrink {max_shrink:.0%} of the last accepted run): the previous caches are kept. "
                 + override
             )
-        if before > 0 and now == 0:
-            # Even with the ratio guard off: an empty result after a
-            # non-empty run is far likelier an outage than a decision.
+        if before > 0 and now == 0:  # even with coreweave_max_shrink = 1
             return f"refusing to remove all {before} {what} of the last accepted run: the previous caches are kept. " + override
     return None
 

@@ -1,46 +1,56 @@
 """Render: a policy Directory -> nsscache maps. The only module that
-imports nss_cache.maps; it trusts its input (policy validated it)."""
+imports nss_cache.maps; it trusts its input (policy validated it).
+
+Every map starts with the run marker (marker.py): a map with no user still
+has one entry, so nsscache writes it, and each cache names its run.
+"""
 
 from __future__ import annotations
 
 from nss_cache.maps import group, passwd, shadow, sshkey
 
+from . import marker
 from .policy import Directory
 
 __all__ = ["MAPS", "render"]
 
 
-def _passwd(directory: Directory) -> passwd.PasswdMap:
-    return _fill(passwd.PasswdMap(), passwd.PasswdMapEntry, (
+def _passwd(directory: Directory, run: str) -> passwd.PasswdMap:
+    head = dict(name=marker.NAME, passwd=marker.field(run), uid=marker.NOBODY, gid=marker.NOBODY,
+                gecos=marker.GECOS, dir=marker.HOME, shell=marker.SHELL)
+    return _fill(passwd.PasswdMap(), passwd.PasswdMapEntry, head, (
         dict(name=a.name, passwd="x", uid=a.uid, gid=a.gid, gecos=a.gecos, dir=a.home, shell=a.shell)
         for a in directory.accounts
     ))
 
 
-def _group(directory: Directory) -> group.GroupMap:
-    return _fill(group.GroupMap(), group.GroupMapEntry, (
+def _group(directory: Directory, run: str) -> group.GroupMap:
+    head = dict(name=marker.NAME, passwd=marker.field(run), gid=marker.NOBODY, members=[])
+    return _fill(group.GroupMap(), group.GroupMapEntry, head, (
         dict(name=g.name, passwd="x", gid=g.gid, members=list(g.members)) for g in directory.groups
     ))
 
 
-def _shadow(directory: Directory) -> shadow.ShadowMap:
+def _shadow(directory: Directory, run: str) -> shadow.ShadowMap:
     # "x" in passwd needs a shadow entry, or PAM's account stage refuses a key
     # login; "*" never matches a password.
-    return _fill(shadow.ShadowMap(), shadow.ShadowMapEntry, (
+    head = dict(name=marker.NAME, passwd=marker.field(run))
+    return _fill(shadow.ShadowMap(), shadow.ShadowMapEntry, head, (
         dict(name=a.name, passwd="*") for a in directory.accounts
     ))
 
 
-def _sshkey(directory: Directory) -> sshkey.SshkeyMap:
+def _sshkey(directory: Directory, run: str) -> sshkey.SshkeyMap:
     # nsscache writes a list as its Python repr: name:['k1', 'k2']. Users
     # without a valid key get no line at all.
-    return _fill(sshkey.SshkeyMap(), sshkey.SshkeyMapEntry, (
+    head = dict(name=marker.NAME, sshkey=marker.field(run))
+    return _fill(sshkey.SshkeyMap(), sshkey.SshkeyMapEntry, head, (
         dict(name=a.name, sshkey=list(a.keys)) for a in directory.accounts if a.keys
     ))
 
 
-def _fill(result, entry_class, rows):
-    for row in rows:
+def _fill(result, entry_class, head, rows):
+    for row in (head, *rows):
         if not result.Add(entry_class(row)):
             raise ValueError(f"nsscache refused the {result.__class__.__name__} entry for {row['name']!r}")
     return result
@@ -49,6 +59,7 @@ def _fill(result, entry_class, rows):
 MAPS = {"passwd": _passwd, "group": _group, "shadow": _shadow, "sshkey": _sshkey}
 
 
-def render(map_name: str, directory: Directory):
-    """The nsscache map ``map_name`` (passwd, group, shadow or sshkey)."""
-    return MAPS[map_name](directory)
+def render(map_name: str, directory: Directory, run: str):
+    """The nsscache map ``map_name`` (passwd, group, shadow or sshkey), its
+    first entry the marker of ``run``."""
+    return MAPS[map_name](directory, run)

@@ -29,7 +29,7 @@ from . import __version__
 from .config import Server
 from .errors import AuthError, FetchError, ListingError, StaleCursorError
 
-__all__ = ["new_session", "list_resources", "Clock", "Stats", "USER_AGENT"]
+__all__ = ["new_session", "list_resources", "fetch_page", "Clock", "Stats", "USER_AGENT"]
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,11 @@ def list_resources(
     clock: Optional[Clock] = None,
     deadline: Optional[float] = None,
     stats: Optional[Stats] = None,
+    limit: Optional[int] = None,
 ) -> List[T]:
     """Every resource at ``url``, each passed through ``extract`` (so only the
     fields the maps need stay in memory) and de-duplicated by ``key`` (the
-    resource id).
+    resource id); more than ``limit`` resources are refused (memory stays bounded).
 
     ``deadline`` is a ``clock.monotonic()`` time by which the listing must be
     complete (default: ``server.deadline`` seconds from now).
@@ -121,15 +122,41 @@ def list_resources(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return walk(fetcher, _Collector(kind, extract, key))
+        return walk(fetcher, _Collector(kind, extract, key, limit))
     except StaleCursorError:
         # RFC 9865: a cursor may expire mid-walk; start over once.
         log.warning("%s: the server expired our cursor; restarting the listing once", kind)
-        return walk(fetcher, _Collector(kind, extract, key))
+        return walk(fetcher, _Collector(kind, extract, key, limit))
     finally:
         fetcher.close()
         if collecting:
             gc.enable()
+
+
+def fetch_page(
+    session: requests.Session,
+    server: Server,
+    url: str,
+    kind: str,
+    params: dict,
+    *,
+    clock: Optional[Clock] = None,
+    stats: Optional[Stats] = None,
+) -> dict:
+    """One page of ``url`` (e.g. ``{"startIndex": 1, "count": 1}``) as a
+    checked SCIM ListResponse, under a listing's rules: retries, redirects
+    refused, coreweave_max_page_bytes, coreweave_deadline from now.
+
+    :raises FetchError: as :func:`list_resources`.
+    :raises ListingError: a response too large, or not a SCIM ListResponse.
+    """
+    clock = clock or Clock()
+    deadline = clock.monotonic() + server.deadline
+    fetcher = _Fetcher(session, server, url, kind, clock, deadline, stats if stats is not None else Stats())
+    try:
+        return fetcher.page(1, params)
+    finally:
+        fetcher.close()
 
 
 def _no_sleep(seconds: float) -> None:
@@ -149,9 +176,17 @@ class _Page:
 class _Collector:
     """De-duplicates resources by id and insists that each page makes progress."""
 
-    def __init__(self, kind, extract, key):
-        self.kind, self.extract, self.key = kind, extract, key
+    def __init__(self, kind, extract, key, limit: Optional[int] = None):
+        self.kind, self.extract, self.key, self.limit = kind, extract, key, limit
         self.items: Dict[Hashable, object] = {}
+
+    def check_size(self, count: int, what: str) -> None:
+        """Refuse a listing with more resources than the limit."""
+        if self.limit is not None and count > self.limit:
+            raise ListingError(
+                f"{self.kind}: {what} {count}, more than coreweave_max_{self.kind.lower()} ({self.limit}): "
+                "refusing to hold a larger listing"
+            )
 
     def read(self, body: dict, page_no: int) -> "_Page":
         """Check a page's envelope and resources and extract them (no state:
@@ -185,6 +220,7 @@ class _Collector:
                     f"{self.kind} page {page_no}: id {str(k)[:80]!r} appears twice with different content: "
                     "the directory changed during the listing, refusing it (the next run will retry)"
                 )
+        self.check_size(len(self.items), "collected")
         return new
 
 
@@ -200,6 +236,7 @@ def _walk_index(fetcher: "_Fetcher", collected: _Collector) -> list:
                 page = collected.read(fetcher.page(page_no, {"startIndex": start, "count": server.page_size}), page_no)
             page_total = _total(page.total, kind, page_no, required=True)
             if total is None:
+                collected.check_size(page_total, "totalResults is")
                 total = page_total
             elif page_total != total:
                 raise ListingError(

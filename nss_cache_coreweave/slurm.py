@@ -55,7 +55,8 @@ log = logging.getLogger("nss_cache_coreweave")
 MARKER = "nsscache-coreweave"  # the organization of every account this package manages
 STATE_FILE = "coreweave-slurm-state.json"
 LOCK_FILE = "coreweave-slurm.lock"
-# User names per sacctmgr argument: Linux refuses one argument longer than 128 KiB (MAX_ARG_STRLEN).
+# User names per sacctmgr argument (``name=`` + the names): Linux refuses one argument longer than 128 KiB
+# (MAX_ARG_STRLEN).
 ARG_BYTES = 100_000
 ROOT = "root"
 _NOT_ADMIN = ("", "none", "not set")
@@ -200,16 +201,21 @@ class Operation:
     creates_account: bool = False  # for ADD_ACCOUNT: the account does not exist yet anywhere
 
     def args(self) -> List[str]:
-        """sacctmgr's arguments after ``-i``."""
+        """sacctmgr's arguments after ``-i``.
+
+        Every account and user name goes as the value of a ``key=`` (``name=``,
+        ``account=``, ``parent=``, ``defaultaccount=``), never as a bare word: sacctmgr
+        takes a bare ``where`` or ``set`` for its keyword (``add account where`` fails:
+        "Need name of account to add"), so an IAM group of that name broke every run."""
         names = ",".join(self.users)
         where = [f"cluster={self.cluster}"] if self.cluster else []
         if self.kind == ADD_ACCOUNT:
-            return ["add", "account", self.account, *where, f"parent={self.parent}",
+            return ["add", "account", f"name={self.account}", *where, f"parent={self.parent}",
                     f"organization={MARKER}", f"description={self.description}"]
         if self.kind == SET_PARENT:
             return ["modify", "account", "where", f"name={self.account}", *where, "set", f"parent={self.parent}"]
         if self.kind == ADD_USERS:
-            return ["add", "user", names, f"account={self.account}", *where]
+            return ["add", "user", f"name={names}", f"account={self.account}", *where]
         if self.kind == SET_DEFAULT:
             return ["modify", "user", "where", f"name={names}", *where, "set", f"defaultaccount={self.account}"]
         if self.kind == REMOVE_USERS:
@@ -269,7 +275,7 @@ def plan(want: Wanted, current: Current, *, parent: str, created_users: Iterable
         parents = {r.account: r.parent for r in rows if not r.user}
         if parent not in parents:
             raise PlanError(f"coreweave_slurm_parent_account {parent!r} does not exist on cluster {cluster!r}: "
-                            f"create it (sacctmgr add account {parent} cluster={cluster}) or choose another")
+                            f"create it (sacctmgr add account name={parent} cluster={cluster}) or choose another")
         general: Dict[str, Set[str]] = {}  # account -> users with an association for every partition
         anywhere: Dict[str, Set[str]] = {}  # account -> users with any association
         for r in rows:
@@ -360,7 +366,7 @@ def _usable(want: Wanted, current: Current, parent: str, protected: Set[str]):
                 f"account {account.name!r} (from group {', '.join(account.groups)}) exists and is not managed by "
                 f"{MARKER} (organization {row.organization!r}): left alone. Map the group to another account "
                 f"(coreweave_slurm_accounts = {account.groups[0]}=<account>), or hand it over with "
-                f"`sacctmgr modify account {account.name} set organization={MARKER}`"
+                f"`sacctmgr modify account where name={account.name} set organization={MARKER}`"
             )
         else:
             usable.append(account)
@@ -547,7 +553,7 @@ def resolve_clusters(configured: Optional[Sequence[str]], known: Sequence[str],
     if unknown:
         raise PlanError(f"cluster {', '.join(unknown)} is not registered in slurmdbd (known: "
                         f"{', '.join(known) or 'none'}): start its slurmctld once, or `sacctmgr add cluster "
-                        f"{unknown[0]}`, or set coreweave_slurm_cluster")
+                        f"name={unknown[0]}`, or set coreweave_slurm_cluster")
     return clusters
 
 

@@ -6,6 +6,7 @@ kept (raw JSON values, not yet validated: that is policy's job).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple
@@ -64,7 +65,9 @@ def take(
 
     Groups come first so that only members of the allowed groups are kept
     from the (much longer) Users listing; every user still counts for the
-    listing's checks. ``everyone`` keeps every user (for ``check``).
+    listing's checks. Every group is kept, with its members among those users
+    (policy's primary-gid rule needs every gid). ``everyone`` keeps every user
+    (for ``check``).
 
     :raises FetchError, ListingError: see scim.list_resources.
     """
@@ -75,14 +78,17 @@ def take(
     if own_session:
         session = scim.new_session(config.server)
     try:
-        # Only the allowed groups' members are read (unless everyone is
-        # wanted), so the wanted users are all the members there are.
+        # The wanted users are the allowed groups' members (everyone, when
+        # every group is allowed or everyone is asked for).
         allowed = None if everyone or config.allowed_groups is None else frozenset(config.allowed_groups)
         groups = scim.list_resources(
             session, config.server, config.server.groups_url, "Groups",
-            lambda r: _group(r, config, allowed), _id, clock=clock, deadline=deadline, stats=stats,
+            lambda r: _group(r, config), _id, clock=clock, deadline=deadline, stats=stats,
         )
-        wanted = None if allowed is None else {m.value for g in groups for m in g.members if m.value}
+        wanted = None if allowed is None else {m.value for g in groups if _named(g, allowed) for m in g.members if m.value}
+        if wanted is not None:
+            # Other groups matter only for the primary-gid rule, and only through wanted users.
+            groups = [g if _named(g, allowed) else _members_among(g, wanted) for g in groups]
 
         def extract(resource: dict):
             # A user in no allowed group is kept as its bare id, for the
@@ -93,7 +99,7 @@ def take(
 
         users = scim.list_resources(
             session, config.server, config.server.users_url, "Users", extract, _id,
-            clock=clock, deadline=deadline, stats=stats,
+            clock=clock, deadline=deadline, stats=stats, limit=config.server.max_users,
         )
     finally:
         if own_session:
@@ -160,17 +166,22 @@ def _given_family(resource: dict) -> Optional[str]:
     return text or None
 
 
-def _group(resource: dict, config: Config, allowed: Optional[frozenset] = None) -> GroupRecord:
-    name = resolve(resource, config.groups.name)
+def _group(resource: dict, config: Config) -> GroupRecord:
     members = _child(resource, "members")
-    if not isinstance(members, list) or (allowed is not None and not (isinstance(name, str) and name in allowed)):
-        members = []  # a group that is not ours: its members are never read
     return GroupRecord(
         id=resource["id"],
-        name=name,
+        name=resolve(resource, config.groups.name),
         gid=resolve(resource, config.groups.gid),
-        members=tuple(_member(m) for m in members if isinstance(m, dict)),
+        members=tuple(_member(m) for m in members if isinstance(m, dict)) if isinstance(members, list) else (),
     )
+
+
+def _named(group: GroupRecord, names: frozenset) -> bool:
+    return isinstance(group.name, str) and group.name in names
+
+
+def _members_among(group: GroupRecord, wanted: set) -> GroupRecord:
+    return dataclasses.replace(group, members=tuple(m for m in group.members if m.value in wanted))
 
 
 def _member(item: dict) -> Member:

@@ -232,13 +232,13 @@ class LoginNode:
                        "--clear-groups", "--"]
         return run([*prefix, *args], **kwargs)
 
-    def nsscache(self, *args: str) -> subprocess.CompletedProcess:
-        """The stock ``nsscache`` with /etc/nsscache.conf, as cron runs it. stdin is a terminal so that
-        it logs to stderr (there is no /dev/log)."""
+    def nsscache(self, *args: str, program: str = "nsscache") -> subprocess.CompletedProcess:
+        """The stock ``nsscache`` (or ``program``, e.g. nsscache-coreweave) with /etc/nsscache.conf, as
+        cron runs it. stdin is a terminal so that it logs to stderr (there is no /dev/log)."""
         primary, secondary = pty.openpty()
         try:
             env = {k: v for k, v in os.environ.items() if not k.startswith("NSSCACHE_")}
-            return self.ns(self.nsscache_bin / "nsscache", *args, stdin=secondary, env=env)
+            return self.ns(self.nsscache_bin / program, *args, stdin=secondary, env=env)
         finally:
             os.close(primary)
             os.close(secondary)

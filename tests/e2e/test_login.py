@@ -308,3 +308,74 @@ def test_failed_update_keeps_logins_working(sshd, node, iam, keys):
 
     assert result.returncode == 75, result.stderr
     assert sshd.ssh("alice", keys["alice"]).stdout == ALICE_ID
+
+
+# --- issue 10: every IAM change reaches the node, or the node fails closed ---------------------
+
+
+def test_every_key_removed_at_once_logs_nobody_in(sshd, keys, org, change_iam):
+    # sshkey.cache keeps no user at all: nsscache must still write it (the run marker's line).
+    new_org = copy.deepcopy(org)
+    for user in new_org["Users"]:
+        user[EXT]["sunkSshKeys"] = []
+
+    change_iam(new_org)
+    logins = [sshd.ssh("alice", keys["alice"]), sshd.ssh("alice", keys["alice2"]), sshd.ssh("frank", keys["frank"])]
+
+    assert all(login.refused for login in logins), logins
+    assert logins[0].sshd_logged("nsscache-coreweave-keys: alice: no entry in /etc/sshkey.cache: no keys"), logins[0]
+
+
+def test_a_reused_name_never_logs_in_with_the_previous_persons_key(sshd, node, keys, org, change_iam):
+    # frank leaves; his name goes to someone else (another uid, no key yet). frank held the last
+    # keys of the organisation, so the new sshkey map has no user in it.
+    new_org = copy.deepcopy(org)
+    for user in new_org["Users"]:
+        user[EXT]["sunkSshKeys"] = []
+    new_frank = _user(new_org, "frank")
+    new_frank.update(id="00000000-0000-4000-8000-000000000077", displayName="Frank Newcomer")
+    new_frank[EXT].update(sunkPosixUid=20077, sunkPosixGid=20077)
+    _group(new_org, "slurm-users")["members"].append({"value": new_frank["id"], "type": "User"})
+
+    change_iam(new_org)
+    login = sshd.ssh("frank", keys["frank"])
+
+    assert node.ns("getent", "passwd", "frank").stdout.startswith("frank:x:20077:20077:Frank Newcomer:")
+    assert login.refused, login
+
+
+def test_an_emptied_directory_is_refused_then_once_accepted_logs_nobody_in(sshd, node, keys, org, change_iam, iam):
+    assert sshd.ssh("alice", keys["alice"]).stdout == ALICE_ID
+    new_org = copy.deepcopy(org)
+    for group in new_org["Groups"]:
+        group["members"] = []
+    iam.set_org(new_org)
+
+    refused = node.nsscache("update", "--full")
+    still_in = sshd.ssh("alice", keys["alice"])
+    accepted = node.nsscache("update", "--accept-shrink", program="nsscache-coreweave")
+    shut_out = [sshd.ssh(name, keys[name]) for name in ("alice", "bob", "frank")]
+    change_iam(org)  # restored for the tests after this one
+
+    assert refused.returncode == 4, refused.stderr
+    assert still_in.stdout == ALICE_ID, still_in
+    assert accepted.returncode == 0, accepted.stderr
+    assert all(login.refused and login.sshd_logged(f"Invalid user {name}")
+               for login, name in zip(shut_out, ("alice", "bob", "frank"))), shut_out
+
+
+def test_a_user_whose_primary_gid_is_a_local_group_never_reaches_the_node(sshd, node, keys, org, change_iam):
+    group_file = node.etc / "group"
+    original = group_file.read_text()
+    group_file.write_text(original + "hpc-admins:x:5000:\n")  # the site's own group, in the node's /etc
+    new_org = copy.deepcopy(org)
+    _user(new_org, "bob")[EXT]["sunkPosixGid"] = 5000
+    try:
+        change_iam(new_org)
+        entry = node.ns("getent", "passwd", "bob")
+        login = sshd.ssh("bob", keys["bob"])
+    finally:
+        group_file.write_text(original)
+
+    assert entry.returncode == 2, entry.stdout
+    assert login.refused and login.sshd_logged("Invalid user bob"), login

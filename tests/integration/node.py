@@ -3,6 +3,7 @@ and state directories, and the commands an operator or cron runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
@@ -13,6 +14,7 @@ from typing import Dict
 TOKEN = "cw-test-token-4f1c9a"
 EXT = "urn:coreweave:params:scim:schemas:extension:coreweave:2.0:CoreWeaveUser"
 MAPS = ("passwd", "group", "shadow", "sshkey")
+MARKER = "nsscache-coreweave"  # the first line of every cache names the run that wrote it
 
 
 @dataclass
@@ -29,6 +31,12 @@ class Node:
     @property
     def token_file(self) -> Path:
         return self.root / "token"
+
+    @property
+    def local_passwd(self) -> Path:
+        """The node's own accounts: etc-passwd when a test wrote one, else the host's."""
+        own = self.root / "etc-passwd"
+        return own if own.exists() else Path("/etc/passwd")
 
     @property
     def conf(self) -> Path:
@@ -70,7 +78,31 @@ class Node:
             os.close(secondary)
 
     def cache(self, name: str) -> str:
-        return (self.root / "cache" / f"{name}.cache").read_text()
+        """A cache's entries, without its first line, the run marker (see run_marker)."""
+        text = (self.root / "cache" / f"{name}.cache").read_text()
+        first, _, rest = text.partition("\n")
+        return rest if first.startswith(MARKER + ":") else text
+
+    def run_marker(self) -> str:
+        """The run named on the first line of all four caches (asserted to be the same)."""
+        firsts = {name: (self.root / "cache" / f"{name}.cache").read_text().partition("\n")[0] for name in MAPS}
+        runs = {line.split(":")[1] for line in firsts.values() if line.startswith(MARKER + ":")}
+        assert len(runs) == 1 and all(line.startswith(MARKER + ":") for line in firsts.values()), firsts
+        return runs.pop()
+
+    def state(self) -> dict:
+        """The package's record for this node's one scope (coreweave-state.json)."""
+        data = json.loads((self.root / "state" / "coreweave-state.json").read_text())
+        (entry,) = data["scopes"].values()
+        return entry
+
+    def run_keys(self, *args: str) -> subprocess.CompletedProcess:
+        """The keys command as sshd runs it, on this node's caches and local accounts."""
+        return subprocess.run(
+            [str(self.bin / "nsscache-coreweave-keys"), "--cache", str(self.root / "cache" / "sshkey.cache"),
+             "--system-passwd", str(self.local_passwd), *args],
+            capture_output=True, text=True, timeout=60,
+        )
 
     def files(self) -> Dict[str, bytes]:
         """Every cache and index file and nsscache's timestamps, byte for

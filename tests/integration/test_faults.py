@@ -65,7 +65,7 @@ LOCAL_PASSWD = (
     "sshd:x:105:65534::/run/sshd:/usr/sbin/nologin\n"
     "localadmin:x:1000:1000:Local Admin:/home/localadmin:/bin/bash\n"
 )
-LOCAL_GROUP = "root:x:0:\nsudo:x:27:localadmin\ndocker:x:999:\nlocaladmin:x:1000:\n"
+LOCAL_GROUP = "root:x:0:\nsudo:x:27:localadmin\ndocker:x:999:\nlocaladmin:x:1000:\nslurm:x:64030:\n"
 
 # What a scenario's run ends in.
 WHOLE_RUN = "whole run refused"
@@ -79,7 +79,7 @@ KIND_MEANING = {
     RETRIED: "exit 0; the fault was retried or tolerated; exactly the caches of a fault-free run",
     REJECTED: "exit 0; exactly the caches of a fault-free run: the bad entry (every party to a duplicate) absent",
     CHANGED: "exit 0; the entry present with the bad part dropped (a key), replaced (a shell) or cleaned (GECOS)",
-    ACCEPTED: "exit 0; an intended shrink written after the operator's one-shot override",
+    ACCEPTED: "exit 0; an intended shrink written to all four caches after the operator's one-shot override",
 }
 
 
@@ -341,12 +341,34 @@ def no_members(org: dict) -> None:
         group_named(org, name)["members"] = []
 
 
+def forget_baseline(ctx: "Ctx") -> None:
+    """No earlier accepted run to compare with: a first run over caches another source wrote."""
+    (ctx.node.root / "state" / "coreweave-state.json").unlink()
+
+
+def no_keys(org: dict) -> None:
+    for user in org["Users"]:
+        user[EXT]["sunkSshKeys"] = []
+
+
 def no_admins_group(org: dict) -> None:
     org["Groups"] = [g for g in org["Groups"] if g["sunkPosixGroupName"] != "slurm-admins"]
 
 
 def rotate_token(ctx: Ctx) -> None:
     ctx.iam.token = "a-rotated-token"  # the node still holds the old one
+
+
+def alice_only_caches(caches: Caches) -> Caches:
+    return {**ALICE_ONLY, "sshkey": caches["sshkey"].splitlines(keepends=True)[0]}
+
+
+def nobody_left(caches: Caches) -> Caches:
+    return {"passwd": "", "group": "slurm-admins:x:30002:\nslurm-users:x:30001:\n", "shadow": "", "sshkey": ""}
+
+
+def without_keys(caches: Caches) -> Caches:
+    return {**caches, "sshkey": ""}
 
 
 SHRINK_4_TO_1 = "refusing to shrink users from 4 to 1 (-75%, more than coreweave_max_shrink 25% of the last accepted run)"
@@ -498,14 +520,25 @@ SCENARIOS: List[Scenario] = [
              SHRINK_4_TO_1, org=only_alice),
     Scenario("group-set-emptied", "slurm-users and slurm-admins lose every member", WHOLE_RUN, 4,
              "refusing to shrink users from 4 to 0 (-100%", org=no_members),
+    Scenario("group-set-emptied-no-baseline", "slurm-users and slurm-admins lose every member; no earlier run recorded "
+             "(e.g. just switched from another source)", WHOLE_RUN, 4,
+             "refusing an empty directory: no active member of coreweave_groups (slurm-users, slurm-admins) is left to write "
+             "(no earlier accepted run to compare with)", org=no_members, prepare=forget_baseline),
+    Scenario("too-many-users", "6 users, coreweave_max_users 5", WHOLE_RUN, 4,
+             "Users: totalResults is 6, more than coreweave_max_users (5): refusing to hold a larger listing",
+             settings={"max_users": "5"}, check=requests_to("Users", 1)),
     Scenario("group-removed", "slurm-admins disappears from the directory", WHOLE_RUN, 4,
              "refusing to shrink groups from 2 to 1 (-50%", org=no_admins_group),
     Scenario("shrink-accepted-by-nsscache-coreweave", "4 users -> 1, `nsscache-coreweave update --accept-shrink`", ACCEPTED, 0,
              "shrink accepted by the operator (NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1): " + SHRINK_4_TO_1,
-             org=only_alice, command=("nsscache-coreweave", "update", "--accept-shrink")),
+             org=only_alice, command=("nsscache-coreweave", "update", "--accept-shrink"), expect=alice_only_caches),
     Scenario("shrink-accepted-by-environment", "4 users -> 1, `NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1 nsscache update --full`", ACCEPTED, 0,
              "shrink accepted by the operator (NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1): " + SHRINK_4_TO_1,
-             org=only_alice, env={"NSSCACHE_COREWEAVE_ACCEPT_SHRINK": "1"}),
+             org=only_alice, env={"NSSCACHE_COREWEAVE_ACCEPT_SHRINK": "1"}, expect=alice_only_caches),
+    Scenario("group-set-emptied-accepted", "slurm-users and slurm-admins lose every member, "
+             "`nsscache-coreweave update --accept-shrink`", ACCEPTED, 0,
+             "shrink accepted by the operator (NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1): refusing to shrink users from 4 to 0",
+             org=no_members, command=("nsscache-coreweave", "update", "--accept-shrink"), expect=nobody_left),
     # --- bad records: the entry is dropped, the run goes on (exit 0) ------------
     Scenario("name-upper-case", "a user named Mallory", REJECTED, 0,
              f"dropped user id u-mallory: name 'Mallory' {NOT_POSIX}", org=adding(mallory(name="Mallory"))),
@@ -549,6 +582,18 @@ SCENARIOS: List[Scenario] = [
              "dropped user mallory: uid {{'value': 20100}} is missing or not an integer", org=adding(mallory(uid={"value": 20100}))),
     Scenario("gid-0", "a user with primary gid 0", REJECTED, 0,
              "dropped user mallory: gid 0 (root) is never accepted", org=adding(mallory(gid=0))),
+    Scenario("gid-local-group", "a user whose primary gid is the node's slurm group (64030)", REJECTED, 0,
+             "dropped user mallory: primary gid 64030 belongs to a local group of this node", org=adding(mallory(gid=64030))),
+    Scenario("gid-of-a-listed-group-not-hers", "a user whose primary gid is slurm-admins' (30002), not a member of it", REJECTED, 0,
+             "dropped user mallory: primary gid 30002 is the gid of IAM group slurm-admins, which the user is not a member of",
+             org=adding(mallory(gid=30002))),
+    Scenario("gid-of-an-unlisted-group-not-hers", "a user whose primary gid is other-team's (30003, not listed), not a member of it",
+             REJECTED, 0,
+             "dropped user mallory: primary gid 30003 is the gid of IAM group other-team, which the user is not a member of",
+             org=adding(mallory(gid=30003))),
+    Scenario("name-reserved", "a user named nsscache-coreweave (the run marker's name)", REJECTED, 0,
+             "dropped user nsscache-coreweave: name 'nsscache-coreweave' is reserved for the run marker on the first line "
+             "of every cache", org=adding(mallory(name="nsscache-coreweave"))),
     Scenario("group-gid-0", "slurm-admins with gid 0", REJECTED, 0,
              "dropped group slurm-admins: gid 0 (root) is never accepted",
              org=editing(lambda org: group_named(org, "slurm-admins"), sunkPosixGid=0), expect=without_groups("slurm-admins")),
@@ -590,6 +635,25 @@ SCENARIOS: List[Scenario] = [
     Scenario("home-lone-surrogate", "home attribute /home/\\ud800 (a lone surrogate, valid JSON)", REJECTED, 0,
              "dropped user mallory: home directory '/home/\\ud800'",
              home_template=None, org=adding(mallory(sunkHomeDirectory="/home/\ud800")), expect=homes_from_attributes),
+    Scenario("home-shared", "mallory's home attribute is alice's, /mnt/home/alice (no home template)", REJECTED, 0,
+             "home /mnt/home/alice is shared by alice, mallory",
+             home_template=None, org=adding(mallory(sunkHomeDirectory="/mnt/home/alice")),
+             expect=then(homes_from_attributes, without_users("alice")), logged=2),
+    Scenario("home-root", "home attribute /root", REJECTED, 0,
+             "dropped user mallory: home directory '/root' is a system directory",
+             home_template=None, org=adding(mallory(sunkHomeDirectory="/root")), expect=homes_from_attributes),
+    Scenario("home-slash", "home attribute /", REJECTED, 0,
+             "dropped user mallory: home directory '/' is a system directory",
+             home_template=None, org=adding(mallory(sunkHomeDirectory="/")), expect=homes_from_attributes),
+    Scenario("home-etc", "home attribute /etc", REJECTED, 0,
+             "dropped user mallory: home directory '/etc' is a system directory",
+             home_template=None, org=adding(mallory(sunkHomeDirectory="/etc")), expect=homes_from_attributes),
+    Scenario("home-below-etc", "home attribute /etc/cron.d", REJECTED, 0,
+             "dropped user mallory: home directory '/etc/cron.d' is a system directory",
+             home_template=None, org=adding(mallory(sunkHomeDirectory="/etc/cron.d")), expect=homes_from_attributes),
+    Scenario("home-of-a-local-account", "home attribute /home/localadmin (a local account's home)", REJECTED, 0,
+             "dropped user mallory: home directory '/home/localadmin' is the home of a local account of this node",
+             home_template=None, org=adding(mallory(sunkHomeDirectory="/home/localadmin")), expect=homes_from_attributes),
     Scenario("inactive", "mallory with active false", REJECTED, 0,
              "dropped user mallory: is inactive", org=adding(mallory(), top={"active": False})),
     Scenario("active-not-boolean", 'mallory with active "true" (a string)', REJECTED, 0,
@@ -610,10 +674,33 @@ SCENARIOS: List[Scenario] = [
     Scenario("key-garbage", "mallory with a key whose body is not base64", CHANGED, 0,
              "dropped key mallory: key 1 has a body that is not base64",
              org=adding(mallory(sunkSshKeys=["ssh-ed25519 !!not-a-key!!"])), expect=with_mallory(MALLORY + ":/bin/bash")),
-    Scenario("key-newline", "mallory with a key smuggling a second line", CHANGED, 0,
-             "dropped key mallory: key 1 contains a line break or NUL",
+    Scenario("key-newline", "mallory with two keys in one value, one per line", CHANGED, 0,
+             "run ok",
              org=lambda org: adding(mallory(sunkSshKeys=[key("ed25519") + "\n" + key("ed25519-b")]))(org),
-             expect=with_mallory(MALLORY + ":/bin/bash")),
+             expect=lambda c: with_mallory(MALLORY + ":/bin/bash", (key("ed25519"), key("ed25519-b")))(c)),
+    Scenario("key-newline-smuggles-options", 'a second line of a value carrying command="/bin/sh"', CHANGED, 0,
+             "dropped key mallory: key 2 has unknown type 'command=\"/bin/sh\"' or authorized_keys options",
+             org=lambda org: adding(mallory(sunkSshKeys=[key("ed25519") + "\n" + 'command="/bin/sh" ' + key("ed25519-b")]))(org),
+             expect=lambda c: with_mallory(MALLORY + ":/bin/bash", (key("ed25519"),))(c)),
+    Scenario("key-crlf", "mallory's key pasted on Windows (ends in CRLF)", CHANGED, 0,
+             "run ok",
+             org=lambda org: adding(mallory(sunkSshKeys=[key("ed25519") + "\r\n"]))(org),
+             expect=lambda c: with_mallory(MALLORY + ":/bin/bash", (key("ed25519"),))(c)),
+    Scenario("keys-one-string", "mallory's keys as one string, one per line (CRLF, a blank line)", CHANGED, 0,
+             "run ok",
+             org=lambda org: adding(mallory(sunkSshKeys=f"{key('ed25519')}\r\n\r\n{key('ed25519-b')}\r\n"))(org),
+             expect=lambda c: with_mallory(MALLORY + ":/bin/bash", (key("ed25519"), key("ed25519-b")))(c)),
+    Scenario("keys-scim-objects", 'mallory\'s keys as SCIM multi-valued objects ({"value": ..., "primary": true})', CHANGED, 0,
+             "run ok",
+             org=lambda org: adding(mallory(sunkSshKeys=[{"value": key("ed25519"), "primary": True},
+                                                         {"value": key("ed25519-b"), "display": "desk"}]))(org),
+             expect=lambda c: with_mallory(MALLORY + ":/bin/bash", (key("ed25519"), key("ed25519-b")))(c)),
+    Scenario("key-object-without-value", 'mallory with a key object without a "value", and a key', CHANGED, 0,
+             "dropped key mallory: key 1 is a JSON object without a string 'value'",
+             org=lambda org: adding(mallory(sunkSshKeys=[{"display": "laptop"}, key("ed25519")]))(org),
+             expect=lambda c: with_mallory(MALLORY + ":/bin/bash", (key("ed25519"),))(c)),
+    Scenario("every-key-removed", "every SSH key removed in IAM at once (sshkey has no user left)", CHANGED, 0,
+             "run ok", org=no_keys, expect=without_keys),
     Scenario("key-options-refused", 'mallory with command="/bin/sh" in front of a key', CHANGED, 0,
              "dropped key mallory: key 1 has unknown type 'command=\"/bin/sh\"' or authorized_keys options, which are "
              "not accepted (coreweave_allow_key_options)",
@@ -787,11 +874,11 @@ def test_fault(scenario: Scenario, bin_dir, good_node_files, tmp_path):
         assert iam.request_count() <= MAX_REQUESTS, [r.target for r in iam.requests()]
         if scenario.kind == WHOLE_RUN:
             assert cache_files(node) == before, outcome(scenario, result)
-        elif scenario.kind == ACCEPTED:
-            assert {name: node.cache(name) for name in ("passwd", "group", "shadow")} == ALICE_ONLY
-            assert node.cache("sshkey") == fault_free()["sshkey"].splitlines(keepends=True)[0]
         else:
             assert read_caches(node) == scenario.expect(fault_free()), outcome(scenario, result)
+            # All four caches are from this one run.
+            assert node.run_marker() == "*" + node.state()["last_run"]["run"]
+        if scenario.kind in (REJECTED, CHANGED, RETRIED):
             # Each rejection is logged once per run, although nsscache asks for four maps.
             assert result.stderr.count(message) == scenario.logged, outcome(scenario, result)
         assert TOKEN not in result.stdout + result.stderr

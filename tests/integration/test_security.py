@@ -242,7 +242,9 @@ def test_an_option_smuggled_into_a_key_never_reaches_sshd(tmp_path, bin_dir, org
     node, result = update(tmp_path, bin_dir, org)
 
     assert result.returncode == 0, result.stderr
-    assert sshkeys_of(node, "mallory") == [key("ed25519-b")]
+    # Each line of a value is a key of its own: the plain first line of the smuggling value is
+    # kept, the line carrying command= is dropped like the forced one.
+    assert sshkeys_of(node, "mallory") == [key("ed25519"), key("ed25519-b")]
     assert "command=" not in node.cache("sshkey") and "evil" not in node.cache("sshkey")
 
 
@@ -372,3 +374,102 @@ def test_the_token_is_in_no_exception_text(tmp_path, org, inject, monkeypatch, c
         texts.append(f"{e!s} {e!r} {e.args!r}")
         e = e.__cause__ or e.__context__
     assert TOKEN not in "\n".join(texts)
+
+
+# --- the bearer token at every verbosity, whatever its source -------------------
+
+# token source -> (nsscache.conf settings, environment)
+TOKEN_SOURCES = {
+    "coreweave_token": ({"token_file": None, "token": TOKEN}, {}),
+    "coreweave_token_file": ({}, {}),
+    "NSSCACHE_COREWEAVE_TOKEN": ({"token_file": None}, {"NSSCACHE_COREWEAVE_TOKEN": TOKEN}),
+    "NSSCACHE_SCIM_AUTH_TOKEN": ({"token_file": None}, {"NSSCACHE_SCIM_AUTH_TOKEN": TOKEN}),
+}
+
+
+def outputs_but_the_conf(node, result) -> str:
+    """stdout, stderr and every file the run left, but nsscache.conf (which
+    holds an inline token) and the token file."""
+    texts = [result.stdout, result.stderr]
+    for path in node.root.rglob("*"):
+        if path.is_file() and path not in (node.token_file, node.conf):
+            texts.append(path.read_bytes().decode("utf-8", "replace"))
+    return "\n".join(texts)
+
+
+@pytest.mark.parametrize("command", [("status",), ("update",), ("check",), ("preview", "passwd")], ids=" ".join)
+@pytest.mark.parametrize("token_source", TOKEN_SOURCES)
+def test_verbose_commands_never_print_the_token(tmp_path, bin_dir, org, token_source, command):
+    settings, env = TOKEN_SOURCES[token_source]
+    with FakeIAM(org, token=TOKEN) as iam:
+        node = Node(tmp_path / "node", bin_dir)
+        configure(node, DEFAULT, iam.base_url, {**FAULT_SETTINGS, **settings})
+        result = run(node, "nsscache-coreweave", "-v", *command, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert TOKEN not in outputs_but_the_conf(node, result)
+    if command != ("status",):  # the token was read and sent (status needs none)
+        assert iam.request_count() > 0 and all(r.authorized for r in iam.requests())
+    if command == ("update",) and os.path.exists("/dev/log"):
+        return  # logged to syslog: tests/unit/test_cli_logging.py reads that
+    assert "DEBUG loaded configuration: <Config:" in result.stderr  # nsscache's dump of nsscache.conf ...
+    if token_source == "coreweave_token":
+        assert "'token': '<redacted>'" in result.stderr  # ... with the inline value replaced
+
+
+@pytest.mark.parametrize("flag", ["-v", "-d"])
+@pytest.mark.parametrize("token_source", TOKEN_SOURCES)
+def test_stock_nsscache_never_prints_the_token(tmp_path, bin_dir, org, token_source, flag):
+    """nsscache -d logs its whole configuration (config.LoadConfig), an inline
+    token with it; the source, imported with nsscache's source factory before
+    that, filters nsscache's config logger."""
+    settings, env = TOKEN_SOURCES[token_source]
+    with FakeIAM(org, token=TOKEN) as iam:
+        node = Node(tmp_path / "node", bin_dir)
+        configure(node, DEFAULT, iam.base_url, {**FAULT_SETTINGS, **settings})
+        result = run(node, "nsscache", flag, "update", "--full", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert TOKEN not in outputs_but_the_conf(node, result)
+    assert iam.request_count() > 0 and all(r.authorized for r in iam.requests())
+    if flag == "-d":
+        assert "loaded configuration: <Config:" in result.stderr
+        if token_source == "coreweave_token":
+            assert "'token': '<redacted>'" in result.stderr
+
+
+def test_check_sample_does_not_follow_a_redirect(tmp_path, bin_dir, org):
+    with FakeIAM(org, token=TOKEN) as iam, FakeIAM({"Users": [], "Groups": []}) as other:
+        node = Node(tmp_path / "node", bin_dir)
+        configure(node, DEFAULT, iam.base_url, FAULT_SETTINGS)
+        iam.add_fault(Fault("Users", 1))  # the listing's first Users page is answered as usual ...
+        redirect = iam.add_fault(Fault.redirect(  # ... the sample's (page 1 too) is redirected
+            "Users", 1, times=None, location=f"http://localhost:{other.port}/scim/cw-demo/Users"))
+        result = run(node, "nsscache-coreweave", "check", "--sample")
+        other_port = other.port
+
+    assert other.requests() == []
+    assert redirect.fired == 1
+    assert iam.requests("Users")[-1].target == "/scim/cw-demo/Users?startIndex=1&count=1"
+    lines = result.stdout.splitlines()
+    assert (
+        f"sample User: cannot be read: Users page 1: HTTP 302 redirect to localhost:{other_port}: refusing to follow "
+        "it (the bearer token must not go anywhere else); set coreweave_base_url to the final URL"
+    ) in lines
+    assert "sample Group:" in lines  # the Group sample is still read
+    assert result.returncode == 75, result.stdout  # as a listing that meets a redirect
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def test_check_refuses_plain_http_to_a_host_that_is_not_loopback(tmp_path, bin_dir):
+    node = Node(tmp_path / "node", bin_dir)
+    configure(node, DEFAULT, "http://iam.example.com/scim/cw-demo", FAULT_SETTINGS)
+
+    result = run(node, "nsscache-coreweave", "check")
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "configuration: invalid configuration: coreweave_base_url must use https:// for host 'iam.example.com': "
+        "http:// is accepted only for a loopback test server (localhost, 127.0.0.0/8, ::1), "
+        "got 'http://iam.example.com/scim/cw-demo'"
+    ]

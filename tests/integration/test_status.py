@@ -60,7 +60,7 @@ def test_status_before_any_run_is_unknown(node):
     code, out, err = status(node, "--max-age", "600")
 
     assert code == 2, err
-    assert out.splitlines()[0] == "passwd  unknown never updated, None entries"
+    assert out.splitlines()[0] == "passwd  unknown never updated, None entries, run -"
     assert out.splitlines()[-1] == "status: unknown"
 
 
@@ -132,6 +132,7 @@ def test_metrics_file_matches_the_run(node):
     assert m[("nsscache_coreweave_http_requests", (("endpoint", "Groups"), ("status_class", "2xx")))] == 1.0
     assert m[("nsscache_coreweave_http_retries", ())] == 0.0
     assert m[("nsscache_coreweave_shrink_guard_refusals_total", ())] == 0.0
+    assert [m[("nsscache_coreweave_map_written", (("map", name),))] for name in MAPS] == [1.0] * 4
     assert abs(m[("nsscache_coreweave_last_run_timestamp_seconds", ())] - time.time()) < 120
     assert m[("nsscache_coreweave_last_success_timestamp_seconds", ())] >= m[
         ("nsscache_coreweave_last_run_timestamp_seconds", ())

@@ -5,7 +5,9 @@ a real HTTP server on loopback (tests/fakeiam.py), exact cache contents."""
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -122,8 +124,10 @@ def test_nsscache_coreweave_update_writes_the_caches(node, iam, demo_org):
 
 def test_preview_prints_map_lines_and_touches_no_cache(node, iam, demo_org):
     result = node.run("nsscache-coreweave", "preview", "group")
+    first, rest = result.stdout.split("\n", 1)
 
-    assert (result.returncode, result.stdout) == (0, expected_caches(demo_org)["group"])
+    assert (result.returncode, rest) == (0, expected_caches(demo_org)["group"])
+    assert first.startswith("nsscache-coreweave:*") and first.endswith(":65534:")  # the run marker
     assert node.files() == {}
 
 
@@ -161,6 +165,63 @@ def test_check_reports_a_refused_token(node, iam):
     assert result.returncode == 75
     assert "HTTP 401" in result.stdout and "the bearer token is missing, expired or lacks the SUNK/SCIM permissions" in result.stdout
     assert "wrong-token" not in result.stdout + result.stderr
+
+
+def test_check_sample_prints_one_raw_user_and_group(node, iam, demo_org):
+    result = node.run("nsscache-coreweave", "check", "--sample")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    user = json.dumps(demo_org["Users"][0], indent=2, sort_keys=True)
+    group = json.dumps(demo_org["Groups"][0], indent=2, sort_keys=True)
+    assert result.stdout.endswith(f"sample User:\n{user}\nsample Group:\n{group}\n")
+    assert [r.target for r in iam.requests()][-2:] == [
+        "/scim/cw-demo/Users?startIndex=1&count=1", "/scim/cw-demo/Groups?startIndex=1&count=1",
+    ]
+
+
+def test_check_sample_refuses_a_response_over_max_page_bytes(node, iam):
+    node.configure(iam.base_url, "coreweave_max_page_bytes = 65536\n")
+    iam.add_fault(Fault("Users", page=1))  # the listing's page 1: as usual; the sample's page 1: 1 MiB
+    huge = iam.add_fault(Fault.huge_page("Users", page=1, size=1 << 20))
+
+    result = node.run("nsscache-coreweave", "check", "--sample")
+
+    lines = result.stdout.splitlines()
+    assert huge.fired == 1
+    assert (
+        "sample User: cannot be read: Users page 1: the response is larger than coreweave_max_page_bytes "
+        "(65536 bytes): refusing a runaway response"
+    ) in lines
+    assert "sample Group:" in lines
+    assert result.returncode == 1, result.stdout  # as a refused listing
+
+
+@pytest.mark.parametrize(
+    "fault, error",
+    [
+        pytest.param(Fault.stall("Users", page=1, seconds=60), "ReadTimeout talking to {base_url} (after 1 attempts): "
+                     "is the network or the server down?", id="no-answer"),
+        # Each header line well within coreweave_timeout: only the deadline ends it.
+        pytest.param(Fault.slow_headers("Users", page=1, seconds_per_line=0.5, lines=120),
+                     "coreweave_deadline (2 s) exceeded waiting for the server: refusing to go on", id="trickled-headers"),
+    ],
+)
+def test_check_sample_ends_within_the_deadline(node, iam, fault, error):
+    node.configure(iam.base_url, "coreweave_deadline = 2\ncoreweave_timeout = 30\ncoreweave_retries = 0\n")
+    iam.add_fault(Fault("Users", page=1))  # the listing's page 1: as usual
+    iam.add_fault(fault)
+
+    start = time.monotonic()
+    result = node.run("nsscache-coreweave", "check", "--sample")
+    elapsed = time.monotonic() - start
+
+    lines = result.stdout.splitlines()
+    assert f"sample User: cannot be read: Users page 1: {error.format(base_url=iam.base_url)}" in lines
+    assert "sample Group:" in lines
+    assert result.returncode == 75, result.stdout
+    assert fault.fired == 1
+    # The whole check (listing, registration probe, samples); the fault alone would take 60 s.
+    assert elapsed < 2 + 15
 
 
 def test_long_listing_decoded_in_workers_writes_the_same_caches(node, iam, demo_org):

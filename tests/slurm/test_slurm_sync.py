@@ -87,7 +87,7 @@ def test_first_sync_creates_accounts_users_and_associations_exactly(site):
     # Bounded calls: 4 reads, 2 accounts, one add per account; never one per user.
     assert [c[1:3] for c in writes(log)] == [["add", "account"]] * 2 + [["add", "user"]] * 2
     assert len(calls(log)) == 4 + 4
-    assert ["-i", "add", "user", "alice,bob,carol", "account=ml-team", f"cluster={CLUSTER}"] in writes(log)
+    assert ["-i", "add", "user", "name=alice,bob,carol", "account=ml-team", f"cluster={CLUSTER}"] in writes(log)
 
 
 def test_second_sync_plans_nothing_and_modifies_nothing(site):
@@ -179,8 +179,8 @@ def test_dry_run_prints_the_exact_commands_and_changes_nothing(site):
     assert set(site.stack.accounts()) == {"root"}
     assert not (site.state_dir / "coreweave-slurm-state.json").exists()
     printed = dry.stdout.splitlines()
-    assert printed[0] == (f"{site.root / 'sacctmgr-recording'} -i add account ml-team cluster={CLUSTER} parent=root "
-                          f"organization={MARKER} 'description=coreweave iam group ml-team'")
+    assert printed[0] == (f"{site.root / 'sacctmgr-recording'} -i add account name=ml-team cluster={CLUSTER} "
+                          f"parent=root organization={MARKER} 'description=coreweave iam group ml-team'")
     assert len(printed) == 4
 
     # The real run runs exactly what the dry run printed.
@@ -307,6 +307,68 @@ def test_every_cluster_slurmdbd_knows_is_reconciled_by_default(site):
         assert {a: u for a, u in view.items() if accounts[a][0] == MARKER} == wanted, cluster
         assert site.stack.users(cluster)["dave"][0] == "hpc"
     assert len(writes(log)) == 2 * 4  # per cluster: 2 accounts, 2 adds
+    log.write_text("")
+    assert site.sync().returncode == 0
+    assert writes(log) == []
+
+
+def test_names_that_are_sacctmgr_keywords_are_passed_as_name_values(site, iam):
+    # Groups (so accounts) and users named like sacctmgr's keywords: every name goes as name=...
+    iam.set_org(make_org({"where": ["alice", "set", "where"], "set": ["bob", "set", "where"]}))
+    site.configure(groups=["where", "set"])
+    log = wrap(site)
+
+    result = site.sync()
+
+    assert result.returncode == 0, result.stderr
+    assert managed_view(site.stack) == {"where": {"alice", "set", "where"}, "set": {"bob", "set", "where"}}
+    assert {a: site.stack.accounts()[a] for a in ("where", "set")} == {
+        "where": (MARKER, "coreweave iam group where"), "set": (MARKER, "coreweave iam group set")}
+    users = site.stack.users()
+    assert {u: users[u][0] for u in ("alice", "bob", "set", "where")} == {
+        "alice": "where", "bob": "set", "set": "where", "where": "where"}
+    assert writes(log) == [
+        ["-i", "add", "account", "name=where", f"cluster={CLUSTER}", "parent=root", f"organization={MARKER}",
+         "description=coreweave iam group where"],
+        ["-i", "add", "account", "name=set", f"cluster={CLUSTER}", "parent=root", f"organization={MARKER}",
+         "description=coreweave iam group set"],
+        ["-i", "add", "user", "name=alice,set,where", "account=where", f"cluster={CLUSTER}"],
+        ["-i", "add", "user", "name=bob,set,where", "account=set", f"cluster={CLUSTER}"],
+    ]
+    recorded = json.loads((site.state_dir / "coreweave-slurm-state.json").read_text())
+    assert (recorded["users"], recorded["accounts"]) == (["alice", "bob", "set", "where"], ["set", "where"])
+
+    # The users "set" and "where" leave the group "where": their default moves to "set", then the
+    # associations go; both users stay (they keep "set").
+    iam.set_org(make_org({"where": ["alice"], "set": ["bob", "set", "where"]}))
+    log.write_text("")
+
+    result = site.sync()
+
+    assert result.returncode == 0, result.stderr
+    assert managed_view(site.stack) == {"where": {"alice"}, "set": {"bob", "set", "where"}}
+    users = site.stack.users()
+    assert {u: users[u][0] for u in ("alice", "bob", "set", "where")} == {
+        "alice": "where", "bob": "set", "set": "set", "where": "set"}
+    assert writes(log) == [
+        ["-i", "modify", "user", "where", "name=set,where", f"cluster={CLUSTER}", "set", "defaultaccount=set"],
+        ["-i", "remove", "user", "where", "name=set,where", "account=where", f"cluster={CLUSTER}"],
+    ]
+
+    # The group "where" is no longer listed: alice's association goes (she is deleted), then the account.
+    site.configure(groups=["set"])
+    log.write_text("")
+
+    result = site.sync("--accept-shrink", "--prune-accounts")
+
+    assert result.returncode == 0, result.stderr
+    assert "where" not in site.stack.accounts()
+    assert managed_view(site.stack) == {"set": {"bob", "set", "where"}}
+    assert set(site.stack.users()) == {"root", "bob", "set", "where"}
+    assert writes(log) == [
+        ["-i", "remove", "user", "where", "name=alice", "account=where", f"cluster={CLUSTER}"],
+        ["-i", "remove", "account", "where", "name=where"],
+    ]
     log.write_text("")
     assert site.sync().returncode == 0
     assert writes(log) == []

@@ -85,6 +85,7 @@ DEFAULTS = {
     "page_size": (lambda c: c.server.page_size, 1000),
     "pagination": (lambda c: c.server.pagination, "index"),
     "max_pages": (lambda c: c.server.max_pages, 10000),
+    "max_users": (lambda c: c.server.max_users, 2_000_000),
     "workers": (lambda c: c.server.workers, 2),
     "max_page_bytes": (lambda c: c.server.max_page_bytes, 64 * 1024 * 1024),
     "timeout": (lambda c: c.server.timeout, 30.0),
@@ -196,6 +197,52 @@ def test_nsscache_value_shapes_are_understood(key, raw, read, expected):
     assert type(value) is type(expected)
 
 
+# --- base URL: plain http only to a loopback host ----------------------------
+
+HTTP_ONLY_LOOPBACK = "http:// is accepted only for a loopback test server (localhost, 127.0.0.0/8, ::1)"
+
+
+@pytest.mark.parametrize(
+    "url, host",
+    [
+        pytest.param("http://api.coreweave.com/scim/cw623e", "api.coreweave.com", id="name"),
+        pytest.param("http://10.0.0.1:8080/scim", "10.0.0.1", id="private-ipv4"),
+        pytest.param("http://0.0.0.0:8080/scim", "0.0.0.0", id="unspecified"),
+        pytest.param("http://[::2]:8080/scim", "::2", id="ipv6"),
+        pytest.param("http://[::ffff:127.0.0.1]/scim", "::ffff:127.0.0.1", id="ipv4-mapped"),
+        pytest.param("http://localhost.evil.example/scim", "localhost.evil.example", id="localhost-prefix"),
+        pytest.param("http://127.0.0.1.evil.example/scim", "127.0.0.1.evil.example", id="loopback-looking-name"),
+        pytest.param("http://127.0.0.1@evil.example/scim", "evil.example", id="loopback-as-userinfo"),
+        pytest.param("http://localhost:8080@evil.example:8080/scim", "evil.example", id="localhost-as-userinfo"),
+        pytest.param("http:///scim", "", id="no-host"),
+        pytest.param("http://[::1/scim", "", id="unbalanced-bracket"),
+    ],
+)
+def test_plain_http_to_a_host_that_is_not_loopback_is_refused(url, host):
+    assert problem(base_url=url) == (
+        f"invalid configuration: coreweave_base_url must use https:// for host {host!r}: "
+        f"{HTTP_ONLY_LOOPBACK}, got {url!r}"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("https://api.coreweave.com/scim/cw623e", id="https-name"),
+        pytest.param("https://10.0.0.1:8443/scim", id="https-ip"),
+        pytest.param("https://[2001:db8::1]/scim", id="https-ipv6"),
+        pytest.param("http://127.0.0.1:8080/scim/cw-demo", id="127.0.0.1-port"),
+        pytest.param("http://127.9.9.9/scim", id="127/8"),
+        pytest.param("http://localhost/scim", id="localhost"),
+        pytest.param("http://LocalHost:8080/scim", id="localhost-any-case"),
+        pytest.param("http://[::1]:8080/scim", id="ipv6-loopback-port"),
+        pytest.param("http://[::1]/scim", id="ipv6-loopback"),
+    ],
+)
+def test_https_to_any_host_and_plain_http_to_loopback_are_accepted(url):
+    assert ok(base_url=url).server.base_url == url
+
+
 def test_verify_tls_false_wins_over_ca_bundle():
     assert ok(ca_bundle="/etc/ssl/iam-ca.pem", verify_tls="false").server.verify is False
 
@@ -231,7 +278,10 @@ def test_verify_tls_false_wins_over_ca_bundle():
         pytest.param({"groups": " , "}, "coreweave_groups names no group", id="no-group"),
         pytest.param({"ca_bundle": "certs/ca.pem"}, "coreweave_ca_bundle must be an absolute path, got 'certs/ca.pem'", id="relative-ca"),
         pytest.param({"default_shell": "bash"}, "coreweave_default_shell must be an absolute, clean path, got 'bash'", id="relative-shell"),
-        pytest.param({"home_directory": "home/%u"}, "coreweave_home_directory must be an absolute path template (%%u = username), got 'home/%u'", id="relative-home"),
+        pytest.param({"home_directory": "home/%u"}, "coreweave_home_directory must be an absolute path template holding %%u (the username), got 'home/%u'", id="relative-home"),
+        # Without %u every user would have the same home, and each would be dropped for it.
+        pytest.param({"home_directory": "/home/shared"}, "coreweave_home_directory must be an absolute path template holding %%u (the username), got '/home/shared'", id="home-without-user"),
+        pytest.param({"max_users": 0}, "coreweave_max_users must be between 1 and 100000000, got 0", id="max-users-0"),
         pytest.param({"user_name_attribute": ","}, "coreweave_user_name_attribute must name an attribute", id="no-name-path"),
         pytest.param({"uid_attribute": " , "}, "coreweave_uid_attribute must name an attribute", id="no-uid-path"),
         pytest.param({"group_gid_attribute": ","}, "coreweave_group_name_attribute and coreweave_group_gid_attribute must name an attribute", id="no-group-gid-path"),
@@ -512,6 +562,7 @@ def test_module_exports():
         pytest.param("max_shrink", "0", lambda c: c.max_shrink, 0.0, id="max-shrink-0"),
         pytest.param("state_dir", "/var/lib/nsscache-coreweave", lambda c: c.state_dir, "/var/lib/nsscache-coreweave", id="state-dir"),
         pytest.param("max_pages", "50", lambda c: c.server.max_pages, 50, id="max-pages"),
+        pytest.param("max_users", "5000", lambda c: c.server.max_users, 5000, id="max-users"),
         pytest.param("max_page_bytes", "1024", lambda c: c.server.max_page_bytes, 1024, id="max-page-bytes-min"),
         pytest.param("max_page_bytes", "1e6", lambda c: c.server.max_page_bytes, 1000000, id="max-page-bytes-1e6"),
         pytest.param("max_retry_wait", "0", lambda c: c.server.max_retry_wait, 0.0, id="max-retry-wait-0"),

@@ -22,7 +22,7 @@ from nss_cache.maps import sshkey as sshkey_map
 
 from nss_cache_coreweave import keys
 from nss_cache_coreweave.keys import (
-    CacheUnreadable, MalformedEntry, Settings, StaleCache, UsageError, authorized_keys, find_line,
+    CacheUnreadable, MalformedEntry, NotOneRun, Settings, StaleCache, UsageError, authorized_keys, find_line,
     fingerprint, parse_keys, parse_timestamp, read_settings, sshd_path_problems, wrapper_text,
 )
 from unit_keys import ecdsa_key, ed25519_key, rsa_key, sk_ecdsa_key, sk_ed25519_key
@@ -31,12 +31,21 @@ NOW = 1_800_000_000
 REPO = Path(__file__).resolve().parents[2]
 
 
-def write_caches(directory: Path, sshkeys: dict, uids: dict) -> Settings:
-    """sshkey.cache and passwd.cache (+ .ixname) as nsscache writes them; a local passwd file
-    with root and a system account; settings pointing at them."""
+RUN = "20261202T194608Z-3f9ac2e1b7d0"
+
+
+def write_caches(directory: Path, sshkeys: dict, uids: dict, runs=(RUN, RUN)) -> Settings:
+    """sshkey.cache and passwd.cache (+ .ixname) as nsscache writes them, each starting with
+    the run marker of runs[0] (passwd) and runs[1] (sshkey), None: no marker; a local passwd
+    file with root and a system account; settings pointing at them."""
     directory.mkdir(parents=True, exist_ok=True)
     conf = {"dir": str(directory), "cache_filename_suffix": "cache"}
     pmap = passwd_map.PasswdMap()
+    if runs[0] is not None:
+        pmap.Add(passwd_map.PasswdMapEntry(
+            {"name": "nsscache-coreweave", "uid": 65534, "gid": 65534, "passwd": "*" + runs[0],
+             "gecos": "run marker, not an account", "dir": "/nonexistent", "shell": "/usr/sbin/nologin"}
+        ))
     for name, uid in uids.items():
         pmap.Add(passwd_map.PasswdMapEntry(
             {"name": name, "uid": uid, "gid": uid, "passwd": "x", "gecos": name, "dir": f"/home/{name}",
@@ -44,6 +53,8 @@ def write_caches(directory: Path, sshkeys: dict, uids: dict) -> Settings:
         ))
     assert files.FilesPasswdMapHandler(conf).WriteMap(map_data=pmap) == 0
     smap = sshkey_map.SshkeyMap()
+    if runs[1] is not None:
+        smap.Add(sshkey_map.SshkeyMapEntry({"name": "nsscache-coreweave", "sshkey": "*" + runs[1]}))
     for name, value in sshkeys.items():
         smap.Add(sshkey_map.SshkeyMapEntry({"name": name, "sshkey": value}))
     assert files.FilesSshkeyMapHandler(conf).WriteMap(map_data=smap) == 0
@@ -165,7 +176,7 @@ def test_malformed_entry_for_the_user_fails_closed(node, line):
     text = line.format(a1=A1, a2=A2, a1body=a1body)
     data = Path(node.sshkey_cache)
     data.chmod(0o644)
-    data.write_text(text + "\nbob:" + BOB + "\n")
+    data.write_text(f"nsscache-coreweave:*{RUN}\n" + text + "\nbob:" + BOB + "\n")
 
     with pytest.raises(MalformedEntry):
         authorized_keys("alice", node)
@@ -174,7 +185,7 @@ def test_malformed_entry_for_the_user_fails_closed(node, line):
 
 
 def test_malformed_passwd_entry_fails_closed(node):
-    Path(node.passwd_cache).write_text("alice:x:notanumber:1:a:/h:/bin/sh\n")
+    Path(node.passwd_cache).write_text(f"nsscache-coreweave:*{RUN}:65534:65534::/:/x\nalice:x:notanumber:1:a:/h:/bin/sh\n")
     with pytest.raises(MalformedEntry):
         authorized_keys("alice", node)
 
@@ -184,6 +195,101 @@ def test_unreadable_file_fails_closed(node, which):
     os.unlink(getattr(node, which))
     with pytest.raises(CacheUnreadable):
         authorized_keys("alice", node)
+
+
+# --- one run: sshkey.cache and passwd.cache written together -----------------------------------
+
+OTHER_RUN = "20261202T194500Z-000000000001"
+
+
+class FakeClock:
+    """time() and sleep() for the settle wait; ``on_sleep`` runs at each sleep (a writer)."""
+
+    def __init__(self, now: float, on_sleep=lambda: None):
+        self.now, self.on_sleep, self.sleeps = now, on_sleep, 0
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        self.now += seconds
+        self.on_sleep()
+
+
+def caches_of_runs(tmp_path, passwd_run, sshkey_run) -> Settings:
+    return write_caches(tmp_path / "etc", {"alice": [A1]}, {"alice": 20001}, runs=(passwd_run, sshkey_run))
+
+
+def newest_write(settings: Settings) -> float:
+    return max(os.stat(settings.passwd_cache).st_mtime, os.stat(settings.sshkey_cache).st_mtime)
+
+
+def test_keys_are_served_when_both_caches_name_the_same_run(tmp_path):
+    settings = caches_of_runs(tmp_path, RUN, RUN)
+
+    assert authorized_keys("alice", settings, clock=FakeClock(time.time())).keys == [A1]
+
+
+def test_an_sshkey_cache_of_another_run_fails_closed_once_the_settle_time_is_over(tmp_path):
+    settings = caches_of_runs(tmp_path, RUN, OTHER_RUN)
+    clock = FakeClock(newest_write(settings) + settings.settle)
+
+    with pytest.raises(NotOneRun) as raised:
+        authorized_keys("alice", settings, clock=clock)
+
+    assert clock.sleeps == 0
+    assert f"sshkey.cache is from run {OTHER_RUN}" in str(raised.value)
+    assert f"passwd.cache from run {RUN}" in str(raised.value)
+
+
+def test_a_disagreement_younger_than_the_settle_time_is_waited_out(tmp_path):
+    settings = caches_of_runs(tmp_path, RUN, OTHER_RUN)
+
+    def nsscache_writes_sshkey():
+        if clock.sleeps == 3:
+            write_caches(tmp_path / "etc", {"alice": [A2]}, {"alice": 20001}, runs=(RUN, RUN))
+
+    clock = FakeClock(newest_write(settings), nsscache_writes_sshkey)
+
+    assert authorized_keys("alice", settings, clock=clock).keys == [A2]
+    assert clock.sleeps == 3
+
+
+def test_a_disagreement_that_outlasts_the_settle_time_fails_closed(tmp_path):
+    settings = caches_of_runs(tmp_path, RUN, OTHER_RUN)
+    settings.settle = 2
+    start = newest_write(settings)
+    clock = FakeClock(start)
+
+    with pytest.raises(NotOneRun):
+        authorized_keys("alice", settings, clock=clock)
+
+    # It waited the whole settle time, and not one poll more.
+    assert start + 2 <= clock.now < start + 2 + keys.SETTLE_POLL
+
+
+@pytest.mark.parametrize("runs", [(RUN, None), (None, RUN), (None, None)], ids=["sshkey", "passwd", "both"])
+def test_a_cache_without_a_run_marker_fails_closed(tmp_path, runs):
+    settings = caches_of_runs(tmp_path, *runs)
+
+    with pytest.raises(NotOneRun, match="has no run marker"):
+        authorized_keys("alice", settings, clock=FakeClock(time.time() + 3600))
+
+
+def test_the_run_marker_is_no_account(node):
+    assert authorized_keys("nsscache-coreweave", node).refusal == "the run marker of the caches, not an account"
+
+
+def test_caches_of_different_runs_exit_1_with_the_reason(tmp_path, capsys):
+    settings = caches_of_runs(tmp_path, RUN, OTHER_RUN)
+
+    status = keys.main(["--cache", settings.sshkey_cache, "--system-passwd", settings.system_passwd,
+                        "--settle", "0", "alice"])
+
+    out, err = capsys.readouterr()
+    assert (status, out) == (1, "")
+    assert err.startswith(f"nsscache-coreweave-keys: alice: {settings.sshkey_cache} is from run {OTHER_RUN}")
 
 
 # --- bounded staleness ----------------------------------------------------------------------
@@ -310,7 +416,8 @@ def test_fresh_index_answers_with_a_logarithmic_number_of_reads(big, monkeypatch
         reads.clear()
         line, method = find_line(settings.sshkey_cache, name, settings.sshkey_cache + ".ixname")
         assert (line.decode(), method) == (f"{name}:['{k} {name}@x']", "index")
-        assert len(reads) <= 14  # log2(5000) ~ 12.3 probes, plus the data line
+        # The index's head, at most ceil(log2(5001)) = 13 probes (5000 users and the run marker), the data line.
+        assert len(reads) <= 15
     for name in ("u", "u05000", "u0249", "zzz", "a"):
         assert find_line(settings.sshkey_cache, name, settings.sshkey_cache + ".ixname") == (None, "index")
 
@@ -478,6 +585,39 @@ def test_wrapper_runs_the_command(tmp_path, node):
     assert problems  # under /tmp: sshd would refuse it there
     result = subprocess.run([str(wrapper), *_argv(node, "bob")], capture_output=True, text=True)
     assert (result.returncode, result.stdout, result.stderr) == (0, f"{BOB} bob@ws\n", "")
+
+
+def test_wrapper_mode_and_owner_are_set_on_the_open_descriptor(tmp_path, mocker):
+    """The temporary file is made 0755 (and root-owned, as root) through the
+    descriptor it was written through, never by path: between the write and
+    the rename, another user of a shared directory could have swapped the
+    path for a link to a file of their choosing. That race cannot be staged
+    deterministically, so os.chown and os.chmod by path are made to fail."""
+    by_path = mocker.patch("os.chown", side_effect=AssertionError("os.chown by path"))
+    by_path_mode = mocker.patch("os.chmod", side_effect=AssertionError("os.chmod by path"))
+    fchown = mocker.spy(os, "fchown")
+    fchmod = mocker.spy(os, "fchmod")
+    wrapper = tmp_path / "nsscache-coreweave-keys"
+
+    keys.install_wrapper(str(wrapper), sys.executable)
+
+    st = wrapper.stat()
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o755, 0, 0)  # the tests run as root
+    assert wrapper.read_text() == wrapper_text(sys.executable)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [wrapper.name]  # no temporary file left
+    assert (by_path.call_count, by_path_mode.call_count) == (0, 0)
+    assert [c.args[1:] for c in fchown.call_args_list] == [(0, 0)]
+    assert [c.args[1:] for c in fchmod.call_args_list] == [(0o755,)]
+
+
+def test_wrapper_left_behind_by_a_failed_write_is_removed(tmp_path, mocker):
+    mocker.patch("os.fchmod", side_effect=PermissionError(1, "Operation not permitted"))
+    wrapper = tmp_path / "nsscache-coreweave-keys"
+
+    with pytest.raises(PermissionError):
+        keys.install_wrapper(str(wrapper), sys.executable)
+
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_wrapper_refuses_an_interpreter_path_with_spaces():

@@ -479,11 +479,56 @@ def test_single_key_sent_as_a_bare_string_is_accepted():
     assert account.keys == (ed25519_key() + " alice@laptop",)
 
 
-@pytest.mark.parametrize("raw, kind", [({"key": "x"}, "dict"), (5, "int"), (True, "bool")])
-def test_keys_attribute_that_is_not_a_list_is_dropped(raw, kind):
+@pytest.mark.parametrize("raw, reason", [
+    ({"key": "x"}, "is a JSON object without a string 'value'"),
+    ({"value": 5}, "is a JSON int, not a string"),
+    (5, "is a JSON int, not a string"),
+    (True, "is a JSON bool, not a string"),
+    ([None], "is a JSON NoneType, not a string"),
+    ([["ssh-ed25519 x"]], "is a JSON list, not a string"),
+])
+def test_keys_of_another_shape_are_dropped_with_the_reason(raw, reason):
     directory = decide([user(keys=raw)])
     assert directory.accounts[0].keys == ()
-    assert directory.drops == (Drop("key", "alice", f"the SSH keys attribute is a JSON {kind}, not a list"),)
+    assert directory.drops == (Drop("key", "alice", f"key 1 {reason}"),)
+
+
+@pytest.mark.parametrize("raw", [
+    pytest.param("{a}\r\n", id="crlf-pasted-on-windows"),
+    pytest.param(["{a}\r\n"], id="crlf-in-a-list"),
+    pytest.param("\n  {a}  \n\n", id="blank-lines-and-spaces"),
+    pytest.param("{a}\t", id="trailing-tab"),
+    pytest.param([{"value": "{a}", "primary": True, "type": "work"}], id="scim-multi-valued-object"),
+    pytest.param([{"Value": "{a}"}], id="scim-object-any-case"),
+    pytest.param({"value": "{a}"}, id="one-scim-object"),
+])
+def test_a_key_as_people_enter_it_is_kept(raw):
+    key = ed25519_key() + " alice@laptop"
+    shaped = raw.format(a=key) if isinstance(raw, str) else _formatted(raw, key)
+    directory = decide([user(keys=shaped)])
+    assert directory.accounts[0].keys == (key,)
+    assert directory.drops == ()
+
+
+def _formatted(raw, key):
+    if isinstance(raw, dict):
+        return {k: v.format(a=key) if isinstance(v, str) else v for k, v in raw.items()}
+    return [_formatted(item, key) if isinstance(item, dict) else item.format(a=key) for item in raw]
+
+
+def test_one_string_of_several_lines_gives_each_valid_key():
+    # The Cloud Console asks for "one key per line".
+    a, b = ed25519_key(), ed25519_key("b")
+    directory = decide([user(keys=f"{a} laptop\r\n\r\n{b} desk\r\nnot a key\r\n")])
+    assert directory.accounts[0].keys == (f"{a} laptop", f"{b} desk")
+    assert directory.drops == (Drop("key", "alice", "key 3 has unknown type 'not' or authorized_keys options, which are "
+                                                    "not accepted (coreweave_allow_key_options)", code="key"),)
+
+
+def test_a_carriage_return_inside_a_line_is_still_refused():
+    directory = decide([user(keys=[ed25519_key() + " a\rb"])])
+    assert directory.accounts[0].keys == ()
+    assert directory.drops == (Drop("key", "alice", "key 1 contains a line break or NUL"),)
 
 
 def test_duplicate_keys_are_removed():
@@ -613,6 +658,7 @@ def test_read_local_accounts_reads_names_and_ids(node_files):
         uids=frozenset({0, 1, 42}),
         group_names=frozenset({"root", "sudo", "users"}),
         gids=frozenset({0, 27, 100}),
+        homes=frozenset({"/root", "/usr/sbin", "/nonexistent"}),
     )
 
 
@@ -726,11 +772,12 @@ def test_malformed_or_unknown_key_options_are_refused_even_when_allowed(options,
     assert directory.drops == (Drop("key", "alice", f"key 1 {reason}"),)
 
 
-def test_options_cannot_smuggle_a_second_line():
+def test_options_on_one_line_never_apply_to_the_next():
+    # Each line is a key of its own: the options line is dropped, the key below it carries none.
     line = f'command="x"\n{ed25519_key("b")} {ed25519_key()}'
     directory = decide([user(keys=[line])], allow_key_options="true")
-    assert directory.accounts[0].keys == ()
-    assert directory.drops == (Drop("key", "alice", "key 1 contains a line break or NUL"),)
+    assert directory.accounts[0].keys == (f'{ed25519_key("b")} {ed25519_key()}',)
+    assert directory.drops == (Drop("key", "alice", "key 1 is not 'type base64 [comment]'"),)
 
 
 def test_options_in_front_of_a_dsa_key_do_not_make_it_acceptable():
@@ -786,6 +833,13 @@ EMPTIED = (
 )
 
 
+FIRST_EMPTY = (
+    "refusing an empty directory: no active member of coreweave_groups (*) is left to write (no earlier accepted run "
+    "to compare with); the previous caches are kept. If this removal is intended, run `nsscache-coreweave update "
+    "--accept-shrink` once (or set NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1 for one run)"
+)
+
+
 def shrink_message(what, before, now, share, limit="25%"):
     return (
         f"refusing to shrink {what} from {before} to {now} (-{share}, more than coreweave_max_shrink {limit} of the "
@@ -797,7 +851,8 @@ def shrink_message(what, before, now, share, limit="25%"):
 @pytest.mark.parametrize(
     "previous, now, max_shrink, expected",
     [
-        pytest.param(None, (0, 0), 0.25, None, id="first-run"),
+        pytest.param(None, (3, 2), 0.25, None, id="first-run"),
+        pytest.param(None, (0, 2), 1.0, FIRST_EMPTY, id="first-run-empty-even-with-the-ratio-off"),
         pytest.param((4, 2), (3, 2), 0.25, None, id="exactly-25-percent"),
         pytest.param((4, 2), (2, 2), 0.25, shrink_message("users", 4, 2, "50%"), id="half-the-users"),
         pytest.param((3, 2), (1, 2), 0.25, shrink_message("users", 3, 1, "67%"), id="3-users-to-1"),
@@ -816,3 +871,115 @@ def shrink_message(what, before, now, share, limit="25%"):
 def test_shrink_problem(previous, now, max_shrink, expected):
     before = None if previous is None else counts(*previous)
     assert policy.shrink_problem(directory_of(*now), before, max_shrink) == expected
+
+
+# --- issue 10: the primary gid grants a group's access ------------------------------------------
+
+SLURM_NODE = LocalAccounts(gids=frozenset({0, 64030, 5000}), homes=frozenset({"/root", "/home/localadmin", "/nonexistent"}))
+
+
+@pytest.mark.parametrize(
+    "gid, reason",
+    [
+        pytest.param(64030, "primary gid 64030 belongs to a local group of this node", id="debian-slurm-group"),
+        pytest.param(5000, "primary gid 5000 belongs to a local group of this node", id="site-hpc-admins"),
+        pytest.param(30002, "primary gid 30002 is the gid of IAM group slurm-admins, which the user is not a member of",
+                     id="listed-group-not-a-member"),
+        pytest.param(30003, "primary gid 30003 is the gid of IAM group other-team, which the user is not a member of",
+                     id="unlisted-group-not-a-member"),
+    ],
+)
+def test_a_primary_gid_the_user_may_not_hold_drops_the_user(gid, reason):
+    groups = [group(members=["u-alice", "u-bob"]), group("g-admins", "slurm-admins", 30002, ["u-alice"]),
+              group("g-other", "other-team", 30003, ["u-alice"])]
+    directory = decide_on_node([user(), user("u-bob", "bob", 20002, gid)], groups, allowed="slurm-users, slurm-admins",
+                               local=SLURM_NODE)
+    assert names(directory) == ["alice"]
+    assert directory.drops == (Drop("user", "bob", reason),)
+    assert directory.drops[0].code in ("gid_local", "gid_not_member")
+
+
+@pytest.mark.parametrize(
+    "gid",
+    [
+        pytest.param(20002, id="private-gid-no-group-uses"),
+        pytest.param(30001, id="gid-of-a-listed-group-of-hers"),
+        pytest.param(30003, id="gid-of-an-unlisted-group-of-hers"),
+    ],
+)
+def test_a_primary_gid_the_user_may_hold_is_kept(gid):
+    groups = [group(members=["u-alice", "u-bob"]), group("g-other", "other-team", 30003, ["u-bob"])]
+    directory = decide_on_node([user(), user("u-bob", "bob", 20002, gid)], groups, local=SLURM_NODE)
+    assert names(directory) == ["alice", "bob"]
+    assert directory.drops == ()
+
+
+def test_a_gid_shared_by_two_groups_needs_membership_of_both():
+    groups = [group(members=["u-alice", "u-bob"]), group("g-a", "team-a", 30005, ["u-bob"]),
+              group("g-b", "team-b", 30005, ["u-alice"])]
+    directory = decide_on_node([user(), user("u-bob", "bob", 20002, 30005)], groups, local=SLURM_NODE)
+    assert names(directory) == ["alice"]
+    assert directory.drops == (Drop(
+        "user", "bob", "primary gid 30005 is the gid of IAM group team-b, which the user is not a member of"),)
+
+
+# --- issue 10: homes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "home, reason",
+    [
+        pytest.param("/", "home directory '/' is a system directory", id="slash"),
+        pytest.param("/root", "home directory '/root' is a system directory", id="root"),
+        pytest.param("/etc", "home directory '/etc' is a system directory", id="etc"),
+        pytest.param("/etc/ssh", "home directory '/etc/ssh' is a system directory", id="below-etc"),
+        pytest.param("/lib64", "home directory '/lib64' is a system directory", id="lib64"),
+        pytest.param("/usr", "home directory '/usr' is a system directory", id="usr"),
+        pytest.param("/var", "home directory '/var' is a system directory", id="var"),
+        pytest.param("/tmp", "home directory '/tmp' is a system directory", id="tmp"),
+        pytest.param("/proc/self", "home directory '/proc/self' is a system directory", id="below-proc"),
+        pytest.param("/run/user", "home directory '/run/user' is a system directory", id="below-run"),
+        pytest.param("/home/localadmin", "home directory '/home/localadmin' is the home of a local account of this node",
+                     id="a-local-accounts-home"),
+        pytest.param("/nonexistent", "home directory '/nonexistent' is the home of a local account of this node",
+                     id="nobodys-home"),
+    ],
+)
+def test_a_home_that_is_not_the_users_own_drops_the_user(home, reason):
+    directory = decide_on_node([user(), user("u-bob", "bob", 20002, 20002, home=home)], local=SLURM_NODE)
+    assert names(directory) == ["alice"]
+    assert directory.drops == (Drop("user", "bob", reason),)
+
+
+@pytest.mark.parametrize("home", ["/var/lib/bob", "/usr/local/home/bob", "/home/bob", "/libraries/bob", "/srv/bob"])
+def test_a_home_below_a_shared_tree_is_kept(home):
+    directory = decide_on_node([user(), user("u-bob", "bob", 20002, 20002, home=home)], local=SLURM_NODE)
+    assert names(directory) == ["alice", "bob"]
+
+
+def test_users_sharing_a_home_are_all_dropped():
+    directory = decide([user(home="/home/team"), user("u-bob", "bob", 20002, 20002, home="/home/team"),
+                        user("u-carol", "carol", 20003, 20003)])
+    assert names(directory) == ["carol"]
+    assert directory.drops == (
+        Drop("user", "alice", "home /home/team is shared by alice, bob"),
+        Drop("user", "bob", "home /home/team is shared by alice, bob"),
+    )
+
+
+def test_users_sharing_a_name_are_dropped_once_each():
+    directory = decide([user("u-1", "alice", 20001), user("u-2", "alice", 20001)])
+    assert [d.reason for d in directory.drops] == ["name alice is shared by alice, alice"] * 2
+
+
+# --- issue 10: the run marker's name --------------------------------------------------------------
+
+
+def test_the_run_markers_name_is_never_an_iam_user_or_group():
+    reason = "name 'nsscache-coreweave' is reserved for the run marker on the first line of every cache"
+    users = [user(), user("u-x", "nsscache-coreweave", 20009, 20009)]
+    groups = [group(members=["u-alice", "u-x"]), group("g-x", "nsscache-coreweave", 30009, ["u-alice"])]
+    directory = decide(users, groups, allowed="slurm-users, nsscache-coreweave")
+    assert names(directory) == ["alice"]
+    assert [g.name for g in directory.groups] == ["slurm-users"]
+    assert directory.drops == (Drop("group", "nsscache-coreweave", reason), Drop("user", "nsscache-coreweave", reason))

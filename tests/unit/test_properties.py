@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 from nss_cache.caches import cache_factory
 
-from nss_cache_coreweave import config, policy, render, scim, snapshot, sshkeys
+from nss_cache_coreweave import config, keys as keys_command, marker, policy, render, scim, snapshot, sshkeys
 from nss_cache_coreweave.errors import CoreWeaveError
 from nss_cache_coreweave.policy import POSIX_NAME, LocalAccounts
 from unit_http import BASE, LIST_RESPONSE, TOKEN, USER_EXTENSION, Reply, ScriptedTransport, session_with
@@ -48,6 +48,7 @@ PROPERTY = settings(
 CHEAP = settings(PROPERTY, max_examples=400)
 
 MAPS = ("passwd", "group", "shadow", "sshkey")
+RUN = "20261202T194608Z-3f9ac2e1b7d0"
 FIELDS = {"passwd": 7, "group": 4, "shadow": 9}
 LOCAL = LocalAccounts(
     user_names=frozenset({"root", "daemon", "sshd"}),
@@ -102,7 +103,14 @@ key_lines = st.one_of(
     text,
     json_values,
 )
-keys = st.one_of(st.none(), key_lines, st.lists(key_lines, max_size=4), json_values)
+# As people enter them: one string of several lines (LF or CRLF, blank lines, spaces), SCIM
+# multi-valued objects ({"value": ..., "primary": ...}).
+key_texts = st.lists(st.tuples(key_lines, st.sampled_from(["\n", "\r\n", "\r\n\r\n", " \n", "\n\t"])), max_size=3).map(
+    lambda parts: "".join(f"{k}{sep}" if isinstance(k, str) else sep for k, sep in parts)
+)
+key_objects = st.fixed_dictionaries({"value": st.one_of(key_lines, key_texts)}, optional={"primary": st.booleans(), "display": text})
+key_items = st.one_of(key_lines, key_texts, key_objects)
+keys = st.one_of(st.none(), key_lines, key_texts, st.lists(key_items, max_size=4), json_values)
 active = st.one_of(st.just(True), st.just(True), st.booleans(), st.sampled_from(["true", None, 1, 0, []]))
 
 
@@ -203,6 +211,9 @@ def check_directory(directory: policy.Directory, cfg: config.Config) -> None:
         assert account.name not in LOCAL.user_names and account.uid not in LOCAL.uids
         assert account.shell in cfg.allowed_shells | {cfg.default_shell}
         assert account.home.startswith("/") and "/../" not in account.home + "/"
+        assert account.home not in policy.SYSTEM_HOMES and not account.home.startswith(policy.SYSTEM_TREES)
+        assert account.gid not in LOCAL.gids and account.name != "nsscache-coreweave"
+    assert len({a.home for a in directory.accounts}) == len(directory.accounts)
     group_names, gids = set(), set()
     for group in directory.groups:
         assert POSIX_NAME.fullmatch(group.name) and group.name not in LOCAL.group_names
@@ -280,8 +291,45 @@ def test_whatever_the_directory_sends_the_caches_are_well_formed(org, allowed, a
     check_directory(directory, cfg)
     tmp = tmp_path_factory.getbasetemp()
     for map_name in MAPS:
-        lines = written_lines(map_name, render.render(map_name, directory), tmp)
+        marker_line, *lines = written_lines(map_name, render.render(map_name, directory, RUN), tmp)
+        assert marker.run_of(marker_line.rstrip(b"\n")) == RUN
         check_lines(map_name, lines, directory)
+
+
+def write_cache_files(directory: policy.Directory, tmp_path) -> keys_command.Settings:
+    """passwd.cache and sshkey.cache (+ indexes) written by nsscache's own files cache."""
+    from nss_cache.caches import files
+
+    conf = {"dir": str(tmp_path), "cache_filename_suffix": "cache"}
+    assert files.FilesPasswdMapHandler(conf).WriteMap(map_data=render.render("passwd", directory, RUN)) == 0
+    assert files.FilesSshkeyMapHandler(conf).WriteMap(map_data=render.render("sshkey", directory, RUN)) == 0
+    (tmp_path / "local-passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    return keys_command.Settings(sshkey_cache=str(tmp_path / "sshkey.cache"), passwd_cache=str(tmp_path / "passwd.cache"),
+                                 system_passwd=str(tmp_path / "local-passwd"))
+
+
+@PROPERTY
+@given(raw=keys, allow_options=st.booleans())
+@example(raw=f"{VALID_KEYS[0]}\r\n{VALID_KEYS[1]}\r\n", allow_options=False)
+@example(raw=[{"value": f"{VALID_KEYS[0]}\r\n\x00{VALID_KEYS[1]}", "primary": True}], allow_options=True)
+def test_no_cr_lf_or_nul_reaches_sshkey_cache_or_the_keys_command(raw, allow_options, tmp_path_factory):
+    user = {"id": "u1", "active": True, USER_EXTENSION: {"sunkPosixUsername": "alice", "sunkPosixUid": 20001,
+                                                        "sunkPosixGid": 20001, "sunkSshKeys": raw}}
+    org = {"Users": [user], "Groups": [{"id": "g1", "sunkPosixGroupName": "slurm-users", "sunkPosixGid": 30001,
+                                        "members": [{"value": "u1"}]}]}
+    cfg = configure("slurm-users", allow_options)
+    snap = snapshot.take(cfg, session=session_with(serving(org, True), cfg.server), clock=scim.Clock(sleep=no_sleep))
+    directory = policy.decide(snap, cfg, local=LOCAL)
+    tmp = tmp_path_factory.mktemp("keys")
+    settings = write_cache_files(directory, tmp)
+
+    data = (tmp / "sshkey.cache").read_bytes()
+    assert b"\r" not in data and b"\x00" not in data
+    assert data.count(b"\n") == 1 + bool(directory.accounts[0].keys)  # the marker, and alice's one line
+    answer = keys_command.authorized_keys("alice", settings)
+    assert answer.keys == list(directory.accounts[0].keys)
+    for key in answer.keys:
+        assert not set(key) & {"\r", "\n", "\x00"} and key.isascii() and key.isprintable()
 
 
 FORGED_LOG_LINE = {

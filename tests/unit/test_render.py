@@ -1,6 +1,7 @@
 """render: a policy Directory -> nsscache maps, checked through nsscache's own
 files cache writer (``FilesCache._WriteData``), so the lines below are the
-lines libnss-cache and the keys helper will read.
+lines libnss-cache and the keys helper will read. Every map starts with the
+run marker (marker.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import pytest
 from nss_cache.caches import cache_factory
 from nss_cache.maps import group, passwd, shadow, sshkey
 
-from nss_cache_coreweave import render
+from nss_cache_coreweave import marker, render
 from nss_cache_coreweave.policy import Account, Directory, PosixGroup
 from unit_keys import ed25519_key, rsa_key
 
@@ -30,14 +31,23 @@ DIRECTORY = Directory(
     drops=(),
     missing_groups=(),
 )
+RUN = "20261202T194608Z-3f9ac2e1b7d0"
+MARKERS = {
+    "passwd": f"nsscache-coreweave:*{RUN}:65534:65534:run marker, not an account:/nonexistent:/usr/sbin/nologin",
+    "group": f"nsscache-coreweave:*{RUN}:65534:",
+    "shadow": f"nsscache-coreweave:*{RUN}:::::::",
+    "sshkey": f"nsscache-coreweave:*{RUN}",
+}
 
 
 def written(map_name, directory, tmp_path):
     cache = cache_factory.Create({"name": "files", "dir": str(tmp_path)}, map_name)
     target = io.BytesIO()
-    for entry in render.render(map_name, directory):
+    for entry in render.render(map_name, directory, RUN):
         cache._WriteData(target, entry)
-    return target.getvalue().decode("ascii").splitlines()
+    lines = target.getvalue().decode("ascii").splitlines()
+    assert lines[0] == MARKERS[map_name]
+    return lines[1:]
 
 
 def test_passwd_lines(tmp_path):
@@ -75,16 +85,16 @@ def test_sshkey_comment_with_a_quote_is_written_in_double_quotes(tmp_path):
 
 @pytest.mark.parametrize(
     "map_name, kind, size",
-    [("passwd", passwd.PasswdMap, 3), ("group", group.GroupMap, 3), ("shadow", shadow.ShadowMap, 3), ("sshkey", sshkey.SshkeyMap, 2)],
+    [("passwd", passwd.PasswdMap, 4), ("group", group.GroupMap, 4), ("shadow", shadow.ShadowMap, 4), ("sshkey", sshkey.SshkeyMap, 3)],
 )
 def test_render_returns_the_nsscache_map(map_name, kind, size):
-    result = render.render(map_name, DIRECTORY)
+    result = render.render(map_name, DIRECTORY, RUN)
     assert type(result) is kind
     assert len(result) == size
 
 
 def test_passwd_entries_carry_ints_and_strings():
-    entry = next(iter(render.render("passwd", DIRECTORY)))
+    entry = list(render.render("passwd", DIRECTORY, RUN))[1]
     assert (entry.name, entry.passwd, entry.uid, entry.gid, entry.gecos, entry.dir, entry.shell) == (
         "alice", "x", 20001, 20001, "Alice Smith", "/mnt/home/alice", "/bin/bash",
     )
@@ -92,15 +102,24 @@ def test_passwd_entries_carry_ints_and_strings():
 
 
 def test_group_members_are_a_list_of_names():
-    entry = [e for e in render.render("group", DIRECTORY) if e.name == "slurm-users"][0]
+    entry = [e for e in render.render("group", DIRECTORY, RUN) if e.name == "slurm-users"][0]
     assert entry.members == ["alice", "bob", "carol"]
 
 
 @pytest.mark.parametrize("map_name", sorted(render.MAPS))
-def test_empty_directory_renders_empty_maps(map_name, tmp_path):
+def test_empty_directory_renders_the_marker_alone(map_name, tmp_path):
+    # nsscache refuses to write a map with no entry: the marker lets a truthful empty map reach the disk.
     empty = Directory((), (), (), ())
-    assert len(render.render(map_name, empty)) == 0
+    assert len(render.render(map_name, empty, RUN)) == 1
     assert written(map_name, empty, tmp_path) == []
+
+
+@pytest.mark.parametrize("map_name", sorted(render.MAPS))
+def test_the_marker_line_names_its_run(map_name, tmp_path):
+    cache = cache_factory.Create({"name": "files", "dir": str(tmp_path)}, map_name)
+    target = io.BytesIO()
+    cache._WriteData(target, next(iter(render.render(map_name, DIRECTORY, RUN))))
+    assert marker.run_of(target.getvalue().rstrip(b"\n")) == RUN
 
 
 def test_the_four_maps():

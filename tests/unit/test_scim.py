@@ -23,8 +23,8 @@ from nss_cache_coreweave.errors import AuthError, FetchError, ListingError, Stal
 from unit_http import BASE, TOKEN, Reply, ScriptedTransport, cut, load_page, page, scim_error, server, session_with, users
 
 
-def listing(*steps, **server_options):
-    """Run list_resources over a scripted transport.
+def listing(*steps, limit=None, **server_options):
+    """Run list_resources over a scripted transport (at most ``limit`` resources).
 
     Returns (ids listed, transport, sleeps) or raises what list_resources raised
     (the transport and sleeps are then on the exception as .transport/.sleeps).
@@ -36,7 +36,7 @@ def listing(*steps, **server_options):
         found = scim.list_resources(
             session_with(transport, srv), srv, srv.users_url, "Users",
             # random() == 0: backoff without jitter, so the waits are exact.
-            lambda r: r, lambda r: r["id"], clock=scim.Clock(sleep=sleeps.append, random=lambda: 0.0),
+            lambda r: r, lambda r: r["id"], clock=scim.Clock(sleep=sleeps.append, random=lambda: 0.0), limit=limit,
         )
     except Exception as e:
         e.transport, e.sleeps = transport, sleeps
@@ -235,6 +235,24 @@ def test_endless_index_listing_is_capped_by_max_pages():
 def test_listing_of_exactly_max_pages_is_complete():
     ids, transport, _ = listing(page(users("a"), total=2), page(users("b"), total=2), max_pages=2)
     assert (ids, len(transport.sent)) == (["a", "b"], 2)
+
+
+def test_an_index_listing_announcing_more_than_the_limit_is_refused_at_page_1():
+    # Memory stays bounded: a user outside the listed groups still costs its id.
+    error = refused(ListingError, page(users("a", "b"), total=3), page(users("c"), total=3), limit=2, page_size=2)
+    assert str(error) == "Users: totalResults is 3, more than coreweave_max_users (2): refusing to hold a larger listing"
+    assert len(error.transport.sent) == 1
+
+
+def test_a_listing_of_exactly_the_limit_is_complete():
+    ids, _, _ = listing(page(users("a", "b"), total=2), limit=2)
+    assert ids == ["a", "b"]
+
+
+def test_a_cursor_listing_holding_more_than_the_limit_is_refused():
+    steps = [cursor_page(f"u{n}", next_cursor=f"c{n}") for n in range(2)] + [cursor_page("u2")]
+    error = refused(ListingError, *steps, pagination="cursor", limit=2)
+    assert str(error) == "Users: collected 3, more than coreweave_max_users (2): refusing to hold a larger listing"
 
 
 # --- cursor paging (RFC 9865) -------------------------------------------------
@@ -1027,3 +1045,61 @@ def test_each_retry_is_logged_without_the_token(caplog):
 def test_not_retried_statuses_are_not_retried_even_with_retry_after(status):
     error = refused(FetchError, scim_error(status, headers={"Retry-After": "1"}), page(users("a")))
     assert (error.sleeps, len(error.transport.sent)) == ([], 1)
+
+
+# --- one page (check --sample) ------------------------------------------------
+
+
+def one_page(*steps, **server_options):
+    """scim.fetch_page of Users with startIndex=1, count=1 over a scripted transport."""
+    srv = server(**server_options)
+    transport = ScriptedTransport(*steps)
+    sleeps = []
+    clock = scim.Clock(sleep=sleeps.append, random=lambda: 0.0)
+    try:
+        body = scim.fetch_page(session_with(transport, srv), srv, srv.users_url, "Users",
+                               {"startIndex": 1, "count": 1}, clock=clock)
+    except Exception as e:
+        e.transport, e.sleeps = transport, sleeps
+        raise
+    return body, transport, sleeps
+
+
+def test_fetch_page_returns_the_decoded_page_of_one_request():
+    body, transport, sleeps = one_page(page(users("a"), total=7))
+
+    assert [r["id"] for r in body["Resources"]] == ["a"] and body["totalResults"] == 7
+    assert transport.params() == [{"startIndex": "1", "count": "1"}]
+    assert sleeps == []
+
+
+def test_fetch_page_retries_like_a_listing():
+    body, transport, sleeps = one_page(scim_error(503), page(users("a")), retries=1)
+
+    assert [r["id"] for r in body["Resources"]] == ["a"]
+    assert (len(transport.sent), sleeps) == (2, [1.0])
+
+
+def test_fetch_page_refuses_a_redirect_without_following_it():
+    redirect = Reply(302, b"", {"Location": "https://elsewhere.example/scim/Users?startIndex=1&count=1"})
+    with pytest.raises(FetchError) as caught:
+        one_page(redirect, page(users("a")))
+
+    assert str(caught.value).startswith("Users page 1: HTTP 302 redirect to elsewhere.example: refusing to follow it")
+    assert [s.url.split("?")[0] for s in caught.value.transport.sent] == [BASE + "/Users"]
+
+
+def test_fetch_page_refuses_a_response_over_max_page_bytes():
+    with pytest.raises(ListingError) as caught:
+        one_page(page(users("a"), padding="x" * 2048), max_page_bytes=1024)
+
+    assert str(caught.value) == (
+        "Users page 1: the response is larger than coreweave_max_page_bytes (1024 bytes): refusing a runaway response"
+    )
+
+
+def test_fetch_page_refuses_what_is_not_a_list_response():
+    with pytest.raises(ListingError) as caught:
+        one_page(Reply(200, {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "id": "a"}))
+
+    assert str(caught.value).startswith("Users page 1: the response is not a SCIM ListResponse")

@@ -133,10 +133,10 @@ def test_an_empty_slurm_gets_accounts_then_users_in_configuration_order():
     assert [op.new_users for op in result.operations if op.kind == ADD_USERS] == [("alice", "bob"), ("dave",)]
     assert result.new_users == {"alice", "bob", "dave"}
     first = result.operations[0]
-    assert first.args() == ["add", "account", "ml", "cluster=c1", "parent=root", f"organization={MARKER}",
+    assert first.args() == ["add", "account", "name=ml", "cluster=c1", "parent=root", f"organization={MARKER}",
                             "description=coreweave iam group ml"]
     assert first.creates_account
-    assert result.operations[2].args() == ["add", "user", "alice,bob", "account=ml", "cluster=c1"]
+    assert result.operations[2].args() == ["add", "user", "name=alice,bob", "account=ml", "cluster=c1"]
     assert result.conflicts == () and result.managed_users == frozenset()
 
 
@@ -161,7 +161,7 @@ def test_a_hand_made_account_is_never_filled_modified_or_emptied():
     assert len(result.conflicts) == 1
     assert "account 'hpc' (from group hpc) exists and is not managed by nsscache-coreweave (organization " \
            "'physics')" in result.conflicts[0]
-    assert f"sacctmgr modify account hpc set organization={MARKER}" in result.conflicts[0]
+    assert f"sacctmgr modify account where name=hpc set organization={MARKER}" in result.conflicts[0]
 
 
 def test_an_account_marked_by_hand_is_managed():
@@ -349,6 +349,27 @@ def test_names_are_batched_by_bytes():
     assert [len(op.users) for op in adds] == [10] * 10
     assert all(len(",".join(op.users)) <= 99 for op in adds)
     assert [u for op in adds for u in op.users] == members
+    assert adds[0].args()[:3] == ["add", "user", "name=" + ",".join(members[:10])]
+
+
+@pytest.mark.parametrize("op, argv", [
+    (Operation(ADD_ACCOUNT, C1, "where", parent="set", description="coreweave iam group where"),
+     ["add", "account", "name=where", "cluster=c1", "parent=set", f"organization={MARKER}",
+      "description=coreweave iam group where"]),
+    (Operation(SET_PARENT, C1, "set", parent="where"),
+     ["modify", "account", "where", "name=set", "cluster=c1", "set", "parent=where"]),
+    (Operation(ADD_USERS, C1, "set", ("set", "where", "withassoc")),
+     ["add", "user", "name=set,where,withassoc", "account=set", "cluster=c1"]),
+    (Operation(SET_DEFAULT, C1, "where", ("set", "where")),
+     ["modify", "user", "where", "name=set,where", "cluster=c1", "set", "defaultaccount=where"]),
+    (Operation(REMOVE_USERS, C1, "where", ("set", "where")),
+     ["remove", "user", "where", "name=set,where", "account=where", "cluster=c1"]),
+    (Operation(REMOVE_ACCOUNT, C1, "set"), ["remove", "account", "where", "name=set", "cluster=c1"]),
+    (Operation(REMOVE_ACCOUNT, "", "where"), ["remove", "account", "where", "name=where"]),
+], ids=lambda v: v.kind if isinstance(v, Operation) else "")
+def test_names_that_are_sacctmgr_keywords_are_passed_as_values(op, argv):
+    # A bare `where` or `set` would be taken for sacctmgr's keyword (`add account where` fails).
+    assert op.args() == argv
 
 
 # --- the shrink guard --------------------------------------------------------------------------------
@@ -550,10 +571,53 @@ def test_sync_dry_run_prints_commands_and_writes_nothing(tmp_path, capsys):
     result = slurm.sync(directory(("ml", ["a", "b", "c", "d"])), settings(tmp_path), sacctmgr=fake_slurmdbd(seen),
                         dry_run=True, out=None)
 
-    assert capsys.readouterr().out == "sacctmgr -i add user d account=ml cluster=c1\n"
+    assert capsys.readouterr().out == "sacctmgr -i add user name=d account=ml cluster=c1\n"
     assert [op.kind for op in result.operations] == [ADD_USERS]
     assert all(argv[1] == "-n" for argv in seen)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sync_dry_run_shows_keyword_names_as_name_values(tmp_path, capsys):
+    # Accounts "where" and "set" (set under where), users "set" and "where": set leaves where, alice comes.
+    s = Sacctmgr(run=runner({
+        "show cluster": "c1\n",
+        "show account": "root|root|default root account\nwhere|nsscache-coreweave|x\nset|nsscache-coreweave|y\n",
+        "show association": "c1|root|||\nc1|root|root||\nc1|where|||root\nc1|where|set||\nc1|where|where||\n"
+                            "c1|set|||where\n",
+        "show user": "root|root|Administrator\nset|where|None\nwhere|where|None\n",
+    }))
+    config = SimpleNamespace(**{**vars(settings(tmp_path)), "allowed_groups": ("where", "set")})
+
+    slurm.sync(directory(("where", ["where"]), ("set", ["set", "alice"])), config, sacctmgr=s, dry_run=True)
+
+    assert capsys.readouterr().out.splitlines() == [
+        "sacctmgr -i modify account where name=set cluster=c1 set parent=root",
+        "sacctmgr -i add user name=alice,set account=set cluster=c1",
+        "sacctmgr -i modify user where name=set cluster=c1 set defaultaccount=set",
+        "sacctmgr -i remove user where name=set account=where cluster=c1",
+    ]
+    assert s.writes == 0
+
+
+def test_sync_dry_run_shows_new_keyword_accounts_as_name_values(tmp_path, capsys):
+    s = Sacctmgr(run=runner({
+        "show cluster": "c1\n",
+        "show account": "root|root|default root account\n",
+        "show association": "c1|root|||\nc1|root|root||\n",
+        "show user": "root|root|Administrator\n",
+    }))
+    config = SimpleNamespace(**{**vars(settings(tmp_path)), "allowed_groups": ("where", "set")})
+
+    slurm.sync(directory(("where", ["set", "where"]), ("set", ["set"])), config, sacctmgr=s, dry_run=True)
+
+    assert capsys.readouterr().out.splitlines() == [
+        f"sacctmgr -i add account name=where cluster=c1 parent=root organization={MARKER} "
+        "'description=coreweave iam group where'",
+        f"sacctmgr -i add account name=set cluster=c1 parent=root organization={MARKER} "
+        "'description=coreweave iam group set'",
+        "sacctmgr -i add user name=set,where account=where cluster=c1",
+        "sacctmgr -i add user name=set account=set cluster=c1",
+    ]
 
 
 def test_sync_applies_and_records(tmp_path):
@@ -562,7 +626,7 @@ def test_sync_applies_and_records(tmp_path):
 
     slurm.sync(directory(("ml", ["a", "b", "c", "d"])), settings(tmp_path), sacctmgr=fake_slurmdbd(seen))
 
-    assert seen[-1] == ["sacctmgr", "-i", "add", "user", "d", "account=ml", "cluster=c1"]
+    assert seen[-1] == ["sacctmgr", "-i", "add", "user", "name=d", "account=ml", "cluster=c1"]
     # "gone" no longer exists in Slurm: forgotten, so a namesake made by hand later is not ours.
     assert slurm.load_state(str(tmp_path)).users == {"a", "d"}
 

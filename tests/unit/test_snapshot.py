@@ -222,6 +222,25 @@ def test_only_members_of_allowed_groups_are_kept_but_every_user_is_counted():
     assert [g.id for g in snap.groups] == ["g1", "g2"]
 
 
+def test_other_groups_keep_their_gid_and_their_members_among_the_wanted_users():
+    # The primary-gid rule needs every IAM group's gid and whether a wanted user belongs to it.
+    cfg = configured()  # coreweave_groups = slurm-users
+    groups = [
+        {"id": "g1", "sunkPosixGroupName": "slurm-users", "sunkPosixGid": 30001, "members": [{"value": "u1"}, {"value": "u2"}]},
+        {"id": "g2", "sunkPosixGroupName": "other", "sunkPosixGid": 30003,
+         "members": [{"value": "u2"}, {"value": "u3"}, {"value": "u9"}]},
+        {"id": "g3", "sunkPosixGroupName": ["not", "a", "name"], "sunkPosixGid": 30004, "members": [{"value": "u1"}]},
+    ]
+    users = [{"id": "u1"}, {"id": "u2"}, {"id": "u3"}]
+    transport = ScriptedTransport(page(groups), page(users))
+
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
+
+    assert [(g.id, g.gid, [m.value for m in g.members]) for g in snap.groups] == [
+        ("g1", 30001, ["u1", "u2"]), ("g2", 30003, ["u2"]), ("g3", 30004, ["u1"]),
+    ]
+
+
 def test_take_opens_and_closes_its_own_session_when_given_none(mocker):
     cfg = configured()
     transport = ScriptedTransport(page([]), page([]))

@@ -16,8 +16,9 @@ import pytest
 from nss_cache import error
 from nss_cache.caches import cache_factory
 from nss_cache.sources import source_factory
+from nss_cache.update import map_updater
 
-from nss_cache_coreweave import scim, snapshot, source
+from nss_cache_coreweave import marker, scim, snapshot, source
 from nss_cache_coreweave.errors import AuthError, ConfigError, CoreWeaveError, FetchError, ListingError, StaleCursorError
 from nss_cache_coreweave.snapshot import GroupRecord, Member, Snapshot, UserRecord
 from nss_cache_coreweave.source import CoreWeaveSource
@@ -78,16 +79,38 @@ def snap(users=None, groups=None):
 
 
 def lines(map_name, nss_map, tmp_path):
+    """The lines nsscache's files writer makes of a map, after its first: the run marker."""
     cache = cache_factory.Create({"name": "files", "dir": str(tmp_path)}, map_name)
     target = io.BytesIO()
     for entry in nss_map:
         cache._WriteData(target, entry)
-    return target.getvalue().decode("ascii").splitlines()
+    written = target.getvalue().decode("ascii").splitlines()
+    assert marker.run_of(written[0].encode()) is not None, written[0]
+    return written[1:]
+
+
+def names(nss_map):
+    return [e.name for e in nss_map if e.name != marker.NAME]
 
 
 def every_map(conf=CONF):
-    """What ``nsscache update`` does: a fresh Source per map."""
+    """What ``nsscache update`` asks: a fresh Source per map."""
     return {name: GETTERS[name](CoreWeaveSource(dict(conf))) for name in MAPS}
+
+
+def nsscache_update(tmp_path, conf=CONF, maps=MAPS):
+    """What ``nsscache update --full`` does, with nsscache's own updater and files
+    cache in tmp_path/cache, then the end of the process (source.finish)."""
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(exist_ok=True)
+    options = {"name": "files", "dir": str(cache_dir), "cache_filename_suffix": "cache"}
+    try:
+        for name in maps:
+            updater = map_updater.MapUpdater(name, str(tmp_path / "timestamps"), dict(options))
+            assert updater.UpdateFromSource(CoreWeaveSource(dict(conf)), incremental=False) == 0
+    finally:
+        source.finish()
+    return {name: (cache_dir / f"{name}.cache").read_text().splitlines()[1:] for name in maps}
 
 
 def serve_from(mocker, transport):
@@ -103,7 +126,7 @@ def test_four_maps_list_users_and_groups_once(mocker):
     take = mocker.patch.object(snapshot, "take", return_value=snap())
     maps = every_map()
     assert take.call_count == 1
-    assert {name: len(m) for name, m in maps.items()} == {"passwd": 2, "group": 2, "shadow": 2, "sshkey": 1}
+    assert {name: len(names(m)) for name, m in maps.items()} == {"passwd": 2, "group": 2, "shadow": 2, "sshkey": 1}
 
 
 def test_four_maps_over_the_wire_make_one_walk_of_each_endpoint(mocker):
@@ -124,7 +147,7 @@ def test_maps_with_different_allow_lists_list_separately(mocker):
     sudo_only = GETTERS["passwd"](CoreWeaveSource({**CONF, "groups": "slurm-sudo"}))
     everyone = GETTERS["passwd"](CoreWeaveSource(dict(CONF)))
     assert take.call_count == 2
-    assert ([e.name for e in sudo_only], [e.name for e in everyone]) == (["alice"], ["alice", "bob"])
+    assert (names(sudo_only), names(everyone)) == (["alice"], ["alice", "bob"])
 
 
 def test_documented_example_renders_the_documented_files(mocker, tmp_path):
@@ -323,10 +346,55 @@ def alice_only():
     return snap([alice(), bob(active=False)])
 
 
-def test_first_accepted_run_records_its_counts(mocker):
+def test_first_accepted_run_records_its_counts(mocker, tmp_path):
+    mocker.patch.object(snapshot, "take", return_value=snap())
+    nsscache_update(tmp_path)
+    assert counts() == (2, 2)
+
+
+def test_maps_handed_out_but_never_written_record_no_counts(mocker):
+    # nsscache asked for every map but wrote none (it failed, or was killed after asking).
     mocker.patch.object(snapshot, "take", return_value=snap())
     every_map()
+    source.finish()
+    assert counts() is None
+    last_run = state.entry(CONF["state_dir"], scope())["last_run"]
+    assert (last_run["outcome"], last_run["maps_written"], last_run["maps_not_written"]) == (
+        "incomplete", [], list(MAPS)
+    )
+
+
+def test_the_run_record_names_the_maps_nsscache_wrote_and_the_run_on_their_first_line(mocker, tmp_path):
+    mocker.patch.object(snapshot, "take", return_value=snap())
+    nsscache_update(tmp_path, maps=("passwd", "sshkey"))
+    entry = state.entry(CONF["state_dir"], scope())
+    run = entry["last_run"]["run"]
+    assert (entry["last_run"]["outcome"], entry["last_run"]["maps_written"]) == ("ok", ["passwd", "sshkey"])
+    assert [(tmp_path / "cache" / f"{name}.cache").read_text().splitlines()[0].split(":")[1] for name in
+            ("passwd", "sshkey")] == [f"*{run}"] * 2
+    assert {name: (c["run"], c["count"]) for name, c in entry["caches"].items()} == {"passwd": (run, 2), "sshkey": (run, 1)}
+
+
+def test_a_run_verified_before_its_maps_is_still_recorded(mocker, tmp_path):
+    mocker.patch.object(snapshot, "take", return_value=snap())
+    assert CoreWeaveSource(dict(CONF)).Verify() == 0
+    nsscache_update(tmp_path)
     assert counts() == (2, 2)
+
+
+def test_verify_alone_records_nothing(mocker):
+    mocker.patch.object(snapshot, "take", return_value=snap())
+    assert CoreWeaveSource(dict(CONF)).Verify() == 0
+    source.finish()
+    assert state.entry(CONF["state_dir"], scope()) == {}
+
+
+def test_finish_records_a_run_once(mocker, tmp_path):
+    mocker.patch.object(snapshot, "take", return_value=snap())
+    nsscache_update(tmp_path)
+    first = state.entry(CONF["state_dir"], scope())
+    source.finish()  # at exit, after nsscache-coreweave update already called it
+    assert state.entry(CONF["state_dir"], scope()) == first
 
 
 def test_state_is_scoped_by_directory_and_allow_list():
@@ -342,6 +410,7 @@ def test_a_shrink_beyond_the_limit_refuses_every_map_and_records_nothing(mocker,
             GETTERS[name](CoreWeaveSource(dict(CONF)))
         assert type(caught.value) is error.InvalidMap
         assert str(caught.value) == SHRINK_3_TO_1
+    source.finish()
     assert counts() == (3, 2)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("refusing to shrink users from 3 to 1" in m for m in errors), errors
@@ -354,10 +423,10 @@ def test_the_guard_error_is_a_guard_error(mocker):
         source.directory(dict(CONF))
 
 
-def test_a_shrink_within_the_limit_is_accepted_and_recorded(mocker):
+def test_a_shrink_within_the_limit_is_accepted_and_recorded(mocker, tmp_path):
     state.save(CONF["state_dir"], scope(), 2, 2)
     mocker.patch.object(snapshot, "take", return_value=alice_only())
-    every_map({**CONF, "max_shrink": 0.5})
+    nsscache_update(tmp_path, {**CONF, "max_shrink": 0.5})
     assert counts({**CONF, "max_shrink": 0.5}) == (1, 2)
 
 
@@ -365,7 +434,7 @@ def test_accept_shrink_environment_variable_accepts_and_records(mocker, monkeypa
     monkeypatch.setenv(policy.ACCEPT_SHRINK_ENV, "1")
     state.save(CONF["state_dir"], scope(), 3, 2)
     mocker.patch.object(snapshot, "take", return_value=alice_only())
-    written = {name: lines(name, m, tmp_path) for name, m in every_map().items()}
+    written = nsscache_update(tmp_path)
     assert written["passwd"] == ["alice:x:20001:20001:Alice Smith:/mnt/home/alice:/bin/bash"]
     assert counts() == (1, 2)
     assert f"coreweave: shrink accepted by the operator (NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1): {SHRINK_3_TO_1[11:]}" in [
@@ -383,14 +452,14 @@ def test_only_accept_shrink_1_accepts(mocker, monkeypatch, value):
     assert counts() == (3, 2)
 
 
-def test_after_an_accepted_shrink_the_next_run_compares_with_it(mocker, monkeypatch):
+def test_after_an_accepted_shrink_the_next_run_compares_with_it(mocker, monkeypatch, tmp_path):
     monkeypatch.setenv(policy.ACCEPT_SHRINK_ENV, "1")
     state.save(CONF["state_dir"], scope(), 3, 2)
     mocker.patch.object(snapshot, "take", return_value=alice_only())
-    every_map()
+    nsscache_update(tmp_path)
     monkeypatch.delenv(policy.ACCEPT_SHRINK_ENV)
     source._CACHE.clear()  # the next nsscache process
-    assert len(every_map()["passwd"]) == 1
+    assert names(every_map()["passwd"]) == ["alice"]
 
 
 def test_an_emptied_group_set_is_refused(mocker):
@@ -419,36 +488,51 @@ def test_an_emptied_group_set_is_refused_even_with_the_ratio_guard_off(mocker):
     assert counts(conf) == (2, 2)
 
 
-def test_an_emptied_group_set_is_accepted_by_the_one_shot_override(mocker, monkeypatch):
+def test_an_emptied_group_set_is_accepted_by_the_one_shot_override(mocker, monkeypatch, tmp_path):
     monkeypatch.setenv(policy.ACCEPT_SHRINK_ENV, "1")
     conf = {**CONF, "max_shrink": 1}
     state.save(conf["state_dir"], scope(conf), 2, 2)
     groups = (GroupRecord("g-users", "slurm-users", 30001, ()), GroupRecord("g-sudo", "slurm-sudo", 30002, ()))
     mocker.patch.object(snapshot, "take", return_value=snap(groups=groups))
-    assert len(GETTERS["group"](CoreWeaveSource(dict(conf)))) == 2
+    written = nsscache_update(tmp_path, conf)
+    # Every cache is written, with no user in it: nobody from IAM keeps access.
+    assert written == {"passwd": [], "group": ["slurm-sudo:x:30002:", "slurm-users:x:30001:"], "shadow": [], "sshkey": []}
     assert counts(conf) == (0, 2)
 
 
-def test_an_unwritable_state_directory_is_logged_and_the_maps_still_served(mocker, caplog, tmp_path):
+def test_an_emptied_directory_with_nothing_to_compare_with_is_refused(mocker):
+    groups = (GroupRecord("g-users", "slurm-users", 30001, ()), GroupRecord("g-sudo", "slurm-sudo", 30002, ()))
+    mocker.patch.object(snapshot, "take", return_value=snap(groups=groups))
+    for name in MAPS:
+        with pytest.raises(error.InvalidMap) as caught:
+            GETTERS[name](CoreWeaveSource(dict(CONF)))
+        assert str(caught.value).startswith(
+            "coreweave: refusing an empty directory: no active member of coreweave_groups (slurm-users, slurm-sudo) "
+            "is left to write (no earlier accepted run to compare with)"
+        )
+    assert counts() is None
+
+
+def test_an_unwritable_state_directory_is_logged_and_the_maps_still_written(mocker, caplog, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     conf = {**CONF, "state_dir": str(blocker / "state")}
     mocker.patch.object(snapshot, "take", return_value=snap())
-    assert len(every_map(conf)["passwd"]) == 2
+    assert len(nsscache_update(tmp_path, conf)["passwd"]) == 2
     assert (
-        f"coreweave: cannot record this run's counts in {blocker / 'state'} (Not a directory): the shrink guard will "
+        f"coreweave: cannot record this run in {blocker / 'state'} (Not a directory): the shrink guard will "
         "have nothing to compare with; set coreweave_state_dir"
     ) in [r.getMessage() for r in caplog.records]
 
 
-def test_a_corrupt_state_file_means_nothing_to_compare_with(mocker):
+def test_a_corrupt_state_file_means_nothing_to_compare_with(mocker, tmp_path):
     import os
 
     os.makedirs(CONF["state_dir"], exist_ok=True)
     with open(os.path.join(CONF["state_dir"], state.STATE_FILE), "w") as f:
         f.write("{not json")
     mocker.patch.object(snapshot, "take", return_value=alice_only())
-    assert len(every_map()["passwd"]) == 1
+    assert len(nsscache_update(tmp_path)["passwd"]) == 1
     assert counts() == (1, 2)
 
 
