@@ -371,6 +371,14 @@ def without_keys(caches: Caches) -> Caches:
     return {**caches, "sshkey": ""}
 
 
+def home_attribute(id: str, home: str, reason: str, note: str = "") -> "Scenario":
+    """mallory with the home attribute ``home`` and no home template: dropped for ``reason``."""
+    shown = home.replace("\n", "\\n")
+    return Scenario(id, f"home attribute {shown} {note}".strip(), REJECTED, 0,
+                    f"dropped user mallory: home directory {home!r} {reason}",
+                    home_template=None, org=adding(mallory(sunkHomeDirectory=home)), expect=homes_from_attributes)
+
+
 SHRINK_4_TO_1 = "refusing to shrink users from 4 to 1 (-75%, more than coreweave_max_shrink 25% of the last accepted run)"
 ALICE_ONLY = {
     "passwd": "alice:x:20001:20001:Alice Smith:/mnt/home/alice:/bin/bash\n",
@@ -623,15 +631,9 @@ SCENARIOS: List[Scenario] = [
     Scenario("local-gid", "an IAM group with the gid (1000) of a local group", REJECTED, 0,
              "dropped group ops: gid 1000 belongs to a local group of this node",
              groups="slurm-users, slurm-admins, ops", org=adding_group("ops", 1000, ["bob"])),
-    Scenario("home-dot-dot", "home attribute /home/../root (no home template)", REJECTED, 0,
-             "dropped user mallory: home directory '/home/../root' is not an absolute, normalised path",
-             home_template=None, org=adding(mallory(sunkHomeDirectory="/home/../root")), expect=homes_from_attributes),
-    Scenario("home-relative", "home attribute home/mallory", REJECTED, 0,
-             "dropped user mallory: home directory 'home/mallory' is not an absolute, normalised path",
-             home_template=None, org=adding(mallory(sunkHomeDirectory="home/mallory")), expect=homes_from_attributes),
-    Scenario("home-colon-newline", "home attribute /home/m:0:0\\n", REJECTED, 0,
-             "dropped user mallory: home directory '/home/m:0:0\\n' is not an absolute, normalised path",
-             home_template=None, org=adding(mallory(sunkHomeDirectory="/home/m:0:0\n")), expect=homes_from_attributes),
+    home_attribute("home-dot-dot", "/home/../root", "is not an absolute, normalised path", "(no home template)"),
+    home_attribute("home-relative", "home/mallory", "is not an absolute, normalised path"),
+    home_attribute("home-colon-newline", "/home/m:0:0\n", "is not an absolute, normalised path"),
     Scenario("home-lone-surrogate", "home attribute /home/\\ud800 (a lone surrogate, valid JSON)", REJECTED, 0,
              "dropped user mallory: home directory '/home/\\ud800'",
              home_template=None, org=adding(mallory(sunkHomeDirectory="/home/\ud800")), expect=homes_from_attributes),
@@ -639,21 +641,12 @@ SCENARIOS: List[Scenario] = [
              "home /mnt/home/alice is shared by alice, mallory",
              home_template=None, org=adding(mallory(sunkHomeDirectory="/mnt/home/alice")),
              expect=then(homes_from_attributes, without_users("alice")), logged=2),
-    Scenario("home-root", "home attribute /root", REJECTED, 0,
-             "dropped user mallory: home directory '/root' is a system directory",
-             home_template=None, org=adding(mallory(sunkHomeDirectory="/root")), expect=homes_from_attributes),
-    Scenario("home-slash", "home attribute /", REJECTED, 0,
-             "dropped user mallory: home directory '/' is a system directory",
-             home_template=None, org=adding(mallory(sunkHomeDirectory="/")), expect=homes_from_attributes),
-    Scenario("home-etc", "home attribute /etc", REJECTED, 0,
-             "dropped user mallory: home directory '/etc' is a system directory",
-             home_template=None, org=adding(mallory(sunkHomeDirectory="/etc")), expect=homes_from_attributes),
-    Scenario("home-below-etc", "home attribute /etc/cron.d", REJECTED, 0,
-             "dropped user mallory: home directory '/etc/cron.d' is a system directory",
-             home_template=None, org=adding(mallory(sunkHomeDirectory="/etc/cron.d")), expect=homes_from_attributes),
-    Scenario("home-of-a-local-account", "home attribute /home/localadmin (a local account's home)", REJECTED, 0,
-             "dropped user mallory: home directory '/home/localadmin' is the home of a local account of this node",
-             home_template=None, org=adding(mallory(sunkHomeDirectory="/home/localadmin")), expect=homes_from_attributes),
+    home_attribute("home-root", "/root", "is a system directory"),
+    home_attribute("home-slash", "/", "is a system directory"),
+    home_attribute("home-etc", "/etc", "is a system directory"),
+    home_attribute("home-below-etc", "/etc/cron.d", "is a system directory"),
+    home_attribute("home-of-a-local-account", "/home/localadmin", "is the home of a local account of this node",
+                   "(a local account's home)"),
     Scenario("inactive", "mallory with active false", REJECTED, 0,
              "dropped user mallory: is inactive", org=adding(mallory(), top={"active": False})),
     Scenario("active-not-boolean", 'mallory with active "true" (a string)', REJECTED, 0,
