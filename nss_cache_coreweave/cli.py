@@ -306,16 +306,17 @@ def _status(conf, args) -> int:
 def _status_report(conf, config, max_age: Optional[float]) -> dict:
     now = time.time()
     entry = state.entry(config.state_dir, state_scope(config))
-    last_run = entry.get("last_run") if isinstance(entry.get("last_run"), dict) else None
-    maps = {name: _map_status(conf, name, now, last_run, max_age) for name in conf.maps}
+    last_run = _last_run(entry)
+    # A map section with its own coreweave_groups is recorded under its own scope.
+    records = {name: _last_run(_entry_of(conf, name)) for name in conf.maps}
+    maps = {name: _map_status(conf, name, now, records[name], max_age) for name in conf.maps}
     verdicts = {m["status"] for m in maps.values()}
-    runs = {name: m["run"] for name, m in maps.items()
-            if m["updated"] is not None and conf.options[name].source.get("name") == "coreweave"}
+    runs = {name: m["run"] for name, m in maps.items() if m["updated"] is not None and _ours(conf, name)}
     # What the keys command insists on: every cache from one run.
     caches_agree = len(set(runs.values())) <= 1 and None not in runs.values()
     if last_run is None:
         verdicts.add("unknown")
-    if (last_run and last_run.get("outcome") != "ok") or not caches_agree:
+    if any(r.get("outcome") != "ok" for r in records.values() if r) or not caches_agree:
         verdicts.add("failed")
     # The classic breakage: installed for another Python than nsscache's.
     registration = install.registration_problem()
@@ -328,6 +329,25 @@ def _status_report(conf, config, max_age: Optional[float]) -> dict:
         "caches_agree": caches_agree, "last_run": last_run, "last_success": entry.get("last_success"),
         "registration_problem": registration, "shrink_refusals": entry.get("shrink_refusals", 0),
     }
+
+
+def _ours(conf, name: str) -> bool:
+    return conf.options[name].source.get("name") == "coreweave"
+
+
+def _entry_of(conf, name: str) -> dict:
+    """The state file's record for the scope of map ``name`` ({} when it has none)."""
+    if not _ours(conf, name):
+        return {}
+    try:
+        config = config_mod.parse(conf.options[name].source, need_token=False)
+    except ConfigError:
+        return {}
+    return state.entry(config.state_dir, state_scope(config))
+
+
+def _last_run(entry: dict) -> Optional[dict]:
+    return entry.get("last_run") if isinstance(entry.get("last_run"), dict) else None
 
 
 def _print_status(found: dict, config) -> None:

@@ -9,6 +9,7 @@ __all__ = [
     "StaleCursorError",
     "ListingError",
     "GuardError",
+    "InternalError",
 ]
 
 
@@ -42,3 +43,12 @@ class ListingError(CoreWeaveError):
 class GuardError(CoreWeaveError):
     """A whole-run guard refused the result (e.g. too large a shrink). The
     source maps it to InvalidMap: nsscache keeps the previous cache."""
+
+
+class InternalError(CoreWeaveError):
+    """A bug of ours while deciding the run: every map fails the same way
+    (InvalidMap), and the run is recorded as failed."""
+
+    def __init__(self, kind: str):
+        super().__init__(f"internal error ({kind}); the caches are kept")
+        self.kind = kind  # the type of the exception that was raised

@@ -562,14 +562,7 @@ def _lookup(user, settings, passwd_fd, sshkey_fd, fp):
     line, method = _find(sshkey_fd, settings.sshkey_cache, user, settings.sshkey_cache + ".ixname")
     if line is None:
         return Lookup(refusal="no entry in %s" % settings.sshkey_cache, method=method)
-    try:
-        value = line.decode("utf-8")[len(user) + 1:]
-    except UnicodeDecodeError:
-        raise MalformedEntry("%s: entry is not UTF-8" % settings.sshkey_cache) from None
-    try:
-        keys = parse_keys(value)
-    except MalformedEntry as e:
-        raise MalformedEntry("%s: malformed entry: %s" % (settings.sshkey_cache, e)) from None
+    keys = _keys_of(line, user, settings.sshkey_cache)
     if fp is not None:
         keys = [k for k in keys if fingerprint(k, fp.split(":", 1)[0]) == fp]
         if not keys:
@@ -579,19 +572,33 @@ def _lookup(user, settings, passwd_fd, sshkey_fd, fp):
     return Lookup(keys=keys, method=method)
 
 
+def _keys_of(line, user, path):
+    """The keys of user's sshkey.cache line. Raises MalformedEntry."""
+    try:
+        value = line.decode("utf-8")[len(user) + 1:]
+    except UnicodeDecodeError:
+        raise MalformedEntry("%s: entry is not UTF-8" % path) from None
+    try:
+        return parse_keys(value)
+    except MalformedEntry as e:
+        raise MalformedEntry("%s: malformed entry: %s" % (path, e)) from None
+
+
 def _open_one_run(settings, clock):
     """(passwd fd, sshkey fd), open on caches whose run markers name the same run.
 
     nsscache writes the maps one after another, so for a moment after passwd.cache is
     renamed into place the sshkey cache is still the previous run's: a disagreement
-    younger than settings.settle seconds (by the newer file's mtime) is waited out.
-    Older, it is a failed or foreign write: NotOneRun, and no key for anyone.
+    younger than settings.settle seconds (by the newer file's mtime, never later than
+    now) is waited out, at most settle seconds. Older, it is a failed or foreign write:
+    NotOneRun, and no key for anyone.
     """
+    give_up = None
     while True:
         passwd_fd = _open(settings.passwd_cache)
         try:
             sshkey_fd = _open(settings.sshkey_cache)
-        except KeysError:
+        except BaseException:
             os.close(passwd_fd)
             raise
         try:
@@ -601,31 +608,34 @@ def _open_one_run(settings, clock):
             os.close(passwd_fd)
             os.close(sshkey_fd)
             raise
-        if runs[0] == runs[1]:
+        if runs[0] == runs[1] and runs[0] is not None:
             return passwd_fd, sshkey_fd
         os.close(passwd_fd)
         os.close(sshkey_fd)
-        if clock.time() >= newest + settings.settle:
-            raise NotOneRun(
-                "%s is from run %s, %s from run %s: not one nsscache run, so no key is served until a run "
-                "writes both" % (settings.sshkey_cache, runs[1], settings.passwd_cache, runs[0])
-            )
+        now = clock.time()
+        if give_up is None:
+            give_up = min(newest, now) + settings.settle
+        if now >= give_up:
+            raise NotOneRun(_disagreement(settings, runs))
         clock.sleep(SETTLE_POLL)
 
 
+def _disagreement(settings, runs):
+    for path, run in zip((settings.passwd_cache, settings.sshkey_cache), runs):
+        if run is None:
+            return ("%s has no run marker (%s:*<run> on its first line): written by another source or an "
+                    "earlier version; run nsscache update" % (path, marker.NAME))
+    return ("%s is from run %s, %s from run %s: not one nsscache run, so no key is served until a run "
+            "writes both" % (settings.sshkey_cache, runs[1], settings.passwd_cache, runs[0]))
+
+
 def _run_of(fd, path):
-    """The run named by the marker, the first line of an open cache (see marker.py)."""
+    """The run named by the marker, the first line of an open cache (see marker.py), or None."""
     try:
         head = _pread_all(fd, 256, 0)
     except OSError as e:
         raise CacheUnreadable("cannot read %s: %s" % (path, e.strerror or e)) from e
-    run = marker.run_of(head.split(b"\n", 1)[0])
-    if run is None:
-        raise NotOneRun(
-            "%s has no run marker (%s:*<run>): written by another source or an earlier version; "
-            "run nsscache update" % (path, marker.NAME)
-        )
-    return run
+    return marker.run_of(head.split(b"\n", 1)[0])
 
 
 def _now():

@@ -8,6 +8,7 @@ which is cleaned because it is free text.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -25,10 +26,12 @@ __all__ = [
 # POSIX portable names: lower-case letters, digits, '_', '-', '.', not
 # starting with '-', at most 32 characters (utmp's limit).
 POSIX_NAME = re.compile(r"[a-z0-9_.][a-z0-9_.-]{0,31}", re.ASCII)
-NOBODY = 65534
-# Never a home: pam_mkhomedir would hand the user the directory, or a tree below it.
+NOBODY = marker.NOBODY
+# Never a home: pam_mkhomedir would hand the user the directory, or a tree below it
+# (below /tmp and /var/tmp anyone may create the home first and own the user's dotfiles).
 SYSTEM_HOMES = frozenset({"/", "/root", "/etc", "/bin", "/sbin", "/boot", "/dev", "/proc", "/run", "/sys", "/tmp", "/usr", "/var"})
-SYSTEM_TREES = ("/etc/", "/proc/", "/sys/", "/dev/", "/boot/", "/run/")
+SYSTEM_TREES = ("/etc/", "/proc/", "/sys/", "/dev/", "/boot/", "/run/", "/tmp/", "/var/tmp/")
+MAX_KEYS = 100  # key lines read per user; a longer attribute is not an honest one
 _LIB = re.compile(r"/lib[^/]*", re.ASCII)  # /lib, /lib32, /lib64, /libx32 ...
 ACCEPT_SHRINK_ENV = "NSSCACHE_COREWEAVE_ACCEPT_SHRINK"
 _GECOS_MAX = 255
@@ -98,7 +101,7 @@ def read_local_accounts(config: Config) -> LocalAccounts:
         uids=frozenset(_as_int(f[2]) for f in users if len(f) > 2 and _as_int(f[2]) is not None),
         group_names=frozenset(f[0] for f in groups),
         gids=frozenset(_as_int(f[2]) for f in groups if len(f) > 2 and _as_int(f[2]) is not None),
-        homes=frozenset(f[5] for f in users if len(f) > 5 and f[5]),
+        homes=frozenset(posixpath.normpath(f[5]) for f in users if len(f) > 5 and f[5].startswith("/")),
     )
 
 
@@ -143,6 +146,8 @@ def decide(snapshot: Snapshot, config: Config, local: Optional[LocalAccounts] = 
         if account is not None:
             accounts[user_id] = account
     accounts = _without_duplicates(accounts, ("name", "uid", "home"), "user", drops)
+    accounts = _without_shared_private_gids(accounts, holders, drops)
+    accounts = _without_nested_homes(accounts, local, drops)
 
     posix_groups = []
     for group in groups:
@@ -264,9 +269,48 @@ def _home_problem(home, local: LocalAccounts) -> Optional[_Problem]:
     return None
 
 
+def _without_shared_private_gids(accounts: dict, holders: "_GidHolders", drops: List[Drop]) -> dict:
+    """A gid no IAM group carries is a private group: two users holding it
+    would share each other's group access without IAM saying so."""
+    by_gid: Dict[int, List[str]] = {}
+    for account in accounts.values():
+        if account.gid not in holders:
+            by_gid.setdefault(account.gid, []).append(account.name)
+    shared = {gid: sorted(names) for gid, names in by_gid.items() if len(names) > 1}
+    kept = {}
+    for key, account in accounts.items():
+        if account.gid in shared:
+            drops.append(Drop("user", account.name, f"primary gid {account.gid} is shared by "
+                              f"{', '.join(shared[account.gid])} and no IAM group carries it", code="gid_shared"))
+        else:
+            kept[key] = account
+    return kept
+
+
+def _without_nested_homes(accounts: dict, local: LocalAccounts, drops: List[Drop]) -> dict:
+    """A home inside another user's home (IAM or local, "/" aside) is under that user's control."""
+    owners = {a.home: a.name for a in accounts.values()}
+    owners.update({home: "a local account" for home in local.homes if home != "/"})
+    kept = {}
+    for key, account in accounts.items():
+        parent = posixpath.dirname(account.home)
+        while parent != "/" and parent not in owners:
+            parent = posixpath.dirname(parent)
+        if parent == "/":
+            kept[key] = account
+        else:
+            drops.append(Drop("user", account.name, f"home {account.home} is inside {parent}, the home of "
+                              f"{owners[parent]}", code="home_nested"))
+    return kept
+
+
 def _keys(name: str, raw, config: Config, drops: List[Drop]) -> Tuple[str, ...]:
     keys: Dict[str, str] = {}  # "type base64" -> the first line carrying it
-    for position, line in enumerate(_key_lines(raw), 1):
+    lines = _key_lines(raw)
+    if len(lines) > MAX_KEYS:
+        drops.append(Drop("key", name, f"keys {MAX_KEYS + 1} to {len(lines)} are ignored: at most {MAX_KEYS} "
+                                       "lines of keys are read per user", code="key"))
+    for position, line in enumerate(lines[:MAX_KEYS], 1):
         try:
             if not isinstance(line, str):
                 raise sshkeys.InvalidKey(line.text)
@@ -300,7 +344,8 @@ def _key_lines(raw) -> List[Union[str, _Problem]]:
         elif isinstance(item, dict):
             lines.append(_Problem("key", "is a JSON object without a string 'value'"))
         else:
-            lines.append(_Problem("key", f"is a JSON {type(item).__name__}, not a string"))
+            shown = "JSON null" if item is None else f"a JSON {type(item).__name__}"
+            lines.append(_Problem("key", f"is {shown}, not a string"))
     return lines
 
 

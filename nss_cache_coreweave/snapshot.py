@@ -7,6 +7,7 @@ kept (raw JSON values, not yet validated: that is policy's job).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple
@@ -189,6 +190,8 @@ def _member(item: dict) -> Member:
     if not (isinstance(value, str) and value) and isinstance(ref, str):
         value = ref.rstrip("/").rpartition("/")[2]
     return Member(
-        value=value if isinstance(value, str) and value else None,
+        # One string per user however many groups list it (sys.intern): memberships
+        # of every group are held while the Groups listing lasts.
+        value=sys.intern(value) if isinstance(value, str) and value else None,
         type=None if kind is _MISSING else kind,
     )

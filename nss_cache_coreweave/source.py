@@ -8,11 +8,14 @@ process, so that ``nsscache update`` with four maps lists each endpoint once
 and every map is cut from the same data. A failure is cached too: later maps
 of the same run fail the same way instead of listing again.
 
-A run is recorded (state file, metrics, the summary line) when the process
-ends (``finish``, run at exit), because only then is it known which maps
-nsscache actually wrote: nsscache calls ``GetModifyTimestamp()`` on a map it
-was handed once it has committed it to disk (``FullUpdateFromMap``), and on
-no other map.
+Every map of the process names one run id (marker.py), also when map
+sections carry their own coreweave_* options. A run is recorded (state file,
+metrics, the summary line) when the process ends (``finish``, run at exit),
+because only then is it known which maps nsscache actually wrote: on a full
+update nsscache calls ``GetModifyTimestamp()`` on a map it was handed once it
+has committed it to disk (``FullUpdateFromMap``). nsscache never merges into
+a cache here: asked for changes ``since`` a modify timestamp (one an earlier
+source left), the source makes it fall back to a full rewrite.
 """
 
 from __future__ import annotations
@@ -22,14 +25,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Tuple, Union
 
 from nss_cache import error
 from nss_cache.sources import source
 
 from . import config as config_mod
 from . import marker, policy, redact, render, report, scim, snapshot, state
-from .errors import ConfigError, CoreWeaveError, FetchError, GuardError, ListingError
+from .errors import ConfigError, CoreWeaveError, FetchError, GuardError, InternalError, ListingError
 
 __all__ = ["CoreWeaveSource", "Run", "directory", "finish", "register", "log_directory", "guard", "state_scope"]
 
@@ -59,8 +62,9 @@ class Run:
     finished: bool = False
 
 
-# ("snapshot", server, attributes, allow-list) -> Snapshot or its error; ("run", Config) -> Run.
-_CACHE: Dict[Tuple, Union[snapshot.Snapshot, CoreWeaveError, Run]] = {}
+# ("snapshot", server, attributes, allow-list) -> Snapshot or its error; ("run", Config) -> Run;
+# ("run id",) -> the process's run id.
+_CACHE: Dict[Tuple, Union[snapshot.Snapshot, CoreWeaveError, Run, str]] = {}
 
 
 def current_run(options: dict, *, record: bool = True) -> Run:
@@ -94,11 +98,16 @@ def _start(config: config_mod.Config) -> Run:
         outcome: Union[policy.Directory, CoreWeaveError] = _decide(config, stats)
     except CoreWeaveError as e:
         outcome = e
+    except Exception as e:  # a bug of ours: every map fails the same way, and the run is recorded
+        log.exception("coreweave: internal error deciding the run")
+        outcome = InternalError(type(e).__name__)
     decided = outcome if isinstance(outcome, policy.Directory) else None
+    run_id = _CACHE.setdefault(("run id",), marker.new_run(started))
+    assert isinstance(run_id, str)
     run_report = report.RunReport(
         started=started,
         duration=round(time.monotonic() - start, 3),
-        run=marker.new_run(started),
+        run=run_id,
         outcome="decided" if decided else "refused" if isinstance(outcome, GuardError) else "failed",
         error_kind="" if decided else type(outcome).__name__,
         error="" if decided else str(outcome),
@@ -134,29 +143,27 @@ def _decide(config: config_mod.Config, stats: scim.Stats) -> policy.Directory:
 def finish() -> None:
     """Record every run of this process that is to be recorded and is not yet:
     what nsscache wrote, in the state file and the metrics file, and the
-    summary line. Runs at exit; ``nsscache-coreweave update`` calls it itself."""
+    summary line; one record per state scope. Runs at exit;
+    ``nsscache-coreweave update`` calls it itself."""
+    scopes: Dict[Tuple[str, str], List[Run]] = {}
     for run in [r for r in _CACHE.values() if isinstance(r, Run) and r.record and not r.finished]:
         run.finished = True
-        _record(run)
+        scopes.setdefault((run.config.state_dir, state_scope(run.config)), []).append(run)
+    for runs in scopes.values():
+        _record(runs)
 
 
-def _record(run: Run) -> None:
-    written = tuple(m for m in run.served if m in run.written)
-    not_written = tuple(m for m in run.served if m not in run.written)
-    outcome = run.report.outcome
-    if outcome == "decided":
-        outcome = "ok" if run.served and not not_written else "incomplete"
-    done = replace(run.report, outcome=outcome, maps_written=written, maps_not_written=not_written)
-    if outcome == "incomplete":
-        done = replace(done, error_kind="NotWritten", error=_not_written_text(run.served, not_written))
-    log.log(logging.INFO if outcome == "ok" else logging.ERROR, "coreweave: %s", report.summary(done))
-    config = run.config
+def _record(runs: List[Run]) -> None:
+    """One scope's record: its maps may come from several runs (map sections
+    with their own options), all of this process."""
+    config, done = runs[0].config, _outcome(runs)
+    log.log(logging.INFO if done.outcome == "ok" else logging.ERROR, "coreweave: %s", report.summary(done))
     try:
         entry = report.record(config.state_dir, state_scope(config), done)
-    except OSError as e:
+    except (OSError, ValueError, TypeError) as e:
         log.warning(
             "coreweave: cannot record this run in %s (%s): the shrink guard will have nothing "
-            "to compare with; set coreweave_state_dir", config.state_dir, e.strerror,
+            "to compare with; set coreweave_state_dir", config.state_dir, getattr(e, "strerror", None) or e,
         )
         entry = {}
     if config.metrics_file:
@@ -166,11 +173,33 @@ def _record(run: Run) -> None:
             log.warning("coreweave: cannot write %s: %s", config.metrics_file, e.strerror)
 
 
-def _not_written_text(served: List[str], not_written: Tuple[str, ...]) -> str:
+def _outcome(runs: List[Run]) -> report.RunReport:
+    """The scope's report: ok only when nsscache wrote every map it was handed
+    and no cache this package wrote before is left from an earlier run."""
+    first = runs[0]
+    served = [m for r in runs for m in r.served]
+    written = tuple(m for r in runs for m in r.served if m in r.written)
+    if first.report.outcome != "decided":
+        return first.report
+    earlier = state.entry(first.config.state_dir, state_scope(first.config)).get("caches")
+    left = [m for m in (earlier if isinstance(earlier, dict) else {}) if m not in served]
+    not_written = tuple(m for m in served if m not in written) + tuple(left)
+    done = replace(first.report, outcome="ok" if served and not not_written else "incomplete",
+                   maps_written=written, maps_not_written=not_written)
+    if done.outcome == "ok":
+        return done
+    return replace(done, error_kind="NotWritten", error=_not_written_text(served, not_written, left))
+
+
+def _not_written_text(served: List[str], not_written: Tuple[str, ...], left: List[str]) -> str:
     if not served:
-        return "nsscache asked for no map"
-    return (f"nsscache did not write {', '.join(not_written)} (see its log): those caches are from an earlier "
-            "run, and the keys command serves no key until a run writes passwd and sshkey together")
+        return "no map was handed to nsscache (see its log)"
+    parts = []
+    if [m for m in not_written if m not in left]:
+        parts.append(f"nsscache did not write {', '.join(m for m in not_written if m not in left)} (see its log)")
+    if left:
+        parts.append(f"{', '.join(left)} still from an earlier run (nsscache was asked for some maps only)")
+    return "; ".join(parts) + (": the keys command serves no key until one run writes passwd and sshkey together")
 
 
 def guard(config: config_mod.Config, decided: policy.Directory, *, accept_shrink: bool) -> None:
@@ -201,8 +230,9 @@ def log_directory(config: config_mod.Config, decided: policy.Directory) -> None:
 
 
 class _Receipt:
-    """Stands in for a map's GetModifyTimestamp: nsscache calls it only once
-    the map is committed (its files written and renamed into place)."""
+    """Stands in for a map's GetModifyTimestamp on a full update: nsscache
+    calls it only once the map is committed (its files written and renamed
+    into place)."""
 
     def __init__(self, run: Run, map_name: str, original):
         self.run, self.map_name, self.original = run, map_name, original
@@ -213,22 +243,40 @@ class _Receipt:
         return self.original()
 
 
+class _NoMerge:
+    """What the source hands nsscache when it asks for changes since a modify
+    timestamp (a timestamp-<map>-modify file another source left): nsscache
+    would merge it into the old cache, and its merge only adds, so removed
+    users and keys would stay. The first thing nsscache does with it is len();
+    EmptyMap there, before it has read the old cache, makes it fall back to a
+    full rewrite ("Local cache is invalid, faulting to a full sync")."""
+
+    def __init__(self, map_name: str):
+        self.map_name = map_name
+
+    def __len__(self) -> int:
+        log.warning("coreweave: nsscache asked to merge into the %s cache (a timestamp-%s-modify file, left by "
+                    "another source, is in its timestamp_dir; delete it): rewriting it whole instead",
+                    self.map_name, self.map_name)
+        raise error.EmptyMap(f"coreweave: the {self.map_name} cache is rewritten whole, never merged into")
+
+
 class CoreWeaveSource(source.Source):
     """CoreWeave IAM over SCIM 2.0. The constructor is cheap: no I/O."""
 
     name = "coreweave"
 
     def GetPasswdMap(self, since=None):
-        return self._map("passwd")
+        return self._map("passwd", since)
 
     def GetGroupMap(self, since=None):
-        return self._map("group")
+        return self._map("group", since)
 
     def GetShadowMap(self, since=None):
-        return self._map("shadow")
+        return self._map("shadow", since)
 
     def GetSshkeyMap(self, since=None):
-        return self._map("sshkey")
+        return self._map("sshkey", since)
 
     def Verify(self) -> int:
         # nsscache adds this up (retval += source.Verify()): an int, always.
@@ -242,19 +290,23 @@ class CoreWeaveSource(source.Source):
             return 1
         return 0
 
-    def _map(self, map_name: str):
+    def _map(self, map_name: str, since=None):
         # Never SetModifyTimestamp(): without a modify timestamp every run is
         # a full write, so removals land at once and nsscache never merges.
         try:
             run = current_run(self.conf)
             if isinstance(run.outcome, CoreWeaveError):
                 raise run.outcome
+            if since is not None:  # nsscache means to merge: make it rewrite instead
+                return _NoMerge(map_name)
             nss_map = render.render(map_name, run.outcome, run.id)
         except FetchError as e:
             # Skips the remaining maps: they stay mutually consistent.
             raise error.SourceUnavailable(f"coreweave: {e}") from None
         except (ConfigError, ListingError, GuardError) as e:
             raise error.InvalidMap(f"coreweave: {e}") from None
+        except InternalError as e:
+            raise error.InvalidMap(f"coreweave: internal error ({e.kind}); the {map_name} cache is kept") from None
         except Exception as e:  # a bug of ours must not become a traceback
             log.exception("coreweave: internal error building the %s map", map_name)
             raise error.InvalidMap(f"coreweave: internal error ({type(e).__name__}); the {map_name} cache is kept") from None

@@ -228,3 +228,52 @@ def test_state_records_the_maps_nsscache_did_not_write(node, iam, org):
     assert "sshkey  failed" in status.stdout
 
 
+
+
+def test_a_plain_update_over_a_stale_modify_timestamp_still_rewrites_every_cache(node, iam, org, demo_org):
+    update(node)
+    # Left by an earlier source (ldap, http ...): nsscache then merges into the old cache, which
+    # only adds. Our source must make it fall back to a full rewrite.
+    for name in MAPS:
+        (node.root / "state" / f"timestamp-{name}-modify").write_text("2026-01-01T00:00:00Z\n")
+    group(org, "slurm-users")["members"] = [m for m in group(org, "slurm-users")["members"]
+                                            if m["value"] != user(org, "bob")["id"]]
+    iam.set_org(org)
+
+    result = node.run("nsscache", "update")  # no --full
+
+    assert result.returncode == 0, result.stderr
+    assert "nsscache asked to merge" in result.stderr
+    assert "bob" not in "".join(node.cache(name) for name in MAPS)
+    assert keys_command(node, "bob")[:2] == (0, "")
+    assert node.cache("passwd") == expected_caches(demo_org)["passwd"].replace(
+        "bob:x:20002:20002:Bob Jones:/mnt/home/bob:/bin/zsh\n", "")
+    node.run_marker()  # one run
+    assert node.state()["last_run"]["maps_written"] == list(MAPS)
+
+
+def test_per_map_options_still_give_the_caches_one_run(node, iam, org):
+    # Only slurm-admins get keys: the sshkey map has its own coreweave_groups (and its own listing).
+    node.configure(iam.base_url, "\n[sshkey]\ncoreweave_groups = slurm-admins\n")
+
+    update(node)
+
+    run = node.run_marker()
+    assert keys_command(node, "alice")[:2] == (0, "".join(k + "\n" for k in keys_of(org, "alice")))
+    assert keys_command(node, "bob")[:2] == (0, "")
+    status = node.run("nsscache-coreweave", "status", "--max-age", "600")
+    assert status.returncode == 0, status.stdout
+    assert all(f"run {run[1:]}" in line for line in status.stdout.splitlines()[:4])
+
+
+def test_updating_one_map_alone_is_recorded_incomplete(node, iam):
+    update(node)
+
+    result = node.run("nsscache", "update", "--full", "-m", "passwd")
+
+    assert result.returncode == 0, result.stderr
+    last_run = node.state()["last_run"]
+    assert (last_run["outcome"], last_run["maps_written"], last_run["maps_not_written"]) == (
+        "incomplete", ["passwd"], ["group", "shadow", "sshkey"])
+    assert "still from an earlier run" in last_run["error"]
+    assert keys_command(node, "alice")[0] == 1  # the caches are not from one run: fail closed

@@ -277,6 +277,19 @@ def test_a_cache_without_a_run_marker_fails_closed(tmp_path, runs):
         authorized_keys("alice", settings, clock=FakeClock(time.time() + 3600))
 
 
+def test_a_cache_written_in_the_future_is_waited_on_no_longer_than_the_settle_time(tmp_path):
+    # A cache mtime ahead of the clock (written before the clock was stepped back) must not
+    # stretch the wait: sshd does not time the command out.
+    settings = caches_of_runs(tmp_path, RUN, OTHER_RUN)
+    start = newest_write(settings) - 3600
+    clock = FakeClock(start)
+
+    with pytest.raises(NotOneRun):
+        authorized_keys("alice", settings, clock=clock)
+
+    assert start + settings.settle <= clock.now < start + settings.settle + keys.SETTLE_POLL
+
+
 def test_the_run_marker_is_no_account(node):
     assert authorized_keys("nsscache-coreweave", node).refusal == "the run marker of the caches, not an account"
 

@@ -24,7 +24,12 @@ def configure(allowed="slurm-users", **options):
     return config.parse({"base_url": BASE, "groups": allowed, **options}, environ={"NSSCACHE_COREWEAVE_TOKEN": TOKEN})
 
 
-def user(id="u-alice", name="alice", uid=20001, gid=20001, *, active=True, gecos="Alice Smith", home=None, shell=None, keys=None):
+PRIVATE = object()
+
+
+def user(id="u-alice", name="alice", uid=20001, gid=PRIVATE, *, active=True, gecos="Alice Smith", home=None, shell=None, keys=None):
+    """A UserRecord; its primary gid defaults to a private one, equal to the uid."""
+    gid = uid if gid is PRIVATE else gid
     return UserRecord(id=id, active=active, name=name, uid=uid, gid=gid, gecos=gecos, home=home, shell=shell, ssh_keys=keys)
 
 
@@ -190,9 +195,41 @@ def test_users_sharing_a_uid_are_all_dropped():
     assert directory.groups == (PosixGroup("slurm-users", 30001, ("carol",)),)
 
 
-def test_users_may_share_a_primary_gid():
+def test_users_may_share_the_primary_gid_of_an_iam_group_of_theirs():
     directory = decide([user("u-1", "alice", 20001, 30001), user("u-2", "bob", 20002, 30001)])
     assert names(directory) == ["alice", "bob"]
+
+
+def test_users_sharing_a_primary_gid_no_iam_group_carries_are_all_dropped():
+    # Not a private group any more: each would reach the other's group-readable files.
+    directory = decide([user("u-1", "alice", 20001, 7001), user("u-2", "bob", 20002, 7001), user("u-3", "carol", 20003)])
+    assert names(directory) == ["carol"]
+    assert directory.drops == (
+        Drop("user", "alice", "primary gid 7001 is shared by alice, bob and no IAM group carries it"),
+        Drop("user", "bob", "primary gid 7001 is shared by alice, bob and no IAM group carries it"),
+    )
+
+
+def test_a_home_inside_another_users_home_is_dropped():
+    directory = decide([user(home="/home/bob/alice"), user("u-bob", "bob", 20002, home="/home/bob"),
+                        user("u-carol", "carol", 20003, home="/home/carol")])
+    assert names(directory) == ["bob", "carol"]
+    assert directory.drops == (Drop("user", "alice", "home /home/bob/alice is inside /home/bob, the home of bob"),)
+
+
+def test_a_home_inside_a_local_accounts_home_is_dropped():
+    local = LocalAccounts(homes=frozenset({"/", "/var/lib/slurm", "/home/localadmin"}))
+    directory = decide_on_node([user(home="/var/lib/slurm/alice"), user("u-bob", "bob", 20002, home="/home/bob")],
+                               local=local)
+    assert names(directory) == ["bob"]
+    assert directory.drops == (
+        Drop("user", "alice", "home /var/lib/slurm/alice is inside /var/lib/slurm, the home of a local account"),)
+
+
+def test_at_most_100_lines_of_keys_are_read():
+    directory = decide([user(keys="x\n" * 150)])
+    assert len(directory.drops) == 101
+    assert directory.drops[0] == Drop("key", "alice", "keys 101 to 150 are ignored: at most 100 lines of keys are read per user")
 
 
 def test_inactive_user_does_not_knock_out_an_active_namesake():
@@ -484,7 +521,7 @@ def test_single_key_sent_as_a_bare_string_is_accepted():
     ({"value": 5}, "is a JSON int, not a string"),
     (5, "is a JSON int, not a string"),
     (True, "is a JSON bool, not a string"),
-    ([None], "is a JSON NoneType, not a string"),
+    ([None], "is JSON null, not a string"),
     ([["ssh-ed25519 x"]], "is a JSON list, not a string"),
 ])
 def test_keys_of_another_shape_are_dropped_with_the_reason(raw, reason):
@@ -939,6 +976,8 @@ def test_a_gid_shared_by_two_groups_needs_membership_of_both():
         pytest.param("/tmp", "home directory '/tmp' is a system directory", id="tmp"),
         pytest.param("/proc/self", "home directory '/proc/self' is a system directory", id="below-proc"),
         pytest.param("/run/user", "home directory '/run/user' is a system directory", id="below-run"),
+        pytest.param("/tmp/bob", "home directory '/tmp/bob' is a system directory", id="below-tmp"),
+        pytest.param("/var/tmp/bob", "home directory '/var/tmp/bob' is a system directory", id="below-var-tmp"),
         pytest.param("/home/localadmin", "home directory '/home/localadmin' is the home of a local account of this node",
                      id="a-local-accounts-home"),
         pytest.param("/nonexistent", "home directory '/nonexistent' is the home of a local account of this node",

@@ -389,6 +389,18 @@ def test_verify_alone_records_nothing(mocker):
     assert state.entry(CONF["state_dir"], scope()) == {}
 
 
+def test_an_internal_error_fails_every_map_and_is_recorded_once(mocker, caplog):
+    decide = mocker.patch.object(policy, "decide", side_effect=PermissionError(13, "Permission denied"))
+    mocker.patch.object(snapshot, "take", return_value=snap())
+    for name in MAPS:
+        with pytest.raises(error.InvalidMap, match=rf"internal error \(PermissionError\); the {name} cache is kept"):
+            GETTERS[name](CoreWeaveSource(dict(CONF)))
+    source.finish()
+    assert decide.call_count == 1
+    last_run = state.entry(CONF["state_dir"], scope())["last_run"]
+    assert (last_run["outcome"], last_run["error_kind"]) == ("failed", "InternalError")
+
+
 def test_finish_records_a_run_once(mocker, tmp_path):
     mocker.patch.object(snapshot, "take", return_value=snap())
     nsscache_update(tmp_path)
