@@ -244,7 +244,9 @@ def _gid_holders(records: Tuple[GroupRecord, ...]) -> _GidHolders:
         gid = _as_int(record.gid)
         if gid is not None:
             name = record.name if isinstance(record.name, str) and POSIX_NAME.fullmatch(record.name) else f"id {_printable(record.id)}"
-            holders.setdefault(gid, []).append((name, frozenset(m.value for m in record.members if m.value)))
+            members = frozenset(m.value for m in record.members if m.value) | record.member_ids if record.members \
+                else record.member_ids
+            holders.setdefault(gid, []).append((name, members))
     return holders
 
 
@@ -340,7 +342,7 @@ def _key_lines(raw) -> List[Union[str, _Problem]]:
         if isinstance(item, dict):
             item = next((v for k, v in item.items() if isinstance(k, str) and k.lower() == "value"), item)
         if isinstance(item, str):
-            lines.extend(line.strip() for line in item.split("\n") if line.strip())
+            lines.extend(filter(None, map(str.strip, item.split("\n"))))
         elif isinstance(item, dict):
             lines.append(_Problem("key", "is a JSON object without a string 'value'"))
         else:

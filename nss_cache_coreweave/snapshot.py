@@ -10,7 +10,7 @@ import dataclasses
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, FrozenSet, Optional, Sequence, Tuple
 
 from . import scim
 from .config import AttributePath, Config
@@ -44,7 +44,9 @@ class GroupRecord:
     id: str
     name: Any
     gid: Any
-    members: Tuple[Member, ...]
+    members: Tuple[Member, ...]  # read for the allowed groups (for every group with ``everyone``)
+    # For the other groups: which of the wanted users they list (policy's primary-gid rule).
+    member_ids: FrozenSet[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,9 @@ def take(
 
     Groups come first so that only members of the allowed groups are kept
     from the (much longer) Users listing; every user still counts for the
-    listing's checks. Every group is kept, with its members among those users
-    (policy's primary-gid rule needs every gid). ``everyone`` keeps every user
-    (for ``check``).
+    listing's checks. Every group is kept, the others with the ids of the
+    wanted users they list (policy's primary-gid rule needs every gid).
+    ``everyone`` keeps every user (for ``check``).
 
     :raises FetchError, ListingError: see scim.list_resources.
     """
@@ -84,12 +86,12 @@ def take(
         allowed = None if everyone or config.allowed_groups is None else frozenset(config.allowed_groups)
         groups = scim.list_resources(
             session, config.server, config.server.groups_url, "Groups",
-            lambda r: _group(r, config), _id, clock=clock, deadline=deadline, stats=stats,
+            lambda r: _group(r, config, allowed), _id, clock=clock, deadline=deadline, stats=stats,
         )
-        wanted = None if allowed is None else {m.value for g in groups if _named(g, allowed) for m in g.members if m.value}
+        wanted = None if allowed is None else {m.value for g in groups for m in g.members if m.value}
         if wanted is not None:
             # Other groups matter only for the primary-gid rule, and only through wanted users.
-            groups = [g if _named(g, allowed) else _members_among(g, wanted) for g in groups]
+            groups = [dataclasses.replace(g, member_ids=g.member_ids & wanted) if g.member_ids else g for g in groups]
 
         def extract(resource: dict):
             # A user in no allowed group is kept as its bare id, for the
@@ -167,31 +169,27 @@ def _given_family(resource: dict) -> Optional[str]:
     return text or None
 
 
-def _group(resource: dict, config: Config) -> GroupRecord:
+def _group(resource: dict, config: Config, allowed: Optional[frozenset] = None) -> GroupRecord:
+    name = resolve(resource, config.groups.name)
     members = _child(resource, "members")
-    return GroupRecord(
-        id=resource["id"],
-        name=resolve(resource, config.groups.name),
-        gid=resolve(resource, config.groups.gid),
-        members=tuple(_member(m) for m in members if isinstance(m, dict)) if isinstance(members, list) else (),
-    )
+    items = [m for m in members if isinstance(m, dict)] if isinstance(members, list) else []
+    if allowed is not None and not (isinstance(name, str) and name in allowed):
+        # Not ours: only which users it lists matters (ids, one string per user however
+        # many groups list it: memberships of every group are held while the listing lasts).
+        ids = frozenset(sys.intern(v) for v in map(_member_value, items) if v)
+        return GroupRecord(resource["id"], name, resolve(resource, config.groups.gid), (), ids)
+    return GroupRecord(resource["id"], name, resolve(resource, config.groups.gid), tuple(_member(m) for m in items))
 
 
-def _named(group: GroupRecord, names: frozenset) -> bool:
-    return isinstance(group.name, str) and group.name in names
-
-
-def _members_among(group: GroupRecord, wanted: set) -> GroupRecord:
-    return dataclasses.replace(group, members=tuple(m for m in group.members if m.value in wanted))
+def _member_value(item: dict) -> Optional[str]:
+    """A member's resource id: ``value``, else the last segment of ``$ref``."""
+    value = _child(item, "value")
+    if not (isinstance(value, str) and value):
+        ref = _child(item, "$ref")
+        value = ref.rstrip("/").rpartition("/")[2] if isinstance(ref, str) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _member(item: dict) -> Member:
-    value, ref, kind = _child(item, "value"), _child(item, "$ref"), _child(item, "type")
-    if not (isinstance(value, str) and value) and isinstance(ref, str):
-        value = ref.rstrip("/").rpartition("/")[2]
-    return Member(
-        # One string per user however many groups list it (sys.intern): memberships
-        # of every group are held while the Groups listing lasts.
-        value=sys.intern(value) if isinstance(value, str) and value else None,
-        type=None if kind is _MISSING else kind,
-    )
+    kind = _child(item, "type")
+    return Member(value=_member_value(item), type=None if kind is _MISSING else kind)

@@ -21,6 +21,7 @@ source left), the source makes it fall back to a full rewrite.
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import os
 import time
@@ -134,7 +135,15 @@ def _decide(config: config_mod.Config, stats: scim.Stats) -> policy.Directory:
     if isinstance(snap, CoreWeaveError):
         raise snap
     assert isinstance(snap, snapshot.Snapshot)
-    decided = policy.decide(snap, config)
+    # Policy builds tens of thousands of small objects and no reference cycles: the
+    # cyclic collector would only keep walking the snapshot (as while listing, scim.py).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        decided = policy.decide(snap, config)
+    finally:
+        if collecting:
+            gc.enable()
     log_directory(config, decided)
     guard(config, decided, accept_shrink=os.environ.get(policy.ACCEPT_SHRINK_ENV) == "1")
     return decided
