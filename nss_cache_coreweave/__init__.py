@@ -6,7 +6,7 @@ Data flows one way, one module per stage:
     scim     HTTP: pagination, retries, page checks        (fetch)
     snapshot one consistent set of users and groups per run
     policy   allow-list, activity, validation              -> Directory
-    render   Directory -> nsscache maps
+    render   Directory -> nsscache maps, each headed by the run marker (marker)
     source   the nsscache Source adapter (name "coreweave")
     cli      the operator's commands (update, check, preview)
     redact   the bearer token out of every log line (ours and nsscache's)
