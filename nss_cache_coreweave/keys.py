@@ -595,29 +595,32 @@ def _open_one_run(settings, clock):
     """
     give_up = None
     while True:
-        passwd_fd = _open(settings.passwd_cache)
-        try:
-            sshkey_fd = _open(settings.sshkey_cache)
-        except BaseException:
-            os.close(passwd_fd)
-            raise
-        try:
-            runs = (_run_of(passwd_fd, settings.passwd_cache), _run_of(sshkey_fd, settings.sshkey_cache))
-            newest = max(os.fstat(passwd_fd).st_mtime, os.fstat(sshkey_fd).st_mtime)
-        except BaseException:
-            os.close(passwd_fd)
-            os.close(sshkey_fd)
-            raise
+        fds, runs, newest = _open_both(settings)
         if runs[0] == runs[1] and runs[0] is not None:
-            return passwd_fd, sshkey_fd
-        os.close(passwd_fd)
-        os.close(sshkey_fd)
+            return fds
+        for fd in fds:
+            os.close(fd)
         now = clock.time()
         if give_up is None:
             give_up = min(newest, now) + settings.settle
         if now >= give_up:
             raise NotOneRun(_disagreement(settings, runs))
         clock.sleep(SETTLE_POLL)
+
+
+def _open_both(settings):
+    """((passwd fd, sshkey fd), the runs their markers name, the newer mtime)."""
+    paths, fds = (settings.passwd_cache, settings.sshkey_cache), []
+    try:
+        for path in paths:
+            fds.append(_open(path))
+        runs = tuple(_run_of(fd, path) for fd, path in zip(fds, paths))
+        newest = max(os.fstat(fd).st_mtime for fd in fds)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return tuple(fds), runs, newest
 
 
 def _disagreement(settings, runs):

@@ -244,8 +244,8 @@ def _gid_holders(records: Tuple[GroupRecord, ...]) -> _GidHolders:
         gid = _as_int(record.gid)
         if gid is not None:
             name = record.name if isinstance(record.name, str) and POSIX_NAME.fullmatch(record.name) else f"id {_printable(record.id)}"
-            members = frozenset(m.value for m in record.members if m.value) | record.member_ids if record.members \
-                else record.member_ids
+            # Allowed groups carry members, the others member_ids (snapshot.take).
+            members = record.member_ids or frozenset(m.value for m in record.members if m.value)
             holders.setdefault(gid, []).append((name, members))
     return holders
 
@@ -255,7 +255,7 @@ def _primary_gid_problem(user_id: str, gid: Optional[int], local: LocalAccounts,
     the gid of IAM groups the user is a member of."""
     if gid in local.gids:
         return _Problem("gid_local", f"primary gid {gid} belongs to a local group of this node")
-    for name, members in holders.get(gid, ()) if gid is not None else ():
+    for name, members in holders.get(gid, ()):
         if user_id not in members:
             return _Problem("gid_not_member", f"primary gid {gid} is the gid of IAM group {name}, which the user is not a member of")
     return None

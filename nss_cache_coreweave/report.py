@@ -48,14 +48,14 @@ class RunReport:
         return {f"{endpoint}/{status}": n for (endpoint, status), n in sorted(stats.requests.items())}
 
 
-def record(state_dir: str, scope: str, report: RunReport, now: Optional[float] = None) -> dict:
+def record(state_dir: str, scope: str, report: RunReport) -> dict:
     """Keep ``report`` as the scope's last run, and what is now in each cache
     nsscache wrote ("caches": run, time, count); for a run whose every map was
     written, its counts for the shrink guard and its time; for a refused one,
     the count of refusals. One write; returns the scope's whole entry.
     :raises OSError:"""
     saved: dict = {}
-    now = time.time() if now is None else now
+    now = time.time()
 
     def change(entry: dict) -> None:
         entry["last_run"] = asdict(report)

@@ -54,9 +54,8 @@ class Run:
     """One run in this process: what every map is cut from, and what nsscache did with the maps."""
 
     config: config_mod.Config
-    id: str  # marker.new_run(): named on the first line of every cache it writes
     outcome: Union[policy.Directory, CoreWeaveError]
-    report: report.RunReport  # as decided; finish() adds what nsscache wrote
+    report: report.RunReport  # as decided (its run id heads every cache); finish() adds what nsscache wrote
     record: bool = False  # only runs that hand maps to nsscache are recorded (not Verify)
     served: List[str] = field(default_factory=list)  # maps handed to nsscache
     written: List[str] = field(default_factory=list)  # maps nsscache committed
@@ -120,7 +119,7 @@ def _start(config: config_mod.Config) -> Run:
         retries=stats.retries,
         bytes=stats.bytes,
     )
-    return Run(config, run_report.run, outcome, run_report)
+    return Run(config, outcome, run_report)
 
 
 def _decide(config: config_mod.Config, stats: scim.Stats) -> policy.Directory:
@@ -308,7 +307,7 @@ class CoreWeaveSource(source.Source):
                 raise run.outcome
             if since is not None:  # nsscache means to merge: make it rewrite instead
                 return _NoMerge(map_name)
-            nss_map = render.render(map_name, run.outcome, run.id)
+            nss_map = render.render(map_name, run.outcome, run.report.run)
         except FetchError as e:
             # Skips the remaining maps: they stay mutually consistent.
             raise error.SourceUnavailable(f"coreweave: {e}") from None
