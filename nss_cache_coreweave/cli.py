@@ -29,7 +29,7 @@ from typing import List, Optional, Tuple
 
 from . import __version__
 from . import config as config_mod
-from . import install, marker, policy, redact, scim, snapshot, state
+from . import install, marker, policy, redact, scim, slurm, snapshot, state
 from .errors import ConfigError, CoreWeaveError, FetchError, GuardError
 from .policy import ACCEPT_SHRINK_ENV
 from .source import finish, guard, register, state_scope
@@ -70,6 +70,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                       help="remove managed accounts that are no longer wanted and left empty")
     sync.add_argument("--accept-shrink", action="store_true",
                       help="accept, for this run only, removing more than coreweave_max_shrink of the managed users")
+    sync.add_argument("--adopt-account", action="append", default=[], metavar="ACCOUNT",
+                      help="hand an existing Slurm account over to slurm-sync (repeatable; its extra users and "
+                           "limits are reported)")
     args = parser.parse_args(argv)
 
     _setup_logging(args.verbose, background=args.command in ("update", "slurm-sync"))
@@ -328,6 +331,7 @@ def _status_report(conf, config, max_age: Optional[float]) -> dict:
         "exit_status": {"fresh": 0, "stale": 1, "failed": 1, "unknown": 2}[overall] if max_age is not None else EXIT_OK,
         "caches_agree": caches_agree, "last_run": last_run, "last_success": entry.get("last_success"),
         "registration_problem": registration, "shrink_refusals": entry.get("shrink_refusals", 0),
+        "slurm_sync": slurm.last_run_of(config.state_dir),
     }
 
 
@@ -371,7 +375,20 @@ def _print_status(found: dict, config) -> None:
             print(f"last error: {last_run.get('error_kind')}: {last_run.get('error')}")
     if found["registration_problem"]:
         print(f"problem: {found['registration_problem']}")
+    _print_slurm_sync(found["slurm_sync"])
     print(f"status: {found['status']}")
+
+
+def _print_slurm_sync(last: Optional[dict]) -> None:
+    """The last applied slurm-sync run, when this host runs it."""
+    if last is None:
+        return
+    kept = last.get("kept_users") or []
+    print(f"slurm-sync: last applied {_iso(last.get('time'))}: {last.get('operations')} sacctmgr call(s), "
+          f"{last.get('managed_users')} managed users, {last.get('conflicts')} conflict(s)")
+    if kept:
+        print(f"slurm-sync: last association kept (not created by {slurm.MARKER}) for {len(kept)} user(s): "
+              f"{', '.join(kept)}")
 
 
 def _map_status(conf, name: str, now: float, last_run: Optional[dict], max_age: Optional[float]) -> dict:
@@ -428,7 +445,6 @@ def _iso(epoch) -> str:
 def _slurm_sync(conf, args) -> int:
     """One listing of IAM, the maps' policy, then slurm.sync. Nothing changes in
     Slurm unless the listing is complete and the guards pass."""
-    from . import slurm
     from .source import log_directory
 
     try:
@@ -447,7 +463,8 @@ def _slurm_sync(conf, args) -> int:
     try:
         result = slurm.sync(
             decided, config, dry_run=args.dry_run, prune_accounts=args.prune_accounts,
-            accept_shrink=args.accept_shrink or os.environ.get(ACCEPT_SHRINK_ENV) == "1", out=sys.stdout,
+            accept_shrink=args.accept_shrink or os.environ.get(ACCEPT_SHRINK_ENV) == "1",
+            adopt_accounts=args.adopt_account, out=sys.stdout,
         )
     except slurm.SlurmUnavailable as e:
         log.error("coreweave: slurm: %s", e)

@@ -8,17 +8,27 @@
     Wanted + Current    -> plan()    -> Plan (operations, each one sacctmgr call; pure)
     Plan                -> shrink_problem(), then apply() with ``sacctmgr -i``
 
-Ownership (what the package may touch):
+Ownership (what the package may touch) comes from the package's own record,
+``<coreweave_state_dir>/coreweave-slurm-state.json``, never from a field a Slurm
+coordinator can write (organization, description):
 
-* an account is managed when its organization is ``MARKER``: the package sets it on
-  the accounts it creates; every other account (``root``, hand-made ones) is never
-  modified, removed, or given associations;
+* an account is managed when the package created it (or an administrator handed it
+  over with ``slurm-sync --adopt-account``); its organization ``MARKER`` is a label
+  for people, not a claim: every other account (``root``, hand-made ones, one marked
+  by hand) is never modified, removed, or given associations;
 * associations are added and removed only in managed accounts;
 * ``root`` and users with an AdminLevel (Operator, Administrator) are never touched;
-* a Slurm user is removed only when the package created it (recorded in
-  ``<coreweave_state_dir>/coreweave-slurm-state.json``) and no association remains:
-  slurmdbd itself deletes a user whose last association goes, so the last
-  association of a user the package did not create is kept.
+* a Slurm user is removed only when the package created it and no association
+  remains: slurmdbd itself deletes a user whose last association goes, so the last
+  association of a user the package did not create is kept (and reported);
+* created users and accounts are recorded *before* the sacctmgr call that creates
+  them, so an interrupted run cannot lose them; an unreadable record, or a missing
+  one while slurmdbd holds accounts labelled ``MARKER``, stops the run.
+
+sacctmgr's ``-P`` output is read strictly: free text and names may hold ``|`` or
+line breaks, so a row with the wrong number of fields, a field with a control
+character, or a name listed twice stops the run (nothing is changed) rather than
+being guessed at. sacctmgr runs with a cleaned environment (no token).
 
 sacctmgr is called a bounded number of times: 3 reads plus one per cluster, and,
 per cluster, one write per new or re-parented account and one per (account, kind
@@ -37,14 +47,15 @@ import shlex
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
-from .errors import CoreWeaveError
+from .errors import CoreWeaveError, GuardError
 
 __all__ = [
     "MARKER", "STATE_FILE", "LOCK_FILE", "ARG_BYTES",
     "SlurmError", "SlurmUnavailable", "SlurmPermissionError", "SlurmStepError", "PlanError",
+    "SlurmListingError", "SlurmStateError",
     "WantedAccount", "Wanted", "AccountRow", "AssocRow", "UserRow", "Current", "Operation", "Plan",
     "SlurmState", "Sacctmgr", "wanted", "plan", "shrink_problem", "read", "resolve_clusters",
     "cluster_name_from_slurm_conf", "load_state", "save_state", "apply", "sync",
@@ -59,6 +70,9 @@ LOCK_FILE = "coreweave-slurm.lock"
 # (MAX_ARG_STRLEN).
 ARG_BYTES = 100_000
 ROOT = "root"
+# Association limits an adopted account may carry (sacctmgr format names).
+LIMITS = ("GrpJobs", "GrpSubmit", "GrpTRES", "GrpTRESMins", "GrpWall", "MaxJobs", "MaxSubmit", "MaxTRES",
+          "MaxTRESMins", "MaxWall")
 _NOT_ADMIN = ("", "none", "not set")
 _UNAVAILABLE = re.compile(
     r"connection refused|problem talking to the database|unable to connect|persistinit|"
@@ -86,6 +100,26 @@ class SlurmStepError(SlurmError):
 
 class PlanError(SlurmError):
     """The plan cannot be made: a configured cluster or the parent account does not exist."""
+
+
+class SlurmListingError(SlurmError):
+    """A sacctmgr listing is ambiguous (a name or free text holding ``|`` or a line
+    break, a control character, a name listed twice): nothing is planned from it."""
+
+    def __init__(self, listing: str, line: int, problem: str):
+        self.listing, self.line, self.problem = listing, line, problem
+        super().__init__(f"sacctmgr show {listing}, line {line}: {problem}: refusing to plan from an ambiguous "
+                         f"listing, nothing was changed. Find the entry with `sacctmgr -P show {listing}` and "
+                         f"rename or fix it")
+
+
+class SlurmStateError(SlurmError):
+    """The record of what the package created is unreadable or lost: nothing is changed
+    until an administrator restores it or hands the accounts over explicitly."""
+
+    def __init__(self, path: str, problem: str, fix: str):
+        self.path, self.problem, self.fix = path, problem, fix
+        super().__init__(f"{path}: {problem}: nothing was changed. {fix}")
 
 
 # --- what IAM says -------------------------------------------------------------------------------
@@ -137,12 +171,7 @@ def wanted(directory, mapping: Optional[Sequence[Tuple[str, str]]], allowed_grou
 @dataclass(frozen=True)
 class AccountRow:
     name: str
-    organization: str
-    description: str
-
-    @property
-    def managed(self) -> bool:
-        return self.organization == MARKER and self.name != ROOT
+    organization: str  # a label anyone coordinating the account can change: never proof of ownership
 
 
 @dataclass(frozen=True)
@@ -239,6 +268,7 @@ class Plan:
     managed_users: FrozenSet[str] = frozenset()  # users holding a managed association before the run
     losing_users: FrozenSet[str] = frozenset()  # ... and those of them left without any
     deleted_users: FrozenSet[str] = frozenset()  # users slurmdbd deletes (no association left; created by us)
+    kept_users: FrozenSet[str] = frozenset()  # not created by us: their last managed association is kept
 
     @property
     def new_users(self) -> FrozenSet[str]:
@@ -246,9 +276,10 @@ class Plan:
 
 
 def plan(want: Wanted, current: Current, *, parent: str, created_users: Iterable[str] = (),
-         prune_accounts: bool = False, arg_bytes: int = ARG_BYTES) -> Plan:
+         managed_accounts: Iterable[str] = (), prune_accounts: bool = False, arg_bytes: int = ARG_BYTES) -> Plan:
     """Operations turning ``current`` into what ``want`` asks, touching only what
-    the package manages (see the module's docstring). Pure: no I/O.
+    the package manages (``managed_accounts``, ``created_users``: its record; see the
+    module's docstring). Pure: no I/O.
 
     Order: new and re-parented accounts; then per cluster: associations added
     (accounts in configuration order, so a user new to the cluster gets the first
@@ -257,8 +288,8 @@ def plan(want: Wanted, current: Current, *, parent: str, created_users: Iterable
     created = frozenset(created_users)
     order = want.order()
     protected = {name for name, row in current.users.items() if row.protected} | {ROOT}
-    managed = {name for name, row in current.accounts.items() if row.managed} - {parent}
-    usable, conflicts, notes = _usable(want, current, parent, protected)
+    managed = set(managed_accounts) & set(current.accounts) - {parent, ROOT}
+    usable, conflicts, notes = _usable(want, current, parent, protected, managed)
     usable_names = {a.name for a in usable}
     clusters = set(current.clusters)
 
@@ -306,7 +337,8 @@ def plan(want: Wanted, current: Current, *, parent: str, created_users: Iterable
 
     removed_users = set().union(*removes.values())
     # slurmdbd deletes a user whose last association goes: keep it for users the package did not create.
-    for user in sorted(u for u in removed_users if u not in created and not after(u)):
+    kept = frozenset(u for u in removed_users if u not in created and not after(u))
+    for user in sorted(kept):
         for users in removes.values():
             users.discard(user)
         notes.append(f"{user}: not created by {MARKER}; its last association is kept (removing it would delete "
@@ -348,10 +380,11 @@ def plan(want: Wanted, current: Current, *, parent: str, created_users: Iterable
         managed_users=managed_users,
         losing_users=losing,
         deleted_users=deleted,
+        kept_users=kept,
     )
 
 
-def _usable(want: Wanted, current: Current, parent: str, protected: Set[str]):
+def _usable(want: Wanted, current: Current, parent: str, protected: Set[str], managed: Set[str]):
     """The wanted accounts the package may fill, the conflicts, and notes."""
     usable: List[WantedAccount] = []
     conflicts: List[str] = []
@@ -361,12 +394,12 @@ def _usable(want: Wanted, current: Current, parent: str, protected: Set[str]):
         if account.name in (ROOT, parent):
             conflicts.append(f"account {account.name!r} (from group {', '.join(account.groups)}) is root or the "
                              f"parent account: map the group to another account in coreweave_slurm_accounts")
-        elif row is not None and not row.managed:
+        elif row is not None and account.name not in managed:
             conflicts.append(
-                f"account {account.name!r} (from group {', '.join(account.groups)}) exists and is not managed by "
-                f"{MARKER} (organization {row.organization!r}): left alone. Map the group to another account "
-                f"(coreweave_slurm_accounts = {account.groups[0]}=<account>), or hand it over with "
-                f"`sacctmgr modify account where name={account.name} set organization={MARKER}`"
+                f"account {account.name!r} (from group {', '.join(account.groups)}) exists and was not created by "
+                f"{MARKER} (organization {row.organization!r}, which proves nothing): left alone. Map the group "
+                f"to another account (coreweave_slurm_accounts = {account.groups[0]}=<account>), or hand it over "
+                f"with `nsscache-coreweave slurm-sync --adopt-account {account.name}`"
             )
         else:
             usable.append(account)
@@ -471,6 +504,17 @@ def shrink_problem(result: Plan, max_shrink: float) -> Optional[str]:
 # --- sacctmgr ------------------------------------------------------------------------------------
 
 
+# What sacctmgr may see of our environment: where slurm.conf is, and nothing secret
+# (the IAM token may be in NSSCACHE_COREWEAVE_TOKEN).
+SACCTMGR_ENV = ("PATH", "SLURM_CONF", "HOME", "LANG", "LC_ALL", "TZ")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def sacctmgr_environment(environ: Mapping[str, str]) -> Dict[str, str]:
+    """The cleaned environment sacctmgr runs with: SACCTMGR_ENV and SLURM_* only."""
+    return {k: v for k, v in environ.items() if k in SACCTMGR_ENV or k.startswith("SLURM_")}
+
+
 @dataclass
 class Sacctmgr:
     """The one place that runs sacctmgr. ``reads`` and ``writes`` count the calls."""
@@ -480,12 +524,29 @@ class Sacctmgr:
     run: Callable[..., subprocess.CompletedProcess] = subprocess.run
     reads: int = 0
     writes: int = 0
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
-    def read(self, args: Sequence[str], step: str) -> List[List[str]]:
-        """``sacctmgr -n -P show ...`` as rows of fields."""
+    def read(self, args: Sequence[str], step: str, fields: int) -> List[List[str]]:
+        """``sacctmgr -n -P show ...`` as rows of exactly ``fields`` fields.
+
+        ``-P`` escapes nothing: a ``|`` or a line break inside a name or a free-text
+        field would shift or split a row, so such a listing is refused, never guessed
+        at. :raises SlurmListingError:"""
         self.reads += 1
         out = self._call(["-n", "-P", *args], step)
-        return [line.split("|") for line in out.splitlines() if line.strip()]
+        lines = out.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        rows = []
+        for number, line in enumerate(lines, 1):
+            row = line.split("|")
+            if len(row) != fields:
+                raise SlurmListingError(args[1], number, f"has {len(row)} fields, not {fields} (a '|' or a line "
+                                                         f"break inside a name or a description)")
+            if any(_CONTROL.search(f) for f in row):
+                raise SlurmListingError(args[1], number, "holds a control character")
+            rows.append(row)
+        return rows
 
     def write(self, args: Sequence[str], step: str) -> str:
         self.writes += 1
@@ -497,8 +558,8 @@ class Sacctmgr:
     def _call(self, args: List[str], step: str) -> str:
         argv = [self.command, *args]
         try:
-            result = self.run(argv, capture_output=True, text=True, timeout=self.timeout,
-                              stdin=subprocess.DEVNULL)
+            result = self.run(argv, capture_output=True, encoding="utf-8", errors="replace", timeout=self.timeout,
+                              stdin=subprocess.DEVNULL, env=sacctmgr_environment(self.environ))
         except FileNotFoundError:
             raise SlurmError(f"{step}: {self.command!r} not found: install slurm-client on this host or set "
                              f"coreweave_slurm_sacctmgr") from None
@@ -559,30 +620,43 @@ def resolve_clusters(configured: Optional[Sequence[str]], known: Sequence[str],
 
 def read(sacctmgr: Sacctmgr, configured_clusters: Optional[Sequence[str]],
          environ: Mapping[str, str] = os.environ) -> Current:
-    """The current state, with 3 + (number of clusters) sacctmgr calls."""
-    known = [r[0].strip() for r in sacctmgr.read(["show", "cluster", "format=cluster"], "reading clusters") if r[0].strip()]
+    """The current state, with 3 + (number of clusters) sacctmgr calls. :raises SlurmListingError:"""
+    rows = sacctmgr.read(["show", "cluster", "format=cluster"], "reading clusters", 1)
+    known = [name for name, in _unique(rows, "cluster", 1)]
     clusters = resolve_clusters(configured_clusters, known, environ)
-    accounts = {}
-    for row in sacctmgr.read(["show", "account", "format=account,organization,description"], "reading accounts"):
-        if len(row) >= 2 and row[0]:
-            accounts[row[0]] = AccountRow(row[0], row[1], "|".join(row[2:]))
-    assocs = []
+    # No description: it is free text, and nothing here depends on it.
+    rows = sacctmgr.read(["show", "account", "format=account,organization"], "reading accounts", 2)
+    accounts = {name: AccountRow(name, organization) for name, organization in _unique(rows, "account", 1)}
     # Every cluster's: a user whose last association goes anywhere is deleted by slurmdbd.
-    for row in sacctmgr.read(["show", "association", "format=cluster,account,user,partition,parentname"],
-                             "reading associations"):
-        if len(row) == 5 and row[1]:
-            assocs.append(AssocRow(*row))
+    rows = sacctmgr.read(["show", "association", "format=cluster,account,user,partition,parentname"],
+                         "reading associations", 5)
+    assocs = tuple(AssocRow(*row) for row in _unique(rows, "association", 4))
     defaults: Dict[str, List[Tuple[str, str]]] = {}
     levels: Dict[str, str] = {}
     for cluster in clusters:
-        for row in sacctmgr.read(["show", "user", f"cluster={cluster}", "format=user,defaultaccount,adminlevel"],
-                                 f"reading users of cluster {cluster}"):
-            if len(row) == 3 and row[0]:
-                levels[row[0]] = row[2]
-                if row[1]:
-                    defaults.setdefault(row[0], []).append((cluster, row[1]))
+        rows = sacctmgr.read(["show", "user", f"cluster={cluster}", "format=user,defaultaccount,adminlevel"],
+                             f"reading users of cluster {cluster}", 3)
+        for name, default, level in _unique(rows, "user", 1):
+            levels[name] = level
+            if default:
+                defaults.setdefault(name, []).append((cluster, default))
     users = {name: UserRow(name, level, tuple(defaults.get(name, ()))) for name, level in levels.items()}
-    return Current(clusters, accounts, users, tuple(assocs))
+    return Current(clusters, accounts, users, assocs)
+
+
+def _unique(rows: List[List[str]], listing: str, key: int) -> List[List[str]]:
+    """``rows``, refused when two share their first ``key`` fields or the first is empty
+    (a forged line reuses a real name). :raises SlurmListingError:"""
+    seen: Set[Tuple[str, ...]] = set()
+    for number, row in enumerate(rows, 1):
+        name = tuple(row[:key])
+        if not name[0]:
+            raise SlurmListingError(listing, number, "has an empty name")
+        if name in seen:
+            raise SlurmListingError(listing, number, f"repeats {'|'.join(name)!r} (a line break inside a name or "
+                                                     f"a description forges rows)")
+        seen.add(name)
+    return rows
 
 
 # --- the package's own record ----------------------------------------------------------------------
@@ -596,24 +670,28 @@ class SlurmState:
     accounts: FrozenSet[str] = frozenset()
 
 
-def load_state(state_dir: str) -> SlurmState:
-    """An unreadable or missing file counts as empty: nothing is then taken for ours."""
+def load_state(state_dir: str) -> Optional[SlurmState]:
+    """The record, or None when there is none yet. :raises SlurmStateError: when it
+    cannot be read (never taken for empty: that would hand removals to nobody)."""
+    path = os.path.join(state_dir, STATE_FILE)
     try:
-        with open(os.path.join(state_dir, STATE_FILE), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
         return SlurmState(frozenset(str(u) for u in data["users"]), frozenset(str(a) for a in data["accounts"]))
     except FileNotFoundError:
-        return SlurmState()
+        return None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        log.warning("coreweave: %s cannot be read (%s): no Slurm user counts as created by %s",
-                    os.path.join(state_dir, STATE_FILE), type(e).__name__, MARKER)
-        return SlurmState()
+        raise SlurmStateError(path, f"cannot be read ({type(e).__name__})",
+                              "Restore it from a backup (it lists the Slurm users and accounts this package "
+                              "created), or see `slurm-sync --adopt-account` in the README") from None
 
 
-def save_state(state_dir: str, recorded: SlurmState) -> None:
-    """Atomically, mode 0600. :raises OSError:"""
+def save_state(state_dir: str, recorded: SlurmState, last_run: Optional[dict] = None) -> None:
+    """Atomically, mode 0600; ``last_run`` (for ``status``) is kept from the file when
+    not given. :raises OSError:"""
     os.makedirs(state_dir, mode=0o755, exist_ok=True)
-    data = {"users": sorted(recorded.users), "accounts": sorted(recorded.accounts), "time": time.time()}
+    data = {"users": sorted(recorded.users), "accounts": sorted(recorded.accounts), "time": time.time(),
+            "last_run": last_run if last_run is not None else last_run_of(state_dir)}
     fd, tmp = tempfile.mkstemp(prefix=".coreweave-slurm-state-", dir=state_dir)  # mode 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -646,98 +724,170 @@ def _lock(state_dir: str):
 
 
 def apply(result: Plan, sacctmgr: Sacctmgr, recorded: SlurmState, save: Callable[[SlurmState], None]) -> SlurmState:
-    """Run the plan's operations in order, recording created users and accounts as
-    soon as each step succeeds. :raises SlurmError: naming the failed step."""
+    """Run the plan's operations in order. The users and accounts a step creates are
+    recorded before it runs (a run stopped right after it cannot lose them), and
+    forgotten again if it fails without creating them. :raises SlurmError: naming the
+    failed step."""
     total = len(result.operations)
     for number, op in enumerate(result.operations, 1):
         step = f"step {number} of {total} ({op})"
         log.info("coreweave: slurm: %s", step)
+        if op.new_users or op.creates_account:
+            recorded = SlurmState(recorded.users | set(op.new_users),
+                                  recorded.accounts | ({op.account} if op.creates_account else set()))
+            save(recorded)
         try:
             sacctmgr.write(op.args(), step)
         except SlurmError as e:
-            if op.new_users:
-                recorded = _recover_created(op, sacctmgr, recorded, save)
+            if op.new_users or op.creates_account:
+                recorded = _forget_uncreated(op, sacctmgr, recorded, save)
             if isinstance(e, (SlurmUnavailable, SlurmPermissionError)):
                 raise
             raise SlurmStepError(f"{e}. The steps before it took effect; a rerun continues from there") from None
-        if op.new_users or op.creates_account:
-            recorded = SlurmState(
-                recorded.users | set(op.new_users),
-                recorded.accounts | ({op.account} if op.creates_account else set()),
-            )
-            save(recorded)
     return recorded
 
 
-def _recover_created(op: Operation, sacctmgr: Sacctmgr, recorded: SlurmState, save) -> SlurmState:
-    """After a failed add: record the planned new users that exist now anyway."""
+def _forget_uncreated(op: Operation, sacctmgr: Sacctmgr, recorded: SlurmState, save) -> SlurmState:
+    """After a failed step: drop from the record what it was to create and does not
+    exist (a later namesake made by hand is not ours). When slurmdbd cannot say,
+    the record stays: the next run keeps only what exists."""
     try:
-        rows = sacctmgr.read(["show", "user", "format=user"], "re-reading users after a failed step")
+        users = {r[0] for r in sacctmgr.read(["show", "user", "format=user"], "re-reading users", 1)}
+        accounts = {r[0] for r in sacctmgr.read(["show", "account", "format=account"], "re-reading accounts", 1)}
     except SlurmError:
         return recorded
-    exist = {r[0] for r in rows if r and r[0]}
-    made = set(op.new_users) & exist
-    if made:
-        recorded = SlurmState(recorded.users | made, recorded.accounts)
+    missing_users = set(op.new_users) - users
+    missing_accounts = {op.account} - accounts if op.creates_account else set()
+    if missing_users or missing_accounts:
+        recorded = SlurmState(recorded.users - missing_users, recorded.accounts - missing_accounts)
         save(recorded)
     return recorded
 
 
+def adopt(current: Current, names: Sequence[str], parent: str) -> None:
+    """Check the accounts an administrator hands over. :raises PlanError:"""
+    for name in names:
+        if name in (ROOT, parent):
+            raise PlanError(f"--adopt-account {name}: root and the parent account are never managed")
+        if name not in current.accounts:
+            raise PlanError(f"--adopt-account {name}: no such Slurm account")
+
+
+def adoption_notes(current: Current, want: Wanted, names: Sequence[str], limits: List[List[str]]) -> List[str]:
+    """What an adopted account brings with it: limits set by hand (kept: review them)
+    and users outside its IAM groups (their associations go)."""
+    members = {a.name: a.members for a in want.accounts}
+    notes = []
+    for name in names:
+        extra = sorted({r.user for r in current.assocs if r.account == name and r.user}
+                       - members.get(name, frozenset()) - {ROOT})
+        if extra:
+            notes.append(f"adopted account {name}: users not in its IAM groups lose their association: "
+                         f"{', '.join(extra)}")
+        for _, cluster, user, *values in (row for row in limits if row[0] == name):
+            set_ = [f"{label}={value}" for label, value in zip(LIMITS, values) if value]
+            if set_:
+                notes.append(f"adopted account {name}: limits set before adoption are kept, review them: "
+                             f"{' '.join(set_)} on cluster {cluster}{f' for user {user}' if user else ''}")
+    return notes
+
+
 def sync(directory, config, *, sacctmgr: Optional[Sacctmgr] = None, dry_run: bool = False,
-         prune_accounts: bool = False, accept_shrink: bool = False, out=None,
-         environ: Mapping[str, str] = os.environ) -> Plan:
+         prune_accounts: bool = False, accept_shrink: bool = False, adopt_accounts: Sequence[str] = (),
+         out=None, environ: Mapping[str, str] = os.environ) -> Plan:
     """Read, plan, guard and (unless ``dry_run``) apply; return the plan.
 
     ``--dry-run`` prints each sacctmgr command to ``out`` and changes nothing (not
     even the state file). :raises SlurmError, GuardError:"""
-    from .errors import GuardError
-
     settings = config.slurm
-    sacctmgr = sacctmgr or Sacctmgr(settings.sacctmgr, settings.timeout)
+    sacctmgr = sacctmgr or Sacctmgr(settings.sacctmgr, settings.timeout, environ=environ)
     lock = contextlib.nullcontext() if dry_run else _lock(config.state_dir)
     with lock:
-        recorded = load_state(config.state_dir)
+        loaded = load_state(config.state_dir)
         current = read(sacctmgr, settings.clusters, environ)
-        # Forget created users that no longer exist (removed by hand): a later namesake is not ours.
-        recorded = SlurmState(recorded.users & set(current.users), recorded.accounts & set(current.accounts))
-        for account in sorted(recorded.accounts):
-            if not current.accounts[account].managed:
-                log.warning("coreweave: Slurm account %s was created by %s but its organization is now %r: "
-                            "it is no longer managed", account, MARKER, current.accounts[account].organization)
+        if loaded is None and not adopt_accounts:
+            _check_nothing_lost(config.state_dir, current)
+        adopt(current, adopt_accounts, settings.parent_account)
+        recorded = loaded or SlurmState()
+        # Forget what no longer exists (removed by hand): a later namesake is not ours.
+        recorded = SlurmState(recorded.users & set(current.users),
+                              (recorded.accounts | set(adopt_accounts)) & set(current.accounts))
         want = wanted(directory, settings.accounts, config.allowed_groups)
         result = plan(want, current, parent=settings.parent_account, created_users=recorded.users,
-                      prune_accounts=prune_accounts)
-        for note in result.notes:
-            log.info("coreweave: slurm: %s", note)
-        for conflict in result.conflicts:
-            log.error("coreweave: slurm: %s", conflict)
-        problem = shrink_problem(result, config.max_shrink)
-        if problem and not accept_shrink:
-            raise GuardError(problem)
-        if problem:
-            log.warning("coreweave: shrink accepted by the operator: %s", problem)
-        counts = _counts(result)
+                      managed_accounts=recorded.accounts, prune_accounts=prune_accounts)
+        if adopt_accounts:
+            limits = sacctmgr.read(["show", "association", "where", f"account={','.join(adopt_accounts)}",
+                                    "format=account,cluster,user," + ",".join(LIMITS)],
+                                   "reading the adopted accounts' limits", 3 + len(LIMITS))
+            notes = adoption_notes(current, want, adopt_accounts, limits)
+            result = replace(result, notes=tuple(notes) + result.notes)
+        _guard(result, config.max_shrink, accept_shrink)
         if dry_run:
             for op in result.operations:
                 print(shlex.join(sacctmgr.argv(op.args())), file=out)
-            log.info("coreweave: slurm: dry run, nothing changed: %s", counts)
+            log.info("coreweave: slurm: dry run, nothing changed: %s", summary(result))
             return result
-        if not result.operations:
-            log.info("coreweave: slurm: in sync (%d managed users), nothing to do", len(result.managed_users))
-        else:
-            def save(state: SlurmState) -> None:
-                save_state(config.state_dir, state)
-
-            recorded = apply(result, sacctmgr, recorded, save)
-            log.info("coreweave: slurm: applied %s", counts)
-        final = SlurmState(recorded.users - result.deleted_users, recorded.accounts)
-        save_state(config.state_dir, final)
+        save_state(config.state_dir, recorded)  # adopted accounts, before anything changes
+        recorded = apply(result, sacctmgr, recorded, lambda state: save_state(config.state_dir, state))
+        save_state(config.state_dir, SlurmState(recorded.users - result.deleted_users, recorded.accounts),
+                   last_run=_last_run(result))
+        log.info("coreweave: slurm: %s", ("applied " if result.operations else "in sync: ") + summary(result))
         return result
 
 
-def _counts(result: Plan) -> str:
+def _check_nothing_lost(state_dir: str, current: Current) -> None:
+    """No record: fine on a first run; lost if slurmdbd holds accounts labelled as ours.
+    :raises SlurmStateError:"""
+    labelled = sorted(n for n, row in current.accounts.items() if row.organization == MARKER and n != ROOT)
+    if labelled:
+        adopt_all = " ".join(f"--adopt-account {n}" for n in labelled)
+        raise SlurmStateError(
+            os.path.join(state_dir, STATE_FILE),
+            f"is missing, yet slurmdbd holds accounts labelled {MARKER} ({', '.join(labelled)}): the record of "
+            f"what this package created is lost",
+            f"Restore it from a backup; or hand over the accounts you trust this package to manage "
+            f"(`nsscache-coreweave slurm-sync {adopt_all}`: users it created before then count as hand-made, "
+            f"their last association is kept and reported)")
+
+
+def _guard(result: Plan, max_shrink: float, accept_shrink: bool) -> None:
+    """Log the plan's notes and conflicts; refuse a large shrink unless accepted. :raises GuardError:"""
+    for note in result.notes:
+        log.info("coreweave: slurm: %s", note)
+    for conflict in result.conflicts:
+        log.error("coreweave: slurm: %s", conflict)
+    problem = shrink_problem(result, max_shrink)
+    if problem and not accept_shrink:
+        raise GuardError(problem)
+    if problem:
+        log.warning("coreweave: shrink accepted by the operator: %s", problem)
+
+
+def _last_run(result: Plan) -> dict:
+    """What ``status`` shows of the last applied run."""
+    return {"time": time.time(), "operations": len(result.operations), "conflicts": len(result.conflicts),
+            "managed_users": len(result.managed_users), "kept_users": sorted(result.kept_users)}
+
+
+def last_run_of(state_dir: str) -> Optional[dict]:
+    """The last applied run recorded in the state file, or None."""
+    try:
+        with open(os.path.join(state_dir, STATE_FILE), encoding="utf-8") as f:
+            found = json.load(f).get("last_run")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def summary(result: Plan) -> str:
+    """The run's one-line summary: calls by kind, and the users whose last association is kept."""
     kinds: Dict[str, int] = {}
     for op in result.operations:
         kinds[op.kind] = kinds.get(op.kind, 0) + (len(op.users) or 1)
     parts = [f"{kind}: {n}" for kind, n in kinds.items()]
-    return f"{len(result.operations)} sacctmgr call(s)" + (f" ({'; '.join(parts)})" if parts else "")
+    text = f"{len(result.operations)} sacctmgr call(s)" + (f" ({'; '.join(parts)})" if parts else "")
+    text += f", {len(result.managed_users)} managed users"
+    if result.kept_users:
+        text += (f"; last association kept (not created by {MARKER}) for {len(result.kept_users)} user(s): "
+                 f"{', '.join(sorted(result.kept_users))}")
+    return text

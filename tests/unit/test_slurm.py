@@ -40,19 +40,19 @@ def current(members: Dict[str, Iterable[str]] = None, *, orgs: Dict[str, str] = 
             parents: Dict[str, str] = None, other_clusters: Dict[str, Dict[str, Iterable[str]]] = None,
             partition_only: Sequence[tuple] = ()) -> Current:
     """A slurmdbd holding ``members`` (account -> users) on every cluster in ``clusters``.
-    Accounts are managed unless ``orgs`` says otherwise; root/root always exists."""
+    Accounts are labelled MARKER unless ``orgs`` says otherwise; root/root always exists."""
     members = dict(members or {})
     orgs = dict(orgs or {})
-    accounts = {"root": AccountRow("root", "root", "default root account")}
+    accounts = {"root": AccountRow("root", "root")}
     for name in members:
-        accounts[name] = AccountRow(name, orgs.get(name, MARKER), f"coreweave iam group {name}")
+        accounts[name] = AccountRow(name, orgs.get(name, MARKER))
     assocs = []
     everywhere = {c: members for c in clusters}
     everywhere.update(other_clusters or {})
     for cluster, per_account in everywhere.items():
         assocs += [AssocRow(cluster, "root", "", "", ""), AssocRow(cluster, "root", "root", "", "")]
         for name, users in per_account.items():
-            accounts.setdefault(name, AccountRow(name, orgs.get(name, MARKER), ""))
+            accounts.setdefault(name, AccountRow(name, orgs.get(name, MARKER)))
             assocs.append(AssocRow(cluster, name, "", "", (parents or {}).get(name, "root")))
             assocs += [AssocRow(cluster, name, u, "", "") for u in sorted(users)]
     for cluster, name, user, partition in partition_only:
@@ -73,6 +73,13 @@ def current(members: Dict[str, Iterable[str]] = None, *, orgs: Dict[str, str] = 
     return Current(tuple(clusters), accounts, users, tuple(assocs))
 
 
+def plan(wanted_: Wanted, cur: Current, **options) -> slurm.Plan:
+    """slurm.plan, with the package's record holding every account labelled MARKER
+    (what it created) unless ``managed_accounts`` says otherwise."""
+    options.setdefault("managed_accounts", {n for n, row in cur.accounts.items() if row.organization == MARKER})
+    return slurm.plan(wanted_, cur, **options)
+
+
 def ops_of(result, kind=None):
     return [(op.kind, op.cluster, op.account, op.users) for op in result.operations if kind in (None, op.kind)]
 
@@ -85,7 +92,7 @@ def apply_in_memory(cur: Current, result) -> Current:
     for op in result.operations:
         clusters = [op.cluster] if op.cluster else sorted({r.cluster for r in assocs})
         if op.kind == ADD_ACCOUNT:
-            accounts.setdefault(op.account, AccountRow(op.account, MARKER, op.description))
+            accounts.setdefault(op.account, AccountRow(op.account, MARKER))
             assocs.append(AssocRow(op.cluster, op.account, "", "", op.parent))
         elif op.kind == ADD_USERS:
             for u in op.users:
@@ -121,7 +128,7 @@ def apply_in_memory(cur: Current, result) -> Current:
 
 
 def test_an_empty_slurm_gets_accounts_then_users_in_configuration_order():
-    result = slurm.plan(want(("ml", ["alice", "bob"]), ("hpc", ["bob", "dave"])), current(), parent="root")
+    result = plan(want(("ml", ["alice", "bob"]), ("hpc", ["bob", "dave"])), current(), parent="root")
 
     assert ops_of(result) == [
         (ADD_ACCOUNT, C1, "ml", ()),
@@ -142,10 +149,10 @@ def test_an_empty_slurm_gets_accounts_then_users_in_configuration_order():
 
 def test_a_second_plan_is_empty():
     wanted_ = want(("ml", ["alice", "bob"]), ("hpc", ["bob", "dave"]))
-    first = slurm.plan(wanted_, current(), parent="root")
+    first = plan(wanted_, current(), parent="root")
     after = apply_in_memory(current(), first)
 
-    again = slurm.plan(wanted_, after, parent="root", created_users=first.new_users)
+    again = plan(wanted_, after, parent="root", created_users=first.new_users)
 
     assert again.operations == ()
     assert again.losing_users == frozenset() and again.conflicts == ()
@@ -154,20 +161,33 @@ def test_a_second_plan_is_empty():
 def test_a_hand_made_account_is_never_filled_modified_or_emptied():
     cur = current({"hpc": ["zed"], "lab": ["frank"]}, orgs={"hpc": "physics", "lab": "physics"})
 
-    result = slurm.plan(want(("hpc", ["bob"]), ("ml", ["alice"])), cur, parent="root")
+    result = plan(want(("hpc", ["bob"]), ("ml", ["alice"])), cur, parent="root")
 
     assert all(op.account not in ("hpc", "lab") for op in result.operations)
     assert ops_of(result) == [(ADD_ACCOUNT, C1, "ml", ()), (ADD_USERS, C1, "ml", ("alice",))]
     assert len(result.conflicts) == 1
-    assert "account 'hpc' (from group hpc) exists and is not managed by nsscache-coreweave (organization " \
-           "'physics')" in result.conflicts[0]
-    assert f"sacctmgr modify account where name=hpc set organization={MARKER}" in result.conflicts[0]
+    assert "account 'hpc' (from group hpc) exists and was not created by nsscache-coreweave (organization " \
+           "'physics'" in result.conflicts[0]
+    assert "nsscache-coreweave slurm-sync --adopt-account hpc" in result.conflicts[0]
 
 
-def test_an_account_marked_by_hand_is_managed():
-    cur = current({"hpc": ["zed"]})  # organization = MARKER: handed over
+def test_an_account_labelled_by_hand_is_not_managed():
+    # A coordinator can set any organization, ours included: only the record makes an account ours.
+    cur = current({"hpc": ["zed"], "lab": ["frank"]})  # both labelled MARKER
 
-    result = slurm.plan(want(("hpc", ["bob"])), cur, parent="root", created_users={"zed"})
+    result = plan(want(("hpc", ["bob"])), cur, parent="root", created_users={"zed", "frank"},
+                  managed_accounts=(), prune_accounts=True)
+
+    assert result.operations == ()
+    assert "account 'hpc' (from group hpc) exists and was not created by nsscache-coreweave" in result.conflicts[0]
+    assert result.managed_users == frozenset()
+
+
+def test_an_account_in_the_record_is_managed_whatever_its_label():
+    # A coordinator relabelling a managed account does not hide it: zed still leaves.
+    cur = current({"hpc": ["zed"]}, orgs={"hpc": "physics"})
+
+    result = plan(want(("hpc", ["bob"])), cur, parent="root", created_users={"zed"}, managed_accounts={"hpc"})
 
     assert ops_of(result) == [(ADD_USERS, C1, "hpc", ("bob",)), (REMOVE_USERS, C1, "hpc", ("zed",))]
 
@@ -176,7 +196,7 @@ def test_an_account_marked_by_hand_is_managed():
 def test_root_and_the_parent_account_are_never_managed(name):
     cur = current({"top": []}, orgs={"top": MARKER})
 
-    result = slurm.plan(want((name, ["alice"])), cur, parent="top")
+    result = plan(want((name, ["alice"])), cur, parent="top")
 
     assert result.operations == ()
     assert "is root or the parent account" in result.conflicts[0]
@@ -186,7 +206,7 @@ def test_root_and_administrators_are_left_alone():
     cur = current({"ml": ["ops", "alice"], "lab": ["boss"]}, orgs={"lab": "physics"}, admins=("ops", "boss"))
 
     # ops leaves ml, boss and root are IAM members: nothing happens to any of them.
-    result = slurm.plan(want(("ml", ["alice", "boss", "root"])), cur, parent="root", created_users={"ops"})
+    result = plan(want(("ml", ["alice", "boss", "root"])), cur, parent="root", created_users={"ops"})
 
     assert result.operations == ()
     assert result.notes == ("boss, root: root or a Slurm administrator, left alone (account ml)",)
@@ -197,7 +217,7 @@ def test_leaving_a_group_removes_only_managed_associations():
     cur = current({"ml": ["alice", "bob"], "hpc": ["bob"], "lab": ["bob"]}, orgs={"lab": "physics"},
                   defaults={"bob": "ml"})
 
-    result = slurm.plan(want(("ml", ["alice"]), ("hpc", ["bob"])), cur, parent="root",
+    result = plan(want(("ml", ["alice"]), ("hpc", ["bob"])), cur, parent="root",
                         created_users={"alice", "bob"})
 
     # bob's default (ml) goes: it moves to his first remaining wanted account first.
@@ -211,7 +231,7 @@ def test_leaving_a_group_removes_only_managed_associations():
 def test_a_created_user_without_associations_is_deleted_with_its_last_one():
     cur = current({"ml": ["alice", "carol"]})
 
-    result = slurm.plan(want(("ml", ["alice"])), cur, parent="root", created_users={"alice", "carol"})
+    result = plan(want(("ml", ["alice"])), cur, parent="root", created_users={"alice", "carol"})
 
     assert ops_of(result) == [(REMOVE_USERS, C1, "ml", ("carol",))]
     assert result.deleted_users == {"carol"}
@@ -221,7 +241,7 @@ def test_a_created_user_without_associations_is_deleted_with_its_last_one():
 def test_the_last_association_of_a_user_it_did_not_create_is_kept():
     cur = current({"ml": ["alice", "dave", "frank"], "lab": ["frank"]}, orgs={"lab": "physics"})
 
-    result = slurm.plan(want(("ml", ["alice"])), cur, parent="root", created_users={"alice"})
+    result = plan(want(("ml", ["alice"])), cur, parent="root", created_users={"alice"})
 
     # dave: only ml, not ours -> kept (slurmdbd would delete him); frank also holds lab -> removed,
     # his default moving to lab first.
@@ -235,7 +255,7 @@ def test_default_accounts_follow_configuration_order_only_for_created_users():
     # alice (created) and erin (hand-made) are in ml and hpc with hpc as default; ml comes first.
     cur = current({"ml": ["alice", "erin"], "hpc": ["alice", "erin"]}, defaults={"alice": "hpc", "erin": "hpc"})
 
-    result = slurm.plan(want(("ml", ["alice", "erin"]), ("hpc", ["alice", "erin"])), cur, parent="root",
+    result = plan(want(("ml", ["alice", "erin"]), ("hpc", ["alice", "erin"])), cur, parent="root",
                         created_users={"alice"})
 
     assert ops_of(result) == [(SET_DEFAULT, C1, "ml", ("alice",))]
@@ -244,7 +264,7 @@ def test_default_accounts_follow_configuration_order_only_for_created_users():
 def test_an_existing_user_new_to_the_accounts_keeps_its_default():
     cur = current({"lab": ["erin"]}, orgs={"lab": "physics"})
 
-    result = slurm.plan(want(("ml", ["erin"])), cur, parent="root")
+    result = plan(want(("ml", ["erin"])), cur, parent="root")
 
     assert ops_of(result) == [(ADD_ACCOUNT, C1, "ml", ()), (ADD_USERS, C1, "ml", ("erin",))]
     assert result.new_users == frozenset()
@@ -253,7 +273,7 @@ def test_an_existing_user_new_to_the_accounts_keeps_its_default():
 def test_a_missing_default_is_repaired():
     cur = current({"ml": ["alice"]}, defaults={"alice": ""})
 
-    result = slurm.plan(want(("ml", ["alice"])), cur, parent="root", created_users={"alice"})
+    result = plan(want(("ml", ["alice"])), cur, parent="root", created_users={"alice"})
 
     assert ops_of(result) == [(SET_DEFAULT, C1, "ml", ("alice",))]
 
@@ -262,7 +282,7 @@ def test_removals_for_which_the_account_is_the_default_go_in_their_own_call():
     # slurmdbd refuses one call removing bob (ml not his default) and dave (ml his default, his last).
     cur = current({"ml": ["bob", "dave"], "hpc": ["bob"]}, defaults={"bob": "hpc", "dave": "ml"})
 
-    result = slurm.plan(want(("hpc", ["bob"])), cur, parent="root", created_users={"bob", "dave"})
+    result = plan(want(("hpc", ["bob"])), cur, parent="root", created_users={"bob", "dave"})
 
     assert ops_of(result, REMOVE_USERS) == [(REMOVE_USERS, C1, "ml", ("bob",)), (REMOVE_USERS, C1, "ml", ("dave",))]
 
@@ -270,12 +290,12 @@ def test_removals_for_which_the_account_is_the_default_go_in_their_own_call():
 def test_empty_managed_accounts_are_kept_unless_pruned():
     cur = current({"ml": ["alice"], "old": ["bob"], "busy": ["carol"], "parent": []},
                   parents={"sub": "parent"}, other_clusters=None)
-    cur = Current(cur.clusters, {**cur.accounts, "sub": AccountRow("sub", "physics", "")},
+    cur = Current(cur.clusters, {**cur.accounts, "sub": AccountRow("sub", "physics")},
                   cur.users, cur.assocs + (AssocRow(C1, "sub", "", "", "parent"),))
     wanted_ = want(("ml", ["alice"]))
 
-    kept = slurm.plan(wanted_, cur, parent="root", created_users={"bob"}, prune_accounts=False)
-    pruned = slurm.plan(wanted_, cur, parent="root", created_users={"bob"}, prune_accounts=True)
+    kept = plan(wanted_, cur, parent="root", created_users={"bob"}, prune_accounts=False)
+    pruned = plan(wanted_, cur, parent="root", created_users={"bob"}, prune_accounts=True)
 
     assert ops_of(kept, REMOVE_ACCOUNT) == []
     # old empties now -> removed; busy keeps carol (not ours, her last) -> kept; parent has a sub-account.
@@ -288,7 +308,7 @@ def test_empty_managed_accounts_are_kept_unless_pruned():
 def test_an_account_also_on_an_unreconciled_cluster_is_pruned_on_ours_only():
     cur = current({"old": []}, other_clusters={"far": {"old": ["zed"]}})
 
-    result = slurm.plan(want(), cur, parent="root", prune_accounts=True)
+    result = plan(want(), cur, parent="root", prune_accounts=True)
 
     assert ops_of(result) == [(REMOVE_ACCOUNT, C1, "old", ())]
     assert result.operations[0].args() == ["remove", "account", "where", "name=old", "cluster=c1"]
@@ -297,7 +317,7 @@ def test_an_account_also_on_an_unreconciled_cluster_is_pruned_on_ours_only():
 def test_a_managed_account_under_another_parent_is_moved():
     cur = current({"ml": ["alice"], "top": []}, orgs={"top": "site"}, parents={"ml": "root"})
 
-    result = slurm.plan(want(("ml", ["alice"])), cur, parent="top")
+    result = plan(want(("ml", ["alice"])), cur, parent="top")
 
     assert ops_of(result) == [(SET_PARENT, C1, "ml", ())]
     assert result.operations[0].args() == ["modify", "account", "where", "name=ml", "cluster=c1", "set",
@@ -306,13 +326,13 @@ def test_a_managed_account_under_another_parent_is_moved():
 
 def test_a_missing_parent_account_stops_the_plan():
     with pytest.raises(PlanError, match="coreweave_slurm_parent_account 'top' does not exist on cluster 'c1'"):
-        slurm.plan(want(("ml", ["alice"])), current(), parent="top")
+        plan(want(("ml", ["alice"])), current(), parent="top")
 
 
 def test_every_cluster_gets_the_same_accounts_and_users_are_created_once():
     cur = current(clusters=(C1, C2))
 
-    result = slurm.plan(want(("ml", ["alice"])), cur, parent="root")
+    result = plan(want(("ml", ["alice"])), cur, parent="root")
 
     assert ops_of(result) == [(ADD_ACCOUNT, C1, "ml", ()), (ADD_ACCOUNT, C2, "ml", ()),
                               (ADD_USERS, C1, "ml", ("alice",)), (ADD_USERS, C2, "ml", ("alice",))]
@@ -325,7 +345,7 @@ def test_a_partition_only_association_gets_the_general_one():
     cur = Current(cur.clusters, cur.accounts, {**cur.users, "alice": UserRow("alice", "None", ((C1, "ml"),))},
                   cur.assocs)
 
-    result = slurm.plan(want(("ml", ["alice"])), cur, parent="root")
+    result = plan(want(("ml", ["alice"])), cur, parent="root")
 
     assert ops_of(result) == [(ADD_USERS, C1, "ml", ("alice",))]
 
@@ -334,7 +354,7 @@ def test_calls_grow_with_accounts_not_users():
     members = [f"user{i:05d}" for i in range(10_000)]
     wanted_ = want(*((f"acct{k}", members[k::5]) for k in range(5)))
 
-    result = slurm.plan(wanted_, current(), parent="root")
+    result = plan(wanted_, current(), parent="root")
 
     assert len(result.operations) == 5 + 5  # accounts, then one add per account
     assert sum(len(op.users) for op in result.operations) == 10_000
@@ -343,7 +363,7 @@ def test_calls_grow_with_accounts_not_users():
 def test_names_are_batched_by_bytes():
     members = [f"user{i:05d}" for i in range(100)]  # 9 bytes each, 10 with the comma
 
-    result = slurm.plan(want(("ml", members)), current(), parent="root", arg_bytes=99)
+    result = plan(want(("ml", members)), current(), parent="root", arg_bytes=99)
 
     adds = [op for op in result.operations if op.kind == ADD_USERS]
     assert [len(op.users) for op in adds] == [10] * 10
@@ -378,9 +398,9 @@ def test_names_that_are_sacctmgr_keywords_are_passed_as_values(op, argv):
 def test_shrink_guard_counts_users_leaving_every_managed_account():
     cur = current({"ml": ["a", "b", "c", "d"]})
 
-    small = slurm.plan(want(("ml", ["a", "b", "c"])), cur, parent="root", created_users="abcd")
-    large = slurm.plan(want(("ml", ["a", "b"])), cur, parent="root", created_users="abcd")
-    everyone = slurm.plan(want(), cur, parent="root", created_users="abcd")
+    small = plan(want(("ml", ["a", "b", "c"])), cur, parent="root", created_users="abcd")
+    large = plan(want(("ml", ["a", "b"])), cur, parent="root", created_users="abcd")
+    everyone = plan(want(), cur, parent="root", created_users="abcd")
 
     assert slurm.shrink_problem(small, 0.25) is None
     assert slurm.shrink_problem(large, 0.25).startswith(
@@ -388,13 +408,13 @@ def test_shrink_guard_counts_users_leaving_every_managed_account():
     assert "--accept-shrink" in slurm.shrink_problem(large, 0.25)
     # Emptying every managed account is refused even with the ratio guard off.
     assert slurm.shrink_problem(everyone, 1.0).startswith("refusing to remove all 4 users")
-    assert slurm.shrink_problem(slurm.plan(want(("ml", ["a"])), current(), parent="root"), 0.0) is None
+    assert slurm.shrink_problem(plan(want(("ml", ["a"])), current(), parent="root"), 0.0) is None
 
 
 def test_moving_between_managed_accounts_is_not_a_shrink():
     cur = current({"ml": ["a", "b"], "hpc": []})
 
-    result = slurm.plan(want(("ml", []), ("hpc", ["a", "b"])), cur, parent="root", created_users="ab")
+    result = plan(want(("ml", []), ("hpc", ["a", "b"])), cur, parent="root", created_users="ab")
 
     assert result.losing_users == frozenset()
     assert slurm.shrink_problem(result, 0.0) is None
@@ -464,32 +484,77 @@ def test_sacctmgr_failures_are_named_and_classified(answer, error, words):
     s = Sacctmgr(timeout=5, run=runner({"show": answer}))
 
     with pytest.raises(error) as caught:
-        s.read(["show", "cluster"], "reading clusters")
+        s.read(["show", "cluster"], "reading clusters", 1)
 
     assert words in str(caught.value)
     assert str(caught.value).startswith("reading clusters: ")
 
 
+SLURMDBD = {
+    "show cluster": "c1\nc2\n",
+    "show account": "root|root\nml|nsscache-coreweave\nodd|x\n",
+    "show association": "c1|root|||\nc1|root|root||\nc1|ml|||root\nc1|ml|alice||\nc2|ml|bob|gpu|\n",
+    "show user cluster=c1": "root|root|Administrator\nalice|ml|None\nbob||None\n",
+}
+
+
 def test_read_builds_the_current_state_with_few_calls():
     seen = []
-    s = Sacctmgr(run=runner({
-        "show cluster": "c1\nc2\n",
-        "show account": "root|root|default root account\nml|nsscache-coreweave|coreweave iam group ml\n"
-                        "odd|x|a|b\n",
-        "show association": "c1|root|||\nc1|root|root||\nc1|ml|||root\nc1|ml|alice||\nc2|ml|bob|gpu|\n",
-        "show user cluster=c1": "root|root|Administrator\nalice|ml|None\nbob||None\n",
-    }, seen))
+    s = Sacctmgr(run=runner(SLURMDBD, seen))
 
     cur = slurm.read(s, ("c1",), environ={})
 
     assert cur.clusters == ("c1",)
-    assert cur.accounts["odd"] == AccountRow("odd", "x", "a|b")
-    assert cur.accounts["ml"].managed and not cur.accounts["root"].managed
+    assert cur.accounts == {"root": AccountRow("root", "root"), "ml": AccountRow("ml", MARKER),
+                            "odd": AccountRow("odd", "x")}
     assert AssocRow("c2", "ml", "bob", "gpu", "") in cur.assocs  # every cluster's associations
     assert cur.users["alice"] == UserRow("alice", "None", (("c1", "ml"),))
     assert cur.users["root"].protected and not cur.users["bob"].protected
     assert s.reads == 4 and s.writes == 0
     assert seen[0] == ["sacctmgr", "-n", "-P", "show", "cluster", "format=cluster"]
+    # No free text is read: a description can hold anything.
+    assert seen[1] == ["sacctmgr", "-n", "-P", "show", "account", "format=account,organization"]
+
+
+@pytest.mark.parametrize("listing, output, line, problem", [
+    # An organization holding a line break and a forged row naming an existing account.
+    ("account", "root|root\nlab|physics\nsub|x\nlab|nsscache-coreweave\n", 4, "repeats 'lab'"),
+    # ... or a forged row with a third field (a description-shaped tail).
+    ("account", "root|root\nsub|notes\nlab|nsscache-coreweave|x\n", 3, "has 3 fields, not 2"),
+    ("account", "root|root\na|b|a|b\n", 2, "has 4 fields, not 2"),
+    ("account", "root|root\ntab\tx|y\n", 2, "holds a control character"),
+    ("account", "root|root\nml|x\r\n", 2, "holds a control character"),
+    ("account", "root|root\n|x\n", 2, "has an empty name"),
+    # A user name holding a line break splits its association row.
+    ("association", "c1|root|||\nc1|lab|u\nv||\n", 2, "has 3 fields, not 5"),
+    ("association", "c1|root|||\nc1|lab|x||\nc1|lab|x||\n", 3, "repeats 'c1|lab|x|'"),
+    ("user", "root|root|Administrator\nu|v|lab|None\n", 2, "has 4 fields, not 3"),
+])
+def test_an_ambiguous_listing_stops_the_run(listing, output, line, problem):
+    answers = {k: v for k, v in SLURMDBD.items() if not k.startswith(f"show {listing}")}
+    s = Sacctmgr(run=runner({**answers, f"show {listing}": output}))
+
+    with pytest.raises(slurm.SlurmListingError) as caught:
+        slurm.read(s, ("c1",), environ={})
+
+    assert (caught.value.listing, caught.value.line) == (listing, line)
+    assert caught.value.problem.startswith(problem)
+    assert s.writes == 0
+
+
+def test_sacctmgr_runs_without_the_token():
+    seen_env = []
+
+    def run(argv, **kwargs):
+        seen_env.append(kwargs["env"])
+        return subprocess.CompletedProcess(argv, 0, "c1\n", "")
+
+    environ = {"PATH": "/usr/bin", "SLURM_CONF": "/etc/slurm/slurm.conf", "SLURM_TIME_FORMAT": "standard",
+               "NSSCACHE_COREWEAVE_TOKEN": "cw-secret", "HTTPS_PROXY": "http://user:pw@proxy", "LANG": "C.UTF-8"}
+    Sacctmgr(run=run, environ=environ).read(["show", "cluster", "format=cluster"], "reading clusters", 1)
+
+    assert seen_env == [{"PATH": "/usr/bin", "SLURM_CONF": "/etc/slurm/slurm.conf", "SLURM_TIME_FORMAT": "standard",
+                         "LANG": "C.UTF-8"}]
 
 
 def test_clusters_default_to_slurmdbd_then_slurm_conf(tmp_path):
@@ -522,30 +587,70 @@ def test_state_is_written_atomically_and_root_only(tmp_path):
     assert [p.name for p in (tmp_path / "state").iterdir()] == [slurm.STATE_FILE]
 
 
-def test_an_unreadable_state_means_nothing_is_ours(tmp_path, caplog):
+def test_an_unreadable_state_stops_the_run(tmp_path):
     (tmp_path / slurm.STATE_FILE).write_text("{not json")
 
-    assert slurm.load_state(str(tmp_path)) == SlurmState()
-    assert slurm.load_state(str(tmp_path / "none")) == SlurmState()
-    assert "no Slurm user counts as created" in caplog.text
+    with pytest.raises(slurm.SlurmStateError) as caught:
+        slurm.load_state(str(tmp_path))
+
+    assert caught.value.path == str(tmp_path / slurm.STATE_FILE)
+    assert caught.value.problem == "cannot be read (JSONDecodeError)"
+    assert "Restore it from a backup" in caught.value.fix
+    assert (tmp_path / slurm.STATE_FILE).read_text() == "{not json"
 
 
-def test_apply_records_created_users_step_by_step_and_names_the_failed_step():
-    plan = slurm.Plan(operations=(
+def test_no_state_is_no_record():
+    assert slurm.load_state("/nonexistent/state") is None
+
+
+def test_apply_records_created_users_and_accounts_before_creating_them():
+    plan_ = slurm.Plan(operations=(
         Operation(ADD_ACCOUNT, C1, "ml", parent="root", creates_account=True),
+        Operation(ADD_USERS, C1, "ml", ("alice", "bob"), new_users=("alice",)),
+    ))
+    events = []
+    s = Sacctmgr(run=runner({}, events))
+
+    slurm.apply(plan_, s, SlurmState(), events.append)
+
+    # A run stopped right after a creating call (SIGTERM, a timeout) has it recorded already.
+    assert events == [
+        SlurmState(frozenset(), frozenset({"ml"})),
+        ["sacctmgr", "-i", "add", "account", "name=ml", "cluster=c1", "parent=root", f"organization={MARKER}",
+         "description="],
+        SlurmState(frozenset({"alice"}), frozenset({"ml"})),
+        ["sacctmgr", "-i", "add", "user", "name=alice,bob", "account=ml", "cluster=c1"],
+    ]
+
+
+def test_a_failed_step_is_named_and_what_it_did_not_create_is_forgotten():
+    plan_ = slurm.Plan(operations=(
         Operation(ADD_USERS, C1, "ml", ("alice", "bob"), new_users=("alice", "bob")),
         Operation(ADD_USERS, C1, "hpc", ("carol", "dave"), new_users=("carol", "dave")),
     ))
     saved = []
-    s = Sacctmgr(run=runner({"account=hpc": (1, "", "sacctmgr: error: boom"), "show user": "alice\nbob\ncarol\n"}))
+    s = Sacctmgr(run=runner({"account=hpc": (1, "", "sacctmgr: error: boom"), "show user": "alice\nbob\ncarol\n",
+                             "show account": "ml\nhpc\n"}))
 
     with pytest.raises(SlurmStepError) as caught:
-        slurm.apply(plan, s, SlurmState(), saved.append)
+        slurm.apply(plan_, s, SlurmState(), saved.append)
 
-    assert str(caught.value).startswith("step 3 of 3 (add users hpc 2 user(s) on cluster c1): sacctmgr failed")
+    assert str(caught.value).startswith("step 2 of 2 (add users hpc 2 user(s) on cluster c1): sacctmgr failed")
     assert "a rerun continues from there" in str(caught.value)
-    # carol was created before the failure: recorded too.
-    assert saved[-1] == SlurmState(frozenset({"alice", "bob", "carol"}), frozenset({"ml"}))
+    # carol was created before the failure: kept; dave was not: forgotten.
+    assert saved[-1] == SlurmState(frozenset({"alice", "bob", "carol"}), frozenset())
+
+
+def test_a_failed_step_keeps_the_record_when_slurmdbd_cannot_say():
+    plan_ = slurm.Plan(operations=(Operation(ADD_USERS, C1, "ml", ("alice",), new_users=("alice",)),))
+    saved = []
+    s = Sacctmgr(run=runner({"account=ml": (1, "", "sacctmgr: error: boom"),
+                             "show user": (1, "", "sacctmgr: error: Connection refused")}))
+
+    with pytest.raises(SlurmStepError):
+        slurm.apply(plan_, s, SlurmState(), saved.append)
+
+    assert saved == [SlurmState(frozenset({"alice"}), frozenset())]
 
 
 # --- sync() ------------------------------------------------------------------------------------------------
@@ -554,7 +659,7 @@ def test_apply_records_created_users_step_by_step_and_names_the_failed_step():
 def fake_slurmdbd(seen):
     return Sacctmgr(run=runner({
         "show cluster": "c1\n",
-        "show account": "root|root|default root account\nml|nsscache-coreweave|x\n",
+        "show account": "root|root\nml|nsscache-coreweave\n",
         "show association": "c1|root|||\nc1|root|root||\nc1|ml|||root\nc1|ml|a||\nc1|ml|b||\nc1|ml|c||\n",
         "show user": "root|root|Administrator\na|ml|None\nb|ml|None\nc|ml|None\n",
     }, seen))
@@ -565,8 +670,15 @@ def settings(tmp_path, **slurm_keys):
                            allowed_groups=("ml",))
 
 
+def record(tmp_path, users: Iterable[str] = (), accounts: Iterable[str] = ("ml",)) -> bytes:
+    """The package's record in ``tmp_path``; returns the file's bytes."""
+    slurm.save_state(str(tmp_path), SlurmState(frozenset(users), frozenset(accounts)))
+    return (tmp_path / slurm.STATE_FILE).read_bytes()
+
+
 def test_sync_dry_run_prints_commands_and_writes_nothing(tmp_path, capsys):
     seen = []
+    before = record(tmp_path)
 
     result = slurm.sync(directory(("ml", ["a", "b", "c", "d"])), settings(tmp_path), sacctmgr=fake_slurmdbd(seen),
                         dry_run=True, out=None)
@@ -574,19 +686,21 @@ def test_sync_dry_run_prints_commands_and_writes_nothing(tmp_path, capsys):
     assert capsys.readouterr().out == "sacctmgr -i add user name=d account=ml cluster=c1\n"
     assert [op.kind for op in result.operations] == [ADD_USERS]
     assert all(argv[1] == "-n" for argv in seen)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [slurm.STATE_FILE]
+    assert (tmp_path / slurm.STATE_FILE).read_bytes() == before
 
 
 def test_sync_dry_run_shows_keyword_names_as_name_values(tmp_path, capsys):
     # Accounts "where" and "set" (set under where), users "set" and "where": set leaves where, alice comes.
     s = Sacctmgr(run=runner({
         "show cluster": "c1\n",
-        "show account": "root|root|default root account\nwhere|nsscache-coreweave|x\nset|nsscache-coreweave|y\n",
+        "show account": "root|root\nwhere|nsscache-coreweave\nset|nsscache-coreweave\n",
         "show association": "c1|root|||\nc1|root|root||\nc1|where|||root\nc1|where|set||\nc1|where|where||\n"
                             "c1|set|||where\n",
         "show user": "root|root|Administrator\nset|where|None\nwhere|where|None\n",
     }))
     config = SimpleNamespace(**{**vars(settings(tmp_path)), "allowed_groups": ("where", "set")})
+    record(tmp_path, accounts=("where", "set"))
 
     slurm.sync(directory(("where", ["where"]), ("set", ["set", "alice"])), config, sacctmgr=s, dry_run=True)
 
@@ -602,7 +716,7 @@ def test_sync_dry_run_shows_keyword_names_as_name_values(tmp_path, capsys):
 def test_sync_dry_run_shows_new_keyword_accounts_as_name_values(tmp_path, capsys):
     s = Sacctmgr(run=runner({
         "show cluster": "c1\n",
-        "show account": "root|root|default root account\n",
+        "show account": "root|root\n",
         "show association": "c1|root|||\nc1|root|root||\n",
         "show user": "root|root|Administrator\n",
     }))
@@ -622,7 +736,7 @@ def test_sync_dry_run_shows_new_keyword_accounts_as_name_values(tmp_path, capsys
 
 def test_sync_applies_and_records(tmp_path):
     seen = []
-    slurm.save_state(str(tmp_path), SlurmState(frozenset({"a", "gone"}), frozenset()))
+    record(tmp_path, users={"a", "gone"})
 
     slurm.sync(directory(("ml", ["a", "b", "c", "d"])), settings(tmp_path), sacctmgr=fake_slurmdbd(seen))
 
@@ -633,7 +747,7 @@ def test_sync_applies_and_records(tmp_path):
 
 def test_sync_refuses_a_large_shrink_unless_accepted(tmp_path):
     seen = []
-    slurm.save_state(str(tmp_path), SlurmState(frozenset("abc"), frozenset()))
+    record(tmp_path, users="abc")
     with pytest.raises(GuardError, match="refusing to remove 2 of 3 users"):
         slurm.sync(directory(("ml", ["a"])), settings(tmp_path), sacctmgr=fake_slurmdbd(seen))
     assert all(argv[1] == "-n" for argv in seen)
