@@ -22,8 +22,10 @@ WRAPPER = """#!/bin/sh
 # Records argv (one line, fields separated by US), then runs the real sacctmgr.
 for a in "$@"; do printf '%s\\037' "$a"; done >> "{log}"
 echo >> "{log}"
-if [ -n "$SACCTMGR_FAIL_ON" ]; then
-    case "$*" in *"$SACCTMGR_FAIL_ON"*)
+# sacctmgr runs with a cleaned environment: the failure to inject is read from a file.
+fail_on=$(cat "{log}.fail-on" 2>/dev/null)
+if [ -n "$fail_on" ]; then
+    case "$*" in *"$fail_on"*)
         echo "sacctmgr: error: injected failure" >&2; exit 1;;
     esac
 fi
@@ -142,7 +144,7 @@ def test_hand_made_accounts_users_and_admins_are_left_alone(site, iam):
 
     # The group mapping to a hand-made account is a conflict: reported, exit 1, the rest applied.
     assert result.returncode == 1
-    assert "account 'hpc' (from group hpc) exists and is not managed by nsscache-coreweave" in result.stderr
+    assert "account 'hpc' (from group hpc) exists and was not created by nsscache-coreweave" in result.stderr
     assert "ops: root or a Slurm administrator, left alone" in result.stderr
     view = stack.associations()
     assert view["hpc"] == {"zed"}  # no bob: not ours to fill
@@ -200,9 +202,10 @@ def test_slurmdbd_stopped_is_a_clear_error_and_changes_nothing(site):
 
 
 def test_a_failed_step_names_it_and_a_rerun_converges(site):
-    wrap(site)
+    log = wrap(site)
+    Path(f"{log}.fail-on").write_text("account=hpc")
 
-    failed = site.sync(env={"SACCTMGR_FAIL_ON": "account=hpc"})
+    failed = site.sync()
 
     assert failed.returncode == 1
     assert "step 4 of 4 (add users hpc 2 user(s) on cluster testcluster): sacctmgr failed" in failed.stderr
@@ -211,6 +214,7 @@ def test_a_failed_step_names_it_and_a_rerun_converges(site):
     assert site.stack.associations().get("hpc") == set()  # created, empty
     assert json.loads((site.state_dir / "coreweave-slurm-state.json").read_text())["users"] == ["alice", "bob", "carol"]
 
+    Path(f"{log}.fail-on").unlink()
     rerun = site.sync()
 
     assert rerun.returncode == 0, rerun.stderr
