@@ -414,6 +414,22 @@ def test_group_names_are_matched_exactly():
     assert (directory.accounts, directory.groups, directory.missing_groups) == ((), (), ("slurm-users",))
 
 
+def test_group_named_with_a_listed_prefix_stays_off_the_node():
+    """coreweave_groups names whole groups: neither slurm-users-evil (which a listed name
+    prefixes) nor slurm (a prefix of a listed name) is slurm-users, so neither is
+    written, and a member of only those gets no account."""
+    users = [user(), user("u-eve", "eve", 20005)]
+    groups = [
+        group("g-1", "slurm-users", 30001, ["u-alice"]),
+        group("g-2", "slurm-users-evil", 30066, ["u-alice", "u-eve"]),
+        group("g-3", "slurm", 30067, ["u-eve"]),
+    ]
+    directory = decide(users, groups)
+    assert directory.accounts == (ALICE_ACCOUNT,)
+    assert directory.groups == (PosixGroup("slurm-users", 30001, ("alice",)),)
+    assert (directory.drops, directory.missing_groups) == ((), ())
+
+
 def test_star_allows_every_group():
     groups = [group("g-1", "slurm-users", 30001, ["u-alice"]), group("g-2", "contractors", 30002, ["u-eve"])]
     directory = decide([user(), user("u-eve", "eve", 20005)], groups, allowed="*")
@@ -616,6 +632,45 @@ def test_user_clashing_with_a_local_account_is_dropped(name, uid, reason):
     assert names(directory) == ["alice"]
     assert directory.drops == (Drop("user", name, reason),)
     assert directory.groups == (PosixGroup("slurm-users", 30001, ("alice",)),)
+
+
+# A node whose local uids are no local gids and the reverse: svc-backup's uid 20105
+# is no group's gid, hpc-admins' gid 20999 no account's uid.
+UNPAIRED_IDS_NODE = LocalAccounts(
+    user_names=frozenset({"root", "svc-backup"}),
+    uids=frozenset({0, 20105}),
+    group_names=frozenset({"root", "hpc-admins"}),
+    gids=frozenset({0, 20999}),
+)
+
+
+def test_user_holding_the_uid_of_a_local_account_is_dropped_though_no_local_group_has_it_as_gid():
+    directory = decide_on_node([user(), user("u-x", "mallory", 20105, 20009)], local=UNPAIRED_IDS_NODE)
+    assert names(directory) == ["alice"]
+    assert directory.drops == (Drop("user", "mallory", "uid 20105 belongs to a local account of this node"),)
+    assert directory.drops[0].code == "local_clash"
+
+
+def test_user_whose_uid_is_only_the_gid_of_a_local_group_is_kept():
+    # uids and gids are separate numbers: only the primary gid is checked against local groups.
+    directory = decide_on_node([user(), user("u-bob", "bob", 20999, 20998, gecos="Bob Jones")], local=UNPAIRED_IDS_NODE)
+    assert directory.accounts == (ALICE_ACCOUNT, Account("bob", 20999, 20998, "Bob Jones", "/home/bob", "/bin/bash", ()))
+    assert directory.drops == ()
+
+
+def test_group_holding_the_gid_of_a_local_group_is_dropped_though_no_local_account_has_it_as_uid():
+    groups = [group(), group("g-x", "admins", 20999, ["u-alice"])]
+    directory = decide_on_node([user()], groups, allowed="slurm-users, admins", local=UNPAIRED_IDS_NODE)
+    assert directory.groups == (PosixGroup("slurm-users", 30001, ("alice",)),)
+    assert directory.drops == (Drop("group", "admins", "gid 20999 belongs to a local group of this node"),)
+    assert directory.drops[0].code == "local_clash"
+
+
+def test_group_whose_gid_is_only_the_uid_of_a_local_account_is_kept():
+    groups = [group(), group("g-x", "admins", 20105, ["u-alice"])]
+    directory = decide_on_node([user()], groups, allowed="slurm-users, admins", local=UNPAIRED_IDS_NODE)
+    assert directory.groups == (PosixGroup("admins", 20105, ("alice",)), PosixGroup("slurm-users", 30001, ("alice",)))
+    assert directory.drops == ()
 
 
 def test_root_with_uid_0_is_dropped_for_its_uid_first():

@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 
 from nss_cache_coreweave.sshkeys import DEFAULT_KEY_TYPES, InvalidKey, normalise
-from unit_keys import body, dsa_key, ecdsa_key, ed25519_key, rsa_key, sk_ecdsa_key, sk_ed25519_key
+from unit_keys import (
+    body, dsa_key, ecdsa_key, ecdsa_key_naming_another_curve, ed25519_key, rsa_key, sk_ecdsa_key, sk_ed25519_key,
+)
 
 VALID = {
     "ed25519": lambda: ed25519_key(),
@@ -137,6 +139,8 @@ def test_hostile_key_is_refused_with_its_reason(make_line, reason):
         pytest.param(lambda: _mismatch("sk-ssh-ed25519@openssh.com", ed25519_key()), "sk-ssh-ed25519@openssh.com", id="sk-claiming-plain-body"),
         pytest.param(lambda: _mismatch("ssh-ed25519", sk_ed25519_key()), "ssh-ed25519", id="plain-claiming-sk-body"),
         pytest.param(lambda: _mismatch("ssh-rsa", dsa_key()), "ssh-rsa", id="rsa-claiming-dsa-body"),
+        pytest.param(lambda: ecdsa_key_naming_another_curve("ecdsa-sha2-nistp256", "nistp384"), "ecdsa-sha2-nistp256",
+                     id="p256-body-naming-the-p384-curve"),
         pytest.param(lambda: "ssh-ed25519 AAAA", "ssh-ed25519", id="valid-base64-not-a-key"),
         pytest.param(lambda: f"ssh-ed25519 {body(ed25519_key())[:-8]}", "ssh-ed25519", id="truncated-body"),
     ],

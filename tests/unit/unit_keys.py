@@ -73,6 +73,17 @@ def sk_ecdsa_key() -> str:
     return _wire("sk-ecdsa-sha2-nistp256@openssh.com", b"nistp256", point, b"ssh:")
 
 
+@functools.lru_cache(maxsize=None)
+def ecdsa_key_naming_another_curve(key_type: str = "ecdsa-sha2-nistp256", curve: str = "nistp384") -> str:
+    """An ECDSA blob whose type string says ``key_type`` while its curve name
+    field (and point) say ``curve`` (RFC 5656 §3.1: string type, string curve, string Q)."""
+    curves = {"nistp256": ec.SECP256R1(), "nistp384": ec.SECP384R1(), "nistp521": ec.SECP521R1()}
+    point = ec.generate_private_key(curves[curve]).public_key().public_bytes(
+        Encoding.X962, PublicFormat.UncompressedPoint
+    )
+    return _wire(key_type, curve.encode("ascii"), point)
+
+
 def body(key: str) -> str:
     """The base64 field of ``type base64``."""
     return key.split()[1]
