@@ -222,6 +222,22 @@ def test_only_members_of_allowed_groups_are_kept_but_every_user_is_counted():
     assert [g.id for g in snap.groups] == ["g1", "g2"]
 
 
+def test_a_group_named_with_a_listed_prefix_brings_no_members():
+    cfg = configured()  # coreweave_groups = slurm-users
+    groups = [
+        {"id": "g1", "sunkPosixGroupName": "slurm-users", "members": [{"value": "u1"}]},
+        {"id": "g2", "sunkPosixGroupName": "slurm-users-evil", "members": [{"value": "u2"}]},
+        {"id": "g3", "sunkPosixGroupName": "slurm", "members": [{"value": "u3"}]},
+    ]
+    users = [{"id": "u1"}, {"id": "u2"}, {"id": "u3"}]
+    transport = ScriptedTransport(page(groups), page(users))
+
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
+
+    assert [u.id for u in snap.users] == ["u1"]
+    assert [(g.id, g.members) for g in snap.groups] == [("g1", (Member("u1", None),)), ("g2", ()), ("g3", ())]
+
+
 def test_other_groups_keep_their_gid_and_their_members_among_the_wanted_users():
     # The primary-gid rule needs every IAM group's gid and whether a wanted user belongs to it.
     cfg = configured()  # coreweave_groups = slurm-users
