@@ -656,13 +656,17 @@ def test_a_failed_step_keeps_the_record_when_slurmdbd_cannot_say():
 # --- sync() ------------------------------------------------------------------------------------------------
 
 
-def fake_slurmdbd(seen):
-    return Sacctmgr(run=runner({
-        "show cluster": "c1\n",
-        "show account": "root|root\nml|nsscache-coreweave\n",
-        "show association": "c1|root|||\nc1|root|root||\nc1|ml|||root\nc1|ml|a||\nc1|ml|b||\nc1|ml|c||\n",
-        "show user": "root|root|Administrator\na|ml|None\nb|ml|None\nc|ml|None\n",
-    }, seen))
+FAKE_SLURMDBD = {
+    "show cluster": "c1\n",
+    "show account": "root|root\nml|nsscache-coreweave\n",
+    "show association": "c1|root|||\nc1|root|root||\nc1|ml|||root\nc1|ml|a||\nc1|ml|b||\nc1|ml|c||\n",
+    "show user": "root|root|Administrator\na|ml|None\nb|ml|None\nc|ml|None\n",
+}
+
+
+def fake_slurmdbd(seen, **answers):
+    """slurmdbd with account ml holding a, b and c; ``answers`` come first."""
+    return Sacctmgr(run=runner({**answers, **FAKE_SLURMDBD}, seen))
 
 
 def settings(tmp_path, **slurm_keys):
@@ -808,3 +812,56 @@ def test_slurm_key_mistakes_are_reported(key, value, message):
 
 def test_the_slurm_keys_do_not_warn_in_the_maps():
     assert parse(slurm_cluster="c1").warnings == ()
+
+
+def test_a_missing_record_with_labelled_accounts_stops_the_run(tmp_path):
+    with pytest.raises(slurm.SlurmStateError) as caught:
+        slurm.sync(directory(("ml", ["a"])), settings(tmp_path), sacctmgr=fake_slurmdbd([]))
+
+    assert caught.value.problem.startswith("is missing, yet slurmdbd holds accounts labelled nsscache-coreweave (ml)")
+    assert "nsscache-coreweave slurm-sync --adopt-account ml" in caught.value.fix
+    assert not (tmp_path / slurm.STATE_FILE).exists()
+
+
+def test_a_first_run_needs_no_record(tmp_path):
+    s = Sacctmgr(run=runner({"show cluster": "c1\n", "show account": "root|root\nlab|physics\n",
+                             "show association": "c1|root|||\nc1|lab|||root\n", "show user": "root|root|Administrator\n"}))
+
+    slurm.sync(directory(("ml", ["a"])), settings(tmp_path), sacctmgr=s)
+
+    assert slurm.load_state(str(tmp_path)) == SlurmState(frozenset({"a"}), frozenset({"ml"}))
+    assert slurm.last_run_of(str(tmp_path))["operations"] == 2
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("root", "--adopt-account root: root and the parent account are never managed"),
+    ("nosuch", "--adopt-account nosuch: no such Slurm account"),
+])
+def test_only_an_existing_ordinary_account_can_be_adopted(tmp_path, name, problem):
+    with pytest.raises(PlanError, match=problem):
+        slurm.sync(directory(("ml", ["a"])), settings(tmp_path), sacctmgr=fake_slurmdbd([]), adopt_accounts=[name])
+
+
+def test_an_adopted_account_reports_its_limits_and_extra_users(tmp_path):
+    seen = []
+    limits = ["|".join(["ml", "c1", "", "1"] + [""] * 9), "|".join(["ml", "c1", "b"] + [""] * 7 + ["cpu=4", "", ""])]
+    s = fake_slurmdbd(seen, **{"show association where": "\n".join(limits) + "\n"})
+
+    result = slurm.sync(directory(("ml", ["a"])), settings(tmp_path), sacctmgr=s, adopt_accounts=["ml"],
+                        accept_shrink=True, dry_run=True)
+
+    assert result.notes[:3] == (
+        "adopted account ml: users not in its IAM groups lose their association: b, c",
+        "adopted account ml: limits set before adoption are kept, review them: GrpJobs=1 on cluster c1",
+        "adopted account ml: limits set before adoption are kept, review them: MaxTRES=cpu=4 on cluster c1 for user b",
+    )
+    assert ["sacctmgr", "-n", "-P", "show", "association", "where", "account=ml",
+            "format=account,cluster,user," + ",".join(slurm.LIMITS)] in seen
+
+
+def test_the_summary_names_users_whose_last_association_is_kept():
+    result = slurm.Plan(operations=(Operation(REMOVE_USERS, C1, "ml", ("b",)),), managed_users=frozenset("abc"),
+                        kept_users=frozenset({"c", "a"}))
+
+    assert slurm.summary(result) == ("1 sacctmgr call(s) (remove associations: 1), 3 managed users; last association "
+                                     "kept (not created by nsscache-coreweave) for 2 user(s): a, c")
