@@ -1,7 +1,7 @@
 """nsscache-coreweave-keys: sshd's AuthorizedKeysCommand for the caches nsscache writes.
 
     AuthorizedKeysCommand /usr/local/sbin/nsscache-coreweave-keys %u %f
-    AuthorizedKeysCommandUser nobody
+    AuthorizedKeysCommandUser nsscache-keys
 
 ``nsscache-coreweave-keys [options] USER [FINGERPRINT]`` prints USER's public keys
 from ``sshkey.cache``, one per line, and nothing else:
@@ -38,7 +38,10 @@ Start-up cost matters (sshd runs this on every authentication attempt): the modu
 imports only ``os``, ``sys``, ``time``, ``binascii`` and ``marker`` on the lookup path (plus a SHA-256
 or MD5 implementation for FINGERPRINT); ``configparser`` only with ``-c``, ``ast``
 only for a key that Python wrote with backslash escapes. Run it through the wrapper
-``--install-wrapper`` writes: pip's console-script wrapper imports ``re``.
+``--install-wrapper`` writes: pip's console-script wrapper imports ``re``. That option and
+``--check-path`` check, through sshd_path.py (imported only for them), that sshd may run the
+wrapper and that everything it runs and imports is as safe as sshd requires of the wrapper
+itself, then try it as the AuthorizedKeysCommandUser.
 """
 
 import binascii
@@ -720,32 +723,13 @@ def _number(what, text):
 
 
 def sshd_path_problems(path):
-    """Why sshd would refuse path as an AuthorizedKeysCommand (empty when it would not):
-    an absolute path to a regular file; the file and every parent directory owned by root and
-    not group- or world-writable (OpenSSH's safe_path)."""
-    if not os.path.isabs(path):
-        return ["%s is not an absolute path" % path]
-    problems = []
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        return ["%s: %s" % (path, e.strerror or e)]
-    import stat
+    """Why sshd would refuse path as an AuthorizedKeysCommand (empty when it would not), one
+    line each: an absolute path to a regular file; the file and every directory on the way
+    owned by root and not group- or world-writable (OpenSSH's safe_path). The interpreter
+    and what it imports are checked by sshd_path.check_wrapper()."""
+    from . import sshd_path
 
-    if not stat.S_ISREG(st.st_mode):
-        problems.append("%s is not a regular file" % path)
-    current = os.path.realpath(path)
-    while True:
-        st = os.stat(current)
-        if st.st_uid != 0:
-            problems.append("%s is owned by uid %d, not root" % (current, st.st_uid))
-        if st.st_mode & 0o022:
-            problems.append("%s is group- or world-writable (mode %04o)" % (current, st.st_mode & 0o7777))
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    return problems
+    return [str(problem) for problem in sshd_path.path_problems(path)]
 
 
 def wrapper_text(python):
@@ -764,7 +748,8 @@ def wrapper_text(python):
 
 def install_wrapper(path, python=None):
     """Write the wrapper at path (mode 0755; root-owned when run as root), atomically; return
-    sshd_path_problems(path)."""
+    sshd_path_problems(path). The command line checks the interpreter first and the whole
+    wrapper after (sshd_path)."""
     text = wrapper_text(python or sys.executable)
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
@@ -793,12 +778,12 @@ USAGE = """\
 usage: %(prog)s [-c NSSCACHE_CONF] [--cache SSHKEY_CACHE] [--passwd-cache PASSWD_CACHE]
        %(pad)s [--system-passwd FILE] [--min-uid UID] [--max-age SECONDS]
        %(pad)s [--settle SECONDS] [--timestamp-dir DIR] USER [FINGERPRINT]
-       %(prog)s --install-wrapper PATH [--python PYTHON]
-       %(prog)s --check-path PATH
+       %(prog)s --install-wrapper PATH [--python PYTHON] [--user USER]
+       %(prog)s --check-path PATH [--user USER]
 
 Print USER's SSH public keys from nsscache's sshkey.cache for sshd's AuthorizedKeysCommand:
     AuthorizedKeysCommand /usr/local/sbin/%(prog)s %%u %%f
-    AuthorizedKeysCommandUser nobody
+    AuthorizedKeysCommandUser nsscache-keys
 
   -c FILE            read files_dir, files_cache_filename_suffix, timestamp_dir and
                      coreweave_min_uid from this nsscache.conf (default: none; the
@@ -814,10 +799,16 @@ Print USER's SSH public keys from nsscache's sshkey.cache for sshd's AuthorizedK
                      nsscache runs are waited on (nsscache writes one map after
                      the other) before failing closed (default 10)
   --timestamp-dir D  nsscache's timestamp_dir (default /var/lib/nsscache)
-  --install-wrapper PATH   write a fast wrapper script for sshd at PATH and check
-                     sshd's ownership rules for it (--python: its interpreter,
-                     default this one)
-  --check-path PATH  report why sshd would refuse PATH as AuthorizedKeysCommand
+  --install-wrapper PATH   write a fast wrapper script for sshd at PATH (--python:
+                     its interpreter, default this one; nothing is written when
+                     that interpreter fails the checks below), then --check-path it
+  --check-path PATH  check PATH as sshd's AuthorizedKeysCommand: it, its
+                     interpreter, that Python's prefix, sys.path, .pth files, this
+                     package and every file it loads must be root-owned and not
+                     group- or world-writable, every directory above them too
+                     (sshd's rule for the command); then run PATH as USER with a
+                     name it refuses: it must exit 0 and print nothing
+  --user USER        the AuthorizedKeysCommandUser (default nsscache-keys)
 
 Exit status: 0 answered (keys printed, or refused with a reason on stderr);
 1 failed closed (unreadable cache, caches of different runs, malformed entry,
@@ -837,6 +828,7 @@ _VALUE_OPTIONS = {
     "--install-wrapper": "install_wrapper",
     "--python": "python",
     "--check-path": "check_path",
+    "--user": "user",
 }
 
 
@@ -887,6 +879,8 @@ def main(argv=None):
             return 0
         if "install_wrapper" in opts or "check_path" in opts:
             return _admin(opts, positional)
+        if "python" in opts or "user" in opts:
+            raise UsageError("--python and --user go with --install-wrapper or --check-path")
         if not 1 <= len(positional) <= 2:
             raise UsageError("expected USER [FINGERPRINT]")
         user = positional[0]
@@ -931,24 +925,40 @@ def main(argv=None):
 
 
 def _admin(opts, positional):
+    """--install-wrapper and --check-path (sshd_path.py): every problem on stderr, exit 1."""
     if positional:
         raise UsageError("unexpected argument %r" % positional[0])
+    from . import sshd_path
+
+    user = opts.get("user", sshd_path.DEFAULT_USER)
     if "check_path" in opts:
         path = opts["check_path"]
     else:
         path = opts["install_wrapper"]
+        python = opts.get("python") or sys.executable
+        first_line = wrapper_text(python).split("\n", 1)[0]
+        problems = sshd_path.check_python(python, user)
+        if problems:
+            return _report(problems, "%s not written" % path)
         try:
-            install_wrapper(path, opts.get("python"))
+            install_wrapper(path, python)
         except OSError as e:
             _log("cannot write %s: %s" % (path, e.strerror or e))
             return 1
-        sys.stdout.write("wrote %s (%s)\n" % (path, wrapper_text(opts.get("python") or sys.executable).split("\n", 1)[0]))
-    problems = sshd_path_problems(path)
-    for problem in problems:
-        _log("sshd would refuse %s: %s" % (path, problem))
-    if not problems and "check_path" in opts:
+        sys.stdout.write("wrote %s (%s)\n" % (path, first_line))
+    problems = sshd_path.check_wrapper(path, user)
+    if problems:
+        return _report(problems, "sshd must not run %s as it is" % path)
+    if "check_path" in opts:
         sys.stdout.write("%s: sshd's ownership and permission rules are met\n" % path)
-    return 1 if problems else 0
+    return 0
+
+
+def _report(problems, conclusion):
+    for problem in problems:
+        _log(str(problem))
+    _log(conclusion)
+    return 1
 
 
 if __name__ == "__main__":

@@ -11,7 +11,11 @@ namespace held open by one ``sleep`` process (``unshare -m --propagation private
   beside Debian's own sshd_config (``UsePAM yes``);
 * ``/run`` is a fresh tmpfs (sshd's privilege-separation directory ``/run/sshd``) and
   ``/usr/local/sbin`` a root-owned 0755 directory that receives the keys wrapper
-  (``nsscache-coreweave-keys --install-wrapper``), so sshd's path rules hold.
+  (``nsscache-coreweave-keys --install-wrapper``), so sshd's path rules hold;
+* the shipped snippet's AuthorizedKeysCommandUser, ``nsscache-keys``, is created with the
+  README's ``useradd --system`` line (in the copy of /etc). The keys venv lives under a
+  root-owned 0755 directory (:data:`KEYS_VENV_PARENT`), as ``--install-wrapper`` requires
+  of the interpreter and package the wrapper runs.
 
 Every process started here is stopped by pid (``close()``), also when a test fails.
 Anything missing (root, unshare, sshd, libnss-cache) fails the test: nothing is skipped.
@@ -41,6 +45,10 @@ KEYS_COMMAND = "/usr/local/sbin/nsscache-coreweave-keys"
 SSHD = "/usr/sbin/sshd"
 LIBNSS_CACHE = "/usr/lib/x86_64-linux-gnu/libnss_cache.so.2"
 HOST_STATE_DIR = "/var/lib/nsscache"  # nsscache's and the source's state on a real node
+KEYS_USER = "nsscache-keys"  # the shipped snippet's AuthorizedKeysCommandUser
+# Root-owned 0755 on Debian, every parent too: not /tmp or /var/tmp (world-writable), whose
+# venvs --install-wrapper refuses.
+KEYS_VENV_PARENT = "/opt"
 REQUIRED = ("unshare", "nsenter", "mount", "ssh", "ssh-keygen", SSHD)
 
 
@@ -130,10 +138,10 @@ class LoginNode:
 
     def __init__(self, nsscache_bin: Path, keys_bin: Path, base_url: str, token: str):
         self.nsscache_bin = nsscache_bin  # venv bin/ with the stock nsscache script (run as root)
-        self.keys_bin = keys_bin  # venv bin/ readable by nobody, with nsscache-coreweave-keys
+        self.keys_bin = keys_bin  # venv bin/ readable by KEYS_USER, with nsscache-coreweave-keys
         self.base_url = base_url
         self.token = token
-        # Not under pytest's tmp_path (0700): nobody must reach the timestamp directory.
+        # Not under pytest's tmp_path (0700): KEYS_USER must reach the timestamp directory.
         self.root = Path(tempfile.mkdtemp(prefix="nsscache-e2e-"))
         self.root.chmod(0o755)
         self.holder: Optional[subprocess.Popen] = None
@@ -145,6 +153,8 @@ class LoginNode:
         try:
             self._prepare()
             self._enter_namespace()
+            self.ns("useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+                    "--shell", "/usr/sbin/nologin", KEYS_USER, check=True, what=f"creating {KEYS_USER}")
             self.ns(self.keys_bin / "nsscache-coreweave-keys", "--install-wrapper", KEYS_COMMAND,
                     check=True, what="installing the keys wrapper")
         except BaseException:
@@ -249,8 +259,8 @@ class LoginNode:
             pytest.fail(f"nsscache update --full failed (exit {result.returncode}):\n{result.stderr}", pytrace=False)
 
     def keys(self, *args: str) -> subprocess.CompletedProcess:
-        """The AuthorizedKeysCommand as sshd runs it: the installed wrapper, as nobody."""
-        return self.ns(KEYS_COMMAND, *args, user="nobody")
+        """The AuthorizedKeysCommand as sshd runs it: the installed wrapper, as KEYS_USER."""
+        return self.ns(KEYS_COMMAND, *args, user=KEYS_USER)
 
     # --- sshd and ssh ---------------------------------------------------------------------
 
@@ -334,9 +344,15 @@ class Login:
 
 
 def make_keys_venv(wheel: Path) -> Path:
-    """A venv of Debian's /usr/bin/python3 in a world-readable directory, with only the project's wheel
-    (``--no-deps``: the keys command needs nothing but the standard library). Returns its bin/."""
-    root = Path(tempfile.mkdtemp(prefix="nsscache-e2e-keys-"))
+    """A venv of Debian's /usr/bin/python3 in a fresh root-owned 0755 directory under
+    KEYS_VENV_PARENT, with only the project's wheel (``--no-deps``: the keys command needs
+    nothing but the standard library). Returns its bin/."""
+    for directory in [KEYS_VENV_PARENT, *map(str, Path(KEYS_VENV_PARENT).parents)]:
+        st = os.stat(directory)
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            pytest.fail(f"{directory} must be root-owned and not group- or world-writable for the keys venv "
+                        f"(mode {st.st_mode & 0o7777:04o}, uid {st.st_uid})", pytrace=False)
+    root = Path(tempfile.mkdtemp(prefix="nsscache-e2e-keys-", dir=KEYS_VENV_PARENT))
     root.chmod(0o755)
     run(["/usr/bin/python3", "-m", "venv", root], check=True, what="creating a venv from /usr/bin/python3")
     run([root / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", wheel],
@@ -345,7 +361,7 @@ def make_keys_venv(wheel: Path) -> Path:
     return root / "bin"
 
 
-__all__ = ["HOST_STATE_DIR", "LoginNode", "Login", "Sshd", "make_key", "make_keys_venv", "public_key", "fingerprint", "snapshot",
+__all__ = ["HOST_STATE_DIR", "KEYS_USER", "LoginNode", "Login", "Sshd", "make_key", "make_keys_venv", "public_key", "fingerprint", "snapshot",
            "require_environment", "run", "stop", "KEYS_COMMAND"]
 
 

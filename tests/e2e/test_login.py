@@ -3,7 +3,7 @@ namespace (tests/e2e/loginnode.py): FakeIAM on loopback -> the stock ``nsscache 
 -> /etc/*.cache -> the real libnss-cache (``passwd/group/shadow: files cache``) -> a real sshd
 (Debian's sshd_config, ``UsePAM yes``, the shipped conf/sshd_config.d snippet:
 ``AuthorizedKeysFile none``, ``AuthorizedKeysCommand /usr/local/sbin/nsscache-coreweave-keys
-%u %f`` as ``nobody``) -> ``ssh -i KEY USER@127.0.0.1 id``.
+%u %f`` as ``nsscache-keys``) -> ``ssh -i KEY USER@127.0.0.1 id``.
 
 The organisation is demo/org.json with a fresh key pair per user, plus two IAM members named
 to trap a careless helper: ``root`` (a local system account) and ``al`` (a prefix of alice, no
@@ -157,7 +157,7 @@ def test_effective_sshd_configuration(node):
         "usepam yes",
         "authorizedkeysfile none",
         f"authorizedkeyscommand {KEYS_COMMAND} %u %f",
-        "authorizedkeyscommanduser nobody",
+        "authorizedkeyscommanduser nsscache-keys",
     } <= settings
     # The snippet's Match block covers root only.
     root = node.ns("/usr/sbin/sshd", "-T", "-C", "user=root,host=client,addr=127.0.0.1").stdout.splitlines()

@@ -6,6 +6,9 @@ throwaway Debian 12 machine. :class:`HostGuard` records every path the installs 
 touch before the first one, removes what the tests installed afterwards
 (``dpkg --purge``, ``pip uninstall``), puts back a pre-existing ``/etc/nsscache.conf``
 (which trixie's nsscache ships as a conffile), and fails the module when anything differs.
+The package's postinst creates the system user ``nsscache-keys`` (sshd's
+AuthorizedKeysCommandUser), which Debian leaves on purge: the guard deletes it when the
+host had no such user before.
 
 trixie's ``nsscache`` package (Debian 12 has none) comes from the machine's configured
 Debian mirror, read from the apt sources at run time (``scripts/install-nsscache``'s
@@ -17,10 +20,12 @@ Anything missing (root, dpkg, nsscache's dependencies, the mirror) fails: nothin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.machinery
 import importlib.util
 import os
+import pwd
 import re
 import shutil
 import stat
@@ -29,7 +34,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
@@ -73,6 +78,8 @@ WATCHED = re.compile(r"nss|coreweave")
 WATCHED_TREES = ("/etc/ssh", "/etc/cron.d", "/etc/systemd/system", "/etc/nsscache-coreweave")
 # Host files a package may overwrite (conffiles): restored byte for byte if they existed.
 RESTORED = ("/etc/nsscache.conf",)
+# The AuthorizedKeysCommandUser the package's postinst creates (and leaves on purge).
+KEYS_USER = "nsscache-keys"
 
 
 def run(args: Sequence, check: bool = True, what: Optional[str] = None, **kwargs) -> subprocess.CompletedProcess:
@@ -123,6 +130,59 @@ def require_installed(packages: Sequence[str], why: str) -> None:
             f"{why}: {' '.join(missing)} not installed (apt-get install {' '.join(missing)}; .ci/run does)",
             pytrace=False,
         )
+
+
+def user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def delete_user(name: str) -> List[str]:
+    """userdel name, and its group of the same name; the problems, if any."""
+    problems = []
+    for command in (["userdel", name], ["groupdel", name]):
+        if command[0] == "groupdel" and run(["getent", "group", name], check=False).returncode != 0:
+            break  # userdel removed the user-private group (USERGROUPS_ENAB)
+        result = run(command, check=False)
+        if result.returncode != 0:
+            problems.append(f"{' '.join(command)} failed: {result.stderr.strip()}")
+    return problems
+
+
+@contextlib.contextmanager
+def temporary_user(name: str, system: bool = False) -> Iterator[pwd.struct_passwd]:
+    """A user (and its group) that exists for the block only: no home, no login shell;
+    system: a system account (uid below 1000), as an AuthorizedKeysCommandUser is."""
+    if user_exists(name):
+        pytest.fail(f"user {name} exists already (left by an interrupted run?): userdel {name}", pytrace=False)
+    run(["useradd", *(["--system"] if system else []), "--user-group", "--no-create-home", "--home-dir",
+         "/nonexistent", "--shell", "/usr/sbin/nologin", name], what=f"useradd {name}")
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        problems = delete_user(name)
+        assert not problems, problems
+
+
+@contextlib.contextmanager
+def root_only_directory(parent: str = "/srv") -> Iterator[Path]:
+    """A fresh root-owned 0755 directory whose every parent is root-owned and not group- or
+    world-writable, as sshd requires of an AuthorizedKeysCommand's directories (so not under
+    /tmp or /var/tmp, which are world-writable, nor /root, which other users cannot search)."""
+    for directory in [parent, *map(str, Path(parent).parents)]:
+        st = os.stat(directory)
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            pytest.fail(f"{directory} is not root-owned and closed to writes by others (mode "
+                        f"{st.st_mode & 0o7777:04o}, uid {st.st_uid}): needed for sshd's path rules", pytrace=False)
+    path = Path(tempfile.mkdtemp(prefix="nsscache-test-", dir=parent))
+    try:
+        path.chmod(0o755)
+        yield path
+    finally:
+        shutil.rmtree(path)
 
 
 # --- trixie's nsscache ----------------------------------------------------------------------
@@ -257,6 +317,7 @@ class HostGuard:
                 pytrace=False,
             )
         self.nsscache_before = dpkg_status("nsscache")
+        self.keys_user_before = user_exists(KEYS_USER)
         self.saved = {p: (Path(p).read_bytes(), os.stat(p)) for p in RESTORED if os.path.isfile(p)}
         self.before = snapshot()
 
@@ -283,6 +344,7 @@ class HostGuard:
             )
             if result.returncode != 0:
                 problems.append(f"pip uninstall {PACKAGE} failed: {result.stderr.strip()}")
+        problems.extend(self._remove_keys_user())
         for path, (content, st) in self.saved.items():
             if not os.path.isfile(path) or Path(path).read_bytes() != content:
                 Path(path).write_bytes(content)
@@ -294,6 +356,12 @@ class HostGuard:
                 what = "added" if path not in self.before else "removed" if path not in after else "changed"
                 problems.append(f"{path} {what}")
         return problems
+
+    def _remove_keys_user(self) -> List[str]:
+        """The postinst's system user, which the purge leaves (Debian policy), unless the host had it."""
+        if self.keys_user_before or not user_exists(KEYS_USER):
+            return []
+        return delete_user(KEYS_USER)
 
 
 def dpkg_install(*debs: Path) -> subprocess.CompletedProcess:
@@ -308,7 +376,8 @@ def dpkg_purge(*packages: str) -> subprocess.CompletedProcess:
 
 
 __all__ = [
-    "REPO", "PACKAGE", "SYSTEM_PYTHON", "SYSTEM_NSSCACHE", "OUR_DEPENDS", "HostGuard", "deb_fields", "deb_paths",
-    "dpkg_install", "dpkg_purge", "dpkg_status", "require_installed", "require_root_and_tools", "run",
-    "system_python_sees_package", "trixie_nsscache_deb",
+    "REPO", "PACKAGE", "SYSTEM_PYTHON", "SYSTEM_NSSCACHE", "OUR_DEPENDS", "KEYS_USER", "HostGuard", "deb_fields",
+    "deb_paths", "delete_user", "dpkg_install", "dpkg_purge", "dpkg_status", "require_installed",
+    "require_root_and_tools", "root_only_directory", "run", "system_python_sees_package", "temporary_user",
+    "trixie_nsscache_deb", "user_exists",
 ]

@@ -1,18 +1,27 @@
 """nss_cache_coreweave.install: does the interpreter running `nsscache` register the source?
 Real interpreters and venvs (tests/integration/_venv.py), including a Python of another minor
-version; the system-Python cases are in test_system_pip.py and test_deb.py."""
+version; the system-Python cases are in test_system_pip.py and test_deb.py.
+
+Then `nsscache-coreweave-keys --install-wrapper` and `--check-path` (sshd_path.py): real venvs
+of Debian's python3 with the project's wheel, in a root-owned directory under /srv, real
+users (useradd) owning parts of them, and the wrapper run as a temporary system user standing
+in for the AuthorizedKeysCommandUser."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from _venv import run_ok
+from host import SYSTEM_PYTHON, root_only_directory, run, temporary_user
 from nss_cache_coreweave import __version__, install
+from nss_cache_coreweave.keys import wrapper_text
 
 
 def _script(path: Path, first_line: str, rest: str = "") -> Path:
@@ -213,3 +222,214 @@ def test_command_line(installed_venv, tmp_path):
                                                "(removed by an OS upgrade?): reinstall nsscache\n")
     assert default.returncode == 0 and default.stdout.startswith(f"ok: {installed_venv.root / 'bin' / 'nsscache'} ")
     assert usage.returncode == 2
+
+
+# --- the keys wrapper: sshd's rules for everything it runs, then a run as the keys user ------
+
+ALICE = "nsscache-test-alice"  # an ordinary user
+KEYS_USER = "nsscache-test-keys"  # stands in for the AuthorizedKeysCommandUser (nsscache-keys)
+INJECTABLE = "whoever can write to it chooses the code sshd runs at every login"
+
+
+@dataclass(frozen=True)
+class Site:
+    """A root-owned 0755 directory under /srv holding a root-owned venv with the package
+    (``venv``) and an empty ``sbin`` for wrappers."""
+
+    root: Path
+    venv: Path
+
+    def copy_venv(self, name: str, parent: Path = None) -> Path:
+        copy = (parent or self.root) / name
+        run(["cp", "-a", self.venv, copy], what="copying the venv")
+        return copy
+
+    def keys(self, *args: object) -> subprocess.CompletedProcess:
+        """nsscache-coreweave-keys of the good venv, as root."""
+        return run([self.venv / "bin" / "nsscache-coreweave-keys", *args], check=False)
+
+    def install_and_check(self, name: str, python: Path) -> tuple:
+        """--install-wrapper with python (refused: was anything written?), then --check-path of
+        the wrapper for that python written by hand (root:root 0755), both as KEYS_USER."""
+        wrapper = self.root / "sbin" / name
+        installed = self.keys("--install-wrapper", wrapper, "--python", python, "--user", KEYS_USER)
+        written = wrapper.exists()
+        wrapper.write_text(wrapper_text(str(python)))
+        wrapper.chmod(0o755)
+        checked = self.keys("--check-path", wrapper, "--user", KEYS_USER)
+        return wrapper, installed, written, checked
+
+
+def _site_packages(venv: Path) -> Path:
+    found = sorted(venv.glob("lib/python3.*/site-packages"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _stderr(*lines: str) -> str:
+    return "".join(f"nsscache-coreweave-keys: {line}\n" for line in lines)
+
+
+def _refused(wrapper: Path, *problems: str) -> tuple:
+    """(installed, checked) as install_and_check's results must be: exit 1, the problems, nothing on stdout."""
+    return (
+        (1, "", _stderr(*problems, f"{wrapper} not written")),
+        (1, "", _stderr(*problems, f"sshd must not run {wrapper} as it is")),
+    )
+
+
+def _outcome(result: subprocess.CompletedProcess) -> tuple:
+    return result.returncode, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def alice():
+    with temporary_user(ALICE) as user:
+        yield user
+
+
+@pytest.fixture(scope="module")
+def site(project_wheel):
+    with temporary_user(KEYS_USER, system=True), root_only_directory() as root:
+        venv = root / "venv"
+        run([SYSTEM_PYTHON, "-m", "venv", venv], what="creating a venv of Debian's python3")
+        run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", project_wheel],
+            what=f"installing {project_wheel.name}")
+        run(["chmod", "-R", "a+rX", venv])  # whatever the umask of the test run
+        (root / "sbin").mkdir(mode=0o755)
+        yield Site(root, venv)
+
+
+def test_a_root_owned_venv_passes_and_its_wrapper_runs_as_the_keys_command_user(site):
+    python = site.venv / "bin" / "python"
+    wrapper = site.root / "sbin" / "nsscache-coreweave-keys"
+
+    installed = site.keys("--install-wrapper", wrapper, "--python", python, "--user", KEYS_USER)
+    checked = site.keys("--check-path", wrapper, "--user", KEYS_USER)
+    as_sshd_runs_it = run(["setpriv", f"--reuid={KEYS_USER}", f"--regid={KEYS_USER}", "--init-groups", "--",
+                           wrapper, "(install-check)"], check=False, cwd="/")
+
+    assert _outcome(installed) == (0, f"wrote {wrapper} (#!{python} -I)\n", "")
+    assert _outcome(checked) == (0, f"{wrapper}: sshd's ownership and permission rules are met\n", "")
+    assert _outcome(as_sshd_runs_it) == (0, "", _stderr("(install-check): not a valid user name: no keys"))
+
+
+def test_venv_owned_by_an_ordinary_user_is_refused(site, alice):
+    venv = site.copy_venv("alice-venv")
+    run(["chown", "-R", f"{ALICE}:{ALICE}", venv])
+    python = venv / "bin" / "python"
+
+    wrapper, installed, written, checked = site.install_and_check("alice-keys", python)
+
+    # One line for the venv: its fix mends bin/ and pyvenv.cfg too.
+    assert (_outcome(installed), _outcome(checked)) == _refused(
+        wrapper,
+        f"{venv} (a directory on the way to the interpreter {python}) is owned by {ALICE}, not root "
+        f"({ALICE}:{ALICE} 0755): {INJECTABLE}; fix: chown -R root:root {venv}",
+    )
+    assert not written
+
+
+def test_a_root_only_venv_is_refused_because_the_keys_command_user_cannot_run_it(site):
+    venv = site.copy_venv("root-only-venv")
+    venv.chmod(0o700)
+    python = venv / "bin" / "python"
+
+    wrapper, installed, written, checked = site.install_and_check("root-only-keys", python)
+
+    assert (_outcome(installed), _outcome(checked)) == _refused(
+        wrapper,
+        f"{KEYS_USER} cannot run {python} -I (importing nss_cache_coreweave.keys): [Errno 13] Permission denied: "
+        f"'{python}'; no key login works",
+        f"{venv} (a directory on the way to the interpreter {python}) is root:root 0700: {KEYS_USER} cannot search "
+        f"it; fix: chmod -R o+rX {venv}",
+    )
+    assert not written
+
+
+def test_a_site_directory_the_keys_command_user_cannot_list_is_refused(site):
+    venv = site.copy_venv("closed-site-venv")
+    site_packages = _site_packages(venv)
+    site_packages.chmod(0o700)
+    python = venv / "bin" / "python"
+
+    wrapper, installed, written, checked = site.install_and_check("closed-site-keys", python)
+
+    assert (_outcome(installed), _outcome(checked)) == _refused(
+        wrapper,
+        f"{KEYS_USER} cannot run {python} -I (importing nss_cache_coreweave.keys): exit 1: ModuleNotFoundError: No "
+        "module named 'nss_cache_coreweave'; no key login works",
+        f"{site_packages} (a directory of {venv}) is root:root 0700: {KEYS_USER} cannot search it; fix: chmod -R "
+        f"o+rX {venv}",
+    )
+    assert not written
+
+
+def test_a_group_writable_directory_above_the_interpreter_is_refused(site):
+    shared = site.root / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)
+    venv = site.copy_venv("venv", parent=shared)
+    python = venv / "bin" / "python"
+
+    wrapper, installed, written, checked = site.install_and_check("shared-keys", python)
+
+    assert (_outcome(installed), _outcome(checked)) == _refused(
+        wrapper,
+        f"{shared} (a directory on the way to the interpreter {python}) is group-writable (root:root 0775): "
+        f"{INJECTABLE}; fix: chmod go-w {shared}",
+    )
+    assert not written
+
+
+def test_a_symlinked_interpreter_whose_target_is_in_a_user_owned_directory_is_refused(site, alice):
+    alice_bin = site.root / "alice-bin"
+    alice_bin.mkdir()
+    real_python = Path(os.path.realpath(SYSTEM_PYTHON))
+    shutil.copy2(real_python, alice_bin / real_python.name)  # root's file, in a directory alice can write to
+    run(["chown", f"{ALICE}:{ALICE}", alice_bin])
+    venv = site.copy_venv("linked-venv")
+    (venv / "bin" / "python3").unlink()
+    (venv / "bin" / "python3").symlink_to(alice_bin / real_python.name)  # bin/python -> python3 -> there
+    python = venv / "bin" / "python"
+
+    wrapper, installed, written, checked = site.install_and_check("linked-keys", python)
+
+    assert (_outcome(installed), _outcome(checked)) == _refused(
+        wrapper,
+        f"{alice_bin} (a directory on the way to the interpreter {python}) is owned by {ALICE}, not root "
+        f"({ALICE}:{ALICE} 0755): {INJECTABLE}; fix: chown root:root {alice_bin}",
+    )
+    assert not written
+
+
+def test_a_package_an_ordinary_user_can_change_is_refused(site, alice):
+    # Everything the kernel runs is root's; the code imported is alice's.
+    venv = site.copy_venv("alice-package-venv")
+    package = _site_packages(venv) / "nss_cache_coreweave"
+    run(["chown", "-R", f"{ALICE}:{ALICE}", package])
+    python = venv / "bin" / "python"
+
+    wrapper, installed, written, checked = site.install_and_check("alice-package-keys", python)
+
+    assert (_outcome(installed), _outcome(checked)) == _refused(
+        wrapper,
+        f"{package} (the package nss_cache_coreweave) is owned by {ALICE}, not root ({ALICE}:{ALICE} 0755): "
+        f"{INJECTABLE}; fix: chown -R root:root {venv}",
+    )
+    assert not written
+
+
+def test_an_unknown_keys_command_user_is_named(site):
+    wrapper = site.root / "sbin" / "unknown-user-keys"
+    wrapper.write_text(wrapper_text(str(site.venv / "bin" / "python")))
+    wrapper.chmod(0o755)
+
+    checked = site.keys("--check-path", wrapper, "--user", "nsscache-test-absent")
+
+    assert _outcome(checked) == (1, "", _stderr(
+        "user nsscache-test-absent does not exist, and sshd runs the command as its AuthorizedKeysCommandUser: "
+        "create it (useradd --system --user-group --no-create-home --home-dir /nonexistent --shell "
+        "/usr/sbin/nologin nsscache-test-absent) or name yours with --user",
+        f"sshd must not run {wrapper} as it is",
+    ))

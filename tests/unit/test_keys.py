@@ -20,12 +20,12 @@ from nss_cache.caches import files
 from nss_cache.maps import passwd as passwd_map
 from nss_cache.maps import sshkey as sshkey_map
 
-from nss_cache_coreweave import keys
+from nss_cache_coreweave import keys, sshd_path
 from nss_cache_coreweave.keys import (
     CacheUnreadable, MalformedEntry, NotOneRun, Settings, StaleCache, UsageError, authorized_keys, find_line,
     fingerprint, parse_keys, parse_timestamp, read_settings, sshd_path_problems, wrapper_text,
 )
-from unit_keys import ecdsa_key, ed25519_key, rsa_key, sk_ecdsa_key, sk_ed25519_key
+from unit_keys import body, dsa_key, ecdsa_key, ed25519_key, rsa_key, sk_ecdsa_key, sk_ed25519_key
 
 NOW = 1_800_000_000
 REPO = Path(__file__).resolve().parents[2]
@@ -181,6 +181,58 @@ def test_malformed_entry_for_the_user_fails_closed(node, line):
     with pytest.raises(MalformedEntry):
         authorized_keys("alice", node)
     # Another user's entry is unaffected.
+    assert authorized_keys("bob", node).keys == [BOB]
+
+
+def alices_line_is(node: Settings, value: str) -> None:
+    """Replace alice's sshkey.cache line (as a hand edit or another writer would), keeping the run marker and bob."""
+    data = Path(node.sshkey_cache)
+    data.chmod(0o644)
+    data.write_text(f"nsscache-coreweave:*{RUN}\nalice:{value}\nbob:{BOB}\n")
+
+
+def test_a_well_formed_dsa_key_is_never_served(node, capsys):
+    """DSA is no type the keys command serves: a real ssh-dss key (valid base64, a DSA
+    blob ssh-keygen reads) in alice's entry fails the entry closed, her other key with it."""
+    dsa = dsa_key()
+    assert ssh_keygen_fingerprint(dsa).startswith("SHA256:")  # a well-formed DSA key
+    alices_line_is(node, repr([f"{A1} alice@laptop", f"{dsa} alice@old"]))
+
+    with pytest.raises(MalformedEntry) as raised:
+        authorized_keys("alice", node)
+    assert str(raised.value) == f"{node.sshkey_cache}: malformed entry: a key has an unknown type"
+    with pytest.raises(MalformedEntry):
+        authorized_keys("alice", node, ssh_keygen_fingerprint(dsa))
+    assert keys.main(_argv(node, "alice")) == 1
+    assert capsys.readouterr() == (
+        "", f"nsscache-coreweave-keys: alice: {node.sshkey_cache}: malformed entry: a key has an unknown type: no keys\n"
+    )
+    assert authorized_keys("bob", node).keys == [BOB]
+
+
+@pytest.mark.parametrize(
+    "declared, make_inner",
+    [
+        pytest.param("ssh-rsa", dsa_key, id="ssh-rsa-declared-ssh-dss-blob"),
+        pytest.param("ecdsa-sha2-nistp256", lambda: ecdsa_key("nistp384"), id="nistp256-declared-nistp384-blob"),
+    ],
+)
+def test_a_key_whose_blob_names_another_type_of_the_same_length_is_never_served(node, capsys, declared, make_inner):
+    """The type inside the blob must be the declared type itself, not just as long as it:
+    ssh-rsa and ssh-dss are both 7 characters, ecdsa-sha2-nistp256 and -nistp384 both 19
+    (and their curve names, nistp256 and nistp384, both 8)."""
+    inner = make_inner()
+    assert len(inner.split()[0]) == len(declared) and inner.split()[0] != declared
+    alices_line_is(node, f"{declared} {body(inner)} alice@laptop")
+
+    with pytest.raises(MalformedEntry) as raised:
+        authorized_keys("alice", node)
+    assert str(raised.value) == f"{node.sshkey_cache}: malformed entry: a {declared} key does not decode as {declared}"
+    assert keys.main(_argv(node, "alice")) == 1
+    assert capsys.readouterr() == (
+        "", f"nsscache-coreweave-keys: alice: {node.sshkey_cache}: malformed entry: a {declared} key does not "
+            f"decode as {declared}: no keys\n"
+    )
     assert authorized_keys("bob", node).keys == [BOB]
 
 
@@ -585,7 +637,42 @@ def test_sshd_path_rules_refuse_a_world_writable_parent(tmp_path):
     script.write_text("#!/bin/sh\n")
     script.chmod(0o755)
     problems = sshd_path_problems(str(script))
-    assert "/tmp is group- or world-writable (mode 1777)" in problems
+    assert problems == [
+        "/tmp (a directory on the way to the AuthorizedKeysCommand) is group- and world-writable (root:root 1777): "
+        "sshd refuses to run the command, so no key login works; fix: use a directory only root can write to "
+        "(/tmp is shared on purpose: leave its mode)"
+    ]
+
+
+def test_path_lookups_include_every_directory_holding_a_symlink(tmp_path):
+    # /a/link -> ../b/python -> /real/python: a/ and b/ hold links, so whoever can write
+    # there can swap what the path runs, although neither is above the real file.
+    for name in ("a", "b", "real"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "real" / "python").write_text("")
+    (tmp_path / "b" / "python").symlink_to(tmp_path / "real" / "python")
+    (tmp_path / "a" / "link").symlink_to("../b/python")
+
+    real, searched = sshd_path.lookups(str(tmp_path / "a" / "link"))
+
+    assert real == str(tmp_path / "real" / "python")
+    parents = [str(p) for p in reversed(tmp_path.parents)]
+    assert searched == parents + [str(tmp_path), str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "real")]
+
+
+def test_path_lookups_stop_at_a_missing_component(tmp_path):
+    assert sshd_path.lookups(str(tmp_path / "missing" / "python")) == (
+        None, [str(p) for p in reversed(tmp_path.parents)] + [str(tmp_path)]
+    )
+
+
+@pytest.mark.parametrize("argv", [["--user", "nsscache-keys", "alice"], ["--python", "/usr/bin/python3", "alice"]])
+def test_user_and_python_options_belong_to_the_install_check(argv, capsys):
+    assert keys.main(argv) == 2
+    assert capsys.readouterr() == (
+        "", "nsscache-coreweave-keys: --python and --user go with --install-wrapper or --check-path (see --help): "
+            "no keys\n"
+    )
 
 
 def test_wrapper_runs_the_command(tmp_path, node):
@@ -654,3 +741,15 @@ def test_lookup_imports_only_the_standard_library_it_needs(node):
     status, imported = last.split(" ", 1)
     assert (key, status) == (f"{A1} alice@laptop", "0")
     assert set(ast.literal_eval(imported)) <= {"binascii", "_sha256", "_sha2"}, imported
+
+
+def test_lookup_never_imports_the_install_checks(node):
+    code = (
+        "import sys\n"
+        "from nss_cache_coreweave import keys\n"
+        f"status = keys.main({_argv(node, 'alice')!r})\n"
+        "print(status, sorted(m for m in sys.modules if m.startswith('nss_cache_coreweave')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+
+    assert result.stdout.splitlines()[-1] == "0 ['nss_cache_coreweave', 'nss_cache_coreweave.keys', 'nss_cache_coreweave.marker']"
