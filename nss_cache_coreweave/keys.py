@@ -411,9 +411,18 @@ def _key_blob(line):
         except binascii.Error:
             raise MalformedEntry("a %s key is not base64" % key_type) from None
     wire_type = key_type.encode("ascii")
-    if blob[:4] != len(wire_type).to_bytes(4, "big") or blob[4:4 + len(wire_type)] != wire_type:
+    if not _is_string_at(blob, 0, wire_type):
         raise MalformedEntry("a %s key does not decode as %s" % (key_type, key_type))
+    at = key_type.find("nistp")  # ECDSA: the curve is named again after the type
+    if at >= 0 and not _is_string_at(blob, 4 + len(wire_type), wire_type[at:at + 8]):
+        raise MalformedEntry("a %s key names another curve" % key_type)
     return key_type, blob
+
+
+def _is_string_at(blob, offset, value):
+    """Whether ``blob`` holds the SSH wire string ``value`` at ``offset``."""
+    end = offset + 4 + len(value)
+    return blob[offset:offset + 4] == len(value).to_bytes(4, "big") and blob[offset + 4:end] == value
 
 
 def parse_keys(value):

@@ -25,7 +25,8 @@ from nss_cache_coreweave.keys import (
     CacheUnreadable, MalformedEntry, NotOneRun, Settings, StaleCache, UsageError, authorized_keys, find_line,
     fingerprint, parse_keys, parse_timestamp, read_settings, sshd_path_problems, wrapper_text,
 )
-from unit_keys import body, dsa_key, ecdsa_key, ed25519_key, rsa_key, sk_ecdsa_key, sk_ed25519_key
+from unit_keys import (body, dsa_key, ecdsa_key, ecdsa_key_naming_another_curve, ed25519_key, rsa_key, sk_ecdsa_key,
+                       sk_ed25519_key)
 
 NOW = 1_800_000_000
 REPO = Path(__file__).resolve().parents[2]
@@ -234,6 +235,18 @@ def test_a_key_whose_blob_names_another_type_of_the_same_length_is_never_served(
             f"decode as {declared}: no keys\n"
     )
     assert authorized_keys("bob", node).keys == [BOB]
+
+
+def test_an_ecdsa_key_naming_another_curve_is_never_served(node, capsys):
+    alices_line_is(node, f"{ecdsa_key_naming_another_curve('ecdsa-sha2-nistp256', 'nistp384')} alice@laptop")
+
+    with pytest.raises(MalformedEntry) as raised:
+        authorized_keys("alice", node)
+    assert str(raised.value) == f"{node.sshkey_cache}: malformed entry: a ecdsa-sha2-nistp256 key names another curve"
+    assert keys.main(_argv(node, "alice")) == 1
+    assert capsys.readouterr().out == ""
+    alices_line_is(node, f"{ecdsa_key('nistp256')} alice@laptop")
+    assert len(authorized_keys("alice", node).keys) == 1
 
 
 def test_malformed_passwd_entry_fails_closed(node):
