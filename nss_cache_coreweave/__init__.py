@@ -8,8 +8,10 @@ Data flows one way, one module per stage:
     policy   allow-list, activity, validation              -> Directory
     render   Directory -> nsscache maps, each headed by the run marker (marker)
     source   the nsscache Source adapter (name "coreweave")
-    cli      the operator's commands (update, check, preview)
+    cli      the operator's commands (update, check, preview, status, slurm-sync)
     redact   the bearer token out of every log line (ours and nsscache's)
+    keys     the sshd AuthorizedKeysCommand (sshd_path: may sshd run it safely?)
+    slurm    slurm-sync: Slurm accounting from the same Directory
 
 This file imports nothing so that the registration hook stays cheap.
 """
