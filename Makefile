@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test venv install clean
+.PHONY: demo test system venv install clean
 
 $(VENV)/.ready: requirements-test.txt scripts/install-nsscache
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ install: venv
 demo: install
 	$(PY) demo/run.py
 
-test: install
+# The Debian packages the suites need (scripts/system-packages: installs them as root,
+# else names them and stops), then the venv, nsscache, the package, the tests.
+system:
+	bash scripts/system-packages
+
+test: system install
 	$(PY) -m pytest
 
 clean:
