@@ -51,9 +51,9 @@ SYSTEM_NSSCACHE = "/usr/bin/nsscache"
 # with a 404: take the new Filename and SHA256 from that stanza and update both.
 NSSCACHE_POOL_PATH = "pool/main/n/nsscache/nsscache_0.49-5_all.deb"
 NSSCACHE_SHA256 = "0db10facbb5ac1ceef1b206ecb1b970bc4143756ac964adfb08761047505b147"
-# Depends of that package (all in bookworm): installed by .ci/run.
+# Depends of that package (all in bookworm): installed by scripts/system-packages.
 NSSCACHE_DEPENDS = ("python3-pycurl", "python3-ldap", "python3-packaging")
-# Depends of ours that dpkg -i needs already installed (.ci/run installs them).
+# Depends of ours that dpkg -i needs already installed (make test installs them: scripts/system-packages).
 OUR_DEPENDS = ("python3-requests", "python3-cryptography")
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nss-cache-coreweave"
@@ -127,7 +127,7 @@ def require_installed(packages: Sequence[str], why: str) -> None:
     missing = [p for p in packages if dpkg_status(p) != "installed"]
     if missing:
         pytest.fail(
-            f"{why}: {' '.join(missing)} not installed (apt-get install {' '.join(missing)}; .ci/run does)",
+            f"{why}: {' '.join(missing)} not installed (apt-get install {' '.join(missing)}; make test does: scripts/system-packages)",
             pytrace=False,
         )
 

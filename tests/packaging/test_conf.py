@@ -32,7 +32,7 @@ def test_sshd_accepts_the_snippet(tmp_path, base):
     root = sshd_effective(SSHD_SNIPPET, tmp_path, user="root", base=base)
 
     assert alice["authorizedkeyscommand"] == KEYS_COMMAND
-    assert alice["authorizedkeyscommanduser"] == "nobody"
+    assert alice["authorizedkeyscommanduser"] == "nsscache-keys"
     assert alice["authorizedkeysfile"] == "none"
     assert alice["usepam"] == "yes"
     assert root["authorizedkeysfile"] == ".ssh/authorized_keys"
@@ -51,16 +51,18 @@ def test_sshd_check_is_not_vacuous(tmp_path):
 
 
 def _units_with_stub_program(tmp_path):
-    """Copies of the units whose ExecStart program is a stub executable (systemd-analyze checks that
-    it exists; the real /usr/bin/nsscache is checked in tests/packaging/test_deb.py, after dpkg -i)."""
-    stub = tmp_path / "bin" / "nsscache"
-    stub.parent.mkdir()
-    stub.write_text("#!/bin/sh\nexit 0\n")
-    stub.chmod(0o755)
+    """Copies of the units whose ExecStart programs are stub executables (systemd-analyze checks that
+    they exist; the real ones are checked in tests/packaging/test_deb.py, after dpkg -i)."""
+    (tmp_path / "bin").mkdir()
     units = tmp_path / "units"
     units.mkdir()
     for unit in UNITS.iterdir():
-        text = unit.read_text().replace("ExecStart=/usr/bin/nsscache ", f"ExecStart={stub} ")
+        text = unit.read_text()
+        for program in ("nsscache", "nsscache-coreweave"):
+            stub = tmp_path / "bin" / program
+            stub.write_text("#!/bin/sh\nexit 0\n")
+            stub.chmod(0o755)
+            text = text.replace(f"ExecStart=/usr/bin/{program} ", f"ExecStart={stub} ")
         (units / unit.name).write_text(text)
     return units
 
@@ -71,10 +73,11 @@ def _verify(*paths):
     return subprocess.run(["systemd-analyze", "verify", *map(str, paths)], capture_output=True, text=True, check=False)
 
 
-def test_systemd_units_verify(tmp_path):
+@pytest.mark.parametrize("name", ["nsscache-coreweave", "nsscache-coreweave-slurm-sync"])
+def test_systemd_units_verify(tmp_path, name):
     units = _units_with_stub_program(tmp_path)
 
-    result = _verify(units / "nsscache-coreweave.timer", units / "nsscache-coreweave.service")
+    result = _verify(units / f"{name}.timer", units / f"{name}.service")
 
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
@@ -114,6 +117,145 @@ def test_timer_runs_the_service_with_a_randomized_delay():
     assert service["Service"]["Type"] == ["oneshot"]
     assert service["Service"]["ExecStart"][0].split()[:2] == ["/usr/bin/nsscache", "update"]
     assert "Install" not in service  # started by the timer only
+
+
+# --- systemd: the sandbox (docs/hardening.md) ---------------------------------------------------
+
+SERVICES = ("nsscache-coreweave.service", "nsscache-coreweave-slurm-sync.service")
+MAX_EXPOSURE = 5.0  # issue 11: `systemd-analyze security` must rate each service at most this
+
+
+def _exposure(unit: Path) -> float:
+    """The overall exposure level `systemd-analyze security --offline=true` gives the unit file."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.fail("systemd-analyze is missing (apt-get install systemd)", pytrace=False)
+    result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+                            capture_output=True, text=True, check=False)
+    found = re.findall(rf"Overall exposure level for {re.escape(unit.name)}: (\d+(?:\.\d+)?)", result.stdout)
+    assert result.returncode == 0 and len(found) == 1, result.stdout + result.stderr
+    return float(found[0])
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_systemd_security_exposure_is_at_most_5(tmp_path, name):
+    units = _units_with_stub_program(tmp_path)
+
+    assert _exposure(units / name) <= MAX_EXPOSURE
+
+
+def test_systemd_security_check_is_not_vacuous(tmp_path):
+    # The same service without its [Service] sandbox lines rates far worse.
+    bare = tmp_path / "nsscache-coreweave.service"
+    keep = ("Type=", "ExecStart=", "TimeoutStartSec=", "Nice=")
+    lines = (UNITS / bare.name).read_text().splitlines()
+    service = lines.index("[Service]")
+    bare.write_text("\n".join(lines[:service + 1] + [l for l in lines[service + 1:] if l.startswith(keep)]) + "\n")
+
+    assert _exposure(bare) > 8.0
+
+
+def _writable(service: dict):
+    """What the sandbox of a ProtectSystem=strict service leaves writable: [(path, optional)] from
+    ReadWritePaths= ("-": skipped when missing) and the *Directory= settings, and the ReadOnlyPaths=."""
+    rw = []
+    for value in service.get("ReadWritePaths", []):
+        for entry in value.split():
+            rw.append((os.path.normpath(entry.lstrip("-")), entry.startswith("-")))
+    for key, base in (("StateDirectory", "/var/lib"), ("RuntimeDirectory", "/run"),
+                      ("CacheDirectory", "/var/cache"), ("LogsDirectory", "/var/log")):
+        rw += [(os.path.join(base, d), False) for value in service.get(key, []) for d in value.split()]
+    ro = [os.path.normpath(e.lstrip("-")) for value in service.get("ReadOnlyPaths", []) for e in value.split()]
+    return rw, ro
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _covering(path: str, service: dict):
+    """The ReadWritePaths=/StateDirectory= entry that makes path writable in the unit's sandbox,
+    or None. The longest matching entry wins, as in systemd; ReadOnlyPaths= count against it."""
+    rw, ro = _writable(service)
+    real = os.path.realpath(path)  # /var/run/nsscache is /run/nsscache, as systemd resolves it
+    best = max((e for e in rw if _under(real, e[0])), key=lambda e: len(e[0]), default=None)
+    worst = max((p for p in ro if _under(real, p)), key=len, default=None)
+    if best is None or (worst is not None and len(worst) >= len(best[0])):
+        return None
+    return best
+
+
+def _paths_written():
+    """Where the configured nsscache and this package write with conf/nsscache.conf, read with
+    nsscache's own loader and this package's defaults: {service: {path: why}} (a directory wherever a
+    file is created beside others or replaced by rename). No path is written here; nothing is copied."""
+    from nss_cache import config as nss_config
+    from nss_cache.lock import PidFile
+
+    from nss_cache_coreweave import slurm, state
+    from nss_cache_coreweave.config import KEYS
+
+    conf = nss_config.Config({})
+    conf.config_file = str(CONF / "nsscache.conf")
+    nss_config.LoadConfig(conf)
+    service = _sections(UNITS / "nsscache-coreweave.service")["Service"]
+    program = os.path.basename(service["ExecStart"][0].split()[0])
+    update, sync = {}, {}
+
+    def writes(where, path, why):
+        where.setdefault(path, []).append(why)
+
+    # nsscache's lock: its lockfile option, else STATE_DIR/<the program's name>
+    writes(update, conf.lockfile or os.path.join(PidFile.STATE_DIR, program), "nsscache's lock file")
+    writes(update, conf.timestamp_dir, "nsscache's timestamps (temporary files renamed)")
+    for name in conf.maps:
+        writes(update, conf.options[name].cache["dir"], f"the {name} cache, its index and temporary files")
+        source = conf.options[name].source
+        state_dir = source.get("state_dir", KEYS["state_dir"])
+        writes(update, state_dir, f"{state.STATE_FILE} (a temporary file renamed)")
+        writes(sync, state_dir, f"{slurm.STATE_FILE}, {slurm.LOCK_FILE}")
+        metrics = source.get("metrics_file", KEYS["metrics_file"])
+        if metrics:
+            writes(update, os.path.dirname(metrics), "coreweave_metrics_file (a temporary file renamed)")
+    # The commented example, which an operator enables by removing the #.
+    example = re.search(r"(?m)^#\s*coreweave_metrics_file\s*=\s*(\S+)", (CONF / "nsscache.conf").read_text())
+    assert example, "conf/nsscache.conf lost its coreweave_metrics_file example"
+    writes(update, os.path.dirname(example.group(1)), "the coreweave_metrics_file example")
+    update = {path: "; ".join(sorted(set(why))) for path, why in update.items()}
+    sync = {path: "; ".join(sorted(set(why))) for path, why in sync.items()}
+    return {"nsscache-coreweave.service": update, "nsscache-coreweave-slurm-sync.service": sync}
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_sandbox_leaves_writable_every_path_the_service_writes(name):
+    service = _sections(UNITS / name)["Service"]
+    written = _paths_written()[name]
+
+    assert service["ProtectSystem"] == ["strict"]
+    assert written
+    for path, why in written.items():
+        entry = _covering(path, service)
+        assert entry, f"{name}: {path} ({why}) is read-only in the sandbox"
+        if entry[1]:  # "-": systemd skips it when missing, and the path stays read-only
+            creates = [c for c in service.get("ExecStartPre", []) if c.split()[1:] == [entry[0]]]
+            optional = "metrics_file" in why
+            assert optional or creates and creates[0].startswith("+/usr/bin/touch "), (
+                f"{name}: {path} is only writable if it exists before the sandbox is set up")
+    # ... and not more than that: the rest of the system, /run and /var/lib stay read-only.
+    for path in ("/usr/bin/x", "/var/lib/x", "/run/x", "/run/munge/munge.socket.2", "/root/x", "/boot/x"):
+        assert _covering(path, service) is None, f"{name}: {path} is writable"
+    if name.endswith("slurm-sync.service"):
+        assert _covering("/etc/passwd.cache", service) is None
+
+
+def test_sandbox_path_check_is_not_vacuous():
+    service = _sections(UNITS / "nsscache-coreweave.service")["Service"]
+    without_etc = dict(service, ReadWritePaths=[v.replace("/etc ", "") for v in service["ReadWritePaths"]])
+    without_state = {k: v for k, v in service.items() if k != "StateDirectory"}
+    run_read_only = dict(service, ReadWritePaths=["/etc /var/lib/nsscache"], ReadOnlyPaths=["/run"])
+
+    assert _covering("/etc", service) and not _covering("/etc", without_etc)
+    assert _covering("/var/lib/nsscache", service) and not _covering("/var/lib/nsscache", without_state)
+    assert _covering("/var/run/nsscache", service) and not _covering("/var/run/nsscache", run_read_only)
 
 
 # --- cron ------------------------------------------------------------------------------------

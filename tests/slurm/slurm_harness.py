@@ -62,7 +62,7 @@ def require_programs() -> Dict[str, str]:
     if missing:
         pytest.fail(
             "the Slurm integration tests need a real slurmdbd: apt-get install " + " ".join(missing)
-            + " (.ci/run installs them)", pytrace=False)
+            + " (make test installs them: scripts/system-packages)", pytrace=False)
     return paths  # type: ignore[return-value]
 
 
