@@ -683,7 +683,8 @@ def load_state(state_dir: str) -> Optional[SlurmState]:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SlurmStateError(path, f"cannot be read ({type(e).__name__})",
                               "Restore it from a backup (it lists the Slurm users and accounts this package "
-                              "created), or see `slurm-sync --adopt-account` in the README") from None
+                              "created); or move it aside and hand the accounts over with `nsscache-coreweave "
+                              "slurm-sync --adopt-account ACCOUNT` (README, Slurm accounts)") from None
 
 
 def save_state(state_dir: str, recorded: SlurmState, last_run: Optional[dict] = None) -> None:
