@@ -398,7 +398,8 @@ def _map_status(conf, name: str, now: float, last_run: Optional[dict], max_age: 
     # The run record lists the maps nsscache wrote (a record of an earlier
     # version of this package does not: then only its outcome counts).
     written = last_run.get("maps_written") if last_run else None
-    missed = bool(last_run) and (name not in written if isinstance(written, list) else last_run.get("outcome") != "ok")
+    missed = last_run is not None and (
+        name not in written if isinstance(written, list) else last_run.get("outcome") != "ok")
     if updated is None:
         status = "unknown"
     elif missed:

@@ -15,7 +15,7 @@ import posixpath
 import re
 import stat
 from dataclasses import dataclass
-from typing import FrozenSet, Mapping, Optional, Tuple, Union
+from typing import FrozenSet, List, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -296,6 +296,7 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
         )
 
     groups = get("groups")
+    allowed: Optional[Tuple[str, ...]]
     if groups is None:
         problems.append("coreweave_groups is required: the POSIX groups whose members may log in, comma-separated, or *")
         allowed = ()
@@ -448,7 +449,7 @@ def _slurm_sync(get, number, allowed, problems) -> SlurmSync:
     accounts = None
     raw = get("slurm_accounts")
     if raw is not None:
-        pairs = []
+        pairs: List[Tuple[str, str]] = []
         for item in (i.strip() for i in str(raw).split(",")):
             if not item:
                 continue

@@ -348,7 +348,7 @@ def _parse_list_repr(value):
         if not isinstance(result, list) or not all(isinstance(k, str) for k in result):
             raise MalformedEntry("not a list of strings")
         return result
-    keys = []
+    keys: "list[str]" = []
     pos, end = 1, len(value)
     if value[-1:] != "]":
         raise MalformedEntry("list does not end with ]")

@@ -98,9 +98,9 @@ def read_local_accounts(config: Config) -> LocalAccounts:
     groups = _read_colon_file(config.local_group)
     return LocalAccounts(
         user_names=frozenset(f[0] for f in users),
-        uids=frozenset(_as_int(f[2]) for f in users if len(f) > 2 and _as_int(f[2]) is not None),
+        uids=_ids(users),
         group_names=frozenset(f[0] for f in groups),
-        gids=frozenset(_as_int(f[2]) for f in groups if len(f) > 2 and _as_int(f[2]) is not None),
+        gids=_ids(groups),
         homes=frozenset(posixpath.normpath(f[5]) for f in users if len(f) > 5 and f[5].startswith("/")),
     )
 
@@ -177,15 +177,17 @@ def _allowed_groups(records: Tuple[GroupRecord, ...], config: Config, local: Loc
         if allowed is not None and not (isinstance(name, str) and name in allowed):
             continue  # exact match on the POSIX group name; others are not ours
         who = name if isinstance(name, str) and POSIX_NAME.fullmatch(name) else f"id {_printable(record.id)}"
+        gid = _as_int(record.gid)
         problem = (
             _name_problem(name)
             or _id_problem(record.gid, "gid", config.min_gid, config.max_gid)
-            or _local_clash(name, "group", local.group_names, _as_int(record.gid), "gid", local.gids)
+            or _local_clash(name, "group", local.group_names, gid, "gid", local.gids)
         )
         if problem:
             drops.append(Drop("group", who, problem.text, code=problem.code))
             continue
-        chosen[record.id] = _Group(name, _as_int(record.gid), record.members)
+        assert gid is not None, "_id_problem refuses a gid that is no integer"
+        chosen[record.id] = _Group(name, gid, record.members)
     return list(_without_duplicates(chosen, ("name", "gid"), "group", drops).values())
 
 
@@ -196,18 +198,20 @@ def _account(user: UserRecord, config: Config, local: LocalAccounts, holders: "_
     home = config.home_template.replace("%u", name) if config.home_template and isinstance(name, str) else user.home
     if home is None and isinstance(name, str):
         home = f"/home/{name}"
+    uid, gid = _as_int(user.uid), _as_int(user.gid)
     problem = (
         _activity_problem(user.active)
         or _name_problem(name)
         or _id_problem(user.uid, "uid", config.min_uid, config.max_uid)
         or _id_problem(user.gid, "gid", config.min_gid, config.max_gid)
-        or _local_clash(name, "account", local.user_names, _as_int(user.uid), "uid", local.uids)
-        or _primary_gid_problem(user.id, _as_int(user.gid), local, holders)
+        or _local_clash(name, "account", local.user_names, uid, "uid", local.uids)
+        or _primary_gid_problem(user.id, gid, local, holders)
         or _home_problem(home, local)
     )
     if problem:
         drops.append(Drop("user", who, problem.text, expected=problem.code == "inactive", code=problem.code))
         return None
+    assert uid is not None and gid is not None, "_id_problem refuses an id that is no integer"
     shell = config.default_shell
     if _clean_path(user.shell) and user.shell in config.allowed_shells:
         shell = user.shell
@@ -217,8 +221,8 @@ def _account(user: UserRecord, config: Config, local: LocalAccounts, holders: "_
         ))
     return Account(
         name=name,
-        uid=_as_int(user.uid),
-        gid=_as_int(user.gid),
+        uid=uid,
+        gid=gid,
         gecos=_clean_gecos(user.gecos),
         home=home,
         shell=shell,
@@ -253,6 +257,8 @@ def _gid_holders(records: Tuple[GroupRecord, ...]) -> _GidHolders:
 def _primary_gid_problem(user_id: str, gid: Optional[int], local: LocalAccounts, holders: _GidHolders) -> Optional[_Problem]:
     """A primary gid grants its group's file access: only a private gid, or
     the gid of IAM groups the user is a member of."""
+    if gid is None:
+        return None  # _id_problem reports it
     if gid in local.gids:
         return _Problem("gid_local", f"primary gid {gid} belongs to a local group of this node")
     for name, members in holders.get(gid, ()):
@@ -437,6 +443,12 @@ def _id_problem(value, id_name: str, low: int, high: int) -> Optional[_Problem]:
     if not low <= number <= high:
         return _Problem(id_name, f"{id_name} {number} is outside [{low}, {high}]")
     return None
+
+
+def _ids(entries: List[List[str]]) -> FrozenSet[int]:
+    """The numeric third fields (uid or gid) of passwd or group entries."""
+    numbers = (_as_int(f[2]) for f in entries if len(f) > 2)
+    return frozenset(n for n in numbers if n is not None)
 
 
 def _as_int(value) -> Optional[int]:

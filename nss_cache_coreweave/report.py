@@ -59,7 +59,9 @@ def record(state_dir: str, scope: str, report: RunReport) -> dict:
 
     def change(entry: dict) -> None:
         entry["last_run"] = asdict(report)
-        caches = entry.get("caches") if isinstance(entry.get("caches"), dict) else {}
+        caches = entry.get("caches")
+        if not isinstance(caches, dict):
+            caches = {}
         for name in report.maps_written:
             caches[name] = {"run": report.run, "time": now, "count": getattr(report, COUNTED[name])}
         entry["caches"] = caches
@@ -114,7 +116,9 @@ def metrics_text(report: RunReport, entry: dict) -> str:
                  for k, n in report.requests.items()))
     metric("http_retries", "gauge", "Retries in the last run.", (({}, float(report.retries)),))
     metric("http_response_bytes", "gauge", "Response bytes received in the last run.", (({}, float(report.bytes)),))
-    caches = entry.get("caches") if isinstance(entry.get("caches"), dict) else {}
+    caches = entry.get("caches")
+    if not isinstance(caches, dict):
+        caches = {}
 
     def in_cache(name: str) -> Tuple[Tuple[Dict[str, str], float], ...]:
         found = caches.get(name)

@@ -227,14 +227,15 @@ class _Collector:
 def _walk_index(fetcher: "_Fetcher", collected: _Collector) -> list:
     """RFC 7644 §3.4.2.4: startIndex (1-based) and count."""
     kind, server = fetcher.kind, fetcher.server
-    start, total, ahead = 1, None, None
+    start, ahead = 1, None
+    total: Optional[int] = None
     try:
         for page_no in range(1, server.max_pages + 1):
             if ahead is not None:
                 page = ahead.take(page_no, start)
             else:
                 page = collected.read(fetcher.page(page_no, {"startIndex": start, "count": server.page_size}), page_no)
-            page_total = _total(page.total, kind, page_no, required=True)
+            page_total = _required_total(page.total, kind, page_no)
             if total is None:
                 collected.check_size(page_total, "totalResults is")
                 total = page_total
@@ -285,7 +286,7 @@ class _Ahead:
         self.next_page, self.next_start, self.step, self.total = 2, start, step, total
         self.pending: deque = deque()  # (page_no, start, AsyncResult)
         self.depth = 2 * fetcher.server.workers  # bounds the pages held in memory
-        self.pool = multiprocessing.get_context("fork").Pool(
+        self.pool: Optional[multiprocessing.pool.Pool] = multiprocessing.get_context("fork").Pool(
             fetcher.server.workers, initializer=_worker_init, initargs=(collected,)
         )
 
@@ -340,7 +341,9 @@ def _worker_init(collected: _Collector) -> None:
 
 
 def _worker_read(content: bytes, page_no: int) -> _Page:
-    return _worker_collector.read(_decode(content, f"{_worker_collector.kind} page {page_no}"), page_no)
+    collected = _worker_collector
+    assert collected is not None, "set by _worker_init"
+    return collected.read(_decode(content, f"{collected.kind} page {page_no}"), page_no)
 
 
 def _walk_cursor(fetcher: "_Fetcher", collected: _Collector) -> list:
@@ -349,7 +352,7 @@ def _walk_cursor(fetcher: "_Fetcher", collected: _Collector) -> list:
     cursor, seen_cursors, total = "", set(), None
     for page_no in range(1, server.max_pages + 1):
         page = collected.read(fetcher.page(page_no, {"cursor": cursor, "count": server.page_size}), page_no)
-        page_total = _total(page.total, kind, page_no, required=False)
+        page_total = None if page.total is None else _required_total(page.total, kind, page_no)
         if page_total is not None:
             if total is not None and page_total != total:
                 raise ListingError(
@@ -378,10 +381,8 @@ def _walk_cursor(fetcher: "_Fetcher", collected: _Collector) -> list:
     return list(collected.items.values())
 
 
-def _total(value, kind: str, page_no: int, *, required: bool) -> Optional[int]:
+def _required_total(value, kind: str, page_no: int) -> int:
     """A page's totalResults, checked."""
-    if value is None and not required:
-        return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ListingError(
             f"{kind} page {page_no}: totalResults is {value!r}, not a non-negative integer: refusing a listing we cannot check"
@@ -444,9 +445,8 @@ class _Fetcher:
                     raise FetchError(f"{problem}: not retried; check coreweave_base_url and the endpoints")
                 if last:
                     raise FetchError(f"{problem} (after {attempt + 1} attempts): the server is failing, try later")
-                wait = _retry_after(headers.get("Retry-After"), server.max_retry_wait)
-                if wait is None:
-                    wait = self._backoff(attempt)
+                asked = _retry_after(headers.get("Retry-After"), server.max_retry_wait)
+                wait = self._backoff(attempt) if asked is None else asked
             if self.clock.monotonic() + wait > self.deadline:
                 raise FetchError(f"{problem}: no time left to retry within coreweave_deadline ({server.deadline:g} s)")
             log.warning("%s; retrying in %.1f s (%d of %d)", problem, wait, attempt + 1, server.retries)

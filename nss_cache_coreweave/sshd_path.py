@@ -436,7 +436,7 @@ def _access_problem(path, role, need, account, checker):
 def _unreachable(checker, account):
     """For a failed run: the paths walked (and every directory of a virtualenv) that account
     may not search, read or execute; only the topmost of each blocked subtree."""
-    problems = []
+    problems: "list[Problem]" = []
 
     def reachable(path, role, need):
         if any(_within(path, p.path) for p in problems):

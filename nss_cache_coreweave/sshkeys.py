@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Tuple
 
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
@@ -111,7 +111,7 @@ def parse(
     return Key(line=f"{options} {key}" if options else key, identity=f"{key_type} {body}")
 
 
-def _split_options(line: str):
+def _split_options(line: str) -> Tuple[str, str]:
     """Split ``opt1,opt2="a b" type base64 ...`` at the first unquoted blank
     and check each option name (authorized_keys(5), AUTHORIZED_KEYS FILE FORMAT)."""
     in_quotes, end = False, len(line)
