@@ -193,7 +193,7 @@ def _rsa_moduli(wanted: List[Tuple[int, int]], seed: int, cache_dir: Path) -> Di
                 found = list(executor.map(_modulus_job, missing))
         else:
             found = [_modulus_job(job) for job in missing]
-        for (s, i, bits), n in zip(missing, found):
+        for (_, i, bits), n in zip(missing, found):
             cached[name(i, bits)] = format(n, "x")
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
@@ -205,5 +205,6 @@ def _rsa_moduli(wanted: List[Tuple[int, int]], seed: int, cache_dir: Path) -> Di
     moduli = {i: int(cached[name(i, bits)], 16) for i, bits in wanted}
     for i, bits in wanted:
         if moduli[i].bit_length() != bits:
-            raise ValueError(f"cached RSA modulus {name(i, bits)} in {path} has {moduli[i].bit_length()} bits: delete the file")
+            raise ValueError(f"cached RSA modulus {name(i, bits)} in {path} has {moduli[i].bit_length()} bits: "
+                             "delete the file")
     return moduli

@@ -79,6 +79,17 @@ INVALID_KINDS: Dict[str, Tuple[str, bool]] = {
     "bad_keys": ("broken SSH keys (keys dropped, user kept)", True),
 }
 _DUPLICATES = ("dup_name", "dup_uid")
+# The kinds that set one extension attribute to a fixed value: kind -> (attribute, value).
+_SPOILED_VALUES: Dict[str, Tuple[str, object]] = {
+    "uid_root": ("sunkPosixUid", 0),
+    "uid_nobody": ("sunkPosixUid", 65534),
+    "uid_low": ("sunkPosixUid", 999),
+    "uid_text": ("sunkPosixUid", "1e5"),
+    "gid_root": ("sunkPosixGid", 0),
+    "bad_shell": ("sunkLoginShell", "/opt/evil/sh"),
+}
+# The kinds that replace the POSIX name (Org._spoiled_name).
+_SPOILED_NAMES = frozenset({"upper_name", "email_name", "long_name", "digits_name", "dup_name"})
 INVALID_MEMBER_PERCENT = 80
 
 FIRST = (
@@ -156,7 +167,8 @@ class Org:
         n, g = spec.users, spec.groups
 
         # The configured groups sit spread over the group listing.
-        self.configured_positions = [((2 * k + 1) * g) // (2 * len(CONFIGURED_GROUPS)) for k in range(len(CONFIGURED_GROUPS))]
+        self.configured_positions = [((2 * k + 1) * g) // (2 * len(CONFIGURED_GROUPS))
+                                     for k in range(len(CONFIGURED_GROUPS))]
         self._configured_at = {pos: k for k, pos in enumerate(self.configured_positions)}
         member_list = rng.sample(range(n), spec.members)
         weights = [w for _, _, w in CONFIGURED_GROUPS]
@@ -306,46 +318,52 @@ class Org:
         return resource
 
     def _spoil(self, i: int, kind: str, resource: dict, ext: dict) -> None:
-        name = ext["sunkPosixUsername"]
+        """Make user ``i`` (``resource``, whose CoreWeave extension is ``ext``) an invalid record of ``kind``."""
+        if kind in _SPOILED_VALUES:
+            attribute, value = _SPOILED_VALUES[kind]
+            ext[attribute] = value
+        elif kind in _SPOILED_NAMES:
+            ext["sunkPosixUsername"] = self._spoiled_name(i, kind, ext["sunkPosixUsername"], resource["userName"])
+        else:
+            self._spoil_record(i, kind, resource, ext)
+
+    def _spoiled_name(self, i: int, kind: str, name: str, email: str) -> str:
+        """The POSIX name a user with name-spoiling ``kind`` gets instead of ``name``."""
+        if kind == "upper_name":
+            return name.capitalize()
+        if kind == "email_name":
+            return email
+        if kind == "long_name":
+            return f"{name}-{'x' * 32}"
+        if kind == "digits_name":
+            return str(UID_BASE + i)
+        if kind == "dup_name":
+            return self.posix_name(self.partner[i])
+        raise AssertionError(kind)  # pragma: no cover
+
+    def _spoil_record(self, i: int, kind: str, resource: dict, ext: dict) -> None:
+        """The kinds that remove or rework part of the record rather than set one value."""
         if kind == "inactive":
             resource["active"] = False
-        elif kind == "upper_name":
-            ext["sunkPosixUsername"] = name.capitalize()
-        elif kind == "email_name":
-            ext["sunkPosixUsername"] = resource["userName"]
-        elif kind == "long_name":
-            ext["sunkPosixUsername"] = f"{name}-{'x' * 32}"
-        elif kind == "digits_name":
-            ext["sunkPosixUsername"] = str(UID_BASE + i)
-        elif kind == "uid_root":
-            ext["sunkPosixUid"] = 0
-        elif kind == "uid_nobody":
-            ext["sunkPosixUid"] = 65534
-        elif kind == "uid_low":
-            ext["sunkPosixUid"] = 999
-        elif kind == "uid_text":
-            ext["sunkPosixUid"] = "1e5"
         elif kind == "gid_missing":
             del ext["sunkPosixGid"]
-        elif kind == "gid_root":
-            ext["sunkPosixGid"] = 0
         elif kind == "no_extension":
             del resource[EXT_CW]
             resource["schemas"] = resource["schemas"][:2]
         elif kind == "bad_home":
-            ext["sunkHomeDirectory"] = f"home/{name}"
-        elif kind == "dup_name":
-            ext["sunkPosixUsername"] = self.posix_name(self.partner[i])
+            ext["sunkHomeDirectory"] = f"home/{ext['sunkPosixUsername']}"
         elif kind == "dup_uid":
             ext["sunkPosixUid"] = UID_BASE + self.partner[i]
-        elif kind == "bad_shell":
-            ext["sunkLoginShell"] = "/opt/evil/sh"
         elif kind == "bad_keys":
-            broken = self.broken_keys[self._r(i, 40) % len(self.broken_keys)]
-            ext["sunkSshKeys"] = [broken] + ([f"{self.key_pool[self._r(i, 41) % len(self.key_pool)]} {name}@ok"]
-                                             if self._r(i, 42) % 2 else [])
+            ext["sunkSshKeys"] = self._broken_keys(i, ext["sunkPosixUsername"])
         else:  # pragma: no cover
             raise AssertionError(kind)
+
+    def _broken_keys(self, i: int, name: str) -> List[str]:
+        """A broken key and, for about half of these users, a valid one too (see has_valid_key)."""
+        broken = self.broken_keys[self._r(i, 40) % len(self.broken_keys)]
+        good = [f"{self.key_pool[self._r(i, 41) % len(self.key_pool)]} {name}@ok"] if self._r(i, 42) % 2 else []
+        return [broken] + good
 
     def group(self, j: int) -> dict:
         """The SCIM Group at listing position ``j`` (0-based)."""

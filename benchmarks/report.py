@@ -280,7 +280,8 @@ def markdown(result: "BenchResult") -> str:
         "hook), stdin a pty so that nsscache logs to stderr (to a file). The caches are written to a temporary "
         "`files_dir` and are kept between runs, as on a node. Configuration: the five groups in `coreweave_groups`, "
         f"`coreweave_page_size = {s.page_size}`, `coreweave_pagination = {s.pagination}`, "
-        "`coreweave_allowed_shells` = the organisation's shells, empty `coreweave_local_passwd`/`coreweave_local_group`, "
+        "`coreweave_allowed_shells` = the organisation's shells, empty "
+        "`coreweave_local_passwd`/`coreweave_local_group`, "
         "`coreweave_max_shrink = 1`, state in the temporary directory; from 1,000,000 users on also "
         "`coreweave_deadline = 1800` (the default 300 s is tight on a busy 2-core machine).",
         "- **floor**: a fresh `python benchmarks/floor.py` (same interpreter) fetching exactly the URLs the sync "
@@ -319,10 +320,12 @@ def markdown(result: "BenchResult") -> str:
     ]
     for x in result.sizes:
         kinds = x.org.get("expected", {}).get("invalid_kinds_among_members", {})
+        partners = x.org.get("expected", {}).get("duplicate_partners", 0)
+        sizes = x.org.get("configured_group_sizes", {})
         out += [f"- N = {x.users:,}: {x.org.get('invalid')} invalid records, {sum(kinds.values())} among the members "
                 f"({', '.join(f'{k} {v}' for k, v in kinds.items())}); "
-                f"{x.org.get('expected', {}).get('duplicate_partners', 0)} valid members dropped as duplicate partners; "
-                f"configured group sizes {', '.join(f'{k} {v:,}' for k, v in x.org.get('configured_group_sizes', {}).items())}"]
+                f"{partners} valid members dropped as duplicate partners; "
+                f"configured group sizes {', '.join(f'{k} {v:,}' for k, v in sizes.items())}"]
     out.append("")
     profiles = [x for x in result.sizes if x.profile]
     if profiles:

@@ -313,7 +313,8 @@ class _Size:
     def sync(self) -> Run:
         self.server.stats(reset=True)
         log = self._log("sync")
-        m = _launch(self.python, [str(self.bin / "nsscache"), "-c", str(self.conf), "update", "--full"], log, self.env, self.node)
+        m = _launch(self.python, [str(self.bin / "nsscache"), "-c", str(self.conf), "update", "--full"], log, self.env,
+                    self.node)
         stats = self.server.stats(reset=True)
         if m["exit"] != 0:
             raise BenchError(f"nsscache update --full exited {m['exit']} at N={self.users}; log {log}:\n{_tail(log)}")
@@ -331,7 +332,8 @@ class _Size:
     def floor(self) -> Run:
         self.server.stats(reset=True)
         log = self._log("floor")
-        m = _launch(self.python, [self.python, str(HERE / "floor.py"), str(self.urls_file)], log, self.floor_env, self.node)
+        m = _launch(self.python, [self.python, str(HERE / "floor.py"), str(self.urls_file)], log, self.floor_env,
+                    self.node)
         stats = self.server.stats(reset=True)
         if m["exit"] != 0:
             raise BenchError(f"the floor client exited {m['exit']} at N={self.users}; log {log}:\n{_tail(log)}")
@@ -376,7 +378,8 @@ class _Size:
             floors.append(self.floor())
             self.say(f"  N={self.users:,} rep {rep + 1}/{reps}: sync {syncs[-1].wall:.2f} s "
                      f"(CPU {syncs[-1].cpu:.2f} s, {syncs[-1].maxrss_kb / 1024:.0f} MiB), "
-                     f"floor {floors[-1].wall:.2f} s (CPU {floors[-1].cpu:.2f} s, {floors[-1].maxrss_kb / 1024:.0f} MiB)")
+                     f"floor {floors[-1].wall:.2f} s (CPU {floors[-1].cpu:.2f} s, "
+                     f"{floors[-1].maxrss_kb / 1024:.0f} MiB)")
         profile = self.profile() if s.profile else None
         stats = self.server.stats(reset=False)
         return SizeResult(
@@ -467,7 +470,8 @@ print(json.dumps({"python": platform.python_version(), "implementation": platfor
 def machine_description(bin_dir: Path) -> Dict[str, str]:
     cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown")
-    mem_kb = next((int(line.split()[1]) for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal")), 0)
+    mem_kb = next((int(line.split()[1]) for line in _read("/proc/meminfo").splitlines()
+                   if line.startswith("MemTotal")), 0)
     os_name = next((line.split("=", 1)[1].strip().strip('"') for line in _read("/etc/os-release").splitlines()
                     if line.startswith("PRETTY_NAME=")), platform.system())
     try:
@@ -478,7 +482,8 @@ def machine_description(bin_dir: Path) -> Dict[str, str]:
     probe = subprocess.run([str(bin_dir / "python"), "-c", _PROBE], capture_output=True, text=True, env=_child_env(),
                            cwd=tempfile.gettempdir())
     if probe.returncode != 0:
-        raise BenchError(f"cannot import nss_cache / nss_cache_coreweave with {bin_dir / 'python'}: {probe.stderr[-1500:]}")
+        raise BenchError(f"cannot import nss_cache / nss_cache_coreweave with {bin_dir / 'python'}: "
+                         f"{probe.stderr[-1500:]}")
     info = json.loads(probe.stdout)
     source = REPO / "nss_cache_coreweave"
     import hashlib
@@ -486,7 +491,8 @@ def machine_description(bin_dir: Path) -> Dict[str, str]:
     tree = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(source.glob("*.py"))}
     differs = sorted(set(tree) ^ set(info["files"]) | {n for n in tree if info["files"].get(n) not in (None, tree[n])})
     commit = _git("rev-parse", "--short=12", "HEAD") or "unknown"
-    dirty = _git("status", "--porcelain", "--", "nss_cache_coreweave", "_nss_cache_coreweave_hook.py", "setup.cfg", "setup.py")
+    dirty = _git("status", "--porcelain", "--", "nss_cache_coreweave", "_nss_cache_coreweave_hook.py", "setup.cfg",
+                 "setup.py")
     nsscache_version = info["nsscache"]
     if nsscache_version == "0.48":
         nsscache_version = "0.49 (Debian's orig tarball via scripts/install-nsscache; its __version__ still says 0.48)"
@@ -532,10 +538,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gzip", action="store_true", help="the server gzips pages for clients that accept it")
     p.add_argument("--bin-dir", type=Path, default=REPO / ".venv" / "bin",
                    help="where nsscache and the python with the installed package are")
-    p.add_argument("--cache-dir", type=Path, default=None, help="key pool cache (default ~/.cache/nss-cache-coreweave/benchmarks)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="key pool cache (default ~/.cache/nss-cache-coreweave/benchmarks)")
     p.add_argument("--work-dir", type=Path, default=None, help="parent of the temporary directory")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, caches, conf)")
-    p.add_argument("--profile", action="store_true", help="also run one sync per N under cProfile and print the top functions")
+    p.add_argument("--profile", action="store_true",
+                   help="also run one sync per N under cProfile and print the top functions")
     p.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md", help="the Markdown report")
     p.add_argument("--no-write", action="store_true", help="print the report only")
     p.add_argument("--json", type=Path, default=None, help="also write the raw measurements as JSON")
@@ -553,8 +561,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise SystemExit("--reps and --large-reps must be at least 1")
     settings = Settings(
         sizes=sizes, groups=args.groups, members_share=args.members_share, members=args.members, reps=args.reps,
-        large_reps=args.large_reps, warmup=args.warmup, page_size=args.page_size, pagination=args.pagination, seed=args.seed,
-        invalid=args.invalid, key_pool=args.key_pool, gzip=args.gzip, bin_dir=args.bin_dir.absolute(),
+        large_reps=args.large_reps, warmup=args.warmup, page_size=args.page_size, pagination=args.pagination,
+        seed=args.seed, invalid=args.invalid, key_pool=args.key_pool, gzip=args.gzip, bin_dir=args.bin_dir.absolute(),
         cache_dir=args.cache_dir, work_dir=args.work_dir, keep=args.keep, profile=args.profile,
     )
     try:

@@ -50,7 +50,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .org import CORE_GROUP, CORE_USER, EXT_CW, EXT_ENTERPRISE, Org, OrgSpec
 
-__all__ = ["BenchServer", "Stats", "DEFAULT_COUNT", "MAX_COUNT", "DEFAULT_PREFIX", "parse_attribute_list", "project", "main"]
+__all__ = [
+    "BenchServer", "Stats", "DEFAULT_COUNT", "MAX_COUNT", "DEFAULT_PREFIX", "parse_attribute_list", "project", "main",
+]
 
 DEFAULT_PREFIX = "/scim/cwbench"
 DEFAULT_COUNT = 100
@@ -225,7 +227,8 @@ class BenchServer:
 
     # --- answering -------------------------------------------------------------------
 
-    def answer(self, target: str, authorization: Optional[str], accept_encoding: str) -> Tuple[int, bytes, Dict[str, str]]:
+    def answer(self, target: str, authorization: Optional[str],
+               accept_encoding: str) -> Tuple[int, bytes, Dict[str, str]]:
         """(status, body, headers) for one GET, counted."""
         split = urlsplit(target)
         path = split.path.rstrip("/")
@@ -376,8 +379,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._counted = False
 
-    def log_message(self, format, *args):  # noqa: A002 - quiet
-        pass
+    def log_message(self, format, *args):
+        pass  # quiet: no line per request on stderr
 
     def do_GET(self):
         bench: BenchServer = self.server.bench
@@ -427,7 +430,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--gzip", action="store_true", help="gzip pages for clients that accept it")
     parser.add_argument("--prerender", type=int, default=0, metavar="COUNT",
                         help="render every page for this count (no attributes) before listening")
-    parser.add_argument("--pagination", choices=("index", "cursor"), default="index", help="the mode --prerender renders")
+    parser.add_argument("--pagination", choices=("index", "cursor"), default="index",
+                        help="the mode --prerender renders")
     args = parser.parse_args(argv)
 
     spec_args = dict(users=args.users, groups=args.groups, members=args.members, seed=args.seed, invalid=args.invalid)
@@ -444,7 +448,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         tmp.write_text(json.dumps({"port": server.port, "base_url": server.base_url, "pid": os.getpid(),
                                    "summary": org.summary()}))
         os.replace(tmp, args.ready_file)
-    print(f"bench-scim: {org.spec.users} users, {org.spec.groups} groups at {server.base_url}", file=sys.stderr, flush=True)
+    print(f"bench-scim: {org.spec.users} users, {org.spec.groups} groups at {server.base_url}", file=sys.stderr,
+          flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -30,7 +30,7 @@ def main() -> int:
     port_file = OUT / "port"
 
     server = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "fakeiam.py"), "--org", str(ROOT / "demo" / "org.json"),
+        [sys.executable, str(ROOT / "tests" / "support" / "fakeiam.py"), "--org", str(ROOT / "demo" / "org.json"),
          "--token-file", str(token), "--port", "0", "--port-file", str(port_file)],
         stderr=subprocess.DEVNULL,
     )
@@ -44,7 +44,8 @@ def main() -> int:
         # nsscache logs to syslog unless stdin is a terminal: give it one so
         # its warnings show here.
         primary, secondary = pty.openpty()
-        status = subprocess.run([str(BIN / "nsscache"), "-c", str(conf), "update", "--full"], stdin=secondary).returncode
+        status = subprocess.run([str(BIN / "nsscache"), "-c", str(conf), "update", "--full"],
+                                stdin=secondary).returncode
         os.close(primary)
         os.close(secondary)
         print(f"nsscache exited with status {status}\n")

@@ -27,9 +27,8 @@ import sys
 import time
 from typing import List, Optional, Tuple
 
-from . import __version__
+from . import __version__, install, marker, policy, redact, scim, slurm, snapshot, state
 from . import config as config_mod
-from . import install, marker, policy, redact, scim, slurm, snapshot, state
 from .errors import ConfigError, CoreWeaveError, FetchError, GuardError
 from .policy import ACCEPT_SHRINK_ENV
 from .source import finish, guard, register, state_scope
@@ -121,7 +120,9 @@ def _load_nsscache_conf(path: Optional[str]):
         nss_config.LoadConfig(conf)
     except Exception as e:  # configparser's errors: missing [DEFAULT] keys, bad '%'
         if getattr(e, "option", None) == "coreweave_token":  # an interpolation error quotes the value
-            raise ConfigError(f"{conf.config_file}: {type(e).__name__} in coreweave_token (its value is not shown)") from None
+            raise ConfigError(
+                f"{conf.config_file}: {type(e).__name__} in coreweave_token (its value is not shown)"
+            ) from None
         raise ConfigError(f"{conf.config_file}: {type(e).__name__}: {e}") from None
     return conf
 
@@ -187,7 +188,8 @@ def _check(conf, args) -> int:
         return EXIT_USAGE
     coreweave_maps = [m for m in conf.maps if conf.options[m].source.get("name") == "coreweave"]
     print(f"configuration: {conf.config_file}: maps {', '.join(coreweave_maps)} use source coreweave")
-    print(f"directory: {config.server.base_url} ({config.server.pagination} pagination, {config.server.page_size} per page)")
+    print(f"directory: {config.server.base_url} ({config.server.pagination} pagination, "
+          f"{config.server.page_size} per page)")
     for warning in config.warnings:
         print(f"warning: {warning}")
     try:
@@ -265,7 +267,8 @@ def _print_sample(config) -> int:
                 continue
             resources = page.get("Resources")
             print(f"sample {kind}:")
-            print(json.dumps(resources[0] if isinstance(resources, list) and resources else None, indent=2, sort_keys=True))
+            print(json.dumps(resources[0] if isinstance(resources, list) and resources else None,
+                             indent=2, sort_keys=True))
     return status
 
 

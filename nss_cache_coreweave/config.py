@@ -288,7 +288,9 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
         base_url = ""
     base_url = str(base_url).rstrip("/")
     if base_url and not base_url.startswith(("https://", "http://")):
-        problems.append(f"coreweave_base_url must start with https:// (or http:// for a loopback test server), got {base_url!r}")
+        problems.append(
+            f"coreweave_base_url must start with https:// (or http:// for a loopback test server), got {base_url!r}"
+        )
     elif base_url.startswith("http://") and not _is_loopback(_url_host(base_url)):
         problems.append(
             f"coreweave_base_url must use https:// for host {_url_host(base_url)!r}: http:// is accepted only for a "
@@ -298,7 +300,9 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
     groups = get("groups")
     allowed: Optional[Tuple[str, ...]]
     if groups is None:
-        problems.append("coreweave_groups is required: the POSIX groups whose members may log in, comma-separated, or *")
+        problems.append(
+            "coreweave_groups is required: the POSIX groups whose members may log in, comma-separated, or *"
+        )
         allowed = ()
     elif str(groups).strip() == "*":
         allowed = None
@@ -547,7 +551,9 @@ def _read_token(opts, environ, problems, warnings) -> str:
                 mode = os.fstat(f.fileno()).st_mode
                 token = f.read().strip()
         except (OSError, UnicodeDecodeError) as e:
-            problems.append(f"coreweave_token_file {path!r} cannot be read: {getattr(e, 'strerror', None) or type(e).__name__}")
+            problems.append(
+                f"coreweave_token_file {path!r} cannot be read: {getattr(e, 'strerror', None) or type(e).__name__}"
+            )
             return ""
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             warnings.append(f"coreweave_token_file {path!r} is readable by group or others: chmod 600 it")

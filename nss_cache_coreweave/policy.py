@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, List, NamedTuple, Optional, Tuple, Union
 
 from . import marker, sshkeys
-from .config import Config, clean_path as _clean_path
+from .config import Config
+from .config import clean_path as _clean_path
 from .snapshot import GroupRecord, Snapshot, UserRecord
 
 __all__ = [
@@ -29,7 +30,9 @@ POSIX_NAME = re.compile(r"[a-z0-9_.][a-z0-9_.-]{0,31}", re.ASCII)
 NOBODY = marker.NOBODY
 # Never a home: pam_mkhomedir would hand the user the directory, or a tree below it
 # (below /tmp and /var/tmp anyone may create the home first and own the user's dotfiles).
-SYSTEM_HOMES = frozenset({"/", "/root", "/etc", "/bin", "/sbin", "/boot", "/dev", "/proc", "/run", "/sys", "/tmp", "/usr", "/var"})
+SYSTEM_HOMES = frozenset({
+    "/", "/root", "/etc", "/bin", "/sbin", "/boot", "/dev", "/proc", "/run", "/sys", "/tmp", "/usr", "/var",
+})
 SYSTEM_TREES = ("/etc/", "/proc/", "/sys/", "/dev/", "/boot/", "/run/", "/tmp/", "/var/tmp/")
 MAX_KEYS = 100  # key lines read per user; a longer attribute is not an honest one
 _LIB = re.compile(r"/lib[^/]*", re.ASCII)  # /lib, /lib32, /lib64, /libx32 ...
@@ -134,7 +137,8 @@ def decide(snapshot: Snapshot, config: Config, local: Optional[LocalAccounts] = 
                 ))
             elif not isinstance(member.value, str) or member.value not in users_by_id:
                 drops.append(Drop(
-                    "member", f"{group.name}/{_printable(member.value)}", "does not resolve to any listed user", code="unresolved",
+                    "member", f"{group.name}/{_printable(member.value)}", "does not resolve to any listed user",
+                    code="unresolved",
                 ))
             else:
                 member_ids[member.value] = None
@@ -169,7 +173,8 @@ class _Group:
     members: tuple
 
 
-def _allowed_groups(records: Tuple[GroupRecord, ...], config: Config, local: LocalAccounts, drops: List[Drop]) -> List[_Group]:
+def _allowed_groups(records: Tuple[GroupRecord, ...], config: Config, local: LocalAccounts,
+                    drops: List[Drop]) -> List[_Group]:
     allowed = None if config.allowed_groups is None else set(config.allowed_groups)
     chosen = {}
     for record in records:
@@ -247,14 +252,16 @@ def _gid_holders(records: Tuple[GroupRecord, ...]) -> _GidHolders:
     for record in records:
         gid = _as_int(record.gid)
         if gid is not None:
-            name = record.name if isinstance(record.name, str) and POSIX_NAME.fullmatch(record.name) else f"id {_printable(record.id)}"
+            name = (record.name if isinstance(record.name, str) and POSIX_NAME.fullmatch(record.name)
+                    else f"id {_printable(record.id)}")
             # Allowed groups carry members, the others member_ids (snapshot.take).
             members = record.member_ids or frozenset(m.value for m in record.members if m.value)
             holders.setdefault(gid, []).append((name, members))
     return holders
 
 
-def _primary_gid_problem(user_id: str, gid: Optional[int], local: LocalAccounts, holders: _GidHolders) -> Optional[_Problem]:
+def _primary_gid_problem(user_id: str, gid: Optional[int], local: LocalAccounts,
+                         holders: _GidHolders) -> Optional[_Problem]:
     """A primary gid grants its group's file access: only a private gid, or
     the gid of IAM groups the user is a member of."""
     if gid is None:
@@ -263,7 +270,9 @@ def _primary_gid_problem(user_id: str, gid: Optional[int], local: LocalAccounts,
         return _Problem("gid_local", f"primary gid {gid} belongs to a local group of this node")
     for name, members in holders.get(gid, ()):
         if user_id not in members:
-            return _Problem("gid_not_member", f"primary gid {gid} is the gid of IAM group {name}, which the user is not a member of")
+            return _Problem(
+                "gid_not_member", f"primary gid {gid} is the gid of IAM group {name}, which the user is not a member of"
+            )
     return None
 
 
@@ -370,7 +379,8 @@ def _without_duplicates(entries: dict, fields: Tuple[str, ...], kind: str, drops
             if len(holders[value]) > 1 and key not in clashing:
                 clashing.add(key)
                 others = sorted(holders[value])
-                drops.append(Drop(kind, entry.name, f"{attribute} {value} is shared by {', '.join(others)}", code="duplicate"))
+                drops.append(Drop(kind, entry.name, f"{attribute} {value} is shared by {', '.join(others)}",
+                                  code="duplicate"))
     return {k: e for k, e in entries.items() if k not in clashing}
 
 
@@ -381,9 +391,12 @@ class _Problem(NamedTuple):
 
 def _name_problem(name) -> Optional[_Problem]:
     if not isinstance(name, str):
-        return _Problem("name", "has no POSIX name" if name is None else f"name is a JSON {type(name).__name__}, not a string")
+        return _Problem("name", "has no POSIX name" if name is None
+                        else f"name is a JSON {type(name).__name__}, not a string")
     if not POSIX_NAME.fullmatch(name) or name.isdigit() or name in (".", ".."):
-        return _Problem("name", f"name {_show(name)} is not a POSIX portable name (a-z 0-9 _ . -, at most 32, lower-case)")
+        return _Problem(
+            "name", f"name {_show(name)} is not a POSIX portable name (a-z 0-9 _ . -, at most 32, lower-case)"
+        )
     if name == marker.NAME:
         return _Problem("reserved", f"name {name!r} is reserved for the run marker on the first line of every cache")
     return None
@@ -415,11 +428,13 @@ def shrink_problem(directory: Directory, previous, max_shrink: float,
         if before > 0 and (before - now) / before > max_shrink:
             return (
                 f"refusing to shrink {what} from {before} to {now} (-{(before - now) / before:.0%}, "
-                f"more than coreweave_max_shrink {max_shrink:.0%} of the last accepted run): the previous caches are kept. "
+                f"more than coreweave_max_shrink {max_shrink:.0%} of the last accepted run): "
+                "the previous caches are kept. "
                 + override
             )
         if before > 0 and now == 0:  # even with coreweave_max_shrink = 1
-            return f"refusing to remove all {before} {what} of the last accepted run: the previous caches are kept. " + override
+            return (f"refusing to remove all {before} {what} of the last accepted run: the previous caches are kept. "
+                    + override)
     return None
 
 

@@ -88,7 +88,8 @@ def summary(report: RunReport) -> str:
             f"nsscache wrote: {written} (run {report.run})"
         )
         return text if report.outcome == "ok" else f"{text}; {report.error}"
-    return f"run {report.outcome} in {report.duration:.2f} s after {requests} requests: {report.error_kind}: {report.error}"
+    return (f"run {report.outcome} in {report.duration:.2f} s after {requests} requests: "
+            f"{report.error_kind}: {report.error}")
 
 
 def metrics_text(report: RunReport, entry: dict) -> str:

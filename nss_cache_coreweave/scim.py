@@ -203,7 +203,9 @@ class _Collector:
         items = []
         for resource in resources:
             if not isinstance(resource, dict) or not isinstance(resource.get("id"), str) or not resource["id"]:
-                raise ListingError(f"{self.kind} page {page_no}: a resource has no string 'id': refusing a malformed listing")
+                raise ListingError(
+                    f"{self.kind} page {page_no}: a resource has no string 'id': refusing a malformed listing"
+                )
             item = self.extract(resource)
             items.append((self.key(item), item))
         return _Page(body.get("totalResults"), body.get("nextCursor"), len(resources), items)
@@ -241,7 +243,8 @@ def _walk_index(fetcher: "_Fetcher", collected: _Collector) -> list:
                 total = page_total
             elif page_total != total:
                 raise ListingError(
-                    f"{kind} page {page_no} has totalResults {page_total}, page 1 said {total}: refusing a partial listing"
+                    f"{kind} page {page_no} has totalResults {page_total}, page 1 said {total}: "
+                    "refusing a partial listing"
                 )
             new = collected.merge(page_no, page)
             if len(collected.items) >= total:
@@ -255,13 +258,16 @@ def _walk_index(fetcher: "_Fetcher", collected: _Collector) -> list:
             if page_no == 1 and _worth_decoding_ahead(server, total, page.count):
                 ahead = _Ahead(fetcher, collected, start, page.count, total)
         else:
-            raise ListingError(f"{kind}: more than coreweave_max_pages ({server.max_pages}) pages: refusing an endless listing")
+            raise ListingError(
+                f"{kind}: more than coreweave_max_pages ({server.max_pages}) pages: refusing an endless listing"
+            )
     finally:
         if ahead is not None:
             ahead.close()
     if len(collected.items) != total:
         raise ListingError(
-            f"{kind}: collected {len(collected.items)} distinct resources but totalResults is {total}: refusing a partial listing"
+            f"{kind}: collected {len(collected.items)} distinct resources but totalResults is {total}: "
+            "refusing a partial listing"
         )
     return list(collected.items.values())
 
@@ -368,15 +374,19 @@ def _walk_cursor(fetcher: "_Fetcher", collected: _Collector) -> list:
             raise ListingError(f"{kind} page {page_no}: nextCursor {next_cursor!r} is not a non-empty string")
         if next_cursor in seen_cursors or new == 0:
             raise ListingError(
-                f"{kind} page {page_no} makes no progress (repeated cursor or no new resources): refusing an endless listing"
+                f"{kind} page {page_no} makes no progress (repeated cursor or no new resources): "
+                "refusing an endless listing"
             )
         seen_cursors.add(next_cursor)
         cursor = next_cursor
     else:
-        raise ListingError(f"{kind}: more than coreweave_max_pages ({server.max_pages}) pages: refusing an endless listing")
+        raise ListingError(
+            f"{kind}: more than coreweave_max_pages ({server.max_pages}) pages: refusing an endless listing"
+        )
     if total is not None and len(collected.items) != total:
         raise ListingError(
-            f"{kind}: collected {len(collected.items)} distinct resources but totalResults is {total}: refusing a partial listing"
+            f"{kind}: collected {len(collected.items)} distinct resources but totalResults is {total}: "
+            "refusing a partial listing"
         )
     return list(collected.items.values())
 
@@ -385,7 +395,8 @@ def _required_total(value, kind: str, page_no: int) -> int:
     """A page's totalResults, checked."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ListingError(
-            f"{kind} page {page_no}: totalResults is {value!r}, not a non-negative integer: refusing a listing we cannot check"
+            f"{kind} page {page_no}: totalResults is {value!r}, not a non-negative integer: "
+            "refusing a listing we cannot check"
         )
     return value
 
@@ -419,7 +430,9 @@ class _Fetcher:
                 self.stats.requests[(self.kind, "error")] += 1
                 problem = f"{where}: {e.args[0]} talking to {server.base_url}"
                 if last:
-                    raise FetchError(f"{problem} (after {attempt + 1} attempts): is the network or the server down?") from None
+                    raise FetchError(
+                        f"{problem} (after {attempt + 1} attempts): is the network or the server down?"
+                    ) from None
                 wait = self._backoff(attempt)
             else:
                 self.stats.requests[(self.kind, f"{status // 100}xx")] += 1
@@ -470,7 +483,8 @@ class _Fetcher:
         outcome = self.exchanger.run(lambda: self._exchange(params, where, remaining), remaining + WATCHDOG_GRACE)
         if outcome is None:
             raise FetchError(
-                f"{where}: coreweave_deadline ({self.server.deadline:g} s) exceeded waiting for the server: refusing to go on"
+                f"{where}: coreweave_deadline ({self.server.deadline:g} s) exceeded waiting for the server: "
+                "refusing to go on"
             )
         if "error" in outcome:
             raise outcome["error"]
@@ -502,7 +516,8 @@ class _Fetcher:
     def _read(self, response, where: str) -> bytes:
         limit = self.server.max_page_bytes
         too_big = ListingError(
-            f"{where}: the response is larger than coreweave_max_page_bytes ({limit} bytes): refusing a runaway response"
+            f"{where}: the response is larger than coreweave_max_page_bytes ({limit} bytes): "
+            "refusing a runaway response"
         )
         declared = response.headers.get("Content-Length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > limit:

@@ -497,7 +497,8 @@ def shrink_problem(result: Plan, max_shrink: float) -> Optional[str]:
         )
     if before and losing == before:
         # Even with the ratio guard off (1): emptying every managed account is likelier an outage than a decision.
-        return f"refusing to remove all {before} users from every managed Slurm account: nothing was changed. " + override
+        return (f"refusing to remove all {before} users from every managed Slurm account: nothing was changed. "
+                + override)
     return None
 
 

@@ -317,7 +317,9 @@ class CoreWeaveSource(source.Source):
             raise error.InvalidMap(f"coreweave: internal error ({e.kind}); the {map_name} cache is kept") from None
         except Exception as e:  # a bug of ours must not become a traceback
             log.exception("coreweave: internal error building the %s map", map_name)
-            raise error.InvalidMap(f"coreweave: internal error ({type(e).__name__}); the {map_name} cache is kept") from None
+            raise error.InvalidMap(
+                f"coreweave: internal error ({type(e).__name__}); the {map_name} cache is kept"
+            ) from None
         nss_map.GetModifyTimestamp = _Receipt(run, map_name, nss_map.GetModifyTimestamp)
         if map_name not in run.served:
             run.served.append(map_name)

@@ -356,7 +356,8 @@ def _is_report(report):
     """Whether report has _PROBE's shape: absolute paths, and lists of strings."""
     return (
         isinstance(report, dict)
-        and all(isinstance(report.get(k), str) and os.path.isabs(report[k]) for k in ("prefix", "base_prefix", "package"))
+        and all(isinstance(report.get(k), str) and os.path.isabs(report[k])
+                for k in ("prefix", "base_prefix", "package"))
         and all(isinstance(report.get(k), list) and all(isinstance(v, str) for v in report[k])
                 for k in ("path", "sites", "files"))
     )

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Tuple
 
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 __all__ = ["InvalidKey", "Key", "KEY_TYPES", "DEFAULT_KEY_TYPES", "MIN_RSA_BITS", "parse", "normalise"]
@@ -68,33 +69,61 @@ def parse(
     """Check one authorized_keys line; raise InvalidKey with the reason.
     Options (``from="10.0.0.0/8",no-pty``) are refused unless
     ``allow_options``; then their names must be OpenSSH's."""
+    options, line = _take_options(_checked_text(line), allow_options)
+    key_type, body, comment = _fields(line)
+    _check_type(key_type, allowed)
+    _check_body(key_type, body, min_rsa_bits)
+    if comment and not _PRINTABLE.fullmatch(comment):
+        comment = ""  # a comment is decoration: drop it rather than the key
+    key = f"{key_type} {body} {comment}" if comment else f"{key_type} {body}"
+    return Key(line=f"{options} {key}" if options else key, identity=f"{key_type} {body}")
+
+
+def _checked_text(line: object) -> str:
+    """``line`` stripped, once it is a single bounded line of text."""
     if not isinstance(line, str):
         raise InvalidKey(f"is a JSON {type(line).__name__}, not a string")
     if len(line) > MAX_KEY_LENGTH:
         raise InvalidKey(f"is longer than {MAX_KEY_LENGTH} characters")
     if _BREAK.search(line):
         raise InvalidKey("contains a line break or NUL")
-    line = line.strip()
+    return line.strip()
+
+
+def _take_options(line: str, allow_options: bool) -> Tuple[str, str]:
+    """``(options, rest)``: a first word that is no key type starts options."""
     first = line.split(None, 1)[0] if line else ""
-    options = ""
-    if first and first not in KEY_TYPES and first != "ssh-dss":
-        if not allow_options:
-            raise InvalidKey(
-                f"has unknown type {first[:40]!r} or authorized_keys options, which are not accepted "
-                "(coreweave_allow_key_options)"
-            )
-        options, line = _split_options(line)
+    # ssh-dss is a key type, refused later as DSA rather than as options.
+    if not first or first in KEY_TYPES or first == "ssh-dss":
+        return "", line
+    if not allow_options:
+        raise InvalidKey(
+            f"has unknown type {first[:40]!r} or authorized_keys options, which are not accepted "
+            "(coreweave_allow_key_options)"
+        )
+    return _split_options(line)
+
+
+def _fields(line: str) -> Tuple[str, str, str]:
+    """``(type, base64, comment)`` of ``type base64 [comment]``."""
     fields = line.split(None, 2)
     if len(fields) < 2:
         raise InvalidKey("is not 'type base64 [comment]'")
-    key_type, body = fields[0], fields[1]
     comment = fields[2].strip() if len(fields) == 3 else ""
+    return fields[0], fields[1], comment
+
+
+def _check_type(key_type: str, allowed) -> None:
     if key_type == "ssh-dss":
         raise InvalidKey("is a DSA key, which is not accepted")
     if key_type not in KEY_TYPES:
         raise InvalidKey(f"has unknown type {key_type[:40]!r}")
     if KEY_TYPES[key_type] not in allowed:
         raise InvalidKey(f"has type {key_type}, which is not allowed here")
+
+
+def _check_body(key_type: str, body: str, min_rsa_bits: int) -> None:
+    """The body must load as a ``key_type`` key (and an RSA key be long enough)."""
     if not _BASE64.fullmatch(body):
         raise InvalidKey("has a body that is not base64")
     try:
@@ -103,12 +132,8 @@ def parse(
         raise InvalidKey(f"does not decode as a {key_type} key ({e})") from None
     except Exception as e:  # cryptography raises UnsupportedAlgorithm for odd curves
         raise InvalidKey(f"cannot be loaded ({type(e).__name__})") from None
-    if key_type == "ssh-rsa" and key.key_size < min_rsa_bits:
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < min_rsa_bits:
         raise InvalidKey(f"is a {key.key_size}-bit RSA key, below the {min_rsa_bits}-bit minimum")
-    if comment and not _PRINTABLE.fullmatch(comment):
-        comment = ""  # a comment is decoration: drop it rather than the key
-    key = f"{key_type} {body} {comment}" if comment else f"{key_type} {body}"
-    return Key(line=f"{options} {key}" if options else key, identity=f"{key_type} {body}")
 
 
 def _split_options(line: str) -> Tuple[str, str]:
