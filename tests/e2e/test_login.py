@@ -1,5 +1,5 @@
 """End to end: who can ssh into a login node. The real chain, as root, in a private mount
-namespace (tests/e2e/loginnode.py): FakeIAM on loopback -> the stock ``nsscache update --full``
+namespace (tests/support/loginnode.py): FakeIAM on loopback -> the stock ``nsscache update --full``
 -> /etc/*.cache -> the real libnss-cache (``passwd/group/shadow: files cache``) -> a real sshd
 (Debian's sshd_config, ``UsePAM yes``, the shipped conf/sshd_config.d snippet:
 ``AuthorizedKeysFile none``, ``AuthorizedKeysCommand /usr/local/sbin/nsscache-coreweave-keys
@@ -14,22 +14,26 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "integration"))
-from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
-from fakeiam import FakeIAM  # noqa: E402
-from loginnode import (  # noqa: E402
-    HOST_STATE_DIR, KEYS_COMMAND, LoginNode, fingerprint, make_key, make_keys_venv, public_key, require_environment, run, snapshot,
+from support.fakeiam import FakeIAM
+from support.loginnode import (
+    HOST_STATE_DIR,
+    KEYS_COMMAND,
+    LoginNode,
+    fingerprint,
+    make_key,
+    make_keys_venv,
+    public_key,
+    require_environment,
+    run,
+    snapshot,
 )
-from node import EXT, TOKEN  # noqa: E402
+from support.node import EXT, TOKEN
 
-REPO = HERE.parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOST_PATHS = ("/etc", "/usr/local/sbin", HOST_STATE_DIR)  # a missing one must stay missing
 
 ALICE_ID = "uid=20001(alice) gid=20001 groups=20001,30001(slurm-users),30002(slurm-admins)\n"
@@ -310,7 +314,7 @@ def test_failed_update_keeps_logins_working(sshd, node, iam, keys):
     assert sshd.ssh("alice", keys["alice"]).stdout == ALICE_ID
 
 
-# --- issue 10: every IAM change reaches the node, or the node fails closed ---------------------
+# --- every IAM change reaches the node, or the node fails closed ----------------------------------
 
 
 def test_every_key_removed_at_once_logs_nobody_in(sshd, keys, org, change_iam):

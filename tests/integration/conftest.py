@@ -1,19 +1,14 @@
-"""Fixtures shared by the integration tests (the venv fixtures live in _venv.py)."""
+"""Fixtures shared by the integration tests. The venvs (``installed_venv``, ``make_venv``) and the
+loopback IAM (``iam``) come from tests/conftest.py."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fakeiam import FakeIAM  # noqa: E402
-from node import TOKEN  # noqa: E402
 
-
-@pytest.fixture
-def iam(demo_org):
-    """The loopback IAM serving demo/org.json, requiring the nodes' token."""
-    with FakeIAM(demo_org, token=TOKEN) as server:
-        yield server
+@pytest.fixture(scope="module")
+def bin_dir(installed_venv) -> Path:
+    """The bin directory of the shared venv with nsscache 0.49 and the wheel (test_faults, test_security)."""
+    return installed_venv.python.parent

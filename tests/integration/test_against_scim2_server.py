@@ -5,15 +5,10 @@ the same caches as against our own fake IAM."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
-from node import TOKEN, Node, assert_stock_update_writes_the_demo_caches  # noqa: E402
-from scim2_harness import GROUP_GID_PATH, GROUP_NAME_PATH, Scim2Server, load_org  # noqa: E402
+from support.node import TOKEN, Node, assert_stock_update_writes_the_demo_caches
+from support.scim2_harness import GROUP_GID_PATH, GROUP_NAME_PATH, Scim2Server, load_org
 
 
 @pytest.fixture

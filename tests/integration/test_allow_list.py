@@ -2,22 +2,18 @@
 POSIX name is listed exactly, never because a listed name prefixes it.
 
 Through the stock ``nsscache update --full`` (nsscache 0.49, this project's wheel
-beside it) against tests/fakeiam.py on loopback, with the Node's
+beside it) against tests/support/fakeiam.py on loopback, with the Node's
 ``coreweave_groups = slurm-users, slurm-admins``, and the keys command sshd runs.
 """
 
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
-from fakeiam import FakeIAM  # noqa: E402
-from node import EXT, MAPS, TOKEN, Node, expected_caches  # noqa: E402
+from support.fakeiam import FakeIAM
+from support.node import EXT, MAPS, TOKEN, Node, expected_caches
 
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
 

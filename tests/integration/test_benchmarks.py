@@ -1,4 +1,4 @@
-"""The benchmark harness (benchmarks/, issue 5) at a tiny size, so that it cannot rot.
+"""The benchmark harness (benchmarks/) at a tiny size, so that it cannot rot.
 
 The organisation generator, the pre-rendering SCIM server and the runner (real
 nsscache from a fresh venv with the project's wheel, the floor, the report) run end to
@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import requests
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(REPO))
-from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
-from benchmarks import keys, runner  # noqa: E402
-from benchmarks.org import CONFIGURED_GROUPS, EXT_CW, Org, OrgSpec  # noqa: E402
-from benchmarks.server import BenchServer  # noqa: E402
-from nss_cache_coreweave import sshkeys  # noqa: E402
+from benchmarks import keys, runner
+from benchmarks.org import CONFIGURED_GROUPS, EXT_CW, Org, OrgSpec
+from benchmarks.server import BenchServer
+from nss_cache_coreweave import sshkeys
 
 SPEC = OrgSpec(users=150, groups=12, members=60, invalid=34, key_pool=32)
 

@@ -8,7 +8,7 @@ import re
 from nss_cache import config as nss_config
 
 from nss_cache_coreweave import config
-from _venv import REPO
+from support.venvs import REPO
 
 
 def test_readme_documents_every_key():

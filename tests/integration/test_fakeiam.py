@@ -1,4 +1,4 @@
-"""The fake CoreWeave IAM server (tests/fakeiam.py): paging, auth, faults, counting, CLI."""
+"""The fake CoreWeave IAM server (tests/support/fakeiam.py): paging, auth, faults, counting, CLI."""
 
 from __future__ import annotations
 
@@ -15,12 +15,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from support.fakeiam import DEFAULT_PREFIX, FakeIAM, Fault
+
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-from fakeiam import DEFAULT_PREFIX, FakeIAM, Fault  # noqa: E402
 
 ORG_FILE = REPO / "demo" / "org.json"
 EXT = "urn:coreweave:params:scim:schemas:extension:coreweave:2.0:CoreWeaveUser"
@@ -463,7 +461,7 @@ def test_cli_serves_until_sigterm(tmp_path):
     os.chmod(token_file, 0o600)
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [sys.executable, str(TESTS / "fakeiam.py"), "--org", str(ORG_FILE), "--token-file", str(token_file),
+        [sys.executable, str(TESTS / "support" / "fakeiam.py"), "--org", str(ORG_FILE), "--token-file", str(token_file),
          "--port", "0", "--port-file", str(port_file)],
         stderr=subprocess.PIPE,
     )

@@ -13,12 +13,10 @@ import sys
 import types
 import uuid
 import zipfile
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _venv import REPO, clean_env, installed_venv, make_venv, project_wheel, run_ok  # noqa: E402,F401
+from support.venvs import REPO, clean_env, run_ok
 
 HOOK_FILE = REPO / "_nss_cache_coreweave_hook.py"
 ROOT_FILES = ("nss_cache_coreweave.pth", "nss_cache_coreweave.start", "_nss_cache_coreweave_hook.py")

@@ -1,7 +1,7 @@
-"""Every IAM change reaches the node, or the node fails closed (issue 10).
+"""Every IAM change reaches the node, or the node fails closed.
 
 Through the stock ``nsscache update --full`` (nsscache 0.49, this project's wheel
-beside it) against tests/fakeiam.py on loopback, and the keys command sshd runs
+beside it) against tests/support/fakeiam.py on loopback, and the keys command sshd runs
 (``nsscache-coreweave-keys``) reading the caches that run wrote:
 
 * a key removed in IAM stops being served at the next run, also when it was the
@@ -18,17 +18,12 @@ beside it) against tests/fakeiam.py on loopback, and the keys command sshd runs
 from __future__ import annotations
 
 import copy
-import json
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
-from fakeiam import FakeIAM  # noqa: E402
-from node import EXT, MAPS, TOKEN, Node, expected_caches, keys_of  # noqa: E402
+from support.fakeiam import FakeIAM
+from support.node import EXT, MAPS, TOKEN, Node, expected_caches, keys_of
 
 MARKER = "nsscache-coreweave"
 NO_ONE = {"passwd": "", "group": "slurm-admins:x:30002:\nslurm-users:x:30001:\n", "shadow": "", "sshkey": ""}

@@ -1,4 +1,4 @@
-"""The scim2-server harness (tests/scim2_harness.py): the demo org loaded into an
+"""The scim2-server harness (tests/support/scim2_harness.py): the demo org loaded into an
 independent SCIM server, read back page by page as our client will read it.
 
 scim2-server missing is a failure, never a skip."""
@@ -12,13 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-TESTS = Path(__file__).resolve().parents[1]
-REPO = TESTS.parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-import scim2_harness  # noqa: E402
-from scim2_harness import (  # noqa: E402
+from support import scim2_harness
+from support.scim2_harness import (
     GROUP_EXT,
     GROUP_GID_PATH,
     GROUP_NAME_PATH,
@@ -28,6 +23,8 @@ from scim2_harness import (  # noqa: E402
     load_org,
 )
 
+TESTS = Path(__file__).resolve().parents[1]
+REPO = TESTS.parent
 ORG_FILE = REPO / "demo" / "org.json"
 TOKEN = "t0ken"
 

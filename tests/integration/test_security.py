@@ -1,9 +1,9 @@
-"""Threats, each as a test (issue 3, item 6).
+"""Threats, each as a test.
 
 The caches decide who logs into a shared cluster and as which uid. Each test
 below is an attack or an accident an IAM directory can carry, run through the
 stock ``nsscache update --full`` (the wheel installed beside nsscache 0.49)
-against ``tests/fakeiam.py``, with the caches read back the way libnss-cache
+against ``tests/support/fakeiam.py``, with the caches read back the way libnss-cache
 and sshd read them (split at ``:``, exact names). The bearer token is checked
 in every output, in argv and in the exception text of every failure.
 """
@@ -16,31 +16,26 @@ import logging
 import os
 import pty
 import subprocess
-import sys
 import time
 import traceback
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
-from fakeiam import ERROR, FakeIAM, Fault  # noqa: E402
-from node import EXT, MAPS, TOKEN, Node  # noqa: E402
-from test_faults import (  # noqa: E402,F401,F811 (bin_dir is a fixture)
+from support.fakeiam import ERROR, FakeIAM, Fault
+from support.faults import (
     DEMO_ORG,
     FAULT_SETTINGS,
     Scenario,
     adding,
     adding_group,
-    bin_dir,
     configure,
     key,
     mallory,
     run,
     user_named,
 )
+from support.node import EXT, MAPS, TOKEN, Node
 
 DEFAULT = Scenario("security", "", "", 0, "")
 

@@ -6,17 +6,13 @@ prometheus_client's own parser."""
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
-from fakeiam import Fault  # noqa: E402
-from node import MAPS, TOKEN, Node  # noqa: E402
+from support.fakeiam import Fault
+from support.node import MAPS, TOKEN, Node
 
 
 @pytest.fixture

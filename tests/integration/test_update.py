@@ -1,21 +1,17 @@
 """The whole chain against the real nsscache 0.49: the project's wheel,
 installed non-editably into a fresh venv beside nsscache, the stock
 ``nsscache update`` (and ``nsscache-coreweave``) run as subprocesses against
-a real HTTP server on loopback (tests/fakeiam.py), exact cache contents."""
+a real HTTP server on loopback (tests/support/fakeiam.py), exact cache contents."""
 
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _venv import installed_venv, make_venv, project_wheel  # noqa: E402,F401
-from fakeiam import Fault  # noqa: E402
-from node import EXT, MAPS, TOKEN, Node, assert_stock_update_writes_the_demo_caches, expected_caches  # noqa: E402
+from support.fakeiam import Fault
+from support.node import EXT, MAPS, TOKEN, Node, assert_stock_update_writes_the_demo_caches, expected_caches
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from host import REPO
-from sshd_check import sshd, sshd_effective, wrap
+from support.host import REPO
+from support.sshd_check import sshd, sshd_effective, wrap
 
 CONF = REPO / "conf"
 SSHD_SNIPPET = CONF / "sshd_config.d" / "nsscache-coreweave.conf"
@@ -122,7 +122,7 @@ def test_timer_runs_the_service_with_a_randomized_delay():
 # --- systemd: the sandbox (docs/hardening.md) ---------------------------------------------------
 
 SERVICES = ("nsscache-coreweave.service", "nsscache-coreweave-slurm-sync.service")
-MAX_EXPOSURE = 5.0  # issue 11: `systemd-analyze security` must rate each service at most this
+MAX_EXPOSURE = 5.0  # the hardening target: `systemd-analyze security` must rate each service at most this
 
 
 def _exposure(unit: Path) -> float:

@@ -5,19 +5,19 @@ fake IAM; `dpkg --purge` leaves the host as it was (HostGuard)."""
 from __future__ import annotations
 
 import configparser
-import json
-import os
-import stat
-import sys
 import grp
+import json
 import pwd
 import re
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from host import (
+from nss_cache_coreweave import install
+from support.fakeiam import FakeIAM
+from support.host import (
     KEYS_USER,
     OUR_DEPENDS,
     PACKAGE,
@@ -36,11 +36,9 @@ from host import (
     trixie_nsscache_deb,
     user_exists,
 )
-from fakeiam import FakeIAM
-from node import MARKER, TOKEN, Node, assert_stock_update_writes_the_demo_caches, expected_caches
-from sshd_check import sshd_effective
-
-from nss_cache_coreweave import install
+from support.node import MARKER, TOKEN, Node, assert_stock_update_writes_the_demo_caches, expected_caches
+from support.private_systemd import PrivateSystemd
+from support.sshd_check import sshd_effective
 
 DIST = "/usr/lib/python3/dist-packages"
 EXAMPLES = "/usr/share/doc/nss-cache-coreweave/examples"
@@ -162,7 +160,7 @@ def test_keys_helper_is_usable_by_sshd(installed, tmp_path, iam, demo_org):
 
     assert paths.returncode == 0, paths.stdout + paths.stderr
     assert Path(KEYS).read_text().startswith("#!/usr/bin/python3 -I\n")
-    from node import keys_of
+    from support.node import keys_of
 
     assert (keys.returncode, keys.stdout) == (0, "".join(k + "\n" for k in keys_of(demo_org, "alice"))), keys.stderr
 
@@ -273,9 +271,8 @@ def sandbox_iam(sandbox_org):
 
 @pytest.fixture(scope="module")
 def slurm_stack():
-    """munged, MariaDB and slurmdbd (tests/slurm/slurm_harness.py), with the test cluster."""
-    sys.path.insert(0, str(REPO / "tests" / "slurm"))
-    from slurm_harness import SlurmStack
+    """munged, MariaDB and slurmdbd (tests/support/slurm_harness.py), with the test cluster."""
+    from support.slurm_harness import SlurmStack
 
     stack = SlurmStack()
     try:
@@ -289,13 +286,13 @@ def slurm_stack():
 
 
 @pytest.fixture(scope="module")
-def systemd(installed, sandbox_iam, slurm_stack, tmp_path_factory, private_systemd):
+def systemd(installed, sandbox_iam, slurm_stack, tmp_path_factory):
     """A private systemd loading the installed units, with an /etc/nsscache.conf made from
     conf/nsscache.conf (the fake IAM's URL; its shells listed), the token, a slurm.conf naming the
     test slurmdbd, and the test munged's socket at munge's default path."""
-    from slurm_harness import CLUSTER
+    from support.slurm_harness import CLUSTER
 
-    box = private_systemd(tmp_path_factory.mktemp("systemd"), [Path(UNITS, u) for u in SERVICES + TIMERS],
+    box = PrivateSystemd(tmp_path_factory.mktemp("systemd"), [Path(UNITS, u) for u in SERVICES + TIMERS],
                           {slurm_stack.munge_socket: MUNGE_SOCKET}).start()
     try:
         conf = (REPO / "conf" / "nsscache.conf").read_text()
@@ -400,10 +397,10 @@ def test_the_slurm_sync_service_reconciles_slurm_in_its_sandbox(systemd, slurm_s
         assert _mode_owner(systemd.path(f"/var/lib/nsscache/{name}"))[0] == 0o600
 
 
-def test_maintainer_scripts_under_systemd(installed, built_deb, tmp_path, private_systemd):
+def test_maintainer_scripts_under_systemd(installed, built_deb, tmp_path):
     # The .deb's maintainer scripts against a running systemd (dpkg inside the private one: its
     # /usr, /etc and /var are overlays, so the host's package state does not change).
-    box = private_systemd(tmp_path / "systemd", [Path(UNITS, u) for u in SERVICES + TIMERS]).start()
+    box = PrivateSystemd(tmp_path / "systemd", [Path(UNITS, u) for u in SERVICES + TIMERS]).start()
     try:
         deb = box.path(f"/run/{built_deb.name}")
         deb.write_bytes(built_deb.read_bytes())
@@ -452,7 +449,7 @@ def test_purge_removes_everything_and_registration_reports_it(installed, host):
 
 
 def test_readme_names_the_files_the_install_uses(built_deb):
-    from host import NSSCACHE_POOL_PATH
+    from support.host import NSSCACHE_POOL_PATH
 
     readme = (REPO / "README.md").read_text()
 

@@ -1,5 +1,5 @@
 """nss_cache_coreweave.install: does the interpreter running `nsscache` register the source?
-Real interpreters and venvs (tests/integration/_venv.py), including a Python of another minor
+Real interpreters and venvs (tests/support/venvs.py), including a Python of another minor
 version; the system-Python cases are in test_system_pip.py and test_deb.py.
 
 Then `nsscache-coreweave-keys --install-wrapper` and `--check-path` (sshd_path.py): real venvs
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from _venv import run_ok
-from host import SYSTEM_PYTHON, root_only_directory, run, temporary_user
 from nss_cache_coreweave import __version__, install
 from nss_cache_coreweave.keys import wrapper_text
+from support.host import SYSTEM_PYTHON, root_only_directory, run, temporary_user
+from support.venvs import run_ok
 
 
 def _script(path: Path, first_line: str, rest: str = "") -> Path:

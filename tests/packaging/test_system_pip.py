@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from host import OUR_DEPENDS, PACKAGE, SYSTEM_NSSCACHE, SYSTEM_PYTHON, HostGuard, require_installed, run
-from node import Node, assert_stock_update_writes_the_demo_caches
-
 from nss_cache_coreweave import install
+from support.host import OUR_DEPENDS, PACKAGE, SYSTEM_NSSCACHE, SYSTEM_PYTHON, HostGuard, require_installed, run
+from support.node import Node, assert_stock_update_writes_the_demo_caches
 
 
 def _system_purelib() -> str:

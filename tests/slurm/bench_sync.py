@@ -1,8 +1,10 @@
 """Benchmark: ``nsscache-coreweave slurm-sync`` with 10,000 members in 5 accounts
 against a real slurmdbd (MariaDB at its default durability, munge), started as in
-the tests (slurm_harness.SlurmStack). Not collected by pytest; run it by hand:
+the tests (support.slurm_harness.SlurmStack). Not collected by pytest; run it by hand from
+the checkout, with tests/ on the path for the helpers (tests/support):
 
-    make install && .venv/bin/python tests/slurm/bench_sync.py [--members 10000] [--accounts 5] [--leavers 20]
+    make install
+    PYTHONPATH=tests .venv/bin/python tests/slurm/bench_sync.py [--members 10000] [--accounts 5] [--leavers 20]
 
 It times, each as the wall time of the whole command (IAM listing included):
 
@@ -24,12 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]
-
-from slurm_site import TOKEN, Site, make_org  # noqa: E402
-from fakeiam import FakeIAM  # noqa: E402
-from slurm_harness import SlurmStack, which  # noqa: E402
+try:
+    from support.fakeiam import FakeIAM
+    from support.slurm_harness import SlurmStack, which
+    from support.slurm_site import TOKEN, Site, make_org
+except ModuleNotFoundError as missing:
+    if missing.name != "support":
+        raise
+    sys.exit("tests/support is not on the path: PYTHONPATH=tests .venv/bin/python tests/slurm/bench_sync.py")
 
 WRAPPER = """#!/bin/sh
 printf '%s\n' "$1" >> "{log}"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-from slurm_site import CLUSTER, CLI, TOKEN, dbd, iam, make_org, org, site, stack  # noqa: F401 (fixtures)
-from test_slurm_sync import MARKER, calls, managed_view, transactions, wrap, writes
+from support.slurm_harness import CLUSTER
+from support.slurm_site import CLI, MARKER, TOKEN, calls, make_org, managed_view, transactions, wrap, writes
 
 STATE = "coreweave-slurm-state.json"
 

@@ -9,59 +9,12 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import List
 
 import pytest
 
-from fakeiam import FakeIAM
-from slurm_harness import which
-from slurm_site import CLUSTER, TOKEN, Site, dbd, iam, make_org, org, site, stack  # noqa: F401 (fixtures)
-
-MARKER = "nsscache-coreweave"
-WRAPPER = """#!/bin/sh
-# Records argv (one line, fields separated by US), then runs the real sacctmgr.
-for a in "$@"; do printf '%s\\037' "$a"; done >> "{log}"
-echo >> "{log}"
-# sacctmgr runs with a cleaned environment: the failure to inject is read from a file.
-fail_on=$(cat "{log}.fail-on" 2>/dev/null)
-if [ -n "$fail_on" ]; then
-    case "$*" in *"$fail_on"*)
-        echo "sacctmgr: error: injected failure" >&2; exit 1;;
-    esac
-fi
-exec {prefix}"{sacctmgr}" "$@"
-"""
-
-
-def wrap(site, prefix: str = "") -> Path:
-    """Point coreweave_slurm_sacctmgr at a recording wrapper; returns its log."""
-    log = site.root / "sacctmgr.log"
-    script = site.root / ("sacctmgr-as-nobody" if prefix else "sacctmgr-recording")
-    script.write_text(WRAPPER.format(log=log, prefix=prefix, sacctmgr=which("sacctmgr")))
-    script.chmod(0o755)
-    site.configure(site.extra + f"coreweave_slurm_sacctmgr = {script}\n")
-    return log
-
-
-def calls(log: Path) -> List[List[str]]:
-    if not log.exists():
-        return []
-    return [line.rstrip("\x1f").split("\x1f") for line in log.read_text().splitlines() if line]
-
-
-def writes(log: Path) -> List[List[str]]:
-    return [c for c in calls(log) if c[:1] == ["-i"]]
-
-
-def transactions(stack) -> int:
-    """Rows in slurmdbd's transaction log: every modification adds some."""
-    return int(stack.mysql(f"SELECT COUNT(*) FROM slurm_acct_{stack.dbd_count}.txn_table").strip())
-
-
-def managed_view(stack):
-    """account -> users, for the accounts carrying the marker."""
-    accounts = stack.accounts()
-    return {a: users for a, users in stack.associations().items() if accounts.get(a, ("",))[0] == MARKER}
+from support.fakeiam import FakeIAM
+from support.slurm_harness import CLUSTER, which
+from support.slurm_site import MARKER, TOKEN, Site, calls, make_org, managed_view, transactions, wrap, writes
 
 
 def test_first_sync_creates_accounts_users_and_associations_exactly(site):

@@ -30,7 +30,7 @@ endpoint and the page number a request asks for; each fires ``times`` times.
 
 Command line (the demo)::
 
-    python tests/fakeiam.py --org demo/org.json --token-file PATH --port 0 --port-file PATH
+    python tests/support/fakeiam.py --org demo/org.json --token-file PATH --port 0 --port-file PATH
 
 writes the port to ``--port-file`` once listening, then prints one
 ``fakeiam: serving N users, M groups at <base_url> ...`` line to stderr (wait for
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import hmac
 import http.server
 import json

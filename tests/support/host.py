@@ -226,7 +226,7 @@ def trixie_nsscache_deb() -> Path:
     except urllib.error.HTTPError as e:
         pytest.fail(
             f"cannot download {url}: {e} (if 404: trixie's nsscache was updated; take the new Filename and "
-            f"SHA256 from dists/trixie/main/binary-all/Packages.xz and update tests/packaging/host.py)",
+            f"SHA256 from dists/trixie/main/binary-all/Packages.xz and update tests/support/host.py)",
             pytrace=False,
         )
     except OSError as e:

@@ -1,6 +1,6 @@
 """Run the independent SCIM server ``scim2-server`` (PyPI, tested with 0.8.3) for tests.
 
-FakeIAM (``tests/fakeiam.py``) is ours; this harness checks our client against
+FakeIAM (``tests/support/fakeiam.py``) is ours; this harness checks our client against
 somebody else's reading of RFC 7643/7644/9865.
 
 Use::
@@ -86,7 +86,6 @@ import copy
 import json
 import os
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
@@ -110,7 +109,7 @@ __all__ = [
     "scim2_server_command",
 ]
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 USER_EXT = "urn:coreweave:params:scim:schemas:extension:coreweave:2.0:CoreWeaveUser"
 GROUP_EXT = "urn:coreweave:params:scim:schemas:extension:coreweave:2.0:CoreWeaveGroup"
 GROUP_NAME_PATH = f"{GROUP_EXT}:sunkPosixGroupName"

@@ -20,7 +20,6 @@ clock, or to prove the reader stopped before it).
 from __future__ import annotations
 
 import http.client
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -1,12 +1,12 @@
-"""Fixtures for the slurm-sync tests against a real slurmdbd (see slurm_harness.py).
+"""The slurm-sync site around a real slurmdbd (support.slurm_harness), for tests/slurm and
+tests/slurm/bench_sync.py. The fixtures built on it (``stack``, ``dbd``, ``org``, ``iam``,
+``site``) are in tests/slurm/conftest.py.
 
-Not a conftest.py: tests/conftest.py is imported as ``conftest`` by other tests, and a
-second one would shadow it. Test modules import the fixtures by name.
-
-``stack``   munged + MariaDB, started once per test module, stopped by pid at its end.
-``dbd``     a fresh slurmdbd and database per test, with the cluster registered.
-``site``    a FakeIAM organisation and an nsscache.conf for it; ``site.sync(...)``
-            runs the installed ``nsscache-coreweave slurm-sync`` as a subprocess.
+:func:`make_org`  a SCIM organisation from group -> member names.
+:class:`Site`     a FakeIAM organisation and an nsscache.conf for it; ``site.sync(...)`` runs the
+                  installed ``nsscache-coreweave slurm-sync`` as a subprocess.
+:func:`wrap`      points the site's ``coreweave_slurm_sacctmgr`` at a wrapper recording every
+                  sacctmgr call; :func:`calls` and :func:`writes` read its log back.
 """
 
 from __future__ import annotations
@@ -15,13 +15,10 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from slurm_harness import CLUSTER, SlurmStack  # noqa: E402
-from fakeiam import FakeIAM  # noqa: E402  (tests/ is on sys.path: tests/conftest.py)
+from support.fakeiam import FakeIAM
+from support.slurm_harness import SlurmStack, which
 
 EXT = "urn:coreweave:params:scim:schemas:extension:coreweave:2.0:CoreWeaveUser"
 TOKEN = "cw-slurm-test-token"
@@ -113,52 +110,50 @@ class Site:
                               text=True, env=run_env, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture(scope="module")
-def stack():
-    if not CLI.exists():
-        pytest.fail(f"{CLI} is missing: run the tests with `make test` (installs the package into .venv)",
-                    pytrace=False)
-    s = SlurmStack()
-    try:
-        s.start()
-    except Exception as e:
-        pytest.fail(f"could not start munged/MariaDB: {e}", pytrace=False)
-    try:
-        yield s
-    finally:
-        s.close()
+# --- recording sacctmgr calls ----------------------------------------------------------------
+
+MARKER = "nsscache-coreweave"
+WRAPPER = """#!/bin/sh
+# Records argv (one line, fields separated by US), then runs the real sacctmgr.
+for a in "$@"; do printf '%s\\037' "$a"; done >> "{log}"
+echo >> "{log}"
+# sacctmgr runs with a cleaned environment: the failure to inject is read from a file.
+fail_on=$(cat "{log}.fail-on" 2>/dev/null)
+if [ -n "$fail_on" ]; then
+    case "$*" in *"$fail_on"*)
+        echo "sacctmgr: error: injected failure" >&2; exit 1;;
+    esac
+fi
+exec {prefix}"{sacctmgr}" "$@"
+"""
 
 
-@pytest.fixture
-def dbd(stack):
-    try:
-        stack.start_dbd()
-    except Exception as e:
-        pytest.fail(f"could not start slurmdbd: {e}", pytrace=False)
-    try:
-        yield stack
-    finally:
-        stack.stop_dbd()
+def wrap(site, prefix: str = "") -> Path:
+    """Point coreweave_slurm_sacctmgr at a recording wrapper; returns its log."""
+    log = site.root / "sacctmgr.log"
+    script = site.root / ("sacctmgr-as-nobody" if prefix else "sacctmgr-recording")
+    script.write_text(WRAPPER.format(log=log, prefix=prefix, sacctmgr=which("sacctmgr")))
+    script.chmod(0o755)
+    site.configure(site.extra + f"coreweave_slurm_sacctmgr = {script}\n")
+    return log
 
 
-@pytest.fixture
-def org():
-    return make_org({
-        "ml-team": ["alice", "bob", "carol"],
-        "hpc": ["bob", "dave"],
-        "other": ["erin"],
-    })
+def calls(log: Path) -> List[List[str]]:
+    if not log.exists():
+        return []
+    return [line.rstrip("\x1f").split("\x1f") for line in log.read_text().splitlines() if line]
 
 
-@pytest.fixture
-def iam(org):
-    with FakeIAM(org, token=TOKEN) as server:
-        yield server
+def writes(log: Path) -> List[List[str]]:
+    return [c for c in calls(log) if c[:1] == ["-i"]]
 
 
-@pytest.fixture
-def site(tmp_path, iam, dbd):
-    return Site(tmp_path / "site", iam, dbd, ["ml-team", "hpc"])
+def transactions(stack) -> int:
+    """Rows in slurmdbd's transaction log: every modification adds some."""
+    return int(stack.mysql(f"SELECT COUNT(*) FROM slurm_acct_{stack.dbd_count}.txn_table").strip())
 
 
-__all__ = ["CLUSTER", "TOKEN", "make_org", "Site", "stack", "dbd", "org", "iam", "site"]
+def managed_view(stack):
+    """account -> users, for the accounts carrying the marker."""
+    accounts = stack.accounts()
+    return {a: users for a, users in stack.associations().items() if accounts.get(a, ("",))[0] == MARKER}

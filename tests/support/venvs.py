@@ -1,6 +1,6 @@
-"""Fixtures: this project's wheel, and fresh venvs with nsscache 0.49 and that wheel installed.
+"""This project's wheel, and fresh venvs with nsscache 0.49 and that wheel installed.
 
-Import the fixtures into a test module (``from _venv import project_wheel, make_venv, installed_venv``).
+The fixtures built on these (``project_wheel``, ``make_venv``, ``installed_venv``) are in tests/conftest.py.
 Everything fails loudly (``pytest.fail`` with the command's output): a missing tool must never turn into a skip.
 """
 
@@ -12,7 +12,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import pytest
 
@@ -65,10 +65,8 @@ class Venv:
         return run([self.python, *args], env=env)
 
 
-@pytest.fixture(scope="session")
-def project_wheel(tmp_path_factory) -> Path:
-    """The project's wheel, built once per session with `pip wheel --no-deps` from a copy of the checkout."""
-    tmp = tmp_path_factory.mktemp("wheel")
+def build_wheel(tmp: Path) -> Path:
+    """The project's wheel, built in ``tmp`` with `pip wheel --no-deps` from a copy of the checkout."""
     tree = tmp / "src"
     shutil.copytree(REPO, tree, ignore=_NOT_COPIED, symlinks=True)
     out = tmp / "dist"
@@ -79,28 +77,13 @@ def project_wheel(tmp_path_factory) -> Path:
     return wheels[0]
 
 
-@pytest.fixture(scope="session")
-def make_venv(project_wheel, tmp_path_factory) -> Callable[[], Venv]:
-    """Factory: a fresh venv with nsscache (scripts/install-nsscache) and the project wheel (non-editable)."""
-
-    def make() -> Venv:
-        root = tmp_path_factory.mktemp("venv")
-        run_ok([sys.executable, "-m", "venv", root], "creating a venv")
-        python = root / "bin" / "python"
-        run_ok([sys.executable, INSTALL_NSSCACHE, "--python", python], "scripts/install-nsscache")
-        run_ok([python, "-m", "pip", "install", project_wheel], f"installing {project_wheel.name}")
-        purelib = run_ok(
-            [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], "locating site-packages"
-        ).stdout.strip()
-        return Venv(root=root, python=python, site_packages=Path(purelib))
-
-    return make
-
-
-@pytest.fixture(scope="session")
-def installed_venv(make_venv) -> Venv:
-    """One shared venv with nsscache and the wheel: treat it as read-only (use make_venv() to modify one)."""
-    return make_venv()
-
-
-__all__ = ["REPO", "Venv", "clean_env", "run", "run_ok", "project_wheel", "make_venv", "installed_venv"]
+def new_venv(root: Path, project_wheel: Path) -> Venv:
+    """A fresh venv at ``root`` with nsscache (scripts/install-nsscache) and the project wheel (non-editable)."""
+    run_ok([sys.executable, "-m", "venv", root], "creating a venv")
+    python = root / "bin" / "python"
+    run_ok([sys.executable, INSTALL_NSSCACHE, "--python", python], "scripts/install-nsscache")
+    run_ok([python, "-m", "pip", "install", project_wheel], f"installing {project_wheel.name}")
+    purelib = run_ok(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], "locating site-packages"
+    ).stdout.strip()
+    return Venv(root=root, python=python, site_packages=Path(purelib))

@@ -539,7 +539,7 @@ def test_module_exports():
     assert config.TOKEN_ENV_VARS == ("NSSCACHE_COREWEAVE_TOKEN", "NSSCACHE_SCIM_AUTH_TOKEN")
 
 
-# --- issue 3: the hardening keys ----------------------------------------------
+# --- the hardening keys -------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 Caches are written by nsscache's own files writer (both sshkey line formats, the name
 indexes), so the formats read here are the ones nsscache produces. Fingerprints are checked
-against ``ssh-keygen -l``. Keys are generated per run (unit_keys).
+against ``ssh-keygen -l``. Keys are generated per run (support.keys).
 """
 
 from __future__ import annotations
@@ -22,11 +22,31 @@ from nss_cache.maps import sshkey as sshkey_map
 
 from nss_cache_coreweave import keys, sshd_path
 from nss_cache_coreweave.keys import (
-    CacheUnreadable, MalformedEntry, NotOneRun, Settings, StaleCache, UsageError, authorized_keys, find_line,
-    fingerprint, parse_keys, parse_timestamp, read_settings, sshd_path_problems, wrapper_text,
+    CacheUnreadable,
+    MalformedEntry,
+    NotOneRun,
+    Settings,
+    StaleCache,
+    UsageError,
+    authorized_keys,
+    find_line,
+    fingerprint,
+    parse_keys,
+    parse_timestamp,
+    read_settings,
+    sshd_path_problems,
+    wrapper_text,
 )
-from unit_keys import (body, dsa_key, ecdsa_key, ecdsa_key_naming_another_curve, ed25519_key, rsa_key, sk_ecdsa_key,
-                       sk_ed25519_key)
+from support.keys import (
+    body,
+    dsa_key,
+    ecdsa_key,
+    ecdsa_key_naming_another_curve,
+    ed25519_key,
+    rsa_key,
+    sk_ecdsa_key,
+    sk_ed25519_key,
+)
 
 NOW = 1_800_000_000
 REPO = Path(__file__).resolve().parents[2]

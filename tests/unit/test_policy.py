@@ -12,8 +12,8 @@ import pytest
 from nss_cache_coreweave import config, policy, state
 from nss_cache_coreweave.policy import Account, Drop, LocalAccounts, PosixGroup
 from nss_cache_coreweave.snapshot import GroupRecord, Member, Snapshot, UserRecord
-from unit_http import BASE, TOKEN
-from unit_keys import dsa_key, ed25519_key, rsa_key
+from support.keys import dsa_key, ed25519_key, rsa_key
+from support.scripted_http import BASE, TOKEN
 
 NOT_POSIX = "is not a POSIX portable name (a-z 0-9 _ . -, at most 32, lower-case)"
 
@@ -602,7 +602,7 @@ def test_keys_of_a_dropped_user_never_appear():
     assert directory.accounts == ()
 
 
-# --- issue 3: the node's own accounts -----------------------------------------
+# --- the node's own accounts --------------------------------------------------
 
 NODE = LocalAccounts(
     user_names=frozenset({"root", "daemon", "sshd", "localadmin"}),
@@ -781,7 +781,7 @@ def test_the_real_etc_passwd_holds_root():
     assert "root" in policy.read_local_accounts(configure()).user_names
 
 
-# --- issue 3: allowed shells --------------------------------------------------
+# --- allowed shells -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -814,7 +814,7 @@ def test_shell_replacement_does_not_drop_the_user():
     assert [d.kind for d in directory.drops] == ["shell"]
 
 
-# --- issue 3: SSH key rules and options --------------------------------------
+# --- SSH key rules and options -----------------------------------------------
 
 
 def test_key_options_are_refused_by_default():
@@ -906,7 +906,7 @@ def test_configured_rsa_minimum_applies():
     assert [d.reason for d in directory.drops] == ["key 1 is a 2048-bit RSA key, below the 3072-bit minimum"]
 
 
-# --- issue 3: the shrink guard ------------------------------------------------
+# --- the shrink guard ---------------------------------------------------------
 
 
 def counts(users, groups):
@@ -965,7 +965,7 @@ def test_shrink_problem(previous, now, max_shrink, expected):
     assert policy.shrink_problem(directory_of(*now), before, max_shrink) == expected
 
 
-# --- issue 10: the primary gid grants a group's access ------------------------------------------
+# --- the primary gid grants a group's access ----------------------------------------------------
 
 SLURM_NODE = LocalAccounts(gids=frozenset({0, 64030, 5000}), homes=frozenset({"/root", "/home/localadmin", "/nonexistent"}))
 
@@ -1015,7 +1015,7 @@ def test_a_gid_shared_by_two_groups_needs_membership_of_both():
         "user", "bob", "primary gid 30005 is the gid of IAM group team-b, which the user is not a member of"),)
 
 
-# --- issue 10: homes ------------------------------------------------------------------------------
+# --- homes ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -1066,7 +1066,7 @@ def test_users_sharing_a_name_are_dropped_once_each():
     assert [d.reason for d in directory.drops] == ["name alice is shared by alice, alice"] * 2
 
 
-# --- issue 10: the run marker's name --------------------------------------------------------------
+# --- the run marker's name ------------------------------------------------------------------------
 
 
 def test_the_run_markers_name_is_never_an_iam_user_or_group():

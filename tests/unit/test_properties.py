@@ -1,5 +1,5 @@
 """Properties (hypothesis): whatever JSON the directory sends, what reaches the
-caches is well formed and means what policy accepted (issue 3, item 5).
+caches is well formed and means what policy accepted.
 
 Arbitrary Users and Groups -- unicode, control characters, lone surrogates,
 huge numbers, wrong types, nesting -- are served as SCIM pages over the
@@ -31,11 +31,12 @@ from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 from nss_cache.caches import cache_factory
 
-from nss_cache_coreweave import config, keys as keys_command, marker, policy, render, scim, snapshot, sshkeys
+from nss_cache_coreweave import config, marker, policy, render, scim, snapshot, sshkeys
+from nss_cache_coreweave import keys as keys_command
 from nss_cache_coreweave.errors import CoreWeaveError
 from nss_cache_coreweave.policy import POSIX_NAME, LocalAccounts
-from unit_http import BASE, LIST_RESPONSE, TOKEN, USER_EXTENSION, Reply, ScriptedTransport, session_with
-from unit_keys import dsa_key, ecdsa_key, ed25519_key, rsa_key, sk_ed25519_key
+from support.keys import dsa_key, ecdsa_key, ed25519_key, rsa_key, sk_ed25519_key
+from support.scripted_http import BASE, LIST_RESPONSE, TOKEN, USER_EXTENSION, Reply, ScriptedTransport, session_with
 
 CI = bool(os.environ.get("CI"))
 PROPERTY = settings(

@@ -14,7 +14,7 @@ from nss_cache.maps import group, passwd, shadow, sshkey
 
 from nss_cache_coreweave import marker, render
 from nss_cache_coreweave.policy import Account, Directory, PosixGroup
-from unit_keys import ed25519_key, rsa_key
+from support.keys import ed25519_key, rsa_key
 
 ALICE_KEYS = (ed25519_key() + " alice@laptop", rsa_key(2048) + " alice@desk")
 DIRECTORY = Directory(

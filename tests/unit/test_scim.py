@@ -1,7 +1,7 @@
 """scim: list every resource of an endpoint, all or nothing.
 
 Every test runs the package's real ``requests.Session`` (``scim.new_session``)
-over a scripted transport (``unit_http.ScriptedTransport``): a
+over a scripted transport (``support.scripted_http.ScriptedTransport``): a
 ``BaseAdapter`` that answers from a script and records each request. No
 network, no sleeping: ``sleep`` is injected and only recorded.
 """
@@ -20,7 +20,19 @@ import urllib3
 
 from nss_cache_coreweave import scim
 from nss_cache_coreweave.errors import AuthError, FetchError, ListingError, StaleCursorError
-from unit_http import BASE, TOKEN, Reply, ScriptedTransport, cut, load_page, page, scim_error, server, session_with, users
+from support.scripted_http import (
+    BASE,
+    TOKEN,
+    Reply,
+    ScriptedTransport,
+    cut,
+    load_page,
+    page,
+    scim_error,
+    server,
+    session_with,
+    users,
+)
 
 
 def listing(*steps, limit=None, **server_options):
@@ -708,7 +720,7 @@ def test_documented_401_body_is_an_auth_error():
     )
 
 
-# --- issue 3: deadline, size limit, content type, itemsPerPage, cut bodies ----
+# --- deadline, size limit, content type, itemsPerPage, cut bodies -------------
 
 
 class FakeClock:

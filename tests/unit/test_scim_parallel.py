@@ -11,7 +11,7 @@ import pytest
 
 from nss_cache_coreweave import scim
 from nss_cache_coreweave.errors import ListingError
-from unit_http import ScriptedTransport, page, server, session_with, users
+from support.scripted_http import ScriptedTransport, page, server, session_with, users
 
 TOTAL = 20  # one user per page: 19 pages after the first, more than PARALLEL_MIN_PAGES
 

@@ -19,9 +19,27 @@ from nss_cache_coreweave import slurm
 from nss_cache_coreweave.errors import ConfigError, GuardError
 from nss_cache_coreweave.policy import Directory, PosixGroup
 from nss_cache_coreweave.slurm import (
-    ADD_ACCOUNT, ADD_USERS, MARKER, REMOVE_ACCOUNT, REMOVE_USERS, SET_DEFAULT, SET_PARENT,
-    AccountRow, AssocRow, Current, Operation, PlanError, Sacctmgr, SlurmError, SlurmPermissionError,
-    SlurmState, SlurmStepError, SlurmUnavailable, UserRow, Wanted, WantedAccount,
+    ADD_ACCOUNT,
+    ADD_USERS,
+    MARKER,
+    REMOVE_ACCOUNT,
+    REMOVE_USERS,
+    SET_DEFAULT,
+    SET_PARENT,
+    AccountRow,
+    AssocRow,
+    Current,
+    Operation,
+    PlanError,
+    Sacctmgr,
+    SlurmError,
+    SlurmPermissionError,
+    SlurmState,
+    SlurmStepError,
+    SlurmUnavailable,
+    UserRow,
+    Wanted,
+    WantedAccount,
 )
 
 C1, C2 = "c1", "c2"

@@ -13,7 +13,7 @@ from nss_cache_coreweave import config, snapshot
 from nss_cache_coreweave.config import USER_EXTENSION, parse_path
 from nss_cache_coreweave.errors import AuthError
 from nss_cache_coreweave.snapshot import GroupRecord, Member, UserRecord, resolve
-from unit_http import BASE, TOKEN, ScriptedTransport, load_page, page, scim_error, session_with
+from support.scripted_http import BASE, TOKEN, ScriptedTransport, load_page, page, scim_error, session_with
 
 ALICE = {
     "id": "5b0e8f7a",

@@ -19,11 +19,18 @@ from nss_cache.sources import source_factory
 from nss_cache.update import map_updater
 
 from nss_cache_coreweave import marker, scim, snapshot, source
-from nss_cache_coreweave.errors import AuthError, ConfigError, CoreWeaveError, FetchError, ListingError, StaleCursorError
+from nss_cache_coreweave.errors import (
+    AuthError,
+    ConfigError,
+    CoreWeaveError,
+    FetchError,
+    ListingError,
+    StaleCursorError,
+)
 from nss_cache_coreweave.snapshot import GroupRecord, Member, Snapshot, UserRecord
 from nss_cache_coreweave.source import CoreWeaveSource
-from unit_http import BASE, TOKEN, USER_EXTENSION, ScriptedTransport, load_page, page, session_with
-from unit_keys import ed25519_key, rsa_key
+from support.keys import ed25519_key, rsa_key
+from support.scripted_http import BASE, TOKEN, USER_EXTENSION, ScriptedTransport, load_page, page, session_with
 
 CONF = {
     "name": "coreweave",
@@ -320,7 +327,7 @@ def test_token_never_reaches_the_log(mocker, caplog, monkeypatch):
     assert TOKEN not in caplog.text
 
 
-# --- issue 3: the shrink guard -------------------------------------------------
+# --- the shrink guard ----------------------------------------------------------
 
 from nss_cache_coreweave import config as config_mod  # noqa: E402
 from nss_cache_coreweave import policy, state  # noqa: E402
@@ -487,7 +494,7 @@ def test_an_emptied_group_set_is_refused(mocker):
 
 
 def test_an_emptied_group_set_is_refused_even_with_the_ratio_guard_off(mocker):
-    # Issue 3, whole-run guards: "an empty result for a listed group set that
+    # The whole-run guards: "an empty result for a listed group set that
     # previously had members is refused the same way" -- a guard of its own,
     # lifted only by the one-shot override, not by coreweave_max_shrink = 1.
     conf = {**CONF, "max_shrink": 1}

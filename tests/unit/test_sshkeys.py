@@ -1,6 +1,6 @@
 """sshkeys.normalise: a key reaches sshkey.cache only as ``type base64[ comment]``
 on one line, of an allowed type, whose body decodes to that same type, RSA of
-at least 2048 bits. Keys are generated per run (unit_keys); the FIDO keys are
+at least 2048 bits. Keys are generated per run (support.keys); the FIDO keys are
 hand-built wire blobs.
 """
 
@@ -9,8 +9,15 @@ from __future__ import annotations
 import pytest
 
 from nss_cache_coreweave.sshkeys import DEFAULT_KEY_TYPES, InvalidKey, normalise
-from unit_keys import (
-    body, dsa_key, ecdsa_key, ecdsa_key_naming_another_curve, ed25519_key, rsa_key, sk_ecdsa_key, sk_ed25519_key,
+from support.keys import (
+    body,
+    dsa_key,
+    ecdsa_key,
+    ecdsa_key_naming_another_curve,
+    ed25519_key,
+    rsa_key,
+    sk_ecdsa_key,
+    sk_ed25519_key,
 )
 
 VALID = {
