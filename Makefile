@@ -4,12 +4,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test system venv install clean
+.PHONY: demo test system venv install lint type clean
 
-$(VENV)/.ready: requirements-test.txt scripts/install-nsscache
+$(VENV)/.ready: requirements-test.txt requirements-lint.txt scripts/install-nsscache
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt -r requirements-lint.txt
 	$(PY) scripts/install-nsscache --python $(PY)
 	touch $@
 
@@ -28,8 +28,15 @@ demo: install
 system:
 	bash scripts/system-packages
 
-test: system install
+test: system install lint type
 	$(PY) -m pytest
+
+# Gates of make test (and of tox -e lint,type): ruff with pyproject.toml's rules, mypy.
+lint: venv
+	$(PY) scripts/lint
+
+type: venv
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo/out

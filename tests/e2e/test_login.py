@@ -182,7 +182,7 @@ def test_member_of_a_listed_group_logs_in_with_iam_identity(sshd, keys):
 
     assert login.returncode == 0, login
     assert login.stdout == ALICE_ID
-    assert login.sshd_logged(f"Accepted publickey for alice from 127.0.0.1"), login
+    assert login.sshd_logged("Accepted publickey for alice from 127.0.0.1"), login
 
 
 def test_each_of_a_users_keys_works(sshd, keys):

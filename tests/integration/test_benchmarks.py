@@ -135,7 +135,8 @@ def test_runner_end_to_end(installed_venv, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "benchmarks.md"]  # work files removed
 
     text = md.read_text()
-    for heading in ("# Benchmarks", "## Command", "## Machine", "## Targets (issue 5)", "## Results", "## Organisation"):
+    for heading in ("# Benchmarks", "## Command", "## Machine", "## Targets (issue 5)", "## Results",
+                    "## Organisation"):
         assert f"\n{heading}\n" in f"\n{text}"
     assert "-m benchmarks --sizes 150,300" in text
     assert "| users | groups | members | sync wall s |" in text

@@ -364,7 +364,8 @@ def test_clear_faults(iam, http):
 
 def test_counts_requests_and_bytes(iam, http):
     sizes = []
-    for url, params in [("/Users", {"startIndex": 1, "count": 2}), ("/Users", {"startIndex": 3, "count": 2}), ("/Groups", {})]:
+    for url, params in [("/Users", {"startIndex": 1, "count": 2}), ("/Users", {"startIndex": 3, "count": 2}),
+                        ("/Groups", {})]:
         sizes.append(len(http.get(iam.base_url + url, params=params, timeout=5).content))
     assert (iam.request_count("Users"), iam.request_count("Groups"), iam.request_count()) == (2, 1, 3)
     assert iam.bytes_sent == sum(sizes)
@@ -472,7 +473,8 @@ def test_cli_serves_until_sigterm(tmp_path):
         port = int(port_file.read_text())
         base = f"http://127.0.0.1:{port}{DEFAULT_PREFIX}"
         assert banner.split(" at ")[1].split()[0] == base
-        r = requests.get(base + "/Users", params={"count": 2}, headers={"Authorization": "Bearer s3cret-cli-token"}, timeout=5)
+        r = requests.get(base + "/Users", params={"count": 2}, headers={"Authorization": "Bearer s3cret-cli-token"},
+                         timeout=5)
         assert r.status_code == 200 and r.json()["totalResults"] == 6
         assert requests.get(base + "/Groups", timeout=5).status_code == 401
         log1 = lines.next(timeout=10)

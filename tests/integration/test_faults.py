@@ -179,7 +179,8 @@ def home_attribute(id: str, home: str, reason: str, note: str = "") -> "Scenario
                     home_template=None, org=adding(mallory(sunkHomeDirectory=home)), expect=homes_from_attributes)
 
 
-SHRINK_4_TO_1 = "refusing to shrink users from 4 to 1 (-75%, more than coreweave_max_shrink 25% of the last accepted run)"
+SHRINK_4_TO_1 = ("refusing to shrink users from 4 to 1 (-75%, more than coreweave_max_shrink 25% "
+                 "of the last accepted run)")
 ALICE_ONLY = {
     "passwd": "alice:x:20001:20001:Alice Smith:/mnt/home/alice:/bin/bash\n",
     "group": "slurm-admins:x:30002:alice\nslurm-users:x:30001:alice\n",
@@ -209,16 +210,19 @@ SCENARIOS: List[Scenario] = [
              "run ok", faults=lambda ctx: [Fault("Users", None, chunked=True, times=None)]),
     # --- transport: the whole run fails (SourceUnavailable: exit 75) ------------
     Scenario("500-every-attempt", "HTTP 500 on every attempt at Users page 2", WHOLE_RUN, 75,
-             "Users page 2: HTTP 500 from {base} ('injected fault: HTTP 500') (after 2 attempts): the server is failing, try later",
+             "Users page 2: HTTP 500 from {base} ('injected fault: HTTP 500') (after 2 attempts): "
+             "the server is failing, try later",
              faults=lambda ctx: [Fault.error("Users", 2, 500, times=None)], check=requests_to("Users", 3)),
     Scenario("429-every-attempt", "HTTP 429 with Retry-After: 1 on every attempt", WHOLE_RUN, 75,
-             "Users page 1: HTTP 429 from {base} ('injected fault: HTTP 429') (after 2 attempts): the server is failing, try later",
+             "Users page 1: HTTP 429 from {base} ('injected fault: HTTP 429') (after 2 attempts): "
+             "the server is failing, try later",
              faults=lambda ctx: [Fault.rate_limited("Users", 1, retry_after=1, times=None)]),
     Scenario("slow-beyond-timeout", "Groups page 1 answered after 10 s, coreweave_timeout 1", WHOLE_RUN, 75,
              "Groups page 1: ReadTimeout talking to {base} (after 2 attempts): is the network or the server down?",
              settings={"timeout": "1"}, faults=lambda ctx: [Fault.stall("Groups", 1, seconds=10, times=None)]),
     Scenario("reset-mid-body", "connection reset after 40 body bytes of Users page 2, every time", WHOLE_RUN, 75,
-             "Users page 2: ChunkedEncodingError talking to {base} (after 2 attempts): is the network or the server down?",
+             "Users page 2: ChunkedEncodingError talking to {base} (after 2 attempts): "
+             "is the network or the server down?",
              faults=lambda ctx: [Fault.cut_mid_body("Users", 2, after=40, times=None)]),
     Scenario("connection-dropped", "connection closed without an answer, every time", WHOLE_RUN, 75,
              "Groups page 1: ConnectionError talking to {base} (after 2 attempts): is the network or the server down?",
@@ -236,14 +240,18 @@ SCENARIOS: List[Scenario] = [
              "check coreweave_base_url and the endpoints",
              settings={"users_endpoint": "People"}),
     Scenario("400", "HTTP 400 on Users page 1", WHOLE_RUN, 75,
-             "Users page 1: HTTP 400 from {base} ('injected fault: HTTP 400'): not retried; check coreweave_base_url and the endpoints",
+             "Users page 1: HTTP 400 from {base} ('injected fault: HTTP 400'): not retried; "
+             "check coreweave_base_url and the endpoints",
              faults=lambda ctx: [Fault.error("Users", 1, 400, times=None)], check=requests_to("Users", 1)),
     Scenario("redirect-to-another-host", "HTTP 302 from Users page 1 to another host", WHOLE_RUN, 75,
-             "Users page 1: HTTP 302 redirect to {other}: refusing to follow it (the bearer token must not go anywhere else); "
-             "set coreweave_base_url to the final URL",
-             faults=lambda ctx: [Fault.redirect("Users", 1, location=f"http://localhost:{ctx.other.port}/scim/cw-demo/Users", times=None)],
+             "Users page 1: HTTP 302 redirect to {other}: refusing to follow it "
+             "(the bearer token must not go anywhere else); set coreweave_base_url to the final URL",
+             faults=lambda ctx: [Fault.redirect("Users", 1,
+                                                location=f"http://localhost:{ctx.other.port}/scim/cw-demo/Users",
+                                                times=None)],
              check=redirect_target_got_nothing),
-    Scenario("deadline-while-retrying", "Groups page 1 never answers; coreweave_deadline 2, coreweave_timeout 30", WHOLE_RUN, 75,
+    Scenario("deadline-while-retrying", "Groups page 1 never answers; coreweave_deadline 2, coreweave_timeout 30",
+             WHOLE_RUN, 75,
              "Groups page 1: ReadTimeout talking to {base}: no time left to retry within coreweave_deadline (2 s)",
              settings={"deadline": "2", "timeout": "30", "retries": "3"},
              faults=lambda ctx: [Fault.stall("Groups", 1, seconds=30, times=None)]),
@@ -251,15 +259,18 @@ SCENARIOS: List[Scenario] = [
              ": ReadTimeout talking to {base}: no time left to retry within coreweave_deadline (2.5 s)",
              settings={"deadline": "2.5", "retries": "3"},
              faults=lambda ctx: [Fault.stall("Users", None, seconds=1, times=None)]),
-    Scenario("deadline-slow-body", "Users page 1 trickled 150 bytes every 0.5 s (about 9 s); coreweave_deadline 2", WHOLE_RUN, 75,
+    Scenario("deadline-slow-body", "Users page 1 trickled 150 bytes every 0.5 s (about 9 s); coreweave_deadline 2",
+             WHOLE_RUN, 75,
              "Users page 1: coreweave_deadline (2 s) exceeded",
              settings={"deadline": "2"},
              faults=lambda ctx: [Fault.slow_body("Users", 1, seconds_per_piece=0.5, piece=150, times=None)]),
-    Scenario("deadline-slow-headers", "Users page 1's headers trickled one line every 0.5 s (12 s); coreweave_deadline 2", WHOLE_RUN, 75,
+    Scenario("deadline-slow-headers",
+             "Users page 1's headers trickled one line every 0.5 s (12 s); coreweave_deadline 2", WHOLE_RUN, 75,
              "coreweave_deadline (2 s)",
              settings={"deadline": "2"},
              faults=lambda ctx: [Fault.slow_headers("Users", 1, seconds_per_line=0.5, lines=24, times=None)]),
-    Scenario("deadline-slow-chunked-body", "Users page 1 trickled in 150-byte chunks every 0.5 s; coreweave_deadline 2", WHOLE_RUN, 75,
+    Scenario("deadline-slow-chunked-body", "Users page 1 trickled in 150-byte chunks every 0.5 s; coreweave_deadline 2",
+             WHOLE_RUN, 75,
              "Users page 1: coreweave_deadline (2 s) exceeded",
              settings={"deadline": "2"},
              faults=lambda ctx: [Fault("Users", 1, chunked=True, drip=0.5, drip_bytes=150, times=None)]),
@@ -277,8 +288,11 @@ SCENARIOS: List[Scenario] = [
              "Users page 3: the response is not JSON: refusing a malformed listing",
              faults=lambda ctx: [Fault.not_json("Users", 3)]),
     Scenario("not-a-list-response", "a SCIM Error body with 200", WHOLE_RUN, 4,
-             "Users page 1: the response is not a SCIM ListResponse (schemas ['urn:ietf:params:scim:api:messages:2.0:Error'])",
-             faults=lambda ctx: [Fault("Users", 1, body={"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "detail": "x"})]),
+             "Users page 1: the response is not a SCIM ListResponse "
+             "(schemas ['urn:ietf:params:scim:api:messages:2.0:Error'])",
+             faults=lambda ctx: [Fault("Users", 1,
+                                       body={"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+                                             "detail": "x"})]),
     Scenario("missing-totalResults", "Users page 1 without totalResults", WHOLE_RUN, 4,
              "Users page 1: totalResults is None, not a non-negative integer: refusing a listing we cannot check",
              faults=lambda ctx: [Fault.wrong_total("Users", 1, total=None)]),
@@ -311,16 +325,20 @@ SCENARIOS: List[Scenario] = [
     Scenario("more-than-max-pages", "3 pages of Users, coreweave_max_pages 2", WHOLE_RUN, 4,
              "Users: more than coreweave_max_pages (2) pages: refusing an endless listing",
              settings={"max_pages": "2"}, check=requests_to("Users", 2)),
-    Scenario("huge-page", "Users page 2 padded to 200 kB (Content-Length), coreweave_max_page_bytes 65536", WHOLE_RUN, 4,
-             "Users page 2: the response is larger than coreweave_max_page_bytes (65536 bytes): refusing a runaway response",
+    Scenario("huge-page", "Users page 2 padded to 200 kB (Content-Length), coreweave_max_page_bytes 65536",
+             WHOLE_RUN, 4,
+             "Users page 2: the response is larger than coreweave_max_page_bytes (65536 bytes): "
+             "refusing a runaway response",
              settings={"max_page_bytes": "65536"},
              faults=lambda ctx: [Fault.huge_page("Users", 2, size=200_000)]),
     Scenario("huge-chunked-page", "Users page 2 padded to 4 MB, chunked (no Content-Length)", WHOLE_RUN, 4,
-             "Users page 2: the response is larger than coreweave_max_page_bytes (65536 bytes): refusing a runaway response",
+             "Users page 2: the response is larger than coreweave_max_page_bytes (65536 bytes): "
+             "refusing a runaway response",
              settings={"max_page_bytes": "65536"},
              faults=lambda ctx: [Fault.huge_page("Users", 2, size=4_000_000, chunked=True)]),
     Scenario("gzip-bomb", "Users page 2 as 40 kB of gzip that inflates to 40 MB (Content-Encoding: gzip)", WHOLE_RUN, 4,
-             "Users page 2: the response is larger than coreweave_max_page_bytes (65536 bytes): refusing a runaway response",
+             "Users page 2: the response is larger than coreweave_max_page_bytes (65536 bytes): "
+             "refusing a runaway response",
              settings={"max_page_bytes": "65536"},
              faults=lambda ctx: [Fault("Users", 2, body=gzip_bomb, headers={"Content-Encoding": "gzip"})]),
     # --- whole-run guards (InvalidMap: exit 4) ----------------------------------
@@ -330,28 +348,32 @@ SCENARIOS: List[Scenario] = [
              "refusing to shrink users from 4 to 0 (-100%", org=no_members),
     Scenario("group-set-emptied-no-baseline", "slurm-users and slurm-admins lose every member; no earlier run recorded "
              "(e.g. just switched from another source)", WHOLE_RUN, 4,
-             "refusing an empty directory: no active member of coreweave_groups (slurm-users, slurm-admins) is left to write "
-             "(no earlier accepted run to compare with)", org=no_members, prepare=forget_baseline),
+             "refusing an empty directory: no active member of coreweave_groups (slurm-users, slurm-admins) "
+             "is left to write (no earlier accepted run to compare with)", org=no_members, prepare=forget_baseline),
     Scenario("too-many-users", "6 users, coreweave_max_users 5", WHOLE_RUN, 4,
              "Users: totalResults is 6, more than coreweave_max_users (5): refusing to hold a larger listing",
              settings={"max_users": "5"}, check=requests_to("Users", 1)),
     Scenario("group-removed", "slurm-admins disappears from the directory", WHOLE_RUN, 4,
              "refusing to shrink groups from 2 to 1 (-50%", org=no_admins_group),
-    Scenario("shrink-accepted-by-nsscache-coreweave", "4 users -> 1, `nsscache-coreweave update --accept-shrink`", ACCEPTED, 0,
+    Scenario("shrink-accepted-by-nsscache-coreweave", "4 users -> 1, `nsscache-coreweave update --accept-shrink`",
+             ACCEPTED, 0,
              "shrink accepted by the operator (NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1): " + SHRINK_4_TO_1,
              org=only_alice, command=("nsscache-coreweave", "update", "--accept-shrink"), expect=alice_only_caches),
-    Scenario("shrink-accepted-by-environment", "4 users -> 1, `NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1 nsscache update --full`", ACCEPTED, 0,
+    Scenario("shrink-accepted-by-environment",
+             "4 users -> 1, `NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1 nsscache update --full`", ACCEPTED, 0,
              "shrink accepted by the operator (NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1): " + SHRINK_4_TO_1,
              org=only_alice, env={"NSSCACHE_COREWEAVE_ACCEPT_SHRINK": "1"}, expect=alice_only_caches),
     Scenario("group-set-emptied-accepted", "slurm-users and slurm-admins lose every member, "
              "`nsscache-coreweave update --accept-shrink`", ACCEPTED, 0,
-             "shrink accepted by the operator (NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1): refusing to shrink users from 4 to 0",
+             "shrink accepted by the operator (NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1): "
+             "refusing to shrink users from 4 to 0",
              org=no_members, command=("nsscache-coreweave", "update", "--accept-shrink"), expect=nobody_left),
     # --- bad records: the entry is dropped, the run goes on (exit 0) ------------
     Scenario("name-upper-case", "a user named Mallory", REJECTED, 0,
              f"dropped user id u-mallory: name 'Mallory' {NOT_POSIX}", org=adding(mallory(name="Mallory"))),
     Scenario("name-e-mail", "a user named mallory@example.com", REJECTED, 0,
-             f"dropped user id u-mallory: name 'mallory@example.com' {NOT_POSIX}", org=adding(mallory(name="mallory@example.com"))),
+             f"dropped user id u-mallory: name 'mallory@example.com' {NOT_POSIX}",
+             org=adding(mallory(name="mallory@example.com"))),
     Scenario("name-33-characters", "a 33-character user name", REJECTED, 0,
              f"dropped user id u-mallory: name '{'m' * 33}' {NOT_POSIX}", org=adding(mallory(name="m" * 33))),
     Scenario("name-leading-dash", "a user named -mallory", REJECTED, 0,
@@ -379,7 +401,8 @@ SCENARIOS: List[Scenario] = [
     Scenario("uid-above-range", "a user with uid 4294967295", REJECTED, 0,
              "dropped user mallory: uid 4294967295 is outside [1000, 4294967294]", org=adding(mallory(uid=4294967295))),
     Scenario("uid-huge", "a user with uid 10**30", REJECTED, 0,
-             "dropped user mallory: uid 1000000000000000000000000000000 is outside [1000, 4294967294]", org=adding(mallory(uid=10**30))),
+             "dropped user mallory: uid 1000000000000000000000000000000 is outside [1000, 4294967294]",
+             org=adding(mallory(uid=10**30))),
     Scenario("uid-negative", "a user with uid -1", REJECTED, 0,
              "dropped user mallory: uid -1 is outside [1000, 4294967294]", org=adding(mallory(uid=-1))),
     Scenario("uid-fraction", "a user with uid 20100.5", REJECTED, 0,
@@ -387,17 +410,23 @@ SCENARIOS: List[Scenario] = [
     Scenario("uid-word", 'a user with uid "abc"', REJECTED, 0,
              "dropped user mallory: uid 'abc' is missing or not an integer", org=adding(mallory(uid="abc"))),
     Scenario("uid-object", "a user whose uid is a JSON object", REJECTED, 0,
-             "dropped user mallory: uid {{'value': 20100}} is missing or not an integer", org=adding(mallory(uid={"value": 20100}))),
+             "dropped user mallory: uid {{'value': 20100}} is missing or not an integer",
+             org=adding(mallory(uid={"value": 20100}))),
     Scenario("gid-0", "a user with primary gid 0", REJECTED, 0,
              "dropped user mallory: gid 0 (root) is never accepted", org=adding(mallory(gid=0))),
     Scenario("gid-local-group", "a user whose primary gid is the node's slurm group (64030)", REJECTED, 0,
-             "dropped user mallory: primary gid 64030 belongs to a local group of this node", org=adding(mallory(gid=64030))),
-    Scenario("gid-of-a-listed-group-not-hers", "a user whose primary gid is slurm-admins' (30002), not a member of it", REJECTED, 0,
-             "dropped user mallory: primary gid 30002 is the gid of IAM group slurm-admins, which the user is not a member of",
-             org=adding(mallory(gid=30002))),
-    Scenario("gid-of-an-unlisted-group-not-hers", "a user whose primary gid is other-team's (30003, not listed), not a member of it",
+             "dropped user mallory: primary gid 64030 belongs to a local group of this node",
+             org=adding(mallory(gid=64030))),
+    Scenario("gid-of-a-listed-group-not-hers", "a user whose primary gid is slurm-admins' (30002), not a member of it",
              REJECTED, 0,
-             "dropped user mallory: primary gid 30003 is the gid of IAM group other-team, which the user is not a member of",
+             "dropped user mallory: primary gid 30002 is the gid of IAM group slurm-admins, "
+             "which the user is not a member of",
+             org=adding(mallory(gid=30002))),
+    Scenario("gid-of-an-unlisted-group-not-hers",
+             "a user whose primary gid is other-team's (30003, not listed), not a member of it",
+             REJECTED, 0,
+             "dropped user mallory: primary gid 30003 is the gid of IAM group other-team, "
+             "which the user is not a member of",
              org=adding(mallory(gid=30003))),
     Scenario("gid-of-an-unlisted-group-of-hers", "a user whose primary gid is other-team's (30003, not listed), "
              "a member of it", CHANGED, 0,
@@ -408,27 +437,33 @@ SCENARIOS: List[Scenario] = [
              "primary gid 20002 is shared by bob, mallory and no IAM group carries it",
              org=adding(mallory(gid=20002)), expect=without_users("bob"), logged=2),
     Scenario("name-reserved", "a user named nsscache-coreweave (the run marker's name)", REJECTED, 0,
-             "dropped user nsscache-coreweave: name 'nsscache-coreweave' is reserved for the run marker on the first line "
-             "of every cache", org=adding(mallory(name="nsscache-coreweave"))),
+             "dropped user nsscache-coreweave: name 'nsscache-coreweave' is reserved for the run marker "
+             "on the first line of every cache", org=adding(mallory(name="nsscache-coreweave"))),
     Scenario("group-gid-0", "slurm-admins with gid 0", REJECTED, 0,
              "dropped group slurm-admins: gid 0 (root) is never accepted",
-             org=editing(lambda org: group_named(org, "slurm-admins"), sunkPosixGid=0), expect=without_groups("slurm-admins")),
+             org=editing(lambda org: group_named(org, "slurm-admins"), sunkPosixGid=0),
+             expect=without_groups("slurm-admins")),
     Scenario("duplicate-username", "a second user named bob", REJECTED, 0,
-             "dropped user bob: name bob is shared by bob, bob", org=adding(mallory(name="bob")), expect=without_users("bob"),
-             logged=2),
+             "dropped user bob: name bob is shared by bob, bob", org=adding(mallory(name="bob")),
+             expect=without_users("bob"), logged=2),
     Scenario("duplicate-uid", "mallory with bob's uid 20002", REJECTED, 0,
-             "dropped user bob: uid 20002 is shared by bob, mallory", org=adding(mallory(uid=20002)), expect=without_users("bob")),
+             "dropped user bob: uid 20002 is shared by bob, mallory", org=adding(mallory(uid=20002)),
+             expect=without_users("bob")),
     Scenario("duplicate-group-name", "a second group named slurm-admins", REJECTED, 0,
              "dropped group slurm-admins: name slurm-admins is shared by slurm-admins, slurm-admins",
              org=adding_group("slurm-admins", 30009, ["bob"]), expect=without_groups("slurm-admins"), logged=2),
     Scenario("duplicate-gid", "a listed group ops with slurm-admins' gid 30002", REJECTED, 0,
              "dropped group ops: gid 30002 is shared by ops, slurm-admins",
-             groups="slurm-users, slurm-admins, ops", org=adding_group("ops", 30002, ["erin"]), expect=without_groups("slurm-admins")),
+             groups="slurm-users, slurm-admins, ops", org=adding_group("ops", 30002, ["erin"]),
+             expect=without_groups("slurm-admins")),
     Scenario("local-name-root", "an IAM user named root (uid 20100)", REJECTED, 0,
-             "dropped user root: name 'root' is a local account of this node (/etc/passwd)", org=adding(mallory(name="root"))),
+             "dropped user root: name 'root' is a local account of this node (/etc/passwd)",
+             org=adding(mallory(name="root"))),
     Scenario("local-name-daemon", "an IAM user named daemon", REJECTED, 0,
-             "dropped user daemon: name 'daemon' is a local account of this node (/etc/passwd)", org=adding(mallory(name="daemon"))),
-    Scenario("local-name-root-real-etc-passwd", "an IAM user named root, against the host's real /etc/passwd", REJECTED, 0,
+             "dropped user daemon: name 'daemon' is a local account of this node (/etc/passwd)",
+             org=adding(mallory(name="daemon"))),
+    Scenario("local-name-root-real-etc-passwd", "an IAM user named root, against the host's real /etc/passwd",
+             REJECTED, 0,
              "dropped user root: name 'root' is a local account of this node (/etc/passwd)",
              settings={"local_passwd": "/etc/passwd", "local_group": "/etc/group"}, org=adding(mallory(name="root"))),
     Scenario("local-uid", "an IAM user with the uid (1000) of a local account", REJECTED, 0,
@@ -476,17 +511,20 @@ SCENARIOS: List[Scenario] = [
              expect=with_mallory(MALLORY + ":/bin/bash", (key("ed25519"),))),
     Scenario("key-rsa-1024", "mallory with a 1024-bit RSA key", CHANGED, 0,
              "dropped key mallory: key 1 is a 1024-bit RSA key, below the 2048-bit minimum",
-             org=lambda org: adding(mallory(sunkSshKeys=[key("rsa-1024")]))(org), expect=with_mallory(MALLORY + ":/bin/bash")),
+             org=lambda org: adding(mallory(sunkSshKeys=[key("rsa-1024")]))(org),
+             expect=with_mallory(MALLORY + ":/bin/bash")),
     Scenario("key-garbage", "mallory with a key whose body is not base64", CHANGED, 0,
              "dropped key mallory: key 1 has a body that is not base64",
-             org=adding(mallory(sunkSshKeys=["ssh-ed25519 !!not-a-key!!"])), expect=with_mallory(MALLORY + ":/bin/bash")),
+             org=adding(mallory(sunkSshKeys=["ssh-ed25519 !!not-a-key!!"])),
+             expect=with_mallory(MALLORY + ":/bin/bash")),
     Scenario("key-newline", "mallory with two keys in one value, one per line", CHANGED, 0,
              "run ok",
              org=lambda org: adding(mallory(sunkSshKeys=[key("ed25519") + "\n" + key("ed25519-b")]))(org),
              expect=lambda c: with_mallory(MALLORY + ":/bin/bash", (key("ed25519"), key("ed25519-b")))(c)),
     Scenario("key-newline-smuggles-options", 'a second line of a value carrying command="/bin/sh"', CHANGED, 0,
              "dropped key mallory: key 2 has unknown type 'command=\"/bin/sh\"' or authorized_keys options",
-             org=lambda org: adding(mallory(sunkSshKeys=[key("ed25519") + "\n" + 'command="/bin/sh" ' + key("ed25519-b")]))(org),
+             org=lambda org: adding(mallory(sunkSshKeys=[key("ed25519") + "\n" + 'command="/bin/sh" '
+                                                         + key("ed25519-b")]))(org),
              expect=lambda c: with_mallory(MALLORY + ":/bin/bash", (key("ed25519"),))(c)),
     Scenario("key-crlf", "mallory's key pasted on Windows (ends in CRLF)", CHANGED, 0,
              "run ok",
@@ -496,7 +534,8 @@ SCENARIOS: List[Scenario] = [
              "run ok",
              org=lambda org: adding(mallory(sunkSshKeys=f"{key('ed25519')}\r\n\r\n{key('ed25519-b')}\r\n"))(org),
              expect=lambda c: with_mallory(MALLORY + ":/bin/bash", (key("ed25519"), key("ed25519-b")))(c)),
-    Scenario("keys-scim-objects", 'mallory\'s keys as SCIM multi-valued objects ({"value": ..., "primary": true})', CHANGED, 0,
+    Scenario("keys-scim-objects", 'mallory\'s keys as SCIM multi-valued objects ({"value": ..., "primary": true})',
+             CHANGED, 0,
              "run ok",
              org=lambda org: adding(mallory(sunkSshKeys=[{"value": key("ed25519"), "primary": True},
                                                          {"value": key("ed25519-b"), "display": "desk"}]))(org),
@@ -521,14 +560,16 @@ SCENARIOS: List[Scenario] = [
              settings={"allow_key_options": "true"},
              org=lambda org: adding(mallory(sunkSshKeys=['exec="/bin/sh" ' + key("ed25519")]))(org),
              expect=with_mallory(MALLORY + ":/bin/bash")),
-    Scenario("key-options-allowed", 'coreweave_allow_key_options = true; from="10.0.0.0/8",no-pty in front of a key', CHANGED, 0,
+    Scenario("key-options-allowed", 'coreweave_allow_key_options = true; from="10.0.0.0/8",no-pty in front of a key',
+             CHANGED, 0,
              "run ok",
              settings={"allow_key_options": "true"},
              org=lambda org: adding(mallory(sunkSshKeys=['from="10.0.0.0/8",no-pty ' + key("ed25519")]))(org),
              expect=lambda c: with_mallory(MALLORY + ":/bin/bash", ('from="10.0.0.0/8",no-pty ' + key("ed25519"),))(c)),
     Scenario("key-duplicates", "mallory with one key three times (other comments)", CHANGED, 0,
              "run ok",
-             org=lambda org: adding(mallory(sunkSshKeys=[key("ed25519") + " a", key("ed25519") + " b", key("ed25519")]))(org),
+             org=lambda org: adding(mallory(sunkSshKeys=[key("ed25519") + " a", key("ed25519") + " b",
+                                                         key("ed25519")]))(org),
              expect=lambda c: with_mallory(MALLORY + ":/bin/bash", (key("ed25519") + " a",))(c)),
     Scenario("shell-not-allowed", "mallory with shell /bin/sh (allowed: /bin/bash, /bin/zsh)", CHANGED, 0,
              "dropped shell mallory: shell '/bin/sh' is not an allowed shell: /bin/bash used instead",
@@ -650,7 +691,8 @@ def test_fakeiam_records_whether_a_token_arrived_but_never_the_token():
         requests.get(iam.base_url + "/Users", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
         requests.get(iam.base_url + "/Users", timeout=5)
         recorded = iam.requests()
-    assert [(r.authorization_sent, r.authorized, r.status) for r in recorded] == [(True, True, 200), (False, False, 401)]
+    assert ([(r.authorization_sent, r.authorized, r.status) for r in recorded]
+            == [(True, True, 200), (False, False, 401)])
     assert TOKEN not in repr(recorded)
 
 
@@ -723,7 +765,8 @@ def doc_text() -> str:
     for number, s in enumerate(SCENARIOS, 1):
         message = s.message.format(base="<base>", other="<other-host>")
         lines.append(
-            f"| {number} | `{s.id}` | {s.injected.replace('|', '/')} | {s.kind} | {s.status} | {_cell(message)} | {s.caches_text()} |"
+            f"| {number} | `{s.id}` | {s.injected.replace('|', '/')} | {s.kind} | {s.status} | {_cell(message)} "
+            f"| {s.caches_text()} |"
         )
     return "\n".join(lines) + "\n"
 

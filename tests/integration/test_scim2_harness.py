@@ -99,8 +99,15 @@ def test_scim2_server_is_installed():
 
 
 def test_missing_scim2_server_is_reported(monkeypatch, tmp_path):
+    monkeypatch.delenv("SCIM2_SERVER_PYTHON", raising=False)
     monkeypatch.setitem(sys.modules, "scim2_server.testserver.cli", None)  # import now raises ImportError
     with pytest.raises(Scim2ServerMissing, match="pip install"):
+        Scim2Server(tmp_path).start()
+
+
+def test_a_scim2_server_named_by_the_environment_must_exist(monkeypatch, tmp_path):
+    monkeypatch.setenv("SCIM2_SERVER_PYTHON", str(tmp_path / "nothing"))
+    with pytest.raises(Scim2ServerMissing, match="is not an executable file"):
         Scim2Server(tmp_path).start()
 
 
@@ -139,12 +146,14 @@ def test_cursor_pages_of_two_hold_every_user(loaded, http, org):
     assert all(p["totalResults"] == 6 and "startIndex" not in p for p in pages)
     assert "nextCursor" not in pages[-1]
     served = by_username(r for p in pages for r in p["Resources"])
-    assert {name: u[USER_EXT] for name, u in served.items()} == {u["userName"]: as_served(u[USER_EXT]) for u in org["Users"]}
+    assert ({name: u[USER_EXT] for name, u in served.items()}
+            == {u["userName"]: as_served(u[USER_EXT]) for u in org["Users"]})
 
 
 def test_groups_carry_the_extension_and_server_member_ids(loaded, http, org):
     server, ids = loaded
-    groups = {g["displayName"]: g for p in walk_index(http, f"{server.base_url}/Groups", count=2) for g in p["Resources"]}
+    groups = {g["displayName"]: g
+              for p in walk_index(http, f"{server.base_url}/Groups", count=2) for g in p["Resources"]}
     assert set(groups) == {g["displayName"] for g in org["Groups"]}
     name_attr, gid_attr = GROUP_NAME_PATH.rsplit(":", 1)[1], GROUP_GID_PATH.rsplit(":", 1)[1]
     for group in org["Groups"]:
@@ -211,4 +220,5 @@ def test_index_only_server_and_default_page_size(tmp_path, http, org):
 def test_load_org_reports_a_refused_resource(loaded):
     server, _ = loaded
     with pytest.raises(scim2_harness.Scim2ServerError, match="POST /Users"):
-        load_org(server.base_url, TOKEN, {"Users": [{"id": "x", "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"]}]})
+        load_org(server.base_url, TOKEN,
+                 {"Users": [{"id": "x", "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"]}]})

@@ -126,7 +126,8 @@ def test_a_display_name_forging_a_root_line_stays_inside_the_gecos_field(tmp_pat
 
     assert result.returncode == 0, result.stderr
     entries = passwd_entries(node)  # every line: exactly 7 fields
-    assert entries["mallory"] == ["mallory", "x", "20100", "20100", "x00/root/bin/bashevil", "/mnt/home/mallory", "/bin/bash"]
+    assert entries["mallory"] == ["mallory", "x", "20100", "20100", "x00/root/bin/bashevil", "/mnt/home/mallory",
+                                  "/bin/bash"]
     assert "evil" not in entries and not any(line.startswith("evil") for line in node.cache("passwd").splitlines())
     assert len(node.cache("passwd").splitlines()) == len(entries) == 5
     assert all(fields[2] != "0" for fields in entries.values())
@@ -137,7 +138,8 @@ def test_a_display_name_forging_a_root_line_stays_inside_the_gecos_field(tmp_pat
     "where",
     [
         pytest.param({"name": {"formatted": "x:0:0::/root:/bin/bash\nevil"}}, id="name.formatted"),
-        pytest.param({"name": {"givenName": "x:0:0:", "familyName": ":/root:/bin/bash\nevil"}}, id="given-and-family-names"),
+        pytest.param({"name": {"givenName": "x:0:0:", "familyName": ":/root:/bin/bash\nevil"}},
+                     id="given-and-family-names"),
     ],
 )
 def test_forged_fields_in_other_gecos_sources_are_cleaned_too(tmp_path, bin_dir, org, where):
@@ -258,12 +260,15 @@ FAILURES = [
     pytest.param(lambda iam, other: iam.add_fault(Fault.error("Users", 2, 503, times=None)), id="503"),
     pytest.param(lambda iam, other: setattr(iam, "token", "rotated"), id="401"),
     pytest.param(lambda iam, other: iam.add_fault(Fault.error("Groups", 1, 401, times=None, body={
-        "schemas": [ERROR], "status": "401", "detail": f"token {TOKEN} is not valid here"})), id="401-echoing-the-token"),
+        "schemas": [ERROR], "status": "401", "detail": f"token {TOKEN} is not valid here"})),
+                 id="401-echoing-the-token"),
     pytest.param(lambda iam, other: iam.add_fault(Fault.error("Users", 1, 500, times=None, body={
-        "schemas": [ERROR], "status": "500", "detail": f"Authorization: Bearer {TOKEN}"})), id="500-echoing-the-header"),
+        "schemas": [ERROR], "status": "500", "detail": f"Authorization: Bearer {TOKEN}"})),
+                 id="500-echoing-the-header"),
     pytest.param(lambda iam, other: iam.add_fault(Fault.redirect("Users", 1, times=None,
         location=f"http://localhost:{other.port}/steal?token={TOKEN}")), id="redirect-carrying-the-token"),
-    pytest.param(lambda iam, other: iam.add_fault(Fault.not_json("Users", 1, times=None, body=f"<html>{TOKEN}</html>".encode())), id="page-echoing-the-token"),
+    pytest.param(lambda iam, other: iam.add_fault(Fault.not_json("Users", 1, times=None,
+        body=f"<html>{TOKEN}</html>".encode())), id="page-echoing-the-token"),
     pytest.param(lambda iam, other: iam.add_fault(Fault.stall("Groups", 1, seconds=3, times=None)), id="timeout"),
     pytest.param(lambda iam, other: iam.add_fault(Fault.cut_mid_body("Users", 1, times=None)), id="reset"),
 ]
@@ -304,7 +309,8 @@ def test_check_sample_never_hands_the_token_to_another_host(tmp_path, bin_dir, o
     with FakeIAM(org, token=TOKEN) as iam, FakeIAM({"Users": [], "Groups": []}) as other:
         node = Node(tmp_path / "node", bin_dir)
         configure(node, DEFAULT, iam.base_url, FAULT_SETTINGS)
-        iam.add_fault(Fault.redirect("Users", 1, location=f"http://localhost:{other.port}/scim/cw-demo/Users", times=None))
+        iam.add_fault(Fault.redirect("Users", 1, location=f"http://localhost:{other.port}/scim/cw-demo/Users",
+                                     times=None))
         result = run(node, "nsscache-coreweave", "check", "--sample")
     assert TOKEN not in result.stdout + result.stderr
     assert all(not r.authorization_sent for r in other.requests()), other.requests()
@@ -363,7 +369,8 @@ def test_the_token_is_in_no_exception_text(tmp_path, org, inject, monkeypatch, c
         }
         with pytest.raises((error.SourceUnavailable, error.InvalidMap)) as caught:
             source.CoreWeaveSource(conf).GetPasswdMap()
-    texts = [caplog.text, "".join(traceback.format_exception(caught.value))]
+    raised = caught.value
+    texts = [caplog.text, "".join(traceback.format_exception(type(raised), raised, raised.__traceback__))]
     e = caught.value
     while e is not None:
         texts.append(f"{e!s} {e!r} {e.args!r}")

@@ -139,7 +139,8 @@ def test_metrics_file_matches_the_run(node):
 
 
 def test_metrics_after_a_failed_run_keep_the_last_success(node, iam):
-    node.configure(iam.base_url, f"coreweave_metrics_file = {node.root / 'metrics' / 'coreweave.prom'}\ncoreweave_retries = 1\ncoreweave_max_retry_wait = 0\n")
+    node.configure(iam.base_url, f"coreweave_metrics_file = {node.root / 'metrics' / 'coreweave.prom'}\n"
+                                 "coreweave_retries = 1\ncoreweave_max_retry_wait = 0\n")
     assert node.run("nsscache", "update", "--full").returncode == 0
     success = samples(node)[("nsscache_coreweave_last_success_timestamp_seconds", ())]
     iam.add_fault(Fault.error("Users", page=1, status=503, times=None))

@@ -159,7 +159,8 @@ def test_check_reports_a_refused_token(node, iam):
     result = node.run("nsscache-coreweave", "check")
 
     assert result.returncode == 75
-    assert "HTTP 401" in result.stdout and "the bearer token is missing, expired or lacks the SUNK/SCIM permissions" in result.stdout
+    assert ("HTTP 401" in result.stdout
+            and "the bearer token is missing, expired or lacks the SUNK/SCIM permissions" in result.stdout)
     assert "wrong-token" not in result.stdout + result.stderr
 
 
@@ -199,7 +200,8 @@ def test_check_sample_refuses_a_response_over_max_page_bytes(node, iam):
                      "is the network or the server down?", id="no-answer"),
         # Each header line well within coreweave_timeout: only the deadline ends it.
         pytest.param(Fault.slow_headers("Users", page=1, seconds_per_line=0.5, lines=120),
-                     "coreweave_deadline (2 s) exceeded waiting for the server: refusing to go on", id="trickled-headers"),
+                     "coreweave_deadline (2 s) exceeded waiting for the server: refusing to go on",
+                     id="trickled-headers"),
     ],
 )
 def test_check_sample_ends_within_the_deadline(node, iam, fault, error):

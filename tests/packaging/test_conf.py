@@ -149,7 +149,8 @@ def test_systemd_security_check_is_not_vacuous(tmp_path):
     keep = ("Type=", "ExecStart=", "TimeoutStartSec=", "Nice=")
     lines = (UNITS / bare.name).read_text().splitlines()
     service = lines.index("[Service]")
-    bare.write_text("\n".join(lines[:service + 1] + [l for l in lines[service + 1:] if l.startswith(keep)]) + "\n")
+    kept = [line for line in lines[service + 1:] if line.startswith(keep)]
+    bare.write_text("\n".join(lines[:service + 1] + kept) + "\n")
 
     assert _exposure(bare) > 8.0
 
@@ -331,7 +332,8 @@ def test_cron_command_sleeps_up_to_two_minutes_then_runs_a_full_update(tmp_path)
 
 
 def test_nsswitch_snippet_puts_local_files_before_the_cache():
-    lines = [l for l in (CONF / "nsswitch.conf.snippet").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    lines = [line for line in (CONF / "nsswitch.conf.snippet").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
     entries = {}
     for line in lines:
         database, _, sources = line.partition(":")

@@ -442,7 +442,8 @@ def test_purge_removes_everything_and_registration_reports_it(installed, host):
     assert not reg.ok and "cannot import nss_cache_coreweave" in reg.problem, reg
     # ... and the stock nsscache now fails exactly as the message says.
     result = subprocess.run(
-        [SYSTEM_PYTHON, "-c", "from nss_cache.sources import source_factory as f; print(sorted(f._source_implementations))"],
+        [SYSTEM_PYTHON, "-c",
+         "from nss_cache.sources import source_factory as f; print(sorted(f._source_implementations))"],
         capture_output=True, text=True, check=False, cwd="/",
     )
     assert "coreweave" not in result.stdout

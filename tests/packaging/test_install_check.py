@@ -106,8 +106,8 @@ def test_hook_not_read(tmp_path, installed_venv):
     assert reg.package_dir == str(installed_venv.site_packages / "nss_cache_coreweave")
     assert reg.nss_cache_importable and not reg.registered
     assert reg.problem.endswith(
-        f"which imports nss_cache_coreweave {__version__} from {installed_venv.site_packages / 'nss_cache_coreweave'} but "
-        "does not register the 'coreweave' source (nss_cache_coreweave.pth beside it was not read at start-up: "
+        f"which imports nss_cache_coreweave {__version__} from {installed_venv.site_packages / 'nss_cache_coreweave'} "
+        "but does not register the 'coreweave' source (nss_cache_coreweave.pth beside it was not read at start-up: "
         f"{installed_venv.site_packages} is not a site directory of this Python (reached through PYTHONPATH or a "
         ".pth line?); install the package into this Python), so nsscache will fail with \"source not "
         "implemented: 'coreweave'\" (or \"no source implementations exist\")"
@@ -135,7 +135,8 @@ def test_hook_registration_failure_is_quoted(tmp_path, installed_venv):
     # a `requests` that fails to import shadows the real one.
     nsscache = _venv_reading(tmp_path, installed_venv, "broken-requests")
     site = nsscache.parent.parent / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
-    (site / "nss_cache_coreweave.pth").write_bytes((installed_venv.site_packages / "nss_cache_coreweave.pth").read_bytes())
+    (site / "nss_cache_coreweave.pth").write_bytes(
+        (installed_venv.site_packages / "nss_cache_coreweave.pth").read_bytes())
     (site / "requests").mkdir()
     (site / "requests" / "__init__.py").write_text("raise ImportError('requests is broken here')\n")
 
@@ -154,7 +155,8 @@ def test_interpreter_without_site(installed_venv, tmp_path):
     reg = install.check_registration(str(nsscache))
 
     assert not reg.ok and not reg.nss_cache_importable
-    assert "which cannot import nsscache's nss_cache (ModuleNotFoundError: No module named 'nss_cache'): reinstall nsscache" in reg.problem
+    assert ("which cannot import nsscache's nss_cache (ModuleNotFoundError: No module named 'nss_cache'): "
+            "reinstall nsscache" in reg.problem)
 
 
 def test_missing_interpreter(tmp_path):

@@ -96,7 +96,7 @@ def test_an_account_pre_created_with_the_marker_is_not_adopted(site, iam):
     assert site.sync().returncode == 0
     # Before IAM gets a group "hpc", a coordinator makes "hpc" with the marker, a limit and a user.
     site.stack.sacctmgr("-i", "add", "account", "name=hpc", f"cluster={CLUSTER}", f"organization={MARKER}",
-                        f"description=coreweave iam group hpc", "GrpJobs=1", check=True)
+                        "description=coreweave iam group hpc", "GrpJobs=1", check=True)
     site.stack.sacctmgr("-i", "add", "user", "name=zed", "account=hpc", f"cluster={CLUSTER}", check=True)
     site.configure(groups=["ml-team", "hpc"])
     before = transactions(site.stack)

@@ -230,17 +230,20 @@ class Fault:
         return cls(endpoint, page, body=rewrite, **kw)
 
     @classmethod
-    def redirect(cls, endpoint: str, page: int | None = None, location: str = "", status: int = 302, **kw: Any) -> Fault:
+    def redirect(cls, endpoint: str, page: int | None = None, location: str = "", status: int = 302,
+                 **kw: Any) -> Fault:
         """A redirect to ``location`` (with an empty body)."""
         return cls(endpoint, page, status=status, body=b"", headers={"Location": location}, **kw)
 
     @classmethod
-    def slow_headers(cls, endpoint: str, page: int | None = None, seconds_per_line: float = 0.5, lines: int = 20, **kw: Any) -> Fault:
+    def slow_headers(cls, endpoint: str, page: int | None = None, seconds_per_line: float = 0.5, lines: int = 20,
+                     **kw: Any) -> Fault:
         """The normal page after ``lines`` header lines sent ``seconds_per_line`` apart."""
         return cls(endpoint, page, header_drip=seconds_per_line, header_lines=lines, **kw)
 
     @classmethod
-    def slow_body(cls, endpoint: str, page: int | None = None, seconds_per_piece: float = 0.5, piece: int = 64, **kw: Any) -> Fault:
+    def slow_body(cls, endpoint: str, page: int | None = None, seconds_per_piece: float = 0.5, piece: int = 64,
+                  **kw: Any) -> Fault:
         """The normal page, trickled ``piece`` bytes at a time."""
         return cls(endpoint, page, drip=seconds_per_piece, drip_bytes=piece, **kw)
 
@@ -452,7 +455,8 @@ class FakeIAM:
             self._faults.append(fault)
         return fault
 
-    def fail(self, endpoint: str, page: int | None = None, status: int = 500, times: int | None = 1, **kw: Any) -> Fault:
+    def fail(self, endpoint: str, page: int | None = None, status: int = 500, times: int | None = 1,
+             **kw: Any) -> Fault:
         """Shorthand: ``add_fault(Fault(endpoint, page, status=status, times=times, **kw))``."""
         return self.add_fault(Fault(endpoint, page, status=status, times=times, **kw))
 
@@ -549,7 +553,9 @@ class FakeIAM:
                     dead = self._dead_cursors.get(cursor)
                 if issued is None or issued[0] != endpoint:
                     scim_type = dead or "invalidCursor"
-                    raise _ClientError(400, f"cursor is {'expired' if dead == 'expiredCursor' else 'invalid'}: {cursor!r}", scim_type)
+                    raise _ClientError(400,
+                                       f"cursor is {'expired' if dead == 'expiredCursor' else 'invalid'}: {cursor!r}",
+                                       scim_type)
                 offset = issued[1]
         else:
             start = _int_param(params, "startIndex")
@@ -664,7 +670,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.server.iam._connections.discard(self.connection)
         super().finish()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # FakeIAM._record logs one line per request
 
     def do_GET(self) -> None:
@@ -704,6 +710,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._hang_up()
             return
         chunked = fault is not None and fault.chunked
+        if not self._send_head(response, chunked):
+            return
+        if self._send_body(response.body[:sent], fault, chunked):
+            return
+        self._hang_up()
+
+    def _send_head(self, response: _Response, chunked: bool) -> bool:
+        """Send the status line and headers, the fault's padding ones dripped; False once hung up."""
+        iam = self.server.iam
+        fault = response.fault
         self.send_response(response.status)
         if fault is not None and fault.header_lines:
             try:
@@ -716,7 +732,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                         break
             except (BrokenPipeError, ConnectionResetError):
                 self._hang_up()
-                return
+                return False
         for name, value in {"Content-Type": SCIM_JSON, **response.headers}.items():
             self.send_header(name, value)
         if chunked:
@@ -724,7 +740,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_header("Content-Length", str(len(response.body)))
         self.end_headers()
-        body = response.body[:sent]
+        return True
+
+    def _send_body(self, body: bytes, fault: Fault | None, chunked: bool) -> bool:
+        """Send the body, dripped or cut as the fault says; True once it went out whole (no hang-up due)."""
+        iam = self.server.iam
+        cut_after = None if fault is None else fault.cut_after
         drip = 0.0 if fault is None else fault.drip
         step = len(body) or 1 if not drip else fault.drip_bytes
         try:
@@ -739,10 +760,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     if chunked:
                         self.wfile.write(b"0\r\n\r\n")
                     self.wfile.flush()
-                    return
+                    return True
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up: what a fault is for
-        self._hang_up()
+        return False
 
     def _hang_up(self) -> None:
         self.close_connection = True

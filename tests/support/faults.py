@@ -166,7 +166,8 @@ def with_mallory(passwd_line: str, keys: Tuple[str, ...] = ()) -> Callable[[Cach
     """The fault-free caches plus mallory (last by name) in slurm-users."""
 
     def expect(caches: Caches) -> Caches:
-        group = caches["group"].replace("slurm-users:x:30001:alice,bob,erin,frank", "slurm-users:x:30001:alice,bob,erin,frank,mallory")
+        group = caches["group"].replace("slurm-users:x:30001:alice,bob,erin,frank",
+                                        "slurm-users:x:30001:alice,bob,erin,frank,mallory")
         return {
             "passwd": caches["passwd"] + passwd_line + "\n",
             "group": group,
@@ -283,7 +284,8 @@ def configure(node: Node, scenario: Scenario, base_url: str, settings: Dict[str,
     )
 
 
-def run(node: Node, *command: str, env: Optional[Dict[str, str]] = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run(node: Node, *command: str, env: Optional[Dict[str, str]] = None,
+        timeout: float = 120) -> subprocess.CompletedProcess:
     """Like Node.run, with extra environment variables; the result carries
     ``elapsed`` (seconds)."""
     primary, secondary = pty.openpty()

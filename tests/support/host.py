@@ -127,7 +127,8 @@ def require_installed(packages: Sequence[str], why: str) -> None:
     missing = [p for p in packages if dpkg_status(p) != "installed"]
     if missing:
         pytest.fail(
-            f"{why}: {' '.join(missing)} not installed (apt-get install {' '.join(missing)}; make test does: scripts/system-packages)",
+            f"{why}: {' '.join(missing)} not installed (apt-get install {' '.join(missing)}; "
+            "make test does: scripts/system-packages)",
             pytrace=False,
         )
 
@@ -297,7 +298,8 @@ def snapshot() -> Dict[str, tuple]:
 
 def system_python_sees_package() -> bool:
     result = subprocess.run(
-        [SYSTEM_PYTHON, "-I", "-c", "import importlib.util as u; print(u.find_spec('nss_cache_coreweave') is not None)"],
+        [SYSTEM_PYTHON, "-I", "-c",
+         "import importlib.util as u; print(u.find_spec('nss_cache_coreweave') is not None)"],
         capture_output=True, text=True, check=False, cwd="/",
     )
     return result.stdout.strip() == "True"

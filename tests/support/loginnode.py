@@ -361,8 +361,8 @@ def make_keys_venv(wheel: Path) -> Path:
     return root / "bin"
 
 
-__all__ = ["HOST_STATE_DIR", "KEYS_USER", "LoginNode", "Login", "Sshd", "make_key", "make_keys_venv", "public_key", "fingerprint", "snapshot",
-           "require_environment", "run", "stop", "KEYS_COMMAND"]
+__all__ = ["HOST_STATE_DIR", "KEYS_USER", "LoginNode", "Login", "Sshd", "make_key", "make_keys_venv", "public_key",
+           "fingerprint", "snapshot", "require_environment", "run", "stop", "KEYS_COMMAND"]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -128,10 +128,17 @@ class Scim2ServerError(RuntimeError):
 
 
 def scim2_server_command() -> list[str]:
-    """The command running scim2-server with this interpreter's installation.
+    """The command running scim2-server: with ``$SCIM2_SERVER_PYTHON``, a Python that has
+    it installed (scim2-server needs 3.11; the package is also tested on 3.9 and 3.10, see
+    tox.ini), else this interpreter's installation.
 
-    :raises Scim2ServerMissing: when ``scim2_server`` cannot be imported here.
+    :raises Scim2ServerMissing: when neither is there.
     """
+    other = os.environ.get("SCIM2_SERVER_PYTHON")
+    if other:
+        if not (os.path.isfile(other) and os.access(other, os.X_OK)):
+            raise Scim2ServerMissing(f"SCIM2_SERVER_PYTHON={other} is not an executable file: {_INSTALL_HINT}")
+        return [other, "-m", "scim2_server.testserver.cli"]
     try:
         import scim2_server.testserver.cli  # noqa: F401
     except ImportError as e:
@@ -143,9 +150,15 @@ def scim2_server_command() -> list[str]:
 
 
 def _default_schemas() -> list[dict[str, Any]]:
-    from scim2_server.utils import load_json_resource
-
-    return list(load_json_resource("default-schemas.json"))
+    """scim2-server's own core schemas (from the installation that runs it)."""
+    code = "import json, sys; from scim2_server.utils import load_json_resource; " \
+           "json.dump(list(load_json_resource('default-schemas.json')), sys.stdout)"
+    python = os.environ.get("SCIM2_SERVER_PYTHON") or sys.executable
+    found = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    if found.returncode != 0:
+        raise Scim2ServerMissing(f"scim2-server's default schemas cannot be read with {python}: {_INSTALL_HINT} "
+                                 f"({found.stderr.strip()[-300:]})")
+    return json.loads(found.stdout)
 
 
 def _free_port() -> int:
@@ -207,7 +220,8 @@ class Scim2Server:
         )
         files = {
             "--schema": ("scim2-schemas.json", schemas),
-            "--resource-type": ("scim2-resource-types.json", json.loads((DATA / "scim2-resource-types.json").read_text())),
+            "--resource-type": ("scim2-resource-types.json",
+                                json.loads((DATA / "scim2-resource-types.json").read_text())),
             "--service-provider-config": ("scim2-service-provider-config.json", config),
         }
         args = []
@@ -249,7 +263,8 @@ class Scim2Server:
         # Listening; confirm one real answer (no auth needed, RFC 7643 §5).
         while True:
             try:
-                r = requests.get(f"{self.base_url}/ServiceProviderConfig", timeout=max(deadline - time.monotonic(), 0.1))
+                r = requests.get(f"{self.base_url}/ServiceProviderConfig",
+                                 timeout=max(deadline - time.monotonic(), 0.1))
                 if r.status_code == 200:
                     return True
                 problem = f"HTTP {r.status_code}: {r.text[:500]}"
@@ -375,7 +390,8 @@ def load_org(
             created = r.json()
             if "id" in original:
                 ids[original["id"]] = created["id"]
-                locations[original["id"]] = created.get("meta", {}).get("location") or f"{base_url}/{endpoint}/{created['id']}"
+                locations[original["id"]] = (created.get("meta", {}).get("location")
+                                             or f"{base_url}/{endpoint}/{created['id']}")
 
         for user in org.get("Users", []):
             create("Users", user, _user_payload(user))

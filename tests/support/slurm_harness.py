@@ -282,7 +282,8 @@ class SlurmStack:
         result = subprocess.run([self.programs["sacctmgr"], *args], capture_output=True, text=True,
                                 env=self.env, timeout=300, stdin=subprocess.DEVNULL)
         if check and result.returncode != 0:
-            raise RuntimeError(f"sacctmgr {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+            raise RuntimeError(f"sacctmgr {' '.join(args)} failed ({result.returncode}):\n"
+                               f"{result.stdout}{result.stderr}")
         return result
 
     def show(self, *args: str) -> List[List[str]]:
@@ -292,7 +293,7 @@ class SlurmStack:
     def associations(self, cluster: str = CLUSTER) -> Dict[str, set]:
         """account -> users with an association on ``cluster`` (the account's own row left out)."""
         result: Dict[str, set] = {}
-        for c, account, user in self.show("association", f"cluster={cluster}", "format=cluster,account,user"):
+        for _cluster, account, user in self.show("association", f"cluster={cluster}", "format=cluster,account,user"):
             users = result.setdefault(account, set())
             if user:
                 users.add(user)
@@ -300,7 +301,8 @@ class SlurmStack:
 
     def users(self, cluster: str = CLUSTER) -> Dict[str, tuple]:
         """user -> (default account on ``cluster``, admin level)."""
-        return {u: (d, a) for u, d, a in self.show("user", f"cluster={cluster}", "format=user,defaultaccount,adminlevel")}
+        return {u: (d, a)
+                for u, d, a in self.show("user", f"cluster={cluster}", "format=user,defaultaccount,adminlevel")}
 
     def accounts(self) -> Dict[str, tuple]:
         """account -> (organization, description)."""

@@ -102,7 +102,8 @@ class Site:
             + self.extra
         )
 
-    def sync(self, *args: str, env: Optional[Dict[str, str]] = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    def sync(self, *args: str, env: Optional[Dict[str, str]] = None,
+             timeout: float = 600) -> subprocess.CompletedProcess:
         """``nsscache-coreweave -c <conf> slurm-sync ARGS`` as a subprocess, like cron would."""
         run_env = {k: v for k, v in self.stack.env.items() if not k.startswith("NSSCACHE_")}
         run_env.update(env or {})

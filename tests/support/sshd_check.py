@@ -21,7 +21,8 @@ DEBIAN_SSHD_CONFIG = Path("/etc/ssh/sshd_config")
 def _require():
     missing = [t for t in (SSHD, "ssh-keygen", "unshare", "mount") if shutil.which(t) is None]
     if missing:
-        pytest.fail(f"missing {missing} (apt-get install openssh-server util-linux; make test does: scripts/system-packages)", pytrace=False)
+        pytest.fail(f"missing {missing} (apt-get install openssh-server util-linux; "
+                    "make test does: scripts/system-packages)", pytrace=False)
 
 
 def wrap(snippet: Path, tmp: Path, base: str = "minimal") -> Path:

@@ -134,7 +134,8 @@ def test_missing_required_keys_are_reported_in_one_error():
 
 
 def test_every_problem_is_reported_together():
-    message = problem(page_size=0, timeout="soon", retries=11, pagination="offset", verify_tls="maybe", default_shell="bash")
+    message = problem(page_size=0, timeout="soon", retries=11, pagination="offset", verify_tls="maybe",
+                      default_shell="bash")
     for part in (
         "coreweave_pagination must be index or cursor, got 'offset'",
         "coreweave_verify_tls must be true or false, got 'maybe'",
@@ -179,16 +180,20 @@ def test_config_error_is_a_value_error():
         pytest.param("pagination", '"cursor"', lambda c: c.server.pagination, "cursor", id="quoted-cursor"),
         pytest.param("pagination", "Cursor", lambda c: c.server.pagination, "cursor", id="Cursor"),
         pytest.param("pagination", "INDEX", lambda c: c.server.pagination, "index", id="INDEX"),
-        pytest.param("groups", "'slurm-users, slurm-sudo'", lambda c: c.allowed_groups, ("slurm-users", "slurm-sudo"), id="quoted-groups"),
+        pytest.param("groups", "'slurm-users, slurm-sudo'", lambda c: c.allowed_groups, ("slurm-users", "slurm-sudo"),
+                     id="quoted-groups"),
         pytest.param("groups", "a,b , a,,", lambda c: c.allowed_groups, ("a", "b"), id="groups-deduplicated"),
         pytest.param("groups", "*", lambda c: c.allowed_groups, None, id="star-is-every-group"),
         pytest.param("groups", " * ", lambda c: c.allowed_groups, None, id="star-spaced"),
         pytest.param("home_directory", "'/mnt/home/%u'", lambda c: c.home_template, "/mnt/home/%u", id="quoted-home"),
         pytest.param("default_shell", '"/bin/zsh"', lambda c: c.default_shell, "/bin/zsh", id="quoted-shell"),
-        pytest.param("base_url", BASE + "/", lambda c: c.server.users_url, BASE + "/Users", id="base-url-trailing-slash"),
-        pytest.param("users_endpoint", "/People/", lambda c: c.server.users_url, BASE + "/People", id="endpoint-slashes"),
+        pytest.param("base_url", BASE + "/", lambda c: c.server.users_url, BASE + "/Users",
+                     id="base-url-trailing-slash"),
+        pytest.param("users_endpoint", "/People/", lambda c: c.server.users_url, BASE + "/People",
+                     id="endpoint-slashes"),
         pytest.param("groups_endpoint", "Teams", lambda c: c.server.groups_url, BASE + "/Teams", id="groups-endpoint"),
-        pytest.param("ca_bundle", "/etc/ssl/iam-ca.pem", lambda c: c.server.verify, "/etc/ssl/iam-ca.pem", id="ca-bundle"),
+        pytest.param("ca_bundle", "/etc/ssl/iam-ca.pem", lambda c: c.server.verify, "/etc/ssl/iam-ca.pem",
+                     id="ca-bundle"),
     ],
 )
 def test_nsscache_value_shapes_are_understood(key, raw, read, expected):
@@ -256,36 +261,56 @@ def test_verify_tls_false_wins_over_ca_bundle():
         pytest.param({"page_size": 1000.5}, "coreweave_page_size must be an integer, got 1000.5", id="fractional"),
         pytest.param({"page_size": "ten"}, "coreweave_page_size must be an integer, got 'ten'", id="word"),
         pytest.param({"page_size": True}, "coreweave_page_size must be an integer, got True", id="bool"),
-        pytest.param({"retries": "3 # three"}, "coreweave_retries must be an integer, got '3 # three'", id="comment-is-part-of-value"),
+        pytest.param({"retries": "3 # three"}, "coreweave_retries must be an integer, got '3 # three'",
+                     id="comment-is-part-of-value"),
         pytest.param({"page_size": float("nan")}, "coreweave_page_size must be an integer, got nan", id="nan"),
         pytest.param({"page_size": float("inf")}, "coreweave_page_size must be an integer, got inf", id="inf"),
         pytest.param({"retries": FixValue("1e400")}, "coreweave_retries must be an integer, got inf", id="1e400"),
         pytest.param({"timeout": False}, "coreweave_timeout must be a number, got False", id="bool-timeout"),
         pytest.param({"timeout": "30s"}, "coreweave_timeout must be a number, got '30s'", id="unit-suffix"),
         pytest.param({"page_size": 0}, "coreweave_page_size must be between 1 and 10000, got 0", id="page-size-0"),
-        pytest.param({"page_size": 10001}, "coreweave_page_size must be between 1 and 10000, got 10001", id="page-size-too-big"),
+        pytest.param({"page_size": 10001}, "coreweave_page_size must be between 1 and 10000, got 10001",
+                     id="page-size-too-big"),
         pytest.param({"timeout": 0}, "coreweave_timeout must be between 0.1 and 3600, got 0.0", id="timeout-0"),
-        pytest.param({"timeout": 3601}, "coreweave_timeout must be between 0.1 and 3600, got 3601.0", id="timeout-too-long"),
-        pytest.param({"timeout": float("nan")}, "coreweave_timeout must be between 0.1 and 3600, got nan", id="timeout-nan"),
+        pytest.param({"timeout": 3601}, "coreweave_timeout must be between 0.1 and 3600, got 3601.0",
+                     id="timeout-too-long"),
+        pytest.param({"timeout": float("nan")}, "coreweave_timeout must be between 0.1 and 3600, got nan",
+                     id="timeout-nan"),
         pytest.param({"retries": -1}, "coreweave_retries must be between 0 and 10, got -1", id="retries-negative"),
         pytest.param({"min_uid": 0}, "coreweave_min_uid must be between 1 and 4294967294, got 0", id="min-uid-0"),
-        pytest.param({"max_gid": 4294967295}, "coreweave_max_gid must be between 1 and 4294967294, got 4294967295", id="max-gid-2**32-1"),
-        pytest.param({"min_uid": 5000, "max_uid": 4000}, "coreweave_min_uid/min_gid must not exceed coreweave_max_uid/max_gid", id="min-above-max"),
-        pytest.param({"verify_tls": "maybe"}, "coreweave_verify_tls must be true or false, got 'maybe'", id="bool-word"),
+        pytest.param({"max_gid": 4294967295}, "coreweave_max_gid must be between 1 and 4294967294, got 4294967295",
+                     id="max-gid-2**32-1"),
+        pytest.param({"min_uid": 5000, "max_uid": 4000},
+                     "coreweave_min_uid/min_gid must not exceed coreweave_max_uid/max_gid", id="min-above-max"),
+        pytest.param({"verify_tls": "maybe"}, "coreweave_verify_tls must be true or false, got 'maybe'",
+                     id="bool-word"),
         pytest.param({"verify_tls": 2}, "coreweave_verify_tls must be true or false, got 2", id="bool-2"),
-        pytest.param({"pagination": "offset"}, "coreweave_pagination must be index or cursor, got 'offset'", id="pagination"),
-        pytest.param({"base_url": "api.coreweave.com/scim/x"}, "coreweave_base_url must start with https:// (or http:// for a loopback test server), got 'api.coreweave.com/scim/x'", id="base-url-scheme"),
+        pytest.param({"pagination": "offset"}, "coreweave_pagination must be index or cursor, got 'offset'",
+                     id="pagination"),
+        pytest.param({"base_url": "api.coreweave.com/scim/x"},
+                     "coreweave_base_url must start with https:// (or http:// for a loopback test server), "
+                     "got 'api.coreweave.com/scim/x'", id="base-url-scheme"),
         pytest.param({"groups": " , "}, "coreweave_groups names no group", id="no-group"),
-        pytest.param({"ca_bundle": "certs/ca.pem"}, "coreweave_ca_bundle must be an absolute path, got 'certs/ca.pem'", id="relative-ca"),
-        pytest.param({"default_shell": "bash"}, "coreweave_default_shell must be an absolute, clean path, got 'bash'", id="relative-shell"),
-        pytest.param({"home_directory": "home/%u"}, "coreweave_home_directory must be an absolute path template holding %%u (the username), got 'home/%u'", id="relative-home"),
+        pytest.param({"ca_bundle": "certs/ca.pem"}, "coreweave_ca_bundle must be an absolute path, got 'certs/ca.pem'",
+                     id="relative-ca"),
+        pytest.param({"default_shell": "bash"}, "coreweave_default_shell must be an absolute, clean path, got 'bash'",
+                     id="relative-shell"),
+        pytest.param({"home_directory": "home/%u"},
+                     "coreweave_home_directory must be an absolute path template holding %%u (the username), "
+                     "got 'home/%u'", id="relative-home"),
         # Without %u every user would have the same home, and each would be dropped for it.
-        pytest.param({"home_directory": "/home/shared"}, "coreweave_home_directory must be an absolute path template holding %%u (the username), got '/home/shared'", id="home-without-user"),
+        pytest.param({"home_directory": "/home/shared"},
+                     "coreweave_home_directory must be an absolute path template holding %%u (the username), "
+                     "got '/home/shared'", id="home-without-user"),
         pytest.param({"max_users": 0}, "coreweave_max_users must be between 1 and 100000000, got 0", id="max-users-0"),
-        pytest.param({"user_name_attribute": ","}, "coreweave_user_name_attribute must name an attribute", id="no-name-path"),
+        pytest.param({"user_name_attribute": ","}, "coreweave_user_name_attribute must name an attribute",
+                     id="no-name-path"),
         pytest.param({"uid_attribute": " , "}, "coreweave_uid_attribute must name an attribute", id="no-uid-path"),
-        pytest.param({"group_gid_attribute": ","}, "coreweave_group_name_attribute and coreweave_group_gid_attribute must name an attribute", id="no-group-gid-path"),
-        pytest.param({"gecos_attribute": "name..givenName"}, "coreweave_gecos_attribute: attribute path 'name..givenName' is malformed", id="malformed-path"),
+        pytest.param({"group_gid_attribute": ","},
+                     "coreweave_group_name_attribute and coreweave_group_gid_attribute must name an attribute",
+                     id="no-group-gid-path"),
+        pytest.param({"gecos_attribute": "name..givenName"},
+                     "coreweave_gecos_attribute: attribute path 'name..givenName' is malformed", id="malformed-path"),
     ],
 )
 def test_bad_value_is_refused_naming_the_option(options, expected):
@@ -372,7 +397,8 @@ def test_environment_token_whitespace_is_stripped():
 def test_inline_token_is_used_with_a_warning():
     cfg = ok(environ={}, token=" tok3n ")
     assert cfg.server.token == "tok3n"
-    assert cfg.warnings == ("coreweave_token is set inline in a world-readable nsscache.conf: use coreweave_token_file",)
+    assert cfg.warnings == ("coreweave_token is set inline in a world-readable nsscache.conf: "
+                            "use coreweave_token_file",)
 
 
 def test_relative_token_file_is_refused():
@@ -397,7 +423,9 @@ def test_unreadable_token_file_is_refused_without_falling_back(tmp_path, token_f
 
 def test_empty_token_file_is_refused(token_file):
     path = token_file(" \n")
-    assert problem(token_file=path) == f"invalid configuration: the bearer token from coreweave_token_file {path!r} is empty"
+    assert problem(token_file=path) == (
+        f"invalid configuration: the bearer token from coreweave_token_file {path!r} is empty"
+    )
 
 
 @pytest.mark.parametrize(
@@ -483,15 +511,18 @@ ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
         pytest.param("userName", None, ("userName",), id="core-attribute"),
         pytest.param("name.givenName", None, ("name", "givenName"), id="sub-attribute"),
         pytest.param(f"{USER_EXTENSION}:sunkSshKeys", USER_EXTENSION, ("sunkSshKeys",), id="coreweave-urn"),
-        pytest.param(f"{USER_EXTENSION}:sunkName.first", USER_EXTENSION, ("sunkName", "first"), id="coreweave-urn-sub-attribute"),
+        pytest.param(f"{USER_EXTENSION}:sunkName.first", USER_EXTENSION, ("sunkName", "first"),
+                     id="coreweave-urn-sub-attribute"),
         pytest.param(f"{USER_EXTENSION}/sunkSshKeys", USER_EXTENSION, ("sunkSshKeys",), id="slash-form-urn"),
-        pytest.param(f"{USER_EXTENSION}/sunkName/first", USER_EXTENSION, ("sunkName", "first"), id="slash-form-urn-sub"),
+        pytest.param(f"{USER_EXTENSION}/sunkName/first", USER_EXTENSION, ("sunkName", "first"),
+                     id="slash-form-urn-sub"),
         pytest.param("name/givenName", None, ("name", "givenName"), id="slash-form"),
         pytest.param("members/value", None, ("members", "value"), id="slash-form-members"),
         pytest.param(f"{CORE_USER}:userName", None, ("userName",), id="core-schema-qualified"),
         pytest.param(f"{CORE_USER}:name.givenName", None, ("name", "givenName"), id="core-schema-qualified-sub"),
         pytest.param(f"{CORE_USER}/name/givenName", None, ("name", "givenName"), id="core-schema-slash-form"),
-        pytest.param("urn:ietf:params:scim:schemas:core:2.0:Group:displayName", None, ("displayName",), id="core-group"),
+        pytest.param("urn:ietf:params:scim:schemas:core:2.0:Group:displayName", None, ("displayName",),
+                     id="core-group"),
         pytest.param(f"{CORE_USER.upper()}:userName", None, ("userName",), id="core-schema-any-case"),
         pytest.param(f"{ENTERPRISE}:employeeNumber", ENTERPRISE, ("employeeNumber",), id="enterprise-extension"),
         pytest.param(f"{ENTERPRISE}:manager.value", ENTERPRISE, ("manager", "value"), id="enterprise-sub-attribute"),
@@ -545,13 +576,19 @@ def test_module_exports():
 @pytest.mark.parametrize(
     "key, raw, read, expected",
     [
-        pytest.param("allowed_shells", "/bin/bash, /bin/zsh", lambda c: c.allowed_shells, frozenset({"/bin/bash", "/bin/zsh"}), id="shells"),
-        pytest.param("allowed_shells", "'/bin/bash,,/bin/bash '", lambda c: c.allowed_shells, frozenset({"/bin/bash"}), id="shells-quoted-deduplicated"),
-        pytest.param("local_passwd", "/srv/node/passwd", lambda c: c.local_passwd, "/srv/node/passwd", id="local-passwd"),
-        pytest.param("local_group", "'/srv/node/group'", lambda c: c.local_group, "/srv/node/group", id="local-group-quoted"),
+        pytest.param("allowed_shells", "/bin/bash, /bin/zsh", lambda c: c.allowed_shells,
+                     frozenset({"/bin/bash", "/bin/zsh"}), id="shells"),
+        pytest.param("allowed_shells", "'/bin/bash,,/bin/bash '", lambda c: c.allowed_shells, frozenset({"/bin/bash"}),
+                     id="shells-quoted-deduplicated"),
+        pytest.param("local_passwd", "/srv/node/passwd", lambda c: c.local_passwd, "/srv/node/passwd",
+                     id="local-passwd"),
+        pytest.param("local_group", "'/srv/node/group'", lambda c: c.local_group, "/srv/node/group",
+                     id="local-group-quoted"),
         pytest.param("ssh_key_types", "ed25519", lambda c: c.keys.types, frozenset({"ed25519"}), id="key-types-one"),
-        pytest.param("ssh_key_types", "ED25519 , Rsa", lambda c: c.keys.types, frozenset({"ed25519", "rsa"}), id="key-types-case"),
-        pytest.param("ssh_key_types", "sk-ed25519,sk-ecdsa", lambda c: c.keys.types, frozenset({"sk-ed25519", "sk-ecdsa"}), id="key-types-fido"),
+        pytest.param("ssh_key_types", "ED25519 , Rsa", lambda c: c.keys.types, frozenset({"ed25519", "rsa"}),
+                     id="key-types-case"),
+        pytest.param("ssh_key_types", "sk-ed25519,sk-ecdsa", lambda c: c.keys.types,
+                     frozenset({"sk-ed25519", "sk-ecdsa"}), id="key-types-fido"),
         pytest.param("min_rsa_bits", "3072", lambda c: c.keys.min_rsa_bits, 3072, id="min-rsa-bits"),
         pytest.param("min_rsa_bits", "4096.0", lambda c: c.keys.min_rsa_bits, 4096, id="min-rsa-bits-float"),
         pytest.param("allow_key_options", "true", lambda c: c.keys.allow_options, True, id="key-options-true"),
@@ -560,7 +597,8 @@ def test_module_exports():
         pytest.param("max_shrink", "0.5", lambda c: c.max_shrink, 0.5, id="max-shrink"),
         pytest.param("max_shrink", "1", lambda c: c.max_shrink, 1.0, id="max-shrink-1-disables"),
         pytest.param("max_shrink", "0", lambda c: c.max_shrink, 0.0, id="max-shrink-0"),
-        pytest.param("state_dir", "/var/lib/nsscache-coreweave", lambda c: c.state_dir, "/var/lib/nsscache-coreweave", id="state-dir"),
+        pytest.param("state_dir", "/var/lib/nsscache-coreweave", lambda c: c.state_dir, "/var/lib/nsscache-coreweave",
+                     id="state-dir"),
         pytest.param("max_pages", "50", lambda c: c.server.max_pages, 50, id="max-pages"),
         pytest.param("max_users", "5000", lambda c: c.server.max_users, 5000, id="max-users"),
         pytest.param("max_page_bytes", "1024", lambda c: c.server.max_page_bytes, 1024, id="max-page-bytes-min"),
@@ -580,22 +618,39 @@ def test_hardening_values_are_understood(key, raw, read, expected):
 @pytest.mark.parametrize(
     "options, expected",
     [
-        pytest.param({"allowed_shells": "bash, /bin/zsh, zsh"}, "coreweave_allowed_shells must list absolute paths, got bash, zsh", id="relative-shells"),
-        pytest.param({"ssh_key_types": "dsa"}, "coreweave_ssh_key_types must name some of ecdsa, ed25519, rsa, sk-ecdsa, sk-ed25519, got 'dsa'", id="key-types-dsa"),
-        pytest.param({"ssh_key_types": "ed25519, ssh-rsa"}, "coreweave_ssh_key_types must name some of ecdsa, ed25519, rsa, sk-ecdsa, sk-ed25519, got 'ed25519, ssh-rsa'", id="key-types-openssh-name"),
-        pytest.param({"ssh_key_types": " , "}, "coreweave_ssh_key_types must name some of ecdsa, ed25519, rsa, sk-ecdsa, sk-ed25519, got ','", id="key-types-none"),
-        pytest.param({"min_rsa_bits": 1023}, "coreweave_min_rsa_bits must be between 1024 and 16384, got 1023", id="min-rsa-bits-low"),
-        pytest.param({"min_rsa_bits": 16385}, "coreweave_min_rsa_bits must be between 1024 and 16384, got 16385", id="min-rsa-bits-high"),
-        pytest.param({"min_rsa_bits": "2k"}, "coreweave_min_rsa_bits must be an integer, got '2k'", id="min-rsa-bits-word"),
-        pytest.param({"allow_key_options": "sometimes"}, "coreweave_allow_key_options must be true or false, got 'sometimes'", id="key-options-word"),
+        pytest.param({"allowed_shells": "bash, /bin/zsh, zsh"},
+                     "coreweave_allowed_shells must list absolute paths, got bash, zsh", id="relative-shells"),
+        pytest.param({"ssh_key_types": "dsa"},
+                     "coreweave_ssh_key_types must name some of ecdsa, ed25519, rsa, sk-ecdsa, sk-ed25519, got 'dsa'",
+                     id="key-types-dsa"),
+        pytest.param({"ssh_key_types": "ed25519, ssh-rsa"},
+                     "coreweave_ssh_key_types must name some of ecdsa, ed25519, rsa, sk-ecdsa, sk-ed25519, "
+                     "got 'ed25519, ssh-rsa'", id="key-types-openssh-name"),
+        pytest.param({"ssh_key_types": " , "},
+                     "coreweave_ssh_key_types must name some of ecdsa, ed25519, rsa, sk-ecdsa, sk-ed25519, got ','",
+                     id="key-types-none"),
+        pytest.param({"min_rsa_bits": 1023}, "coreweave_min_rsa_bits must be between 1024 and 16384, got 1023",
+                     id="min-rsa-bits-low"),
+        pytest.param({"min_rsa_bits": 16385}, "coreweave_min_rsa_bits must be between 1024 and 16384, got 16385",
+                     id="min-rsa-bits-high"),
+        pytest.param({"min_rsa_bits": "2k"}, "coreweave_min_rsa_bits must be an integer, got '2k'",
+                     id="min-rsa-bits-word"),
+        pytest.param({"allow_key_options": "sometimes"},
+                     "coreweave_allow_key_options must be true or false, got 'sometimes'", id="key-options-word"),
         pytest.param({"max_pages": 0}, "coreweave_max_pages must be between 1 and 1000000, got 0", id="max-pages-0"),
         pytest.param({"max_pages": 1.5}, "coreweave_max_pages must be an integer, got 1.5", id="max-pages-fraction"),
-        pytest.param({"max_page_bytes": 1023}, "coreweave_max_page_bytes must be between 1024 and 2147483648, got 1023", id="max-page-bytes-low"),
-        pytest.param({"max_page_bytes": 2**31 + 1}, "coreweave_max_page_bytes must be between 1024 and 2147483648, got 2147483649", id="max-page-bytes-high"),
-        pytest.param({"max_retry_wait": -1}, "coreweave_max_retry_wait must be between 0 and 3600, got -1.0", id="max-retry-wait-negative"),
-        pytest.param({"max_retry_wait": "1m"}, "coreweave_max_retry_wait must be a number, got '1m'", id="max-retry-wait-unit"),
+        pytest.param({"max_page_bytes": 1023}, "coreweave_max_page_bytes must be between 1024 and 2147483648, got 1023",
+                     id="max-page-bytes-low"),
+        pytest.param({"max_page_bytes": 2**31 + 1},
+                     "coreweave_max_page_bytes must be between 1024 and 2147483648, got 2147483649",
+                     id="max-page-bytes-high"),
+        pytest.param({"max_retry_wait": -1}, "coreweave_max_retry_wait must be between 0 and 3600, got -1.0",
+                     id="max-retry-wait-negative"),
+        pytest.param({"max_retry_wait": "1m"}, "coreweave_max_retry_wait must be a number, got '1m'",
+                     id="max-retry-wait-unit"),
         pytest.param({"deadline": 0}, "coreweave_deadline must be between 1 and 86400, got 0.0", id="deadline-0"),
-        pytest.param({"deadline": 86401}, "coreweave_deadline must be between 1 and 86400, got 86401.0", id="deadline-too-long"),
+        pytest.param({"deadline": 86401}, "coreweave_deadline must be between 1 and 86400, got 86401.0",
+                     id="deadline-too-long"),
         pytest.param({"deadline": True}, "coreweave_deadline must be a number, got True", id="deadline-bool"),
     ],
 )
@@ -609,12 +664,18 @@ def test_bad_hardening_value_is_refused_naming_the_option(options, expected):
 @pytest.mark.parametrize(
     "options, expected",
     [
-        pytest.param({"max_shrink": 1.5}, "coreweave_max_shrink must be between 0.0 and 1.0, got 1.5", id="max-shrink-above-1"),
-        pytest.param({"max_shrink": -0.1}, "coreweave_max_shrink must be between 0.0 and 1.0, got -0.1", id="max-shrink-negative"),
-        pytest.param({"max_shrink": "25%"}, "coreweave_max_shrink must be a number, got '25%'", id="max-shrink-percent"),
-        pytest.param({"state_dir": "state"}, "coreweave_state_dir must be an absolute path, got 'state'", id="state-dir-relative"),
-        pytest.param({"local_passwd": "passwd"}, "coreweave_local_passwd must be an absolute path, got 'passwd'", id="local-passwd-relative"),
-        pytest.param({"local_group": "etc/group"}, "coreweave_local_group must be an absolute path, got 'etc/group'", id="local-group-relative"),
+        pytest.param({"max_shrink": 1.5}, "coreweave_max_shrink must be between 0.0 and 1.0, got 1.5",
+                     id="max-shrink-above-1"),
+        pytest.param({"max_shrink": -0.1}, "coreweave_max_shrink must be between 0.0 and 1.0, got -0.1",
+                     id="max-shrink-negative"),
+        pytest.param({"max_shrink": "25%"}, "coreweave_max_shrink must be a number, got '25%'",
+                     id="max-shrink-percent"),
+        pytest.param({"state_dir": "state"}, "coreweave_state_dir must be an absolute path, got 'state'",
+                     id="state-dir-relative"),
+        pytest.param({"local_passwd": "passwd"}, "coreweave_local_passwd must be an absolute path, got 'passwd'",
+                     id="local-passwd-relative"),
+        pytest.param({"local_group": "etc/group"}, "coreweave_local_group must be an absolute path, got 'etc/group'",
+                     id="local-group-relative"),
     ],
 )
 def test_bad_guard_value_is_refused_naming_the_option(options, expected):
@@ -671,9 +732,8 @@ def test_default_shell_outside_the_allowed_shells_is_a_warning():
 
 def test_server_carries_the_transport_limits():
     server = ok(max_pages=7, max_page_bytes=4096, max_retry_wait=3, deadline=42, timeout=5, retries=2).server
-    assert (server.max_pages, server.max_page_bytes, server.max_retry_wait, server.deadline, server.timeout, server.retries) == (
-        7, 4096, 3.0, 42.0, 5.0, 2,
-    )
+    assert (server.max_pages, server.max_page_bytes, server.max_retry_wait, server.deadline, server.timeout,
+            server.retries) == (7, 4096, 3.0, 42.0, 5.0, 2)
 
 
 def test_key_rules_are_one_value():

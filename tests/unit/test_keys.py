@@ -226,7 +226,8 @@ def test_a_well_formed_dsa_key_is_never_served(node, capsys):
         authorized_keys("alice", node, ssh_keygen_fingerprint(dsa))
     assert keys.main(_argv(node, "alice")) == 1
     assert capsys.readouterr() == (
-        "", f"nsscache-coreweave-keys: alice: {node.sshkey_cache}: malformed entry: a key has an unknown type: no keys\n"
+        "",
+        f"nsscache-coreweave-keys: alice: {node.sshkey_cache}: malformed entry: a key has an unknown type: no keys\n"
     )
     assert authorized_keys("bob", node).keys == [BOB]
 
@@ -555,7 +556,8 @@ def test_character_offsets_after_a_non_ascii_line_fall_back_to_a_scan(tmp_path):
     smap = sshkey_map.SshkeyMap()
     smap.Add(sshkey_map.SshkeyMapEntry({"name": "aaron", "sshkey": "x é"}))
     smap.Add(sshkey_map.SshkeyMapEntry({"name": "bob", "sshkey": [f"{k} bob"]}))
-    assert files.FilesSshkeyMapHandler({"dir": str(cache), "cache_filename_suffix": "cache"}).WriteMap(map_data=smap) == 0
+    handler = files.FilesSshkeyMapHandler({"dir": str(cache), "cache_filename_suffix": "cache"})
+    assert handler.WriteMap(map_data=smap) == 0
 
     line, method = find_line(str(cache / "sshkey.cache"), "bob", str(cache / "sshkey.cache.ixname"))
 
@@ -785,4 +787,6 @@ def test_lookup_never_imports_the_install_checks(node):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
 
-    assert result.stdout.splitlines()[-1] == "0 ['nss_cache_coreweave', 'nss_cache_coreweave.keys', 'nss_cache_coreweave.marker']"
+    assert result.stdout.splitlines()[-1] == (
+        "0 ['nss_cache_coreweave', 'nss_cache_coreweave.keys', 'nss_cache_coreweave.marker']"
+    )

@@ -27,10 +27,12 @@ def configure(allowed="slurm-users", **options):
 PRIVATE = object()
 
 
-def user(id="u-alice", name="alice", uid=20001, gid=PRIVATE, *, active=True, gecos="Alice Smith", home=None, shell=None, keys=None):
+def user(id="u-alice", name="alice", uid=20001, gid=PRIVATE, *, active=True, gecos="Alice Smith", home=None, shell=None,
+         keys=None):
     """A UserRecord; its primary gid defaults to a private one, equal to the uid."""
     gid = uid if gid is PRIVATE else gid
-    return UserRecord(id=id, active=active, name=name, uid=uid, gid=gid, gecos=gecos, home=home, shell=shell, ssh_keys=keys)
+    return UserRecord(id=id, active=active, name=name, uid=uid, gid=gid, gecos=gecos, home=home, shell=shell,
+                      ssh_keys=keys)
 
 
 def group(id="g-users", name="slurm-users", gid=30001, members=("u-alice",)):
@@ -43,7 +45,8 @@ def decide(users, groups=None, *, allowed="slurm-users", **options):
     if groups is None:
         groups = [group(members=[u.id for u in users])]
     # An empty node: local-account clashes have their own tests.
-    return policy.decide(Snapshot(tuple(users), tuple(groups), 0.0), configure(allowed, **options), local=LocalAccounts())
+    return policy.decide(Snapshot(tuple(users), tuple(groups), 0.0), configure(allowed, **options),
+                         local=LocalAccounts())
 
 
 def names(directory):
@@ -177,7 +180,8 @@ def test_configured_ranges_apply():
 
 
 def test_users_sharing_a_name_are_all_dropped():
-    directory = decide([user("u-1", "alice", 20001), user("u-2", "alice", 20002), user("u-3", "carol", 20003, gecos="")])
+    directory = decide([user("u-1", "alice", 20001), user("u-2", "alice", 20002),
+                        user("u-3", "carol", 20003, gecos="")])
     assert names(directory) == ["carol"]
     assert directory.drops == (
         Drop("user", "alice", "name alice is shared by alice, alice"),
@@ -202,7 +206,8 @@ def test_users_may_share_the_primary_gid_of_an_iam_group_of_theirs():
 
 def test_users_sharing_a_primary_gid_no_iam_group_carries_are_all_dropped():
     # Not a private group any more: each would reach the other's group-readable files.
-    directory = decide([user("u-1", "alice", 20001, 7001), user("u-2", "bob", 20002, 7001), user("u-3", "carol", 20003)])
+    directory = decide([user("u-1", "alice", 20001, 7001), user("u-2", "bob", 20002, 7001),
+                        user("u-3", "carol", 20003)])
     assert names(directory) == ["carol"]
     assert directory.drops == (
         Drop("user", "alice", "primary gid 7001 is shared by alice, bob and no IAM group carries it"),
@@ -229,7 +234,8 @@ def test_a_home_inside_a_local_accounts_home_is_dropped():
 def test_at_most_100_lines_of_keys_are_read():
     directory = decide([user(keys="x\n" * 150)])
     assert len(directory.drops) == 101
-    assert directory.drops[0] == Drop("key", "alice", "keys 101 to 150 are ignored: at most 100 lines of keys are read per user")
+    assert directory.drops[0] == Drop("key", "alice",
+                                      "keys 101 to 150 are ignored: at most 100 lines of keys are read per user")
 
 
 def test_inactive_user_does_not_knock_out_an_active_namesake():
@@ -262,7 +268,8 @@ def test_member_of_two_allowed_groups_gets_one_account():
     groups = [group("g-1", "slurm-users", 30001), group("g-2", "slurm-sudo", 30002)]
     directory = decide([user()], groups, allowed="slurm-users, slurm-sudo")
     assert directory.accounts == (ALICE_ACCOUNT,)
-    assert directory.groups == (PosixGroup("slurm-sudo", 30002, ("alice",)), PosixGroup("slurm-users", 30001, ("alice",)))
+    assert directory.groups == (PosixGroup("slurm-sudo", 30002, ("alice",)),
+                                PosixGroup("slurm-users", 30001, ("alice",)))
 
 
 # --- GECOS ------------------------------------------------------------------
@@ -380,7 +387,8 @@ def test_inactive_user_is_dropped_quietly():
 
 
 def test_inactive_user_with_a_bad_name_is_still_just_inactive():
-    assert decide([user(name="Alice", active=False)]).drops == (Drop("user", "id u-alice", "is inactive", expected=True),)
+    assert decide([user(name="Alice", active=False)]).drops == (
+        Drop("user", "id u-alice", "is inactive", expected=True),)
 
 
 @pytest.mark.parametrize(
@@ -502,7 +510,8 @@ def test_accounts_groups_and_members_are_sorted_by_name():
     groups = [group("g-2", "zeta", 30002, ["u-3", "u-1"]), group("g-1", "alpha", 30001, ["u-2", "u-3"])]
     directory = decide(users, groups, allowed="zeta, alpha")
     assert names(directory) == ["alice", "bob", "carol"]
-    assert directory.groups == (PosixGroup("alpha", 30001, ("bob", "carol")), PosixGroup("zeta", 30002, ("alice", "carol")))
+    assert directory.groups == (PosixGroup("alpha", 30001, ("bob", "carol")),
+                                PosixGroup("zeta", 30002, ("alice", "carol")))
 
 
 # --- keys -------------------------------------------------------------------
@@ -523,7 +532,8 @@ def test_invalid_key_is_dropped_and_the_user_kept():
         Drop("key", "alice", "key 2 is a DSA key, which is not accepted"),
         Drop("key", "alice", "key 3 is a 1024-bit RSA key, below the 2048-bit minimum"),
         Drop("key", "alice", "key 4 has a body that is not base64"),
-        Drop("key", "alice", "key 5 has unknown type 'command=\"/bin/sh\"' or authorized_keys options, which are not accepted (coreweave_allow_key_options)"),
+        Drop("key", "alice", "key 5 has unknown type 'command=\"/bin/sh\"' or authorized_keys options, "
+                             "which are not accepted (coreweave_allow_key_options)"),
     )
 
 
@@ -574,8 +584,9 @@ def test_one_string_of_several_lines_gives_each_valid_key():
     a, b = ed25519_key(), ed25519_key("b")
     directory = decide([user(keys=f"{a} laptop\r\n\r\n{b} desk\r\nnot a key\r\n")])
     assert directory.accounts[0].keys == (f"{a} laptop", f"{b} desk")
-    assert directory.drops == (Drop("key", "alice", "key 3 has unknown type 'not' or authorized_keys options, which are "
-                                                    "not accepted (coreweave_allow_key_options)", code="key"),)
+    assert directory.drops == (Drop("key", "alice",
+                                    "key 3 has unknown type 'not' or authorized_keys options, which are "
+                                    "not accepted (coreweave_allow_key_options)", code="key"),)
 
 
 def test_a_carriage_return_inside_a_line_is_still_refused():
@@ -654,7 +665,8 @@ def test_user_holding_the_uid_of_a_local_account_is_dropped_though_no_local_grou
 def test_user_whose_uid_is_only_the_gid_of_a_local_group_is_kept():
     # uids and gids are separate numbers: only the primary gid is checked against local groups.
     directory = decide_on_node([user(), user("u-bob", "bob", 20999, 20998, gecos="Bob Jones")], local=UNPAIRED_IDS_NODE)
-    assert directory.accounts == (ALICE_ACCOUNT, Account("bob", 20999, 20998, "Bob Jones", "/home/bob", "/bin/bash", ()))
+    assert directory.accounts == (ALICE_ACCOUNT,
+                                  Account("bob", 20999, 20998, "Bob Jones", "/home/bob", "/bin/bash", ()))
     assert directory.drops == ()
 
 
@@ -790,7 +802,8 @@ def test_the_real_etc_passwd_holds_root():
         pytest.param("/bin/zsh", "/bin/bash, /bin/zsh", "/bin/zsh", False, id="listed"),
         pytest.param("/usr/bin/zsh", "/bin/bash, /bin/zsh", "/bin/bash", True, id="not-listed"),
         pytest.param("/bin/sh", "/bin/bash", "/bin/bash", True, id="sh-not-listed"),
-        pytest.param("/usr/sbin/nologin", "/bin/bash, /usr/sbin/nologin", "/usr/sbin/nologin", False, id="nologin-listed"),
+        pytest.param("/usr/sbin/nologin", "/bin/bash, /usr/sbin/nologin", "/usr/sbin/nologin", False,
+                     id="nologin-listed"),
         pytest.param("/tmp/evil", "/bin/bash", "/bin/bash", True, id="tmp"),
         pytest.param("/bin/bash/", "/bin/bash/", "/bin/bash", True, id="listed-but-unclean"),
     ],
@@ -798,14 +811,16 @@ def test_the_real_etc_passwd_holds_root():
 def test_only_allowed_shells_are_kept(shell, allowed, used, logged):
     directory = decide([user(shell=shell)], allowed_shells=allowed)
     assert [a.shell for a in directory.accounts] == [used]
-    expected = (Drop("shell", "alice", f"shell {shell!r} is not an allowed shell: /bin/bash used instead"),) if logged else ()
+    expected = ((Drop("shell", "alice", f"shell {shell!r} is not an allowed shell: /bin/bash used instead"),)
+                if logged else ())
     assert directory.drops == expected
 
 
 def test_replacement_shell_is_the_configured_default():
     directory = decide([user(shell="/bin/csh")], allowed_shells="/bin/zsh", default_shell="/bin/zsh")
     assert [a.shell for a in directory.accounts] == ["/bin/zsh"]
-    assert directory.drops == (Drop("shell", "alice", "shell '/bin/csh' is not an allowed shell: /bin/zsh used instead"),)
+    assert directory.drops == (Drop("shell", "alice",
+                                    "shell '/bin/csh' is not an allowed shell: /bin/zsh used instead"),)
 
 
 def test_shell_replacement_does_not_drop_the_user():
@@ -854,7 +869,8 @@ def test_key_options_with_openssh_names_are_kept_when_allowed(options):
         pytest.param('command="/bin/sh', "has options with an unterminated quote", id="unterminated-quote"),
         pytest.param('command="é"', "has options with control or non-ASCII characters", id="non-ascii"),
         pytest.param('command="a\tb"', "has options with control or non-ASCII characters", id="tab"),
-        pytest.param("no-pty,,no-user-rc", "has unknown type or malformed options 'no-pty,,no-user-rc'", id="empty-option"),
+        pytest.param("no-pty,,no-user-rc", "has unknown type or malformed options 'no-pty,,no-user-rc'",
+                     id="empty-option"),
         pytest.param('from=10.0.0.0/8', "has unknown type or malformed options 'from=10.0.0.0/8'", id="unquoted-value"),
     ],
 )
@@ -896,7 +912,8 @@ def test_configured_key_types_decide_which_keys_stay(types, kept):
     keys = {"ed25519": ed25519_key(), "rsa": rsa_key(2048)}
     directory = decide([user(keys=list(keys.values()))], ssh_key_types=types)
     assert directory.accounts[0].keys == tuple(keys[k] for k in kept)
-    refused = [f"key {i} has type {keys[k].split()[0]}, which is not allowed here" for i, k in enumerate(keys, 1) if k not in kept]
+    refused = [f"key {i} has type {keys[k].split()[0]}, which is not allowed here"
+               for i, k in enumerate(keys, 1) if k not in kept]
     assert [d.reason for d in directory.drops] == refused
 
 
@@ -921,7 +938,8 @@ def directory_of(n_users, n_groups):
 
 EMPTIED = (
     "refusing to remove all {n} {what} of the last accepted run: the previous caches are kept. If this removal is "
-    "intended, run `nsscache-coreweave update --accept-shrink` once (or set NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1 for one run)"
+    "intended, run `nsscache-coreweave update --accept-shrink` once "
+    "(or set NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1 for one run)"
 )
 
 
@@ -956,8 +974,10 @@ def shrink_message(what, before, now, share, limit="25%"):
         pytest.param((100, 2), (99, 2), 0.0, shrink_message("users", 100, 99, "1%", "0%"), id="zero-tolerance"),
         pytest.param((100, 2), (50, 2), 0.5, None, id="configured-half"),
         pytest.param((100, 2), (1, 1), 1.0, None, id="one-disables-the-ratio"),
-        pytest.param((100, 2), (0, 2), 1.0, EMPTIED.format(n=100, what="users"), id="emptied-users-even-with-the-ratio-off"),
-        pytest.param((100, 2), (5, 0), 1.0, EMPTIED.format(n=2, what="groups"), id="emptied-groups-even-with-the-ratio-off"),
+        pytest.param((100, 2), (0, 2), 1.0, EMPTIED.format(n=100, what="users"),
+                     id="emptied-users-even-with-the-ratio-off"),
+        pytest.param((100, 2), (5, 0), 1.0, EMPTIED.format(n=2, what="groups"),
+                     id="emptied-groups-even-with-the-ratio-off"),
     ],
 )
 def test_shrink_problem(previous, now, max_shrink, expected):
@@ -967,7 +987,8 @@ def test_shrink_problem(previous, now, max_shrink, expected):
 
 # --- the primary gid grants a group's access ----------------------------------------------------
 
-SLURM_NODE = LocalAccounts(gids=frozenset({0, 64030, 5000}), homes=frozenset({"/root", "/home/localadmin", "/nonexistent"}))
+SLURM_NODE = LocalAccounts(gids=frozenset({0, 64030, 5000}),
+                           homes=frozenset({"/root", "/home/localadmin", "/nonexistent"}))
 
 
 @pytest.mark.parametrize(
@@ -1033,7 +1054,8 @@ def test_a_gid_shared_by_two_groups_needs_membership_of_both():
         pytest.param("/run/user", "home directory '/run/user' is a system directory", id="below-run"),
         pytest.param("/tmp/bob", "home directory '/tmp/bob' is a system directory", id="below-tmp"),
         pytest.param("/var/tmp/bob", "home directory '/var/tmp/bob' is a system directory", id="below-var-tmp"),
-        pytest.param("/home/localadmin", "home directory '/home/localadmin' is the home of a local account of this node",
+        pytest.param("/home/localadmin",
+                     "home directory '/home/localadmin' is the home of a local account of this node",
                      id="a-local-accounts-home"),
         pytest.param("/nonexistent", "home directory '/nonexistent' is the home of a local account of this node",
                      id="nobodys-home"),

@@ -69,13 +69,15 @@ scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False), text,
 )
 json_values = st.one_of(
-    st.recursive(scalars, lambda inner: st.lists(inner, max_size=2) | st.dictionaries(text, inner, max_size=2), max_leaves=4),
+    st.recursive(scalars, lambda inner: st.lists(inner, max_size=2) | st.dictionaries(text, inner, max_size=2),
+                 max_leaves=4),
     deep,
 )
 
 posix_names = st.from_regex(r"[a-z_][a-z0-9_.-]{0,10}", fullmatch=True)
 names = st.one_of(
-    st.sampled_from(["alice", "bob", "ali", "root", "daemon", "x", "a.b", "_svc", "12345", "-x", "Alice", "a" * 32, "a" * 33]),
+    st.sampled_from(["alice", "bob", "ali", "root", "daemon", "x", "a.b", "_svc", "12345", "-x", "Alice", "a" * 32,
+                     "a" * 33]),
     posix_names,
     text,
     json_values,
@@ -98,7 +100,8 @@ VALID_KEYS = [ed25519_key("p1"), ed25519_key("p2"), ecdsa_key("nistp256"), rsa_k
 key_lines = st.one_of(
     st.sampled_from(VALID_KEYS),
     st.tuples(st.sampled_from(VALID_KEYS), text).map(lambda kc: f"{kc[0]} {kc[1]}"),
-    st.tuples(st.sampled_from(['from="10.0.0.0/8"', "no-pty", 'command="/bin/sh"', "restrict,pty", "evil", 'permitopen="db:5432"']),
+    st.tuples(st.sampled_from(['from="10.0.0.0/8"', "no-pty", 'command="/bin/sh"', "restrict,pty", "evil",
+                               'permitopen="db:5432"']),
               st.sampled_from(VALID_KEYS)).map(lambda ok: f"{ok[0]} {ok[1]}"),
     st.sampled_from([dsa_key(), rsa_key(1024), "ssh-ed25519 AAAA", f"{VALID_KEYS[0]}\n{VALID_KEYS[1]}"]),
     text,
@@ -109,7 +112,8 @@ key_lines = st.one_of(
 key_texts = st.lists(st.tuples(key_lines, st.sampled_from(["\n", "\r\n", "\r\n\r\n", " \n", "\n\t"])), max_size=3).map(
     lambda parts: "".join(f"{k}{sep}" if isinstance(k, str) else sep for k, sep in parts)
 )
-key_objects = st.fixed_dictionaries({"value": st.one_of(key_lines, key_texts)}, optional={"primary": st.booleans(), "display": text})
+key_objects = st.fixed_dictionaries({"value": st.one_of(key_lines, key_texts)},
+                                    optional={"primary": st.booleans(), "display": text})
 key_items = st.one_of(key_lines, key_texts, key_objects)
 keys = st.one_of(st.none(), key_lines, key_texts, st.lists(key_items, max_size=4), json_values)
 active = st.one_of(st.just(True), st.just(True), st.booleans(), st.sampled_from(["true", None, 1, 0, []]))
@@ -126,11 +130,13 @@ def users(draw):
         "sunkSshKeys": draw(keys),
     }
     resource = {
-        "id": draw(st.one_of(st.sampled_from(["u1", "u2", "u3", "u4", "u5", "u6"]), st.text(char, min_size=1, max_size=6))),
+        "id": draw(st.one_of(st.sampled_from(["u1", "u2", "u3", "u4", "u5", "u6"]),
+                             st.text(char, min_size=1, max_size=6))),
         "active": draw(active),
         "displayName": draw(st.one_of(text, json_values)),
         "name": draw(st.one_of(st.fixed_dictionaries({"givenName": text, "familyName": text}), json_values)),
-        USER_EXTENSION: draw(st.one_of(st.fixed_dictionaries({k: st.just(v) for k, v in extension.items()}), json_values)),
+        USER_EXTENSION: draw(st.one_of(st.fixed_dictionaries({k: st.just(v) for k, v in extension.items()}),
+                                       json_values)),
     }
     for optional in draw(st.sets(st.sampled_from(["active", "displayName", "name"]))):
         resource.pop(optional)
@@ -145,7 +151,8 @@ def groups(draw, user_ids):
     )
     return {
         "id": draw(st.text(char, min_size=1, max_size=6)),
-        "sunkPosixGroupName": draw(st.one_of(st.sampled_from(["slurm-users", "ops", "sudo", "Slurm-Users", "ops:x", "a,b"]), names)),
+        "sunkPosixGroupName": draw(st.one_of(
+            st.sampled_from(["slurm-users", "ops", "sudo", "Slurm-Users", "ops:x", "a,b"]), names)),
         "sunkPosixGid": draw(ids_),
         "members": draw(st.one_of(st.lists(st.one_of(member, json_values), max_size=5), json_values)),
     }
@@ -280,7 +287,8 @@ LONE_SURROGATE_HOME = {
 @given(org=organisations(), allowed=st.sampled_from(["slurm-users, ops, sudo", "*"]), allow_options=st.booleans(),
        ascii_json=st.booleans())
 @example(org=LONE_SURROGATE_HOME, allowed="slurm-users", allow_options=False, ascii_json=True)
-def test_whatever_the_directory_sends_the_caches_are_well_formed(org, allowed, allow_options, ascii_json, tmp_path_factory):
+def test_whatever_the_directory_sends_the_caches_are_well_formed(org, allowed, allow_options, ascii_json,
+                                                                 tmp_path_factory):
     cfg = configure(allowed, allow_options)
     transport = serving(org, ascii_json)
     try:
@@ -305,7 +313,8 @@ def write_cache_files(directory: policy.Directory, tmp_path) -> keys_command.Set
     assert files.FilesPasswdMapHandler(conf).WriteMap(map_data=render.render("passwd", directory, RUN)) == 0
     assert files.FilesSshkeyMapHandler(conf).WriteMap(map_data=render.render("sshkey", directory, RUN)) == 0
     (tmp_path / "local-passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
-    return keys_command.Settings(sshkey_cache=str(tmp_path / "sshkey.cache"), passwd_cache=str(tmp_path / "passwd.cache"),
+    return keys_command.Settings(sshkey_cache=str(tmp_path / "sshkey.cache"),
+                                 passwd_cache=str(tmp_path / "passwd.cache"),
                                  system_passwd=str(tmp_path / "local-passwd"))
 
 
@@ -351,7 +360,8 @@ def test_decide_is_deterministic_and_drops_are_explained(org):
     cfg = configure("*", False)
     transport = serving(org, True)
     try:
-        snap = snapshot.take(cfg, session=session_with(transport, cfg.server), clock=scim.Clock(sleep=no_sleep), everyone=True)
+        snap = snapshot.take(cfg, session=session_with(transport, cfg.server), clock=scim.Clock(sleep=no_sleep),
+                             everyone=True)
     except CoreWeaveError:
         return
     first, second = policy.decide(snap, cfg, local=LOCAL), policy.decide(snap, cfg, local=LOCAL)

@@ -85,7 +85,8 @@ def test_sshkey_comment_with_a_quote_is_written_in_double_quotes(tmp_path):
 
 @pytest.mark.parametrize(
     "map_name, kind, size",
-    [("passwd", passwd.PasswdMap, 4), ("group", group.GroupMap, 4), ("shadow", shadow.ShadowMap, 4), ("sshkey", sshkey.SshkeyMap, 3)],
+    [("passwd", passwd.PasswdMap, 4), ("group", group.GroupMap, 4), ("shadow", shadow.ShadowMap, 4),
+     ("sshkey", sshkey.SshkeyMap, 3)],
 )
 def test_render_returns_the_nsscache_map(map_name, kind, size):
     result = render.render(map_name, DIRECTORY, RUN)

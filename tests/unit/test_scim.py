@@ -120,7 +120,8 @@ def test_identical_copies_of_a_resource_are_kept_once():
     first = {"id": "a", "userName": "first"}
     srv = server()
     transport = ScriptedTransport(page([first, dict(first), {"id": "b"}], total=2, itemsPerPage=3))
-    found = scim.list_resources(session_with(transport, srv), srv, srv.users_url, "Users", lambda r: r, lambda r: r["id"], sleep=None)
+    found = scim.list_resources(session_with(transport, srv), srv, srv.users_url, "Users", lambda r: r,
+                                lambda r: r["id"], sleep=None)
     assert found == [first, {"id": "b"}]
 
 
@@ -252,7 +253,9 @@ def test_listing_of_exactly_max_pages_is_complete():
 def test_an_index_listing_announcing_more_than_the_limit_is_refused_at_page_1():
     # Memory stays bounded: a user outside the listed groups still costs its id.
     error = refused(ListingError, page(users("a", "b"), total=3), page(users("c"), total=3), limit=2, page_size=2)
-    assert str(error) == "Users: totalResults is 3, more than coreweave_max_users (2): refusing to hold a larger listing"
+    assert str(error) == (
+        "Users: totalResults is 3, more than coreweave_max_users (2): refusing to hold a larger listing"
+    )
     assert len(error.transport.sent) == 1
 
 
@@ -318,7 +321,8 @@ def test_repeated_cursor_is_refused():
 
 
 def test_cursor_page_without_new_resources_is_refused():
-    error = refused(ListingError, cursor_page("a", next_cursor="c1"), cursor_page("a", next_cursor="c2"), pagination="cursor")
+    error = refused(ListingError, cursor_page("a", next_cursor="c1"), cursor_page("a", next_cursor="c2"),
+                    pagination="cursor")
     assert str(error) == (
         "Users page 2 makes no progress (repeated cursor or no new resources): refusing an endless listing"
     )
@@ -331,7 +335,8 @@ def test_next_cursor_must_be_a_non_empty_string(cursor, shown):
 
 
 def test_cursor_page_with_changed_total_is_refused():
-    error = refused(ListingError, page(users("a"), total=2, nextCursor="c1"), page(users("b"), total=3), pagination="cursor")
+    error = refused(ListingError, page(users("a"), total=2, nextCursor="c1"), page(users("b"), total=3),
+                    pagination="cursor")
     assert str(error) == "Users page 2 has totalResults 3, an earlier page said 2: refusing a partial listing"
 
 
@@ -376,7 +381,8 @@ def test_second_stale_cursor_fails_the_listing():
 
 
 def test_bad_request_without_a_cursor_type_is_not_restarted():
-    error = refused(FetchError, cursor_page("a", next_cursor="c1"), scim_error(400, "bad filter", "invalidFilter"), pagination="cursor")
+    error = refused(FetchError, cursor_page("a", next_cursor="c1"), scim_error(400, "bad filter", "invalidFilter"),
+                    pagination="cursor")
     assert type(error) is FetchError
     assert str(error) == (
         f"Users page 2: HTTP 400 from {BASE} ('bad filter'): not retried; check coreweave_base_url and the endpoints"
@@ -444,7 +450,8 @@ def test_retry_after_is_honoured_on_503_too():
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
 def test_retryable_status_backs_off_1_2_4_then_succeeds(status):
-    ids, transport, sleeps = listing(scim_error(status), scim_error(status), scim_error(status), page(users("a")), retries=3)
+    ids, transport, sleeps = listing(scim_error(status), scim_error(status), scim_error(status), page(users("a")),
+                                     retries=3)
     assert (ids, sleeps, len(transport.sent)) == (["a"], [1.0, 2.0, 4.0], 4)
 
 
@@ -458,7 +465,9 @@ def test_backoff_is_capped_by_max_retry_wait_and_then_fails():
 def test_zero_retries_fails_at_once():
     error = refused(FetchError, scim_error(500, "boom"), retries=0)
     assert (error.sleeps, len(error.transport.sent)) == ([], 1)
-    assert str(error) == f"Users page 1: HTTP 500 from {BASE} ('boom') (after 1 attempts): the server is failing, try later"
+    assert str(error) == (
+        f"Users page 1: HTTP 500 from {BASE} ('boom') (after 1 attempts): the server is failing, try later"
+    )
 
 
 def test_retries_count_per_page():
@@ -513,7 +522,8 @@ def test_401_and_403_are_never_retried(status):
         pytest.param(Reply(404, b"<html>Not Found</html>"), "", id="404-html"),
         pytest.param(Reply(405, b""), "", id="405"),
         pytest.param(Reply(400, b""), "", id="400"),
-        pytest.param(scim_error(404, "a\nb\x00c" + "x" * 300), " ('a b c" + "x" * 195 + "')", id="detail-cleaned-and-cut"),
+        pytest.param(scim_error(404, "a\nb\x00c" + "x" * 300), " ('a b c" + "x" * 195 + "')",
+                     id="detail-cleaned-and-cut"),
     ],
 )
 def test_other_statuses_fail_without_retry(reply, detail):
@@ -521,7 +531,8 @@ def test_other_statuses_fail_without_retry(reply, detail):
     assert type(error) is FetchError
     assert (error.sleeps, len(error.transport.sent)) == ([], 1)
     assert str(error) == (
-        f"Users page 1: HTTP {reply.status} from {BASE}{detail}: not retried; check coreweave_base_url and the endpoints"
+        f"Users page 1: HTTP {reply.status} from {BASE}{detail}: not retried; "
+        "check coreweave_base_url and the endpoints"
     )
 
 
@@ -664,8 +675,10 @@ def test_session_auth_repr_hides_the_token():
         pytest.param([scim_error(403)], AuthError, id="403-no-detail"),
         pytest.param([scim_error(404, "not found")], FetchError, id="404"),
         pytest.param([scim_error(503, "busy")] * 4, FetchError, id="503-exhausted"),
-        pytest.param([requests.ConnectionError(f"Authorization: Bearer {TOKEN}")] * 4, FetchError, id="connection-error-quoting-the-header"),
-        pytest.param([requests.exceptions.InvalidHeader(f"Invalid header value b'Bearer {TOKEN}'")], FetchError, id="invalid-header"),
+        pytest.param([requests.ConnectionError(f"Authorization: Bearer {TOKEN}")] * 4, FetchError,
+                     id="connection-error-quoting-the-header"),
+        pytest.param([requests.exceptions.InvalidHeader(f"Invalid header value b'Bearer {TOKEN}'")], FetchError,
+                     id="invalid-header"),
         pytest.param([Reply(200, b"not json")], ListingError, id="not-json"),
         pytest.param([page(users("a"), total=2), page([], total=2)], ListingError, id="short-listing"),
     ],
@@ -694,7 +707,8 @@ def test_server_error_detail_echoing_the_token_is_not_repeated():
 
 
 def test_documented_index_pages_list_three_users():
-    ids, _, _ = listing(Reply(200, load_page("users-index-page1.json")), Reply(200, load_page("users-index-page2.json")))
+    ids, _, _ = listing(Reply(200, load_page("users-index-page1.json")),
+                        Reply(200, load_page("users-index-page2.json")))
     assert ids == ["5b0e8f7a", "c3a4d5e6", "e1f2a3b4"]
 
 

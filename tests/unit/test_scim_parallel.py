@@ -98,4 +98,6 @@ def test_a_changed_total_in_a_worker_decoded_page_is_refused():
     with pytest.raises(ListingError) as caught:
         listing(*pages, workers=2)
 
-    assert str(caught.value) == f"Users page 10 has totalResults {TOTAL + 1}, page 1 said {TOTAL}: refusing a partial listing"
+    assert str(caught.value) == (
+        f"Users page 10 has totalResults {TOTAL + 1}, page 1 said {TOTAL}: refusing a partial listing"
+    )

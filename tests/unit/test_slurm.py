@@ -76,8 +76,8 @@ def current(members: Dict[str, Iterable[str]] = None, *, orgs: Dict[str, str] = 
     for cluster, name, user, partition in partition_only:
         assocs.append(AssocRow(cluster, name, user, partition, ""))
     users = {"root": UserRow("root", "Administrator", tuple((c, "root") for c in everywhere))}
-    for cluster, per_account in everywhere.items():
-        for name, members_ in per_account.items():
+    for per_account in everywhere.values():
+        for members_ in per_account.values():
             for user in members_:
                 users.setdefault(user, UserRow(user, "None"))
     for user in list(users):
@@ -108,38 +108,52 @@ def apply_in_memory(cur: Current, result) -> Current:
     accounts = dict(cur.accounts)
     users = dict(cur.users)
     for op in result.operations:
-        clusters = [op.cluster] if op.cluster else sorted({r.cluster for r in assocs})
-        if op.kind == ADD_ACCOUNT:
-            accounts.setdefault(op.account, AccountRow(op.account, MARKER))
-            assocs.append(AssocRow(op.cluster, op.account, "", "", op.parent))
-        elif op.kind == ADD_USERS:
-            for u in op.users:
-                had = any(r.user == u and r.cluster == op.cluster for r in assocs)
-                assocs.append(AssocRow(op.cluster, op.account, u, "", ""))
-                row = users.get(u, UserRow(u, "None"))
-                if not had:
-                    row = UserRow(u, row.admin_level, tuple(d for d in row.defaults if d[0] != op.cluster)
-                                  + ((op.cluster, op.account),))
-                users[u] = row
-        elif op.kind == SET_DEFAULT:
-            for u in op.users:
-                row = users[u]
-                users[u] = UserRow(u, row.admin_level,
-                                   tuple(d for d in row.defaults if d[0] != op.cluster) + ((op.cluster, op.account),))
-        elif op.kind == REMOVE_USERS:
-            assocs = [r for r in assocs if not (r.cluster == op.cluster and r.account == op.account
-                                                and r.user in op.users)]
-            for u in op.users:
-                if not any(r.user == u for r in assocs):
-                    users.pop(u, None)
-        elif op.kind == REMOVE_ACCOUNT:
-            assocs = [r for r in assocs if not (r.account == op.account and r.cluster in clusters)]
-            if not op.cluster:
-                accounts.pop(op.account)
-        elif op.kind == SET_PARENT:
-            assocs = [AssocRow(r.cluster, r.account, r.user, r.partition, op.parent)
-                      if (r.cluster, r.account, r.user) == (op.cluster, op.account, "") else r for r in assocs]
+        if op.kind in (ADD_USERS, SET_DEFAULT, REMOVE_USERS):
+            assocs = _apply_user_op(op, assocs, users)
+        else:
+            assocs = _apply_account_op(op, assocs, accounts)
     return Current(cur.clusters, accounts, users, tuple(assocs))
+
+
+def _apply_user_op(op, assocs: list, users: dict) -> list:
+    """apply_in_memory's ADD_USERS, SET_DEFAULT and REMOVE_USERS: updates ``users``, returns the associations."""
+    if op.kind == ADD_USERS:
+        for u in op.users:
+            had = any(r.user == u and r.cluster == op.cluster for r in assocs)
+            assocs.append(AssocRow(op.cluster, op.account, u, "", ""))
+            row = users.get(u, UserRow(u, "None"))
+            if not had:
+                row = UserRow(u, row.admin_level, tuple(d for d in row.defaults if d[0] != op.cluster)
+                              + ((op.cluster, op.account),))
+            users[u] = row
+    elif op.kind == SET_DEFAULT:
+        for u in op.users:
+            row = users[u]
+            users[u] = UserRow(u, row.admin_level,
+                               tuple(d for d in row.defaults if d[0] != op.cluster) + ((op.cluster, op.account),))
+    elif op.kind == REMOVE_USERS:
+        assocs = [r for r in assocs if not (r.cluster == op.cluster and r.account == op.account
+                                            and r.user in op.users)]
+        for u in op.users:
+            if not any(r.user == u for r in assocs):
+                users.pop(u, None)
+    return assocs
+
+
+def _apply_account_op(op, assocs: list, accounts: dict) -> list:
+    """apply_in_memory's ADD_ACCOUNT, REMOVE_ACCOUNT and SET_PARENT: updates ``accounts``, returns the associations."""
+    if op.kind == ADD_ACCOUNT:
+        accounts.setdefault(op.account, AccountRow(op.account, MARKER))
+        assocs.append(AssocRow(op.cluster, op.account, "", "", op.parent))
+    elif op.kind == REMOVE_ACCOUNT:
+        clusters = [op.cluster] if op.cluster else sorted({r.cluster for r in assocs})
+        assocs = [r for r in assocs if not (r.account == op.account and r.cluster in clusters)]
+        if not op.cluster:
+            accounts.pop(op.account)
+    elif op.kind == SET_PARENT:
+        assocs = [AssocRow(r.cluster, r.account, r.user, r.partition, op.parent)
+                  if (r.cluster, r.account, r.user) == (op.cluster, op.account, "") else r for r in assocs]
+    return assocs
 
 
 # --- planning -----------------------------------------------------------------------------------------
@@ -808,8 +822,8 @@ def test_slurm_keys_are_parsed():
     assert c.slurm == config_mod.SlurmSync(accounts=(("hpc", "hpc"), ("ml-team", "ml")), clusters=("c1", "c2"),
                                            parent_account="iam", sacctmgr="/opt/slurm/bin/sacctmgr", timeout=30.0)
     assert parse().slurm == config_mod.SlurmSync()
-    assert config_mod.parse({**BASE_OPTIONS, "groups": "*", "slurm_accounts": "any"}, environ=TOKEN_ENV).slurm.accounts == (
-        ("any", "any"),)
+    assert config_mod.parse({**BASE_OPTIONS, "groups": "*", "slurm_accounts": "any"},
+                            environ=TOKEN_ENV).slurm.accounts == (("any", "any"),)
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -843,7 +857,8 @@ def test_a_missing_record_with_labelled_accounts_stops_the_run(tmp_path):
 
 def test_a_first_run_needs_no_record(tmp_path):
     s = Sacctmgr(run=runner({"show cluster": "c1\n", "show account": "root|root\nlab|physics\n",
-                             "show association": "c1|root|||\nc1|lab|||root\n", "show user": "root|root|Administrator\n"}))
+                             "show association": "c1|root|||\nc1|lab|||root\n",
+                             "show user": "root|root|Administrator\n"}))
 
     slurm.sync(directory(("ml", ["a"])), settings(tmp_path), sacctmgr=s)
 

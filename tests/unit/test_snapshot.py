@@ -48,7 +48,8 @@ def paths(text):
         pytest.param(f"{USER_EXTENSION.upper()}:SUNKPOSIXUID", 20001, id="urn-and-name-any-case"),
         pytest.param("USERNAME", "alice.smith@example.com", id="name-any-case"),
         pytest.param("Name.GivenName", "Alice", id="sub-attribute-any-case"),
-        pytest.param("urn:ietf:params:scim:schemas:core:2.0:User:userName", "alice.smith@example.com", id="core-schema-qualified"),
+        pytest.param("urn:ietf:params:scim:schemas:core:2.0:User:userName", "alice.smith@example.com",
+                     id="core-schema-qualified"),
         pytest.param("displayName, name.givenName", "Alice", id="empty-string-skipped"),
         pytest.param("nickName, userName", "alice.smith@example.com", id="null-skipped"),
         pytest.param("emails, userName", "alice.smith@example.com", id="empty-list-skipped"),
@@ -59,7 +60,8 @@ def paths(text):
         pytest.param("title", None, id="absent"),
         pytest.param("name.givenName.first", None, id="below-a-string"),
         pytest.param("userName.x", None, id="below-a-top-level-string"),
-        pytest.param(f"urn:example:params:scim:schemas:extension:Other:2.0:User:sunkPosixUid", None, id="other-extension"),
+        pytest.param("urn:example:params:scim:schemas:extension:Other:2.0:User:sunkPosixUid", None,
+                     id="other-extension"),
         pytest.param("sunkPosixUid", None, id="extension-attribute-not-top-level"),
     ],
 )
@@ -84,7 +86,8 @@ def test_resolve_with_no_paths_is_none():
 def group_record(members, **resource):
     cfg = configured()
     # Groups are listed first, then Users.
-    transport = ScriptedTransport(page([{"id": "g1", "sunkPosixGroupName": "slurm-users", "sunkPosixGid": 3000, "members": members, **resource}]), page([]))
+    transport = ScriptedTransport(page([{"id": "g1", "sunkPosixGroupName": "slurm-users", "sunkPosixGid": 3000,
+                                         "members": members, **resource}]), page([]))
     snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
     return snap.groups[0]
 
@@ -96,7 +99,8 @@ def group_record(members, **resource):
         pytest.param({"value": "u-1"}, Member("u-1", None), id="no-type"),
         pytest.param({"value": "g-2", "type": "Group"}, Member("g-2", "Group"), id="group-type-kept-for-policy"),
         pytest.param({"$ref": f"{BASE}/Users/u-3", "type": "User"}, Member("u-3", "User"), id="ref-fallback"),
-        pytest.param({"value": "", "$ref": f"{BASE}/Users/u-3/"}, Member("u-3", None), id="empty-value-ref-trailing-slash"),
+        pytest.param({"value": "", "$ref": f"{BASE}/Users/u-3/"}, Member("u-3", None),
+                     id="empty-value-ref-trailing-slash"),
         pytest.param({"value": "u-1", "$ref": f"{BASE}/Users/u-9"}, Member("u-1", None), id="value-beats-ref"),
         pytest.param({"value": 42}, Member(None, None), id="number-value"),
         pytest.param({"display": "alice@example.com"}, Member(None, None), id="display-only-is-not-an-id"),
@@ -149,8 +153,10 @@ def test_take_lists_users_once_and_groups_once():
             id="5b0e8f7a", active=True, name="alice", uid=20001, gid=20001, gecos="Alice Smith", home=None, shell=None,
             ssh_keys=["ssh-ed25519 AAAAC3Nza...1 alice@laptop", "ssh-rsa AAAAB3Nza...2 alice@desk"],
         ),
-        UserRecord(id="c3a4d5e6", active=True, name="bob", uid=20002, gid=20002, gecos="Bob Jones", home=None, shell=None, ssh_keys=None),
-        UserRecord(id="e1f2a3b4", active=True, name=None, uid=None, gid=None, gecos="Carol White", home=None, shell=None, ssh_keys=None),
+        UserRecord(id="c3a4d5e6", active=True, name="bob", uid=20002, gid=20002, gecos="Bob Jones", home=None,
+                   shell=None, ssh_keys=None),
+        UserRecord(id="e1f2a3b4", active=True, name=None, uid=None, gid=None, gecos="Carol White", home=None,
+                   shell=None, ssh_keys=None),
     )
     assert snap.groups == (
         GroupRecord("9d1c0001", "slurm-users", 30001, (Member("5b0e8f7a", "User"), Member("c3a4d5e6", "User"))),
@@ -173,7 +179,8 @@ def test_take_follows_the_configured_attribute_paths():
     )
     user = {
         "id": "u1", "userName": "dave", "displayName": "Dave D", "active": False,
-        "urn:example:ext:2.0:User": {"uidNumber": "20010", "gidNumber": 20010, "homeDirectory": "/u/dave", "loginShell": "/bin/zsh", "sshKeys": "k"},
+        "urn:example:ext:2.0:User": {"uidNumber": "20010", "gidNumber": 20010, "homeDirectory": "/u/dave",
+                                     "loginShell": "/bin/zsh", "sshKeys": "k"},
     }
     group = {"id": "g1", "displayName": "ops", "urn:example:ext:2.0:Group": {"gidNumber": 30010}}
     transport = ScriptedTransport(page([group]), page([user]))
@@ -201,7 +208,8 @@ def test_active_flag_is_read_as_sent(resource, active):
 
 def test_take_fails_whole_when_users_fail():
     cfg = configured()
-    transport = ScriptedTransport(page([{"id": "g1", "displayName": "g"}]), scim_error(401, "invalid or expired bearer token"))
+    transport = ScriptedTransport(page([{"id": "g1", "displayName": "g"}]),
+                                  scim_error(401, "invalid or expired bearer token"))
     with pytest.raises(AuthError):
         snapshot.take(cfg, session=session_with(transport, cfg.server))
     assert transport.paths() == ["/scim/cw-test/Groups", "/scim/cw-test/Users"]
@@ -242,7 +250,8 @@ def test_other_groups_keep_their_gid_and_their_members_among_the_wanted_users():
     # The primary-gid rule needs every IAM group's gid and whether a wanted user belongs to it.
     cfg = configured()  # coreweave_groups = slurm-users
     groups = [
-        {"id": "g1", "sunkPosixGroupName": "slurm-users", "sunkPosixGid": 30001, "members": [{"value": "u1"}, {"value": "u2"}]},
+        {"id": "g1", "sunkPosixGroupName": "slurm-users", "sunkPosixGid": 30001,
+         "members": [{"value": "u1"}, {"value": "u2"}]},
         {"id": "g2", "sunkPosixGroupName": "other", "sunkPosixGid": 30003,
          "members": [{"value": "u2"}, {"value": "u3"}, {"value": "u9"}]},
         {"id": "g3", "sunkPosixGroupName": ["not", "a", "name"], "sunkPosixGid": 30004, "members": [{"value": "u1"}]},

@@ -18,12 +18,14 @@ from nss_cache.caches import cache_factory
 from nss_cache.sources import source_factory
 from nss_cache.update import map_updater
 
-from nss_cache_coreweave import marker, scim, snapshot, source
+from nss_cache_coreweave import config as config_mod
+from nss_cache_coreweave import marker, policy, scim, snapshot, source, state
 from nss_cache_coreweave.errors import (
     AuthError,
     ConfigError,
     CoreWeaveError,
     FetchError,
+    GuardError,
     ListingError,
     StaleCursorError,
 )
@@ -214,13 +216,18 @@ def test_user_outside_allowed_groups_never_reaches_any_map(mocker, tmp_path):
 FAILURES = [
     pytest.param(FetchError("Users page 1: HTTP 503 from x (after 4 attempts)"), error.SourceUnavailable,
                  "coreweave: Users page 1: HTTP 503 from x (after 4 attempts)", id="FetchError"),
-    pytest.param(AuthError("Users page 1: HTTP 401"), error.SourceUnavailable, "coreweave: Users page 1: HTTP 401", id="AuthError"),
-    pytest.param(StaleCursorError("Users page 2: HTTP 400"), error.SourceUnavailable, "coreweave: Users page 2: HTTP 400", id="StaleCursorError"),
+    pytest.param(AuthError("Users page 1: HTTP 401"), error.SourceUnavailable, "coreweave: Users page 1: HTTP 401",
+                 id="AuthError"),
+    pytest.param(StaleCursorError("Users page 2: HTTP 400"), error.SourceUnavailable,
+                 "coreweave: Users page 2: HTTP 400", id="StaleCursorError"),
     pytest.param(ListingError("Users: collected 1 distinct resources but totalResults is 2"), error.InvalidMap,
                  "coreweave: Users: collected 1 distinct resources but totalResults is 2", id="ListingError"),
-    pytest.param(ConfigError("invalid configuration: x"), error.InvalidMap, "coreweave: invalid configuration: x", id="ConfigError"),
-    pytest.param(KeyError("id"), error.InvalidMap, "coreweave: internal error (KeyError); the {map} cache is kept", id="KeyError"),
-    pytest.param(CoreWeaveError("root"), error.InvalidMap, "coreweave: internal error (CoreWeaveError); the {map} cache is kept", id="CoreWeaveError"),
+    pytest.param(ConfigError("invalid configuration: x"), error.InvalidMap, "coreweave: invalid configuration: x",
+                 id="ConfigError"),
+    pytest.param(KeyError("id"), error.InvalidMap, "coreweave: internal error (KeyError); the {map} cache is kept",
+                 id="KeyError"),
+    pytest.param(CoreWeaveError("root"), error.InvalidMap,
+                 "coreweave: internal error (CoreWeaveError); the {map} cache is kept", id="CoreWeaveError"),
 ]
 
 
@@ -329,10 +336,6 @@ def test_token_never_reaches_the_log(mocker, caplog, monkeypatch):
 
 # --- the shrink guard ----------------------------------------------------------
 
-from nss_cache_coreweave import config as config_mod  # noqa: E402
-from nss_cache_coreweave import policy, state  # noqa: E402
-from nss_cache_coreweave.errors import GuardError  # noqa: E402
-
 SHRINK_3_TO_1 = (
     "coreweave: refusing to shrink users from 3 to 1 (-67%, more than coreweave_max_shrink 25% of the last accepted "
     "run): the previous caches are kept. If this removal is intended, run `nsscache-coreweave update --accept-shrink` "
@@ -379,7 +382,8 @@ def test_the_run_record_names_the_maps_nsscache_wrote_and_the_run_on_their_first
     assert (entry["last_run"]["outcome"], entry["last_run"]["maps_written"]) == ("ok", ["passwd", "sshkey"])
     assert [(tmp_path / "cache" / f"{name}.cache").read_text().splitlines()[0].split(":")[1] for name in
             ("passwd", "sshkey")] == [f"*{run}"] * 2
-    assert {name: (c["run"], c["count"]) for name, c in entry["caches"].items()} == {"passwd": (run, 2), "sshkey": (run, 1)}
+    assert ({name: (c["run"], c["count"]) for name, c in entry["caches"].items()}
+            == {"passwd": (run, 2), "sshkey": (run, 1)})
 
 
 def test_a_run_verified_before_its_maps_is_still_recorded(mocker, tmp_path):
@@ -515,7 +519,8 @@ def test_an_emptied_group_set_is_accepted_by_the_one_shot_override(mocker, monke
     mocker.patch.object(snapshot, "take", return_value=snap(groups=groups))
     written = nsscache_update(tmp_path, conf)
     # Every cache is written, with no user in it: nobody from IAM keeps access.
-    assert written == {"passwd": [], "group": ["slurm-sudo:x:30002:", "slurm-users:x:30001:"], "shadow": [], "sshkey": []}
+    assert written == {"passwd": [], "group": ["slurm-sudo:x:30002:", "slurm-users:x:30001:"], "shadow": [],
+                       "sshkey": []}
     assert counts(conf) == (0, 2)
 
 

@@ -94,33 +94,48 @@ def _mismatch(outer, inner_key):
         pytest.param(lambda: dsa_key(), "is a DSA key, which is not accepted", id="ssh-dss"),
         pytest.param(
             lambda: f'command="/bin/sh" {ed25519_key()}',
-            "has unknown type 'command=\"/bin/sh\"' or authorized_keys options, which are not accepted (coreweave_allow_key_options)",
+            "has unknown type 'command=\"/bin/sh\"' or authorized_keys options, "
+            "which are not accepted (coreweave_allow_key_options)",
             id="options-command",
         ),
         pytest.param(
             lambda: f"restrict,pty {ed25519_key()}",
-            "has unknown type 'restrict,pty' or authorized_keys options, which are not accepted (coreweave_allow_key_options)",
+            "has unknown type 'restrict,pty' or authorized_keys options, "
+            "which are not accepted (coreweave_allow_key_options)",
             id="options-restrict",
         ),
         pytest.param(
             lambda: f'from="10.0.0.0/8",no-agent-forwarding,permitopen="db:5432",environment="A=1" {ed25519_key()}',
-            "has unknown type 'from=\"10.0.0.0/8\",no-agent-forwarding,pe' or authorized_keys options, which are not accepted (coreweave_allow_key_options)",
+            "has unknown type 'from=\"10.0.0.0/8\",no-agent-forwarding,pe' or authorized_keys options, "
+            "which are not accepted (coreweave_allow_key_options)",
             id="options-long-cut-at-40",
         ),
-        pytest.param(lambda: "ssh-foo AAAA", "has unknown type 'ssh-foo' or authorized_keys options, which are not accepted (coreweave_allow_key_options)", id="unknown-type"),
+        pytest.param(
+            lambda: "ssh-foo AAAA",
+            "has unknown type 'ssh-foo' or authorized_keys options, "
+            "which are not accepted (coreweave_allow_key_options)",
+            id="unknown-type",
+        ),
         pytest.param(
             lambda: f"ssh-ed25519-cert-v01@openssh.com {body(ed25519_key())}",
-            "has unknown type 'ssh-ed25519-cert-v01@openssh.com' or authorized_keys options, which are not accepted (coreweave_allow_key_options)",
+            "has unknown type 'ssh-ed25519-cert-v01@openssh.com' or authorized_keys options, "
+            "which are not accepted (coreweave_allow_key_options)",
             id="certificate",
         ),
-        pytest.param(lambda: "SSH-ED25519 AAAA", "has unknown type 'SSH-ED25519' or authorized_keys options, which are not accepted (coreweave_allow_key_options)", id="type-case"),
+        pytest.param(
+            lambda: "SSH-ED25519 AAAA",
+            "has unknown type 'SSH-ED25519' or authorized_keys options, "
+            "which are not accepted (coreweave_allow_key_options)",
+            id="type-case",
+        ),
         pytest.param(lambda: "ssh-ed25519 !!not-base64!!", "has a body that is not base64", id="garbage-base64"),
         pytest.param(lambda: "ssh-ed25519 AAAA===", "has a body that is not base64", id="too-much-padding"),
         pytest.param(lambda: "ssh-ed25519 AA-_AA", "has a body that is not base64", id="urlsafe-alphabet"),
         pytest.param(lambda: "", "is not 'type base64 [comment]'", id="empty"),
         pytest.param(lambda: "   ", "is not 'type base64 [comment]'", id="blank"),
         pytest.param(lambda: "ssh-ed25519", "is not 'type base64 [comment]'", id="type-only"),
-        pytest.param(lambda: f"{ed25519_key()}\n{ed25519_key('b')}", "contains a line break or NUL", id="newline-inside"),
+        pytest.param(lambda: f"{ed25519_key()}\n{ed25519_key('b')}", "contains a line break or NUL",
+                     id="newline-inside"),
         pytest.param(lambda: f"{ed25519_key()} a\rb", "contains a line break or NUL", id="carriage-return"),
         pytest.param(lambda: f"{ed25519_key()}\n", "contains a line break or NUL", id="trailing-newline"),
         pytest.param(lambda: f"{ed25519_key()}\0", "contains a line break or NUL", id="nul"),
@@ -142,8 +157,10 @@ def test_hostile_key_is_refused_with_its_reason(make_line, reason):
     [
         pytest.param(lambda: _mismatch("ssh-rsa", ed25519_key()), "ssh-rsa", id="rsa-claiming-ed25519-body"),
         pytest.param(lambda: _mismatch("ssh-ed25519", rsa_key(2048)), "ssh-ed25519", id="ed25519-claiming-rsa-body"),
-        pytest.param(lambda: _mismatch("ecdsa-sha2-nistp256", ecdsa_key("nistp384")), "ecdsa-sha2-nistp256", id="p256-claiming-p384-body"),
-        pytest.param(lambda: _mismatch("sk-ssh-ed25519@openssh.com", ed25519_key()), "sk-ssh-ed25519@openssh.com", id="sk-claiming-plain-body"),
+        pytest.param(lambda: _mismatch("ecdsa-sha2-nistp256", ecdsa_key("nistp384")), "ecdsa-sha2-nistp256",
+                     id="p256-claiming-p384-body"),
+        pytest.param(lambda: _mismatch("sk-ssh-ed25519@openssh.com", ed25519_key()), "sk-ssh-ed25519@openssh.com",
+                     id="sk-claiming-plain-body"),
         pytest.param(lambda: _mismatch("ssh-ed25519", sk_ed25519_key()), "ssh-ed25519", id="plain-claiming-sk-body"),
         pytest.param(lambda: _mismatch("ssh-rsa", dsa_key()), "ssh-rsa", id="rsa-claiming-dsa-body"),
         pytest.param(lambda: ecdsa_key_naming_another_curve("ecdsa-sha2-nistp256", "nistp384"), "ecdsa-sha2-nistp256",

@@ -119,9 +119,11 @@ def test_the_file_is_replaced_by_rename_never_rewritten_in_place(tmp_path):
         pytest.param(b"[1, 2]", id="a-list"),
         pytest.param(b'{"scopes": []}', id="scopes-a-list"),
         pytest.param(json.dumps({"scopes": {SCOPE: "3"}}).encode(), id="entry-a-string"),
-        pytest.param(json.dumps({"scopes": {SCOPE: {"users": "many", "groups": 2, "time": 1}}}).encode(), id="users-a-word"),
+        pytest.param(json.dumps({"scopes": {SCOPE: {"users": "many", "groups": 2, "time": 1}}}).encode(),
+                     id="users-a-word"),
         pytest.param(json.dumps({"scopes": {SCOPE: {"users": 3, "time": 1}}}).encode(), id="groups-missing"),
-        pytest.param(json.dumps({"scopes": {SCOPE: {"users": None, "groups": 2, "time": 1}}}).encode(), id="users-null"),
+        pytest.param(json.dumps({"scopes": {SCOPE: {"users": None, "groups": 2, "time": 1}}}).encode(),
+                     id="users-null"),
     ],
 )
 def test_a_corrupt_file_loads_as_none_and_is_replaced_by_the_next_save(tmp_path, content):
