@@ -54,7 +54,7 @@ DEB_OUT   ?= dist
 deb:
 	rm -rf $(DEB_BUILD)
 	mkdir -p $(DEB_BUILD)/src $(DEB_OUT)
-	tar -cf - --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./dist \
+	tar -cf - --exclude=./.git --exclude=./.venv --exclude=./.tox --exclude=./build --exclude=./dist \
 		--exclude='*.egg-info' --exclude=__pycache__ --exclude=.pytest_cache \
 		--exclude=./.benchmarks --exclude=./.cache --exclude=./demo/out . \
 		| tar -xf - -C $(DEB_BUILD)/src
