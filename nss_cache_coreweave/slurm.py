@@ -689,11 +689,10 @@ def load_state(state_dir: str) -> Optional[SlurmState]:
 
 
 def save_state(state_dir: str, recorded: SlurmState, last_run: Optional[dict] = None) -> None:
-    """Atomically, mode 0600; ``last_run`` (for ``status``) is kept from the file when
-    not given. :raises OSError:"""
+    """Atomically, mode 0600, with ``last_run`` (for ``status``). :raises OSError:"""
     os.makedirs(state_dir, mode=0o755, exist_ok=True)
     data = {"users": sorted(recorded.users), "accounts": sorted(recorded.accounts), "time": time.time(),
-            "last_run": last_run if last_run is not None else last_run_of(state_dir)}
+            "last_run": last_run}
     fd, tmp = tempfile.mkstemp(prefix=".coreweave-slurm-state-", dir=state_dir)  # mode 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -829,8 +828,13 @@ def sync(directory, config, *, sacctmgr: Optional[Sacctmgr] = None, dry_run: boo
                 print(shlex.join(sacctmgr.argv(op.args())), file=out)
             log.info("coreweave: slurm: dry run, nothing changed: %s", summary(result))
             return result
-        save_state(config.state_dir, recorded)  # adopted accounts, before anything changes
-        recorded = apply(result, sacctmgr, recorded, lambda state: save_state(config.state_dir, state))
+        previous = last_run_of(config.state_dir)  # kept for status until this run ends
+
+        def save(state: SlurmState) -> None:
+            save_state(config.state_dir, state, previous)
+
+        save(recorded)  # adopted accounts, before anything changes
+        recorded = apply(result, sacctmgr, recorded, save)
         save_state(config.state_dir, SlurmState(recorded.users - result.deleted_users, recorded.accounts),
                    last_run=_last_run(result))
         log.info("coreweave: slurm: %s", ("applied " if result.operations else "in sync: ") + summary(result))

@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from support.node import Node
+
 
 @pytest.fixture(scope="module")
 def bin_dir(installed_venv) -> Path:
     """The bin directory of the shared venv with nsscache 0.49 and the wheel (test_faults, test_security)."""
     return installed_venv.python.parent
+
+
+@pytest.fixture
+def node(tmp_path, installed_venv, iam):
+    n = Node(tmp_path / "node", installed_venv.python.parent)
+    n.configure(iam.base_url)
+    return n

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import copy
 
-import pytest
-
-from support.fakeiam import FakeIAM
-from support.node import EXT, MAPS, TOKEN, Node, expected_caches
+from support.node import EXT, MAPS, expected_caches
 
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
 
@@ -30,25 +27,8 @@ def iam_group(id: str, name: str, gid: int, members: list) -> dict:
     }
 
 
-@pytest.fixture
-def org(demo_org):
-    return copy.deepcopy(demo_org)
-
-
-@pytest.fixture
-def iam(org):
-    with FakeIAM(org, token=TOKEN) as server:
-        yield server
-
-
-@pytest.fixture
-def node(tmp_path, installed_venv, iam):
-    n = Node(tmp_path / "node", installed_venv.python.parent)
-    n.configure(iam.base_url)
-    return n
-
-
-def test_group_named_with_a_listed_prefix_stays_off_the_node(node, iam, org, demo_org):
+def test_group_named_with_a_listed_prefix_stays_off_the_node(node, iam, demo_org):
+    org = copy.deepcopy(demo_org)
     # carol is in other-team only; now also in a group named like slurm-users and more,
     # and in one named like a part of it. alice, in slurm-users, is in the first too.
     carol, alice = user(org, "carol"), user(org, "alice")

@@ -48,13 +48,6 @@ def iam(org):
         yield server
 
 
-@pytest.fixture
-def node(tmp_path, installed_venv, iam):
-    n = Node(tmp_path / "node", installed_venv.python.parent)
-    n.configure(iam.base_url)
-    return n
-
-
 def keys_command(node: Node, name: str) -> tuple:
     """What sshd would get for ``name``: (exit status, stdout, stderr)."""
     result = node.run_keys(name)

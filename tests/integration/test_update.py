@@ -11,14 +11,7 @@ import time
 import pytest
 
 from support.fakeiam import Fault
-from support.node import EXT, MAPS, TOKEN, Node, assert_stock_update_writes_the_demo_caches, expected_caches
-
-
-@pytest.fixture
-def node(tmp_path, installed_venv, iam):
-    n = Node(tmp_path / "node", installed_venv.python.parent)
-    n.configure(iam.base_url)
-    return n
+from support.node import EXT, MAPS, TOKEN, assert_stock_update_writes_the_demo_caches, expected_caches
 
 
 def test_stock_nsscache_writes_exact_caches(node, iam, demo_org):
