@@ -28,7 +28,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from . import keys as keys_mod
 
@@ -155,6 +155,27 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
+def _memberships(rng: random.Random, n: int, members: int) -> Tuple[List[List[int]], FrozenSet[int]]:
+    """Each member's configured groups (one by weight, sometimes a second): the members of
+    each configured group, and every member."""
+    member_list = rng.sample(range(n), members)
+    weights = [w for _, _, w in CONFIGURED_GROUPS]
+    groups_of: Dict[int, List[int]] = {}
+    for user in member_list:
+        first = rng.choices(range(len(CONFIGURED_GROUPS)), weights)[0]
+        chosen = [first]
+        if rng.randrange(100) < SECOND_GROUP_PERCENT:
+            second = rng.randrange(len(CONFIGURED_GROUPS))
+            if second != first:
+                chosen.append(second)
+        groups_of[user] = chosen
+    members_of: List[List[int]] = [[] for _ in CONFIGURED_GROUPS]
+    for user in sorted(groups_of):
+        for k in groups_of[user]:
+            members_of[k].append(user)
+    return members_of, frozenset(groups_of)
+
+
 class Org:
     """The organisation of ``spec``; users and groups are built on demand."""
 
@@ -170,28 +191,17 @@ class Org:
         self.configured_positions = [((2 * k + 1) * g) // (2 * len(CONFIGURED_GROUPS))
                                      for k in range(len(CONFIGURED_GROUPS))]
         self._configured_at = {pos: k for k, pos in enumerate(self.configured_positions)}
-        member_list = rng.sample(range(n), spec.members)
-        weights = [w for _, _, w in CONFIGURED_GROUPS]
-        groups_of: Dict[int, List[int]] = {}
-        for user in member_list:
-            first = rng.choices(range(len(CONFIGURED_GROUPS)), weights)[0]
-            chosen = [first]
-            if rng.randrange(100) < SECOND_GROUP_PERCENT:
-                second = rng.randrange(len(CONFIGURED_GROUPS))
-                if second != first:
-                    chosen.append(second)
-            groups_of[user] = chosen
-        self._members_of: List[List[int]] = [[] for _ in CONFIGURED_GROUPS]
-        for user in sorted(groups_of):
-            for k in groups_of[user]:
-                self._members_of[k].append(user)
-        self.members = frozenset(groups_of)
+        self._members_of, self.members = _memberships(rng, n, spec.members)
+        self._choose_invalid(rng, n, spec.invalid_count)
+        self._junk_members = self._junk(spec.invalid_count)
+        self.expected = self._expected()
 
-        # Invalid records: most among members, duplicates always among members (the
-        # package only compares accounts it would write).
+    def _choose_invalid(self, rng: random.Random, n: int, invalid_count: int) -> None:
+        """Invalid records: most among members, duplicates always among members (the
+        package only compares accounts it would write)."""
         self.invalid: Dict[int, str] = {}
         self.partner: Dict[int, int] = {}
-        count = min(spec.invalid_count, n)
+        count = min(invalid_count, n)
         kinds = list(INVALID_KINDS)
         member_pool = sorted(self.members)
         rng.shuffle(member_pool)
@@ -211,17 +221,18 @@ class Org:
             self.partner[user] = valid_members.pop()
         self._partners = frozenset(self.partner.values())
 
-        # Member entries that are not users: ids that resolve to nothing, and a nested group.
-        self._junk_members: List[List[dict]] = [[] for _ in CONFIGURED_GROUPS]
-        if count:
+    def _junk(self, invalid_count: int) -> List[List[dict]]:
+        """Member entries that are not users: ids that resolve to nothing, and a nested group."""
+        junk: List[List[dict]] = [[] for _ in CONFIGURED_GROUPS]
+        if min(invalid_count, self.spec.users):
             for k in range(len(CONFIGURED_GROUPS)):
-                self._junk_members[k] = [
+                junk[k] = [
                     {"value": self._uuid(10**9 + k * 10 + t), "type": "User", "display": f"gone{k}{t}@example.com"}
                     for t in range(2)
                 ]
-            self._junk_members[0].append({"value": self._group_id(self.configured_positions[1]), "type": "Group",
-                                          "display": CONFIGURED_GROUPS[1][1]})
-        self.expected = self._expected()
+            junk[0].append({"value": self._group_id(self.configured_positions[1]), "type": "Group",
+                            "display": CONFIGURED_GROUPS[1][1]})
+        return junk
 
     # --- per-index values ------------------------------------------------------
 

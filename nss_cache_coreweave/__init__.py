@@ -2,16 +2,22 @@
 
 Data flows one way, one module per stage:
 
-    config   nsscache.conf options -> one frozen Config
-    scim     HTTP: pagination, retries, page checks        (fetch)
+    config   nsscache.conf options (one table, OPTIONS) -> one frozen Config
+    scim     HTTP: pagination, retry policy, page checks         (fetch)
     snapshot one consistent set of users and groups per run
-    policy   allow-list, activity, validation              -> Directory
+    policy   allow-list, activity, validation                    -> Directory
     render   Directory -> nsscache maps, each headed by the run marker (marker)
-    source   the nsscache Source adapter (name "coreweave")
-    cli      the operator's commands (update, check, preview, status, slurm-sync)
+
+    run      one run per process: fetch -> decide -> guard (shrink) -> record (state, report)
+    source   the nsscache Source adapter (name "coreweave") over run
+    cli      the operator's commands (update, check, preview, status, slurm-sync) over run
+    errors   the exception tree; each error carries its fields
     redact   the bearer token out of every log line (ours and nsscache's)
-    keys     the sshd AuthorizedKeysCommand (sshd_path: may sshd run it safely?)
+    sshkeys  SSH public keys from IAM: parsed and checked with cryptography (policy)
+    keys     the sshd AuthorizedKeysCommand; keycache is its stdlib-only lookup
+             (sshd_path: may sshd run it safely?)
     slurm    slurm-sync: Slurm accounting from the same Directory
+    install  is the source registered with the Python that runs nsscache?
 
 This file imports nothing so that the registration hook stays cheap.
 """

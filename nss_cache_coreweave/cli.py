@@ -25,13 +25,13 @@ import logging.handlers
 import os
 import sys
 import time
-from typing import List, Optional, Tuple
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Tuple
 
-from . import __version__, install, marker, policy, redact, scim, slurm, snapshot, state
+from . import __version__, install, marker, redact, run, scim, shrink, slurm, snapshot, state
 from . import config as config_mod
 from .errors import ConfigError, CoreWeaveError, FetchError, GuardError
-from .policy import ACCEPT_SHRINK_ENV
-from .source import finish, guard, register, state_scope
+from .state import RunReport
 
 log = logging.getLogger("nss_cache_coreweave")
 
@@ -138,9 +138,11 @@ def _coreweave_options(conf, map_name: Optional[str] = None) -> dict:
 def _update(conf, args) -> int:
     from nss_cache import command, error
 
-    register()
+    from . import source  # the adapter, only where nsscache runs it
+
+    source.register()
     if args.accept_shrink:
-        os.environ[ACCEPT_SHRINK_ENV] = "1"  # read by the source in this process only
+        os.environ[shrink.ACCEPT_SHRINK_ENV] = "1"  # read by the source in this process only
     if conf.lockfile is None:
         conf.lockfile = STOCK_LOCKFILE  # never run beside the stock nsscache
     before = {m: _update_stamp(conf, m) for m in conf.maps}
@@ -155,7 +157,7 @@ def _update(conf, args) -> int:
         status = EXIT_FAILED
     finally:
         updater._Unlock()
-        finish()  # record what nsscache wrote
+        run.finish()  # record what nsscache wrote
     stale = [m for m in conf.maps if _update_stamp(conf, m) in (None, before[m])]
     if stale:
         # nsscache's own status can be 0 when an earlier map failed.
@@ -218,14 +220,13 @@ def _policy_report(config, snap) -> int:
     """What the maps would get: missing groups, the shrink guard, the counts
     and every dropped entry. Returns the number of problems."""
     problems = 0
-    decided = policy.decide(snap, config)
+    decided = run.decide(config, snap)
     for name in decided.missing_groups:
         print(f"problem: group {name!r} in coreweave_groups does not exist in the directory")
         problems += 1
-    try:
-        guard(config, decided, accept_shrink=False)
-    except GuardError as e:
-        print(f"problem: {e}")
+    refusal = run.shrink_problem(config, decided)
+    if refusal is not None:
+        print(f"problem: {refusal}")
         problems += 1
     keys = sum(len(a.keys) for a in decided.accounts)
     print(f"would write: {len(decided.accounts)} users, {len(decided.groups)} groups, {keys} SSH keys")
@@ -279,7 +280,7 @@ def _preview(conf, args) -> int:
 
     try:
         config = config_mod.parse(_coreweave_options(conf, args.map))
-        nss_map = render(args.map, policy.decide(snapshot.take(config), config), marker.new_run(time.time()))
+        nss_map = render(args.map, run.decide(config, snapshot.take(config)), marker.new_run(time.time()))
     except CoreWeaveError as e:
         log.error("%s", e)
         return _exit_status(e)
@@ -290,6 +291,39 @@ def _preview(conf, args) -> int:
         writer._WriteData(buffer, entry)
     sys.stdout.write(buffer.getvalue().decode())
     return EXIT_OK
+
+
+@dataclass(frozen=True)
+class MapStatus:
+    """One map in ``status``: its verdict, nsscache's last update of it, and its cache."""
+
+    status: str  # "fresh", "stale", "failed" (the last run did not write it), "unknown" (never updated)
+    updated: Optional[int]  # when nsscache last wrote it (its timestamp-<map>-update)
+    age: Optional[float]  # seconds since
+    entries: Optional[int]  # lines of the cache, the run marker not counted; None: unreadable
+    run: Optional[str]  # the run named by the marker on the cache's first line
+    missed_last_run: bool
+    cache: str  # the cache's path
+
+
+@dataclass(frozen=True)
+class Status:
+    """What ``status`` reports (``--json``: these fields as they are)."""
+
+    status: str  # the worst of the maps' verdicts, "failed" as well when a run failed or the caches disagree
+    checked_at: float
+    max_age: Optional[float]
+    maps: Dict[str, MapStatus]
+    exit_status: int
+    caches_agree: bool  # every cache this package wrote is from one run
+    last_run: Optional[RunReport]
+    last_success: Optional[float]
+    registration_problem: Optional[str]
+    shrink_refusals: int
+    slurm_sync: Optional[slurm.SlurmRun]
+
+
+STATUS_EXIT = {"fresh": 0, "stale": 1, "failed": 1, "unknown": 2}  # status --max-age is a check
 
 
 def _status(conf, args) -> int:
@@ -303,106 +337,96 @@ def _status(conf, args) -> int:
         return EXIT_USAGE
     found = _status_report(conf, config, args.max_age)
     if args.json:
-        print(json.dumps(found, indent=2, sort_keys=True))
+        print(json.dumps(asdict(found), indent=2, sort_keys=True))
     else:
         _print_status(found, config)
-    return found["exit_status"]
+    return found.exit_status
 
 
-def _status_report(conf, config, max_age: Optional[float]) -> dict:
+def _status_report(conf, config, max_age: Optional[float]) -> Status:
     now = time.time()
-    entry = state.entry(config.state_dir, state_scope(config))
-    last_run = _last_run(entry)
+    record = state.read(config.state_dir, run.state_scope(config))
     # A map section with its own coreweave_groups is recorded under its own scope.
-    records = {name: _last_run(_entry_of(conf, name)) for name in conf.maps}
-    maps = {name: _map_status(conf, name, now, records[name], max_age) for name in conf.maps}
-    verdicts = {m["status"] for m in maps.values()}
-    runs = {name: m["run"] for name, m in maps.items() if m["updated"] is not None and _ours(conf, name)}
+    last_runs = {name: _record_of(conf, name).last_run for name in conf.maps}
+    maps = {name: _map_status(conf, name, now, last_runs[name], max_age) for name in conf.maps}
+    named = {name: m.run for name, m in maps.items() if m.updated is not None and _ours(conf, name)}
     # What the keys command insists on: every cache from one run.
-    caches_agree = len(set(runs.values())) <= 1 and None not in runs.values()
-    if last_run is None:
-        verdicts.add("unknown")
-    if any(r.get("outcome") != "ok" for r in records.values() if r) or not caches_agree:
-        verdicts.add("failed")
+    caches_agree = len(set(named.values())) <= 1 and None not in named.values()
     # The classic breakage: installed for another Python than nsscache's.
     registration = install.registration_problem()
-    if registration:
+    verdicts = {m.status for m in maps.values()}
+    if record.last_run is None:
+        verdicts.add("unknown")
+    if any(r.outcome != "ok" for r in last_runs.values() if r) or not caches_agree or registration:
         verdicts.add("failed")
-    overall = next(v for v in ("unknown", "failed", "stale", "fresh") if v in verdicts or v == "fresh")
-    return {
-        "status": overall, "checked_at": now, "max_age": max_age, "maps": maps,
-        "exit_status": {"fresh": 0, "stale": 1, "failed": 1, "unknown": 2}[overall] if max_age is not None else EXIT_OK,
-        "caches_agree": caches_agree, "last_run": last_run, "last_success": entry.get("last_success"),
-        "registration_problem": registration, "shrink_refusals": entry.get("shrink_refusals", 0),
-        "slurm_sync": slurm.last_run_of(config.state_dir),
-    }
+    overall = next((v for v in ("unknown", "failed", "stale") if v in verdicts), "fresh")
+    return Status(
+        status=overall, checked_at=now, max_age=max_age, maps=maps,
+        exit_status=STATUS_EXIT[overall] if max_age is not None else EXIT_OK, caches_agree=caches_agree,
+        last_run=record.last_run, last_success=record.last_success, registration_problem=registration,
+        shrink_refusals=record.shrink_refusals, slurm_sync=slurm.last_run_of(config.state_dir),
+    )
 
 
 def _ours(conf, name: str) -> bool:
     return conf.options[name].source.get("name") == "coreweave"
 
 
-def _entry_of(conf, name: str) -> dict:
-    """The state file's record for the scope of map ``name`` ({} when it has none)."""
+def _record_of(conf, name: str) -> state.ScopeRecord:
+    """The state file's record for the scope of map ``name`` (empty when it has none)."""
     if not _ours(conf, name):
-        return {}
+        return state.ScopeRecord()
     try:
         config = config_mod.parse(conf.options[name].source, need_token=False)
     except ConfigError:
-        return {}
-    return state.entry(config.state_dir, state_scope(config))
+        return state.ScopeRecord()
+    return state.read(config.state_dir, run.state_scope(config))
 
 
-def _last_run(entry: dict) -> Optional[dict]:
-    return entry.get("last_run") if isinstance(entry.get("last_run"), dict) else None
-
-
-def _print_status(found: dict, config) -> None:
-    for name, m in found["maps"].items():
-        when = f"updated {_iso(m['updated'])} ({m['age']:.0f} s ago)" if m["updated"] is not None else "never updated"
-        note = "  not updated by the last run" if m["missed_last_run"] else ""
-        print(f"{name:<7} {m['status']:<7} {when}, {m['entries']} entries, run {m['run'] or '-'}{note}")
-    if not found["caches_agree"]:
+def _print_status(found: Status, config) -> None:
+    for name, m in found.maps.items():
+        when = f"updated {_iso(m.updated)} ({m.age:.0f} s ago)" if m.updated is not None else "never updated"
+        note = "  not updated by the last run" if m.missed_last_run else ""
+        print(f"{name:<7} {m.status:<7} {when}, {m.entries} entries, run {m.run or '-'}{note}")
+    if not found.caches_agree:
         print("problem: the caches are not from one run (or lack the run marker): the keys command serves no key "
               "until a run writes them all (nsscache-coreweave update)")
-    last_run = found["last_run"]
+    _print_last_run(found.last_run, config)
+    if found.registration_problem:
+        print(f"problem: {found.registration_problem}")
+    _print_slurm_sync(found.slurm_sync)
+    print(f"status: {found.status}")
+
+
+def _print_last_run(last_run: Optional[RunReport], config) -> None:
     if last_run is None:
         print(f"last run: none recorded in {config.state_dir}")
-    else:
-        print(f"last run: {_iso(last_run.get('started'))} {last_run.get('outcome')} in {last_run.get('duration')} s: "
-              f"{last_run.get('users')} users, {last_run.get('groups')} groups, {last_run.get('keys')} SSH keys; "
-              f"nsscache wrote: {', '.join(last_run.get('maps_written') or ()) or 'none'}")
-        for reason, count in (last_run.get("drops") or {}).items():
-            print(f"dropped {reason}: {count}")
-        if last_run.get("outcome") != "ok":
-            print(f"last error: {last_run.get('error_kind')}: {last_run.get('error')}")
-    if found["registration_problem"]:
-        print(f"problem: {found['registration_problem']}")
-    _print_slurm_sync(found["slurm_sync"])
-    print(f"status: {found['status']}")
+        return
+    print(f"last run: {_iso(last_run.started)} {last_run.outcome} in {last_run.duration} s: {last_run.users} users, "
+          f"{last_run.groups} groups, {last_run.keys} SSH keys; "
+          f"nsscache wrote: {', '.join(last_run.maps_written) or 'none'}")
+    for reason, count in last_run.drops.items():
+        print(f"dropped {reason}: {count}")
+    if last_run.outcome != "ok":
+        print(f"last error: {last_run.error_kind}: {last_run.error}")
 
 
-def _print_slurm_sync(last: Optional[dict]) -> None:
+def _print_slurm_sync(last: Optional[slurm.SlurmRun]) -> None:
     """The last applied slurm-sync run, when this host runs it."""
     if last is None:
         return
-    kept = last.get("kept_users") or []
-    print(f"slurm-sync: last applied {_iso(last.get('time'))}: {last.get('operations')} sacctmgr call(s), "
-          f"{last.get('managed_users')} managed users, {last.get('conflicts')} conflict(s)")
-    if kept:
-        print(f"slurm-sync: last association kept (not created by {slurm.MARKER}) for {len(kept)} user(s): "
-              f"{', '.join(kept)}")
+    print(f"slurm-sync: last applied {_iso(last.time)}: {last.operations} sacctmgr call(s), "
+          f"{last.managed_users} managed users, {last.conflicts} conflict(s)")
+    if last.kept_users:
+        print(f"slurm-sync: last association kept (not created by {slurm.MARKER}) for {len(last.kept_users)} "
+              f"user(s): {', '.join(last.kept_users)}")
 
 
-def _map_status(conf, name: str, now: float, last_run: Optional[dict], max_age: Optional[float]) -> dict:
+def _map_status(conf, name: str, now: float, last_run: Optional[RunReport], max_age: Optional[float]) -> MapStatus:
     updated = _read_timestamp(os.path.join(conf.timestamp_dir, f"timestamp-{name}-update"))
     cache = conf.options[name].cache
     path = os.path.join(cache.get("dir", "/etc"), f"{name}.{cache.get('cache_filename_suffix', 'cache')}")
-    # The run record lists the maps nsscache wrote (a record of an earlier
-    # version of this package does not: then only its outcome counts).
-    written = last_run.get("maps_written") if last_run else None
-    missed = last_run is not None and (
-        name not in written if isinstance(written, list) else last_run.get("outcome") != "ok")
+    missed = _missed(name, last_run)
     if updated is None:
         status = "unknown"
     elif missed:
@@ -411,16 +435,19 @@ def _map_status(conf, name: str, now: float, last_run: Optional[dict], max_age: 
         status = "stale"
     else:
         status = "fresh"
-    lines, run = _cache_lines(path)
-    return {
-        "status": status,
-        "updated": updated,
-        "age": None if updated is None else round(now - updated, 1),
-        "entries": None if lines is None else lines - (run is not None),
-        "run": run,
-        "missed_last_run": missed,
-        "cache": path,
-    }
+    lines, named = _cache_lines(path)
+    return MapStatus(status=status, updated=updated, age=None if updated is None else round(now - updated, 1),
+                     entries=None if lines is None else lines - (named is not None), run=named,
+                     missed_last_run=missed, cache=path)
+
+
+def _missed(name: str, last_run: Optional[RunReport]) -> bool:
+    """Whether the last run of the map's scope left map ``name`` unwritten."""
+    if last_run is None:
+        return False
+    if last_run.outcome == "ok" and not last_run.maps_written:
+        return False  # a record of an earlier version of this package names no map: its outcome counts
+    return name not in last_run.maps_written
 
 
 def _read_timestamp(path: str) -> Optional[int]:
@@ -435,9 +462,9 @@ def _cache_lines(path: str) -> Tuple[Optional[int], Optional[str]]:
     """(lines, run named by the marker on the first line) of a cache; (None, None) if unreadable."""
     try:
         with open(path, "rb") as f:
-            run = marker.run_of(f.readline().rstrip(b"\n"))
+            named = marker.run_of(f.readline().rstrip(b"\n"))
             f.seek(0)
-            return sum(1 for _ in f), run
+            return sum(1 for _ in f), named
     except OSError:
         return None, None
 
@@ -449,26 +476,23 @@ def _iso(epoch) -> str:
 def _slurm_sync(conf, args) -> int:
     """One listing of IAM, the maps' policy, then slurm.sync. Nothing changes in
     Slurm unless the listing is complete and the guards pass."""
-    from .source import log_directory
-
     try:
         config = config_mod.parse(_coreweave_options(conf))
     except ConfigError as e:
         log.error("%s", e)
         return EXIT_USAGE
     try:
-        snap = snapshot.take(config)
+        decided = run.fetch_and_decide(config)
     except CoreWeaveError as e:
         problem = "directory unavailable" if isinstance(e, FetchError) else "listing refused"
         log.error("coreweave: %s, Slurm left unchanged: %s", problem, e)
         return _exit_status(e)
-    decided = policy.decide(snap, config)
-    log_directory(config, decided)
+    if args.accept_shrink:
+        os.environ[shrink.ACCEPT_SHRINK_ENV] = "1"  # as update --accept-shrink: this process only
     try:
         result = slurm.sync(
             decided, config, dry_run=args.dry_run, prune_accounts=args.prune_accounts,
-            accept_shrink=args.accept_shrink or os.environ.get(ACCEPT_SHRINK_ENV) == "1",
-            adopt_accounts=args.adopt_account, out=sys.stdout,
+            accept_shrink=shrink.accepted(), adopt_accounts=args.adopt_account, out=sys.stdout,
         )
     except slurm.SlurmUnavailable as e:
         log.error("coreweave: slurm: %s", e)

@@ -2,27 +2,39 @@
 
 nsscache hands a source the ``coreweave_*`` options of a map with the prefix
 stripped (``coreweave_base_url`` -> ``base_url``), after its ``FixValue``
-turned numeric-looking strings into int/float. Every key, default and unit
-lives in ``KEYS`` below; README.md and conf/nsscache.conf mirror it.
+turned numeric-looking strings into int/float. Every option is one row of
+``OPTIONS`` (kind, default, allowed range or values, meaning); a ``Reader``
+reads the options through that table and collects every problem, and
+``parse`` composes the Config from small builders. docs/configuration.md's
+option table is generated from ``OPTIONS`` (scripts/option-table);
+conf/nsscache.conf is tested against it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
+import math
 import os
 import posixpath
 import re
 import stat
 from dataclasses import dataclass
-from typing import FrozenSet, List, Mapping, Optional, Tuple, Union
+from typing import Any, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from .errors import ConfigError, ConfigProblem
 from .sshkeys import KEY_TYPES
 
 __all__ = [
+    "Kind",
+    "Option",
+    "OPTIONS",
     "KEYS",
+    "option",
+    "Reader",
+    "markdown_table",
     "KeyRules",
     "USER_EXTENSION",
     "TOKEN_ENV_VARS",
@@ -42,57 +54,153 @@ _EXT = USER_EXTENSION + ":"
 # Checked in this order after coreweave_token_file; coreweave_token is last.
 TOKEN_ENV_VARS = ("NSSCACHE_COREWEAVE_TOKEN", "NSSCACHE_SCIM_AUTH_TOKEN")
 
+_ID_LIMIT = 4294967294  # 2**32 - 2: (uid_t)-1 means "no change" to chown()
+
+
+class Kind(enum.Enum):
+    """What an option holds; the Reader method of the same name reads it."""
+
+    TEXT = "text"
+    PATH = "absolute path"  # Reader.absolute (or Reader.text when the check differs)
+    NAMES = "comma-separated names"  # Reader.names
+    ATTRIBUTES = "comma-separated attribute paths"  # Reader.paths
+    CHOICE = "one of the choices"  # Reader.choice
+    INTEGER = "integer"  # Reader.integer, within low..high
+    NUMBER = "number"  # Reader.number, within low..high
+    BOOLEAN = "boolean"  # Reader.boolean
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``coreweave_<name>`` option: declared here once, read by Reader,
+    documented by markdown_table."""
+
+    name: str  # without the coreweave_ prefix, as nsscache hands it over
+    kind: Kind
+    default: object  # None: required, or unset (``shown`` says which)
+    doc: str  # what it means: one line of Markdown
+    shown: str = ""  # the default as the docs show it, when not the value itself
+    low: float = -math.inf  # INTEGER, NUMBER: the allowed range, inclusive
+    high: float = math.inf
+    choices: Tuple[str, ...] = ()  # CHOICE: the allowed values; NAMES: the allowed names, if limited
+
+    @property
+    def key(self) -> str:
+        """The name as written in nsscache.conf and in messages."""
+        return "coreweave_" + self.name
+
+
+_SLURM_ONLY = "`slurm-sync` only: "
+
+# Every option, in the order of the docs. Adding one is a row here and a line in a builder below.
+OPTIONS: Tuple[Option, ...] = (
+    # where IAM is, and the token
+    Option("base_url", Kind.TEXT, None, "SCIM base URL, e.g. `https://api.coreweave.com/scim/<org-id>`; `http://` is "
+           "accepted only for a loopback test server (`localhost`, `127.0.0.0/8`, `::1`), any other `http://` host "
+           "is a configuration error", shown="required"),
+    Option("users_endpoint", Kind.TEXT, "Users", "users endpoint, relative to the base URL"),
+    Option("groups_endpoint", Kind.TEXT, "Groups", "groups endpoint, relative to the base URL"),
+    Option("token_file", Kind.PATH, None, "absolute path of a file holding the bearer token (surrounding whitespace "
+           "stripped); recommended, chmod 600 (a group/world-readable file gets a warning)", shown="unset"),
+    Option("token", Kind.TEXT, None, "inline token; discouraged (nsscache.conf is world-readable; a `%` in it makes "
+           "the stock nsscache print part of it in a traceback); used only when no token file and no environment "
+           "variable is set", shown="unset"),
+    Option("groups", Kind.NAMES, None, "comma-separated POSIX group names that grant access (exact match on the "
+           "group's POSIX name), or `*` for every group", shown="required"),
+    # where the values live in SCIM resources
+    Option("user_name_attribute", Kind.ATTRIBUTES, _EXT + "sunkPosixUsername", "the POSIX username"),
+    Option("uid_attribute", Kind.ATTRIBUTES, _EXT + "sunkPosixUid", "the uid",
+           shown="`…:CoreWeaveUser:sunkPosixUid`"),
+    Option("gid_attribute", Kind.ATTRIBUTES, _EXT + "sunkPosixGid", "the primary gid",
+           shown="`…:CoreWeaveUser:sunkPosixGid`"),
+    Option("ssh_keys_attribute", Kind.ATTRIBUTES, _EXT + "sunkSshKeys",
+           "SSH public keys (a list of strings, or one string)", shown="`…:CoreWeaveUser:sunkSshKeys`"),
+    Option("home_attribute", Kind.ATTRIBUTES, _EXT + "sunkHomeDirectory", "home directory",
+           shown="`…:CoreWeaveUser:sunkHomeDirectory`"),
+    Option("shell_attribute", Kind.ATTRIBUTES, _EXT + "sunkLoginShell", "login shell",
+           shown="`…:CoreWeaveUser:sunkLoginShell`"),
+    Option("gecos_attribute", Kind.ATTRIBUTES, "displayName, name.formatted",
+           "GECOS: the first present of these, else `name.givenName` + `name.familyName`"),
+    Option("group_name_attribute", Kind.ATTRIBUTES, "sunkPosixGroupName, displayName",
+           "a group's POSIX name: the first present of these"),
+    Option("group_gid_attribute", Kind.ATTRIBUTES, "sunkPosixGid", "a group's gid"),
+    # what the entries look like
+    Option("home_directory", Kind.TEXT, None, "home template, `%u` = username (write `%%u`); when set it overrides the "
+           "attribute", shown="unset"),
+    Option("default_shell", Kind.PATH, "/bin/bash",
+           "shell when the attribute is absent, or not an absolute, clean path (logged)"),
+    Option("min_uid", Kind.INTEGER, 1000, "lowest accepted uid; 0 and 65534 are never accepted", low=1, high=_ID_LIMIT),
+    Option("max_uid", Kind.INTEGER, _ID_LIMIT, "highest accepted uid", low=1, high=_ID_LIMIT),
+    Option("min_gid", Kind.INTEGER, 1000, "lowest accepted gid (users' primary gids and groups); 0 and 65534 never",
+           low=1, high=_ID_LIMIT),
+    Option("max_gid", Kind.INTEGER, _ID_LIMIT, "highest accepted gid (users' primary gids and groups)",
+           low=1, high=_ID_LIMIT),
+    Option("allowed_shells", Kind.NAMES, None, "comma-separated absolute paths; another shell is replaced by "
+           "`coreweave_default_shell` (logged)", shown="the node's `/etc/shells`"),
+    Option("local_passwd", Kind.PATH, "/etc/passwd",
+           "the node's own accounts: an IAM user with the same name or uid is dropped"),
+    Option("local_group", Kind.PATH, "/etc/group",
+           "the node's own groups: an IAM group with the same name or gid is dropped"),
+    # SSH keys
+    Option("ssh_key_types", Kind.NAMES, "ed25519, ecdsa, sk-ed25519, sk-ecdsa, rsa",
+           "accepted SSH key families (DSA is never accepted)", choices=tuple(sorted(set(KEY_TYPES.values())))),
+    Option("min_rsa_bits", Kind.INTEGER, 2048, "smallest accepted RSA modulus", low=1024, high=16384),
+    Option("allow_key_options", Kind.BOOLEAN, False, "accept `authorized_keys` options (`from=`, `command=`, "
+           "`no-pty` …) in front of a key; their names must be OpenSSH's"),
+    # whole-run guard, state and metrics
+    Option("max_shrink", Kind.NUMBER, 0.25, "refuse a run whose users or groups fall by more than this share of the "
+           "last accepted run (`1` disables)", low=0.0, high=1.0),
+    Option("state_dir", Kind.PATH, "/var/lib/nsscache", "where the package keeps the counts of the last accepted run "
+           "and the record of the last run (`coreweave-state.json`, mode 0600, written atomically); use nsscache's "
+           "`timestamp_dir`"),
+    Option("metrics_file", Kind.PATH, None, "absolute path of a Prometheus textfile written after every run (atomic "
+           "rename, mode 0644), e.g. `/var/lib/prometheus/node-exporter/nsscache_coreweave.prom`", shown="unset"),
+    # talking to IAM
+    Option("page_size", Kind.INTEGER, 1000, "sent as `count` on every listing request (1–10000)", low=1, high=10000),
+    Option("pagination", Kind.CHOICE, "index", "`index` (`startIndex`/`count`, RFC 7644) or `cursor` "
+           "(`cursor`/`nextCursor`, RFC 9865)", choices=("index", "cursor")),
+    Option("max_pages", Kind.INTEGER, 10000, "more pages than this for one endpoint is refused as an endless listing",
+           low=1, high=1_000_000),
+    Option("max_users", Kind.INTEGER, 2_000_000, "a Users listing announcing or holding more users is refused; bounds "
+           "memory: a user outside the listed groups costs about 120 bytes (its id) for the run",
+           low=1, high=100_000_000),
+    Option("workers", Kind.INTEGER, 2, "processes that decode a long index listing (9 pages or more) while the next "
+           "pages are fetched; `0` decodes everything in the nsscache process", low=0, high=8),
+    Option("max_page_bytes", Kind.INTEGER, 64 * 1024 * 1024, "a response larger than this (bytes) is refused",
+           low=1024, high=2**31),
+    Option("timeout", Kind.NUMBER, 30.0, "seconds per HTTP request (connect and read)", low=0.1, high=3600),
+    Option("retries", Kind.INTEGER, 3, "retries after the first attempt, for connection errors, timeouts, 429 and 5xx "
+           "(backoff 1, 2, 4 … s with jitter); 400/401/403/404 are never retried", low=0, high=10),
+    Option("max_retry_wait", Kind.NUMBER, 60.0,
+           "seconds: caps each wait between retries, including a server's `Retry-After`", low=0, high=3600),
+    Option("deadline", Kind.NUMBER, 300.0, "seconds for the whole listing of Users and Groups in one run; past it the "
+           "run fails (no retries left), so cron runs never pile up", low=1, high=86400),
+    Option("ca_bundle", Kind.PATH, None, "absolute path of a CA bundle for the server's certificate", shown="unset"),
+    Option("verify_tls", Kind.BOOLEAN, True, "`false` disables certificate checks (tests only)"),
+    # Slurm accounting: nsscache-coreweave slurm-sync only, not read by the maps
+    Option("slurm_accounts", Kind.TEXT, None, _SLURM_ONLY + "comma-separated `group` or `group=account` items; each "
+           "named group (which must be in `coreweave_groups`) feeds a Slurm account of that name; the order sets "
+           "default accounts", shown="unset: every group of `coreweave_groups`"),
+    Option("slurm_cluster", Kind.NAMES, None, _SLURM_ONLY + "comma-separated Slurm cluster names to reconcile (each "
+           "must be registered in slurmdbd)", shown="every cluster slurmdbd knows, else `ClusterName` of slurm.conf"),
+    Option("slurm_parent_account", Kind.TEXT, "root",
+           _SLURM_ONLY + "parent of the accounts it creates (must exist)"),
+    Option("slurm_sacctmgr", Kind.TEXT, "sacctmgr",
+           _SLURM_ONLY + "the sacctmgr command (name on `PATH`, or absolute path)"),
+    Option("slurm_timeout", Kind.NUMBER, 600.0, _SLURM_ONLY + "seconds allowed for one sacctmgr call",
+           low=1, high=86400),
+)
+
+_BY_NAME: Mapping[str, Option] = {o.name: o for o in OPTIONS}
+
 # key (without the coreweave_ prefix) -> default; None = required or unset.
-KEYS: Mapping[str, object] = {
-    "base_url": None,
-    "users_endpoint": "Users",
-    "groups_endpoint": "Groups",
-    "token_file": None,
-    "token": None,
-    "groups": None,
-    "user_name_attribute": _EXT + "sunkPosixUsername",
-    "uid_attribute": _EXT + "sunkPosixUid",
-    "gid_attribute": _EXT + "sunkPosixGid",
-    "ssh_keys_attribute": _EXT + "sunkSshKeys",
-    "home_attribute": _EXT + "sunkHomeDirectory",
-    "shell_attribute": _EXT + "sunkLoginShell",
-    "gecos_attribute": "displayName, name.formatted",
-    "group_name_attribute": "sunkPosixGroupName, displayName",
-    "group_gid_attribute": "sunkPosixGid",
-    "home_directory": None,
-    "default_shell": "/bin/bash",
-    "min_uid": 1000,
-    "max_uid": 4294967294,
-    "min_gid": 1000,
-    "max_gid": 4294967294,
-    "allowed_shells": None,  # None: the node's /etc/shells
-    "local_passwd": "/etc/passwd",
-    "local_group": "/etc/group",
-    "ssh_key_types": "ed25519, ecdsa, sk-ed25519, sk-ecdsa, rsa",
-    "min_rsa_bits": 2048,
-    "allow_key_options": False,
-    "max_shrink": 0.25,
-    "state_dir": "/var/lib/nsscache",
-    "metrics_file": None,
-    # slurm-sync (nsscache-coreweave slurm-sync; not read by the maps)
-    "slurm_accounts": None,  # None: every listed group becomes an account of the same name
-    "slurm_cluster": None,  # None: the clusters slurmdbd knows, else ClusterName from slurm.conf
-    "slurm_parent_account": "root",
-    "slurm_sacctmgr": "sacctmgr",
-    "slurm_timeout": 600.0,
-    "page_size": 1000,
-    "pagination": "index",
-    "max_pages": 10000,
-    "max_users": 2_000_000,
-    "workers": 2,
-    "max_page_bytes": 64 * 1024 * 1024,
-    "timeout": 30.0,
-    "retries": 3,
-    "max_retry_wait": 60.0,
-    "deadline": 300.0,
-    "ca_bundle": None,
-    "verify_tls": True,
-}
+KEYS: Mapping[str, object] = {o.name: o.default for o in OPTIONS}
+
+
+def option(name: str) -> Option:
+    """The row of coreweave_<name>. :raises KeyError: for an unknown name."""
+    return _BY_NAME[name]
+
 
 SHELLS_FILE = "/etc/shells"
 
@@ -104,7 +212,8 @@ _CORE_SCHEMAS = (
     "urn:ietf:params:scim:schemas:core:2.0:group",
 )
 _LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-_ID_LIMIT = 4294967294  # 2**32 - 2: (uid_t)-1 means "no change" to chown()
+# Slurm account, cluster and user names: lower-case (slurmdbd folds case), no ',', '=', '|' or spaces.
+_SLURM_NAME = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,63}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -138,6 +247,7 @@ class GroupAttributes:
     gid: Tuple[AttributePath, ...]
 
 
+# The defaults below repeat OPTIONS' for code that builds these directly (tests/unit/test_config.py holds them equal).
 @dataclass(frozen=True)
 class Server:
     """Everything needed to list Users and Groups."""
@@ -230,260 +340,439 @@ def parse_path(text: str) -> AttributePath:
     return AttributePath(schema, tuple(names), text)
 
 
-def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ, *, need_token: bool = True) -> Config:
-    """Build a Config from a map's prefix-stripped options.
+@dataclass
+class Reader:
+    """A map's options, read through OPTIONS. Each getter returns the typed
+    value (the table's default when the option is unset or cannot be read as
+    its kind) and records what is wrong in ``problems``; nothing is raised, so
+    one run reports every problem."""
 
-    Every problem is collected and reported in one ConfigError. Without
-    ``need_token`` (for ``status``) the token is not read at all.
-    """
-    problems = []
-    warnings = []
-    opts = {k: v for k, v in options.items() if k != "name"}
-    for key in sorted(set(opts) - set(KEYS)):
-        warnings.append(f"unknown option coreweave_{key} is ignored (a typo?)")
+    options: Mapping[str, object]  # prefix-stripped, without nsscache's "name"
+    problems: List[ConfigProblem] = dataclasses.field(default_factory=list)
+    warnings: List[str] = dataclasses.field(default_factory=list)
 
-    def get(key):
-        value = opts.get(key)
+    @classmethod
+    def of(cls, options: Mapping[str, object]) -> Reader:
+        """A reader of a map's options; each unknown key is a warning, in sorted order."""
+        reader = cls({key: value for key, value in options.items() if key != "name"})
+        for key in sorted(set(reader.options) - set(_BY_NAME)):
+            reader.warn(f"unknown option coreweave_{key} is ignored (a typo?)")
+        return reader
+
+    def problem(self, name: str, message: str) -> None:
+        """Record what is wrong with coreweave_<name>."""
+        self.problems.append(ConfigProblem(_BY_NAME[name].key, message))
+
+    def problem_about(self, key: str, message: str) -> None:
+        """Record a problem that is not one option's: key is a file path, or ""."""
+        self.problems.append(ConfigProblem(key, message))
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def raw(self, name: str) -> Any:
+        """The value as nsscache handed it over (a str stripped), else the default."""
+        value = self.options.get(name)
         if isinstance(value, str):
-            value = value.strip()
-            if value == "":
-                value = None
-        return KEYS[key] if value is None else value
+            value = value.strip() or None  # an empty value means unset
+        return _BY_NAME[name].default if value is None else value
 
-    def number(key, kind, low, high):
-        value = get(key)
+    def text(self, name: str) -> str:
+        """The value as text; "" only when unset without a default."""
+        value = self.raw(name)
+        return "" if value is None else str(value).strip()
+
+    def names(self, name: str) -> Tuple[str, ...]:
+        """The comma-separated items, stripped, in order, empty ones skipped."""
+        self._option(name, Kind.NAMES)
+        return tuple(item.strip() for item in self.text(name).split(",") if item.strip())
+
+    def paths(self, name: str) -> Tuple[AttributePath, ...]:
+        """The comma-separated attribute paths, in order."""
+        option = self._option(name, Kind.ATTRIBUTES)
+        try:
+            return tuple(parse_path(p) for p in self.text(name).split(",") if p.strip())
+        except ConfigError as e:
+            self.problem(name, f"{option.key}: {e}")
+            return ()
+
+    def absolute(self, name: str) -> str:
+        """An absolute path; "" when unset without a default."""
+        option = self._option(name, Kind.PATH)
+        value = self.text(name)
+        if value and not value.startswith("/"):
+            self.problem(name, f"{option.key} must be an absolute path, got {value!r}")
+        return value
+
+    def choice(self, name: str) -> str:
+        """One of the option's choices, case-insensitively."""
+        option = self._option(name, Kind.CHOICE)
+        value = self.text(name).lower()
+        if value not in option.choices:
+            either = ", ".join(option.choices[:-1]) + " or " + option.choices[-1]
+            self.problem(name, f"{option.key} must be {either}, got {value!r}")
+        return value
+
+    def boolean(self, name: str) -> bool:
+        """true/false, yes/no, on/off, 1/0 in any case."""
+        option = self._option(name, Kind.BOOLEAN)
+        value = self.raw(name)
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        self.problem(name, f"{option.key} must be true or false, got {value!r}")
+        return bool(option.default)
+
+    def integer(self, name: str) -> int:
+        """A whole number (``1000.0`` is 1000), checked against the option's range."""
+        return int(self._number(self._option(name, Kind.INTEGER), int))
+
+    def number(self, name: str) -> float:
+        """A number, checked against the option's range."""
+        return float(self._number(self._option(name, Kind.NUMBER), float))
+
+    def _number(self, option: Option, kind: type) -> float:
+        """The value as kind (int or float); out of range it is kept as given, and reported."""
+        value = self.raw(option.name)
         try:
             if isinstance(value, bool) or value is None:
                 raise ValueError
             result = kind(value)
             if kind is int and result != float(value):
                 raise ValueError
-        except (TypeError, ValueError, OverflowError):
-            problems.append(f"coreweave_{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-            return kind(KEYS[key])
-        if not low <= result <= high:
-            problems.append(f"coreweave_{key} must be between {low} and {high}, got {result}")
+        except (TypeError, ValueError, OverflowError):  # a word, 1.5 for an integer, inf, nan for an integer
+            self.problem(option.name, f"{option.key} must be {'an integer' if kind is int else 'a number'}, "
+                                      f"got {value!r}")
+            return kind(option.default)
+        if not option.low <= result <= option.high:  # nan is in no range
+            self.problem(option.name, f"{option.key} must be between {option.low} and {option.high}, got {result}")
         return result
 
-    def boolean(key):
-        value = get(key)
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
-        problems.append(f"coreweave_{key} must be true or false, got {value!r}")
-        return bool(KEYS[key])
+    def _option(self, name: str, kind: Kind) -> Option:
+        option = _BY_NAME[name]
+        if option.kind is not kind:  # a bug here, not in nsscache.conf
+            raise TypeError(f"{option.key} is declared {option.kind.value}, but read as {kind.value}")
+        return option
 
-    def paths(key):
-        try:
-            return tuple(parse_path(p) for p in str(get(key)).split(",") if p.strip())
-        except ConfigError as e:
-            problems.append(f"coreweave_{key}: {e}")
-            return ()
 
-    base_url = get("base_url")
-    if base_url is None:
-        problems.append("coreweave_base_url is required (the SCIM base URL, e.g. https://api.coreweave.com/scim/<org-id>)")
-        base_url = ""
-    base_url = str(base_url).rstrip("/")
-    if base_url and not base_url.startswith(("https://", "http://")):
-        problems.append(
-            f"coreweave_base_url must start with https:// (or http:// for a loopback test server), got {base_url!r}"
-        )
-    elif base_url.startswith("http://") and not _is_loopback(_url_host(base_url)):
-        problems.append(
-            f"coreweave_base_url must use https:// for host {_url_host(base_url)!r}: http:// is accepted only for a "
-            f"loopback test server (localhost, 127.0.0.0/8, ::1), got {base_url!r}"
-        )
+def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ, *, need_token: bool = True) -> Config:
+    """Build a Config from a map's prefix-stripped options.
 
-    groups = get("groups")
-    allowed: Optional[Tuple[str, ...]]
-    if groups is None:
-        problems.append(
-            "coreweave_groups is required: the POSIX groups whose members may log in, comma-separated, or *"
-        )
-        allowed = ()
-    elif str(groups).strip() == "*":
-        allowed = None
-    else:
-        allowed = tuple(dict.fromkeys(g.strip() for g in str(groups).split(",") if g.strip()))
-        if not allowed:
-            problems.append("coreweave_groups names no group")
-
-    pagination = str(get("pagination")).lower()
-    if pagination not in ("index", "cursor"):
-        problems.append(f"coreweave_pagination must be index or cursor, got {pagination!r}")
-
-    verify: Union[bool, str] = boolean("verify_tls")
-    ca_bundle = get("ca_bundle")
-    if ca_bundle is not None:
-        ca_bundle = str(ca_bundle)
-        if not os.path.isabs(ca_bundle):
-            problems.append(f"coreweave_ca_bundle must be an absolute path, got {ca_bundle!r}")
-        elif verify:
-            verify = ca_bundle
-
-    default_shell = str(get("default_shell"))
-    if not clean_path(default_shell):
-        # It lands in the passwd line of every user whose own shell is not allowed.
-        problems.append(f"coreweave_default_shell must be an absolute, clean path, got {default_shell!r}")
-
-    home_template = get("home_directory")
-    if home_template is not None:
-        home_template = str(home_template)
-        if not home_template.startswith("/") or "%u" not in home_template:
-            # Without %u every user would share one home: each would be dropped.
-            problems.append(f"coreweave_home_directory must be an absolute path template holding %%u (the username), "
-                            f"got {home_template!r}")
-
-    token = _read_token(opts, environ, problems, warnings) if need_token else ""
-
-    def endpoint(key):
-        return base_url + "/" + str(get(key)).strip("/")
-
-    def absolute(key):
-        value = str(get(key))
-        if not value.startswith("/"):
-            problems.append(f"coreweave_{key} must be an absolute path, got {value!r}")
-        return value
-
-    server = Server(
-        base_url=base_url,
-        users_url=endpoint("users_endpoint"),
-        groups_url=endpoint("groups_endpoint"),
-        token=token,
-        page_size=number("page_size", int, 1, 10000),
-        pagination=pagination,
-        max_pages=number("max_pages", int, 1, 1_000_000),
-        max_users=number("max_users", int, 1, 100_000_000),
-        workers=number("workers", int, 0, 8),
-        max_page_bytes=number("max_page_bytes", int, 1024, 2**31),
-        timeout=number("timeout", float, 0.1, 3600),
-        retries=number("retries", int, 0, 10),
-        max_retry_wait=number("max_retry_wait", float, 0, 3600),
-        deadline=number("deadline", float, 1, 86400),
-        verify=verify,
-    )
-    key_types = frozenset(t.strip().lower() for t in str(get("ssh_key_types")).split(",") if t.strip())
-    unknown_types = key_types - set(KEY_TYPES.values())
-    if unknown_types or not key_types:
-        problems.append(
-            f"coreweave_ssh_key_types must name some of {', '.join(sorted(set(KEY_TYPES.values())))}, "
-            f"got {str(get('ssh_key_types'))!r}"
-        )
-    keys = KeyRules(
-        types=key_types,
-        min_rsa_bits=number("min_rsa_bits", int, 1024, 16384),
-        allow_options=boolean("allow_key_options"),
-    )
-    shells = _allowed_shells(get("allowed_shells"), problems)
-    if default_shell not in shells:
-        warnings.append(f"coreweave_default_shell {default_shell} is not among the allowed shells")
-    users = UserAttributes(
-        name=paths("user_name_attribute"),
-        uid=paths("uid_attribute"),
-        gid=paths("gid_attribute"),
-        ssh_keys=paths("ssh_keys_attribute"),
-        home=paths("home_attribute"),
-        shell=paths("shell_attribute"),
-        gecos=paths("gecos_attribute"),
-    )
-    group_attrs = GroupAttributes(name=paths("group_name_attribute"), gid=paths("group_gid_attribute"))
-    min_uid = number("min_uid", int, 1, _ID_LIMIT)
-    max_uid = number("max_uid", int, 1, _ID_LIMIT)
-    min_gid = number("min_gid", int, 1, _ID_LIMIT)
-    max_gid = number("max_gid", int, 1, _ID_LIMIT)
-    if min_uid > max_uid or min_gid > max_gid:
-        problems.append("coreweave_min_uid/min_gid must not exceed coreweave_max_uid/max_gid")
-    for key, value in (("user_name_attribute", users.name), ("uid_attribute", users.uid), ("gid_attribute", users.gid)):
-        if not value:
-            problems.append(f"coreweave_{key} must name an attribute")
-    if not group_attrs.name or not group_attrs.gid:
-        problems.append("coreweave_group_name_attribute and coreweave_group_gid_attribute must name an attribute")
-
-    local_passwd, local_group = absolute("local_passwd"), absolute("local_group")
-    max_shrink = number("max_shrink", float, 0.0, 1.0)
-    state_dir = absolute("state_dir")
-    metrics_file = absolute("metrics_file") if get("metrics_file") is not None else None
-    slurm = _slurm_sync(get, number, allowed, problems)
-
-    if problems:
-        raise ConfigError("invalid configuration: " + "; ".join(problems))
-    return Config(
-        server=server,
-        users=users,
-        groups=group_attrs,
+    Every problem is collected and reported in one ConfigError. Without
+    ``need_token`` (for ``status``) the token is not read at all.
+    """
+    r = Reader.of(options)
+    base_url = _base_url(r)  # the three required settings first: where, who, the credential
+    allowed = _allowed_groups(r)
+    token = _token(r, environ) if need_token else ""
+    config = Config(
+        server=_server(r, base_url, token),
+        users=_user_attributes(r),
+        groups=_group_attributes(r),
         allowed_groups=allowed,
-        home_template=home_template,
-        default_shell=default_shell,
-        min_uid=min_uid,
-        max_uid=max_uid,
-        min_gid=min_gid,
-        max_gid=max_gid,
-        allowed_shells=shells,
-        local_passwd=local_passwd,
-        local_group=local_group,
-        keys=keys,
-        max_shrink=max_shrink,
-        state_dir=state_dir,
-        metrics_file=metrics_file,
-        warnings=tuple(warnings),
-        slurm=slurm,
+        home_template=_home_template(r),
+        default_shell=_default_shell(r),
+        min_uid=r.integer("min_uid"),
+        max_uid=r.integer("max_uid"),
+        min_gid=r.integer("min_gid"),
+        max_gid=r.integer("max_gid"),
+        allowed_shells=_allowed_shells(r),
+        local_passwd=r.absolute("local_passwd"),
+        local_group=r.absolute("local_group"),
+        keys=_key_rules(r),
+        max_shrink=r.number("max_shrink"),
+        state_dir=r.absolute("state_dir"),
+        metrics_file=r.absolute("metrics_file") or None,
+        slurm=_slurm_sync(r, allowed),
+    )
+    _check_together(r, config)
+    if r.problems:
+        raise ConfigError.invalid(r.problems)
+    return dataclasses.replace(config, warnings=tuple(r.warnings))
+
+
+# --- builders: each reads its options through the Reader ------------------------------------------------------
+
+
+def _server(r: Reader, base_url: str, token: str) -> Server:
+    """The endpoints below base_url, and the limits of listing them."""
+    return Server(
+        base_url=base_url,
+        users_url=base_url + "/" + r.text("users_endpoint").strip("/"),
+        groups_url=base_url + "/" + r.text("groups_endpoint").strip("/"),
+        token=token,
+        page_size=r.integer("page_size"),
+        pagination=r.choice("pagination"),
+        max_pages=r.integer("max_pages"),
+        max_users=r.integer("max_users"),
+        workers=r.integer("workers"),
+        max_page_bytes=r.integer("max_page_bytes"),
+        timeout=r.number("timeout"),
+        retries=r.integer("retries"),
+        max_retry_wait=r.number("max_retry_wait"),
+        deadline=r.number("deadline"),
+        verify=_verify(r),
     )
 
 
-# Slurm account, cluster and user names: lower-case (slurmdbd folds case), no ',', '=', '|' or spaces.
-_SLURM_NAME = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,63}", re.ASCII)
+def _base_url(r: Reader) -> str:
+    """https://, or http:// to a loopback test server; without the trailing '/'."""
+    text = r.text("base_url")
+    if not text:
+        r.problem("base_url", "coreweave_base_url is required (the SCIM base URL, e.g. "
+                              "https://api.coreweave.com/scim/<org-id>)")
+        return ""
+    base_url = text.rstrip("/")
+    if not base_url.startswith(("https://", "http://")):
+        r.problem("base_url", "coreweave_base_url must start with https:// (or http:// for a loopback test server), "
+                              f"got {base_url!r}")
+    elif base_url.startswith("http://") and not _is_loopback(_url_host(base_url)):
+        r.problem("base_url", f"coreweave_base_url must use https:// for host {_url_host(base_url)!r}: http:// is "
+                              "accepted only for a loopback test server (localhost, 127.0.0.0/8, ::1), "
+                              f"got {base_url!r}")
+    return base_url
 
 
-def _slurm_sync(get, number, allowed, problems) -> SlurmSync:
-    """The coreweave_slurm_* keys; problems are appended to ``problems``."""
+def _verify(r: Reader) -> Union[bool, str]:
+    """requests' verify: False, else the CA bundle when one is set, else True."""
+    verify = r.boolean("verify_tls")
+    ca_bundle = r.absolute("ca_bundle")
+    if verify and ca_bundle.startswith("/"):
+        return ca_bundle
+    return verify
 
-    def names(key):
-        value = get(key)
-        if value is None:
-            return None
-        items = [v.strip() for v in str(value).split(",") if v.strip()]
-        bad = [v for v in items if not _SLURM_NAME.fullmatch(v)]
-        if bad or not items:
-            problems.append(f"coreweave_{key} must list lower-case Slurm names (a-z 0-9 _ . -), got {value!r}")
-        return tuple(dict.fromkeys(items))
 
-    accounts = None
-    raw = get("slurm_accounts")
-    if raw is not None:
-        pairs: List[Tuple[str, str]] = []
-        for item in (i.strip() for i in str(raw).split(",")):
-            if not item:
-                continue
-            group, _, account = (p.strip() for p in item.partition("="))
-            account = account or group
-            if not group or not _SLURM_NAME.fullmatch(account):
-                problems.append(f"coreweave_slurm_accounts: {item!r} is not `group` or `group=account` "
-                                f"(account: lower-case a-z 0-9 _ . -)")
-            elif allowed is not None and group not in allowed:
-                problems.append(f"coreweave_slurm_accounts names group {group!r}, which is not in coreweave_groups")
-            elif any(g == group for g, _ in pairs):
-                problems.append(f"coreweave_slurm_accounts names group {group!r} twice")
-            else:
-                pairs.append((group, account))
-        if not str(raw).replace(",", "").strip():
-            problems.append("coreweave_slurm_accounts names no group")
-        accounts = tuple(pairs)
-    parent = str(get("slurm_parent_account")).strip()
+def _token(r: Reader, environ: Mapping[str, str]) -> str:
+    """First found wins: token file, environment variables, inline option."""
+    if r.text("token_file"):
+        return _file_token(r)
+    for var in TOKEN_ENV_VARS:
+        if environ.get(var, "").strip():
+            return _checked_token(r, "", environ[var].strip(), f"environment variable {var}")
+    inline = r.text("token")
+    if not inline:
+        r.problem_about("", "no bearer token: set coreweave_token_file (recommended), "
+                            "or NSSCACHE_COREWEAVE_TOKEN / NSSCACHE_SCIM_AUTH_TOKEN in the environment")
+        return ""
+    r.warn("coreweave_token is set inline in a world-readable nsscache.conf: use coreweave_token_file")
+    return _checked_token(r, "coreweave_token", inline, "coreweave_token")
+
+
+def _file_token(r: Reader) -> str:
+    """The token file's contents; a relative path is refused, not searched for."""
+    path = r.absolute("token_file")  # nsscache runs sources from a temporary working directory
+    if not path.startswith("/"):
+        return ""
+    try:
+        with open(path, encoding="utf-8") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            token = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or type(e).__name__
+        r.problem("token_file", f"coreweave_token_file {path!r} cannot be read: {reason}")
+        return ""
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        r.warn(f"coreweave_token_file {path!r} is readable by group or others: chmod 600 it")
+    return _checked_token(r, "coreweave_token_file", token, f"coreweave_token_file {path!r}")
+
+
+def _checked_token(r: Reader, key: str, token: str, source: str) -> str:
+    """The token, or a problem under key naming where it came from (never the token)."""
+    if not token:
+        r.problem_about(key, f"the bearer token from {source} is empty")
+    elif not all(0x21 <= ord(c) <= 0x7E for c in token):
+        # Checked here so that requests never echoes the header value in an error.
+        r.problem_about(key, f"the bearer token from {source} contains spaces or non-printable characters")
+    return token
+
+
+def _allowed_groups(r: Reader) -> Optional[Tuple[str, ...]]:
+    """The groups whose members may log in, each once; None for ``*``: every group."""
+    text = r.text("groups")
+    if not text:
+        r.problem("groups", "coreweave_groups is required: the POSIX groups whose members may log in, "
+                            "comma-separated, or *")
+        return ()
+    if text == "*":
+        return None
+    groups = tuple(dict.fromkeys(r.names("groups")))
+    if not groups:
+        r.problem("groups", "coreweave_groups names no group")
+    return groups
+
+
+def _user_attributes(r: Reader) -> UserAttributes:
+    users = UserAttributes(
+        name=r.paths("user_name_attribute"),
+        uid=r.paths("uid_attribute"),
+        gid=r.paths("gid_attribute"),
+        ssh_keys=r.paths("ssh_keys_attribute"),
+        home=r.paths("home_attribute"),
+        shell=r.paths("shell_attribute"),
+        gecos=r.paths("gecos_attribute"),
+    )
+    for name, paths in (("user_name_attribute", users.name), ("uid_attribute", users.uid),
+                        ("gid_attribute", users.gid)):
+        if not paths:
+            r.problem(name, f"coreweave_{name} must name an attribute")
+    return users
+
+
+def _group_attributes(r: Reader) -> GroupAttributes:
+    groups = GroupAttributes(name=r.paths("group_name_attribute"), gid=r.paths("group_gid_attribute"))
+    if not groups.name or not groups.gid:
+        r.problem("group_gid_attribute" if groups.name else "group_name_attribute",
+                  "coreweave_group_name_attribute and coreweave_group_gid_attribute must name an attribute")
+    return groups
+
+
+def _home_template(r: Reader) -> Optional[str]:
+    template = r.text("home_directory")
+    if not template:
+        return None
+    if not template.startswith("/") or "%u" not in template:
+        # Without %u every user would share one home: each would be dropped.
+        r.problem("home_directory", "coreweave_home_directory must be an absolute path template holding %%u "
+                                    f"(the username), got {template!r}")
+    return template
+
+
+def _default_shell(r: Reader) -> str:
+    shell = r.text("default_shell")
+    if not clean_path(shell):
+        # It lands in the passwd line of every user whose own shell is not allowed.
+        r.problem("default_shell", f"coreweave_default_shell must be an absolute, clean path, got {shell!r}")
+    return shell
+
+
+def _allowed_shells(r: Reader) -> FrozenSet[str]:
+    """The configured list, else the node's /etc/shells."""
+    shells = r.names("allowed_shells") if r.text("allowed_shells") else _etc_shells(r)
+    bad = [shell for shell in shells if not shell.startswith("/")]
+    if bad:
+        r.problem("allowed_shells", f"coreweave_allowed_shells must list absolute paths, got {', '.join(bad)}")
+    return frozenset(shells)
+
+
+def _etc_shells(r: Reader) -> Tuple[str, ...]:
+    try:
+        with open(SHELLS_FILE, encoding="utf-8") as f:
+            return tuple(line.strip() for line in f if line.strip() and not line.startswith("#"))
+    except OSError as e:
+        r.problem_about(SHELLS_FILE, f"{SHELLS_FILE} cannot be read ({e.strerror}): set coreweave_allowed_shells")
+        return ()
+
+
+def _key_rules(r: Reader) -> KeyRules:
+    families = option("ssh_key_types").choices
+    types = frozenset(t.lower() for t in r.names("ssh_key_types"))
+    if not types or not types <= set(families):
+        r.problem("ssh_key_types", f"coreweave_ssh_key_types must name some of {', '.join(families)}, "
+                                   f"got {r.text('ssh_key_types')!r}")
+    return KeyRules(types=types, min_rsa_bits=r.integer("min_rsa_bits"), allow_options=r.boolean("allow_key_options"))
+
+
+def _check_together(r: Reader, config: Config) -> None:
+    """What no single option shows: the id ranges' order, the default shell among the allowed."""
+    if config.min_uid > config.max_uid or config.min_gid > config.max_gid:
+        r.problem("min_uid" if config.min_uid > config.max_uid else "min_gid",
+                  "coreweave_min_uid/min_gid must not exceed coreweave_max_uid/max_gid")
+    if config.default_shell not in config.allowed_shells:
+        r.warn(f"coreweave_default_shell {config.default_shell} is not among the allowed shells")
+
+
+def _slurm_sync(r: Reader, allowed: Optional[Tuple[str, ...]]) -> SlurmSync:
+    """The coreweave_slurm_* keys (slurm-sync reads them; the maps do not)."""
+    accounts = _slurm_accounts(r, allowed)
+    parent = r.text("slurm_parent_account")
     if not _SLURM_NAME.fullmatch(parent):
-        problems.append(f"coreweave_slurm_parent_account must be a Slurm account name, got {parent!r}")
-    sacctmgr = str(get("slurm_sacctmgr")).strip()
+        r.problem("slurm_parent_account",
+                  f"coreweave_slurm_parent_account must be a Slurm account name, got {parent!r}")
+    sacctmgr = r.text("slurm_sacctmgr")
     if "/" in sacctmgr and not sacctmgr.startswith("/"):
-        problems.append(f"coreweave_slurm_sacctmgr must be a command name or an absolute path, got {sacctmgr!r}")
+        r.problem("slurm_sacctmgr", f"coreweave_slurm_sacctmgr must be a command name or an absolute path, "
+                                    f"got {sacctmgr!r}")
     return SlurmSync(
         accounts=accounts,
-        clusters=names("slurm_cluster"),
+        clusters=_slurm_names(r, "slurm_cluster"),
         parent_account=parent,
         sacctmgr=sacctmgr,
-        timeout=number("slurm_timeout", float, 1, 86400),
+        timeout=r.number("slurm_timeout"),
     )
+
+
+def _slurm_accounts(r: Reader, allowed: Optional[Tuple[str, ...]]) -> Optional[Tuple[Tuple[str, str], ...]]:
+    """(group, account) pairs in the configured order; None when unset: every listed group."""
+    text = r.text("slurm_accounts")
+    if not text:
+        return None
+    pairs: List[Tuple[str, str]] = []
+    for item in (i.strip() for i in text.split(",")):
+        pair = _slurm_account(r, item, allowed, pairs) if item else None
+        if pair is not None:
+            pairs.append(pair)
+    if not text.replace(",", "").strip():
+        r.problem("slurm_accounts", "coreweave_slurm_accounts names no group")
+    return tuple(pairs)
+
+
+def _slurm_account(r: Reader, item: str, allowed: Optional[Tuple[str, ...]],
+                   pairs: Sequence[Tuple[str, str]]) -> Optional[Tuple[str, str]]:
+    """One ``group`` or ``group=account`` item; None when it is refused."""
+    group, _, account = (p.strip() for p in item.partition("="))
+    account = account or group
+    if not group or not _SLURM_NAME.fullmatch(account):
+        r.problem("slurm_accounts", f"coreweave_slurm_accounts: {item!r} is not `group` or `group=account` "
+                                    f"(account: lower-case a-z 0-9 _ . -)")
+    elif allowed is not None and group not in allowed:
+        r.problem("slurm_accounts", f"coreweave_slurm_accounts names group {group!r}, which is not in coreweave_groups")
+    elif any(g == group for g, _ in pairs):
+        r.problem("slurm_accounts", f"coreweave_slurm_accounts names group {group!r} twice")
+    else:
+        return group, account
+    return None
+
+
+def _slurm_names(r: Reader, name: str) -> Optional[Tuple[str, ...]]:
+    """Comma-separated Slurm names, each once; None when unset."""
+    text = r.text(name)
+    if not text:
+        return None
+    items = r.names(name)
+    if not items or not all(_SLURM_NAME.fullmatch(item) for item in items):
+        r.problem(name, f"coreweave_{name} must list lower-case Slurm names (a-z 0-9 _ . -), got {text!r}")
+    return tuple(dict.fromkeys(items))
+
+
+# --- the option reference in docs/configuration.md --------------------------------------------------------------
+
+
+def markdown_table(options: Sequence[Option] = OPTIONS) -> str:
+    """The option reference as a Markdown table: key | default | meaning.
+
+    >>> print(markdown_table([Option("retries", Kind.INTEGER, 3, "retries after the first attempt")]), end="")
+    | key | default | meaning |
+    |---|---|---|
+    | `coreweave_retries` | `3` | retries after the first attempt |
+    """
+    rows = [f"| `{o.key}` | {o.shown or _shown(o.default)} | {o.doc} |" for o in options]
+    return "\n".join(["| key | default | meaning |", "|---|---|---|", *rows]) + "\n"
+
+
+def _shown(value: object) -> str:
+    """A default as nsscache.conf would spell it: true/false, 30 for 30.0."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float) and value.is_integer():
+        text = str(int(value))
+    else:
+        text = str(value)
+    return f"`{text}`"
+
+
+# --- small checks ------------------------------------------------------------------------------------------------
 
 
 def _url_host(url: str) -> str:
@@ -518,64 +807,3 @@ def clean_path(path) -> bool:
         and posixpath.normpath(path) == path
         and not path.startswith("//")
     )
-
-
-def _allowed_shells(value, problems) -> FrozenSet[str]:
-    """The configured list, else the node's /etc/shells."""
-    if value is not None:
-        shells = [s.strip() for s in str(value).split(",") if s.strip()]
-    else:
-        try:
-            with open(SHELLS_FILE, encoding="utf-8") as f:
-                shells = [line.strip() for line in f if line.strip() and not line.startswith("#")]
-        except OSError as e:
-            problems.append(f"{SHELLS_FILE} cannot be read ({e.strerror}): set coreweave_allowed_shells")
-            return frozenset()
-    bad = [s for s in shells if not s.startswith("/")]
-    if bad:
-        problems.append(f"coreweave_allowed_shells must list absolute paths, got {', '.join(bad)}")
-    return frozenset(shells)
-
-
-def _read_token(opts, environ, problems, warnings) -> str:
-    """First found wins: token file, env vars, inline option."""
-    path = opts.get("token_file")
-    if path not in (None, ""):
-        path = str(path)
-        if not os.path.isabs(path):
-            # nsscache runs sources from a temporary working directory.
-            problems.append(f"coreweave_token_file must be an absolute path, got {path!r}")
-            return ""
-        try:
-            with open(path, encoding="utf-8") as f:
-                mode = os.fstat(f.fileno()).st_mode
-                token = f.read().strip()
-        except (OSError, UnicodeDecodeError) as e:
-            problems.append(
-                f"coreweave_token_file {path!r} cannot be read: {getattr(e, 'strerror', None) or type(e).__name__}"
-            )
-            return ""
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            warnings.append(f"coreweave_token_file {path!r} is readable by group or others: chmod 600 it")
-        source = f"coreweave_token_file {path!r}"
-    else:
-        for var in TOKEN_ENV_VARS:
-            if environ.get(var, "").strip():
-                token, source = environ[var].strip(), f"environment variable {var}"
-                break
-        else:
-            inline = opts.get("token")
-            if inline in (None, ""):
-                problems.append(
-                    "no bearer token: set coreweave_token_file (recommended), "
-                    "or NSSCACHE_COREWEAVE_TOKEN / NSSCACHE_SCIM_AUTH_TOKEN in the environment"
-                )
-                return ""
-            warnings.append("coreweave_token is set inline in a world-readable nsscache.conf: use coreweave_token_file")
-            token, source = str(inline).strip(), "coreweave_token"
-    if not token:
-        problems.append(f"the bearer token from {source} is empty")
-    elif not all(0x21 <= ord(c) <= 0x7E for c in token):
-        # Checked here so that requests never echoes the header value in an error.
-        problems.append(f"the bearer token from {source} contains spaces or non-printable characters")
-    return token

@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "CRON_PATH",
@@ -215,6 +215,29 @@ def check_registration(
             problem="%s runs %s, which does not exist (removed by an OS upgrade?): reinstall nsscache"
             % (nsscache, interpreter),
         )
+    probed = _run_probe(base, argv, nsscache, timeout)
+    if isinstance(probed, Registration):
+        return probed
+    details, seen = probed
+    reg = _with(
+        base,
+        details=details,
+        python_version=seen.get("version"),
+        python_executable=seen.get("executable"),
+        nss_cache_importable=bool(seen.get("nss_cache")),
+        package_dir=seen.get("package_dir"),
+        package_version=seen.get("package_version"),
+        registered=bool(seen.get("registered")),
+    )
+    if reg.registered:
+        return reg
+    return _diagnose(reg, seen, search_patterns)
+
+
+def _run_probe(base: Registration, argv: List[str], nsscache: str,
+               timeout: float) -> Union[Registration, Tuple[Tuple[str, ...], dict]]:
+    """Run the registration probe with nsscache's interpreter: (its stderr lines, what it
+    saw), or the Registration naming why it could not run."""
     try:
         result = subprocess.run(
             argv + ["-c", _PROBE, nsscache],
@@ -243,19 +266,7 @@ def check_registration(
             problem="%s (the interpreter of %s) failed to run the registration probe (exit %d): %s"
             % (" ".join(argv), nsscache, result.returncode, tail),
         )
-    reg = _with(
-        base,
-        details=details,
-        python_version=seen.get("version"),
-        python_executable=seen.get("executable"),
-        nss_cache_importable=bool(seen.get("nss_cache")),
-        package_dir=seen.get("package_dir"),
-        package_version=seen.get("package_version"),
-        registered=bool(seen.get("registered")),
-    )
-    if reg.registered:
-        return reg
-    return _diagnose(reg, seen, search_patterns)
+    return details, seen
 
 
 def _with(reg: Registration, **changes) -> Registration:

@@ -14,14 +14,15 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, List, NamedTuple, Optional, Tuple, Union
 
-from . import marker, sshkeys
+from . import marker, shrink, sshkeys
 from .config import Config
 from .config import clean_path as _clean_path
+from .errors import GuardError
 from .snapshot import GroupRecord, Snapshot, UserRecord
 
 __all__ = [
     "Account", "PosixGroup", "Drop", "Directory", "LocalAccounts", "decide", "read_local_accounts", "shrink_problem",
-    "POSIX_NAME", "ACCEPT_SHRINK_ENV",
+    "POSIX_NAME",
 ]
 
 # POSIX portable names: lower-case letters, digits, '_', '-', '.', not
@@ -36,7 +37,6 @@ SYSTEM_HOMES = frozenset({
 SYSTEM_TREES = ("/etc/", "/proc/", "/sys/", "/dev/", "/boot/", "/run/", "/tmp/", "/var/tmp/")
 MAX_KEYS = 100  # key lines read per user; a longer attribute is not an honest one
 _LIB = re.compile(r"/lib[^/]*", re.ASCII)  # /lib, /lib32, /lib64, /libx32 ...
-ACCEPT_SHRINK_ENV = "NSSCACHE_COREWEAVE_ACCEPT_SHRINK"
 _GECOS_MAX = 255
 
 
@@ -403,38 +403,23 @@ def _name_problem(name) -> Optional[_Problem]:
 
 
 def shrink_problem(directory: Directory, previous, max_shrink: float,
-                   allowed_groups: Optional[Tuple[str, ...]] = None) -> Optional[str]:
-    """Why this run must be refused for losing too many users or groups
-    compared with ``previous`` (state.Counts of the last accepted run; an empty
-    result after a non-empty one is refused even with the ratio guard off), or
-    for being empty with no earlier run to compare with, or None."""
-    override = (
-        f"If this removal is intended, run `nsscache-coreweave update --accept-shrink` once "
-        f"(or set {ACCEPT_SHRINK_ENV}=1 for one run)"
-    )
+                   allowed_groups: Optional[Tuple[str, ...]] = None) -> Optional[GuardError]:
+    """The shrink guard's refusal of ``directory`` (shrink.py): losing too many
+    users, then groups, compared with ``previous`` (state.Counts of the last
+    accepted run); or, with nothing to compare with, being empty. None when
+    the run may go on."""
     if previous is None:
-        if directory.accounts:
-            return None
         # An empty result is far likelier an outage or a wrong setting than a
         # decision, even with nothing to compare with (a first run over caches
         # another source wrote, a changed coreweave_base_url or coreweave_groups).
-        groups = "*" if allowed_groups is None else ", ".join(allowed_groups)
-        return (f"refusing an empty directory: no active member of coreweave_groups ({groups}) is left to write "
-                "(no earlier accepted run to compare with); the previous caches are kept. " + override)
+        return None if directory.accounts else GuardError("users", None, 0, max_shrink, "update", allowed_groups)
     for what, before, now in (
         ("users", previous.users, len(directory.accounts)),
         ("groups", previous.groups, len(directory.groups)),
     ):
-        if before > 0 and (before - now) / before > max_shrink:
-            return (
-                f"refusing to shrink {what} from {before} to {now} (-{(before - now) / before:.0%}, "
-                f"more than coreweave_max_shrink {max_shrink:.0%} of the last accepted run): "
-                "the previous caches are kept. "
-                + override
-            )
-        if before > 0 and now == 0:  # even with coreweave_max_shrink = 1
-            return (f"refusing to remove all {before} {what} of the last accepted run: the previous caches are kept. "
-                    + override)
+        refusal = shrink.problem("update", what, before, now, max_shrink)
+        if refusal is not None:
+            return refusal
     return None
 
 

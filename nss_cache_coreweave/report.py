@@ -1,79 +1,47 @@
-"""What a run did, for people and machines: the run record kept in the state
-file (read by ``nsscache-coreweave status``), the one-line summary in the
-log, and the Prometheus textfile for node_exporter."""
+"""What a run did, for people and machines: its report kept in the state
+file (state.ScopeRecord, read by ``nsscache-coreweave status``), the
+one-line summary in the log, and the Prometheus textfile for node_exporter."""
 
 from __future__ import annotations
 
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
-from typing import Dict, Optional, Tuple
+from dataclasses import replace
+from typing import Dict, List, Tuple
 
 from . import state
+from .state import CacheRecord, Counts, RunReport, ScopeRecord
 
-__all__ = ["RunReport", "record", "summary", "metrics_text", "write_metrics"]
+__all__ = ["recorded", "record", "summary", "metrics_text", "write_metrics"]
 
 PREFIX = "nsscache_coreweave"
 
 
-# What each cache counts, for the run record's "caches" and the metrics.
+# What each cache counts, for the record of the caches and the metrics.
 COUNTED = {"passwd": "users", "group": "groups", "shadow": "users", "sshkey": "keys"}
 
 
-@dataclass(frozen=True)
-class RunReport:
-    started: float  # time.time()
-    duration: float  # seconds (listing and policy)
-    outcome: str  # "ok" (nsscache wrote every map it asked for), "incomplete" (it did not write
-    # maps_not_written), "failed", "refused" (a whole-run guard said no); "decided" until then
-    run: str = ""  # the run id, named on the first line of every cache this run wrote
-    error_kind: str = ""  # e.g. "FetchError"
-    error: str = ""  # the message (never holds the token)
-    users: int = 0  # accepted by policy (handed to nsscache)
-    groups: int = 0
-    keys: int = 0
-    maps_written: Tuple[str, ...] = ()
-    maps_not_written: Tuple[str, ...] = ()
-    drops: Dict[str, int] = field(default_factory=dict)  # "kind/code" -> count
-    requests: Dict[str, int] = field(default_factory=dict)  # "Users/2xx" -> count
-    retries: int = 0
-    bytes: int = 0
-
-    @staticmethod
-    def count_drops(drops) -> Dict[str, int]:
-        return dict(sorted(Counter(f"{d.kind}/{d.code}" for d in drops).items()))
-
-    @staticmethod
-    def count_requests(stats) -> Dict[str, int]:
-        return {f"{endpoint}/{status}": n for (endpoint, status), n in sorted(stats.requests.items())}
+def recorded(previous: ScopeRecord, report: RunReport, now: float) -> ScopeRecord:
+    """The scope's record once ``report`` is kept as its last run, with what is
+    now in each cache nsscache wrote; a run whose every map was written also
+    becomes the accepted counts (for the shrink guard) and the last success; a
+    refused one is counted."""
+    caches = dict(previous.caches)
+    for name in report.maps_written:
+        caches[name] = CacheRecord(report.run, now, getattr(report, COUNTED[name]))
+    done = replace(previous, last_run=report, caches=caches)
+    if report.outcome == "ok":
+        done = replace(done, accepted=Counts(report.users, report.groups, now), last_success=now)
+    if report.outcome == "refused":
+        done = replace(done, shrink_refusals=previous.shrink_refusals + 1)
+    return done
 
 
-def record(state_dir: str, scope: str, report: RunReport) -> dict:
-    """Keep ``report`` as the scope's last run, and what is now in each cache
-    nsscache wrote ("caches": run, time, count); for a run whose every map was
-    written, its counts for the shrink guard and its time; for a refused one,
-    the count of refusals. One write; returns the scope's whole entry.
-    :raises OSError:"""
-    saved: dict = {}
-    now = time.time()
-
-    def change(entry: dict) -> None:
-        entry["last_run"] = asdict(report)
-        caches = entry.get("caches")
-        if not isinstance(caches, dict):
-            caches = {}
-        for name in report.maps_written:
-            caches[name] = {"run": report.run, "time": now, "count": getattr(report, COUNTED[name])}
-        entry["caches"] = caches
-        if report.outcome == "ok":
-            state.accept(entry, report.users, report.groups)
-            entry["last_success"] = now
-        if report.outcome == "refused":
-            entry["shrink_refusals"] = int(entry.get("shrink_refusals", 0)) + 1
-        saved.update(entry)
-
-    state.update(state_dir, scope, change)
-    return saved
+def record(state_dir: str, scope: str, report: RunReport) -> ScopeRecord:
+    """Keep ``report`` in the state file (see ``recorded``): one write; returns
+    the scope's new record. :raises OSError:"""
+    done = recorded(state.read(state_dir, scope), report, time.time())
+    state.write(state_dir, scope, done)
+    return done
 
 
 def summary(report: RunReport) -> str:
@@ -92,58 +60,60 @@ def summary(report: RunReport) -> str:
             f"{report.error_kind}: {report.error}")
 
 
-def metrics_text(report: RunReport, entry: dict) -> str:
-    """Prometheus text exposition format (version 0.0.4)."""
-    lines = []
-
-    def metric(name: str, kind: str, help_text: str, samples: Tuple[Tuple[Dict[str, str], float], ...]) -> None:
-        lines.append(f"# HELP {PREFIX}_{name} {help_text}")
-        lines.append(f"# TYPE {PREFIX}_{name} {kind}")
-        for labels, value in samples:
-            label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-            lines.append(f"{PREFIX}_{name}{{{label_text}}} {value!r}" if labels else f"{PREFIX}_{name} {value!r}")
-
-    last_success: Optional[float] = entry.get("last_success")
-    metric("last_run_timestamp_seconds", "gauge", "When the last run started.", (({}, float(report.started)),))
-    metric("last_run_success", "gauge", "1 if nsscache wrote every map of the last run, else 0.",
-           (({}, 1.0 if report.outcome == "ok" else 0.0),))
-    if last_success is not None:
-        metric("last_success_timestamp_seconds", "gauge", "When the last successful run ended.",
-               (({}, float(last_success)),))
-    metric("run_duration_seconds", "gauge", "Duration of the last run (listing and policy).",
-           (({}, float(report.duration)),))
-    metric("http_requests", "gauge", "HTTP requests of the last run by endpoint and status class.",
-           tuple(({"endpoint": k.split("/")[0], "status_class": k.split("/")[1]}, float(n))
-                 for k, n in report.requests.items()))
-    metric("http_retries", "gauge", "Retries in the last run.", (({}, float(report.retries)),))
-    metric("http_response_bytes", "gauge", "Response bytes received in the last run.", (({}, float(report.bytes)),))
-    caches = entry.get("caches")
-    if not isinstance(caches, dict):
-        caches = {}
-
-    def in_cache(name: str) -> Tuple[Tuple[Dict[str, str], float], ...]:
-        found = caches.get(name)
-        return (({}, float(found["count"])),) if isinstance(found, dict) and "count" in found else ()
-
-    metric("users", "gauge", "Users in passwd.cache as nsscache last wrote it.", in_cache("passwd"))
-    metric("groups", "gauge", "Groups in group.cache as nsscache last wrote it.", in_cache("group"))
-    metric("ssh_keys", "gauge", "SSH keys in sshkey.cache as nsscache last wrote it.", in_cache("sshkey"))
-    metric("map_written", "gauge", "1 if nsscache wrote this map in the last run, else 0.",
-           tuple(({"map": m}, 1.0 if m in report.maps_written else 0.0)
-                 for m in report.maps_written + report.maps_not_written))
-    metric("dropped_entries", "gauge", "Entries dropped by the last run, by kind and reason.",
-           tuple(({"kind": k.split("/")[0], "reason": k.split("/")[1]}, float(n)) for k, n in report.drops.items()))
-    metric("shrink_guard_refusals_total", "counter", "Runs refused by the shrink guard.",
-           (({}, float(entry.get("shrink_refusals", 0))),))
-    return "\n".join(lines) + "\n"
+Samples = Tuple[Tuple[Dict[str, str], float], ...]  # (labels, value) of each sample of a metric
 
 
-def write_metrics(path: str, report: RunReport, entry: dict) -> None:
+def metrics_text(report: RunReport, record: ScopeRecord) -> str:
+    """Prometheus text exposition format (version 0.0.4): the last run's
+    ``report`` and its scope's ``record`` (what the caches hold)."""
+    families: List[Tuple[str, str, str, Samples]] = [
+        ("last_run_timestamp_seconds", "gauge", "When the last run started.", (({}, float(report.started)),)),
+        ("last_run_success", "gauge", "1 if nsscache wrote every map of the last run, else 0.",
+         (({}, 1.0 if report.outcome == "ok" else 0.0),)),
+    ]
+    if record.last_success is not None:
+        families.append(("last_success_timestamp_seconds", "gauge", "When the last successful run ended.",
+                         (({}, float(record.last_success)),)))
+    families += [
+        ("run_duration_seconds", "gauge", "Duration of the last run (listing and policy).",
+         (({}, float(report.duration)),)),
+        ("http_requests", "gauge", "HTTP requests of the last run by endpoint and status class.",
+         tuple(({"endpoint": k.split("/")[0], "status_class": k.split("/")[1]}, float(n))
+               for k, n in report.requests.items())),
+        ("http_retries", "gauge", "Retries in the last run.", (({}, float(report.retries)),)),
+        ("http_response_bytes", "gauge", "Response bytes received in the last run.", (({}, float(report.bytes)),)),
+        ("users", "gauge", "Users in passwd.cache as nsscache last wrote it.", _in_cache(record, "passwd")),
+        ("groups", "gauge", "Groups in group.cache as nsscache last wrote it.", _in_cache(record, "group")),
+        ("ssh_keys", "gauge", "SSH keys in sshkey.cache as nsscache last wrote it.", _in_cache(record, "sshkey")),
+        ("map_written", "gauge", "1 if nsscache wrote this map in the last run, else 0.",
+         tuple(({"map": m}, 1.0 if m in report.maps_written else 0.0)
+               for m in report.maps_written + report.maps_not_written)),
+        ("dropped_entries", "gauge", "Entries dropped by the last run, by kind and reason.",
+         tuple(({"kind": k.split("/")[0], "reason": k.split("/")[1]}, float(n)) for k, n in report.drops.items())),
+        ("shrink_guard_refusals_total", "counter", "Runs refused by the shrink guard.",
+         (({}, float(record.shrink_refusals)),)),
+    ]
+    return "".join(_metric(*family) for family in families)
+
+
+def write_metrics(path: str, report: RunReport, record: ScopeRecord) -> None:
     """Write the textfile atomically (node_exporter must never read half a file).
     :raises OSError:"""
-    state.write_atomically(path, metrics_text(report, entry), 0o644)
+    state.write_atomically(path, metrics_text(report, record), 0o644)
+
+
+def _metric(name: str, kind: str, help_text: str, samples: Samples) -> str:
+    lines = [f"# HELP {PREFIX}_{name} {help_text}", f"# TYPE {PREFIX}_{name} {kind}"]
+    for labels, value in samples:
+        label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+        lines.append(f"{PREFIX}_{name}{{{label_text}}} {value!r}" if labels else f"{PREFIX}_{name} {value!r}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _in_cache(record: ScopeRecord, name: str) -> Samples:
+    found = record.caches.get(name)
+    return (({}, float(found.count)),) if found is not None else ()
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-

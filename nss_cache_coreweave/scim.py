@@ -1,8 +1,10 @@
 """Fetch: list every resource of a SCIM endpoint, all or nothing.
 
-One method talks to the network (``_Fetcher._send``); the page checks are
-plain code around it. Any anomaly fails the whole listing: nsscache must never
-be handed a partial directory.
+One method talks to the network (``_Fetcher._exchange``); the rest are values
+and plain checks around it: the retry policy (attempt -> wait), the
+classification of a response (what a status means), the page checks. Any
+anomaly fails the whole listing: nsscache must never be handed a partial
+directory.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import gc
 import json
 import logging
 import multiprocessing
+import multiprocessing.pool
 import queue
 import random
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Hashable, List, Optional, TypeVar
+from enum import Enum
+from typing import Any, Callable, Dict, Generic, Hashable, List, Mapping, Optional, Set, Tuple, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -27,9 +31,30 @@ import urllib3.exceptions
 
 from . import __version__
 from .config import Server
-from .errors import AuthError, FetchError, ListingError, StaleCursorError
+from .errors import (
+    AuthError,
+    Failure,
+    FetchError,
+    FetchReason,
+    ListingError,
+    ListingReason,
+    StaleCursorError,
+)
 
-__all__ = ["new_session", "list_resources", "fetch_page", "Clock", "Stats", "USER_AGENT"]
+__all__ = [
+    "new_session",
+    "Listing",
+    "list_resources",
+    "fetch_page",
+    "Clock",
+    "Stats",
+    "RetryPolicy",
+    "retry_after_seconds",
+    "Action",
+    "Verdict",
+    "classify",
+    "USER_AGENT",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +64,7 @@ JSON_TYPES = ("application/scim+json", "application/json")
 LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 STALE_CURSOR_TYPES = frozenset({"invalidCursor", "expiredCursor"})  # RFC 9865 §2.3
-BACKOFF_BASE = 1.0  # seconds; doubled per retry, then jittered and capped
+BACKOFF_BASE = 1.0  # seconds; doubled per retry, then capped and jittered
 CHUNK = 256 * 1024
 WATCHDOG_GRACE = 1.0  # seconds past the deadline before a stalled exchange is abandoned
 PARALLEL_MIN_PAGES = 8  # index pages after the first before decoding in workers pays
@@ -65,6 +90,130 @@ class Clock:
     random: Callable[[], float] = random.random
 
 
+# --- the retry policy ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a page is tried again, and how long to wait before."""
+
+    retries: int  # attempts after the first (coreweave_retries)
+    cap: float  # seconds; no wait is longer (coreweave_max_retry_wait)
+    base: float = BACKOFF_BASE  # seconds; the first backoff, doubled per retry
+
+    @classmethod
+    def of(cls, server: Server) -> RetryPolicy:
+        return cls(server.retries, server.max_retry_wait)
+
+    def exhausted(self, attempt: int) -> bool:
+        """Whether ``attempt`` (0-based) was the last one allowed."""
+        return attempt >= self.retries
+
+    def delay(self, attempt: int, retry_after: Optional[float], jitter: float) -> float:
+        """Seconds to wait after the failed ``attempt`` (0-based): the server's
+        Retry-After when it sent a usable one, else base·2^attempt; either
+        capped. Only the backoff is then scaled by a factor in (0.5, 1]
+        (``jitter`` in [0, 1)), so that a fleet of nodes does not retry in step.
+
+        >>> RetryPolicy(3, 60.0).delay(2, None, 0.0), RetryPolicy(3, 60.0).delay(2, 90.0, 0.5)
+        (4.0, 60.0)
+        """
+        if retry_after is not None:
+            return max(0.0, min(self.cap, retry_after))
+        return min(self.cap, self.base * 2**attempt) * (1 - jitter / 2)
+
+
+def retry_after_seconds(value: Optional[str], now: float) -> Optional[float]:
+    """A Retry-After header (RFC 9110 §10.2.3: delay-seconds or an HTTP date)
+    as seconds from ``now`` (a ``time.time()``); None if absent or unusable.
+
+    >>> retry_after_seconds(" 7 ", 0.0), retry_after_seconds("soon", 0.0)
+    (7.0, None)
+    """
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return when.timestamp() - now
+
+
+# --- what a response means -----------------------------------------------------
+
+
+class Action(Enum):
+    """What to do about one response."""
+
+    OK = "ok"
+    RETRY = "retry"  # 429, 5xx, no answer: again, as the retry policy says
+    STALE_CURSOR = "stale cursor"  # RFC 9865: the walk restarts once
+    AUTH = "auth"  # 401/403: the token is refused, never retried
+    REDIRECT = "redirect"  # 3xx: never followed (the token would go along)
+    REFUSED = "refused"  # any other status: not retried
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The classification of one response (or of its absence)."""
+
+    action: Action
+    status: Optional[int] = None  # None: no HTTP answer
+    detail: str = ""  # the server's SCIM error detail: printable, cut, without our token
+    retry_after: Optional[str] = None  # the Retry-After header, as sent
+    location: str = ""  # a redirect's target host ("elsewhere" if none)
+    error: str = ""  # no HTTP answer: the transport error's type name
+
+    def failure(self, base_url: str) -> Failure:
+        """The verdict as an error's account of what the attempt got."""
+        return Failure(base_url, self.status, self.detail, self.error)
+
+
+_OK = Verdict(Action.OK, 200)
+
+
+def classify(status: int, headers: Mapping[str, str], content: bytes, token: str) -> Verdict:
+    """What a response with ``status``, ``headers`` and body ``content`` calls
+    for. Pure: the body is read only for a status other than 200, and the
+    bearer ``token`` is cut out of the server's words."""
+    if status == 200:
+        return _OK
+    if 300 <= status < 400:
+        location = urlsplit(headers.get("Location", "")).netloc or "elsewhere"
+        return Verdict(Action.REDIRECT, status, location=location)
+    detail = _error_detail(content, token)
+    if status in (401, 403):
+        return Verdict(Action.AUTH, status, detail)
+    if status == 400 and _error_field(content, "scimType") in STALE_CURSOR_TYPES:
+        return Verdict(Action.STALE_CURSOR, status, detail)
+    if status in RETRY_STATUSES:
+        return Verdict(Action.RETRY, status, detail, headers.get("Retry-After"))
+    return Verdict(Action.REFUSED, status, detail)
+
+
+# The errors a verdict other than OK, RETRY or REDIRECT raises at once.
+_REFUSALS = {
+    Action.AUTH: (AuthError, FetchReason.TOKEN_REFUSED),
+    Action.STALE_CURSOR: (StaleCursorError, FetchReason.STALE_CURSOR),
+    Action.REFUSED: (FetchError, FetchReason.NOT_RETRIED),
+}
+
+
+def _refusal(verdict: Verdict, kind: str, page_no: int, base_url: str) -> FetchError:
+    if verdict.action is Action.REDIRECT:
+        return FetchError(kind, page_no, FetchReason.REDIRECT, status=verdict.status, location=verdict.location)
+    error, reason = _REFUSALS[verdict.action]
+    return error(kind, page_no, reason, failure=verdict.failure(base_url))
+
+
+# --- listing -------------------------------------------------------------------
+
+
 def new_session(server: Server) -> requests.Session:
     session = requests.Session()
     session.headers.update({"Accept": SCIM_JSON, "User-Agent": USER_AGENT})
@@ -87,23 +236,31 @@ class _Bearer(requests.auth.AuthBase):
         return "_Bearer(<redacted>)"
 
 
+@dataclass(frozen=True)
+class Listing(Generic[T]):
+    """What to list and what to keep of it: every resource at ``url``, each
+    passed through ``extract`` (so only the fields the maps need stay in
+    memory) and de-duplicated by ``key`` (the resource id); more than
+    ``limit`` resources are refused (memory stays bounded). ``kind`` names
+    the endpoint in messages ("Users")."""
+
+    kind: str
+    url: str
+    extract: Callable[[dict], T]
+    key: Callable[[T], Hashable]
+    limit: Optional[int] = None
+
+
 def list_resources(
     session: requests.Session,
     server: Server,
-    url: str,
-    kind: str,
-    extract: Callable[[dict], T],
-    key: Callable[[T], Hashable],
+    listing: Listing[T],
     *,
-    sleep: Optional[Callable[[float], None]] = time.sleep,
     clock: Optional[Clock] = None,
     deadline: Optional[float] = None,
     stats: Optional[Stats] = None,
-    limit: Optional[int] = None,
 ) -> List[T]:
-    """Every resource at ``url``, each passed through ``extract`` (so only the
-    fields the maps need stay in memory) and de-duplicated by ``key`` (the
-    resource id); more than ``limit`` resources are refused (memory stays bounded).
+    """Every resource of ``listing``, or an error.
 
     ``deadline`` is a ``clock.monotonic()`` time by which the listing must be
     complete (default: ``server.deadline`` seconds from now).
@@ -112,21 +269,22 @@ def list_resources(
         redirect, deadline.
     :raises ListingError: anything that is not a complete listing.
     """
-    clock = clock or Clock(sleep=sleep or _no_sleep)
+    clock = clock or Clock()
     if deadline is None:
         deadline = clock.monotonic() + server.deadline
-    fetcher = _Fetcher(session, server, url, kind, clock, deadline, stats if stats is not None else Stats())
+    stats = stats if stats is not None else Stats()
+    fetcher = _Fetcher(session, server, listing.url, listing.kind, clock, deadline, stats)
     walk = _walk_cursor if server.pagination == "cursor" else _walk_index
     # Decoded pages hold no reference cycles: while they stream through, the
     # cyclic collector would only keep walking millions of fresh objects.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return walk(fetcher, _Collector(kind, extract, key, limit))
+        return walk(fetcher, _Collector(listing))
     except StaleCursorError:
         # RFC 9865: a cursor may expire mid-walk; start over once.
-        log.warning("%s: the server expired our cursor; restarting the listing once", kind)
-        return walk(fetcher, _Collector(kind, extract, key, limit))
+        log.warning("%s: the server expired our cursor; restarting the listing once", listing.kind)
+        return walk(fetcher, _Collector(listing))
     finally:
         fetcher.close()
         if collecting:
@@ -159,58 +317,66 @@ def fetch_page(
         fetcher.close()
 
 
-def _no_sleep(seconds: float) -> None:
-    raise AssertionError("no sleep was injected")
-
-
 @dataclass(frozen=True)
 class _Page:
     """What a walk needs from one decoded page."""
 
-    total: object  # totalResults as sent (checked by _total)
+    total: object  # totalResults as sent (checked by _Collector.note_total)
     next_cursor: object
     count: int  # resources on the page
     items: list  # [(key, extracted item)]
 
 
 class _Collector:
-    """De-duplicates resources by id and insists that each page makes progress."""
+    """De-duplicates resources by id, checks each page and the totals, and
+    insists that each page makes progress."""
 
-    def __init__(self, kind, extract, key, limit: Optional[int] = None):
-        self.kind, self.extract, self.key, self.limit = kind, extract, key, limit
+    def __init__(self, listing: Listing):
+        self.listing, self.kind = listing, listing.kind
         self.items: Dict[Hashable, object] = {}
+        self.total: Optional[int] = None  # the first totalResults a page sent
+        self.total_page = 0  # the page that sent it
 
-    def check_size(self, count: int, what: str) -> None:
+    def check_size(self, count: int, reason: ListingReason) -> None:
         """Refuse a listing with more resources than the limit."""
-        if self.limit is not None and count > self.limit:
-            raise ListingError(
-                f"{self.kind}: {what} {count}, more than coreweave_max_{self.kind.lower()} ({self.limit}): "
-                "refusing to hold a larger listing"
-            )
+        limit = self.listing.limit
+        if limit is not None and count > limit:
+            option = f"coreweave_max_{self.kind.lower()}"
+            raise ListingError(self.kind, None, reason, count=count, limit=limit, option=option)
 
-    def read(self, body: dict, page_no: int) -> "_Page":
+    def read(self, body: dict, page_no: int) -> _Page:
         """Check a page's envelope and resources and extract them (no state:
         this also runs in a decoding worker)."""
         resources = body.get("Resources", [])
         if not isinstance(resources, list):
-            raise ListingError(f"{self.kind} page {page_no}: 'Resources' is not a list: refusing a malformed listing")
+            raise ListingError(self.kind, page_no, ListingReason.RESOURCES_NOT_A_LIST)
         per_page = body.get("itemsPerPage")
         if isinstance(per_page, int) and not isinstance(per_page, bool) and per_page != len(resources):
-            raise ListingError(
-                f"{self.kind} page {page_no} says itemsPerPage {per_page} but holds {len(resources)} resources: "
-                "refusing a partial listing"
-            )
+            raise ListingError(self.kind, page_no, ListingReason.ITEMS_PER_PAGE, said=per_page, held=len(resources))
+        extract, key = self.listing.extract, self.listing.key
         items = []
         for resource in resources:
             if not isinstance(resource, dict) or not isinstance(resource.get("id"), str) or not resource["id"]:
-                raise ListingError(
-                    f"{self.kind} page {page_no}: a resource has no string 'id': refusing a malformed listing"
-                )
-            item = self.extract(resource)
-            items.append((self.key(item), item))
+                raise ListingError(self.kind, page_no, ListingReason.RESOURCE_WITHOUT_ID)
+            item = extract(resource)
+            items.append((key(item), item))
         return _Page(body.get("totalResults"), body.get("nextCursor"), len(resources), items)
 
-    def merge(self, page_no: int, page: "_Page") -> int:
+    def note_total(self, value: object, page_no: int) -> int:
+        """A page's totalResults: a non-negative integer, the same as the
+        first page's that sent one."""
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ListingError(self.kind, page_no, ListingReason.BAD_TOTAL, total=value)
+        if self.total is None:
+            self.total, self.total_page = value, page_no
+        elif value != self.total:
+            raise ListingError(
+                self.kind, page_no, ListingReason.TOTAL_CHANGED, total=value, first=self.total,
+                first_page=self.total_page,
+            )
+        return value
+
+    def merge(self, page_no: int, page: _Page) -> int:
         """Add a page's items; return how many were new."""
         new = 0
         for k, item in page.items:
@@ -218,58 +384,46 @@ class _Collector:
                 self.items[k] = item
                 new += 1
             elif self.items[k] != item:
-                raise ListingError(
-                    f"{self.kind} page {page_no}: id {str(k)[:80]!r} appears twice with different content: "
-                    "the directory changed during the listing, refusing it (the next run will retry)"
-                )
-        self.check_size(len(self.items), "collected")
+                raise ListingError(self.kind, page_no, ListingReason.CHANGED_DURING_LISTING, id=str(k)[:80])
+        self.check_size(len(self.items), ListingReason.TOO_MANY_COLLECTED)
         return new
 
+    def complete(self) -> list:
+        """The listing, once every page is in: as many resources as totalResults said (if any page said)."""
+        if self.total is not None and len(self.items) != self.total:
+            raise ListingError(
+                self.kind, None, ListingReason.COUNT_MISMATCH, collected=len(self.items), total=self.total
+            )
+        return list(self.items.values())
 
-def _walk_index(fetcher: "_Fetcher", collected: _Collector) -> list:
+
+def _walk_index(fetcher: _Fetcher, collected: _Collector) -> list:
     """RFC 7644 §3.4.2.4: startIndex (1-based) and count."""
-    kind, server = fetcher.kind, fetcher.server
+    server = fetcher.server
     start, ahead = 1, None
-    total: Optional[int] = None
     try:
         for page_no in range(1, server.max_pages + 1):
-            if ahead is not None:
-                page = ahead.take(page_no, start)
-            else:
+            page = None if ahead is None else ahead.take(page_no, start)
+            if page is None:
                 page = collected.read(fetcher.page(page_no, {"startIndex": start, "count": server.page_size}), page_no)
-            page_total = _required_total(page.total, kind, page_no)
-            if total is None:
-                collected.check_size(page_total, "totalResults is")
-                total = page_total
-            elif page_total != total:
-                raise ListingError(
-                    f"{kind} page {page_no} has totalResults {page_total}, page 1 said {total}: "
-                    "refusing a partial listing"
-                )
+            total = collected.note_total(page.total, page_no)
+            if page_no == 1:
+                collected.check_size(total, ListingReason.TOO_MANY_ANNOUNCED)
             new = collected.merge(page_no, page)
             if len(collected.items) >= total:
-                break
+                return collected.complete()
             if new == 0:
                 raise ListingError(
-                    f"{kind} page {page_no} (startIndex {start}) brought no new resources after "
-                    f"{len(collected.items)} of {total}: refusing a partial listing"
+                    fetcher.kind, page_no, ListingReason.NO_NEW_RESOURCES, start=start,
+                    collected=len(collected.items), total=total,
                 )
             start += page.count
             if page_no == 1 and _worth_decoding_ahead(server, total, page.count):
                 ahead = _Ahead(fetcher, collected, start, page.count, total)
-        else:
-            raise ListingError(
-                f"{kind}: more than coreweave_max_pages ({server.max_pages}) pages: refusing an endless listing"
-            )
     finally:
         if ahead is not None:
             ahead.close()
-    if len(collected.items) != total:
-        raise ListingError(
-            f"{kind}: collected {len(collected.items)} distinct resources but totalResults is {total}: "
-            "refusing a partial listing"
-        )
-    return list(collected.items.values())
+    raise ListingError(fetcher.kind, None, ListingReason.TOO_MANY_PAGES, max_pages=server.max_pages)
 
 
 def _worth_decoding_ahead(server: Server, total: int, per_page: int) -> bool:
@@ -287,7 +441,7 @@ class _Ahead:
     dropped and the walk goes on fetching page by page itself.
     """
 
-    def __init__(self, fetcher: "_Fetcher", collected: _Collector, start: int, step: int, total: int):
+    def __init__(self, fetcher: _Fetcher, collected: _Collector, start: int, step: int, total: int):
         self.fetcher, self.collected = fetcher, collected
         self.next_page, self.next_start, self.step, self.total = 2, start, step, total
         self.pending: deque = deque()  # (page_no, start, AsyncResult)
@@ -296,37 +450,41 @@ class _Ahead:
             fetcher.server.workers, initializer=_worker_init, initargs=(collected,)
         )
 
-    def take(self, page_no: int, start: int) -> _Page:
-        fetcher = self.fetcher
-        if self.pool is not None:
-            while (
-                len(self.pending) < self.depth
-                and self.next_start <= self.total
-                and self.next_page <= fetcher.server.max_pages
-            ):
-                params = {"startIndex": self.next_start, "count": fetcher.server.page_size}
-                content = fetcher.content(self.next_page, params)
-                self.pending.append(
-                    (self.next_page, self.next_start, self.pool.apply_async(_worker_read, (content, self.next_page)))
-                )
-                self.next_page += 1
-                self.next_start += self.step
-            if self.pending and self.pending[0][:2] == (page_no, start):
-                _, _, result = self.pending.popleft()
-                try:
-                    return result.get(max(0.0, fetcher.deadline - fetcher.clock.monotonic()) + WATCHDOG_GRACE)
-                except multiprocessing.TimeoutError:
-                    raise FetchError(
-                        f"{fetcher.kind} page {page_no}: coreweave_deadline ({fetcher.server.deadline:g} s) exceeded "
-                        "while decoding: refusing to go on"
-                    ) from None
-            log.info(
-                "%s page %d: not where full pages would start, fetching and decoding the rest in this process",
-                fetcher.kind, page_no,
+    def take(self, page_no: int, start: int) -> Optional[_Page]:
+        """Page ``page_no`` at ``start``, decoded by a worker; None once the
+        pipeline is dropped (the walk then fetches the page itself)."""
+        if self.pool is None:
+            return None
+        self._request(self.pool)
+        if self.pending and self.pending[0][:2] == (page_no, start):
+            _, _, result = self.pending.popleft()
+            return self._result(result, page_no)
+        log.info(
+            "%s page %d: not where full pages would start, fetching and decoding the rest in this process",
+            self.fetcher.kind, page_no,
+        )
+        self.close()
+        return None
+
+    def _request(self, pool: multiprocessing.pool.Pool) -> None:
+        """Keep ``depth`` pages in flight, where a walk of full pages would ask."""
+        fetcher, server = self.fetcher, self.fetcher.server
+        while len(self.pending) < self.depth and self.next_start <= self.total and self.next_page <= server.max_pages:
+            content = fetcher.content(self.next_page, {"startIndex": self.next_start, "count": server.page_size})
+            self.pending.append(
+                (self.next_page, self.next_start, pool.apply_async(_worker_read, (content, self.next_page)))
             )
-            self.close()
-        params = {"startIndex": start, "count": fetcher.server.page_size}
-        return self.collected.read(fetcher.page(page_no, params), page_no)
+            self.next_page += 1
+            self.next_start += self.step
+
+    def _result(self, result: multiprocessing.pool.AsyncResult, page_no: int) -> _Page:
+        fetcher = self.fetcher
+        try:
+            return result.get(max(0.0, fetcher.deadline - fetcher.clock.monotonic()) + WATCHDOG_GRACE)
+        except multiprocessing.TimeoutError:
+            raise FetchError(
+                fetcher.kind, page_no, FetchReason.DEADLINE_DECODING, deadline=fetcher.server.deadline
+            ) from None
 
     def close(self) -> None:
         if self.pool is not None:
@@ -349,56 +507,37 @@ def _worker_init(collected: _Collector) -> None:
 def _worker_read(content: bytes, page_no: int) -> _Page:
     collected = _worker_collector
     assert collected is not None, "set by _worker_init"
-    return collected.read(_decode(content, f"{collected.kind} page {page_no}"), page_no)
+    return collected.read(_decode(content, collected.kind, page_no), page_no)
 
 
-def _walk_cursor(fetcher: "_Fetcher", collected: _Collector) -> list:
+def _walk_cursor(fetcher: _Fetcher, collected: _Collector) -> list:
     """RFC 9865: ``cursor`` (empty first), follow ``nextCursor`` until absent."""
-    kind, server = fetcher.kind, fetcher.server
-    cursor, seen_cursors, total = "", set(), None
+    server = fetcher.server
+    cursor = ""
+    seen_cursors: Set[str] = set()
     for page_no in range(1, server.max_pages + 1):
         page = collected.read(fetcher.page(page_no, {"cursor": cursor, "count": server.page_size}), page_no)
-        page_total = None if page.total is None else _required_total(page.total, kind, page_no)
-        if page_total is not None:
-            if total is not None and page_total != total:
-                raise ListingError(
-                    f"{kind} page {page_no} has totalResults {page_total}, an earlier page said {total}: "
-                    "refusing a partial listing"
-                )
-            total = page_total
+        if page.total is not None:  # optional in RFC 9865
+            collected.note_total(page.total, page_no)
         new = collected.merge(page_no, page)
-        next_cursor = page.next_cursor
-        if next_cursor is None:
-            break
-        if not isinstance(next_cursor, str) or not next_cursor:
-            raise ListingError(f"{kind} page {page_no}: nextCursor {next_cursor!r} is not a non-empty string")
-        if next_cursor in seen_cursors or new == 0:
-            raise ListingError(
-                f"{kind} page {page_no} makes no progress (repeated cursor or no new resources): "
-                "refusing an endless listing"
-            )
-        seen_cursors.add(next_cursor)
-        cursor = next_cursor
-    else:
-        raise ListingError(
-            f"{kind}: more than coreweave_max_pages ({server.max_pages}) pages: refusing an endless listing"
-        )
-    if total is not None and len(collected.items) != total:
-        raise ListingError(
-            f"{kind}: collected {len(collected.items)} distinct resources but totalResults is {total}: "
-            "refusing a partial listing"
-        )
-    return list(collected.items.values())
+        if page.next_cursor is None:
+            return collected.complete()
+        cursor = _next_cursor(page.next_cursor, seen_cursors, new, fetcher.kind, page_no)
+    raise ListingError(fetcher.kind, None, ListingReason.TOO_MANY_PAGES, max_pages=server.max_pages)
 
 
-def _required_total(value, kind: str, page_no: int) -> int:
-    """A page's totalResults, checked."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ListingError(
-            f"{kind} page {page_no}: totalResults is {value!r}, not a non-negative integer: "
-            "refusing a listing we cannot check"
-        )
+def _next_cursor(value: object, seen: Set[str], new: int, kind: str, page_no: int) -> str:
+    """A page's nextCursor, checked: a non-empty string never seen before,
+    on a page that brought new resources; added to ``seen``."""
+    if not isinstance(value, str) or not value:
+        raise ListingError(kind, page_no, ListingReason.BAD_NEXT_CURSOR, cursor=value)
+    if value in seen or new == 0:
+        raise ListingError(kind, page_no, ListingReason.NO_PROGRESS)
+    seen.add(value)
     return value
+
+
+# --- one page over HTTP --------------------------------------------------------
 
 
 @dataclass
@@ -412,67 +551,67 @@ class _Fetcher:
     clock: Clock
     deadline: float
     stats: Stats
-    exchanger: Optional["_Exchanger"] = None
+    exchanger: Optional[_Exchanger] = None
+    policy: RetryPolicy = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.policy = RetryPolicy.of(self.server)
 
     def page(self, page_no: int, params: dict) -> dict:
         """One page as a JSON object (see content)."""
-        return _decode(self.content(page_no, params), f"{self.kind} page {page_no}")
+        return _decode(self.content(page_no, params), self.kind, page_no)
 
     def content(self, page_no: int, params: dict) -> bytes:
-        """One page's JSON text, retrying connection errors, timeouts, 429
-        and 5xx with jittered exponential backoff; never 4xx otherwise."""
-        server, where = self.server, f"{self.kind} page {page_no}"
-        for attempt in range(server.retries + 1):
-            last = attempt == server.retries
-            try:
-                status, headers, content = self._send(params, where)
-            except _Transient as e:
-                self.stats.requests[(self.kind, "error")] += 1
-                problem = f"{where}: {e.args[0]} talking to {server.base_url}"
-                if last:
-                    raise FetchError(
-                        f"{problem} (after {attempt + 1} attempts): is the network or the server down?"
-                    ) from None
-                wait = self._backoff(attempt)
-            else:
-                self.stats.requests[(self.kind, f"{status // 100}xx")] += 1
-                self.stats.bytes += len(content)
-                if status == 200:
-                    return _json_content(headers, content, where)
-                detail = _error_detail(content, server.token)
-                if status in (401, 403):
-                    raise AuthError(
-                        f"{where}: HTTP {status} from {server.base_url}{detail}: the bearer token is missing, expired "
-                        "or lacks the SUNK/SCIM permissions: check coreweave_token_file or NSSCACHE_SCIM_AUTH_TOKEN"
-                    )
-                if status == 400 and _error_field(content, "scimType") in STALE_CURSOR_TYPES:
-                    raise StaleCursorError(f"{where}: HTTP 400{detail}")
-                if 300 <= status < 400:
-                    location = urlsplit(headers.get("Location", "")).netloc or "elsewhere"
-                    raise FetchError(
-                        f"{where}: HTTP {status} redirect to {location}: refusing to follow it (the bearer token must "
-                        "not go anywhere else); set coreweave_base_url to the final URL"
-                    )
-                problem = f"{where}: HTTP {status} from {server.base_url}{detail}"
-                if status not in RETRY_STATUSES:
-                    raise FetchError(f"{problem}: not retried; check coreweave_base_url and the endpoints")
-                if last:
-                    raise FetchError(f"{problem} (after {attempt + 1} attempts): the server is failing, try later")
-                asked = _retry_after(headers.get("Retry-After"), server.max_retry_wait)
-                wait = self._backoff(attempt) if asked is None else asked
-            if self.clock.monotonic() + wait > self.deadline:
-                raise FetchError(f"{problem}: no time left to retry within coreweave_deadline ({server.deadline:g} s)")
-            log.warning("%s; retrying in %.1f s (%d of %d)", problem, wait, attempt + 1, server.retries)
-            self.stats.retries += 1
-            self.clock.sleep(wait)
-        raise AssertionError("unreachable")  # pragma: no cover
+        """One page's JSON text. Connection errors, timeouts, 429 and 5xx are
+        tried again as the retry policy says, within the deadline; any other
+        status fails at once."""
+        attempt = 0
+        while True:
+            verdict, headers, content = self._attempt(page_no, params)
+            if verdict is _OK:
+                return _json_content(headers, content, self.kind, page_no)
+            self._before_retrying(verdict, page_no, attempt)
+            attempt += 1
 
-    def _send(self, params: dict, where: str):
+    def _attempt(self, page_no: int, params: dict) -> Tuple[Verdict, Any, bytes]:
+        """One request, counted and classified."""
+        try:
+            status, headers, content = self._send(params, page_no)
+        except _Transient as e:
+            self.stats.requests[(self.kind, "error")] += 1
+            return Verdict(Action.RETRY, error=e.args[0]), None, b""
+        self.stats.requests[(self.kind, f"{status // 100}xx")] += 1
+        self.stats.bytes += len(content)
+        return classify(status, headers, content, self.server.token), headers, content
+
+    def _before_retrying(self, verdict: Verdict, page_no: int, attempt: int) -> None:
+        """Raise what a failed ``attempt`` calls for, or wait as the policy
+        says if the deadline leaves time for it."""
+        if verdict.action is not Action.RETRY:
+            raise _refusal(verdict, self.kind, page_no, self.server.base_url)
+        failure = verdict.failure(self.server.base_url)
+        if self.policy.exhausted(attempt):
+            reason = FetchReason.UNREACHABLE if verdict.status is None else FetchReason.SERVER_FAILING
+            raise FetchError(self.kind, page_no, reason, failure=failure, attempts=attempt + 1)
+        asked = retry_after_seconds(verdict.retry_after, time.time())
+        wait = self.policy.delay(attempt, asked, self.clock.random())
+        if self.clock.monotonic() + wait > self.deadline:
+            raise FetchError(
+                self.kind, page_no, FetchReason.NO_TIME_TO_RETRY, failure=failure, deadline=self.server.deadline
+            )
+        log.warning(
+            "%s page %d: %s; retrying in %.1f s (%d of %d)",
+            self.kind, page_no, failure, wait, attempt + 1, self.policy.retries,
+        )
+        self.stats.retries += 1
+        self.clock.sleep(wait)
+
+    def _send(self, params: dict, page_no: int):
         """One GET, read to the end within the size limit and the deadline.
         :raises _Transient: for what a retry may cure."""
         remaining = self.deadline - self.clock.monotonic()
         if remaining <= 0:
-            raise FetchError(f"{where}: coreweave_deadline ({self.server.deadline:g} s) exceeded: refusing to go on")
+            raise FetchError(self.kind, page_no, FetchReason.DEADLINE, deadline=self.server.deadline)
         # Socket timeouts restart with every byte, so a server trickling its
         # headers or body would outlast any of them: the exchange runs in a
         # daemon thread and is abandoned, with the run, at the deadline. The
@@ -480,12 +619,9 @@ class _Fetcher:
         # speak first.
         if self.exchanger is None:
             self.exchanger = _Exchanger()
-        outcome = self.exchanger.run(lambda: self._exchange(params, where, remaining), remaining + WATCHDOG_GRACE)
+        outcome = self.exchanger.run(lambda: self._exchange(params, page_no, remaining), remaining + WATCHDOG_GRACE)
         if outcome is None:
-            raise FetchError(
-                f"{where}: coreweave_deadline ({self.server.deadline:g} s) exceeded waiting for the server: "
-                "refusing to go on"
-            )
+            raise FetchError(self.kind, page_no, FetchReason.DEADLINE_WAITING, deadline=self.server.deadline)
         if "error" in outcome:
             raise outcome["error"]
         return outcome["result"]
@@ -495,7 +631,7 @@ class _Fetcher:
             self.exchanger.close()
             self.exchanger = None
 
-    def _exchange(self, params: dict, where: str, remaining: float):
+    def _exchange(self, params: dict, page_no: int, remaining: float):
         server = self.server
         try:
             # verify per request: a session-level value loses to REQUESTS_CA_BUNDLE.
@@ -505,37 +641,28 @@ class _Fetcher:
             )
             with response:
                 log.debug("GET %s -> %d", response.url, response.status_code)
-                return response.status_code, response.headers, self._read(response, where)
+                return response.status_code, response.headers, self._read(response, page_no)
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
             raise _Transient(type(e).__name__) from None
         except urllib3.exceptions.HTTPError as e:  # while reading the body
             raise _Transient(type(e).__name__) from None
         except requests.RequestException as e:
-            raise FetchError(f"{where}: request failed: {type(e).__name__}") from None
+            raise FetchError(self.kind, page_no, FetchReason.REQUEST_FAILED, error=type(e).__name__) from None
 
-    def _read(self, response, where: str) -> bytes:
+    def _read(self, response, page_no: int) -> bytes:
         limit = self.server.max_page_bytes
-        too_big = ListingError(
-            f"{where}: the response is larger than coreweave_max_page_bytes ({limit} bytes): "
-            "refusing a runaway response"
-        )
         declared = response.headers.get("Content-Length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > limit:
-            raise too_big
+            raise ListingError(self.kind, page_no, ListingReason.TOO_LARGE_RESPONSE, limit=limit)
         chunks, size = [], 0
         for chunk in response.iter_content(CHUNK):
             size += len(chunk)
             if size > limit:
-                raise too_big
+                raise ListingError(self.kind, page_no, ListingReason.TOO_LARGE_RESPONSE, limit=limit)
             if self.clock.monotonic() > self.deadline:
-                raise FetchError(f"{where}: coreweave_deadline ({self.server.deadline:g} s) exceeded while reading")
+                raise FetchError(self.kind, page_no, FetchReason.DEADLINE_READING, deadline=self.server.deadline)
             chunks.append(chunk)
         return b"".join(chunks)
-
-    def _backoff(self, attempt: int) -> float:
-        """1, 2, 4 … s, capped, times a random factor in (0.5, 1] so that a
-        fleet of nodes does not retry in step."""
-        return min(self.server.max_retry_wait, BACKOFF_BASE * (2**attempt)) * (1 - self.clock.random() / 2)
 
 
 class _Exchanger:
@@ -575,22 +702,22 @@ class _Transient(Exception):
     """A failure that a retry may cure (connection, timeout, cut body)."""
 
 
-def _json_content(headers, content: bytes, where: str) -> bytes:
+def _json_content(headers, content: bytes, kind: str, page_no: int) -> bytes:
     content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type and content_type not in JSON_TYPES:
-        raise ListingError(f"{where}: the response is {content_type[:60]}, not JSON: refusing a malformed listing")
+        raise ListingError(kind, page_no, ListingReason.NOT_JSON_TYPE, content_type=content_type[:60])
     return content
 
 
-def _decode(content: bytes, where: str) -> dict:
+def _decode(content: bytes, kind: str, page_no: int) -> dict:
     body = _loads(content)
     if body is _NOT_JSON:
-        raise ListingError(f"{where}: the response is not JSON: refusing a malformed listing")
+        raise ListingError(kind, page_no, ListingReason.NOT_JSON)
     if not isinstance(body, dict):
-        raise ListingError(f"{where}: the response is not a JSON object: refusing a malformed listing")
+        raise ListingError(kind, page_no, ListingReason.NOT_AN_OBJECT)
     schemas = body.get("schemas", [LIST_RESPONSE])
     if not isinstance(schemas, list) or (schemas and LIST_RESPONSE not in schemas):
-        raise ListingError(f"{where}: the response is not a SCIM ListResponse (schemas {str(schemas)[:100]})")
+        raise ListingError(kind, page_no, ListingReason.NOT_A_LIST_RESPONSE, schemas=str(schemas)[:100])
     return body
 
 
@@ -611,29 +738,10 @@ def _error_field(content: bytes, name: str) -> Optional[str]:
 
 
 def _error_detail(content: bytes, token: str) -> str:
-    """The server's SCIM error 'detail', shortened, printable, and without
-    our token should the server echo it."""
+    """The server's SCIM error 'detail' ("" if none), shortened, printable,
+    and without our token should the server echo it."""
     detail = _error_field(content, "detail")
     if detail is None:
         return ""
     detail = detail.replace(token, "<token>") if token else detail
-    detail = "".join(c if c.isprintable() else " " for c in detail)[:200]
-    return f" ({detail!r})"
-
-
-def _retry_after(value: Optional[str], cap: float) -> Optional[float]:
-    """Retry-After in seconds or as an HTTP date, clamped to ``cap``."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        seconds = float(value)
-    else:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when is None or when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - time.time()
-    return max(0.0, min(cap, seconds))
+    return "".join(c if c.isprintable() else " " for c in detail)[:200]

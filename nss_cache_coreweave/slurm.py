@@ -45,19 +45,35 @@ import os
 import re
 import shlex
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from enum import Enum
+from typing import (
+    AbstractSet,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    TypeVar,
+)
 
+from . import shrink, state
 from .errors import CoreWeaveError, GuardError
 
 __all__ = [
     "MARKER", "STATE_FILE", "LOCK_FILE", "ARG_BYTES",
     "SlurmError", "SlurmUnavailable", "SlurmPermissionError", "SlurmStepError", "PlanError",
     "SlurmListingError", "SlurmStateError",
-    "WantedAccount", "Wanted", "AccountRow", "AssocRow", "UserRow", "Current", "Operation", "Plan",
-    "SlurmState", "Sacctmgr", "wanted", "plan", "shrink_problem", "read", "resolve_clusters",
+    "WantedAccount", "Wanted", "AccountRow", "AssocRow", "UserRow", "Current", "Kind", "Operation", "Plan",
+    "SlurmState", "SlurmRun", "Sacctmgr", "wanted", "plan", "shrink_problem", "read", "resolve_clusters",
     "cluster_name_from_slurm_conf", "load_state", "save_state", "apply", "sync",
 ]
 
@@ -208,19 +224,35 @@ class Current:
 
 # --- the plan ------------------------------------------------------------------------------------
 
-ADD_ACCOUNT = "add account"
-SET_PARENT = "set parent"
-ADD_USERS = "add users"
-SET_DEFAULT = "set default account"
-REMOVE_USERS = "remove associations"
-REMOVE_ACCOUNT = "remove account"
+
+class Kind(str, Enum):
+    """What an Operation does. The value is the word logs, ``str(op)`` and the summary show."""
+
+    ADD_ACCOUNT = "add account"
+    SET_PARENT = "set parent"
+    ADD_USERS = "add users"
+    SET_DEFAULT = "set default account"
+    REMOVE_USERS = "remove associations"
+    REMOVE_ACCOUNT = "remove account"
+
+    def __str__(self) -> str:  # also what format() and f-strings show, on every Python from 3.9
+        return self.value
+
+
+# Each kind under its module-level name (the names callers and tests import).
+ADD_ACCOUNT = Kind.ADD_ACCOUNT
+SET_PARENT = Kind.SET_PARENT
+ADD_USERS = Kind.ADD_USERS
+SET_DEFAULT = Kind.SET_DEFAULT
+REMOVE_USERS = Kind.REMOVE_USERS
+REMOVE_ACCOUNT = Kind.REMOVE_ACCOUNT
 
 
 @dataclass(frozen=True)
 class Operation:
     """One modifying sacctmgr call."""
 
-    kind: str
+    kind: Kind
     cluster: str
     account: str
     users: Tuple[str, ...] = ()
@@ -236,28 +268,56 @@ class Operation:
         ``account=``, ``parent=``, ``defaultaccount=``), never as a bare word: sacctmgr
         takes a bare ``where`` or ``set`` for its keyword (``add account where`` fails:
         "Need name of account to add"), so an IAM group of that name broke every run."""
-        names = ",".join(self.users)
-        where = [f"cluster={self.cluster}"] if self.cluster else []
-        if self.kind == ADD_ACCOUNT:
-            return ["add", "account", f"name={self.account}", *where, f"parent={self.parent}",
-                    f"organization={MARKER}", f"description={self.description}"]
-        if self.kind == SET_PARENT:
-            return ["modify", "account", "where", f"name={self.account}", *where, "set", f"parent={self.parent}"]
-        if self.kind == ADD_USERS:
-            return ["add", "user", f"name={names}", f"account={self.account}", *where]
-        if self.kind == SET_DEFAULT:
-            return ["modify", "user", "where", f"name={names}", *where, "set", f"defaultaccount={self.account}"]
-        if self.kind == REMOVE_USERS:
-            return ["remove", "user", "where", f"name={names}", f"account={self.account}", *where]
-        if self.kind == REMOVE_ACCOUNT:
-            return ["remove", "account", "where", f"name={self.account}", *where]
-        raise ValueError(f"unknown operation {self.kind!r}")
+        return _ARGUMENTS[self.kind](self)
 
     def __str__(self) -> str:
         who = f" {len(self.users)} user(s)" if self.users else ""
-        to = f" -> {self.parent}" if self.kind in (ADD_ACCOUNT, SET_PARENT) else ""
+        to = f" -> {self.parent}" if self.kind in (Kind.ADD_ACCOUNT, Kind.SET_PARENT) else ""
         on = f"cluster {self.cluster}" if self.cluster else "every cluster"
         return f"{self.kind} {self.account}{to}{who} on {on}"
+
+
+def _where(op: Operation) -> List[str]:
+    return [f"cluster={op.cluster}"] if op.cluster else []
+
+
+def _names(op: Operation) -> str:
+    return ",".join(op.users)
+
+
+def _add_account(op: Operation) -> List[str]:
+    return ["add", "account", f"name={op.account}", *_where(op), f"parent={op.parent}", f"organization={MARKER}",
+            f"description={op.description}"]
+
+
+def _set_parent(op: Operation) -> List[str]:
+    return ["modify", "account", "where", f"name={op.account}", *_where(op), "set", f"parent={op.parent}"]
+
+
+def _add_users(op: Operation) -> List[str]:
+    return ["add", "user", f"name={_names(op)}", f"account={op.account}", *_where(op)]
+
+
+def _set_default(op: Operation) -> List[str]:
+    return ["modify", "user", "where", f"name={_names(op)}", *_where(op), "set", f"defaultaccount={op.account}"]
+
+
+def _remove_users(op: Operation) -> List[str]:
+    return ["remove", "user", "where", f"name={_names(op)}", f"account={op.account}", *_where(op)]
+
+
+def _remove_account(op: Operation) -> List[str]:
+    return ["remove", "account", "where", f"name={op.account}", *_where(op)]
+
+
+_ARGUMENTS: Mapping[Kind, Callable[[Operation], List[str]]] = {
+    Kind.ADD_ACCOUNT: _add_account,
+    Kind.SET_PARENT: _set_parent,
+    Kind.ADD_USERS: _add_users,
+    Kind.SET_DEFAULT: _set_default,
+    Kind.REMOVE_USERS: _remove_users,
+    Kind.REMOVE_ACCOUNT: _remove_account,
+}
 
 
 @dataclass(frozen=True)
@@ -284,107 +344,152 @@ def plan(want: Wanted, current: Current, *, parent: str, created_users: Iterable
     Order: new and re-parented accounts; then per cluster: associations added
     (accounts in configuration order, so a user new to the cluster gets the first
     of theirs as default account), default accounts set, associations removed,
-    empty managed accounts pruned. :raises PlanError:"""
-    created = frozenset(created_users)
-    order = want.order()
-    protected = {name for name, row in current.users.items() if row.protected} | {ROOT}
-    managed = set(managed_accounts) & set(current.accounts) - {parent, ROOT}
-    usable, conflicts, notes = _usable(want, current, parent, protected, managed)
-    usable_names = {a.name for a in usable}
-    clusters = set(current.clusters)
+    empty managed accounts pruned. :raises PlanError:
 
-    held: Dict[str, Set[Tuple[str, str]]] = {}  # user -> {(cluster, account)}, on every cluster
-    for row in current.assocs:
-        if row.user:
-            held.setdefault(row.user, set()).add((row.cluster, row.account))
-
-    account_ops: List[Operation] = []
-    adds: Dict[Tuple[str, str], Set[str]] = {}  # (cluster, account) -> users
-    removes: Dict[Tuple[str, str], Set[str]] = {}
-    for cluster in current.clusters:
-        rows = [r for r in current.assocs if r.cluster == cluster]
-        parents = {r.account: r.parent for r in rows if not r.user}
-        if parent not in parents:
-            raise PlanError(f"coreweave_slurm_parent_account {parent!r} does not exist on cluster {cluster!r}: "
-                            f"create it (sacctmgr add account name={parent} cluster={cluster}) or choose another")
-        general: Dict[str, Set[str]] = {}  # account -> users with an association for every partition
-        anywhere: Dict[str, Set[str]] = {}  # account -> users with any association
-        for r in rows:
-            if r.user:
-                anywhere.setdefault(r.account, set()).add(r.user)
-                if not r.partition:
-                    general.setdefault(r.account, set()).add(r.user)
-        for account in usable:
-            if account.name not in parents:
-                account_ops.append(Operation(
-                    ADD_ACCOUNT, cluster, account.name, parent=parent,
-                    description="coreweave iam group " + "+".join(account.groups),
-                    creates_account=account.name not in current.accounts))
-            elif parents[account.name] != parent:
-                account_ops.append(Operation(SET_PARENT, cluster, account.name, parent=parent))
-            missing = set(account.members) - protected - general.get(account.name, set())
-            if missing:
-                adds[(cluster, account.name)] = missing
-        members = {a.name: a.members for a in usable}
-        for account in managed & set(parents):
-            extra = anywhere.get(account, set()) - protected - members.get(account, frozenset())
-            if extra:
-                removes[(cluster, account)] = extra
-
-    def after(user: str) -> Set[Tuple[str, str]]:
-        gone = {key for key, users in removes.items() if user in users}
-        return (held.get(user, set()) - gone) | {key for key, users in adds.items() if user in users}
-
-    removed_users = set().union(*removes.values())
-    # slurmdbd deletes a user whose last association goes: keep it for users the package did not create.
-    kept = frozenset(u for u in removed_users if u not in created and not after(u))
-    for user in sorted(kept):
-        for users in removes.values():
-            users.discard(user)
-        notes.append(f"{user}: not created by {MARKER}; its last association is kept (removing it would delete "
-                     f"the Slurm user): remove it by hand if intended")
-    deleted = frozenset(u for u in removed_users if u in created and not after(u))
-    managed_users = frozenset(r.user for r in current.assocs
-                              if r.user and r.cluster in clusters and r.account in managed and r.user not in protected)
-    losing = frozenset(u for u in managed_users
-                       if not any(c in clusters and (a in managed or a in usable_names) for c, a in after(u)))
-
-    ops: List[Operation] = list(account_ops)
-    existing_users = set(current.users)
-    rank = lambda account: (order.get(account, len(order)), account)  # noqa: E731
-    for cluster in current.clusters:
-        for account in usable:
-            for chunk in _chunks(sorted(adds.get((cluster, account.name), ())), arg_bytes):
-                new = tuple(u for u in chunk if u not in existing_users)
-                existing_users.update(new)
-                ops.append(Operation(ADD_USERS, cluster, account.name, tuple(chunk), new_users=new))
-        defaults, final = _defaults(cluster, usable, current, held, adds, removes, after, created, protected)
-        for account in sorted(defaults, key=rank):
-            for chunk in _chunks(sorted(defaults[account]), arg_bytes):
-                ops.append(Operation(SET_DEFAULT, cluster, account, tuple(chunk)))
-        for account in sorted((a for c, a in removes if c == cluster and removes[(c, a)]), key=rank):
-            # slurmdbd refuses a removal mixing users for whom the account is the default with users for
-            # whom it is not (its check carries "has another association" over from one user to the
-            # next): one call for each kind.
-            users = removes[(cluster, account)]
-            last = {u for u in users if final.get(u) == account}
-            for batch in (users - last, last):
-                for chunk in _chunks(sorted(batch), arg_bytes):
-                    ops.append(Operation(REMOVE_USERS, cluster, account, tuple(chunk)))
-    if prune_accounts:
-        ops += _prunes(managed - usable_names, current, removes, notes)
+    Stages, each a pure function returning a value: ``_scope`` (what may be touched:
+    Scope), ``_holdings`` (what each user holds now), ``_changes`` (per cluster:
+    accounts to create or move, associations to add and remove: Changes),
+    ``_outcome`` (less the removals that would delete a user the package did not
+    create: Outcome), ``_fates`` (managed, losing and deleted users),
+    ``_user_operations`` (cluster by cluster, with ``_defaults``), ``_mark_new_users``,
+    ``_prunes``."""
+    scope = _scope(want, current, parent, created_users, managed_accounts)
+    outcome = _outcome(_holdings(current), _changes(current, scope), scope.created)
+    fates = _fates(current, scope, outcome)
+    operations = outcome.changes.accounts + _user_operations(scope, outcome, current.users, arg_bytes)
+    prunes = (_prunes(scope.managed - scope.usable_names, current, outcome.changes.removes) if prune_accounts
+              else Prunes())
     return Plan(
-        operations=tuple(ops),
-        conflicts=tuple(conflicts),
-        notes=tuple(notes),
-        managed_users=managed_users,
-        losing_users=losing,
-        deleted_users=deleted,
-        kept_users=kept,
+        operations=_mark_new_users(operations, current.users) + prunes.operations,
+        conflicts=scope.conflicts,
+        notes=scope.notes + _kept_notes(outcome.kept) + prunes.notes,
+        managed_users=fates.managed,
+        losing_users=fates.losing,
+        deleted_users=fates.deleted,
+        kept_users=outcome.kept,
     )
 
 
-def _usable(want: Wanted, current: Current, parent: str, protected: Set[str], managed: Set[str]):
+# --- planning stages -------------------------------------------------------------------------------
+
+Key = Tuple[str, str]  # (cluster, account): an association of a user, whatever its partition
+Holdings = Mapping[str, AbstractSet[Key]]  # user -> the associations they hold, on every cluster
+Table = Mapping[Key, AbstractSet[str]]  # (cluster, account) -> users
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class Usable(NamedTuple):
+    """The wanted accounts the package may fill, and why the others may not."""
+
+    accounts: Tuple[WantedAccount, ...]  # in configuration order
+    conflicts: Tuple[str, ...]
+    notes: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What the plan may touch, and in which order."""
+
+    parent: str
+    clusters: Tuple[str, ...]  # the reconciled clusters
+    created: FrozenSet[str]  # the users the package created (its record)
+    protected: FrozenSet[str]  # root and Slurm administrators: never touched
+    managed: FrozenSet[str]  # existing accounts the package manages (never root or the parent)
+    usable: Tuple[WantedAccount, ...]  # the wanted accounts it may fill, in configuration order
+    order: Mapping[str, int]  # every wanted account's place in the configuration (Wanted.order)
+    conflicts: Tuple[str, ...] = ()  # the wanted accounts it may not fill (exit status 1)
+    notes: Tuple[str, ...] = ()  # wanted members left alone (root, Slurm administrators)
+
+    @property
+    def usable_names(self) -> FrozenSet[str]:
+        return frozenset(a.name for a in self.usable)
+
+    def rank(self, account: str) -> Tuple[int, str]:
+        """Sort key: wanted accounts in configuration order, then the others by name."""
+        return self.order.get(account, len(self.order)), account
+
+    def accounts_of(self, user: str) -> List[str]:
+        """The usable accounts ``user`` is a member of, in configuration order."""
+        return [a.name for a in self.usable if user in a.members]
+
+
+@dataclass(frozen=True)
+class ClusterHolds:
+    """What one cluster holds: the accounts there (with their parent) and their users."""
+
+    cluster: str
+    parents: Mapping[str, str]  # account -> its parent account
+    general: Mapping[str, AbstractSet[str]]  # account -> users with an association for every partition
+    anywhere: Mapping[str, AbstractSet[str]]  # account -> users with any association
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What the plan changes on the reconciled clusters, before it is cut into calls."""
+
+    accounts: Tuple[Operation, ...] = ()  # ADD_ACCOUNT and SET_PARENT, cluster by cluster
+    adds: Table = field(default_factory=dict)  # users to give the association
+    removes: Table = field(default_factory=dict)  # users to take it from
+
+    def removed_users(self) -> FrozenSet[str]:
+        return frozenset(u for users in self.removes.values() for u in users)
+
+    def keeping(self, users: AbstractSet[str]) -> Changes:
+        """These changes without any removal from ``users``."""
+        return replace(self, removes={key: names - users for key, names in self.removes.items() if names - users})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The changes to make, and each user's associations before them."""
+
+    changes: Changes
+    before: Holdings
+    kept: FrozenSet[str]  # not created by the package, they would lose every association: nothing is removed
+
+    def after(self, user: str) -> AbstractSet[Key]:
+        """What ``user`` holds once the changes are made, on every cluster."""
+        gone = {key for key, users in self.changes.removes.items() if user in users}
+        added = {key for key, users in self.changes.adds.items() if user in users}
+        return (self.before.get(user, frozenset()) - gone) | added
+
+
+class Fates(NamedTuple):
+    """What the plan does to the users holding managed associations."""
+
+    managed: FrozenSet[str]  # holding a managed association on a reconciled cluster before the run
+    losing: FrozenSet[str]  # ... and left without any managed or wanted association there
+    deleted: FrozenSet[str]  # created by the package and left without any association: slurmdbd deletes them
+
+
+class Defaults(NamedTuple):
+    """The default accounts on one cluster."""
+
+    moves: Mapping[str, FrozenSet[str]]  # account -> users whose default becomes it
+    final: Mapping[str, str]  # user -> their default once associations are added and moves made ("": none)
+
+
+class Prunes(NamedTuple):
+    """The managed accounts removed, and why others are kept."""
+
+    operations: Tuple[Operation, ...] = ()
+    notes: Tuple[str, ...] = ()
+
+
+def _scope(want: Wanted, current: Current, parent: str, created_users: Iterable[str],
+           managed_accounts: Iterable[str]) -> Scope:
+    """What the plan may touch: the package's record less root, the parent account and
+    Slurm administrators, and the wanted accounts it may fill."""
+    protected = frozenset(name for name, row in current.users.items() if row.protected) | {ROOT}
+    managed = frozenset(managed_accounts) & frozenset(current.accounts) - {parent, ROOT}
+    usable = _usable(want, current, parent, protected, managed)
+    return Scope(parent, current.clusters, frozenset(created_users), protected, managed, usable.accounts,
+                 want.order(), usable.conflicts, usable.notes)
+
+
+def _usable(want: Wanted, current: Current, parent: str, protected: AbstractSet[str],
+            managed: AbstractSet[str]) -> Usable:
     """The wanted accounts the package may fill, the conflicts, and notes."""
     usable: List[WantedAccount] = []
     conflicts: List[str] = []
@@ -407,65 +512,221 @@ def _usable(want: Wanted, current: Current, parent: str, protected: Set[str], ma
             if skipped:
                 notes.append(f"{', '.join(skipped)}: root or a Slurm administrator, left alone "
                              f"(account {account.name})")
-    return usable, conflicts, notes
+    return Usable(tuple(usable), tuple(conflicts), tuple(notes))
 
 
-def _defaults(cluster, usable, current, held, adds, removes, after, created, protected):
-    """(account -> users whose default account on ``cluster`` must become it,
-    user -> their default account once those changes are made).
+def _grouped(pairs: Iterable[Tuple[_K, _V]]) -> Dict[_K, Set[_V]]:
+    """{key: the values paired with it}."""
+    found: Dict[_K, Set[_V]] = {}
+    for key, value in pairs:
+        found.setdefault(key, set()).add(value)
+    return found
+
+
+def _holdings(current: Current) -> Holdings:
+    """What each user holds now, on every cluster (a user whose last association goes
+    anywhere is deleted by slurmdbd)."""
+    return _grouped((r.user, (r.cluster, r.account)) for r in current.assocs if r.user)
+
+
+def _cluster_holds(cluster: str, current: Current) -> ClusterHolds:
+    rows = [r for r in current.assocs if r.cluster == cluster]
+    return ClusterHolds(cluster, {r.account: r.parent for r in rows if not r.user},
+                        general=_grouped((r.account, r.user) for r in rows if r.user and not r.partition),
+                        anywhere=_grouped((r.account, r.user) for r in rows if r.user))
+
+
+def _changes(current: Current, scope: Scope) -> Changes:
+    """Every reconciled cluster's changes, in cluster order. :raises PlanError:"""
+    found = [_cluster_changes(_cluster_holds(cluster, current), scope, current.accounts)
+             for cluster in scope.clusters]
+    return Changes(tuple(op for c in found for op in c.accounts),
+                   {key: users for c in found for key, users in c.adds.items()},
+                   {key: users for c in found for key, users in c.removes.items()})
+
+
+def _cluster_changes(holds: ClusterHolds, scope: Scope, accounts: Mapping[str, AccountRow]) -> Changes:
+    """On one cluster: the usable accounts to create or move under the parent, the
+    members they lack an association for every partition, and the users managed
+    accounts hold beyond their members. :raises PlanError:"""
+    cluster, parent = holds.cluster, scope.parent
+    if parent not in holds.parents:
+        raise PlanError(f"coreweave_slurm_parent_account {parent!r} does not exist on cluster {cluster!r}: "
+                        f"create it (sacctmgr add account name={parent} cluster={cluster}) or choose another")
+    members = {a.name: a.members for a in scope.usable}
+    adds = ((a.name, a.members - scope.protected - holds.general.get(a.name, frozenset())) for a in scope.usable)
+    removes = ((a, holds.anywhere.get(a, frozenset()) - scope.protected - members.get(a, frozenset()))
+               for a in sorted(scope.managed & holds.parents.keys()))
+    ops = (_account_operation(holds, account, parent, accounts) for account in scope.usable)
+    return Changes(tuple(op for op in ops if op is not None), _nonempty(cluster, adds), _nonempty(cluster, removes))
+
+
+def _nonempty(cluster: str, users: Iterable[Tuple[str, AbstractSet[str]]]) -> Dict[Key, AbstractSet[str]]:
+    """{(cluster, account): users} for each (account, users) with users."""
+    return {(cluster, account): names for account, names in users if names}
+
+
+def _account_operation(holds: ClusterHolds, account: WantedAccount, parent: str,
+                       accounts: Mapping[str, AccountRow]) -> Optional[Operation]:
+    """ADD_ACCOUNT when ``account`` is not on the cluster, SET_PARENT when it is under another parent."""
+    if account.name not in holds.parents:
+        return Operation(Kind.ADD_ACCOUNT, holds.cluster, account.name, parent=parent,
+                         description="coreweave iam group " + "+".join(account.groups),
+                         creates_account=account.name not in accounts)
+    if holds.parents[account.name] != parent:
+        return Operation(Kind.SET_PARENT, holds.cluster, account.name, parent=parent)
+    return None
+
+
+def _outcome(held: Holdings, proposed: Changes, created: AbstractSet[str]) -> Outcome:
+    """``proposed``, less the removals from a user the package did not create that
+    would leave them no association at all: slurmdbd would delete that user."""
+    unkept = Outcome(proposed, held, frozenset())
+    kept = frozenset(u for u in proposed.removed_users() - created if not unkept.after(u))
+    return Outcome(proposed.keeping(kept), held, kept)
+
+
+def _fates(current: Current, scope: Scope, outcome: Outcome) -> Fates:
+    """Who holds a managed association, who is left with none (the shrink guard counts
+    them), and who is left with no association at all."""
+    clusters = frozenset(scope.clusters)
+    managed = frozenset(r.user for r in current.assocs if r.user and r.cluster in clusters
+                        and r.account in scope.managed and r.user not in scope.protected)
+    staying = scope.managed | scope.usable_names
+    losing = frozenset(u for u in managed
+                       if not any(c in clusters and a in staying for c, a in outcome.after(u)))
+    deleted = frozenset(u for u in outcome.changes.removed_users() & scope.created if not outcome.after(u))
+    return Fates(managed, losing, deleted)
+
+
+def _kept_notes(kept: AbstractSet[str]) -> Tuple[str, ...]:
+    return tuple(f"{user}: not created by {MARKER}; its last association is kept (removing it would delete "
+                 f"the Slurm user): remove it by hand if intended" for user in sorted(kept))
+
+
+def _defaults(cluster: str, scope: Scope, outcome: Outcome, users: Mapping[str, UserRow]) -> Defaults:
+    """Whose default account on ``cluster`` must move, and where.
 
     A user the package created gets the first of their accounts in configuration
     order; any user whose default association goes gets the first of theirs (else
     the first remaining account). Other users' defaults are left alone."""
-    touched = {u for (c, _), users in list(adds.items()) + list(removes.items()) if c == cluster for u in users}
-    touched |= {u for u in created if any(c == cluster for c, _ in held.get(u, ()))}
-    result: Dict[str, Set[str]] = {}
+    moves: Dict[str, Set[str]] = {}
     final: Dict[str, str] = {}
-    for user in sorted(touched - protected):
-        before = {a for c, a in held.get(user, ()) if c == cluster}
-        now = {a for c, a in after(user) if c == cluster}
-        row = current.users.get(user)
-        default = row.default(cluster) if row is not None and before else ""
-        if not before:  # new on this cluster: slurmdbd makes the first added account the default
-            default = next((a.name for a in usable if user in adds.get((cluster, a.name), ())), "")
-        final[user] = default
-        if not now:
-            continue
-        mine = [a.name for a in usable if user in a.members]
-        target = default
-        if user in created and mine and default != mine[0]:
-            target = mine[0]
-        elif default not in now:
-            target = mine[0] if mine else sorted(now)[0]
-        if target != default:
-            result.setdefault(target, set()).add(user)
-            final[user] = target
-    return result, final
+    for user in sorted(_touched(cluster, scope, outcome) - scope.protected):
+        default, final[user] = _default_move(user, cluster, scope, outcome, users.get(user))
+        if final[user] != default:
+            moves.setdefault(final[user], set()).add(user)
+    return Defaults({account: frozenset(names) for account, names in moves.items()}, final)
 
 
-def _prunes(candidates, current, removes, notes) -> List[Operation]:
+def _touched(cluster: str, scope: Scope, outcome: Outcome) -> Set[str]:
+    """The users gaining or losing an association on ``cluster``, and those the package
+    created holding one there (their default follows configuration order)."""
+    tables = (outcome.changes.adds, outcome.changes.removes)
+    touched = {u for table in tables for (c, _), users in table.items() if c == cluster for u in users}
+    return touched | {u for u in scope.created if any(c == cluster for c, _ in outcome.before.get(u, ()))}
+
+
+def _default_move(user: str, cluster: str, scope: Scope, outcome: Outcome, row: Optional[UserRow]) -> Tuple[str, str]:
+    """(the user's default on ``cluster`` once associations are added, where it must be).
+    The first is the current default, or for a user new to the cluster the first
+    account added (slurmdbd makes it the default)."""
+    if any(c == cluster for c, _ in outcome.before.get(user, ())):
+        default = row.default(cluster) if row is not None else ""
+    else:
+        adds = outcome.changes.adds
+        default = next((a.name for a in scope.usable if user in adds.get((cluster, a.name), ())), "")
+    now = {a for c, a in outcome.after(user) if c == cluster}
+    return default, (_default_target(user, default, now, scope) if now else default)
+
+
+def _default_target(user: str, default: str, now: AbstractSet[str], scope: Scope) -> str:
+    """Where the default of a user holding ``now`` on the cluster goes."""
+    mine = scope.accounts_of(user)
+    if user in scope.created and mine and default != mine[0]:
+        return mine[0]
+    if default not in now:
+        return mine[0] if mine else sorted(now)[0]
+    return default
+
+
+def _user_operations(scope: Scope, outcome: Outcome, users: Mapping[str, UserRow],
+                     arg_bytes: int) -> Tuple[Operation, ...]:
+    """Cluster by cluster: associations added (accounts in configuration order, so a
+    user new to the cluster gets the first of theirs as default), default accounts
+    set, associations removed."""
+    adds = outcome.changes.adds
+    ops: List[Operation] = []
+    for cluster in scope.clusters:
+        defaults = _defaults(cluster, scope, outcome, users)
+        added = [(a.name, adds.get((cluster, a.name), frozenset())) for a in scope.usable]
+        moved = [(account, defaults.moves[account]) for account in sorted(defaults.moves, key=scope.rank)]
+        ops += _batched(Kind.ADD_USERS, cluster, added, arg_bytes)
+        ops += _batched(Kind.SET_DEFAULT, cluster, moved, arg_bytes)
+        ops += _removals(cluster, scope, outcome.changes.removes, defaults.final, arg_bytes)
+    return tuple(ops)
+
+
+def _batched(kind: Kind, cluster: str, users: Iterable[Tuple[str, AbstractSet[str]]],
+             arg_bytes: int) -> List[Operation]:
+    """For each (account, users): one call per ``arg_bytes`` of sorted user names."""
+    return [Operation(kind, cluster, account, tuple(chunk))
+            for account, names in users for chunk in _chunks(sorted(names), arg_bytes)]
+
+
+def _removals(cluster: str, scope: Scope, removes: Table, final: Mapping[str, str],
+              arg_bytes: int) -> List[Operation]:
+    """The associations removed on ``cluster``, accounts in configuration order."""
+    ops: List[Operation] = []
+    for account in sorted((a for c, a in removes if c == cluster), key=scope.rank):
+        # slurmdbd refuses a removal mixing users for whom the account is the default with users for
+        # whom it is not (its check carries "has another association" over from one user to the
+        # next): one call for each kind.
+        users = removes[(cluster, account)]
+        default_here = frozenset(u for u in users if final.get(u) == account)
+        ops += _batched(Kind.REMOVE_USERS, cluster, [(account, users - default_here), (account, default_here)],
+                        arg_bytes)
+    return ops
+
+
+def _mark_new_users(operations: Iterable[Operation], existing: Iterable[str]) -> Tuple[Operation, ...]:
+    """``operations``, each ADD_USERS naming the users it creates: those neither in
+    Slurm nor added by an earlier call."""
+    known = set(existing)
+    marked: List[Operation] = []
+    for op in operations:
+        if op.kind == Kind.ADD_USERS:
+            op = replace(op, new_users=tuple(u for u in op.users if u not in known))
+            known.update(op.new_users)
+        marked.append(op)
+    return tuple(marked)
+
+
+def _prunes(candidates: AbstractSet[str], current: Current, removes: Table) -> Prunes:
     """Managed accounts no longer wanted and left empty: removed on the reconciled
     clusters, and as a whole (``cluster=""``) when no other cluster has them."""
-    ops = []
-    for account in sorted(candidates):
-        rows = [r for r in current.assocs if r.account == account or (not r.user and r.parent == account)]
-        on = sorted({r.cluster for r in rows if r.account == account and not r.user} & set(current.clusters))
-        empty = []
-        for cluster in on:
-            left = {r.user for r in rows if r.cluster == cluster and r.account == account and r.user}
-            left -= removes.get((cluster, account), set())
-            children = {r.account for r in rows if r.cluster == cluster and not r.user and r.parent == account}
-            if left or children:
-                notes.append(f"managed account {account} on {cluster} is kept: it still holds "
-                             f"{', '.join(sorted(left | children))}")
-            else:
-                empty.append(cluster)
-        elsewhere = {r.cluster for r in rows if r.account == account} - set(current.clusters)
-        if empty and len(empty) == len(on) and not elsewhere:
-            ops.append(Operation(REMOVE_ACCOUNT, "", account))
-        else:
-            ops += [Operation(REMOVE_ACCOUNT, cluster, account) for cluster in empty]
-    return ops
+    found = [_prune(account, current, removes) for account in sorted(candidates)]
+    return Prunes(tuple(op for p in found for op in p.operations), tuple(note for p in found for note in p.notes))
+
+
+def _prune(account: str, current: Current, removes: Table) -> Prunes:
+    rows = [r for r in current.assocs if r.account == account or (not r.user and r.parent == account)]
+    on = sorted({r.cluster for r in rows if r.account == account and not r.user} & set(current.clusters))
+    left = {cluster: _still_held(account, cluster, rows, removes) for cluster in on}
+    notes = tuple(f"managed account {account} on {cluster} is kept: it still holds {', '.join(sorted(names))}"
+                  for cluster, names in left.items() if names)
+    empty = [cluster for cluster, names in left.items() if not names]
+    elsewhere = {r.cluster for r in rows if r.account == account} - set(current.clusters)
+    if empty and len(empty) == len(on) and not elsewhere:
+        return Prunes((Operation(Kind.REMOVE_ACCOUNT, "", account),), notes)
+    return Prunes(tuple(Operation(Kind.REMOVE_ACCOUNT, cluster, account) for cluster in empty), notes)
+
+
+def _still_held(account: str, cluster: str, rows: Sequence[AssocRow], removes: Table) -> Set[str]:
+    """The users ``account`` keeps on ``cluster`` once ``removes`` are made, and its sub-accounts there."""
+    users = {r.user for r in rows if r.cluster == cluster and r.account == account and r.user}
+    children = {r.account for r in rows if r.cluster == cluster and not r.user and r.parent == account}
+    return (users - removes.get((cluster, account), frozenset())) | children
 
 
 def _chunks(names: Sequence[str], limit: int) -> Iterator[List[str]]:
@@ -483,23 +744,12 @@ def _chunks(names: Sequence[str], limit: int) -> Iterator[List[str]]:
         yield chunk
 
 
-def shrink_problem(result: Plan, max_shrink: float) -> Optional[str]:
-    """Why this plan must be refused: it leaves more than ``max_shrink`` of the users
-    holding managed associations without any (the maps' guard, on the Slurm side)."""
-    before, losing = len(result.managed_users), len(result.losing_users)
-    override = ("If this removal is intended, run `nsscache-coreweave slurm-sync --accept-shrink` once "
-                "(or set NSSCACHE_COREWEAVE_ACCEPT_SHRINK=1 for one run)")
-    if before and losing / before > max_shrink:
-        return (
-            f"refusing to remove {losing} of {before} users from every managed Slurm account "
-            f"(-{losing / before:.0%}, more than coreweave_max_shrink {max_shrink:.0%}): nothing was changed. "
-            + override
-        )
-    if before and losing == before:
-        # Even with the ratio guard off (1): emptying every managed account is likelier an outage than a decision.
-        return (f"refusing to remove all {before} users from every managed Slurm account: nothing was changed. "
-                + override)
-    return None
+def shrink_problem(result: Plan, max_shrink: float) -> Optional[GuardError]:
+    """The refusal of a plan that leaves more than ``max_shrink`` of the users holding
+    managed associations without any, or all of them (the maps' guard, shrink.py, on
+    the Slurm side); None when it may be applied."""
+    before = len(result.managed_users)
+    return shrink.problem("slurm-sync", "users", before, before - len(result.losing_users), max_shrink)
 
 
 # --- sacctmgr ------------------------------------------------------------------------------------
@@ -685,25 +935,41 @@ def load_state(state_dir: str) -> Optional[SlurmState]:
         raise SlurmStateError(path, f"cannot be read ({type(e).__name__})",
                               "Restore it from a backup (it lists the Slurm users and accounts this package "
                               "created); or move it aside and hand the accounts over with `nsscache-coreweave "
-                              "slurm-sync --adopt-account ACCOUNT` (README, Slurm accounts)") from None
+                              "slurm-sync --adopt-account ACCOUNT` (docs/slurm-sync.md)") from None
 
 
-def save_state(state_dir: str, recorded: SlurmState, last_run: Optional[dict] = None) -> None:
+@dataclass(frozen=True)
+class SlurmRun:
+    """The last applied slurm-sync run, kept in the state file for ``status``."""
+
+    time: float  # when it ended (time.time())
+    operations: int  # sacctmgr calls
+    conflicts: int
+    managed_users: int
+    kept_users: Tuple[str, ...] = ()  # whose last association was kept (not created by the package)
+
+    @classmethod
+    def from_dict(cls, data: object) -> Optional[SlurmRun]:
+        """The run as the state file keeps it, or None when ``data`` is not one."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(float(data["time"]), int(data["operations"]), int(data["conflicts"]),
+                       int(data["managed_users"]), tuple(str(u) for u in data.get("kept_users") or ()))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def to_dict(self) -> dict:
+        return {"time": self.time, "operations": self.operations, "conflicts": self.conflicts,
+                "managed_users": self.managed_users, "kept_users": list(self.kept_users)}
+
+
+def save_state(state_dir: str, recorded: SlurmState, last_run: Optional[SlurmRun] = None) -> None:
     """Atomically, mode 0600, with ``last_run`` (for ``status``). :raises OSError:"""
     os.makedirs(state_dir, mode=0o755, exist_ok=True)
     data = {"users": sorted(recorded.users), "accounts": sorted(recorded.accounts), "time": time.time(),
-            "last_run": last_run}
-    fd, tmp = tempfile.mkstemp(prefix=".coreweave-slurm-state-", dir=state_dir)  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(state_dir, STATE_FILE))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+            "last_run": None if last_run is None else last_run.to_dict()}
+    state.write_atomically(os.path.join(state_dir, STATE_FILE), json.dumps(data, indent=1, sort_keys=True), 0o600)
 
 
 @contextlib.contextmanager
@@ -862,27 +1128,23 @@ def _guard(result: Plan, max_shrink: float, accept_shrink: bool) -> None:
         log.info("coreweave: slurm: %s", note)
     for conflict in result.conflicts:
         log.error("coreweave: slurm: %s", conflict)
-    problem = shrink_problem(result, max_shrink)
-    if problem and not accept_shrink:
-        raise GuardError(problem)
-    if problem:
-        log.warning("coreweave: shrink accepted by the operator: %s", problem)
+    shrink.enforce(shrink_problem(result, max_shrink), accept=accept_shrink)
 
 
-def _last_run(result: Plan) -> dict:
+def _last_run(result: Plan) -> SlurmRun:
     """What ``status`` shows of the last applied run."""
-    return {"time": time.time(), "operations": len(result.operations), "conflicts": len(result.conflicts),
-            "managed_users": len(result.managed_users), "kept_users": sorted(result.kept_users)}
+    return SlurmRun(time=time.time(), operations=len(result.operations), conflicts=len(result.conflicts),
+                    managed_users=len(result.managed_users), kept_users=tuple(sorted(result.kept_users)))
 
 
-def last_run_of(state_dir: str) -> Optional[dict]:
+def last_run_of(state_dir: str) -> Optional[SlurmRun]:
     """The last applied run recorded in the state file, or None."""
     try:
         with open(os.path.join(state_dir, STATE_FILE), encoding="utf-8") as f:
-            found = json.load(f).get("last_run")
-    except (OSError, ValueError, AttributeError):
+            data = json.load(f)
+    except (OSError, ValueError):
         return None
-    return found if isinstance(found, dict) else None
+    return SlurmRun.from_dict(data.get("last_run")) if isinstance(data, dict) else None
 
 
 def summary(result: Plan) -> str:

@@ -75,18 +75,19 @@ def take(
     :raises FetchError, ListingError: see scim.list_resources.
     """
     started = time.time()
+    server = config.server
     clock = clock or scim.Clock()
-    deadline = clock.monotonic() + config.server.deadline
+    deadline = clock.monotonic() + server.deadline
     own_session = session is None
     if own_session:
-        session = scim.new_session(config.server)
+        session = scim.new_session(server)
     try:
         # The wanted users are the allowed groups' members (everyone, when
         # every group is allowed or everyone is asked for).
         allowed = None if everyone or config.allowed_groups is None else frozenset(config.allowed_groups)
         groups = scim.list_resources(
-            session, config.server, config.server.groups_url, "Groups",
-            lambda r: _group(r, config, allowed), _id, clock=clock, deadline=deadline, stats=stats,
+            session, server, scim.Listing("Groups", server.groups_url, lambda r: _group(r, config, allowed), _id),
+            clock=clock, deadline=deadline, stats=stats,
         )
         wanted = None if allowed is None else {m.value for g in groups for m in g.members if m.value}
         if wanted is not None:
@@ -101,8 +102,8 @@ def take(
             return resource["id"]
 
         users = scim.list_resources(
-            session, config.server, config.server.users_url, "Users", extract, _id,
-            clock=clock, deadline=deadline, stats=stats, limit=config.server.max_users,
+            session, server, scim.Listing("Users", server.users_url, extract, _id, limit=server.max_users),
+            clock=clock, deadline=deadline, stats=stats,
         )
     finally:
         if own_session:

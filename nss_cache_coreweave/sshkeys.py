@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping, Tuple
+from typing import Tuple
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
+from .keycache import KEY_TYPES  # OpenSSH key type -> family; the keys command reads the same table
+
 __all__ = ["InvalidKey", "Key", "KEY_TYPES", "DEFAULT_KEY_TYPES", "MIN_RSA_BITS", "parse", "normalise"]
 
-# OpenSSH key type -> the family name used in configuration.
-KEY_TYPES: Mapping[str, str] = {
-    "ssh-ed25519": "ed25519",
-    "ecdsa-sha2-nistp256": "ecdsa",
-    "ecdsa-sha2-nistp384": "ecdsa",
-    "ecdsa-sha2-nistp521": "ecdsa",
-    "sk-ssh-ed25519@openssh.com": "sk-ed25519",
-    "sk-ecdsa-sha2-nistp256@openssh.com": "sk-ecdsa",
-    "ssh-rsa": "rsa",
-}
 DEFAULT_KEY_TYPES = frozenset({"ed25519", "ecdsa", "sk-ed25519", "sk-ecdsa", "rsa"})
 MIN_RSA_BITS = 2048
 MAX_KEY_LENGTH = 16384

@@ -672,7 +672,7 @@ def test_a_refused_shrink_is_written_by_the_next_accepted_run_only(bin_dir, tmp_
         next_run = run(node, "nsscache", "update", "--full")
 
     assert refused.returncode == 4, outcome(scenario, refused)
-    # README, Commands: `update` exits 1 when a map was not updated (75: IAM unavailable).
+    # docs/operations.md, Commands: `update` exits 1 when a map was not updated (75: IAM unavailable).
     assert still_refused.returncode == 1, outcome(scenario, still_refused)
     assert SHRINK_4_TO_1 in refused.stderr and SHRINK_4_TO_1 in still_refused.stderr
     assert accepted.returncode == 0, outcome(scenario, accepted)

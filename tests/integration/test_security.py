@@ -353,9 +353,9 @@ def test_the_token_is_in_no_exception_text(tmp_path, org, inject, monkeypatch, c
     traceback, and every log record, for every kind of failure."""
     from nss_cache import error
 
-    from nss_cache_coreweave import source
+    from nss_cache_coreweave import run, source
 
-    monkeypatch.setattr(source, "_CACHE", {})
+    monkeypatch.setattr(run, "_CACHE", {})
     caplog.set_level(logging.DEBUG)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)

@@ -64,6 +64,7 @@ SHIPPED = (
     f"{EXAMPLES}/cron.d/nsscache-coreweave",
     f"{EXAMPLES}/sshd_config.d/nsscache-coreweave.conf",
     "/usr/share/doc/nss-cache-coreweave/copyright",
+    "/usr/share/doc/nss-cache-coreweave/docs/configuration.md",  # the README's links resolve on the node
     "/etc/nsscache-coreweave",
 )
 
@@ -103,7 +104,7 @@ def test_control_fields(built_deb):
 
 def test_lintian_finds_nothing(built_deb):
     # Debian's package checker; debian/*.lintian-overrides explains the two accepted tags.
-    # No manual pages yet: `nsscache-coreweave --help` and README document the commands.
+    # No manual pages yet: `nsscache-coreweave --help` and docs/operations.md document the commands.
     result = run(["lintian", "--fail-on", "error,warning", "--suppress-tags", "no-manual-page", built_deb],
                  check=False)
 

@@ -31,7 +31,7 @@ def host():
 
 @pytest.fixture(scope="module")
 def pip_installed(host, project_wheel):
-    """The wheel, pip-installed into /usr/bin/python3 as README's mode (a) says. --no-index: its
+    """The wheel, pip-installed into /usr/bin/python3 as docs/install.md's system-Python install says. --no-index: its
     dependencies must already come from Debian (python3-requests, python3-cryptography)."""
     require_installed(OUR_DEPENDS, "install mode (a) takes the dependencies from Debian")
     before = install.check_registration(SYSTEM_NSSCACHE)

@@ -13,7 +13,7 @@ namespace held open by one ``sleep`` process (``unshare -m --propagation private
   ``/usr/local/sbin`` a root-owned 0755 directory that receives the keys wrapper
   (``nsscache-coreweave-keys --install-wrapper``), so sshd's path rules hold;
 * the shipped snippet's AuthorizedKeysCommandUser, ``nsscache-keys``, is created with the
-  README's ``useradd --system`` line (in the copy of /etc). The keys venv lives under a
+  ``useradd --system`` line of docs/login-node.md (in the copy of /etc). The keys venv lives under a
   root-owned 0755 directory (:data:`KEYS_VENV_PARENT`), as ``--install-wrapper`` requires
   of the interpreter and package the wrapper runs.
 

@@ -22,15 +22,16 @@ import logging
 import re
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, List, Tuple
 
 import pytest
 
-from nss_cache_coreweave import cli, source
-from nss_cache_coreweave.policy import ACCEPT_SHRINK_ENV
-from nss_cache_coreweave.slurm import SlurmState, save_state
+from nss_cache_coreweave import cli
+from nss_cache_coreweave import run as run_module
+from nss_cache_coreweave.shrink import ACCEPT_SHRINK_ENV
+from nss_cache_coreweave.slurm import SlurmRun, SlurmState, save_state
 from support.fakeiam import FakeIAM, Fault
 from support.node import expected_caches
 
@@ -145,7 +146,7 @@ def run(monkeypatch, capsys, caplog):
     """``run(*argv)``: one ``nsscache-coreweave`` command, as a new process."""
 
     def run(*argv: str) -> Result:
-        monkeypatch.setattr(source, "_CACHE", {})  # nothing listed yet in this "process"
+        monkeypatch.setattr(run_module, "_CACHE", {})  # nothing listed yet in this "process"
         capsys.readouterr()
         caplog.clear()
         status = cli.main(list(argv))
@@ -381,7 +382,7 @@ def test_status_without_max_age_only_reports(node):
 
 # --- slurm-sync's record in status --------------------------------------------------------------------
 
-SLURM_RUN = {"time": T0 - 60, "operations": 3, "conflicts": 1, "managed_users": 4, "kept_users": ["bob", "erin"]}
+SLURM_RUN = SlurmRun(time=T0 - 60, operations=3, conflicts=1, managed_users=4, kept_users=("bob", "erin"))
 
 
 def test_status_shows_the_last_applied_slurm_sync(node):
@@ -394,11 +395,12 @@ def test_status_shows_the_last_applied_slurm_sync(node):
         "slurm-sync: last association kept (not created by nsscache-coreweave) for 2 user(s): bob, erin",
         "status: unknown",
     ]
-    assert status_json(node)[1]["slurm_sync"] == SLURM_RUN
+    assert status_json(node)[1]["slurm_sync"] == {"time": T0 - 60, "operations": 3, "conflicts": 1,
+                                                  "managed_users": 4, "kept_users": ["bob", "erin"]}
 
 
 def test_status_names_no_kept_association_when_there_is_none(node):
-    save_state(str(node.state_dir), SlurmState(), last_run=dict(SLURM_RUN, kept_users=[], conflicts=0))
+    save_state(str(node.state_dir), SlurmState(), last_run=replace(SLURM_RUN, kept_users=(), conflicts=0))
 
     result = node.cli("status")
 
@@ -472,6 +474,25 @@ def test_status_text_after_a_good_run(updated, clock):
         "dropped user/inactive: 1",
         "status: fresh",
     ]
+
+
+@pytest.mark.parametrize("outcome, missed, verdict, code", [("ok", False, "fresh", 0), ("failed", True, "failed", 1)])
+def test_a_run_record_of_an_earlier_version_naming_no_maps_counts_by_its_outcome(updated, clock, outcome, missed,
+                                                                                 verdict, code):
+    state_file = updated.state_dir / "coreweave-state.json"
+    data = json.loads(state_file.read_text())
+    for record in data["scopes"].values():
+        record["last_run"] = {k: v for k, v in record["last_run"].items() if k not in ("maps_written",
+                                                                                      "maps_not_written")}
+        record["last_run"]["outcome"] = outcome
+    state_file.write_text(json.dumps(data))
+    clock(T0 + 30)
+
+    status, found = status_json(updated, "--max-age", "600")
+
+    assert (status, found["status"]) == (code, verdict)
+    assert {name: m["missed_last_run"] for name, m in found["maps"].items()} == {name: missed for name in MAPS}
+    assert (found["last_run"]["outcome"], found["last_run"]["maps_written"]) == (outcome, [])
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import threading
 
 import pytest
 
-from nss_cache_coreweave import cli, source
+from nss_cache_coreweave import cli, run
 
 TOKEN = "cw-cli-T0ken-9f3e"
 SOURCES = ("coreweave_token", "coreweave_token_file", "NSSCACHE_COREWEAVE_TOKEN", "NSSCACHE_SCIM_AUTH_TOKEN")
@@ -45,7 +45,7 @@ def node(tmp_path, monkeypatch):
     ``node(source)`` writes it with the token from ``source``."""
     for var in ("NSSCACHE_COREWEAVE_TOKEN", "NSSCACHE_SCIM_AUTH_TOKEN", "NSSCACHE_CONFIG"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(source, "_CACHE", {})
+    monkeypatch.setattr(run, "_CACHE", {})
     for sub in ("cache", "state"):
         (tmp_path / sub).mkdir()
 

@@ -1,4 +1,5 @@
-"""keys: sshd's AuthorizedKeysCommand (``nsscache-coreweave-keys USER [FINGERPRINT]``).
+"""keys and keycache: sshd's AuthorizedKeysCommand (``nsscache-coreweave-keys USER [FINGERPRINT]``),
+the command line (keys) and the lookup (keycache).
 
 Caches are written by nsscache's own files writer (both sshkey line formats, the name
 indexes), so the formats read here are the ones nsscache produces. Fingerprints are checked
@@ -20,8 +21,9 @@ from nss_cache.caches import files
 from nss_cache.maps import passwd as passwd_map
 from nss_cache.maps import sshkey as sshkey_map
 
-from nss_cache_coreweave import keys, sshd_path
-from nss_cache_coreweave.keys import (
+from nss_cache_coreweave import keycache, keys, sshd_path, sshkeys
+from nss_cache_coreweave.keycache import (
+    KEY_TYPES,
     CacheUnreadable,
     MalformedEntry,
     NotOneRun,
@@ -33,10 +35,8 @@ from nss_cache_coreweave.keys import (
     fingerprint,
     parse_keys,
     parse_timestamp,
-    read_settings,
-    sshd_path_problems,
-    wrapper_text,
 )
+from nss_cache_coreweave.keys import read_settings, sshd_path_problems, wrapper_text
 from support.keys import (
     body,
     dsa_key,
@@ -352,7 +352,7 @@ def test_a_disagreement_that_outlasts_the_settle_time_fails_closed(tmp_path):
         authorized_keys("alice", settings, clock=clock)
 
     # It waited the whole settle time, and not one poll more.
-    assert start + 2 <= clock.now < start + 2 + keys.SETTLE_POLL
+    assert start + 2 <= clock.now < start + 2 + keycache.SETTLE_POLL
 
 
 @pytest.mark.parametrize("runs", [(RUN, None), (None, RUN), (None, None)], ids=["sshkey", "passwd", "both"])
@@ -373,7 +373,7 @@ def test_a_cache_written_in_the_future_is_waited_on_no_longer_than_the_settle_ti
     with pytest.raises(NotOneRun):
         authorized_keys("alice", settings, clock=clock)
 
-    assert start + settings.settle <= clock.now < start + settings.settle + keys.SETTLE_POLL
+    assert start + settings.settle <= clock.now < start + settings.settle + keycache.SETTLE_POLL
 
 
 def test_the_run_marker_is_no_account(node):
@@ -493,6 +493,35 @@ def test_fingerprints_match_ssh_keygen(make):
     assert fingerprint(key, "MD5") == ssh_keygen_fingerprint(key, "md5")
 
 
+KEY_OF_TYPE = {
+    "ssh-ed25519": ed25519_key,
+    "ecdsa-sha2-nistp256": lambda: ecdsa_key("nistp256"),
+    "ecdsa-sha2-nistp384": lambda: ecdsa_key("nistp384"),
+    "ecdsa-sha2-nistp521": lambda: ecdsa_key("nistp521"),
+    "sk-ssh-ed25519@openssh.com": sk_ed25519_key,
+    "sk-ecdsa-sha2-nistp256@openssh.com": sk_ecdsa_key,
+    "ssh-rsa": rsa_key,
+}
+
+
+@pytest.mark.parametrize("key_type", sorted(KEY_TYPES))
+def test_every_key_type_sshkeys_lets_in_is_served(key_type):
+    """One table, keycache.KEY_TYPES, says what sshkeys lets into sshkey.cache and what the command reads back."""
+    line = sshkeys.normalise(KEY_OF_TYPE[key_type]() + " someone@host")
+    assert line.split(" ", 1)[0] == key_type
+    assert parse_keys(line) == [line]
+    assert fingerprint(line) == ssh_keygen_fingerprint(line)
+
+
+def test_a_type_outside_the_table_is_neither_let_in_nor_served():
+    key = dsa_key()
+    assert key.split(" ", 1)[0] not in KEY_TYPES
+    with pytest.raises(sshkeys.InvalidKey):
+        sshkeys.normalise(key)
+    with pytest.raises(MalformedEntry):
+        parse_keys(key)
+
+
 # --- the index and its fallbacks ------------------------------------------------------------
 
 
@@ -509,7 +538,7 @@ def test_fresh_index_answers_with_a_logarithmic_number_of_reads(big, monkeypatch
     settings, k = big
     reads = []
     real = os.pread
-    monkeypatch.setattr(keys.os, "pread", lambda fd, n, off: reads.append(n) or real(fd, n, off))
+    monkeypatch.setattr(keycache.os, "pread", lambda fd, n, off: reads.append(n) or real(fd, n, off))
 
     for name in ("u00000", "u02500", "u04999"):
         reads.clear()
@@ -788,5 +817,6 @@ def test_lookup_never_imports_the_install_checks(node):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
 
     assert result.stdout.splitlines()[-1] == (
-        "0 ['nss_cache_coreweave', 'nss_cache_coreweave.keys', 'nss_cache_coreweave.marker']"
+        "0 ['nss_cache_coreweave', 'nss_cache_coreweave.keycache', 'nss_cache_coreweave.keys', "
+        "'nss_cache_coreweave.marker']"
     )

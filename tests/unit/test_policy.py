@@ -982,7 +982,8 @@ def shrink_message(what, before, now, share, limit="25%"):
 )
 def test_shrink_problem(previous, now, max_shrink, expected):
     before = None if previous is None else counts(*previous)
-    assert policy.shrink_problem(directory_of(*now), before, max_shrink) == expected
+    refusal = policy.shrink_problem(directory_of(*now), before, max_shrink)
+    assert (refusal if refusal is None else str(refusal)) == expected
 
 
 # --- the primary gid grants a group's access ----------------------------------------------------

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from nss_cache.caches import cache_factory
 
 from nss_cache_coreweave import config, marker, policy, render, scim, snapshot, sshkeys
-from nss_cache_coreweave import keys as keys_command
+from nss_cache_coreweave import keycache as keys_command
 from nss_cache_coreweave.errors import CoreWeaveError
 from nss_cache_coreweave.policy import POSIX_NAME, LocalAccounts
 from support.keys import dsa_key, ecdsa_key, ed25519_key, rsa_key, sk_ed25519_key

@@ -1,30 +1,30 @@
 """report: what a run did, for people and machines.
 
 * ``summary``: the run's one log line;
-* ``record``: the run kept as its scope's ``last_run`` in the state file,
-  with what is now in each cache nsscache wrote; an ok run also becomes the
-  shrink guard's accepted counts and the last success; a refused run is
-  counted;
+* ``recorded`` / ``record``: the run kept as its scope's ``last_run`` in
+  the state file (state.ScopeRecord), with what is now in each cache nsscache
+  wrote; an ok run also becomes the shrink guard's accepted counts and the
+  last success; a refused run is counted;
 * ``metrics_text`` / ``write_metrics``: the Prometheus textfile for
   node_exporter, read back here with prometheus_client's own parser.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import time
 from collections import Counter
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nss_cache_coreweave import report, state
 from nss_cache_coreweave.policy import Drop
-from nss_cache_coreweave.report import RunReport
 from nss_cache_coreweave.scim import Stats
-from nss_cache_coreweave.state import Counts
+from nss_cache_coreweave.state import STATE_FILE, CacheRecord, Counts, RunReport, ScopeRecord
 
 NOW = 1_780_000_000.5
 LATER = NOW + 3600
@@ -130,6 +130,11 @@ def test_requests_are_counted_by_endpoint_and_status_class_in_order():
 # --- the run record ------------------------------------------------------------------------------------
 
 
+def saved(state_dir, scope) -> dict:
+    """The scope's record as the state file holds it."""
+    return json.loads((state_dir / STATE_FILE).read_text())["scopes"][scope]
+
+
 def last_run_of(run: RunReport) -> dict:
     """A report as the state file keeps it (JSON: lists for tuples)."""
     return {
@@ -149,16 +154,16 @@ OK_CACHES = {
 
 
 def test_an_ok_run_is_recorded_with_its_caches_counts_and_success(tmp_path):
-    entry = report.record(str(tmp_path), SCOPE, OK)
+    record = report.record(str(tmp_path), SCOPE, OK)
 
-    assert state.entry(str(tmp_path), SCOPE) == {
+    assert saved(tmp_path, SCOPE) == {
         "last_run": last_run_of(OK),
         "caches": OK_CACHES,
         "users": 4, "groups": 2, "time": NOW,  # the shrink guard's accepted counts
         "last_success": NOW,
     }
-    assert entry == {**state.entry(str(tmp_path), SCOPE), "last_run": asdict(OK)}  # what was written
-    assert state.load(str(tmp_path), SCOPE) == Counts(users=4, groups=2, time=NOW)
+    assert record == state.read(str(tmp_path), SCOPE)  # what was written
+    assert (record.last_run, record.accepted) == (OK, Counts(users=4, groups=2, time=NOW))
 
 
 def test_a_failed_run_replaces_the_last_run_only(tmp_path, clock):
@@ -167,7 +172,7 @@ def test_a_failed_run_replaces_the_last_run_only(tmp_path, clock):
 
     report.record(str(tmp_path), SCOPE, FAILED)
 
-    assert state.entry(str(tmp_path), SCOPE) == {
+    assert saved(tmp_path, SCOPE) == {
         "last_run": last_run_of(FAILED),
         "caches": OK_CACHES,  # nsscache wrote nothing: the caches are the good run's
         "users": 4, "groups": 2, "time": NOW,
@@ -182,8 +187,8 @@ def test_refused_runs_are_counted(tmp_path, clock):
     first = report.record(str(tmp_path), SCOPE, REFUSED)
     second = report.record(str(tmp_path), SCOPE, REFUSED)
 
-    assert (first["shrink_refusals"], second["shrink_refusals"]) == (1, 2)
-    assert state.entry(str(tmp_path), SCOPE) == {
+    assert (first.shrink_refusals, second.shrink_refusals) == (1, 2)
+    assert saved(tmp_path, SCOPE) == {
         "last_run": last_run_of(REFUSED),
         "caches": OK_CACHES,
         "users": 4, "groups": 2, "time": NOW,  # a refused run is never accepted
@@ -198,7 +203,7 @@ def test_an_incomplete_run_records_the_caches_it_wrote_and_is_no_success(tmp_pat
 
     report.record(str(tmp_path), SCOPE, INCOMPLETE)
 
-    assert state.entry(str(tmp_path), SCOPE) == {
+    assert saved(tmp_path, SCOPE) == {
         "last_run": last_run_of(INCOMPLETE),
         "caches": {
             "passwd": {"run": LATER_RUN, "time": LATER, "count": 3},
@@ -216,9 +221,18 @@ def test_a_record_touches_only_its_scope(tmp_path):
 
     report.record(str(tmp_path), SCOPE, OK)
 
-    assert state.entry(str(tmp_path), OTHER) == {
-        "last_run": last_run_of(REFUSED), "caches": {}, "shrink_refusals": 1,
-    }
+    assert saved(tmp_path, OTHER) == {"last_run": last_run_of(REFUSED), "shrink_refusals": 1}
+
+
+def test_recorded_changes_nothing_but_the_record_it_returns():
+    before = ScopeRecord(accepted=Counts(4, 2, NOW), last_success=NOW, shrink_refusals=1,
+                         caches={"passwd": CacheRecord(RUN, NOW, 4)})
+
+    after = report.recorded(before, INCOMPLETE, LATER)
+
+    assert after == replace(before, last_run=INCOMPLETE, caches={"passwd": CacheRecord(LATER_RUN, LATER, 3),
+                                                                 "group": CacheRecord(LATER_RUN, LATER, 2)})
+    assert before.caches == {"passwd": CacheRecord(RUN, NOW, 4)}
 
 
 def test_a_record_in_a_directory_that_cannot_be_created_raises_oserror(tmp_path):
@@ -276,7 +290,7 @@ def test_metrics_of_an_ok_run(tmp_path):
 
 
 def test_metric_types_and_help():
-    text = report.metrics_text(OK, {"last_success": NOW})
+    text = report.metrics_text(OK, ScopeRecord(last_success=NOW))
 
     assert families(text) == {
         P + name: "gauge"
@@ -326,7 +340,7 @@ def test_metrics_of_an_incomplete_run_say_which_maps_were_written(tmp_path, cloc
 
 
 def test_metrics_before_any_success_have_no_success_time_nor_cache_counts():
-    text = report.metrics_text(FAILED, {})
+    text = report.metrics_text(FAILED, ScopeRecord())
 
     found = samples(text)
     assert P + "last_success_timestamp_seconds" not in families(text)
@@ -348,7 +362,7 @@ def test_metrics_count_the_refusals_of_the_entry(tmp_path):
 def test_label_values_are_escaped():
     endpoint = 'Us"ers\\x\ny'  # a quote, a backslash, a line break
 
-    found = samples(report.metrics_text(replace(OK, requests={f"{endpoint}/2xx": 1}), {}))
+    found = samples(report.metrics_text(replace(OK, requests={f"{endpoint}/2xx": 1}), ScopeRecord()))
 
     assert found[(P + "http_requests", (("endpoint", endpoint), ("status_class", "2xx")))] == 1.0
 
@@ -357,13 +371,13 @@ def test_write_metrics_replaces_the_file_whole(tmp_path):
     path = tmp_path / "coreweave.prom"
     path.write_text("old\n")
 
-    report.write_metrics(str(path), OK, {"last_success": NOW})
+    report.write_metrics(str(path), OK, ScopeRecord(last_success=NOW))
 
-    assert path.read_text() == report.metrics_text(OK, {"last_success": NOW})
+    assert path.read_text() == report.metrics_text(OK, ScopeRecord(last_success=NOW))
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # node_exporter reads it
     assert os.listdir(tmp_path) == ["coreweave.prom"]  # no temporary file left
 
 
 def test_write_metrics_into_a_missing_directory_raises_oserror(tmp_path):
     with pytest.raises(OSError):
-        report.write_metrics(str(tmp_path / "missing" / "coreweave.prom"), OK, {})
+        report.write_metrics(str(tmp_path / "missing" / "coreweave.prom"), OK, ScopeRecord())

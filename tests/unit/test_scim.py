@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import pickle
 import random
 import time
 
@@ -19,7 +20,16 @@ import requests
 import urllib3
 
 from nss_cache_coreweave import scim
-from nss_cache_coreweave.errors import AuthError, FetchError, ListingError, StaleCursorError
+from nss_cache_coreweave.errors import (
+    AuthError,
+    Failure,
+    FetchError,
+    FetchReason,
+    ListingError,
+    ListingReason,
+    StaleCursorError,
+)
+from nss_cache_coreweave.scim import Action, RetryPolicy, Verdict, classify, retry_after_seconds
 from support.scripted_http import (
     BASE,
     TOKEN,
@@ -35,6 +45,18 @@ from support.scripted_http import (
 )
 
 
+def no_sleep(seconds):
+    raise AssertionError(f"slept {seconds} s")
+
+
+NO_SLEEP = scim.Clock(sleep=no_sleep)
+
+
+def every_user(srv, limit=None) -> scim.Listing:
+    """The Users listing, each resource kept whole."""
+    return scim.Listing("Users", srv.users_url, lambda r: r, lambda r: r["id"], limit)
+
+
 def listing(*steps, limit=None, **server_options):
     """Run list_resources over a scripted transport (at most ``limit`` resources).
 
@@ -46,9 +68,9 @@ def listing(*steps, limit=None, **server_options):
     sleeps = []
     try:
         found = scim.list_resources(
-            session_with(transport, srv), srv, srv.users_url, "Users",
+            session_with(transport, srv), srv, every_user(srv, limit),
             # random() == 0: backoff without jitter, so the waits are exact.
-            lambda r: r, lambda r: r["id"], clock=scim.Clock(sleep=sleeps.append, random=lambda: 0.0), limit=limit,
+            clock=scim.Clock(sleep=sleeps.append, random=lambda: 0.0),
         )
     except Exception as e:
         e.transport, e.sleeps = transport, sleeps
@@ -60,6 +82,11 @@ def refused(kind, *steps, **server_options):
     with pytest.raises(kind) as caught:
         listing(*steps, **server_options)
     return caught.value
+
+
+def fields(error):
+    """What an error says, as values: (endpoint, page, reason, the reason's values)."""
+    return error.kind, error.page, error.reason, error.values
 
 
 # --- index paging (RFC 7644 §3.4.2.4) ---------------------------------------
@@ -91,23 +118,23 @@ def test_single_page_listing_makes_one_request():
 
 def test_page_with_changed_total_is_refused():
     error = refused(ListingError, page(users("a", "b"), total=3), page(users("c", "d"), total=4))
-    assert str(error) == "Users page 2 has totalResults 4, page 1 said 3: refusing a partial listing"
+    assert fields(error) == ("Users", 2, ListingReason.TOTAL_CHANGED, {"total": 4, "first": 3, "first_page": 1})
 
 
 def test_empty_page_before_total_is_refused():
     error = refused(ListingError, page(users("a", "b"), total=3), page([], total=3))
-    assert str(error) == "Users page 2 (startIndex 3) brought no new resources after 2 of 3: refusing a partial listing"
+    assert fields(error) == ("Users", 2, ListingReason.NO_NEW_RESOURCES, {"start": 3, "collected": 2, "total": 3})
 
 
 def test_empty_first_page_with_a_total_is_refused():
     error = refused(ListingError, page([], total=5))
-    assert str(error) == "Users page 1 (startIndex 1) brought no new resources after 0 of 5: refusing a partial listing"
+    assert fields(error) == ("Users", 1, ListingReason.NO_NEW_RESOURCES, {"start": 1, "collected": 0, "total": 5})
 
 
 def test_page_repeating_earlier_resources_is_refused():
     # A server that ignores startIndex serves page 1 forever.
     error = refused(ListingError, page(users("a", "b"), total=4), page(users("a", "b"), total=4))
-    assert str(error) == "Users page 2 (startIndex 3) brought no new resources after 2 of 4: refusing a partial listing"
+    assert fields(error) == ("Users", 2, ListingReason.NO_NEW_RESOURCES, {"start": 3, "collected": 2, "total": 4})
 
 
 def test_overlapping_pages_are_deduplicated_by_id():
@@ -120,8 +147,7 @@ def test_identical_copies_of_a_resource_are_kept_once():
     first = {"id": "a", "userName": "first"}
     srv = server()
     transport = ScriptedTransport(page([first, dict(first), {"id": "b"}], total=2, itemsPerPage=3))
-    found = scim.list_resources(session_with(transport, srv), srv, srv.users_url, "Users", lambda r: r,
-                                lambda r: r["id"], sleep=None)
+    found = scim.list_resources(session_with(transport, srv), srv, every_user(srv), clock=NO_SLEEP)
     assert found == [first, {"id": "b"}]
 
 
@@ -140,10 +166,7 @@ def test_identical_copies_of_a_resource_are_kept_once():
 )
 def test_same_id_with_different_content_is_refused(steps, page_no):
     error = refused(ListingError, *steps)
-    assert str(error) == (
-        f"Users page {page_no}: id 'a' appears twice with different content: the directory changed during the "
-        "listing, refusing it (the next run will retry)"
-    )
+    assert fields(error) == ("Users", page_no, ListingReason.CHANGED_DURING_LISTING, {"id": "a"})
 
 
 def test_same_id_with_different_content_is_refused_in_cursor_mode_too():
@@ -153,27 +176,27 @@ def test_same_id_with_different_content_is_refused_in_cursor_mode_too():
         page([{"id": "a", "active": False}], total=2),
         pagination="cursor",
     )
-    assert str(error).startswith("Users page 2: id 'a' appears twice with different content")
+    assert fields(error) == ("Users", 2, ListingReason.CHANGED_DURING_LISTING, {"id": "a"})
 
 
 def test_long_duplicate_id_is_shown_cut():
     long_id = "x" * 200
     error = refused(ListingError, page([{"id": long_id, "n": 1}, {"id": long_id, "n": 2}], total=1))
-    assert str(error).startswith(f"Users page 1: id {'x' * 80!r} appears twice")
+    assert fields(error) == ("Users", 1, ListingReason.CHANGED_DURING_LISTING, {"id": "x" * 80})
 
 
 @pytest.mark.parametrize(
-    "total, shown",
+    "total, seen",
     [
-        pytest.param("omit", "None", id="missing"),
-        pytest.param("null", "None", id="null"),
-        pytest.param(-1, "-1", id="negative"),
-        pytest.param(True, "True", id="bool"),
-        pytest.param("3", "'3'", id="string"),
-        pytest.param(3.0, "3.0", id="float"),
+        pytest.param("omit", None, id="missing"),
+        pytest.param("null", None, id="null"),
+        pytest.param(-1, -1, id="negative"),
+        pytest.param(True, True, id="bool"),
+        pytest.param("3", "3", id="string"),
+        pytest.param(3.0, 3.0, id="float"),
     ],
 )
-def test_total_that_cannot_be_checked_is_refused(total, shown):
+def test_total_that_cannot_be_checked_is_refused(total, seen):
     if total == "omit":
         reply = page(users("a"), omit=["totalResults"])
     elif total == "null":
@@ -181,9 +204,8 @@ def test_total_that_cannot_be_checked_is_refused(total, shown):
     else:
         reply = page(users("a"), total=total)
     error = refused(ListingError, reply)
-    assert str(error) == (
-        f"Users page 1: totalResults is {shown}, not a non-negative integer: refusing a listing we cannot check"
-    )
+    assert fields(error) == ("Users", 1, ListingReason.BAD_TOTAL, {"total": seen})
+    assert type(error.values["total"]) is type(seen)
 
 
 @pytest.mark.parametrize(
@@ -197,7 +219,7 @@ def test_total_that_cannot_be_checked_is_refused(total, shown):
 )
 def test_resources_that_are_not_a_list_are_refused(resources):
     error = refused(ListingError, page([], total=1, Resources=resources))
-    assert str(error) == "Users page 1: 'Resources' is not a list: refusing a malformed listing"
+    assert fields(error) == ("Users", 1, ListingReason.RESOURCES_NOT_A_LIST, {})
 
 
 @pytest.mark.parametrize(
@@ -214,17 +236,17 @@ def test_resources_that_are_not_a_list_are_refused(resources):
 )
 def test_resource_without_a_string_id_is_refused(resource):
     error = refused(ListingError, page([{"id": "ok"}, resource]))
-    assert str(error) == "Users page 1: a resource has no string 'id': refusing a malformed listing"
+    assert fields(error) == ("Users", 1, ListingReason.RESOURCE_WITHOUT_ID, {})
 
 
 def test_more_resources_than_total_is_refused():
     error = refused(ListingError, page(users("a", "b"), total=1))
-    assert str(error) == "Users: collected 2 distinct resources but totalResults is 1: refusing a partial listing"
+    assert fields(error) == ("Users", None, ListingReason.COUNT_MISMATCH, {"collected": 2, "total": 1})
 
 
 def test_zero_total_with_resources_is_refused():
     error = refused(ListingError, page(users("a"), total=0))
-    assert str(error) == "Users: collected 1 distinct resources but totalResults is 0: refusing a partial listing"
+    assert fields(error) == ("Users", None, ListingReason.COUNT_MISMATCH, {"collected": 1, "total": 0})
 
 
 @pytest.mark.parametrize(
@@ -241,7 +263,7 @@ def test_zero_results_is_an_empty_listing_after_one_request(reply):
 
 def test_endless_index_listing_is_capped_by_max_pages():
     error = refused(ListingError, page(users("a"), total=100), page(users("b"), total=100), max_pages=2)
-    assert str(error) == "Users: more than coreweave_max_pages (2) pages: refusing an endless listing"
+    assert fields(error) == ("Users", None, ListingReason.TOO_MANY_PAGES, {"max_pages": 2})
     assert len(error.transport.sent) == 2
 
 
@@ -253,8 +275,8 @@ def test_listing_of_exactly_max_pages_is_complete():
 def test_an_index_listing_announcing_more_than_the_limit_is_refused_at_page_1():
     # Memory stays bounded: a user outside the listed groups still costs its id.
     error = refused(ListingError, page(users("a", "b"), total=3), page(users("c"), total=3), limit=2, page_size=2)
-    assert str(error) == (
-        "Users: totalResults is 3, more than coreweave_max_users (2): refusing to hold a larger listing"
+    assert fields(error) == (
+        "Users", None, ListingReason.TOO_MANY_ANNOUNCED, {"count": 3, "limit": 2, "option": "coreweave_max_users"}
     )
     assert len(error.transport.sent) == 1
 
@@ -267,7 +289,9 @@ def test_a_listing_of_exactly_the_limit_is_complete():
 def test_a_cursor_listing_holding_more_than_the_limit_is_refused():
     steps = [cursor_page(f"u{n}", next_cursor=f"c{n}") for n in range(2)] + [cursor_page("u2")]
     error = refused(ListingError, *steps, pagination="cursor", limit=2)
-    assert str(error) == "Users: collected 3, more than coreweave_max_users (2): refusing to hold a larger listing"
+    assert fields(error) == (
+        "Users", None, ListingReason.TOO_MANY_COLLECTED, {"count": 3, "limit": 2, "option": "coreweave_max_users"}
+    )
 
 
 # --- cursor paging (RFC 9865) -------------------------------------------------
@@ -315,40 +339,47 @@ def test_repeated_cursor_is_refused():
         cursor_page("c", next_cursor="c1"),
         pagination="cursor",
     )
-    assert str(error) == (
-        "Users page 3 makes no progress (repeated cursor or no new resources): refusing an endless listing"
-    )
+    assert fields(error) == ("Users", 3, ListingReason.NO_PROGRESS, {})
 
 
 def test_cursor_page_without_new_resources_is_refused():
     error = refused(ListingError, cursor_page("a", next_cursor="c1"), cursor_page("a", next_cursor="c2"),
                     pagination="cursor")
-    assert str(error) == (
-        "Users page 2 makes no progress (repeated cursor or no new resources): refusing an endless listing"
-    )
+    assert fields(error) == ("Users", 2, ListingReason.NO_PROGRESS, {})
 
 
-@pytest.mark.parametrize("cursor, shown", [("", "''"), (5, "5"), (["c"], "['c']")])
-def test_next_cursor_must_be_a_non_empty_string(cursor, shown):
+@pytest.mark.parametrize("cursor", ["", 5, ["c"]])
+def test_next_cursor_must_be_a_non_empty_string(cursor):
     error = refused(ListingError, cursor_page("a", next_cursor=cursor), pagination="cursor")
-    assert str(error) == f"Users page 1: nextCursor {shown} is not a non-empty string"
+    assert fields(error) == ("Users", 1, ListingReason.BAD_NEXT_CURSOR, {"cursor": cursor})
 
 
 def test_cursor_page_with_changed_total_is_refused():
     error = refused(ListingError, page(users("a"), total=2, nextCursor="c1"), page(users("b"), total=3),
                     pagination="cursor")
-    assert str(error) == "Users page 2 has totalResults 3, an earlier page said 2: refusing a partial listing"
+    assert fields(error) == ("Users", 2, ListingReason.TOTAL_CHANGED, {"total": 3, "first": 2, "first_page": 1})
+
+
+def test_a_cursor_total_is_compared_with_the_first_page_that_sent_one():
+    error = refused(
+        ListingError,
+        cursor_page("a", next_cursor="c1"),
+        page(users("b"), total=3, nextCursor="c2"),
+        page(users("c"), total=4),
+        pagination="cursor",
+    )
+    assert fields(error) == ("Users", 3, ListingReason.TOTAL_CHANGED, {"total": 4, "first": 3, "first_page": 2})
 
 
 def test_cursor_listing_short_of_its_total_is_refused():
     error = refused(ListingError, page(users("a"), total=2), pagination="cursor")
-    assert str(error) == "Users: collected 1 distinct resources but totalResults is 2: refusing a partial listing"
+    assert fields(error) == ("Users", None, ListingReason.COUNT_MISMATCH, {"collected": 1, "total": 2})
 
 
 def test_endless_cursor_listing_is_capped_by_max_pages():
     steps = [cursor_page(f"u{n}", next_cursor=f"c{n}") for n in range(3)]
     error = refused(ListingError, *steps, pagination="cursor", max_pages=3)
-    assert str(error) == "Users: more than coreweave_max_pages (3) pages: refusing an endless listing"
+    assert fields(error) == ("Users", None, ListingReason.TOO_MANY_PAGES, {"max_pages": 3})
     assert len(error.transport.sent) == 3
 
 
@@ -376,7 +407,7 @@ def test_second_stale_cursor_fails_the_listing():
         pagination="cursor",
     )
     assert isinstance(error, FetchError)
-    assert str(error) == "Users page 2: HTTP 400 ('cursor expired')"
+    assert fields(error) == ("Users", 2, FetchReason.STALE_CURSOR, {"failure": Failure(BASE, 400, "cursor expired")})
     assert len(error.transport.sent) == 4
 
 
@@ -384,9 +415,7 @@ def test_bad_request_without_a_cursor_type_is_not_restarted():
     error = refused(FetchError, cursor_page("a", next_cursor="c1"), scim_error(400, "bad filter", "invalidFilter"),
                     pagination="cursor")
     assert type(error) is FetchError
-    assert str(error) == (
-        f"Users page 2: HTTP 400 from {BASE} ('bad filter'): not retried; check coreweave_base_url and the endpoints"
-    )
+    assert fields(error) == ("Users", 2, FetchReason.NOT_RETRIED, {"failure": Failure(BASE, 400, "bad filter")})
     assert len(error.transport.sent) == 2
 
 
@@ -459,14 +488,14 @@ def test_backoff_is_capped_by_max_retry_wait_and_then_fails():
     error = refused(FetchError, *[scim_error(503)] * 8, retries=7)
     assert type(error) is FetchError
     assert error.sleeps == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0]
-    assert str(error) == f"Users page 1: HTTP 503 from {BASE} (after 8 attempts): the server is failing, try later"
+    assert fields(error) == ("Users", 1, FetchReason.SERVER_FAILING, {"failure": Failure(BASE, 503), "attempts": 8})
 
 
 def test_zero_retries_fails_at_once():
     error = refused(FetchError, scim_error(500, "boom"), retries=0)
     assert (error.sleeps, len(error.transport.sent)) == ([], 1)
-    assert str(error) == (
-        f"Users page 1: HTTP 500 from {BASE} ('boom') (after 1 attempts): the server is failing, try later"
+    assert fields(error) == (
+        "Users", 1, FetchReason.SERVER_FAILING, {"failure": Failure(BASE, 500, "boom"), "attempts": 1}
     )
 
 
@@ -494,14 +523,15 @@ def test_connection_errors_are_retried(exception):
 def test_connection_errors_fail_after_the_last_attempt():
     error = refused(FetchError, *[requests.ConnectionError("refused")] * 4, retries=3)
     assert error.sleeps == [1.0, 2.0, 4.0]
-    assert str(error) == (
-        f"Users page 1: ConnectionError talking to {BASE} (after 4 attempts): is the network or the server down?"
+    assert fields(error) == (
+        "Users", 1, FetchReason.UNREACHABLE, {"failure": Failure(BASE, error="ConnectionError"), "attempts": 4}
     )
 
 
 def test_other_request_errors_are_not_retried():
     error = refused(FetchError, requests.exceptions.InvalidURL("bad"))
-    assert (str(error), error.sleeps) == ("Users page 1: request failed: InvalidURL", [])
+    assert fields(error) == ("Users", 1, FetchReason.REQUEST_FAILED, {"error": "InvalidURL"})
+    assert error.sleeps == []
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -509,31 +539,26 @@ def test_401_and_403_are_never_retried(status):
     error = refused(AuthError, scim_error(status, "invalid or expired bearer token", headers={"Retry-After": "1"}))
     assert isinstance(error, FetchError)
     assert (error.sleeps, len(error.transport.sent)) == ([], 1)
-    assert str(error) == (
-        f"Users page 1: HTTP {status} from {BASE} ('invalid or expired bearer token'): the bearer token is missing, "
-        "expired or lacks the SUNK/SCIM permissions: check coreweave_token_file or NSSCACHE_SCIM_AUTH_TOKEN"
+    assert fields(error) == (
+        "Users", 1, FetchReason.TOKEN_REFUSED, {"failure": Failure(BASE, status, "invalid or expired bearer token")}
     )
 
 
 @pytest.mark.parametrize(
     "reply, detail",
     [
-        pytest.param(scim_error(404, "no such tenant"), " ('no such tenant')", id="404-scim-error"),
+        pytest.param(scim_error(404, "no such tenant"), "no such tenant", id="404-scim-error"),
         pytest.param(Reply(404, b"<html>Not Found</html>"), "", id="404-html"),
         pytest.param(Reply(405, b""), "", id="405"),
         pytest.param(Reply(400, b""), "", id="400"),
-        pytest.param(scim_error(404, "a\nb\x00c" + "x" * 300), " ('a b c" + "x" * 195 + "')",
-                     id="detail-cleaned-and-cut"),
+        pytest.param(scim_error(404, "a\nb\x00c" + "x" * 300), "a b c" + "x" * 195, id="detail-cleaned-and-cut"),
     ],
 )
 def test_other_statuses_fail_without_retry(reply, detail):
     error = refused(FetchError, reply)
     assert type(error) is FetchError
     assert (error.sleeps, len(error.transport.sent)) == ([], 1)
-    assert str(error) == (
-        f"Users page 1: HTTP {reply.status} from {BASE}{detail}: not retried; "
-        "check coreweave_base_url and the endpoints"
-    )
+    assert fields(error) == ("Users", 1, FetchReason.NOT_RETRIED, {"failure": Failure(BASE, reply.status, detail)})
 
 
 # --- response bodies ----------------------------------------------------------
@@ -551,18 +576,18 @@ def test_other_statuses_fail_without_retry(reply, detail):
 )
 def test_body_that_is_not_json_is_a_listing_error(body):
     error = refused(ListingError, Reply(200, body))
-    assert str(error) == "Users page 1: the response is not JSON: refusing a malformed listing"
+    assert fields(error) == ("Users", 1, ListingReason.NOT_JSON, {})
 
 
 def test_deeply_nested_error_body_is_still_a_fetch_error():
     error = refused(FetchError, Reply(503, b"[" * 100_000), retries=0)
-    assert str(error) == f"Users page 1: HTTP 503 from {BASE} (after 1 attempts): the server is failing, try later"
+    assert fields(error) == ("Users", 1, FetchReason.SERVER_FAILING, {"failure": Failure(BASE, 503), "attempts": 1})
 
 
 @pytest.mark.parametrize("body", [[], "Resources", 5, None, True])
 def test_json_that_is_not_an_object_is_a_listing_error(body):
     error = refused(ListingError, Reply(200, body))
-    assert str(error) == "Users page 1: the response is not a JSON object: refusing a malformed listing"
+    assert fields(error) == ("Users", 1, ListingReason.NOT_AN_OBJECT, {})
 
 
 @pytest.mark.parametrize(
@@ -574,7 +599,13 @@ def test_json_that_is_not_an_object_is_a_listing_error(body):
 )
 def test_wrong_schemas_are_a_listing_error(schemas):
     error = refused(ListingError, page(users("a"), schemas=schemas))
-    assert str(error) == f"Users page 1: the response is not a SCIM ListResponse (schemas {schemas!r})"
+    assert fields(error) == ("Users", 1, ListingReason.NOT_A_LIST_RESPONSE, {"schemas": repr(schemas)})
+
+
+def test_wrong_schemas_are_shown_cut():
+    schemas = [f"urn:example:{n}" for n in range(20)]
+    error = refused(ListingError, page(users("a"), schemas=schemas))
+    assert error.values == {"schemas": repr(schemas)[:100]}
 
 
 def test_listing_without_schemas_is_tolerated():
@@ -633,10 +664,7 @@ def test_redirect_is_refused_and_never_followed(status):
     # The second step would be the redirect target: it must never be asked.
     error = refused(FetchError, redirect, page(users("a")))
     assert type(error) is FetchError
-    assert str(error) == (
-        f"Users page 1: HTTP {status} redirect to elsewhere.example: refusing to follow it (the bearer token must "
-        "not go anywhere else); set coreweave_base_url to the final URL"
-    )
+    assert fields(error) == ("Users", 1, FetchReason.REDIRECT, {"status": status, "location": "elsewhere.example"})
     assert [s.url.split("?")[0] for s in error.transport.sent] == [BASE + "/Users"]
     assert (error.sleeps, len(error.transport.steps)) == ([], 1)
 
@@ -652,14 +680,14 @@ def test_redirect_is_refused_and_never_followed(status):
 def test_even_a_redirect_to_the_same_host_is_refused(location, shown):
     headers = {} if location is None else {"Location": location}
     error = refused(FetchError, Reply(307, b"", headers))
-    assert str(error).startswith(f"Users page 1: HTTP 307 redirect to {shown}: refusing to follow it")
+    assert fields(error) == ("Users", 1, FetchReason.REDIRECT, {"status": 307, "location": shown})
     assert len(error.transport.sent) == 1
 
 
 def test_304_is_refused_like_a_redirect():
     # There is no If-Modified-Since: a 304 can only be a broken server.
     error = refused(FetchError, Reply(304, b""))
-    assert str(error).startswith("Users page 1: HTTP 304 redirect to elsewhere: refusing to follow it")
+    assert fields(error) == ("Users", 1, FetchReason.REDIRECT, {"status": 304, "location": "elsewhere"})
 
 
 def test_session_auth_repr_hides_the_token():
@@ -683,9 +711,10 @@ def test_session_auth_repr_hides_the_token():
         pytest.param([page(users("a"), total=2), page([], total=2)], ListingError, id="short-listing"),
     ],
 )
-def test_no_error_message_contains_the_token(steps, kind):
+def test_no_error_message_or_field_contains_the_token(steps, kind):
     error = refused(kind, *steps)
     assert TOKEN not in shown_chain(error)
+    assert TOKEN not in repr(fields(error))
 
 
 def shown_chain(error) -> str:
@@ -700,6 +729,7 @@ def shown_chain(error) -> str:
 def test_server_error_detail_echoing_the_token_is_not_repeated():
     # Some servers quote the credential they refused; the message is logged.
     error = refused(AuthError, scim_error(401, f"invalid bearer token {TOKEN}"))
+    assert error.values == {"failure": Failure(BASE, 401, "invalid bearer token <token>")}
     assert TOKEN not in str(error)
 
 
@@ -728,9 +758,8 @@ def test_documented_empty_result_is_an_empty_listing():
 
 def test_documented_401_body_is_an_auth_error():
     error = refused(AuthError, Reply(401, load_page("error-401.json")))
-    assert str(error) == (
-        f"Users page 1: HTTP 401 from {BASE} ('invalid or expired bearer token'): the bearer token is missing, "
-        "expired or lacks the SUNK/SCIM permissions: check coreweave_token_file or NSSCACHE_SCIM_AUTH_TOKEN"
+    assert fields(error) == (
+        "Users", 1, FetchReason.TOKEN_REFUSED, {"failure": Failure(BASE, 401, "invalid or expired bearer token")}
     )
 
 
@@ -769,10 +798,7 @@ def timed_listing(fake, *steps, random=lambda: 0.0, **server_options):
     srv = server(**server_options)
     transport = ScriptedTransport(*steps)
     try:
-        found = scim.list_resources(
-            session_with(transport, srv), srv, srv.users_url, "Users", lambda r: r, lambda r: r["id"],
-            clock=fake.clock(random),
-        )
+        found = scim.list_resources(session_with(transport, srv), srv, every_user(srv), clock=fake.clock(random))
     except Exception as e:
         e.transport = transport
         raise
@@ -793,8 +819,8 @@ def test_retries_stop_when_the_next_wait_would_pass_the_deadline():
     fake = FakeClock()
     with pytest.raises(FetchError) as caught:
         timed_listing(fake, *[scim_error(503)] * 6, retries=5, deadline=10)
-    assert str(caught.value) == (
-        f"Users page 1: HTTP 503 from {BASE}: no time left to retry within coreweave_deadline (10 s)"
+    assert fields(caught.value) == (
+        "Users", 1, FetchReason.NO_TIME_TO_RETRY, {"failure": Failure(BASE, 503), "deadline": 10}
     )
     # 1 + 2 + 4 = 7 s slept; the next wait (8 s) would end past 10 s.
     assert (fake.sleeps, len(caught.value.transport.sent)) == ([1.0, 2.0, 4.0], 4)
@@ -804,8 +830,8 @@ def test_retry_after_beyond_the_deadline_is_not_waited_for():
     fake = FakeClock()
     with pytest.raises(FetchError) as caught:
         timed_listing(fake, scim_error(429, headers={"Retry-After": "30"}), page(users("a")), deadline=20)
-    assert str(caught.value) == (
-        f"Users page 1: HTTP 429 from {BASE}: no time left to retry within coreweave_deadline (20 s)"
+    assert fields(caught.value) == (
+        "Users", 1, FetchReason.NO_TIME_TO_RETRY, {"failure": Failure(BASE, 429), "deadline": 20}
     )
     assert fake.sleeps == []
 
@@ -816,8 +842,8 @@ def test_connection_errors_stop_at_the_deadline_too():
     with pytest.raises(FetchError) as caught:
         timed_listing(fake, *steps, retries=3, deadline=8)
     # 3 s timing out, 1 s backoff, 3 s timing out: 7 s; a 2 s wait would end at 9 s.
-    assert str(caught.value) == (
-        f"Users page 1: ReadTimeout talking to {BASE}: no time left to retry within coreweave_deadline (8 s)"
+    assert fields(caught.value) == (
+        "Users", 1, FetchReason.NO_TIME_TO_RETRY, {"failure": Failure(BASE, error="ReadTimeout"), "deadline": 8}
     )
     assert fake.sleeps == [1.0]
 
@@ -828,7 +854,7 @@ def test_no_page_is_asked_for_once_the_deadline_has_passed():
         # Page 1 arrives whole; the deadline passes as its connection ends.
         first = Reply(200, chunks=[page(users("a"), total=2).content(), fake.advance(11.0)])
         timed_listing(fake, first, page(users("b"), total=2), deadline=10)
-    assert str(caught.value) == "Users page 2: coreweave_deadline (10 s) exceeded: refusing to go on"
+    assert fields(caught.value) == ("Users", 2, FetchReason.DEADLINE, {"deadline": 10})
     assert len(caught.value.transport.sent) == 1
 
 
@@ -846,7 +872,7 @@ def test_a_body_still_arriving_at_the_deadline_is_abandoned():
     with pytest.raises(FetchError) as caught:
         timed_listing(fake, Reply(200, chunks=body), deadline=10)
     assert type(caught.value) is FetchError
-    assert str(caught.value) == "Users page 1: coreweave_deadline (10 s) exceeded while reading"
+    assert fields(caught.value) == ("Users", 1, FetchReason.DEADLINE_READING, {"deadline": 10})
     assert fake.sleeps == []
 
 
@@ -858,10 +884,9 @@ def test_an_explicit_deadline_is_shared_by_listings():
     transport = ScriptedTransport(page(users("a")))
     with pytest.raises(FetchError) as caught:
         scim.list_resources(
-            session_with(transport, srv), srv, srv.users_url, "Users", lambda r: r, lambda r: r["id"],
-            clock=fake.clock(), deadline=fake.now - 0.5,
+            session_with(transport, srv), srv, every_user(srv), clock=fake.clock(), deadline=fake.now - 0.5,
         )
-    assert str(caught.value) == "Users page 1: coreweave_deadline (10 s) exceeded: refusing to go on"
+    assert fields(caught.value) == ("Users", 1, FetchReason.DEADLINE, {"deadline": 10})
     assert transport.sent == []
 
 
@@ -877,10 +902,8 @@ def test_a_declared_content_length_above_the_limit_is_refused_unread():
     srv = server(max_page_bytes=1024)
     transport = ScriptedTransport(reply)
     with pytest.raises(ListingError) as caught:
-        scim.list_resources(session_with(transport, srv), srv, srv.users_url, "Users", lambda r: r, lambda r: r["id"])
-    assert str(caught.value) == (
-        "Users page 1: the response is larger than coreweave_max_page_bytes (1024 bytes): refusing a runaway response"
-    )
+        scim.list_resources(session_with(transport, srv), srv, every_user(srv), clock=NO_SLEEP)
+    assert fields(caught.value) == ("Users", 1, ListingReason.TOO_LARGE_RESPONSE, {"limit": 1024})
     assert transport.streamed.delivered == 0
 
 
@@ -897,9 +920,7 @@ def test_a_streamed_body_above_the_limit_is_refused_as_soon_as_it_passes_it(head
     reply = Reply(200, headers=headers, chunks=chunks)
     with pytest.raises(ListingError) as caught:
         timed_listing(FakeClock(), reply, max_page_bytes=1024)
-    assert str(caught.value) == (
-        "Users page 1: the response is larger than coreweave_max_page_bytes (1024 bytes): refusing a runaway response"
-    )
+    assert fields(caught.value) == ("Users", 1, ListingReason.TOO_LARGE_RESPONSE, {"limit": 1024})
     assert caught.value.transport.streamed.delivered == 1200
 
 
@@ -934,14 +955,14 @@ def test_a_page_that_is_not_json_by_content_type_is_refused(content_type, shown)
     reply = page(users("a"))
     reply.headers["Content-Type"] = content_type
     error = refused(ListingError, reply)
-    assert str(error) == f"Users page 1: the response is {shown}, not JSON: refusing a malformed listing"
+    assert fields(error) == ("Users", 1, ListingReason.NOT_JSON_TYPE, {"content_type": shown})
     assert len(error.transport.sent) == 1
 
 
 def test_an_html_error_page_served_with_200_is_refused():
     reply = Reply(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", {"Content-Type": "text/html"})
     error = refused(ListingError, reply)
-    assert str(error) == "Users page 1: the response is text/html, not JSON: refusing a malformed listing"
+    assert fields(error) == ("Users", 1, ListingReason.NOT_JSON_TYPE, {"content_type": "text/html"})
 
 
 @pytest.mark.parametrize(
@@ -975,19 +996,17 @@ def test_json_content_types_are_accepted(content_type):
 def test_items_per_page_that_does_not_match_the_page_is_refused(pagination, promised, held):
     reply = page(users(*"ab"[:held]), total=4, itemsPerPage=promised)
     error = refused(ListingError, reply, pagination=pagination)
-    assert str(error) == (
-        f"Users page 1 says itemsPerPage {promised} but holds {held} resources: refusing a partial listing"
-    )
+    assert fields(error) == ("Users", 1, ListingReason.ITEMS_PER_PAGE, {"said": promised, "held": held})
 
 
 def test_items_per_page_zero_on_an_empty_page_before_the_total_is_refused():
     error = refused(ListingError, page(users("a", "b"), total=3), page([], total=3, itemsPerPage=0))
-    assert str(error) == "Users page 2 (startIndex 3) brought no new resources after 2 of 3: refusing a partial listing"
+    assert fields(error) == ("Users", 2, ListingReason.NO_NEW_RESOURCES, {"start": 3, "collected": 2, "total": 3})
 
 
 def test_items_per_page_fewer_than_promised_on_a_later_page_is_refused():
     error = refused(ListingError, page(users("a", "b"), total=4), page(users("c"), total=4, itemsPerPage=2))
-    assert str(error) == "Users page 2 says itemsPerPage 2 but holds 1 resources: refusing a partial listing"
+    assert fields(error) == ("Users", 2, ListingReason.ITEMS_PER_PAGE, {"said": 2, "held": 1})
 
 
 def test_connection_cut_mid_body_is_retried():
@@ -1004,8 +1023,8 @@ def test_read_timeout_mid_body_is_retried():
 def test_connection_cut_mid_body_every_time_fails_after_the_retries():
     error = refused(FetchError, *[Reply(200, chunks=cut(b'{"Resources": ['))] * 4, retries=3)
     assert type(error) is FetchError
-    assert str(error) == (
-        f"Users page 1: ChunkedEncodingError talking to {BASE} (after 4 attempts): is the network or the server down?"
+    assert fields(error) == (
+        "Users", 1, FetchReason.UNREACHABLE, {"failure": Failure(BASE, error="ChunkedEncodingError"), "attempts": 4}
     )
     assert error.sleeps == [1.0, 2.0, 4.0]
 
@@ -1111,7 +1130,7 @@ def test_fetch_page_refuses_a_redirect_without_following_it():
     with pytest.raises(FetchError) as caught:
         one_page(redirect, page(users("a")))
 
-    assert str(caught.value).startswith("Users page 1: HTTP 302 redirect to elsewhere.example: refusing to follow it")
+    assert fields(caught.value) == ("Users", 1, FetchReason.REDIRECT, {"status": 302, "location": "elsewhere.example"})
     assert [s.url.split("?")[0] for s in caught.value.transport.sent] == [BASE + "/Users"]
 
 
@@ -1119,13 +1138,252 @@ def test_fetch_page_refuses_a_response_over_max_page_bytes():
     with pytest.raises(ListingError) as caught:
         one_page(page(users("a"), padding="x" * 2048), max_page_bytes=1024)
 
-    assert str(caught.value) == (
-        "Users page 1: the response is larger than coreweave_max_page_bytes (1024 bytes): refusing a runaway response"
-    )
+    assert fields(caught.value) == ("Users", 1, ListingReason.TOO_LARGE_RESPONSE, {"limit": 1024})
 
 
 def test_fetch_page_refuses_what_is_not_a_list_response():
     with pytest.raises(ListingError) as caught:
         one_page(Reply(200, {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "id": "a"}))
 
-    assert str(caught.value).startswith("Users page 1: the response is not a SCIM ListResponse")
+    assert fields(caught.value) == (
+        "Users", 1, ListingReason.NOT_A_LIST_RESPONSE, {"schemas": "['urn:ietf:params:scim:schemas:core:2.0:User']"}
+    )
+
+
+# --- the retry policy, without HTTP ----------------------------------------------
+
+
+def test_the_retry_policy_is_read_from_the_server_settings():
+    assert RetryPolicy.of(server(retries=5, max_retry_wait=30)) == RetryPolicy(retries=5, cap=30.0, base=1.0)
+
+
+@pytest.mark.parametrize(
+    "attempt, retry_after, jitter, wait",
+    [
+        pytest.param(0, None, 0.0, 1.0, id="first-backoff"),
+        pytest.param(3, None, 0.0, 8.0, id="doubled-per-attempt"),
+        pytest.param(6, None, 0.0, 60.0, id="backoff-capped"),
+        pytest.param(2, None, 0.5, 3.0, id="jittered-by-three-quarters"),
+        pytest.param(6, None, 1.0, 30.0, id="jittered-after-the-cap"),
+        pytest.param(0, 7.0, 1.0, 7.0, id="retry-after-not-jittered"),
+        pytest.param(0, 90.0, 0.0, 60.0, id="retry-after-capped"),
+        pytest.param(0, -300.0, 0.0, 0.0, id="retry-after-in-the-past"),
+        pytest.param(5, 0.0, 0.0, 0.0, id="retry-after-zero-beats-backoff"),
+    ],
+)
+def test_retry_policy_delay(attempt, retry_after, jitter, wait):
+    assert RetryPolicy(retries=7, cap=60.0).delay(attempt, retry_after, jitter) == wait
+
+
+def test_retry_policy_is_exhausted_after_its_retries():
+    policy = RetryPolicy(retries=2, cap=60.0)
+    assert [policy.exhausted(attempt) for attempt in range(4)] == [False, False, True, True]
+    assert RetryPolicy(retries=0, cap=60.0).exhausted(0)
+
+
+@pytest.mark.parametrize(
+    "value, seconds",
+    [
+        pytest.param("7", 7.0, id="seconds"),
+        pytest.param(" 3 ", 3.0, id="padded"),
+        pytest.param("0", 0.0, id="zero"),
+        pytest.param("86400", 86400.0, id="large-not-capped-here"),
+        pytest.param(email.utils.formatdate(NOW + 45, usegmt=True), 45.0, id="http-date"),
+        pytest.param(email.utils.formatdate(NOW - 300, usegmt=True), -300.0, id="http-date-in-the-past"),
+        pytest.param(None, None, id="absent"),
+        pytest.param("", None, id="empty"),
+        pytest.param("soon", None, id="word"),
+        pytest.param("1.5", None, id="fraction"),
+        pytest.param("-5", None, id="negative"),
+        pytest.param("Mon, 32 Foo 2026 25:61:61", None, id="bad-date"),
+        pytest.param("Mon, 01 Jun 2026 12:00:00", None, id="date-without-zone"),
+        pytest.param("\xb2", None, id="latin1-superscript-two"),
+    ],
+)
+def test_retry_after_seconds(value, seconds):
+    assert retry_after_seconds(value, NOW) == seconds
+
+
+# --- what a response means, without HTTP -----------------------------------------
+
+
+def error_body(detail=None, scim_type=None) -> bytes:
+    return scim_error(400, detail, scim_type).content()
+
+
+@pytest.mark.parametrize(
+    "status, headers, content, verdict",
+    [
+        pytest.param(200, {}, b"anything", Verdict(Action.OK, 200), id="200"),
+        pytest.param(429, {"Retry-After": "7"}, error_body("slow down"), Verdict(Action.RETRY, 429, "slow down", "7"),
+                     id="429"),
+        pytest.param(500, {}, b"", Verdict(Action.RETRY, 500), id="500"),
+        pytest.param(502, {}, b"<html>Bad Gateway</html>", Verdict(Action.RETRY, 502), id="502-html"),
+        pytest.param(503, {"Retry-After": "9"}, error_body("busy"), Verdict(Action.RETRY, 503, "busy", "9"),
+                     id="503"),
+        pytest.param(504, {}, b"", Verdict(Action.RETRY, 504), id="504"),
+        pytest.param(401, {"Retry-After": "1"}, error_body("expired"), Verdict(Action.AUTH, 401, "expired"),
+                     id="401"),
+        pytest.param(403, {}, b"", Verdict(Action.AUTH, 403), id="403"),
+        pytest.param(400, {}, error_body("old", "invalidCursor"), Verdict(Action.STALE_CURSOR, 400, "old"),
+                     id="400-invalidCursor"),
+        pytest.param(400, {}, error_body(None, "expiredCursor"), Verdict(Action.STALE_CURSOR, 400),
+                     id="400-expiredCursor"),
+        pytest.param(400, {}, error_body("bad", "invalidFilter"), Verdict(Action.REFUSED, 400, "bad"),
+                     id="400-invalidFilter"),
+        pytest.param(404, {}, b"<html>Not Found</html>", Verdict(Action.REFUSED, 404), id="404-html"),
+        pytest.param(201, {}, b"", Verdict(Action.REFUSED, 201), id="201"),
+        pytest.param(302, {"Location": "https://elsewhere.example/x"}, b"",
+                     Verdict(Action.REDIRECT, 302, location="elsewhere.example"), id="302"),
+        pytest.param(307, {"Location": "/relative"}, b"", Verdict(Action.REDIRECT, 307, location="elsewhere"),
+                     id="307-relative"),
+        pytest.param(304, {}, b"", Verdict(Action.REDIRECT, 304, location="elsewhere"), id="304"),
+    ],
+)
+def test_classify(status, headers, content, verdict):
+    assert classify(status, headers, content, TOKEN) == verdict
+
+
+def test_classify_cuts_the_token_out_of_the_servers_words():
+    verdict = classify(401, {}, error_body(f"token {TOKEN} refused"), TOKEN)
+    assert verdict == Verdict(Action.AUTH, 401, "token <token> refused")
+
+
+def test_classify_cleans_and_cuts_the_detail():
+    verdict = classify(500, {}, error_body("a\nb\x00c" + "x" * 300), TOKEN)
+    assert verdict.detail == "a b c" + "x" * 195
+
+
+def test_a_verdict_becomes_an_errors_failure():
+    assert Verdict(Action.RETRY, 503, "busy", "9").failure(BASE) == Failure(BASE, 503, "busy")
+    assert Verdict(Action.RETRY, error="ReadTimeout").failure(BASE) == Failure(BASE, error="ReadTimeout")
+
+
+# --- what the errors say -----------------------------------------------------------
+
+# One rendered message per reason: the operator reads these (logs, `check`, the run record).
+RENDERED = [
+    (
+        FetchError("Users", 2, FetchReason.UNREACHABLE, failure=Failure(BASE, error="ReadTimeout"), attempts=4),
+        f"Users page 2: ReadTimeout talking to {BASE} (after 4 attempts): is the network or the server down?",
+    ),
+    (
+        FetchError("Users", 1, FetchReason.SERVER_FAILING, failure=Failure(BASE, 500, "boom"), attempts=1),
+        f"Users page 1: HTTP 500 from {BASE} ('boom') (after 1 attempts): the server is failing, try later",
+    ),
+    (
+        FetchError("Groups", 1, FetchReason.NO_TIME_TO_RETRY, failure=Failure(BASE, 503), deadline=2.5),
+        f"Groups page 1: HTTP 503 from {BASE}: no time left to retry within coreweave_deadline (2.5 s)",
+    ),
+    (
+        AuthError("Groups", 1, FetchReason.TOKEN_REFUSED, failure=Failure(BASE, 401, "invalid or expired token")),
+        f"Groups page 1: HTTP 401 from {BASE} ('invalid or expired token'): the bearer token is missing, "
+        "expired or lacks the SUNK/SCIM permissions: check coreweave_token_file or NSSCACHE_SCIM_AUTH_TOKEN",
+    ),
+    (
+        StaleCursorError("Users", 2, FetchReason.STALE_CURSOR, failure=Failure(BASE, 400, "cursor expired")),
+        f"Users page 2: HTTP 400 from {BASE} ('cursor expired'): the server expired our cursor; try later",
+    ),
+    (
+        FetchError("Users", 1, FetchReason.NOT_RETRIED, failure=Failure(BASE, 404)),
+        f"Users page 1: HTTP 404 from {BASE}: not retried; check coreweave_base_url and the endpoints",
+    ),
+    (
+        FetchError("Users", 1, FetchReason.REDIRECT, status=302, location="elsewhere.example"),
+        "Users page 1: HTTP 302 redirect to elsewhere.example: refusing to follow it (the bearer token must not go "
+        "anywhere else); set coreweave_base_url to the final URL",
+    ),
+    (FetchError("Users", 1, FetchReason.REQUEST_FAILED, error="InvalidURL"),
+     "Users page 1: request failed: InvalidURL"),
+    (FetchError("Users", 2, FetchReason.DEADLINE, deadline=10.0),
+     "Users page 2: coreweave_deadline (10 s) exceeded: refusing to go on"),
+    (FetchError("Users", 1, FetchReason.DEADLINE_WAITING, deadline=2.0),
+     "Users page 1: coreweave_deadline (2 s) exceeded waiting for the server: refusing to go on"),
+    (FetchError("Users", 1, FetchReason.DEADLINE_READING, deadline=10.0),
+     "Users page 1: coreweave_deadline (10 s) exceeded while reading"),
+    (FetchError("Users", 9, FetchReason.DEADLINE_DECODING, deadline=300.0),
+     "Users page 9: coreweave_deadline (300 s) exceeded while decoding: refusing to go on"),
+    (
+        ListingError("Users", 2, ListingReason.TOO_LARGE_RESPONSE, limit=65536),
+        "Users page 2: the response is larger than coreweave_max_page_bytes (65536 bytes): refusing a runaway response",
+    ),
+    (ListingError("Users", 2, ListingReason.NOT_JSON_TYPE, content_type="text/plain"),
+     "Users page 2: the response is text/plain, not JSON: refusing a malformed listing"),
+    (ListingError("Users", 2, ListingReason.NOT_JSON),
+     "Users page 2: the response is not JSON: refusing a malformed listing"),
+    (ListingError("Users", 1, ListingReason.NOT_AN_OBJECT),
+     "Users page 1: the response is not a JSON object: refusing a malformed listing"),
+    (
+        ListingError("Users", 1, ListingReason.NOT_A_LIST_RESPONSE,
+                     schemas="['urn:ietf:params:scim:api:messages:2.0:Error']"),
+        "Users page 1: the response is not a SCIM ListResponse "
+        "(schemas ['urn:ietf:params:scim:api:messages:2.0:Error'])",
+    ),
+    (ListingError("Users", 1, ListingReason.RESOURCES_NOT_A_LIST),
+     "Users page 1: 'Resources' is not a list: refusing a malformed listing"),
+    (ListingError("Users", 1, ListingReason.RESOURCE_WITHOUT_ID),
+     "Users page 1: a resource has no string 'id': refusing a malformed listing"),
+    (ListingError("Users", 2, ListingReason.ITEMS_PER_PAGE, said=2, held=1),
+     "Users page 2 says itemsPerPage 2 but holds 1 resources: refusing a partial listing"),
+    (
+        ListingError("Users", 1, ListingReason.BAD_TOTAL, total=None),
+        "Users page 1: totalResults is None, not a non-negative integer: refusing a listing we cannot check",
+    ),
+    (ListingError("Users", 2, ListingReason.TOTAL_CHANGED, total=99, first=6, first_page=1),
+     "Users page 2 has totalResults 99, page 1 said 6: refusing a partial listing"),
+    (
+        ListingError("Users", 2, ListingReason.NO_NEW_RESOURCES, start=3, collected=2, total=6),
+        "Users page 2 (startIndex 3) brought no new resources after 2 of 6: refusing a partial listing",
+    ),
+    (ListingError("Users", 1, ListingReason.BAD_NEXT_CURSOR, cursor=""),
+     "Users page 1: nextCursor '' is not a non-empty string"),
+    (
+        ListingError("Users", 2, ListingReason.NO_PROGRESS),
+        "Users page 2 makes no progress (repeated cursor or no new resources): refusing an endless listing",
+    ),
+    (
+        ListingError("Users", 2, ListingReason.CHANGED_DURING_LISTING, id="u-alice"),
+        "Users page 2: id 'u-alice' appears twice with different content: the directory changed during the listing, "
+        "refusing it (the next run will retry)",
+    ),
+    (ListingError("Users", None, ListingReason.TOO_MANY_PAGES, max_pages=2),
+     "Users: more than coreweave_max_pages (2) pages: refusing an endless listing"),
+    (
+        ListingError("Users", None, ListingReason.COUNT_MISMATCH, collected=1, total=2),
+        "Users: collected 1 distinct resources but totalResults is 2: refusing a partial listing",
+    ),
+    (
+        ListingError("Users", None, ListingReason.TOO_MANY_ANNOUNCED, count=6, limit=5, option="coreweave_max_users"),
+        "Users: totalResults is 6, more than coreweave_max_users (5): refusing to hold a larger listing",
+    ),
+    (
+        ListingError("Users", None, ListingReason.TOO_MANY_COLLECTED, count=3, limit=2, option="coreweave_max_users"),
+        "Users: collected 3, more than coreweave_max_users (2): refusing to hold a larger listing",
+    ),
+]
+MESSAGES = [pytest.param(error, message, id=error.reason.name) for error, message in RENDERED]
+
+
+@pytest.mark.parametrize("error, message", MESSAGES)
+def test_an_error_renders_its_fields(error, message):
+    assert str(error) == message
+
+
+def test_every_reason_has_a_rendered_example():
+    shown = [error.reason for error, _ in RENDERED]
+    assert sorted(r.name for r in shown) == sorted(r.name for r in [*FetchReason, *ListingReason])
+
+
+@pytest.mark.parametrize("error, message", MESSAGES)
+def test_a_pickled_error_keeps_its_type_fields_and_message(error, message):
+    # Errors raised in a decoding worker reach the walk pickled.
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), fields(copy), str(copy)) == (type(error), fields(error), message)
+
+
+def test_an_errors_repr_shows_its_fields():
+    error = FetchError("Users", 1, FetchReason.SERVER_FAILING, failure=Failure(BASE, 503), attempts=4)
+    assert repr(error) == (
+        f"FetchError('Users', 1, FetchReason.SERVER_FAILING, failure=Failure(base_url={BASE!r}, status=503, "
+        "detail='', error=''), attempts=4)"
+    )

@@ -1,6 +1,6 @@
 """scim: a long index listing is decoded in forked worker processes while
 the next pages are fetched (coreweave_workers). The walk's rules and
-messages are the same as in-process; only where json.loads runs changes.
+errors are the same as in-process; only where json.loads runs changes.
 
 Real forked workers, a scripted transport in this process (as test_scim.py).
 """
@@ -10,19 +10,24 @@ from __future__ import annotations
 import pytest
 
 from nss_cache_coreweave import scim
-from nss_cache_coreweave.errors import ListingError
+from nss_cache_coreweave.errors import ListingError, ListingReason
 from support.scripted_http import ScriptedTransport, page, server, session_with, users
 
 TOTAL = 20  # one user per page: 19 pages after the first, more than PARALLEL_MIN_PAGES
 
 
+def no_sleep(seconds):
+    raise AssertionError(f"slept {seconds} s")
+
+
+NO_SLEEP = scim.Clock(sleep=no_sleep)
+
+
 def listing(*steps, **options):
     srv = server(page_size=1, **options)
     transport = ScriptedTransport(*steps)
-    found = scim.list_resources(
-        session_with(transport, srv), srv, srv.users_url, "Users", lambda r: r["userName"], lambda u: u.split("@")[0],
-        sleep=None,
-    )
+    user_names = scim.Listing("Users", srv.users_url, lambda r: r["userName"], lambda u: u.split("@")[0])
+    found = scim.list_resources(session_with(transport, srv), srv, user_names, clock=NO_SLEEP)
     return found, transport
 
 
@@ -73,22 +78,24 @@ def test_a_page_shorter_than_page_1_drops_the_pipeline_and_the_walk_goes_on():
     srv = server(page_size=2, workers=2)
     transport = ScriptedTransport(*srv_pages)
 
-    found = scim.list_resources(
-        session_with(transport, srv), srv, srv.users_url, "Users", lambda r: r["id"], lambda i: i, sleep=None,
-    )
+    ids = scim.Listing("Users", srv.users_url, lambda r: r["id"], lambda i: i)
+    found = scim.list_resources(session_with(transport, srv), srv, ids, clock=NO_SLEEP)
 
     assert found == ["a", "b", "c", *rest]
     assert starts(transport) == [1, 3, 5, 7, 9, 11, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22]
 
 
-def test_a_bad_page_decoded_in_a_worker_fails_with_the_same_message():
+def test_a_bad_page_decoded_in_a_worker_fails_with_the_same_error():
+    # The error crosses the process boundary pickled: its fields and its text survive.
     pages = one_per_page()
     pages[6] = page([{"userName": "no-id@example.com"}], total=TOTAL)
 
     with pytest.raises(ListingError) as caught:
         listing(*pages, workers=2)
 
-    assert str(caught.value) == "Users page 7: a resource has no string 'id': refusing a malformed listing"
+    error = caught.value
+    assert (error.kind, error.page, error.reason, error.values) == ("Users", 7, ListingReason.RESOURCE_WITHOUT_ID, {})
+    assert str(error) == "Users page 7: a resource has no string 'id': refusing a malformed listing"
 
 
 def test_a_changed_total_in_a_worker_decoded_page_is_refused():
@@ -98,6 +105,7 @@ def test_a_changed_total_in_a_worker_decoded_page_is_refused():
     with pytest.raises(ListingError) as caught:
         listing(*pages, workers=2)
 
-    assert str(caught.value) == (
-        f"Users page 10 has totalResults {TOTAL + 1}, page 1 said {TOTAL}: refusing a partial listing"
+    error = caught.value
+    assert (error.kind, error.page, error.reason, error.values) == (
+        "Users", 10, ListingReason.TOTAL_CHANGED, {"total": TOTAL + 1, "first": TOTAL, "first_page": 1}
     )

@@ -75,20 +75,25 @@ def current(members: Dict[str, Iterable[str]] = None, *, orgs: Dict[str, str] = 
             assocs += [AssocRow(cluster, name, u, "", "") for u in sorted(users)]
     for cluster, name, user, partition in partition_only:
         assocs.append(AssocRow(cluster, name, user, partition, ""))
+    return Current(tuple(clusters), accounts, users_of(everywhere, members, admins, defaults or {}), tuple(assocs))
+
+
+def users_of(everywhere: Dict[str, Dict[str, Iterable[str]]], members: Dict[str, Iterable[str]],
+             admins: Sequence[str], defaults: Dict[str, str]) -> Dict[str, UserRow]:
+    """current()'s users: root, and each user of ``everywhere`` (cluster -> account -> users) with
+    their default account on every cluster: ``defaults``, else the first account of ``members``
+    holding them."""
     users = {"root": UserRow("root", "Administrator", tuple((c, "root") for c in everywhere))}
-    for per_account in everywhere.values():
-        for members_ in per_account.values():
-            for user in members_:
-                users.setdefault(user, UserRow(user, "None"))
-    for user in list(users):
+    names = dict.fromkeys(u for per_account in everywhere.values() for users_ in per_account.values() for u in users_)
+    for user in names:
         if user == "root":
             continue
         level = "Administrator" if user in admins else "None"
-        mine = (defaults or {}).get(user)
+        mine = defaults.get(user)
         if mine is None:  # first account holding the user
             mine = next((a for a, us in members.items() if user in us), "")
         users[user] = UserRow(user, level, tuple((c, mine) for c in everywhere if mine))
-    return Current(tuple(clusters), accounts, users, tuple(assocs))
+    return users
 
 
 def plan(wanted_: Wanted, cur: Current, **options) -> slurm.Plan:
@@ -424,6 +429,142 @@ def test_names_that_are_sacctmgr_keywords_are_passed_as_values(op, argv):
     assert op.args() == argv
 
 
+# --- planning stages -----------------------------------------------------------------------------------
+
+
+def test_an_operation_kind_reads_as_the_words_of_the_log_and_the_summary():
+    assert [str(kind) for kind in slurm.Kind] == ["add account", "set parent", "add users", "set default account",
+                                                  "remove associations", "remove account"]
+    op = Operation(slurm.Kind.ADD_USERS, C1, "ml", ("alice", "bob"))
+    assert (f"{op.kind}", str(op)) == ("add users", "add users ml 2 user(s) on cluster c1")
+    assert str(Operation(SET_PARENT, "", "ml", parent="top")) == "set parent ml -> top on every cluster"
+    assert slurm.Kind("remove associations") is REMOVE_USERS
+
+
+def test_the_scope_is_the_record_less_root_the_parent_and_administrators():
+    cur = current({"ml": ["alice", "ops"], "lab": ["bob"], "top": []}, orgs={"lab": "physics"}, admins=("ops",))
+
+    scope = slurm._scope(want(("ml", ["alice", "ops"]), ("lab", ["bob"]), ("new", ["carol"])), cur, "top",
+                         created_users=["alice", "gone"], managed_accounts=["ml", "top", "root", "vanished"])
+
+    assert (scope.managed, scope.protected, scope.created) == ({"ml"}, {"root", "ops"}, {"alice", "gone"})
+    assert [a.name for a in scope.usable] == ["ml", "new"]
+    assert len(scope.conflicts) == 1
+    assert scope.conflicts[0].startswith("account 'lab' (from group lab) exists and was not created by")
+    assert scope.notes == ("ops: root or a Slurm administrator, left alone (account ml)",)
+    assert sorted(["zzz", "new", "lab", "ml", "aaa"], key=scope.rank) == ["ml", "lab", "new", "aaa", "zzz"]
+    assert scope.accounts_of("carol") == ["new"]
+
+
+def test_holdings_cover_every_cluster_and_partition_and_a_cluster_view_tells_them_apart():
+    cur = current({"ml": ["alice"]}, other_clusters={"far": {"ml": ["bob"]}},
+                  partition_only=[(C1, "ml", "bob", "gpu")])
+
+    assert slurm._holdings(cur) == {"root": {(C1, "root"), ("far", "root")}, "alice": {(C1, "ml")},
+                                    "bob": {("far", "ml"), (C1, "ml")}}
+    holds = slurm._cluster_holds(C1, cur)
+    assert holds.parents == {"root": "", "ml": "root"}
+    assert holds.general == {"root": {"root"}, "ml": {"alice"}}
+    assert holds.anywhere == {"root": {"root"}, "ml": {"alice", "bob"}}
+
+
+def test_a_cluster_s_changes_create_move_add_and_remove():
+    cur = current({"ml": ["alice", "zed", "ops"], "hpc": [], "top": []}, parents={"ml": "top"}, admins=("ops",),
+                  partition_only=[(C1, "hpc", "bob", "gpu")])
+    scope = slurm._scope(want(("ml", ["alice", "bob"]), ("hpc", ["bob"]), ("new", ["carol", "ops"])), cur, "top",
+                         created_users=(), managed_accounts=("ml", "hpc"))
+
+    changes = slurm._cluster_changes(slurm._cluster_holds(C1, cur), scope, cur.accounts)
+
+    # ml is under top already; hpc moves there; new is created. bob's partition-only association
+    # in hpc is not the general one: he gets it. zed holds ml without being a member; ops is an administrator.
+    assert [(op.kind, op.account, op.parent, op.creates_account) for op in changes.accounts] == [
+        (SET_PARENT, "hpc", "top", False), (ADD_ACCOUNT, "new", "top", True)]
+    assert changes.adds == {(C1, "ml"): {"bob"}, (C1, "hpc"): {"bob"}, (C1, "new"): {"carol"}}
+    assert changes.removes == {(C1, "ml"): {"zed"}}
+
+
+def test_the_outcome_keeps_every_association_of_a_hand_made_user_who_would_lose_them_all():
+    cur = current({"ml": ["dave", "carol", "erin"], "hpc": ["dave"], "lab": ["erin"]}, orgs={"lab": "physics"})
+    proposed = slurm.Changes(adds={(C1, "hpc"): frozenset({"alice"})},
+                             removes={(C1, "ml"): frozenset({"dave", "carol", "erin"}),
+                                      (C1, "hpc"): frozenset({"dave"})})
+
+    outcome = slurm._outcome(slurm._holdings(cur), proposed, created=frozenset({"carol"}))
+
+    # dave (hand-made) would be left with nothing: slurmdbd would delete him. carol was created by the
+    # package; erin keeps lab.
+    assert outcome.kept == {"dave"}
+    assert outcome.changes.removes == {(C1, "ml"): {"carol", "erin"}}
+    assert outcome.changes.adds == proposed.adds
+    assert [outcome.after(u) for u in ("dave", "carol", "erin", "alice")] == [
+        {(C1, "ml"), (C1, "hpc")}, set(), {(C1, "lab")}, {(C1, "hpc")}]
+
+
+def test_fates_name_who_loses_every_managed_association_and_who_slurmdbd_deletes():
+    cur = current({"ml": ["alice", "carol", "erin"], "lab": ["erin"]}, orgs={"lab": "physics"})
+    scope = slurm._scope(want(("ml", ["alice"])), cur, "root", created_users=("carol", "erin"),
+                         managed_accounts=("ml",))
+    outcome = slurm._outcome(slurm._holdings(cur), slurm._changes(cur, scope), scope.created)
+
+    fates = slurm._fates(cur, scope, outcome)
+
+    # erin keeps lab (hand-made): she loses every managed association but is not deleted.
+    assert fates == slurm.Fates(managed={"alice", "carol", "erin"}, losing={"carol", "erin"}, deleted={"carol"})
+
+
+def test_defaults_follow_configuration_order_for_created_users_and_leave_a_removed_association():
+    # alice (created) has hpc as default but ml comes first; frank (hand-made) loses ml, his default, and
+    # keeps lab; erin is new to the cluster: her first added account (ml) becomes her default by itself.
+    cur = current({"ml": ["alice", "frank"], "hpc": ["alice"], "lab": ["frank"]}, orgs={"lab": "physics"},
+                  defaults={"alice": "hpc", "frank": "ml"})
+    scope = slurm._scope(want(("ml", ["alice", "erin"]), ("hpc", ["alice", "erin"])), cur, "root",
+                         created_users=("alice",), managed_accounts=("ml", "hpc"))
+    outcome = slurm._outcome(slurm._holdings(cur), slurm._changes(cur, scope), scope.created)
+
+    defaults = slurm._defaults(C1, scope, outcome, cur.users)
+
+    assert defaults.moves == {"ml": {"alice"}, "lab": {"frank"}}
+    assert defaults.final == {"alice": "ml", "erin": "ml", "frank": "lab"}
+
+
+def test_removals_put_the_users_whose_default_the_account_stays_in_their_own_call():
+    scope = slurm._scope(want(("hpc", []), ("ml", [])), current(), "root", created_users=(), managed_accounts=())
+    removes = {(C1, "ml"): {"bob", "dave", "zed"}, (C1, "hpc"): {"bob"}, (C2, "ml"): {"other"}}
+
+    ops = slurm._removals(C1, scope, removes, final={"dave": "ml", "zed": "ml", "bob": "hpc"}, arg_bytes=3)
+
+    # Accounts in configuration order; "dave" alone exceeds 3 bytes: one name per call.
+    assert ops_of(SimpleNamespace(operations=ops)) == [
+        (REMOVE_USERS, C1, "hpc", ("bob",)), (REMOVE_USERS, C1, "ml", ("bob",)),
+        (REMOVE_USERS, C1, "ml", ("dave",)), (REMOVE_USERS, C1, "ml", ("zed",))]
+
+
+def test_the_first_call_adding_a_user_unknown_to_slurm_creates_it():
+    ops = (Operation(ADD_ACCOUNT, C1, "ml", parent="root"), Operation(ADD_USERS, C1, "ml", ("alice", "bob")),
+           Operation(ADD_USERS, C2, "ml", ("alice", "carol")), Operation(REMOVE_USERS, C1, "hpc", ("dave",)))
+
+    marked = slurm._mark_new_users(ops, existing={"bob"})
+
+    assert [op.new_users for op in marked] == [(), ("alice",), ("carol",), ()]
+    assert [(op.kind, op.cluster, op.account, op.users) for op in marked] == ops_of(SimpleNamespace(operations=ops))
+
+
+def test_prunes_come_with_the_notes_of_the_accounts_kept():
+    cur = current({"old": [], "busy": ["carol", "dan"]})
+
+    prunes = slurm._prunes({"old", "busy"}, cur, {(C1, "busy"): frozenset({"carol"})})
+
+    assert prunes == slurm.Prunes((Operation(REMOVE_ACCOUNT, "", "old"),),
+                                  ("managed account busy on c1 is kept: it still holds dan",))
+
+
+def test_chunks_keep_the_order_and_count_bytes():
+    assert list(slurm._chunks(["ab", "cd", "ef", "toolong", "g"], 5)) == [["ab", "cd"], ["ef"], ["toolong"], ["g"]]
+    assert list(slurm._chunks(["é", "x"], 3)) == [["é"], ["x"]]  # 2 bytes + "," + 1 byte > 3
+    assert list(slurm._chunks([], 5)) == []
+
+
 # --- the shrink guard --------------------------------------------------------------------------------
 
 
@@ -435,11 +576,15 @@ def test_shrink_guard_counts_users_leaving_every_managed_account():
     everyone = plan(want(), cur, parent="root", created_users="abcd")
 
     assert slurm.shrink_problem(small, 0.25) is None
-    assert slurm.shrink_problem(large, 0.25).startswith(
+    refusal = slurm.shrink_problem(large, 0.25)
+    assert (refusal.what, refusal.before, refusal.now, refusal.max_shrink, refusal.command) == (
+        "users", 4, 2, 0.25, "slurm-sync")
+    assert str(refusal).startswith(
         "refusing to remove 2 of 4 users from every managed Slurm account (-50%, more than coreweave_max_shrink 25%)")
-    assert "--accept-shrink" in slurm.shrink_problem(large, 0.25)
     # Emptying every managed account is refused even with the ratio guard off.
-    assert slurm.shrink_problem(everyone, 1.0).startswith("refusing to remove all 4 users")
+    emptied = slurm.shrink_problem(everyone, 1.0)
+    assert (emptied.before, emptied.now, emptied.max_shrink) == (4, 0, 1.0)
+    assert str(emptied).startswith("refusing to remove all 4 users from every managed Slurm account")
     assert slurm.shrink_problem(plan(want(("ml", ["a"])), current(), parent="root"), 0.0) is None
 
 
@@ -617,6 +762,29 @@ def test_state_is_written_atomically_and_root_only(tmp_path):
     assert (data["users"], data["accounts"]) == (["a", "b"], ["ml"])
     assert slurm.load_state(str(tmp_path / "state")) == SlurmState(frozenset({"a", "b"}), frozenset({"ml"}))
     assert [p.name for p in (tmp_path / "state").iterdir()] == [slurm.STATE_FILE]
+
+
+def test_the_last_run_is_kept_for_status_in_the_format_of_the_previous_version(tmp_path):
+    last = slurm.SlurmRun(time=1_780_000_000.5, operations=3, conflicts=1, managed_users=4, kept_users=("b", "e"))
+    slurm.save_state(str(tmp_path), SlurmState(), last_run=last)
+
+    assert json.loads((tmp_path / slurm.STATE_FILE).read_text())["last_run"] == {
+        "time": 1_780_000_000.5, "operations": 3, "conflicts": 1, "managed_users": 4, "kept_users": ["b", "e"]}
+    assert slurm.last_run_of(str(tmp_path)) == last
+
+
+@pytest.mark.parametrize("content", [
+    pytest.param('{"users": [], "accounts": []}', id="no-last-run"),
+    pytest.param('{"users": [], "accounts": [], "last_run": null}', id="last-run-null"),
+    pytest.param('{"last_run": {"time": 1, "operations": "many", "conflicts": 0, "managed_users": 1}}',
+                 id="operations-a-word"),
+    pytest.param("[1]", id="a-list"),
+    pytest.param("{not json", id="not-json"),
+])
+def test_no_readable_last_run_is_none(tmp_path, content):
+    (tmp_path / slurm.STATE_FILE).write_text(content)
+
+    assert slurm.last_run_of(str(tmp_path)) is None
 
 
 def test_an_unreadable_state_stops_the_run(tmp_path):
@@ -839,7 +1007,9 @@ def test_slurm_keys_are_parsed():
 def test_slurm_key_mistakes_are_reported(key, value, message):
     with pytest.raises(ConfigError) as caught:
         parse(**{key: value})
-    assert message in str(caught.value)
+    (refused,) = caught.value.problems
+    assert refused.key == f"coreweave_{key}"
+    assert message in refused.message
 
 
 def test_the_slurm_keys_do_not_warn_in_the_maps():
@@ -863,7 +1033,7 @@ def test_a_first_run_needs_no_record(tmp_path):
     slurm.sync(directory(("ml", ["a"])), settings(tmp_path), sacctmgr=s)
 
     assert slurm.load_state(str(tmp_path)) == SlurmState(frozenset({"a"}), frozenset({"ml"}))
-    assert slurm.last_run_of(str(tmp_path))["operations"] == 2
+    assert slurm.last_run_of(str(tmp_path)).operations == 2
 
 
 @pytest.mark.parametrize("name, problem", [

@@ -11,7 +11,7 @@ import pytest
 
 from nss_cache_coreweave import config, snapshot
 from nss_cache_coreweave.config import USER_EXTENSION, parse_path
-from nss_cache_coreweave.errors import AuthError
+from nss_cache_coreweave.errors import AuthError, ListingError, ListingReason
 from nss_cache_coreweave.snapshot import GroupRecord, Member, UserRecord, resolve
 from support.scripted_http import BASE, TOKEN, ScriptedTransport, load_page, page, scim_error, session_with
 
@@ -213,6 +213,21 @@ def test_take_fails_whole_when_users_fail():
     with pytest.raises(AuthError):
         snapshot.take(cfg, session=session_with(transport, cfg.server))
     assert transport.paths() == ["/scim/cw-test/Groups", "/scim/cw-test/Users"]
+
+
+def test_coreweave_max_users_bounds_the_users_listing_not_the_groups_listing():
+    cfg = configured(max_users=2)
+    groups = [{"id": f"g{n}", "sunkPosixGroupName": f"group-{n}"} for n in range(3)]
+    users = [{"id": "u1"}, {"id": "u2"}, {"id": "u3"}]
+    transport = ScriptedTransport(page(groups), page(users))
+
+    with pytest.raises(ListingError) as caught:
+        snapshot.take(cfg, session=session_with(transport, cfg.server))
+
+    error = caught.value
+    assert (error.kind, error.page, error.reason, error.values) == (
+        "Users", None, ListingReason.TOO_MANY_ANNOUNCED, {"count": 3, "limit": 2, "option": "coreweave_max_users"}
+    )
 
 
 def test_only_members_of_allowed_groups_are_kept_but_every_user_is_counted():

@@ -1,9 +1,10 @@
-"""source.CoreWeaveSource: the nsscache Source ``coreweave``.
+"""source.CoreWeaveSource: the nsscache Source ``coreweave``, over run.py.
 
-nsscache builds a fresh Source per map; the module-level ``_CACHE`` makes
-one process list Users and Groups once for all four maps, and fail all four
-the same way. Our errors become nsscache's: FetchError -> SourceUnavailable
-(remaining maps skipped), ListingError/ConfigError/anything else ->
+nsscache builds a fresh Source per map; run.py's process cache (``_CACHE``)
+makes one process list Users and Groups once for all four maps, and fail all
+four the same way; the run is recorded when the process ends (run.finish).
+Our errors become nsscache's: FetchError -> SourceUnavailable (remaining
+maps skipped), ListingError/ConfigError/GuardError/anything else ->
 InvalidMap (old cache kept). Verify() returns an int.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 
 import pytest
 from nss_cache import error
@@ -19,14 +21,17 @@ from nss_cache.sources import source_factory
 from nss_cache.update import map_updater
 
 from nss_cache_coreweave import config as config_mod
-from nss_cache_coreweave import marker, policy, scim, snapshot, source, state
+from nss_cache_coreweave import marker, policy, run, scim, shrink, snapshot, source, state
 from nss_cache_coreweave.errors import (
     AuthError,
     ConfigError,
     CoreWeaveError,
+    Failure,
     FetchError,
+    FetchReason,
     GuardError,
     ListingError,
+    ListingReason,
     StaleCursorError,
 )
 from nss_cache_coreweave.snapshot import GroupRecord, Member, Snapshot, UserRecord
@@ -57,11 +62,11 @@ def fresh_process(monkeypatch, tmp_path):
     monkeypatch.setitem(CONF, "state_dir", str(tmp_path / "state"))
     monkeypatch.setitem(CONF, "local_passwd", str(tmp_path / "no-passwd"))
     monkeypatch.setitem(CONF, "local_group", str(tmp_path / "no-group"))
-    source._CACHE.clear()
+    run._CACHE.clear()
     monkeypatch.delenv("NSSCACHE_SCIM_AUTH_TOKEN", raising=False)
     monkeypatch.setenv("NSSCACHE_COREWEAVE_TOKEN", TOKEN)
     yield
-    source._CACHE.clear()
+    run._CACHE.clear()
 
 
 def alice(**changes):
@@ -109,7 +114,7 @@ def every_map(conf=CONF):
 
 def nsscache_update(tmp_path, conf=CONF, maps=MAPS):
     """What ``nsscache update --full`` does, with nsscache's own updater and files
-    cache in tmp_path/cache, then the end of the process (source.finish)."""
+    cache in tmp_path/cache, then the end of the process (run.finish)."""
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir(exist_ok=True)
     options = {"name": "files", "dir": str(cache_dir), "cache_filename_suffix": "cache"}
@@ -118,7 +123,7 @@ def nsscache_update(tmp_path, conf=CONF, maps=MAPS):
             updater = map_updater.MapUpdater(name, str(tmp_path / "timestamps"), dict(options))
             assert updater.UpdateFromSource(CoreWeaveSource(dict(conf)), incremental=False) == 0
     finally:
-        source.finish()
+        run.finish()
     return {name: (cache_dir / f"{name}.cache").read_text().splitlines()[1:] for name in maps}
 
 
@@ -213,15 +218,18 @@ def test_user_outside_allowed_groups_never_reaches_any_map(mocker, tmp_path):
 
 # --- errors -----------------------------------------------------------------
 
+# Our errors as scim.py raises them.
+DOWN = FetchError("Users", 1, FetchReason.SERVER_FAILING, failure=Failure("x", status=503), attempts=4)
+TOKEN_REFUSED = AuthError("Users", 1, FetchReason.TOKEN_REFUSED, failure=Failure("x", status=401))
+CURSOR_EXPIRED = StaleCursorError("Users", 2, FetchReason.STALE_CURSOR, failure=Failure("x", status=400))
+SHORT = ListingError("Users", None, ListingReason.COUNT_MISMATCH, collected=1, total=2)
+NOT_JSON = ListingError("Users", 1, ListingReason.NOT_JSON)
+
 FAILURES = [
-    pytest.param(FetchError("Users page 1: HTTP 503 from x (after 4 attempts)"), error.SourceUnavailable,
-                 "coreweave: Users page 1: HTTP 503 from x (after 4 attempts)", id="FetchError"),
-    pytest.param(AuthError("Users page 1: HTTP 401"), error.SourceUnavailable, "coreweave: Users page 1: HTTP 401",
-                 id="AuthError"),
-    pytest.param(StaleCursorError("Users page 2: HTTP 400"), error.SourceUnavailable,
-                 "coreweave: Users page 2: HTTP 400", id="StaleCursorError"),
-    pytest.param(ListingError("Users: collected 1 distinct resources but totalResults is 2"), error.InvalidMap,
-                 "coreweave: Users: collected 1 distinct resources but totalResults is 2", id="ListingError"),
+    pytest.param(DOWN, error.SourceUnavailable, "coreweave: {raised}", id="FetchError"),
+    pytest.param(TOKEN_REFUSED, error.SourceUnavailable, "coreweave: {raised}", id="AuthError"),
+    pytest.param(CURSOR_EXPIRED, error.SourceUnavailable, "coreweave: {raised}", id="StaleCursorError"),
+    pytest.param(SHORT, error.InvalidMap, "coreweave: {raised}", id="ListingError"),
     pytest.param(ConfigError("invalid configuration: x"), error.InvalidMap, "coreweave: invalid configuration: x",
                  id="ConfigError"),
     pytest.param(KeyError("id"), error.InvalidMap, "coreweave: internal error (KeyError); the {map} cache is kept",
@@ -238,7 +246,7 @@ def test_failure_becomes_the_nsscache_error(mocker, map_name, raised, becomes, m
     with pytest.raises(becomes) as caught:
         GETTERS[map_name](CoreWeaveSource(dict(CONF)))
     assert type(caught.value) is becomes
-    assert str(caught.value) == message.format(map=map_name)
+    assert str(caught.value) == message.format(map=map_name, raised=raised)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
 
@@ -256,8 +264,8 @@ def test_bad_configuration_is_an_invalid_map_without_listing(mocker):
 @pytest.mark.parametrize(
     "raised, becomes",
     [
-        pytest.param(FetchError("Users page 1: down"), error.SourceUnavailable, id="fetch"),
-        pytest.param(ListingError("Users page 2: short"), error.InvalidMap, id="listing"),
+        pytest.param(DOWN, error.SourceUnavailable, id="fetch"),
+        pytest.param(SHORT, error.InvalidMap, id="listing"),
     ],
 )
 def test_cached_failure_is_reraised_without_a_second_listing(mocker, raised, becomes):
@@ -282,9 +290,9 @@ def test_verify_returns_int_zero_when_the_directory_is_readable(mocker):
 @pytest.mark.parametrize(
     "raised",
     [
-        pytest.param(FetchError("Users page 1: down"), id="FetchError"),
-        pytest.param(AuthError("Users page 1: HTTP 401"), id="AuthError"),
-        pytest.param(ListingError("Users page 1: not JSON"), id="ListingError"),
+        pytest.param(DOWN, id="FetchError"),
+        pytest.param(TOKEN_REFUSED, id="AuthError"),
+        pytest.param(NOT_JSON, id="ListingError"),
         pytest.param(KeyError("id"), id="unexpected-KeyError"),
         pytest.param(RuntimeError("boom"), id="unexpected-RuntimeError"),
     ],
@@ -344,11 +352,21 @@ SHRINK_3_TO_1 = (
 
 
 def scope(conf=CONF):
-    return source.state_scope(config_mod.parse(dict(conf)))
+    return run.state_scope(config_mod.parse(dict(conf)))
+
+
+def recorded(conf=CONF) -> state.ScopeRecord:
+    """What the state file holds for the scope of ``conf``."""
+    return state.read(conf["state_dir"], scope(conf))
+
+
+def accepted_earlier(users, groups, conf=CONF):
+    """An earlier run accepted ``users`` and ``groups``: what the shrink guard compares with."""
+    state.write(conf["state_dir"], scope(conf), state.ScopeRecord(accepted=state.Counts(users, groups, 0.0)))
 
 
 def counts(conf=CONF):
-    found = state.load(conf["state_dir"], scope(conf))
+    found = recorded(conf).accepted
     return None if found is None else (found.users, found.groups)
 
 
@@ -366,24 +384,22 @@ def test_maps_handed_out_but_never_written_record_no_counts(mocker):
     # nsscache asked for every map but wrote none (it failed, or was killed after asking).
     mocker.patch.object(snapshot, "take", return_value=snap())
     every_map()
-    source.finish()
+    run.finish()
     assert counts() is None
-    last_run = state.entry(CONF["state_dir"], scope())["last_run"]
-    assert (last_run["outcome"], last_run["maps_written"], last_run["maps_not_written"]) == (
-        "incomplete", [], list(MAPS)
-    )
+    last_run = recorded().last_run
+    assert (last_run.outcome, last_run.maps_written, last_run.maps_not_written) == ("incomplete", (), MAPS)
 
 
 def test_the_run_record_names_the_maps_nsscache_wrote_and_the_run_on_their_first_line(mocker, tmp_path):
     mocker.patch.object(snapshot, "take", return_value=snap())
     nsscache_update(tmp_path, maps=("passwd", "sshkey"))
-    entry = state.entry(CONF["state_dir"], scope())
-    run = entry["last_run"]["run"]
-    assert (entry["last_run"]["outcome"], entry["last_run"]["maps_written"]) == ("ok", ["passwd", "sshkey"])
+    record = recorded()
+    run_id = record.last_run.run
+    assert (record.last_run.outcome, record.last_run.maps_written) == ("ok", ("passwd", "sshkey"))
     assert [(tmp_path / "cache" / f"{name}.cache").read_text().splitlines()[0].split(":")[1] for name in
-            ("passwd", "sshkey")] == [f"*{run}"] * 2
-    assert ({name: (c["run"], c["count"]) for name, c in entry["caches"].items()}
-            == {"passwd": (run, 2), "sshkey": (run, 1)})
+            ("passwd", "sshkey")] == [f"*{run_id}"] * 2
+    assert ({name: (c.run, c.count) for name, c in record.caches.items()}
+            == {"passwd": (run_id, 2), "sshkey": (run_id, 1)})
 
 
 def test_a_run_verified_before_its_maps_is_still_recorded(mocker, tmp_path):
@@ -396,8 +412,9 @@ def test_a_run_verified_before_its_maps_is_still_recorded(mocker, tmp_path):
 def test_verify_alone_records_nothing(mocker):
     mocker.patch.object(snapshot, "take", return_value=snap())
     assert CoreWeaveSource(dict(CONF)).Verify() == 0
-    source.finish()
-    assert state.entry(CONF["state_dir"], scope()) == {}
+    run.finish()
+    assert recorded() == state.ScopeRecord()
+    assert not os.path.exists(os.path.join(CONF["state_dir"], state.STATE_FILE))
 
 
 def test_an_internal_error_fails_every_map_and_is_recorded_once(mocker, caplog):
@@ -406,18 +423,18 @@ def test_an_internal_error_fails_every_map_and_is_recorded_once(mocker, caplog):
     for name in MAPS:
         with pytest.raises(error.InvalidMap, match=rf"internal error \(PermissionError\); the {name} cache is kept"):
             GETTERS[name](CoreWeaveSource(dict(CONF)))
-    source.finish()
+    run.finish()
     assert decide.call_count == 1
-    last_run = state.entry(CONF["state_dir"], scope())["last_run"]
-    assert (last_run["outcome"], last_run["error_kind"]) == ("failed", "InternalError")
+    last_run = recorded().last_run
+    assert (last_run.outcome, last_run.error_kind) == ("failed", "InternalError")
 
 
 def test_finish_records_a_run_once(mocker, tmp_path):
     mocker.patch.object(snapshot, "take", return_value=snap())
     nsscache_update(tmp_path)
-    first = state.entry(CONF["state_dir"], scope())
-    source.finish()  # at exit, after nsscache-coreweave update already called it
-    assert state.entry(CONF["state_dir"], scope()) == first
+    first = recorded()
+    run.finish()  # at exit, after nsscache-coreweave update already called it
+    assert recorded() == first
 
 
 def test_state_is_scoped_by_directory_and_allow_list():
@@ -426,36 +443,39 @@ def test_state_is_scoped_by_directory_and_allow_list():
 
 
 def test_a_shrink_beyond_the_limit_refuses_every_map_and_records_nothing(mocker, caplog):
-    state.save(CONF["state_dir"], scope(), 3, 2)
+    accepted_earlier(3, 2)
     mocker.patch.object(snapshot, "take", return_value=alice_only())
     for name in MAPS:
         with pytest.raises(error.InvalidMap) as caught:
             GETTERS[name](CoreWeaveSource(dict(CONF)))
         assert type(caught.value) is error.InvalidMap
         assert str(caught.value) == SHRINK_3_TO_1
-    source.finish()
+    run.finish()
     assert counts() == (3, 2)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("refusing to shrink users from 3 to 1" in m for m in errors), errors
 
 
-def test_the_guard_error_is_a_guard_error(mocker):
-    state.save(CONF["state_dir"], scope(), 3, 2)
+def test_the_refusal_is_a_guard_error_carrying_its_counts(mocker):
+    accepted_earlier(3, 2)
     mocker.patch.object(snapshot, "take", return_value=alice_only())
-    with pytest.raises(GuardError):
-        source.directory(dict(CONF))
+    with pytest.raises(GuardError) as caught:
+        run.directory(dict(CONF))
+    refusal = caught.value
+    assert (refusal.what, refusal.before, refusal.now, refusal.max_shrink, refusal.command) == (
+        "users", 3, 1, 0.25, "update")
 
 
 def test_a_shrink_within_the_limit_is_accepted_and_recorded(mocker, tmp_path):
-    state.save(CONF["state_dir"], scope(), 2, 2)
+    accepted_earlier(2, 2)
     mocker.patch.object(snapshot, "take", return_value=alice_only())
     nsscache_update(tmp_path, {**CONF, "max_shrink": 0.5})
     assert counts({**CONF, "max_shrink": 0.5}) == (1, 2)
 
 
 def test_accept_shrink_environment_variable_accepts_and_records(mocker, monkeypatch, caplog, tmp_path):
-    monkeypatch.setenv(policy.ACCEPT_SHRINK_ENV, "1")
-    state.save(CONF["state_dir"], scope(), 3, 2)
+    monkeypatch.setenv(shrink.ACCEPT_SHRINK_ENV, "1")
+    accepted_earlier(3, 2)
     mocker.patch.object(snapshot, "take", return_value=alice_only())
     written = nsscache_update(tmp_path)
     assert written["passwd"] == ["alice:x:20001:20001:Alice Smith:/mnt/home/alice:/bin/bash"]
@@ -467,8 +487,8 @@ def test_accept_shrink_environment_variable_accepts_and_records(mocker, monkeypa
 
 @pytest.mark.parametrize("value", ["", "0", "true", "yes", " 1"])
 def test_only_accept_shrink_1_accepts(mocker, monkeypatch, value):
-    monkeypatch.setenv(policy.ACCEPT_SHRINK_ENV, value)
-    state.save(CONF["state_dir"], scope(), 3, 2)
+    monkeypatch.setenv(shrink.ACCEPT_SHRINK_ENV, value)
+    accepted_earlier(3, 2)
     mocker.patch.object(snapshot, "take", return_value=alice_only())
     with pytest.raises(error.InvalidMap):
         CoreWeaveSource(dict(CONF)).GetPasswdMap()
@@ -476,18 +496,18 @@ def test_only_accept_shrink_1_accepts(mocker, monkeypatch, value):
 
 
 def test_after_an_accepted_shrink_the_next_run_compares_with_it(mocker, monkeypatch, tmp_path):
-    monkeypatch.setenv(policy.ACCEPT_SHRINK_ENV, "1")
-    state.save(CONF["state_dir"], scope(), 3, 2)
+    monkeypatch.setenv(shrink.ACCEPT_SHRINK_ENV, "1")
+    accepted_earlier(3, 2)
     mocker.patch.object(snapshot, "take", return_value=alice_only())
     nsscache_update(tmp_path)
-    monkeypatch.delenv(policy.ACCEPT_SHRINK_ENV)
-    source._CACHE.clear()  # the next nsscache process
+    monkeypatch.delenv(shrink.ACCEPT_SHRINK_ENV)
+    run._CACHE.clear()  # the next nsscache process
     assert names(every_map()["passwd"]) == ["alice"]
 
 
 def test_an_emptied_group_set_is_refused(mocker):
     # The listed groups still exist but have lost every member.
-    state.save(CONF["state_dir"], scope(), 2, 2)
+    accepted_earlier(2, 2)
     groups = (GroupRecord("g-users", "slurm-users", 30001, ()), GroupRecord("g-sudo", "slurm-sudo", 30002, ()))
     mocker.patch.object(snapshot, "take", return_value=snap(groups=groups))
     for name in MAPS:
@@ -502,7 +522,7 @@ def test_an_emptied_group_set_is_refused_even_with_the_ratio_guard_off(mocker):
     # previously had members is refused the same way" -- a guard of its own,
     # lifted only by the one-shot override, not by coreweave_max_shrink = 1.
     conf = {**CONF, "max_shrink": 1}
-    state.save(conf["state_dir"], scope(conf), 2, 2)
+    accepted_earlier(2, 2, conf)
     groups = (GroupRecord("g-users", "slurm-users", 30001, ()), GroupRecord("g-sudo", "slurm-sudo", 30002, ()))
     mocker.patch.object(snapshot, "take", return_value=snap(groups=groups))
     for name in MAPS:
@@ -512,9 +532,9 @@ def test_an_emptied_group_set_is_refused_even_with_the_ratio_guard_off(mocker):
 
 
 def test_an_emptied_group_set_is_accepted_by_the_one_shot_override(mocker, monkeypatch, tmp_path):
-    monkeypatch.setenv(policy.ACCEPT_SHRINK_ENV, "1")
+    monkeypatch.setenv(shrink.ACCEPT_SHRINK_ENV, "1")
     conf = {**CONF, "max_shrink": 1}
-    state.save(conf["state_dir"], scope(conf), 2, 2)
+    accepted_earlier(2, 2, conf)
     groups = (GroupRecord("g-users", "slurm-users", 30001, ()), GroupRecord("g-sudo", "slurm-sudo", 30002, ()))
     mocker.patch.object(snapshot, "take", return_value=snap(groups=groups))
     written = nsscache_update(tmp_path, conf)
@@ -550,8 +570,6 @@ def test_an_unwritable_state_directory_is_logged_and_the_maps_still_written(mock
 
 
 def test_a_corrupt_state_file_means_nothing_to_compare_with(mocker, tmp_path):
-    import os
-
     os.makedirs(CONF["state_dir"], exist_ok=True)
     with open(os.path.join(CONF["state_dir"], state.STATE_FILE), "w") as f:
         f.write("{not json")
@@ -561,8 +579,8 @@ def test_a_corrupt_state_file_means_nothing_to_compare_with(mocker, tmp_path):
 
 
 def test_a_failed_listing_records_no_counts(mocker):
-    state.save(CONF["state_dir"], scope(), 3, 2)
-    mocker.patch.object(snapshot, "take", side_effect=ListingError("Users page 2: short"))
+    accepted_earlier(3, 2)
+    mocker.patch.object(snapshot, "take", side_effect=SHORT)
     with pytest.raises(error.InvalidMap):
         CoreWeaveSource(dict(CONF)).GetPasswdMap()
     assert counts() == (3, 2)

@@ -1,7 +1,9 @@
-"""state: the counts of the last accepted run (for the shrink guard), kept per
-scope in one JSON file, ``coreweave-state.json`` in ``coreweave_state_dir``,
-written atomically and readable by root only. An unreadable or corrupt file
-means "nothing to compare with", never a crash; saving replaces it."""
+"""state: one ScopeRecord per scope (directory and allow-list), kept in one
+JSON file, ``coreweave-state.json`` in ``coreweave_state_dir``, written
+atomically and readable by root only. An unreadable or corrupt file, or a
+malformed field, reads as nothing recorded (for the shrink guard: nothing to
+compare with), never a crash; writing replaces it. A file written by the
+previous version reads back, and what is written reads as it did there."""
 
 from __future__ import annotations
 
@@ -12,85 +14,122 @@ import stat
 import pytest
 
 from nss_cache_coreweave import state
-from nss_cache_coreweave.state import STATE_FILE, Counts
+from nss_cache_coreweave.state import STATE_FILE, CacheRecord, Counts, RunReport, ScopeRecord
 
 SCOPE = "https://api.coreweave.test/scim/cw-test groups=slurm-users"
 OTHER = "https://api.coreweave.test/scim/cw-test groups=*"
 NOW = 1_780_000_000.5
+RUN = "20260528T202638Z-0123456789ab"
 
+ACCEPTED = ScopeRecord(accepted=Counts(users=3, groups=2, time=NOW))
+REPORT = RunReport(started=NOW - 2.0, duration=1.234, outcome="ok", run=RUN, users=3, groups=2, keys=4,
+                   maps_written=("passwd", "group"), maps_not_written=("sshkey",), drops={"user/inactive": 1},
+                   requests={"Groups/2xx": 1, "Users/2xx": 2}, retries=1, bytes=9229)
+FULL = ScopeRecord(accepted=Counts(3, 2, NOW), last_run=REPORT,
+                   caches={"passwd": CacheRecord(RUN, NOW, 3), "group": CacheRecord(RUN, NOW, 2)},
+                   last_success=NOW, shrink_refusals=2)
 
-@pytest.fixture(autouse=True)
-def frozen_time(monkeypatch):
-    monkeypatch.setattr(state.time, "time", lambda: NOW)
+# FULL as the previous version of this package wrote it (report.record, state.accept).
+FULL_AS_WRITTEN = {
+    "users": 3, "groups": 2, "time": NOW,
+    "last_run": {
+        "started": NOW - 2.0, "duration": 1.234, "outcome": "ok", "run": RUN, "error_kind": "", "error": "",
+        "users": 3, "groups": 2, "keys": 4, "maps_written": ["passwd", "group"], "maps_not_written": ["sshkey"],
+        "drops": {"user/inactive": 1}, "requests": {"Groups/2xx": 1, "Users/2xx": 2}, "retries": 1, "bytes": 9229,
+    },
+    "caches": {"passwd": {"run": RUN, "time": NOW, "count": 3}, "group": {"run": RUN, "time": NOW, "count": 2}},
+    "last_success": NOW,
+    "shrink_refusals": 2,
+}
 
 
 def state_file(directory):
     return directory / STATE_FILE
 
 
-def test_nothing_saved_loads_as_none(tmp_path):
-    assert state.load(str(tmp_path), SCOPE) is None
-    assert state.load(str(tmp_path / "no-such-dir"), SCOPE) is None
+def written(directory) -> dict:
+    return json.loads(state_file(directory).read_text())
 
 
-def test_saved_counts_load_back(tmp_path):
-    state.save(str(tmp_path), SCOPE, 3000, 12)
-    assert state.load(str(tmp_path), SCOPE) == Counts(users=3000, groups=12, time=NOW)
+def test_nothing_written_reads_as_an_empty_record(tmp_path):
+    assert state.read(str(tmp_path), SCOPE) == ScopeRecord()
+    assert state.read(str(tmp_path / "no-such-dir"), SCOPE) == ScopeRecord()
+    assert ScopeRecord().accepted is None and ScopeRecord().last_run is None
 
 
-def test_saving_again_replaces_the_counts(tmp_path):
-    state.save(str(tmp_path), SCOPE, 3000, 12)
-    state.save(str(tmp_path), SCOPE, 2990, 11)
-    assert state.load(str(tmp_path), SCOPE) == Counts(2990, 11, NOW)
+def test_a_written_record_reads_back(tmp_path):
+    state.write(str(tmp_path), SCOPE, FULL)
+    assert state.read(str(tmp_path), SCOPE) == FULL
+
+
+def test_writing_again_replaces_the_record(tmp_path):
+    state.write(str(tmp_path), SCOPE, FULL)
+    state.write(str(tmp_path), SCOPE, ACCEPTED)
+    assert state.read(str(tmp_path), SCOPE) == ACCEPTED
 
 
 def test_scopes_are_kept_apart(tmp_path):
-    state.save(str(tmp_path), SCOPE, 3, 2)
-    state.save(str(tmp_path), OTHER, 40, 9)
-    assert state.load(str(tmp_path), SCOPE) == Counts(3, 2, NOW)
-    assert state.load(str(tmp_path), OTHER) == Counts(40, 9, NOW)
-    assert state.load(str(tmp_path), "elsewhere groups=x") is None
+    state.write(str(tmp_path), SCOPE, ACCEPTED)
+    state.write(str(tmp_path), OTHER, FULL)
+    assert state.read(str(tmp_path), SCOPE) == ACCEPTED
+    assert state.read(str(tmp_path), OTHER) == FULL
+    assert state.read(str(tmp_path), "elsewhere groups=x") == ScopeRecord()
 
 
-def test_saving_counts_keeps_the_rest_of_the_scope_entry(tmp_path):
-    state.update(str(tmp_path), SCOPE, lambda e: e.update(last_run={"outcome": "ok"}))
-    state.save(str(tmp_path), SCOPE, 3, 2)
-    assert state.entry(str(tmp_path), SCOPE) == {"last_run": {"outcome": "ok"}, "users": 3, "groups": 2, "time": NOW}
+def test_the_file_keeps_the_format_of_the_previous_version(tmp_path):
+    state.write(str(tmp_path), SCOPE, FULL)
+    assert written(tmp_path) == {"scopes": {SCOPE: FULL_AS_WRITTEN}}
+
+
+def test_a_file_of_the_previous_version_reads_as_the_record(tmp_path):
+    state_file(tmp_path).write_text(json.dumps({"scopes": {SCOPE: FULL_AS_WRITTEN}}))
+    assert state.read(str(tmp_path), SCOPE) == FULL
+
+
+def test_fields_at_their_default_are_left_out(tmp_path):
+    state.write(str(tmp_path), SCOPE, ACCEPTED)
+    assert written(tmp_path) == {"scopes": {SCOPE: {"users": 3, "groups": 2, "time": NOW}}}
+
+
+def test_an_older_run_report_without_the_maps_written_reads_with_none(tmp_path):
+    older = {key: value for key, value in FULL_AS_WRITTEN["last_run"].items()
+             if key not in ("maps_written", "maps_not_written", "run")}
+    state_file(tmp_path).write_text(json.dumps({"scopes": {SCOPE: {"last_run": older}}}))
+    last_run = state.read(str(tmp_path), SCOPE).last_run
+    assert (last_run.outcome, last_run.run, last_run.maps_written, last_run.maps_not_written) == ("ok", "", (), ())
 
 
 def test_the_file_is_json_readable_by_root_only(tmp_path):
     old_umask = os.umask(0)
     try:
-        state.save(str(tmp_path), SCOPE, 3, 2)
+        state.write(str(tmp_path), SCOPE, ACCEPTED)
     finally:
         os.umask(old_umask)
-    path = state_file(tmp_path)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert json.loads(path.read_text()) == {"scopes": {SCOPE: {"users": 3, "groups": 2, "time": NOW}}}
+    assert stat.S_IMODE(state_file(tmp_path).stat().st_mode) == 0o600
 
 
 def test_a_group_readable_file_becomes_0600_when_rewritten(tmp_path):
     path = state_file(tmp_path)
     path.write_text("{}")
     path.chmod(0o644)
-    state.save(str(tmp_path), SCOPE, 3, 2)
+    state.write(str(tmp_path), SCOPE, ACCEPTED)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_a_missing_state_directory_is_created(tmp_path):
     directory = tmp_path / "var" / "lib" / "nsscache"
-    state.save(str(directory), SCOPE, 3, 2)
-    assert state.load(str(directory), SCOPE) == Counts(3, 2, NOW)
+    state.write(str(directory), SCOPE, ACCEPTED)
+    assert state.read(str(directory), SCOPE) == ACCEPTED
 
 
 def test_no_temporary_file_is_left_behind(tmp_path):
-    state.save(str(tmp_path), SCOPE, 3, 2)
-    state.save(str(tmp_path), SCOPE, 4, 2)
+    state.write(str(tmp_path), SCOPE, ACCEPTED)
+    state.write(str(tmp_path), SCOPE, FULL)
     assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE]
 
 
 def test_a_failed_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
-    state.save(str(tmp_path), SCOPE, 3, 2)
+    state.write(str(tmp_path), SCOPE, ACCEPTED)
     before = state_file(tmp_path).read_bytes()
 
     def disk_full(fd):
@@ -98,16 +137,24 @@ def test_a_failed_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(state.os, "fsync", disk_full)
     with pytest.raises(OSError):
-        state.save(str(tmp_path), SCOPE, 1, 1)
+        state.write(str(tmp_path), SCOPE, FULL)
     assert state_file(tmp_path).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE]
 
 
 def test_the_file_is_replaced_by_rename_never_rewritten_in_place(tmp_path):
-    state.save(str(tmp_path), SCOPE, 3, 2)
+    state.write(str(tmp_path), SCOPE, ACCEPTED)
     inode = state_file(tmp_path).stat().st_ino
-    state.save(str(tmp_path), SCOPE, 4, 2)
+    state.write(str(tmp_path), SCOPE, FULL)
     assert state_file(tmp_path).stat().st_ino != inode
+
+
+def test_write_atomically_gives_the_mode_and_replaces_the_file_whole(tmp_path):
+    path = tmp_path / "metrics.prom"
+    path.write_text("old and longer\n")
+    state.write_atomically(str(path), "new\n", 0o644)
+    assert (path.read_text(), stat.S_IMODE(path.stat().st_mode)) == ("new\n", 0o644)
+    assert os.listdir(tmp_path) == ["metrics.prom"]
 
 
 @pytest.mark.parametrize(
@@ -126,20 +173,45 @@ def test_the_file_is_replaced_by_rename_never_rewritten_in_place(tmp_path):
                      id="users-null"),
     ],
 )
-def test_a_corrupt_file_loads_as_none_and_is_replaced_by_the_next_save(tmp_path, content):
+def test_a_corrupt_file_reads_as_nothing_accepted_and_is_replaced_by_the_next_write(tmp_path, content):
     state_file(tmp_path).write_bytes(content)
-    assert state.load(str(tmp_path), SCOPE) is None
-    state.save(str(tmp_path), SCOPE, 3, 2)
-    assert state.load(str(tmp_path), SCOPE) == Counts(3, 2, NOW)
+    assert state.read(str(tmp_path), SCOPE).accepted is None
+    state.write(str(tmp_path), SCOPE, ACCEPTED)
+    assert state.read(str(tmp_path), SCOPE) == ACCEPTED
+
+
+@pytest.mark.parametrize(
+    "field, value, reads_as",
+    [
+        pytest.param("last_run", {"outcome": "ok"}, ScopeRecord(), id="last-run-without-start"),
+        pytest.param("last_run", {"started": 1, "outcome": "ok", "users": "many"}, ScopeRecord(),
+                     id="last-run-users-a-word"),
+        pytest.param("last_run", [1], ScopeRecord(), id="last-run-a-list"),
+        pytest.param("caches", {"passwd": {"run": RUN, "time": NOW}, "group": {"run": RUN, "time": NOW, "count": 2}},
+                     ScopeRecord(caches={"group": CacheRecord(RUN, NOW, 2)}), id="a-cache-without-count"),
+        pytest.param("caches", ["passwd"], ScopeRecord(), id="caches-a-list"),
+        pytest.param("last_success", "yesterday", ScopeRecord(), id="last-success-a-word"),
+        pytest.param("shrink_refusals", "two", ScopeRecord(), id="refusals-a-word"),
+    ],
+)
+def test_a_malformed_field_reads_as_not_recorded(tmp_path, field, value, reads_as):
+    state_file(tmp_path).write_text(json.dumps({"scopes": {SCOPE: {field: value}}}))
+    assert state.read(str(tmp_path), SCOPE) == reads_as
+
+
+def test_writing_one_scope_keeps_what_it_cannot_read_of_the_others(tmp_path):
+    state_file(tmp_path).write_text(json.dumps({"scopes": {OTHER: {"future": [1, 2]}}}))
+    state.write(str(tmp_path), SCOPE, ACCEPTED)
+    assert written(tmp_path)["scopes"][OTHER] == {"future": [1, 2]}
 
 
 def test_an_unwritable_state_directory_raises_os_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(OSError):
-        state.save(str(blocker / "state"), SCOPE, 3, 2)
+        state.write(str(blocker / "state"), SCOPE, ACCEPTED)
 
 
 def test_module_exports():
     assert state.STATE_FILE == "coreweave-state.json"
-    assert {"Counts", "load", "save"} <= set(state.__all__)
+    assert {"Counts", "RunReport", "ScopeRecord", "read", "write", "write_atomically"} <= set(state.__all__)
