@@ -488,7 +488,7 @@ def _slurm_sync(conf, args) -> int:
         log.error("coreweave: %s, Slurm left unchanged: %s", problem, e)
         return _exit_status(e)
     if args.accept_shrink:
-        os.environ[shrink.ACCEPT_SHRINK_ENV] = "1"  # as update --accept-shrink: this process only
+        os.environ[shrink.ACCEPT_SHRINK_ENV] = "1"  # as update --accept-shrink: this process only (not sacctmgr's)
     try:
         result = slurm.sync(
             decided, config, dry_run=args.dry_run, prune_accounts=args.prune_accounts,

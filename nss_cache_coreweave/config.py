@@ -58,9 +58,9 @@ _ID_LIMIT = 4294967294  # 2**32 - 2: (uid_t)-1 means "no change" to chown()
 
 
 class Kind(enum.Enum):
-    """What an option holds; the Reader method of the same name reads it."""
+    """What an option holds; the comment names the Reader method that reads it."""
 
-    TEXT = "text"
+    TEXT = "text"  # Reader.text
     PATH = "absolute path"  # Reader.absolute (or Reader.text when the check differs)
     NAMES = "comma-separated names"  # Reader.names
     ATTRIBUTES = "comma-separated attribute paths"  # Reader.paths
@@ -202,6 +202,11 @@ def option(name: str) -> Option:
     return _BY_NAME[name]
 
 
+def _default(name: str) -> Any:
+    """The table's default, for the dataclasses below (code and tests build them directly)."""
+    return _BY_NAME[name].default
+
+
 SHELLS_FILE = "/etc/shells"
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -247,7 +252,6 @@ class GroupAttributes:
     gid: Tuple[AttributePath, ...]
 
 
-# The defaults below repeat OPTIONS' for code that builds these directly (tests/unit/test_config.py holds them equal).
 @dataclass(frozen=True)
 class Server:
     """Everything needed to list Users and Groups."""
@@ -256,16 +260,16 @@ class Server:
     users_url: str
     groups_url: str
     token: str = dataclasses.field(repr=False)
-    page_size: int = 1000
-    pagination: str = "index"
-    max_pages: int = 10000
-    max_users: int = 2_000_000  # a Users listing announcing or holding more is refused
-    workers: int = 2  # processes decoding a long index listing; 0: decode in-process
-    max_page_bytes: int = 64 * 1024 * 1024
-    timeout: float = 30.0  # seconds per request
-    retries: int = 3
-    max_retry_wait: float = 60.0  # seconds, caps Retry-After and backoff
-    deadline: float = 300.0  # seconds for the whole listing of Users and Groups
+    page_size: int = _default("page_size")
+    pagination: str = _default("pagination")
+    max_pages: int = _default("max_pages")
+    max_users: int = _default("max_users")  # a Users listing announcing or holding more is refused
+    workers: int = _default("workers")  # processes decoding a long index listing; 0: decode in-process
+    max_page_bytes: int = _default("max_page_bytes")
+    timeout: float = _default("timeout")  # seconds per request
+    retries: int = _default("retries")
+    max_retry_wait: float = _default("max_retry_wait")  # seconds, caps Retry-After and backoff
+    deadline: float = _default("deadline")  # seconds for the whole listing of Users and Groups
     verify: Union[bool, str] = True  # requests' verify: a CA bundle path or a bool
 
 
@@ -282,9 +286,9 @@ class SlurmSync:
 
     accounts: Optional[Tuple[Tuple[str, str], ...]] = None  # (group, account); None: every listed group
     clusters: Optional[Tuple[str, ...]] = None  # None: the clusters slurmdbd knows
-    parent_account: str = "root"
-    sacctmgr: str = "sacctmgr"
-    timeout: float = 600.0  # seconds per sacctmgr call
+    parent_account: str = _default("slurm_parent_account")
+    sacctmgr: str = _default("slurm_sacctmgr")
+    timeout: float = _default("slurm_timeout")  # seconds per sacctmgr call
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import atexit
 import gc
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
@@ -35,8 +36,8 @@ from .errors import CoreWeaveError, GuardError, InternalError
 from .state import CacheRecord, RunReport
 
 __all__ = [
-    "Run", "Receipt", "current_run", "directory", "finish", "fetch_and_decide", "decide", "report_of", "scope_outcome",
-    "guard", "shrink_problem", "state_scope", "log_directory",
+    "Run", "current_run", "directory", "finish", "fetch_and_decide", "decide", "report_of", "scope_outcome",
+    "shrink_problem", "state_scope",
 ]
 
 log = logging.getLogger("nss_cache_coreweave")
@@ -62,13 +63,13 @@ class Run:
 
     def hand_out(self, map_name: str, nss_map):
         """``nss_map`` as handed to nsscache, noting when nsscache has written it."""
-        nss_map.GetModifyTimestamp = Receipt(self, map_name, nss_map.GetModifyTimestamp)
+        nss_map.GetModifyTimestamp = _Receipt(self, map_name, nss_map.GetModifyTimestamp)
         if map_name not in self.served:
             self.served.append(map_name)
         return nss_map
 
 
-class Receipt:
+class _Receipt:
     """Stands in for a map's GetModifyTimestamp on a full update: nsscache
     calls it only once the map is committed (its files written and renamed
     into place)."""
@@ -111,18 +112,18 @@ def directory(options: dict, *, record: bool = True) -> policy.Directory:
 def _start(config: config_mod.Config) -> Run:
     started, start = time.time(), time.monotonic()
     stats = scim.Stats()
-    outcome = _decided(config, stats)
+    outcome = _outcome(config, stats)
     run_id = _CACHE.setdefault(("run id",), marker.new_run(started))
     assert isinstance(run_id, str)
     duration = round(time.monotonic() - start, 3)
     return Run(config, outcome, report_of(outcome, run=run_id, started=started, duration=duration, stats=stats))
 
 
-def _decided(config: config_mod.Config, stats: scim.Stats) -> Union[policy.Directory, CoreWeaveError]:
+def _outcome(config: config_mod.Config, stats: scim.Stats) -> Union[policy.Directory, CoreWeaveError]:
     """fetch -> decide -> guard; the error that stops it is the run's outcome."""
     try:
         decided = fetch_and_decide(config, stats)
-        guard(config, decided, accept=shrink.accepted())
+        shrink.enforce(shrink_problem(config, decided), accept=shrink.accepted())
     except CoreWeaveError as e:
         return e
     except Exception as e:  # a bug of ours: every map fails the same way, and the run is recorded
@@ -134,14 +135,20 @@ def _decided(config: config_mod.Config, stats: scim.Stats) -> Union[policy.Direc
 def report_of(outcome: Union[policy.Directory, CoreWeaveError], *, run: str, started: float, duration: float,
               stats: scim.Stats) -> RunReport:
     """The report of a run as decided: what the Directory holds, or the error
-    that prevented it (a guard's refuses the run, any other fails it)."""
+    that prevented it (a GuardError refuses the run, any other error fails it)."""
+    requests = {f"{endpoint}/{status}": n for (endpoint, status), n in sorted(stats.requests.items())}
     decided = RunReport(started=started, duration=duration, outcome="decided", run=run,
-                        requests=RunReport.count_requests(stats), retries=stats.retries, bytes=stats.bytes)
+                        requests=requests, retries=stats.retries, bytes=stats.bytes)
     if isinstance(outcome, CoreWeaveError):
         return replace(decided, outcome="refused" if isinstance(outcome, GuardError) else "failed",
                        error_kind=type(outcome).__name__, error=str(outcome))
     return replace(decided, users=len(outcome.accounts), groups=len(outcome.groups),
-                   keys=sum(len(a.keys) for a in outcome.accounts), drops=RunReport.count_drops(outcome.drops))
+                   keys=sum(len(a.keys) for a in outcome.accounts), drops=count_drops(outcome.drops))
+
+
+def count_drops(drops) -> Dict[str, int]:
+    """Dropped entries by "kind/code", as the run record and the metrics count them."""
+    return dict(sorted(Counter(f"{d.kind}/{d.code}" for d in drops).items()))
 
 
 def fetch_and_decide(config: config_mod.Config, stats: Optional[scim.Stats] = None) -> policy.Directory:
@@ -185,12 +192,6 @@ def shrink_problem(config: config_mod.Config, decided: policy.Directory) -> Opti
     scope's last accepted run (or of an empty result), or None."""
     accepted = state.read(config.state_dir, state_scope(config)).accepted
     return policy.shrink_problem(decided, accepted, config.max_shrink, config.allowed_groups)
-
-
-def guard(config: config_mod.Config, decided: policy.Directory, *, accept: bool) -> None:
-    """The whole-run guard: refuse the shrink_problem unless the operator
-    accepted it (then log it). :raises GuardError:"""
-    shrink.enforce(shrink_problem(config, decided), accept=accept)
 
 
 def state_scope(config: config_mod.Config) -> str:

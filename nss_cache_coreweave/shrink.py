@@ -7,7 +7,7 @@ whole: that is far likelier an outage or a wrong setting than a decision.
 The operator accepts it for one run with ``--accept-shrink``, or with
 ``ACCEPT_SHRINK_ENV=1`` (stock nsscache has no option of ours).
 
-    problem()  (what, before, now) counts and max_shrink -> the GuardError, or None
+    problem()  the command to rerun, what shrank from before to now, max_shrink -> the GuardError, or None
     enforce()  raise it, or log it as accepted
 """
 

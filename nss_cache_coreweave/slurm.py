@@ -268,56 +268,25 @@ class Operation:
         ``account=``, ``parent=``, ``defaultaccount=``), never as a bare word: sacctmgr
         takes a bare ``where`` or ``set`` for its keyword (``add account where`` fails:
         "Need name of account to add"), so an IAM group of that name broke every run."""
-        return _ARGUMENTS[self.kind](self)
+        where = [f"cluster={self.cluster}"] if self.cluster else []
+        names = ",".join(self.users)
+        return {
+            Kind.ADD_ACCOUNT: ["add", "account", f"name={self.account}", *where, f"parent={self.parent}",
+                               f"organization={MARKER}", f"description={self.description}"],
+            Kind.SET_PARENT: ["modify", "account", "where", f"name={self.account}", *where, "set",
+                              f"parent={self.parent}"],
+            Kind.ADD_USERS: ["add", "user", f"name={names}", f"account={self.account}", *where],
+            Kind.SET_DEFAULT: ["modify", "user", "where", f"name={names}", *where, "set",
+                               f"defaultaccount={self.account}"],
+            Kind.REMOVE_USERS: ["remove", "user", "where", f"name={names}", f"account={self.account}", *where],
+            Kind.REMOVE_ACCOUNT: ["remove", "account", "where", f"name={self.account}", *where],
+        }[self.kind]
 
     def __str__(self) -> str:
         who = f" {len(self.users)} user(s)" if self.users else ""
         to = f" -> {self.parent}" if self.kind in (Kind.ADD_ACCOUNT, Kind.SET_PARENT) else ""
         on = f"cluster {self.cluster}" if self.cluster else "every cluster"
         return f"{self.kind} {self.account}{to}{who} on {on}"
-
-
-def _where(op: Operation) -> List[str]:
-    return [f"cluster={op.cluster}"] if op.cluster else []
-
-
-def _names(op: Operation) -> str:
-    return ",".join(op.users)
-
-
-def _add_account(op: Operation) -> List[str]:
-    return ["add", "account", f"name={op.account}", *_where(op), f"parent={op.parent}", f"organization={MARKER}",
-            f"description={op.description}"]
-
-
-def _set_parent(op: Operation) -> List[str]:
-    return ["modify", "account", "where", f"name={op.account}", *_where(op), "set", f"parent={op.parent}"]
-
-
-def _add_users(op: Operation) -> List[str]:
-    return ["add", "user", f"name={_names(op)}", f"account={op.account}", *_where(op)]
-
-
-def _set_default(op: Operation) -> List[str]:
-    return ["modify", "user", "where", f"name={_names(op)}", *_where(op), "set", f"defaultaccount={op.account}"]
-
-
-def _remove_users(op: Operation) -> List[str]:
-    return ["remove", "user", "where", f"name={_names(op)}", f"account={op.account}", *_where(op)]
-
-
-def _remove_account(op: Operation) -> List[str]:
-    return ["remove", "account", "where", f"name={op.account}", *_where(op)]
-
-
-_ARGUMENTS: Mapping[Kind, Callable[[Operation], List[str]]] = {
-    Kind.ADD_ACCOUNT: _add_account,
-    Kind.SET_PARENT: _set_parent,
-    Kind.ADD_USERS: _add_users,
-    Kind.SET_DEFAULT: _set_default,
-    Kind.REMOVE_USERS: _remove_users,
-    Kind.REMOVE_ACCOUNT: _remove_account,
-}
 
 
 @dataclass(frozen=True)
@@ -344,15 +313,8 @@ def plan(want: Wanted, current: Current, *, parent: str, created_users: Iterable
     Order: new and re-parented accounts; then per cluster: associations added
     (accounts in configuration order, so a user new to the cluster gets the first
     of theirs as default account), default accounts set, associations removed,
-    empty managed accounts pruned. :raises PlanError:
-
-    Stages, each a pure function returning a value: ``_scope`` (what may be touched:
-    Scope), ``_holdings`` (what each user holds now), ``_changes`` (per cluster:
-    accounts to create or move, associations to add and remove: Changes),
-    ``_outcome`` (less the removals that would delete a user the package did not
-    create: Outcome), ``_fates`` (managed, losing and deleted users),
-    ``_user_operations`` (cluster by cluster, with ``_defaults``), ``_mark_new_users``,
-    ``_prunes``."""
+    empty managed accounts pruned. Each stage below is a pure function returning
+    a value. :raises PlanError:"""
     scope = _scope(want, current, parent, created_users, managed_accounts)
     outcome = _outcome(_holdings(current), _changes(current, scope), scope.created)
     fates = _fates(current, scope, outcome)

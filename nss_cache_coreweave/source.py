@@ -71,11 +71,12 @@ class CoreWeaveSource(source.Source):
             raise error.SourceUnavailable(f"coreweave: {e}") from None
         except (ConfigError, ListingError, GuardError) as e:
             raise error.InvalidMap(f"coreweave: {e}") from None
+        except InternalError as e:  # logged while deciding the run
+            raise error.InvalidMap(f"coreweave: internal error ({e.kind}); the {map_name} cache is kept") from None
         except Exception as e:  # a bug of ours must not become a traceback
-            if not isinstance(e, InternalError):  # that one was logged while deciding the run
-                log.exception("coreweave: internal error building the %s map", map_name)
-            kind = e.kind if isinstance(e, InternalError) else type(e).__name__
-            raise error.InvalidMap(f"coreweave: internal error ({kind}); the {map_name} cache is kept") from None
+            log.exception("coreweave: internal error building the %s map", map_name)
+            raise error.InvalidMap(
+                f"coreweave: internal error ({type(e).__name__}); the {map_name} cache is kept") from None
 
     GetPasswdMap = partialmethod(_map, "passwd")
     GetGroupMap = partialmethod(_map, "group")

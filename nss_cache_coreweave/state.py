@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -55,14 +55,6 @@ class RunReport:
     retries: int = 0
     bytes: int = 0
 
-    @staticmethod
-    def count_drops(drops) -> Dict[str, int]:
-        return dict(sorted(Counter(f"{d.kind}/{d.code}" for d in drops).items()))
-
-    @staticmethod
-    def count_requests(stats) -> Dict[str, int]:
-        return {f"{endpoint}/{status}": n for (endpoint, status), n in sorted(stats.requests.items())}
-
     @classmethod
     def from_dict(cls, data: object) -> Optional[RunReport]:
         """The report as the state file keeps it, or None when ``data`` is not one."""
@@ -79,7 +71,7 @@ class RunReport:
                 drops=_counted(data.get("drops")), requests=_counted(data.get("requests")),
                 retries=int(data.get("retries", 0)), bytes=int(data.get("bytes", 0)),
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             return None
 
     def to_dict(self) -> dict:
@@ -144,14 +136,21 @@ def read(state_dir: str, scope: str) -> ScopeRecord:
 
 
 def write(state_dir: str, scope: str, record: ScopeRecord) -> None:
-    """Replace the record of ``scope``, keeping the others, in one atomic
-    write (creating ``state_dir``). :raises OSError:"""
+    """Replace the record of ``scope``, keeping the other scopes and the fields
+    this version does not know (a later version's), in one atomic write
+    (creating ``state_dir``). :raises OSError:"""
     data = _read(state_dir)
     if not isinstance(data.get("scopes"), dict):
         data = {"scopes": {}}
-    data["scopes"][scope] = record.to_dict()
+    old = data["scopes"].get(scope)
+    unknown = {k: v for k, v in old.items() if k not in _KNOWN_FIELDS} if isinstance(old, dict) else {}
+    data["scopes"][scope] = {**unknown, **record.to_dict()}
     os.makedirs(state_dir, mode=0o755, exist_ok=True)
     write_atomically(os.path.join(state_dir, STATE_FILE), json.dumps(data, indent=1, sort_keys=True), 0o600)
+
+
+# What ScopeRecord.to_dict may write (a field at its default is left out).
+_KNOWN_FIELDS = frozenset({"users", "groups", "time", "last_run", "caches", "last_success", "shrink_refusals"})
 
 
 def write_atomically(path: str, text: str, mode: int) -> None:
@@ -182,7 +181,7 @@ def _read(state_dir: str) -> dict:
 def _counts(data: dict) -> Optional[Counts]:
     try:
         return Counts(int(data["users"]), int(data["groups"]), float(data["time"]))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None
 
 
@@ -191,13 +190,16 @@ def _caches(value: object) -> Dict[str, CacheRecord]:
     for name, data in value.items() if isinstance(value, dict) else ():
         try:
             caches[str(name)] = CacheRecord(str(data["run"]), float(data["time"]), int(data["count"]))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             pass  # not a cache record: as if nsscache had not written it
     return caches
 
 
 def _number(value: object) -> Optional[float]:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A finite number (JSON allows NaN and Infinity, which no count or time is), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _names(value: object) -> Tuple[str, ...]:

@@ -64,7 +64,9 @@ SHIPPED = (
     f"{EXAMPLES}/cron.d/nsscache-coreweave",
     f"{EXAMPLES}/sshd_config.d/nsscache-coreweave.conf",
     "/usr/share/doc/nss-cache-coreweave/copyright",
-    "/usr/share/doc/nss-cache-coreweave/docs/configuration.md",  # the README's links resolve on the node
+    # Uncompressed, so that the README's links resolve on the node.
+    "/usr/share/doc/nss-cache-coreweave/README.md",
+    "/usr/share/doc/nss-cache-coreweave/docs/configuration.md",
     "/etc/nsscache-coreweave",
 )
 

@@ -22,7 +22,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nss_cache_coreweave import report, state
+from nss_cache_coreweave.errors import InternalError
 from nss_cache_coreweave.policy import Drop
+from nss_cache_coreweave.run import count_drops, report_of
 from nss_cache_coreweave.scim import Stats
 from nss_cache_coreweave.state import STATE_FILE, CacheRecord, Counts, RunReport, ScopeRecord
 
@@ -114,7 +116,7 @@ def test_drops_are_counted_by_kind_and_code_in_order():
         Drop("user", "eve", "is inactive", expected=True, code="inactive"),
     ]
 
-    counted = RunReport.count_drops(drops)
+    counted = count_drops(drops)
 
     assert list(counted.items()) == [("key/key", 1), ("user/inactive", 2)]
 
@@ -122,7 +124,7 @@ def test_drops_are_counted_by_kind_and_code_in_order():
 def test_requests_are_counted_by_endpoint_and_status_class_in_order():
     stats = Stats(requests=Counter({("Users", "2xx"): 2, ("Users", "5xx"): 1, ("Groups", "2xx"): 1}))
 
-    counted = RunReport.count_requests(stats)
+    counted = report_of(InternalError("ValueError"), run="r", started=0.0, duration=0.0, stats=stats).requests
 
     assert list(counted.items()) == [("Groups/2xx", 1), ("Users/2xx", 2), ("Users/5xx", 1)]
 

@@ -1,4 +1,4 @@
-"""shrink: the one shrink guard of the maps (policy.shrink_problem, run.guard)
+"""shrink: the one shrink guard of the maps (policy.shrink_problem, run.shrink_problem)
 and of slurm-sync (slurm.shrink_problem).
 
 A refusal is a GuardError carrying what shrank, from how many to how many,

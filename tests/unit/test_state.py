@@ -192,6 +192,14 @@ def test_a_corrupt_file_reads_as_nothing_accepted_and_is_replaced_by_the_next_wr
         pytest.param("caches", ["passwd"], ScopeRecord(), id="caches-a-list"),
         pytest.param("last_success", "yesterday", ScopeRecord(), id="last-success-a-word"),
         pytest.param("shrink_refusals", "two", ScopeRecord(), id="refusals-a-word"),
+        # JSON as Python writes it allows NaN and Infinity: a hand-edited file must not stop every run.
+        pytest.param("shrink_refusals", float("nan"), ScopeRecord(), id="refusals-nan"),
+        pytest.param("shrink_refusals", float("inf"), ScopeRecord(), id="refusals-infinity"),
+        pytest.param("last_success", float("inf"), ScopeRecord(), id="last-success-infinity"),
+        pytest.param("last_run", {"started": 1, "outcome": "ok", "users": float("inf")}, ScopeRecord(),
+                     id="last-run-users-infinity"),
+        pytest.param("caches", {"passwd": {"run": RUN, "time": NOW, "count": float("nan")}}, ScopeRecord(),
+                     id="a-cache-count-nan"),
     ],
 )
 def test_a_malformed_field_reads_as_not_recorded(tmp_path, field, value, reads_as):
@@ -203,6 +211,14 @@ def test_writing_one_scope_keeps_what_it_cannot_read_of_the_others(tmp_path):
     state_file(tmp_path).write_text(json.dumps({"scopes": {OTHER: {"future": [1, 2]}}}))
     state.write(str(tmp_path), SCOPE, ACCEPTED)
     assert written(tmp_path)["scopes"][OTHER] == {"future": [1, 2]}
+
+
+def test_writing_a_scope_keeps_its_fields_this_version_does_not_know(tmp_path):
+    state_file(tmp_path).write_text(json.dumps({"scopes": {SCOPE: {**FULL_AS_WRITTEN, "future": {"a": 1}}}}))
+
+    state.write(str(tmp_path), SCOPE, ACCEPTED)
+
+    assert written(tmp_path)["scopes"][SCOPE] == {"future": {"a": 1}, "users": 3, "groups": 2, "time": NOW}
 
 
 def test_an_unwritable_state_directory_raises_os_error(tmp_path):
