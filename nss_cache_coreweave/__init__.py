@@ -11,6 +11,7 @@ Data flows one way, one module per stage:
     run      one run per process: fetch -> decide -> guard (shrink) -> record (state, report)
     source   the nsscache Source adapter (name "coreweave") over run
     cli      the operator's commands (update, check, preview, status, slurm-sync) over run
+    convert  convert-config: a configuration of CoreWeave's nsscache fork -> ours
     errors   the exception tree; each error carries its fields
     redact   the bearer token out of every log line (ours and nsscache's)
     sshkeys  SSH public keys from IAM: parsed and checked with cryptography (policy)

@@ -9,6 +9,9 @@
                       --max-age a check (0 fresh, 1 stale/failed, 2 unknown)
     slurm-sync        Slurm users, accounts and associations from the same
                       users and groups, through sacctmgr (see slurm.py)
+    convert-config F  the source = coreweave configuration for F, a
+                      configuration of CoreWeave's nsscache fork (convert.py);
+                      0 all translated, 1 something needs a person, 2 not one
 
 Exit codes: 0 success; 1 a map failed / a problem was found; 2 usage or
 configuration error; 75 the directory is unavailable (EX_TEMPFAIL, as nsscache).
@@ -28,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
-from . import __version__, install, marker, redact, run, scim, shrink, slurm, snapshot, state
+from . import __version__, convert, install, marker, redact, run, scim, shrink, slurm, snapshot, state
 from . import config as config_mod
 from .errors import ConfigError, CoreWeaveError, FetchError, GuardError
 from .state import RunReport
@@ -72,7 +75,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     sync.add_argument("--adopt-account", action="append", default=[], metavar="ACCOUNT",
                       help="hand an existing Slurm account over to slurm-sync (repeatable; its extra users and "
                            "limits are reported)")
+    convert_config = commands.add_parser("convert-config", help="print the configuration for source = coreweave "
+                                         "equivalent to one of CoreWeave's nsscache fork (source = scim)")
+    convert_config.add_argument("fork_conf", metavar="FORK_CONF", help="the fork's nsscache.conf")
     args = parser.parse_args(argv)
+    if args.command == "convert-config":  # reads FORK_CONF, not nsscache.conf
+        return _convert_config(args.fork_conf)
 
     _setup_logging(args.verbose, background=args.command in ("update", "slurm-sync"))
     try:
@@ -84,6 +92,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     commands_by_name = {"update": _update, "check": _check, "preview": _preview, "status": _status,
                         "slurm-sync": _slurm_sync}
     return commands_by_name[args.command](conf, args)
+
+
+def _convert_config(path: str) -> int:
+    """The converted configuration on stdout, the notes on stderr (never the token)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"{path}: cannot be read: {getattr(e, 'strerror', None) or type(e).__name__}", file=sys.stderr)
+        return EXIT_USAGE
+    result = convert.convert(text)
+    sys.stdout.write(result.text)
+    for note in result.notes:
+        print(f"{path}: {note}", file=sys.stderr)
+    return result.status
 
 
 def _setup_logging(verbose: bool, *, background: bool) -> None:
@@ -280,7 +303,8 @@ def _preview(conf, args) -> int:
 
     try:
         config = config_mod.parse(_coreweave_options(conf, args.map))
-        nss_map = render(args.map, run.decide(config, snapshot.take(config)), marker.new_run(time.time()))
+        decided = run.decide(config, snapshot.take(config))
+        nss_map = render(args.map, decided, marker.new_run(time.time()), config.shadow)
     except CoreWeaveError as e:
         log.error("%s", e)
         return _exit_status(e)

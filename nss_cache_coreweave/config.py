@@ -13,6 +13,7 @@ conf/nsscache.conf is tested against it.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import ipaddress
 import math
@@ -20,6 +21,7 @@ import os
 import posixpath
 import re
 import stat
+import time
 from dataclasses import dataclass
 from typing import Any, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
@@ -46,6 +48,8 @@ __all__ = [
     "parse",
     "parse_path",
     "SlurmSync",
+    "ShadowDefaults",
+    "SHADOW_FIELDS",
 ]
 
 USER_EXTENSION = "urn:coreweave:params:scim:schemas:extension:coreweave:2.0:CoreWeaveUser"
@@ -66,6 +70,7 @@ class Kind(enum.Enum):
     ATTRIBUTES = "comma-separated attribute paths"  # Reader.paths
     CHOICE = "one of the choices"  # Reader.choice
     INTEGER = "integer"  # Reader.integer, within low..high
+    OPTIONAL_INTEGER = "integer or empty"  # Reader.optional_integer, within low..high; None when unset
     NUMBER = "number"  # Reader.number, within low..high
     BOOLEAN = "boolean"  # Reader.boolean
 
@@ -91,6 +96,10 @@ class Option:
 
 
 _SLURM_ONLY = "`slurm-sync` only: "
+# shadow(5) fields are read by glibc through an int: a larger number would wrap around (2**31 to a date before 1970).
+_DAYS = 2**31 - 1
+_SHADOW = "the same on every shadow line (0–2147483647; nsscache writes `0` as an empty field): "
+_EMPTY = "empty"
 
 # Every option, in the order of the docs. Adding one is a row here and a line in a builder below.
 OPTIONS: Tuple[Option, ...] = (
@@ -124,6 +133,12 @@ OPTIONS: Tuple[Option, ...] = (
     Option("group_name_attribute", Kind.ATTRIBUTES, "sunkPosixGroupName, displayName",
            "a group's POSIX name: the first present of these"),
     Option("group_gid_attribute", Kind.ATTRIBUTES, "sunkPosixGid", "a group's gid"),
+    Option("member_match", Kind.CHOICE, "auto", "how a group's `members` name users: `auto`, a member's `value` (or "
+           "the id ending its `$ref`) that is a listed user's `id` is that user, else a `value` equal to exactly one "
+           "listed user's POSIX name; `id`, the `id` only (RFC 7643); `value`, `display` or `userName`, that "
+           "sub-attribute of each member holds the POSIX name (CoreWeave's fork: `members/value`, "
+           "`members/display`, its default); a bare string member is then the name",
+           choices=("auto", "id", "value", "display", "userName")),
     # what the entries look like
     Option("home_directory", Kind.TEXT, None, "home template, `%u` = username (write `%%u`); when set it overrides the "
            "attribute", shown="unset"),
@@ -141,6 +156,25 @@ OPTIONS: Tuple[Option, ...] = (
            "the node's own accounts: an IAM user with the same name or uid is dropped"),
     Option("local_group", Kind.PATH, "/etc/group",
            "the node's own groups: an IAM group with the same name or gid is dropped"),
+    # the shadow map: the same fields on every line (CoreWeave's fork: scim_shadow_default_*)
+    Option("shadow_default_lstchg", Kind.OPTIONAL_INTEGER, None, _SHADOW + "last password change, days since "
+           "1970-01-01 (empty: password aging off); with `coreweave_shadow_default_max` it dates every password's "
+           "expiry", shown=_EMPTY, low=0, high=_DAYS),
+    Option("shadow_default_min", Kind.OPTIONAL_INTEGER, None, _SHADOW + "minimum password age, days (no effect: the "
+           "password field is `*`)", shown=_EMPTY, low=0, high=_DAYS),
+    Option("shadow_default_max", Kind.OPTIONAL_INTEGER, None, _SHADOW + "maximum password age, days; **locks "
+           "everyone out** once today is past last change + max (an empty last change counts as 1969-12-31): PAM "
+           "then demands at every login a password change nobody can make; `99999` lasts until 2243",
+           shown=_EMPTY, low=0, high=_DAYS),
+    Option("shadow_default_warn", Kind.OPTIONAL_INTEGER, None, _SHADOW + "days of warning before a password expires",
+           shown=_EMPTY, low=0, high=_DAYS),
+    Option("shadow_default_inact", Kind.OPTIONAL_INTEGER, None, _SHADOW + "days after a password expired until the "
+           "account is disabled (only with `coreweave_shadow_default_max`)", shown=_EMPTY, low=0, high=_DAYS),
+    Option("shadow_default_expire", Kind.OPTIONAL_INTEGER, None, _SHADOW + "day every account expires, days since "
+           "1970-01-01: from that day PAM refuses **every login of every account**; a day in the past locks "
+           "everyone out at once", shown=_EMPTY, low=0, high=_DAYS),
+    Option("shadow_default_flag", Kind.OPTIONAL_INTEGER, None, _SHADOW + "reserved field (shadow(5))",
+           shown=_EMPTY, low=0, high=_DAYS),
     # SSH keys
     Option("ssh_key_types", Kind.NAMES, "ed25519, ecdsa, sk-ed25519, sk-ecdsa, rsa",
            "accepted SSH key families (DSA is never accepted)", choices=tuple(sorted(set(KEY_TYPES.values())))),
@@ -159,6 +193,11 @@ OPTIONS: Tuple[Option, ...] = (
     Option("page_size", Kind.INTEGER, 1000, "sent as `count` on every listing request (1–10000)", low=1, high=10000),
     Option("pagination", Kind.CHOICE, "index", "`index` (`startIndex`/`count`, RFC 7644) or `cursor` "
            "(`cursor`/`nextCursor`, RFC 9865)", choices=("index", "cursor")),
+    Option("users_query", Kind.TEXT, None, "extra query parameters on every Users listing request, as a query string "
+           "(`filter=active eq \"true\"&groups=admin`), URL-encoded when sent; `startIndex`, `count` and `cursor` "
+           "are the client's and refused here; saves IAM load, never trusted for access", shown="unset"),
+    Option("groups_query", Kind.TEXT, None, "the same for every Groups listing request "
+           "(`filter=displayName eq \"slurm-users\"`); `coreweave_groups` still decides access", shown="unset"),
     Option("max_pages", Kind.INTEGER, 10000, "more pages than this for one endpoint is refused as an endless listing",
            low=1, high=1_000_000),
     Option("max_users", Kind.INTEGER, 2_000_000, "a Users listing announcing or holding more users is refused; bounds "
@@ -250,6 +289,7 @@ class UserAttributes:
 class GroupAttributes:
     name: Tuple[AttributePath, ...]
     gid: Tuple[AttributePath, ...]
+    member_match: str = _default("member_match")  # how members name users: auto, id, value, display, userName
 
 
 @dataclass(frozen=True)
@@ -271,6 +311,8 @@ class Server:
     max_retry_wait: float = _default("max_retry_wait")  # seconds, caps Retry-After and backoff
     deadline: float = _default("deadline")  # seconds for the whole listing of Users and Groups
     verify: Union[bool, str] = True  # requests' verify: a CA bundle path or a bool
+    users_query: Optional[Tuple[Tuple[str, str], ...]] = None  # extra (name, value) parameters of every Users
+    groups_query: Optional[Tuple[Tuple[str, str], ...]] = None  # (Groups) listing request; None: unset
 
 
 @dataclass(frozen=True)
@@ -289,6 +331,24 @@ class SlurmSync:
     parent_account: str = _default("slurm_parent_account")
     sacctmgr: str = _default("slurm_sacctmgr")
     timeout: float = _default("slurm_timeout")  # seconds per sacctmgr call
+
+
+# The shadow(5) fields after the password, in line order: coreweave_shadow_default_<field>.
+SHADOW_FIELDS = ("lstchg", "min", "max", "warn", "inact", "expire", "flag")
+
+
+@dataclass(frozen=True)
+class ShadowDefaults:
+    """The coreweave_shadow_default_* keys: the same shadow(5) fields on every
+    account's line, in days; None is an empty field (the default)."""
+
+    lstchg: Optional[int] = None  # last password change, days since 1970-01-01
+    min: Optional[int] = None
+    max: Optional[int] = None
+    warn: Optional[int] = None
+    inact: Optional[int] = None
+    expire: Optional[int] = None  # the day every account expires, days since 1970-01-01
+    flag: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -312,6 +372,7 @@ class Config:
     metrics_file: Optional[str]  # Prometheus textfile, e.g. for node_exporter
     warnings: Tuple[str, ...] = ()
     slurm: SlurmSync = SlurmSync()
+    shadow: ShadowDefaults = ShadowDefaults()
 
 
 def parse_path(text: str) -> AttributePath:
@@ -412,10 +473,11 @@ class Reader:
         """One of the option's choices, case-insensitively."""
         option = self._option(name, Kind.CHOICE)
         value = self.text(name).lower()
-        if value not in option.choices:
+        spelled = {choice.lower(): choice for choice in option.choices}  # as the table spells it: userName
+        if value not in spelled:
             either = ", ".join(option.choices[:-1]) + " or " + option.choices[-1]
             self.problem(name, f"{option.key} must be {either}, got {value!r}")
-        return value
+        return spelled.get(value, value)
 
     def boolean(self, name: str) -> bool:
         """true/false, yes/no, on/off, 1/0 in any case."""
@@ -437,6 +499,13 @@ class Reader:
         """A number, checked against the option's range."""
         return float(self._number(self._option(name, Kind.NUMBER), float))
 
+    def optional_integer(self, name: str) -> Optional[int]:
+        """A whole number checked against the option's range, or None when unset or empty."""
+        option = self._option(name, Kind.OPTIONAL_INTEGER)
+        if self.raw(name) is None:
+            return None
+        return int(self._number(option, int))
+
     def _number(self, option: Option, kind: type) -> float:
         """The value as kind (int or float); out of range it is kept as given, and reported."""
         value = self.raw(option.name)
@@ -444,12 +513,14 @@ class Reader:
             if isinstance(value, bool) or value is None:
                 raise ValueError
             result = kind(value)
-            if kind is int and result != float(value):
+            if kind is int and isinstance(value, float) and result != value:  # 1.5; not 1e3, nor an int no float holds
                 raise ValueError
         except (TypeError, ValueError, OverflowError):  # a word, 1.5 for an integer, inf, nan for an integer
-            self.problem(option.name, f"{option.key} must be {'an integer' if kind is int else 'a number'}, "
-                                      f"got {value!r}")
-            return kind(option.default)
+            what = "an integer or empty" if option.kind is Kind.OPTIONAL_INTEGER else (
+                "an integer" if kind is int else "a number")
+            self.problem(option.name, f"{option.key} must be {what}, got {value!r}")
+            # The result is never used once a problem is recorded; an optional option has no default.
+            return kind(option.low if option.default is None else option.default)
         if not option.low <= result <= option.high:  # nan is in no range
             self.problem(option.name, f"{option.key} must be between {option.low} and {option.high}, got {result}")
         return result
@@ -490,6 +561,7 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
         state_dir=r.absolute("state_dir"),
         metrics_file=r.absolute("metrics_file") or None,
         slurm=_slurm_sync(r, allowed),
+        shadow=_shadow_defaults(r),
     )
     _check_together(r, config)
     if r.problems:
@@ -518,7 +590,35 @@ def _server(r: Reader, base_url: str, token: str) -> Server:
         max_retry_wait=r.number("max_retry_wait"),
         deadline=r.number("deadline"),
         verify=_verify(r),
+        users_query=_query(r, "users_query"),
+        groups_query=_query(r, "groups_query"),
     )
+
+
+# The listing's own parameters (RFC 7644 §3.4.2.4, RFC 9865): never set by a query option.
+_PAGING_PARAMETERS = frozenset({"startindex", "count", "cursor"})
+
+
+def _query(r: Reader, name: str) -> Optional[Tuple[Tuple[str, str], ...]]:
+    """A query string (``a=b&c=d``, as CoreWeave's fork writes it) as (name,
+    value) pairs, as written: requests URL-encodes them when sending."""
+    key, text = _BY_NAME[name].key, r.text(name)
+    if not text:
+        return None
+    pairs = []
+    for item in (item.strip() for item in text.split("&")):
+        if not item:
+            continue
+        param, has_value, value = item.partition("=")
+        param = param.strip()
+        if param.lower() in _PAGING_PARAMETERS:
+            r.problem(name, f"{key} must not set {param!r}: paging is the client's (coreweave_page_size, "
+                            "coreweave_pagination)")
+        elif not param or not has_value:
+            r.problem(name, f"{key}: {item!r} is not name=value")
+        else:
+            pairs.append((param, value.strip()))
+    return tuple(pairs)
 
 
 def _base_url(r: Reader) -> str:
@@ -625,7 +725,8 @@ def _user_attributes(r: Reader) -> UserAttributes:
 
 
 def _group_attributes(r: Reader) -> GroupAttributes:
-    groups = GroupAttributes(name=r.paths("group_name_attribute"), gid=r.paths("group_gid_attribute"))
+    groups = GroupAttributes(name=r.paths("group_name_attribute"), gid=r.paths("group_gid_attribute"),
+                             member_match=r.choice("member_match"))
     if not groups.name or not groups.gid:
         r.problem("group_gid_attribute" if groups.name else "group_name_attribute",
                   "coreweave_group_name_attribute and coreweave_group_gid_attribute must name an attribute")
@@ -748,6 +849,39 @@ def _slurm_names(r: Reader, name: str) -> Optional[Tuple[str, ...]]:
     if not items or not all(_SLURM_NAME.fullmatch(item) for item in items):
         r.problem(name, f"coreweave_{name} must list lower-case Slurm names (a-z 0-9 _ . -), got {text!r}")
     return tuple(dict.fromkeys(items))
+
+
+def _shadow_defaults(r: Reader) -> ShadowDefaults:
+    """The coreweave_shadow_default_* keys. What would lock everyone out today
+    is a warning, not a problem: refusing the configuration on a calendar day
+    would freeze every cache, and removed users with it."""
+    defaults = ShadowDefaults(**{field: r.optional_integer("shadow_default_" + field) for field in SHADOW_FIELDS})
+    for warning in _shadow_warnings(defaults, today=int(time.time() // 86400)):
+        r.warn(warning)
+    return defaults
+
+
+def _shadow_warnings(defaults: ShadowDefaults, today: int) -> List[str]:
+    """What the fields do to every login on day ``today`` (days since 1970-01-01),
+    as pam_unix's account check reads them (an empty field is -1)."""
+    warnings = [f"coreweave_shadow_default_{field} = 0 is written as an empty field (nsscache writes a 0 as "
+                "empty), not as shadow(5)'s 0" for field in ("lstchg", "max", "inact", "expire")
+                if getattr(defaults, field) == 0]
+    expire, maximum = defaults.expire, defaults.max
+    if expire and expire <= today:
+        warnings.append(f"coreweave_shadow_default_expire = {expire} ({_day(expire)}) is not after today: PAM "
+                        "refuses every login of every account (account expired)")
+    changed = defaults.lstchg or -1  # a 0 is written empty, and glibc reads an empty field as -1
+    if maximum and changed <= today and today - changed > maximum:
+        warnings.append(f"coreweave_shadow_default_max = {maximum}: every password counts as expired since "
+                        f"{_day(changed + maximum + 1)} (last change + max): PAM demands at every login a password "
+                        "change nobody can make (the password is *), so every login fails")
+    return warnings
+
+
+def _day(days: int) -> str:
+    """A day number of shadow(5) as a date: 19000 -> 2022-01-08."""
+    return (datetime.date(1970, 1, 1) + datetime.timedelta(days=days)).isoformat()
 
 
 # --- the option reference in docs/configuration.md --------------------------------------------------------------

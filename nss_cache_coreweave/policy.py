@@ -8,6 +8,7 @@ which is cleaned because it is free text.
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import re
 import unicodedata
@@ -18,7 +19,7 @@ from . import marker, shrink, sshkeys
 from .config import Config
 from .config import clean_path as _clean_path
 from .errors import GuardError
-from .snapshot import GroupRecord, Snapshot, UserRecord
+from .snapshot import GroupRecord, Member, Snapshot, UserRecord
 
 __all__ = [
     "Account", "PosixGroup", "Drop", "Directory", "LocalAccounts", "decide", "read_local_accounts", "shrink_problem",
@@ -126,27 +127,14 @@ def decide(snapshot: Snapshot, config: Config, local: Optional[LocalAccounts] = 
     found = {g.name for g in groups}
     missing = tuple(n for n in (config.allowed_groups or ()) if n not in found)
 
-    users_by_id = {u.id: u for u in snapshot.users}
-    member_ids: Dict[str, None] = {}
-    for group in groups:
-        for member in group.members:
-            if member.type is not None and str(member.type).lower() != "user":
-                drops.append(Drop(
-                    "member", f"{group.name}/{_printable(member.value)}",
-                    f"is a {member.type!r}, not a User (nested groups are not supported)", code="nested_group",
-                ))
-            elif not isinstance(member.value, str) or member.value not in users_by_id:
-                drops.append(Drop(
-                    "member", f"{group.name}/{_printable(member.value)}", "does not resolve to any listed user",
-                    code="unresolved",
-                ))
-            else:
-                member_ids[member.value] = None
+    index = _member_index(snapshot, config)
+    groups = [dataclasses.replace(g, members=_resolved(g, index, drops)) for g in groups]
+    member_ids = dict.fromkeys(user_id for g in groups for user_id in g.members)
 
-    holders = _gid_holders(snapshot.groups)
+    holders = _gid_holders(snapshot.groups, index)
     accounts = {}
     for user_id in member_ids:
-        account = _account(users_by_id[user_id], config, local, holders, drops)
+        account = _account(index.by_id[user_id], config, local, holders, drops)
         if account is not None:
             accounts[user_id] = account
     accounts = _without_duplicates(accounts, ("name", "uid", "home"), "user", drops)
@@ -155,7 +143,7 @@ def decide(snapshot: Snapshot, config: Config, local: Optional[LocalAccounts] = 
 
     posix_groups = []
     for group in groups:
-        names = sorted({accounts[m.value].name for m in group.members if m.value in accounts})
+        names = sorted({accounts[user_id].name for user_id in group.members if user_id in accounts})
         posix_groups.append(PosixGroup(group.name, group.gid, tuple(names)))
 
     return Directory(
@@ -170,7 +158,70 @@ def decide(snapshot: Snapshot, config: Config, local: Optional[LocalAccounts] = 
 class _Group:
     name: str
     gid: int
-    members: tuple
+    members: tuple  # of snapshot.Member; once resolved, of the listed users' ids
+
+
+@dataclass(frozen=True)
+class _Members:
+    """The listed users as group members may name them (coreweave_member_match)."""
+
+    by_id: Dict[str, UserRecord]
+    by_name: Dict[str, List[str]]  # a name -> the ids of the listed users carrying it (empty in ``id`` mode)
+    reads_ids: bool  # id, auto: a member's id is looked up (never in the name modes)
+    ids_first: bool  # auto: a listed user's id is that user, never the name of another
+
+
+def _member_index(snapshot: Snapshot, config: Config) -> _Members:
+    """Every name a member may give is a listed user's name in snapshot.users
+    (snapshot.take keeps each user carrying one), so a name carried twice is seen twice."""
+    mode = config.groups.member_match
+    by_name: Dict[str, List[str]] = {}
+    if mode != "id":
+        for user in snapshot.users:
+            if isinstance(user.name, str):
+                by_name.setdefault(user.name, []).append(user.id)
+    return _Members({u.id: u for u in snapshot.users}, by_name, mode in ("id", "auto"), mode == "auto")
+
+
+def _member_user(index: _Members, member_id: Optional[str], name: Optional[str]) -> Optional[str]:
+    """The id of the one listed user a member names, else None. An id wins:
+    in auto a value that is a listed user's id is never taken as another
+    user's name, and a name carried by several users names none of them."""
+    if member_id is not None and index.reads_ids and member_id in index.by_id:
+        return member_id
+    if name is not None and not (index.ids_first and name in index.by_id):
+        holders = index.by_name.get(name)
+        if holders is not None and len(holders) == 1:
+            return holders[0]
+    return None
+
+
+def _resolved(group: _Group, index: _Members, drops: List[Drop]) -> Tuple[str, ...]:
+    """The ids of the listed users a group's members name, each once; the
+    other members dropped, saying why."""
+    ids: Dict[str, None] = {}
+    for member in group.members:
+        user_id = None if _nested(member) else _member_user(index, member.value, member.name)
+        if user_id is not None:
+            ids[user_id] = None
+            continue
+        shown = member.value if member.value is not None or member.name is None else member.name
+        drops.append(Drop("member", f"{group.name}/{_printable(shown)}", *_unresolved(member, index)))
+    return tuple(ids)
+
+
+def _nested(member: Member) -> bool:
+    return member.type is not None and str(member.type).lower() != "user"
+
+
+def _unresolved(member: Member, index: _Members) -> Tuple[str, bool, str]:
+    """Why a member names no listed user: (reason, expected, code) of its Drop."""
+    if _nested(member):
+        return f"is a {member.type!r}, not a User (nested groups are not supported)", False, "nested_group"
+    carriers = len(index.by_name.get(member.name, ())) if member.name is not None else 0
+    if carriers > 1:
+        return f"is the POSIX name of {carriers} listed users: ambiguous, none is taken", False, "ambiguous"
+    return "does not resolve to any listed user", False, "unresolved"
 
 
 def _allowed_groups(records: Tuple[GroupRecord, ...], config: Config, local: LocalAccounts,
@@ -247,17 +298,25 @@ def _activity_problem(active) -> Optional[_Problem]:
 _GidHolders = Dict[int, List[Tuple[str, FrozenSet[str]]]]
 
 
-def _gid_holders(records: Tuple[GroupRecord, ...]) -> _GidHolders:
+def _gid_holders(records: Tuple[GroupRecord, ...], index: _Members) -> _GidHolders:
     holders: _GidHolders = {}
     for record in records:
         gid = _as_int(record.gid)
         if gid is not None:
             name = (record.name if isinstance(record.name, str) and POSIX_NAME.fullmatch(record.name)
                     else f"id {_printable(record.id)}")
-            # Allowed groups carry members, the others member_ids (snapshot.take).
-            members = record.member_ids or frozenset(m.value for m in record.members if m.value)
-            holders.setdefault(gid, []).append((name, members))
+            holders.setdefault(gid, []).append((name, _listed_members(record, index)))
     return holders
+
+
+def _listed_members(record: GroupRecord, index: _Members) -> FrozenSet[str]:
+    """The ids of the listed users a group's members name, as _resolved
+    finds them: allowed groups carry members, the others member_ids and
+    member_names (snapshot.take)."""
+    found = [_member_user(index, m.value, m.name) for m in record.members if not _nested(m)]
+    found += [_member_user(index, i, None) for i in record.member_ids]
+    found += [_member_user(index, None, n) for n in record.member_names]
+    return frozenset(filter(None, found))
 
 
 def _primary_gid_problem(user_id: str, gid: Optional[int], local: LocalAccounts,

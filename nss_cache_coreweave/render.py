@@ -10,9 +10,12 @@ from __future__ import annotations
 from nss_cache.maps import group, passwd, shadow, sshkey
 
 from . import marker
+from .config import SHADOW_FIELDS, ShadowDefaults
 from .policy import Directory
 
 __all__ = ["MAPS", "render"]
+
+_EMPTY_FIELDS = ShadowDefaults()  # every shadow field empty: name:*:::::::
 
 
 def _passwd(directory: Directory, run: str) -> passwd.PasswdMap:
@@ -31,12 +34,15 @@ def _group(directory: Directory, run: str) -> group.GroupMap:
     ))
 
 
-def _shadow(directory: Directory, run: str) -> shadow.ShadowMap:
+def _shadow(directory: Directory, run: str, defaults: ShadowDefaults = _EMPTY_FIELDS) -> shadow.ShadowMap:
     # "x" in passwd needs a shadow entry, or PAM's account stage refuses a key
-    # login; "*" never matches a password.
+    # login; "*" never matches a password. The configured fields go on every
+    # account's line (as ints: nsscache writes None and 0 as an empty field);
+    # the marker keeps its own, empty ones.
+    fields = {field: getattr(defaults, field) for field in SHADOW_FIELDS}
     head = dict(name=marker.NAME, passwd=marker.field(run))
     return _fill(shadow.ShadowMap(), shadow.ShadowMapEntry, head, (
-        dict(name=a.name, passwd="*") for a in directory.accounts
+        dict(name=a.name, passwd="*", **fields) for a in directory.accounts
     ))
 
 
@@ -59,7 +65,10 @@ def _fill(result, entry_class, head, rows):
 MAPS = {"passwd": _passwd, "group": _group, "shadow": _shadow, "sshkey": _sshkey}
 
 
-def render(map_name: str, directory: Directory, run: str):
+def render(map_name: str, directory: Directory, run: str, shadow_defaults: ShadowDefaults = _EMPTY_FIELDS):
     """The nsscache map ``map_name`` (passwd, group, shadow or sshkey), its
-    first entry the marker of ``run``."""
+    first entry the marker of ``run``; ``shadow_defaults`` fills the shadow
+    fields after the password (config.Config.shadow)."""
+    if map_name == "shadow":
+        return _shadow(directory, run, shadow_defaults)
     return MAPS[map_name](directory, run)

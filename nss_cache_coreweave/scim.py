@@ -350,8 +350,13 @@ class _Collector:
         resources = body.get("Resources", [])
         if not isinstance(resources, list):
             raise ListingError(self.kind, page_no, ListingReason.RESOURCES_NOT_A_LIST)
+        # RFC 7644 §3.4.2 makes itemsPerPage the number returned; servers that
+        # echo the requested count (also on the last, short page) are
+        # tolerated: completeness is decided by totalResults, the ids
+        # collected and progress. Fewer than the page holds is a page that
+        # contradicts itself.
         per_page = body.get("itemsPerPage")
-        if isinstance(per_page, int) and not isinstance(per_page, bool) and per_page != len(resources):
+        if isinstance(per_page, int) and not isinstance(per_page, bool) and per_page < len(resources):
             raise ListingError(self.kind, page_no, ListingReason.ITEMS_PER_PAGE, said=per_page, held=len(resources))
         extract, key = self.listing.extract, self.listing.key
         items = []
@@ -553,9 +558,11 @@ class _Fetcher:
     stats: Stats
     exchanger: Optional[_Exchanger] = None
     policy: RetryPolicy = field(init=False)
+    query: Tuple[Tuple[str, str], ...] = field(init=False)  # the endpoint's coreweave_*_query
 
     def __post_init__(self) -> None:
         self.policy = RetryPolicy.of(self.server)
+        self.query = _query_of(self.server, self.url)
 
     def page(self, page_no: int, params: dict) -> dict:
         """One page as a JSON object (see content)."""
@@ -635,9 +642,11 @@ class _Fetcher:
         server = self.server
         try:
             # verify per request: a session-level value loses to REQUESTS_CA_BUNDLE.
+            # The paging parameters first, then the endpoint's query (which
+            # config refuses to carry any of them, so none is overridden).
             response = self.session.get(
-                self.url, params=params, timeout=min(server.timeout, remaining), verify=server.verify,
-                allow_redirects=False, stream=True,
+                self.url, params=[*params.items(), *self.query], timeout=min(server.timeout, remaining),
+                verify=server.verify, allow_redirects=False, stream=True,
             )
             with response:
                 log.debug("GET %s -> %d", response.url, response.status_code)
@@ -663,6 +672,15 @@ class _Fetcher:
                 raise FetchError(self.kind, page_no, FetchReason.DEADLINE_READING, deadline=self.server.deadline)
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _query_of(server: Server, url: str) -> Tuple[Tuple[str, str], ...]:
+    """The extra parameters of every listing request to ``url``."""
+    if url == server.users_url:
+        return server.users_query or ()
+    if url == server.groups_url:
+        return server.groups_query or ()
+    return ()
 
 
 class _Exchanger:

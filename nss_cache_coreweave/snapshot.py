@@ -10,7 +10,7 @@ import dataclasses
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, FrozenSet, Optional, Sequence, Tuple
+from typing import Any, FrozenSet, Iterable, Optional, Sequence, Tuple
 
 from . import scim
 from .config import AttributePath, Config
@@ -18,6 +18,10 @@ from .config import AttributePath, Config
 __all__ = ["UserRecord", "Member", "GroupRecord", "Snapshot", "take", "resolve"]
 
 _MISSING = object()
+# coreweave_member_match modes in which a sub-attribute of each member holds the POSIX name.
+NAME_MODES = ("value", "display", "userName")
+# The longest POSIX name policy accepts: in ``auto`` a longer value (a UUID id) is never tried as a name.
+_NAME_MAX = 32
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,11 @@ class UserRecord:
 
 @dataclass(frozen=True)
 class Member:
-    value: Optional[str]  # the member's resource id
+    """Whom a group member may be, as coreweave_member_match reads it (policy resolves it)."""
+
+    value: Optional[str]  # a user id: ``value``, else the id ending ``$ref`` (None in the name modes)
     type: Any  # "User", "Group" or absent
+    name: Optional[str] = None  # a POSIX name: ``value`` in auto, the mode's sub-attribute in the name modes
 
 
 @dataclass(frozen=True)
@@ -45,8 +52,10 @@ class GroupRecord:
     name: Any
     gid: Any
     members: Tuple[Member, ...]  # read for the allowed groups (for every group with ``everyone``)
-    # For the other groups: which of the wanted users they list (policy's primary-gid rule).
+    # For the other groups: which of the wanted users they list (policy's primary-gid rule),
+    # by id and by POSIX name, as the allowed groups' members refer to them.
     member_ids: FrozenSet[str] = frozenset()
+    member_names: FrozenSet[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -89,26 +98,55 @@ def take(
             session, server, scim.Listing("Groups", server.groups_url, lambda r: _group(r, config, allowed), _id),
             clock=clock, deadline=deadline, stats=stats,
         )
-        wanted = None if allowed is None else {m.value for g in groups for m in g.members if m.value}
+        wanted = None if allowed is None else _Wanted.of(groups)
         if wanted is not None:
             # Other groups matter only for the primary-gid rule, and only through wanted users.
-            groups = [dataclasses.replace(g, member_ids=g.member_ids & wanted) if g.member_ids else g for g in groups]
-
-        def extract(resource: dict):
-            # A user in no allowed group is kept as its bare id, for the
-            # listing's checks: 100,000 users cost a set of strings.
-            if wanted is None or resource["id"] in wanted:
-                return _user(resource, config)
-            return resource["id"]
-
+            groups = [wanted.narrow(g) for g in groups]
         users = scim.list_resources(
-            session, server, scim.Listing("Users", server.users_url, extract, _id, limit=server.max_users),
+            session, server,
+            scim.Listing("Users", server.users_url, lambda r: _extract(r, config, wanted), _id, limit=server.max_users),
             clock=clock, deadline=deadline, stats=stats,
         )
     finally:
         if own_session:
             session.close()
     return Snapshot(tuple(u for u in users if type(u) is UserRecord), tuple(groups), started)
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """What the allowed groups' members refer to: user ids, and POSIX names."""
+
+    ids: FrozenSet[str]
+    names: FrozenSet[str]
+
+    @classmethod
+    def of(cls, groups: Iterable[GroupRecord]) -> _Wanted:
+        members = [m for g in groups for m in g.members]
+        return cls(frozenset(m.value for m in members if m.value), frozenset(m.name for m in members if m.name))
+
+    def narrow(self, group: GroupRecord) -> GroupRecord:
+        """An other group with only the references to wanted users."""
+        if not (group.member_ids or group.member_names):
+            return group
+        return dataclasses.replace(group, member_ids=group.member_ids & self.ids,
+                                   member_names=group.member_names & self.names)
+
+
+def _extract(resource: dict, config: Config, wanted: Optional[_Wanted]):
+    """A user's record when an allowed group may list it (its id, or its POSIX
+    name, is among the members' references), else its bare id: kept for the
+    listing's checks, 100,000 users cost a set of strings. Only a name that
+    members give is looked up (none when members are UUIDs and ids): the names
+    of other users are never kept."""
+    user_id = resource["id"]
+    if wanted is None or user_id in wanted.ids:
+        return _user(resource, config)
+    if wanted.names:
+        name = resolve(resource, config.users.name)
+        if isinstance(name, str) and name in wanted.names:
+            return _user(resource, config)  # kept whatever policy decides: a name two users carry is ambiguous
+    return user_id
 
 
 def _id(item) -> str:
@@ -172,25 +210,52 @@ def _given_family(resource: dict) -> Optional[str]:
 
 def _group(resource: dict, config: Config, allowed: Optional[frozenset] = None) -> GroupRecord:
     name = resolve(resource, config.groups.name)
+    mode = config.groups.member_match
     members = _child(resource, "members")
-    items = [m for m in members if isinstance(m, dict)] if isinstance(members, list) else []
+    # A bare string member is taken as a name (the fork's habit) in the name modes only.
+    takes = (dict, str) if mode in NAME_MODES else dict
+    items = [m for m in members if isinstance(m, takes)] if isinstance(members, list) else []
+    gid = resolve(resource, config.groups.gid)
     if allowed is not None and not (isinstance(name, str) and name in allowed):
-        # Not ours: only which users it lists matters (ids, one string per user however
-        # many groups list it: memberships of every group are held while the listing lasts).
-        ids = frozenset(sys.intern(v) for v in map(_member_value, items) if v)
-        return GroupRecord(resource["id"], name, resolve(resource, config.groups.gid), (), ids)
-    return GroupRecord(resource["id"], name, resolve(resource, config.groups.gid), tuple(_member(m) for m in items))
+        # Not ours: only which users it lists matters (one string per user however many
+        # groups list it: memberships of every group are held while the listing lasts).
+        refs = [_references(m, mode) for m in items]
+        ids = frozenset(sys.intern(i) for i, _ in refs if i)
+        names = frozenset(sys.intern(n) for _, n in refs if n)
+        return GroupRecord(resource["id"], name, gid, (), ids, names)
+    return GroupRecord(resource["id"], name, gid, tuple(_member(m, mode) for m in items))
 
 
-def _member_value(item: dict) -> Optional[str]:
-    """A member's resource id: ``value``, else the last segment of ``$ref``."""
+def _member(item, mode: str) -> Member:
+    value, name = _references(item, mode)
+    kind = _child(item, "type") if isinstance(item, dict) else _MISSING
+    return Member(value, None if kind is _MISSING else kind, name)
+
+
+def _references(item, mode: str) -> Tuple[Optional[str], Optional[str]]:
+    """The user id and the POSIX name a member object (or, in the name
+    modes, a bare string) may refer to, as coreweave_member_match reads it.
+
+    id: ``value``, else the last segment of ``$ref`` (RFC 7643 §4.2); auto:
+    the same, and ``value`` may also be a POSIX name (an id from ``$ref``
+    never is); value/display/userName: that sub-attribute is the POSIX name.
+    A nested group never carries a name: only its id reaches policy.
+    """
+    if isinstance(item, str):
+        return None, item or None
+    if mode in NAME_MODES:
+        name = _child(item, mode)
+        return None, name if isinstance(name, str) and name and _is_user(item) else None
     value = _child(item, "value")
-    if not (isinstance(value, str) and value):
-        ref = _child(item, "$ref")
-        value = ref.rstrip("/").rpartition("/")[2] if isinstance(ref, str) else None
-    return value if isinstance(value, str) and value else None
+    if isinstance(value, str) and value:
+        named = mode == "auto" and len(value) <= _NAME_MAX and _is_user(item)
+        return value, value if named else None
+    ref = _child(item, "$ref")
+    value = ref.rstrip("/").rpartition("/")[2] if isinstance(ref, str) else None
+    return value or None, None
 
 
-def _member(item: dict) -> Member:
+def _is_user(item: dict) -> bool:
+    """A member without a type, or of type User (any case)."""
     kind = _child(item, "type")
-    return Member(value=_member_value(item), type=None if kind is _MISSING else kind)
+    return kind is _MISSING or kind is None or str(kind).lower() == "user"

@@ -66,7 +66,8 @@ class CoreWeaveSource(source.Source):
             decided = current.directory()
             if since is not None:  # nsscache means to merge: make it rewrite instead
                 return _NoMerge(map_name)
-            return current.hand_out(map_name, render.render(map_name, decided, current.report.run))
+            nss_map = render.render(map_name, decided, current.report.run, current.config.shadow)
+            return current.hand_out(map_name, nss_map)
         except FetchError as e:  # skips the remaining maps: they stay mutually consistent
             raise error.SourceUnavailable(f"coreweave: {e}") from None
         except (ConfigError, ListingError, GuardError) as e:

@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import pytest
 
+from nss_cache_coreweave.errors import ListingReason
 from support.fakeiam import FakeIAM, Fault
 from support.faults import (
     ACCEPTED,
@@ -115,6 +117,12 @@ def alice_renamed(body: dict) -> None:
     alice["displayName"] = "Alice Smith-Jones"
     body["Resources"].append(alice)
     body["itemsPerPage"] = len(body["Resources"])
+
+
+def without_user(name: str) -> Callable[[dict], dict]:
+    """A page without the user ``name``, its totalResults and itemsPerPage as served."""
+    user_id = user_named(DEMO_ORG, name)["id"]
+    return page_with(lambda body: body.update(Resources=[r for r in body["Resources"] if r["id"] != user_id]))
 
 
 def gzip_bomb(body: dict) -> bytes:
@@ -208,6 +216,14 @@ SCENARIOS: List[Scenario] = [
              faults=lambda ctx: [Fault("Groups", 1, disconnect=True)]),
     Scenario("chunked-body", "Users pages sent chunked (no Content-Length)", RETRIED, 0,
              "run ok", faults=lambda ctx: [Fault("Users", None, chunked=True, times=None)]),
+    Scenario("itemsPerPage-echoes-count", "every page says itemsPerPage 2 (the count asked), also Groups page 2, "
+             "which holds 1", RETRIED, 0,
+             "run ok", faults=lambda ctx: [Fault("*", None, body=page_with(lambda b: b.update(itemsPerPage=2)),
+                                                 times=None)],
+             check=requests_to("Groups", 2)),
+    Scenario("short-page-once", "Users page 2 holds 1 of its 2 resources once, says itemsPerPage 2", RETRIED, 0,
+             "run ok", faults=lambda ctx: [Fault("Users", 2, body=page_with(lambda b: b["Resources"].pop()))],
+             check=requests_to("Users", 4)),
     # --- transport: the whole run fails (SourceUnavailable: exit 75) ------------
     Scenario("500-every-attempt", "HTTP 500 on every attempt at Users page 2", WHOLE_RUN, 75,
              "Users page 2: HTTP 500 from {base} ('injected fault: HTTP 500') (after 2 attempts): "
@@ -302,9 +318,19 @@ SCENARIOS: List[Scenario] = [
     Scenario("itemsPerPage-0", "itemsPerPage 0 on Users page 2 (2 resources)", WHOLE_RUN, 4,
              "Users page 2 says itemsPerPage 0 but holds 2 resources: refusing a partial listing",
              faults=lambda ctx: [Fault("Users", 2, body=page_with(lambda b: b.update(itemsPerPage=0)))]),
-    Scenario("fewer-than-promised", "Users page 2 holds 1 resource, says itemsPerPage 2", WHOLE_RUN, 4,
-             "Users page 2 says itemsPerPage 2 but holds 1 resources: refusing a partial listing",
-             faults=lambda ctx: [Fault("Users", 2, body=page_with(lambda b: b["Resources"].pop()))]),
+    Scenario("more-than-itemsPerPage", "Users page 2 says itemsPerPage 1 but holds 2 resources", WHOLE_RUN, 4,
+             "Users page 2 says itemsPerPage 1 but holds 2 resources: refusing a partial listing",
+             faults=lambda ctx: [Fault("Users", 2, body=page_with(lambda b: b.update(itemsPerPage=1)))]),
+    Scenario("fewer-than-promised", "dave on no page (Users page 2 holds 1, says itemsPerPage 2), totalResults 6",
+             WHOLE_RUN, 4,
+             "Users page 5 (startIndex 7) brought no new resources after 5 of 6: refusing a partial listing",
+             faults=lambda ctx: [Fault("Users", None, body=without_user("dave"), times=None)],
+             check=requests_to("Users", 5)),
+    Scenario("cursor-short-last-page", "cursor paging: frank on no page (the last page holds 1, no nextCursor), "
+             "totalResults 6", WHOLE_RUN, 4,
+             "Users: collected 5 distinct resources but totalResults is 6: refusing a partial listing",
+             settings={"pagination": "cursor"},
+             faults=lambda ctx: [Fault("Users", None, body=without_user("frank"), times=None)]),
     Scenario("empty-page-before-total", "Users page 2 empty (itemsPerPage 0), totalResults 6", WHOLE_RUN, 4,
              "Users page 2 (startIndex 3) brought no new resources after 2 of 6: refusing a partial listing",
              faults=lambda ctx: [Fault.empty_page("Users", 2)]),
@@ -722,6 +748,64 @@ def test_fakeiam_trickles_a_body_and_sends_chunked():
 # --- docs/faults.md -----------------------------------------------------------------
 
 
+# --- which rule refuses an incomplete listing -----------------------------------
+
+# Each listing rule of scim.py in words. Completeness is decided by totalResults, the
+# distinct ids collected and progress; itemsPerPage only when it contradicts its page.
+LISTING_RULES: Dict[ListingReason, str] = {
+    ListingReason.TOO_LARGE_RESPONSE: "no response is larger than `coreweave_max_page_bytes`",
+    ListingReason.NOT_JSON_TYPE: "a page is JSON (`application/scim+json` or `application/json`)",
+    ListingReason.NOT_JSON: "a page is JSON (`application/scim+json` or `application/json`)",
+    ListingReason.NOT_AN_OBJECT: "a page is a SCIM ListResponse",
+    ListingReason.NOT_A_LIST_RESPONSE: "a page is a SCIM ListResponse",
+    ListingReason.RESOURCES_NOT_A_LIST: "a page is a SCIM ListResponse",
+    ListingReason.RESOURCE_WITHOUT_ID: "every resource has an id",
+    ListingReason.ITEMS_PER_PAGE: "`itemsPerPage`, when sent, is not smaller than the resources on the page "
+                                  "(larger is accepted: servers echo `count`, also on a last, short page)",
+    ListingReason.BAD_TOTAL: "every index page carries `totalResults`, a non-negative integer",
+    ListingReason.TOTAL_CHANGED: "`totalResults` is the same on every page",
+    ListingReason.NO_NEW_RESOURCES: "index paging: each page brings ids not seen before until `totalResults` "
+                                    "distinct ids are collected (the next page starts after the resources received)",
+    ListingReason.BAD_NEXT_CURSOR: "cursor paging: `nextCursor` is a non-empty string",
+    ListingReason.NO_PROGRESS: "cursor paging: each `nextCursor` is new and its page brings ids not seen before",
+    ListingReason.CHANGED_DURING_LISTING: "an id seen twice has the same content both times",
+    ListingReason.TOO_MANY_PAGES: "at most `coreweave_max_pages` pages",
+    ListingReason.COUNT_MISMATCH: "at the end, the distinct ids collected are exactly `totalResults`",
+    ListingReason.TOO_MANY_ANNOUNCED: "at most `coreweave_max_users` users announced",
+    ListingReason.TOO_MANY_COLLECTED: "at most `coreweave_max_users` users collected",
+}
+
+
+def listing_reason(message: str) -> Optional[ListingReason]:
+    """The listing rule whose message ``message`` is (None: not a listing error)."""
+    for reason in ListingReason:
+        pattern = re.sub(r"\\\{[^}]*\\\}", ".*", re.escape(reason.value))
+        if re.fullmatch(pattern, message.format(base="<base>", other="<other-host>")):
+            return reason
+    return None
+
+
+def rules_text() -> List[str]:
+    """The rules of a complete listing, each with the scenarios it refuses."""
+    caught: Dict[str, List[str]] = {}
+    for number, s in enumerate(SCENARIOS, 1):
+        reason = listing_reason(s.message)
+        if reason is not None:
+            caught.setdefault(LISTING_RULES[reason], []).append(f"{number} `{s.id}`")
+    return [
+        "",
+        "## Which rule refuses an incomplete listing",
+        "",
+        "A listing is complete by `totalResults`, the distinct ids collected and pages that keep making",
+        "progress; `itemsPerPage` only counts when it is smaller than what its page holds. Each rule and the",
+        "scenarios above that it refuses (whole run refused, exit 4):",
+        "",
+        "| rule | scenarios |",
+        "|---|---|",
+        *(f"| {rule} | {', '.join(ids)} |" for rule, ids in caught.items()),
+    ]
+
+
 def _cell(text: str) -> str:
     text = text.replace("|", "\\|")
     return f"``{text}``" if "`" in text else f"`{text}`"
@@ -768,12 +852,26 @@ def doc_text() -> str:
             f"| {number} | `{s.id}` | {s.injected.replace('|', '/')} | {s.kind} | {s.status} | {_cell(message)} "
             f"| {s.caches_text()} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + rules_text()) + "\n"
 
 
 def test_docs_faults_md_is_this_table():
     assert DOC.exists(), f"docs/faults.md is missing: {WRITE_DOC}"
     assert DOC.read_text() == doc_text(), f"docs/faults.md is stale: {WRITE_DOC}"
+
+
+def test_every_incomplete_listing_is_refused_by_a_named_rule():
+    refused = {s.id: listing_reason(s.message) for s in SCENARIOS}
+    assert set(LISTING_RULES) == set(ListingReason)
+    for s in SCENARIOS:
+        if refused[s.id] is not None:
+            assert (s.kind, s.status) == (WHOLE_RUN, 4), s.id
+    # The paging rules each refuse at least one scenario through the stock nsscache.
+    assert {refused[i] for i in ("more-than-itemsPerPage", "fewer-than-promised", "cursor-short-last-page",
+                                 "changing-totalResults", "repeated-page", "cursor-loop")} == {
+        ListingReason.ITEMS_PER_PAGE, ListingReason.NO_NEW_RESOURCES, ListingReason.COUNT_MISMATCH,
+        ListingReason.TOTAL_CHANGED, ListingReason.NO_PROGRESS,
+    }
 
 
 def test_scenario_ids_are_unique_and_kinds_known():

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from support.fakeiam import Fault
+from support.fakeiam import FakeIAM, Fault
 from support.node import EXT, MAPS, TOKEN, assert_stock_update_writes_the_demo_caches, expected_caches
 
 
@@ -39,6 +39,40 @@ def test_cursor_pagination_writes_the_same_caches(node, iam, demo_org):
 
     assert_stock_update_writes_the_demo_caches(node, demo_org)
     assert iam.request_count("Users") == 2 and iam.request_count("Groups") == 1
+
+
+@pytest.mark.parametrize(
+    "members_by, member_match",
+    [
+        pytest.param(None, "auto", id="ids-auto"),
+        pytest.param("value", "auto", id="names-in-value-auto"),
+        pytest.param("display", "auto", id="names-in-display-auto"),  # value still holds the id
+        pytest.param(None, "id", id="ids-id"),
+        pytest.param("value", "value", id="names-in-value-value"),
+        pytest.param("display", "display", id="names-in-display-display"),
+        pytest.param("userName", "userName", id="names-in-userName-userName"),
+    ],
+)
+def test_members_served_either_way_give_the_same_caches(node, demo_org, members_by, member_match):
+    with FakeIAM(demo_org, token=TOKEN, members_by=members_by) as served:
+        node.configure(served.base_url, f"coreweave_member_match = {member_match}\n")
+
+        result = assert_stock_update_writes_the_demo_caches(node, demo_org)
+
+    assert "does not resolve" not in result.stderr
+
+
+def test_members_served_by_name_with_member_match_id_are_dropped_with_warnings(node, demo_org):
+    # The safe default stays RFC 7643 first: names are never read as ids.
+    with FakeIAM(demo_org, token=TOKEN, members_by="value") as served:
+        node.configure(served.base_url, "coreweave_member_match = id\n")
+
+        result = node.run("nsscache", "update", "--full")
+
+    assert result.returncode != 0
+    for name in ("alice", "bob", "erin", "frank"):
+        assert f"dropped member slurm-users/{name}: does not resolve to any listed user" in result.stderr
+    assert not any((node.root / "cache" / f"{name}.cache").exists() for name in MAPS)
 
 
 def test_inactive_and_outside_users_never_reach_any_cache(node, iam):

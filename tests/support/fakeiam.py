@@ -75,6 +75,7 @@ ENDPOINTS = ("Users", "Groups")
 LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 SCIM_JSON = "application/scim+json"
+CW_EXTENSION = "urn:coreweave:params:scim:schemas:extension:coreweave:2.0:CoreWeaveUser"
 
 Body = Union[bytes, str, dict, list, Callable[[dict], Any], None]
 
@@ -325,6 +326,17 @@ def _encode(body: Any) -> bytes:
     return json.dumps(body).encode("utf-8")
 
 
+def _name_members(groups: list[dict[str, Any]], users: list[dict[str, Any]], key: str) -> None:
+    """Put each member's POSIX name (the listed user's ``sunkPosixUsername``) in ``key``
+    of the member object, in place; members that are no listed user stay as they are."""
+    names = {u["id"]: (u.get(CW_EXTENSION) or {}).get("sunkPosixUsername") for u in users}
+    for group in groups:
+        for member in group.get("members") or ():
+            name = names.get(member.get("value")) if isinstance(member, dict) else None
+            if isinstance(name, str):
+                member[key] = name
+
+
 def _int_param(params: Mapping[str, str], name: str) -> int | None:
     raw = params.get(name)
     if raw is None or raw == "":
@@ -346,6 +358,13 @@ class FakeIAM:
     :param max_page_size: cap on ``count`` (a server answering smaller pages than asked).
     :param cursor_pagination: when False the ``cursor`` parameter is ignored and the
         answer is index-paged (a server that does not know RFC 9865).
+    :param echo_count: report ``itemsPerPage`` as the page size (``count``, or the
+        default, capped by ``max_page_size``), also on a last, short page, as some SCIM
+        server libraries do (RFC 7644 says the number returned).
+    :param members_by: serve group members the way CoreWeave's fork reads them: each
+        member that is a listed user gets that user's POSIX name (``sunkPosixUsername``
+        of the CoreWeave extension) in this sub-attribute: ``"value"`` (the name instead
+        of the id), ``"display"`` or ``"userName"``; None: as given (``value`` = the id).
     :param log: stream for one line per request (e.g. ``sys.stderr``); None: silent.
 
     Everything read or set from Python is thread-safe.
@@ -362,8 +381,12 @@ class FakeIAM:
         default_count: int = DEFAULT_COUNT,
         max_page_size: int | None = None,
         cursor_pagination: bool = True,
+        echo_count: bool = False,
+        members_by: str | None = None,
         log: TextIO | None = None,
     ):
+        if members_by not in (None, "value", "display", "userName"):
+            raise ValueError(f"members_by must be value, display, userName or None: {members_by!r}")
         if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
             raise ValueError(f"prefix must start with '/' and not end with '/': {prefix!r}")
         if default_count < 0:
@@ -376,6 +399,8 @@ class FakeIAM:
         self.default_count = default_count
         self.max_page_size = max_page_size
         self.cursor_pagination = cursor_pagination
+        self.members_by = members_by
+        self.echo_count = echo_count
         self.log = log
         self._host, self._port = host, port
         self._lock = threading.Lock()
@@ -567,8 +592,11 @@ class FakeIAM:
             with self._lock:
                 resources = self._org[endpoint]
                 chunk = copy.deepcopy(resources[first : first + count])
+                if endpoint == "Groups" and self.members_by:
+                    _name_members(chunk, self._org["Users"], self.members_by)
                 total = len(resources)
-            body: dict[str, Any] = {"schemas": [LIST_RESPONSE], "totalResults": total, "itemsPerPage": len(chunk)}
+            per_page = count if self.echo_count else len(chunk)
+            body: dict[str, Any] = {"schemas": [LIST_RESPONSE], "totalResults": total, "itemsPerPage": per_page}
             if by_cursor:
                 if count and first + count < total:
                     body["nextCursor"] = self._issue_cursor(endpoint, first + count)

@@ -9,7 +9,7 @@ import pty
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Mapping, Optional
 
 TOKEN = "cw-test-token-4f1c9a"
 EXT = "urn:coreweave:params:scim:schemas:extension:coreweave:2.0:CoreWeaveUser"
@@ -62,13 +62,15 @@ class Node:
         )
         return self.conf
 
-    def run(self, command: str, *args: str) -> subprocess.CompletedProcess:
+    def run(self, command: str, *args: str, environ: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess:
         """Run ``nsscache`` or ``nsscache-coreweave`` with ``-c`` this node's
-        conf. stdin is a terminal so that nsscache logs to stderr instead of
-        syslog (there is no /dev/log here)."""
+        conf, without our NSSCACHE_* variables unless ``environ`` sets them. stdin is
+        a terminal so that nsscache logs to stderr instead of syslog (there is no
+        /dev/log here)."""
         primary, secondary = pty.openpty()
         try:
             env = {k: v for k, v in os.environ.items() if not k.startswith("NSSCACHE_")}
+            env.update(environ or {})
             return subprocess.run(
                 [str(self.bin / command), "-c", str(self.conf), *args],
                 stdin=secondary, capture_output=True, text=True, env=env, timeout=120,

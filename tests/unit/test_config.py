@@ -81,6 +81,7 @@ DEFAULTS = {
     "gecos_attribute": (lambda c: c.users.gecos, (top("displayName"), top("name", "formatted"))),
     "group_name_attribute": (lambda c: c.groups.name, (top("sunkPosixGroupName"), top("displayName"))),
     "group_gid_attribute": (lambda c: c.groups.gid, (top("sunkPosixGid"),)),
+    "member_match": (lambda c: c.groups.member_match, "auto"),
     "home_directory": (lambda c: c.home_template, None),
     "default_shell": (lambda c: c.default_shell, "/bin/bash"),
     "min_uid": (lambda c: c.min_uid, 1000),
@@ -92,6 +93,8 @@ DEFAULTS = {
     )),
     "local_passwd": (lambda c: c.local_passwd, "/etc/passwd"),
     "local_group": (lambda c: c.local_group, "/etc/group"),
+    **{"shadow_default_" + field: ((lambda c, field=field: getattr(c.shadow, field)), None)  # empty: name:*:::::::
+       for field in config.SHADOW_FIELDS},
     "ssh_key_types": (lambda c: c.keys.types, frozenset({"ed25519", "ecdsa", "sk-ed25519", "sk-ecdsa", "rsa"})),
     "min_rsa_bits": (lambda c: c.keys.min_rsa_bits, 2048),
     "allow_key_options": (lambda c: c.keys.allow_options, False),
@@ -105,6 +108,8 @@ DEFAULTS = {
     "slurm_timeout": (lambda c: c.slurm.timeout, 600.0),
     "page_size": (lambda c: c.server.page_size, 1000),
     "pagination": (lambda c: c.server.pagination, "index"),
+    "users_query": (lambda c: c.server.users_query, None),
+    "groups_query": (lambda c: c.server.groups_query, None),
     "max_pages": (lambda c: c.server.max_pages, 10000),
     "max_users": (lambda c: c.server.max_users, 2_000_000),
     "workers": (lambda c: c.server.workers, 2),
@@ -141,7 +146,7 @@ def test_empty_value_means_unset():
 
 # --- the option table: every option declared once ----------------------------
 
-NUMERIC = [row for row in OPTIONS if row.kind in (Kind.INTEGER, Kind.NUMBER)]
+NUMERIC = [row for row in OPTIONS if row.kind in (Kind.INTEGER, Kind.NUMBER, Kind.OPTIONAL_INTEGER)]
 
 
 def test_keys_are_the_names_and_defaults_of_the_table():
@@ -158,6 +163,8 @@ def test_each_row_is_complete(row):
     if row.kind in (Kind.INTEGER, Kind.NUMBER):
         assert type(row.default) is (int if row.kind is Kind.INTEGER else float)
         assert math.isfinite(row.low) and math.isfinite(row.high) and row.low <= row.default <= row.high
+    elif row.kind is Kind.OPTIONAL_INTEGER:  # unset is empty: no default, only a range
+        assert row.default is None and math.isfinite(row.low) and math.isfinite(row.high) and row.low <= row.high
     else:
         assert (row.low, row.high) == (-math.inf, math.inf)  # a range only numbers can have
     assert (row.default in row.choices) if row.kind is Kind.CHOICE else True
@@ -170,7 +177,7 @@ def test_a_number_is_accepted_at_its_bounds_and_refused_beyond(row):
     lowest_minimums = {"min_uid": 1, "min_gid": 1}  # so that a max_* at its lowest bound is not below its min_*
     for bound in (row.low, row.high):
         assert read(ok(**{**lowest_minimums, row.name: bound})) == bound
-    step = 1 if row.kind is Kind.INTEGER else 0.01
+    step = 0.01 if row.kind is Kind.NUMBER else 1
     for beyond in (row.low - step, row.high + step):
         refused, *_ = problems(**{row.name: beyond})  # (a min_* past its bound may also exceed its max_*)
         assert refused.key == row.key
@@ -182,11 +189,14 @@ DATACLASS_DEFAULTS = [
     *[(config.Server, name, name) for name in ("page_size", "pagination", "max_pages", "max_users", "workers",
                                                "max_page_bytes", "timeout", "retries", "max_retry_wait", "deadline")],
     (config.Server, "verify", "verify_tls"),
+    (config.Server, "users_query", "users_query"),
+    (config.Server, "groups_query", "groups_query"),
     (config.SlurmSync, "accounts", "slurm_accounts"),
     (config.SlurmSync, "clusters", "slurm_cluster"),
     (config.SlurmSync, "parent_account", "slurm_parent_account"),
     (config.SlurmSync, "sacctmgr", "slurm_sacctmgr"),
     (config.SlurmSync, "timeout", "slurm_timeout"),
+    *[(config.ShadowDefaults, field, "shadow_default_" + field) for field in config.SHADOW_FIELDS],
 ]
 
 
@@ -198,8 +208,8 @@ def test_a_dataclass_default_is_the_table_s(cls, field, name):
 
 
 def test_every_dataclass_default_is_compared_with_the_table():
-    defaulted = {(cls, f.name) for cls in (config.Server, config.SlurmSync) for f in dataclasses.fields(cls)
-                 if f.default is not dataclasses.MISSING}
+    defaulted = {(cls, f.name) for cls in (config.Server, config.SlurmSync, config.ShadowDefaults)
+                 for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
     assert defaulted == {(cls, field) for cls, field, _ in DATACLASS_DEFAULTS}
 
 
@@ -334,6 +344,9 @@ def test_config_error_is_a_value_error():
         pytest.param("verify_tls", "0", lambda c: c.server.verify, False, id="int-0"),
         pytest.param("pagination", '"cursor"', lambda c: c.server.pagination, "cursor", id="quoted-cursor"),
         pytest.param("pagination", "Cursor", lambda c: c.server.pagination, "cursor", id="Cursor"),
+        pytest.param("member_match", "username", lambda c: c.groups.member_match, "userName",
+                     id="member-match-as-spelled"),
+        pytest.param("member_match", "ID", lambda c: c.groups.member_match, "id", id="member-match-ID"),
         pytest.param("pagination", "INDEX", lambda c: c.server.pagination, "index", id="INDEX"),
         pytest.param("groups", "'slurm-users, slurm-sudo'", lambda c: c.allowed_groups, ("slurm-users", "slurm-sudo"),
                      id="quoted-groups"),
@@ -472,6 +485,20 @@ def test_verify_tls_false_wins_over_ca_bundle():
                      id="no-group-name-path"),
         pytest.param({"gecos_attribute": "name..givenName"}, "coreweave_gecos_attribute",
                      "coreweave_gecos_attribute: attribute path 'name..givenName' is malformed", id="malformed-path"),
+        pytest.param({"users_query": "filter=x&startIndex=5"}, "coreweave_users_query",
+                     "coreweave_users_query must not set 'startIndex': paging is the client's", id="query-startIndex"),
+        pytest.param({"groups_query": "COUNT=5"}, "coreweave_groups_query",
+                     "coreweave_groups_query must not set 'COUNT': paging is the client's", id="query-count"),
+        # The fork's bare `cursor` item (cursor paging) is coreweave_pagination = cursor here.
+        pytest.param({"users_query": "groups=admin&cursor"}, "coreweave_users_query",
+                     "coreweave_users_query must not set 'cursor': paging is the client's (coreweave_page_size, "
+                     "coreweave_pagination)", id="query-bare-cursor"),
+        pytest.param({"users_query": "cursor=abc"}, "coreweave_users_query", "must not set 'cursor'",
+                     id="query-cursor"),
+        pytest.param({"users_query": "active"}, "coreweave_users_query",
+                     "coreweave_users_query: 'active' is not name=value", id="query-no-value"),
+        pytest.param({"groups_query": "=x"}, "coreweave_groups_query",
+                     "coreweave_groups_query: '=x' is not name=value", id="query-no-name"),
     ],
 )
 def test_bad_value_is_refused_naming_the_option(options, key, expected):
@@ -891,6 +918,31 @@ def test_default_shell_outside_the_allowed_shells_is_a_warning():
     assert cfg.default_shell == "/bin/bash"
 
 
+@pytest.mark.parametrize(
+    "text, pairs",
+    [
+        pytest.param('filter=active eq "true"', (("filter", 'active eq "true"'),), id="fork-users-filter"),
+        pytest.param('groups=admin&filter=active eq "true"', (("groups", "admin"), ("filter", 'active eq "true"')),
+                     id="fork-two-items"),
+        pytest.param('filter=displayName eq "users" or displayName eq "admin"',
+                     (("filter", 'displayName eq "users" or displayName eq "admin"'),), id="value-with-spaces"),
+        pytest.param("a=1=2& b = 2 &&c=", (("a", "1=2"), ("b", "2"), ("c", "")), id="split-at-the-first-equals"),
+        pytest.param("attributes=id&attributes=userName", (("attributes", "id"), ("attributes", "userName")),
+                     id="repeated-name"),
+        pytest.param("a=%41", (("a", "%41"),), id="kept-as-written"),  # requests encodes it: %2541
+    ],
+)
+def test_a_query_option_is_read_as_name_value_pairs(text, pairs):
+    server = ok(users_query=text, groups_query=text).server
+    assert (server.users_query, server.groups_query) == (pairs, pairs)
+
+
+def test_both_query_options_refused_are_reported_together():
+    assert [p.key for p in problems(users_query="count=10", groups_query="startIndex=1&cursor=")] == [
+        "coreweave_users_query", "coreweave_groups_query", "coreweave_groups_query",
+    ]
+
+
 def test_server_carries_the_transport_limits():
     server = ok(max_pages=7, max_page_bytes=4096, max_retry_wait=3, deadline=42, timeout=5, retries=2).server
     assert (server.max_pages, server.max_page_bytes, server.max_retry_wait, server.deadline, server.timeout,
@@ -900,6 +952,122 @@ def test_server_carries_the_transport_limits():
 def test_key_rules_are_one_value():
     rules = ok(ssh_key_types="ed25519", min_rsa_bits=4096, allow_key_options="true").keys
     assert rules == config.KeyRules(types=frozenset({"ed25519"}), min_rsa_bits=4096, allow_options=True)
+
+
+# --- shadow defaults: the same shadow(5) fields on every line -----------------------------------------------------
+
+SHADOW_KEYS = ["shadow_default_" + field for field in config.SHADOW_FIELDS]
+
+
+def test_shadow_defaults_are_days_as_the_fork_writes_them():
+    # CoreWeave's fork's own example values, handed over as nsscache's FixValue does.
+    written = dict(lstchg="19000", min="0", max="99999", warn="7", inact="30", expire="2147483647", flag="0")
+    cfg = ok(**{"shadow_default_" + field: FixValue(value) for field, value in written.items()})
+    assert cfg.shadow == config.ShadowDefaults(lstchg=19000, min=0, max=99999, warn=7, inact=30,
+                                               expire=2**31 - 1, flag=0)
+    assert all(type(getattr(cfg.shadow, field)) is int for field in config.SHADOW_FIELDS)
+    assert cfg.warnings == ()
+
+
+def test_unset_or_empty_shadow_defaults_leave_every_field_empty():
+    assert ok().shadow == ok(**{key: value for key, value in zip(SHADOW_KEYS, ["", " ", "", "", "", "", ""])}).shadow
+    assert ok().shadow == config.ShadowDefaults()
+    assert config.ShadowDefaults() == config.ShadowDefaults(*[None] * 7)
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        pytest.param("'19000'", 19000, id="quoted"),
+        pytest.param("0042", 42, id="leading-zeros"),
+        pytest.param("1e3", 1000, id="float-that-is-whole"),
+        pytest.param("2147483647", 2**31 - 1, id="highest"),
+        pytest.param("0", 0, id="zero"),
+    ],
+)
+def test_shadow_default_value_shapes_are_understood(raw, expected):
+    assert ok(shadow_default_warn=FixValue(raw)).shadow.warn == expected
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        pytest.param("never", "must be an integer or empty, got 'never'", id="word"),
+        pytest.param("true", "must be an integer or empty, got 'true'", id="boolean-word"),
+        pytest.param("1.5", "must be an integer or empty, got 1.5", id="fraction"),
+        pytest.param("-1", "must be between 0 and 2147483647, got -1", id="negative"),
+        pytest.param("2147483648", "must be between 0 and 2147483647, got 2147483648", id="wraps-in-glibc"),
+        pytest.param("99999999999999999999", "must be between 0 and 2147483647, got 99999999999999999999",
+                     id="huge"),  # no float holds it exactly: still an integer, out of range
+        pytest.param("inf", "must be an integer or empty, got inf", id="infinite"),
+    ],
+)
+@pytest.mark.parametrize("key", SHADOW_KEYS)
+def test_a_shadow_default_that_is_not_days_is_refused_naming_the_key(key, raw, message):
+    assert problem(**{key: FixValue(raw)}) == ConfigProblem("coreweave_" + key, f"coreweave_{key} {message}")
+
+
+def test_every_bad_shadow_default_is_reported_together():
+    assert [p.key for p in problems(**{key: "soon" for key in SHADOW_KEYS})] == ["coreweave_" + k for k in SHADOW_KEYS]
+
+
+def test_the_reader_reads_an_optional_integer_as_none_when_unset():
+    r = Reader.of({"shadow_default_max": 99999, "shadow_default_warn": "", "shadow_default_min": "x"})
+    assert (r.optional_integer("shadow_default_max"), r.optional_integer("shadow_default_warn"),
+            r.optional_integer("shadow_default_lstchg")) == (99999, None, None)
+    r.optional_integer("shadow_default_min")
+    assert r.problems == [ConfigProblem("coreweave_shadow_default_min",
+                                        "coreweave_shadow_default_min must be an integer or empty, got 'x'")]
+    with pytest.raises(TypeError, match="coreweave_shadow_default_max is declared integer or empty, but read as "
+                                        "integer"):
+        r.integer("shadow_default_max")
+
+
+@pytest.mark.parametrize("field", ["lstchg", "max", "inact", "expire"])
+def test_a_zero_that_shadow5_reads_otherwise_is_accepted_with_a_warning(field):
+    # nsscache's files cache writes any 0 as an empty field: never "change at next login" or "expired 1970".
+    cfg = ok(**{"shadow_default_" + field: 0})
+    assert getattr(cfg.shadow, field) == 0
+    assert cfg.warnings == (f"coreweave_shadow_default_{field} = 0 is written as an empty field (nsscache writes a 0 "
+                            "as empty), not as shadow(5)'s 0",)
+
+
+@pytest.mark.parametrize("field", ["min", "warn", "flag"])
+def test_a_zero_that_means_what_empty_means_is_not_warned_about(field):
+    assert ok(**{"shadow_default_" + field: 0}).warnings == ()
+
+
+def test_an_expire_in_the_past_is_accepted_with_a_warning_that_it_locks_everyone_out():
+    cfg = ok(shadow_default_expire=19000)  # 2022-01-08
+    assert cfg.shadow.expire == 19000
+    assert cfg.warnings == ("coreweave_shadow_default_expire = 19000 (2022-01-08) is not after today: PAM refuses "
+                            "every login of every account (account expired)",)
+
+
+def test_a_max_already_past_is_accepted_with_a_warning_that_it_locks_everyone_out():
+    # An empty lstchg reads as -1 (1969-12-31): 90 days later every password is expired.
+    assert ok(shadow_default_max=90).warnings == (
+        "coreweave_shadow_default_max = 90: every password counts as expired since 1970-04-01 (last change + max): "
+        "PAM demands at every login a password change nobody can make (the password is *), so every login fails",)
+    assert ok(shadow_default_max=99999).warnings == ()  # the fork's example: until 2243
+    assert ok(shadow_default_max=90, shadow_default_lstchg=2**31 - 1).warnings == ()  # changed in the future
+
+
+@pytest.mark.parametrize(
+    "defaults, today, warned",
+    [
+        pytest.param(dict(expire=20000), 19999, False, id="expire-tomorrow"),
+        pytest.param(dict(expire=20000), 20000, True, id="expire-today"),  # pam_unix: today >= expire
+        pytest.param(dict(lstchg=19000, max=1000), 20000, False, id="max-reached-today"),
+        pytest.param(dict(lstchg=19000, max=1000), 20001, True, id="max-passed"),  # pam_unix: today - lstchg > max
+        pytest.param(dict(lstchg=20001, max=0), 20000, False, id="max-zero-is-empty"),
+        pytest.param(dict(max=20000), 19999, False, id="max-reached-today-after-an-empty-lstchg"),  # -1 + 20000
+        pytest.param(dict(max=20000), 20000, True, id="max-passed-after-an-empty-lstchg"),
+    ],
+)
+def test_the_lockout_warning_is_given_from_the_day_pam_refuses(defaults, today, warned):
+    warnings = config._shadow_warnings(config.ShadowDefaults(**defaults), today=today)
+    assert any("PAM" in warning for warning in warnings) is warned
 
 
 @pytest.mark.parametrize(

@@ -505,6 +505,88 @@ def test_member_type_is_case_insensitive():
     assert names(decide([user()], [group(members=[Member("u-alice", "user")])])) == ["alice"]
 
 
+# --- coreweave_member_match: members by id, by POSIX name, or either ---------
+
+
+def by_name(name):
+    """A member as a name mode reads it (value/display/userName hold the POSIX name)."""
+    return Member(None, "User", name)
+
+
+def either(value):
+    """A member as auto reads it: its value may be a user's id or a POSIX name."""
+    return Member(value, "User", value)
+
+
+def test_auto_takes_a_value_that_is_no_id_as_the_one_user_of_that_name():
+    users = [user(), user("u-bob", "bob", 20002)]
+    directory = decide(users, [group(members=[either("alice"), either("u-bob")])])
+    assert names(directory) == ["alice", "bob"]
+    assert directory.groups == (PosixGroup("slurm-users", 30001, ("alice", "bob")),)
+    assert directory.drops == ()
+
+
+def test_auto_never_takes_an_id_for_another_users_name():
+    # A's id is "bob", B's POSIX name is "bob": the member "bob" is A, and B is nobody's member.
+    users = [user("bob", "alice", 20001), user("u-b", "bob", 20002)]
+    directory = decide(users, [group(members=[either("bob")])])
+    assert names(directory) == ["alice"]
+    assert directory.groups == (PosixGroup("slurm-users", 30001, ("alice",)),)
+
+
+def test_a_name_two_listed_users_carry_names_neither():
+    users = [user("u-1", "bob", 20001), user("u-2", "bob", 20002), user("u-3", "carol", 20003)]
+    for member in (either("bob"), by_name("bob")):
+        directory = decide(users, [group(members=[member, either("u-3")])], member_match="auto")
+        assert names(directory) == ["carol"]
+        assert directory.drops == (
+            Drop("member", "slurm-users/bob", "is the POSIX name of 2 listed users: ambiguous, none is taken"),
+        )
+        assert directory.drops[0].code == "ambiguous"
+
+
+@pytest.mark.parametrize("mode", ["value", "display", "userName"])
+def test_name_modes_take_the_name_even_where_it_is_another_users_id(mode):
+    users = [user("bob", "alice", 20001), user("u-b", "bob", 20002)]
+    directory = decide(users, [group(members=[by_name("bob")])], member_match=mode)
+    assert names(directory) == ["bob"]
+
+
+@pytest.mark.parametrize("mode", ["value", "display", "userName"])
+def test_name_modes_never_read_an_id(mode):
+    directory = decide([user()], [group(members=[Member("u-alice", "User", None), by_name("ghost")])],
+                       member_match=mode)
+    assert (names(directory), directory.drops) == ([], (
+        Drop("member", "slurm-users/u-alice", "does not resolve to any listed user"),
+        Drop("member", "slurm-users/ghost", "does not resolve to any listed user"),
+    ))
+
+
+def test_id_mode_reads_ids_only():
+    directory = decide([user()], [group(members=[by_name("alice"), either("alice")])], member_match="id")
+    assert (names(directory), [d.code for d in directory.drops]) == ([], ["unresolved", "unresolved"])
+
+
+@pytest.mark.parametrize("mode", ["auto", "value"])
+def test_a_primary_gid_held_through_members_by_name(mode):
+    member = either if mode == "auto" else by_name
+    groups = [group(members=[member("alice"), member("bob")]), group("g-other", "other-team", 30003, ()),
+              GroupRecord("g-team", "team", 30004, (), member_names=frozenset({"bob"}))]
+    users = [user(gid=30001), user("u-bob", "bob", 20002, 30004), user("u-carol", "carol", 20003, 30003)]
+    directory = decide_on_node(users, groups, local=SLURM_NODE, member_match=mode)
+    assert names(directory) == ["alice", "bob"]
+
+
+def test_auto_never_takes_an_id_for_a_name_in_other_groups_either():
+    # team lists "bob", which is A's id: B, named bob, is not its member and may not hold its gid.
+    users = [user("bob", "alice", 20001), user("u-b", "bob", 20002, 30004)]
+    groups = [group(members=[either("bob"), either("u-b")]),
+              GroupRecord("g-team", "team", 30004, (), frozenset({"bob"}), frozenset({"bob"}))]
+    directory = decide_on_node(users, groups, local=SLURM_NODE)
+    assert names(directory) == ["alice"]
+    assert directory.drops[0].code == "gid_not_member"
+
+
 def test_accounts_groups_and_members_are_sorted_by_name():
     users = [user("u-3", "carol", 20003), user("u-1", "alice", 20001), user("u-2", "bob", 20002)]
     groups = [group("g-2", "zeta", 30002, ["u-3", "u-1"]), group("g-1", "alpha", 30001, ["u-2", "u-3"])]

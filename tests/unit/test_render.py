@@ -13,6 +13,7 @@ from nss_cache.caches import cache_factory
 from nss_cache.maps import group, passwd, shadow, sshkey
 
 from nss_cache_coreweave import marker, render
+from nss_cache_coreweave.config import ShadowDefaults
 from nss_cache_coreweave.policy import Account, Directory, PosixGroup
 from support.keys import ed25519_key, rsa_key
 
@@ -32,6 +33,7 @@ DIRECTORY = Directory(
     missing_groups=(),
 )
 RUN = "20261202T194608Z-3f9ac2e1b7d0"
+NO_SHADOW_DEFAULTS = ShadowDefaults()  # every coreweave_shadow_default_* unset
 MARKERS = {
     "passwd": f"nsscache-coreweave:*{RUN}:65534:65534:run marker, not an account:/nonexistent:/usr/sbin/nologin",
     "group": f"nsscache-coreweave:*{RUN}:65534:",
@@ -40,10 +42,10 @@ MARKERS = {
 }
 
 
-def written(map_name, directory, tmp_path):
+def written(map_name, directory, tmp_path, shadow_defaults=NO_SHADOW_DEFAULTS):
     cache = cache_factory.Create({"name": "files", "dir": str(tmp_path)}, map_name)
     target = io.BytesIO()
-    for entry in render.render(map_name, directory, RUN):
+    for entry in render.render(map_name, directory, RUN, shadow_defaults):
         cache._WriteData(target, entry)
     lines = target.getvalue().decode("ascii").splitlines()
     assert lines[0] == MARKERS[map_name]
@@ -68,6 +70,36 @@ def test_group_lines(tmp_path):
 
 def test_shadow_line_is_a_locked_password_for_every_account(tmp_path):
     assert written("shadow", DIRECTORY, tmp_path) == ["alice:*:::::::", "bob:*:::::::", "carol:*:::::::"]
+
+
+@pytest.mark.parametrize(
+    "defaults, line",
+    [
+        pytest.param(ShadowDefaults(), "alice:*:::::::", id="none-set"),
+        pytest.param(ShadowDefaults(lstchg=19000, min=1, max=99999, warn=7, inact=30, expire=20000, flag=3),
+                     "alice:*:19000:1:99999:7:30:20000:3", id="all-set"),
+        pytest.param(ShadowDefaults(max=99999, warn=7), "alice:*:::99999:7:::", id="the-fork-s-example"),
+        pytest.param(ShadowDefaults(expire=2**31 - 1), "alice:*::::::2147483647:", id="highest"),
+        # nsscache's writer turns a 0 into an empty field: never "change now" (lstchg) or "expired 1970" (expire).
+        pytest.param(ShadowDefaults(*[0] * 7), "alice:*:::::::", id="zeros-are-written-empty"),
+    ],
+)
+def test_shadow_defaults_are_the_same_fields_on_every_account_s_line(defaults, line, tmp_path):
+    fields = line.split(":", 1)[1]
+    lines = [f"{name}:{fields}" for name in ("alice", "bob", "carol")]
+    assert written("shadow", DIRECTORY, tmp_path, defaults) == lines
+
+
+def test_shadow_defaults_change_no_other_map(tmp_path):
+    defaults = ShadowDefaults(lstchg=19000, max=99999, expire=20000)
+    for map_name in ("passwd", "group", "sshkey"):
+        assert written(map_name, DIRECTORY, tmp_path, defaults) == written(map_name, DIRECTORY, tmp_path)
+
+
+def test_shadow_entries_carry_the_defaults_as_ints():
+    entry = list(render.render("shadow", DIRECTORY, RUN, ShadowDefaults(lstchg=19000, warn=7)))[1]
+    assert (entry.name, entry.passwd, entry.lstchg, entry.min, entry.max, entry.warn, entry.inact, entry.expire,
+            entry.flag) == ("alice", "*", 19000, None, None, 7, None, None, None)
 
 
 def test_sshkey_line_is_the_python_list_and_keyless_users_get_none(tmp_path):

@@ -733,6 +733,58 @@ def test_server_error_detail_echoing_the_token_is_not_repeated():
     assert TOKEN not in str(error)
 
 
+# --- coreweave_users_query / coreweave_groups_query ----------------------------
+
+ACTIVE = (("filter", 'active eq "true"'), ("groups", "admin"))
+
+
+def test_users_query_is_on_every_index_page_after_the_paging_parameters():
+    _, transport, _ = listing(page(users("a", "b"), total=3), page(users("c"), total=3), users_query=ACTIVE)
+    assert [s.query for s in transport.sent] == [
+        "startIndex=1&count=2&filter=active+eq+%22true%22&groups=admin",
+        "startIndex=3&count=2&filter=active+eq+%22true%22&groups=admin",
+    ]
+
+
+def test_users_query_is_on_every_cursor_page():
+    _, transport, _ = listing(
+        page(users("a", "b"), total=3, nextCursor="c2"), page(users("c"), total=3),
+        pagination="cursor", users_query=ACTIVE,
+    )
+    assert transport.params() == [
+        {"cursor": "", "count": "2", "filter": 'active eq "true"', "groups": "admin"},
+        {"cursor": "c2", "count": "2", "filter": 'active eq "true"', "groups": "admin"},
+    ]
+
+
+def test_each_endpoint_gets_its_own_query():
+    srv = server(users_query=(("filter", "u"),), groups_query=(("filter", 'displayName eq "a&b"'),))
+    transport = ScriptedTransport(page(users("g")), page(users("u")))
+    session = session_with(transport, srv)
+    for kind, url in (("Groups", srv.groups_url), ("Users", srv.users_url)):
+        scim.list_resources(session, srv, scim.Listing(kind, url, lambda r: r, lambda r: r["id"]), clock=NO_SLEEP)
+    assert [s.query for s in transport.sent] == [
+        "startIndex=1&count=2&filter=displayName+eq+%22a%26b%22",
+        "startIndex=1&count=2&filter=u",
+    ]
+
+
+def test_a_repeated_query_parameter_is_sent_as_often_as_written():
+    _, transport, _ = listing(page(users("a")), users_query=(("attributes", "id"), ("attributes", "userName")))
+    assert transport.sent[0].query == "startIndex=1&count=2&attributes=id&attributes=userName"
+
+
+def test_fetch_page_carries_the_endpoints_query():
+    _, transport, _ = one_page(page(users("a")), users_query=ACTIVE)
+    assert transport.sent[0].query == "startIndex=1&count=1&filter=active+eq+%22true%22&groups=admin"
+
+
+def test_the_query_changes_no_completeness_check():
+    # A filtering server still has to deliver every resource it announces.
+    error = refused(ListingError, page(users("a"), total=2), page([], total=2), users_query=ACTIVE)
+    assert fields(error) == ("Users", 2, ListingReason.NO_NEW_RESOURCES, {"start": 2, "collected": 1, "total": 2})
+
+
 # --- the documented payloads (docs/coreweave-iam-scim.md §8) -----------------
 
 
@@ -988,25 +1040,62 @@ def test_json_content_types_are_accepted(content_type):
 @pytest.mark.parametrize(
     "promised, held",
     [
-        pytest.param(3, 2, id="fewer-than-promised"),
         pytest.param(1, 2, id="more-than-promised"),
         pytest.param(0, 2, id="zero-with-resources"),
     ],
 )
-def test_items_per_page_that_does_not_match_the_page_is_refused(pagination, promised, held):
+def test_items_per_page_smaller_than_the_resources_is_refused(pagination, promised, held):
     reply = page(users(*"ab"[:held]), total=4, itemsPerPage=promised)
     error = refused(ListingError, reply, pagination=pagination)
     assert fields(error) == ("Users", 1, ListingReason.ITEMS_PER_PAGE, {"said": promised, "held": held})
 
 
+def test_items_per_page_echoing_count_on_every_page_is_accepted():
+    # A server reporting the requested count, also on the last, short page.
+    ids, transport, _ = listing(
+        page(users("a", "b"), total=3, itemsPerPage=2), page(users("c"), total=3, itemsPerPage=2), page_size=2
+    )
+    assert ids == ["a", "b", "c"]
+    assert [p["startIndex"] for p in transport.params()] == ["1", "3"]
+
+
+def test_items_per_page_echoing_count_with_cursor_paging_is_accepted():
+    ids, _, _ = listing(
+        page(users("a", "b"), total=3, itemsPerPage=2, nextCursor="c2"), page(users("c"), total=3, itemsPerPage=2),
+        pagination="cursor", page_size=2,
+    )
+    assert ids == ["a", "b", "c"]
+
+
+def test_a_short_page_is_followed_from_where_it_ended():
+    # itemsPerPage 2, one resource held: the next request starts after what came.
+    ids, transport, _ = listing(
+        page(users("a", "b"), total=4), page(users("c"), total=4, itemsPerPage=2), page(users("d"), total=4),
+    )
+    assert ids == ["a", "b", "c", "d"]
+    assert [p["startIndex"] for p in transport.params()] == ["1", "3", "4"]
+
+
+def test_a_resource_missing_from_a_short_page_for_good_is_refused():
+    # The server said itemsPerPage 2 and 4 in all, but "d" never comes.
+    error = refused(
+        ListingError, page(users("a", "b"), total=4), page(users("c"), total=4, itemsPerPage=2),
+        page([], total=4, itemsPerPage=2),
+    )
+    assert fields(error) == ("Users", 3, ListingReason.NO_NEW_RESOURCES, {"start": 4, "collected": 3, "total": 4})
+
+
+def test_a_short_last_cursor_page_missing_a_resource_is_refused():
+    error = refused(
+        ListingError, page(users("a", "b"), total=4, nextCursor="c2"), page(users("c"), total=4, itemsPerPage=2),
+        pagination="cursor",
+    )
+    assert fields(error) == ("Users", None, ListingReason.COUNT_MISMATCH, {"collected": 3, "total": 4})
+
+
 def test_items_per_page_zero_on_an_empty_page_before_the_total_is_refused():
     error = refused(ListingError, page(users("a", "b"), total=3), page([], total=3, itemsPerPage=0))
     assert fields(error) == ("Users", 2, ListingReason.NO_NEW_RESOURCES, {"start": 3, "collected": 2, "total": 3})
-
-
-def test_items_per_page_fewer_than_promised_on_a_later_page_is_refused():
-    error = refused(ListingError, page(users("a", "b"), total=4), page(users("c"), total=4, itemsPerPage=2))
-    assert fields(error) == ("Users", 2, ListingReason.ITEMS_PER_PAGE, {"said": 2, "held": 1})
 
 
 def test_connection_cut_mid_body_is_retried():
@@ -1323,8 +1412,8 @@ RENDERED = [
      "Users page 1: 'Resources' is not a list: refusing a malformed listing"),
     (ListingError("Users", 1, ListingReason.RESOURCE_WITHOUT_ID),
      "Users page 1: a resource has no string 'id': refusing a malformed listing"),
-    (ListingError("Users", 2, ListingReason.ITEMS_PER_PAGE, said=2, held=1),
-     "Users page 2 says itemsPerPage 2 but holds 1 resources: refusing a partial listing"),
+    (ListingError("Users", 2, ListingReason.ITEMS_PER_PAGE, said=1, held=2),
+     "Users page 2 says itemsPerPage 1 but holds 2 resources: refusing a partial listing"),
     (
         ListingError("Users", 1, ListingReason.BAD_TOTAL, total=None),
         "Users page 1: totalResults is None, not a non-negative integer: refusing a listing we cannot check",

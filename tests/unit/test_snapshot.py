@@ -83,8 +83,8 @@ def test_resolve_with_no_paths_is_none():
 # --- members ----------------------------------------------------------------
 
 
-def group_record(members, **resource):
-    cfg = configured()
+def group_record(members, member_match="auto", **resource):
+    cfg = configured(member_match=member_match)
     # Groups are listed first, then Users.
     transport = ScriptedTransport(page([{"id": "g1", "sunkPosixGroupName": "slurm-users", "sunkPosixGid": 3000,
                                          "members": members, **resource}]), page([]))
@@ -108,7 +108,53 @@ def group_record(members, **resource):
     ],
 )
 def test_member_is_read_from_value_then_ref(item, member):
+    assert group_record([item], "id").members == (member,)
+
+
+UUID = "0b6c1a52-8d0e-4c1f-9a57-3f1e2d4c5b6a"
+
+
+@pytest.mark.parametrize(
+    "item, member",
+    [
+        pytest.param({"value": "u-1", "type": "User"}, Member("u-1", "User", "u-1"), id="value-id-or-name"),
+        pytest.param({"value": "alice"}, Member("alice", None, "alice"), id="no-type"),
+        pytest.param({"value": UUID, "type": "User"}, Member(UUID, "User", None), id="longer-than-a-name-is-an-id"),
+        pytest.param({"value": "a" * 32}, Member("a" * 32, None, "a" * 32), id="32-characters-may-be-a-name"),
+        pytest.param({"$ref": f"{BASE}/Users/bob"}, Member("bob", None, None), id="ref-is-only-an-id"),
+        pytest.param({"value": "admins", "type": "Group"}, Member("admins", "Group", None), id="a-group-has-no-name"),
+        pytest.param({"display": "alice"}, Member(None, None, None), id="display-is-not-read"),
+        pytest.param({"value": 42}, Member(None, None, None), id="number-value"),
+    ],
+)
+def test_auto_reads_value_as_an_id_or_a_name_and_ref_as_an_id(item, member):
     assert group_record([item]).members == (member,)
+
+
+@pytest.mark.parametrize(
+    "mode, item, member",
+    [
+        pytest.param("value", {"value": "alice", "display": "x", "type": "User"}, Member(None, "User", "alice"),
+                     id="value"),
+        pytest.param("display", {"value": "u-1", "display": "alice"}, Member(None, None, "alice"), id="display"),
+        pytest.param("userName", {"value": "u-1", "userName": "alice"}, Member(None, None, "alice"), id="userName"),
+        pytest.param("userName", {"USERNAME": "alice"}, Member(None, None, "alice"), id="any-case"),
+        pytest.param("value", "alice", Member(None, None, "alice"), id="bare-string-is-the-name"),
+        pytest.param("value", {"$ref": f"{BASE}/Users/u-1"}, Member(None, None, None), id="ref-not-read"),
+        pytest.param("userName", {"value": "u-1"}, Member(None, None, None), id="sub-attribute-absent"),
+        pytest.param("value", {"value": ""}, Member(None, None, None), id="empty"),
+        pytest.param("value", {"value": "admins", "type": "Group"}, Member(None, "Group", None), id="nested-group"),
+        pytest.param("display", {"display": UUID * 2}, Member(None, None, UUID * 2), id="no-length-limit"),
+    ],
+)
+def test_name_modes_read_the_name_from_their_sub_attribute(mode, item, member):
+    assert group_record([item], mode).members == (member,)
+
+
+def test_bare_string_members_are_names_only_in_the_name_modes():
+    assert [group_record(["alice", 5, None], mode).members for mode in ("auto", "id", "value")] == [
+        (), (), (Member(None, None, "alice"),),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -121,6 +167,7 @@ def test_member_is_read_from_value_then_ref(item, member):
     ],
 )
 def test_malformed_members_yield_no_member(members):
+    assert group_record(members, "id").members == ()
     assert group_record(members).members == ()
 
 
@@ -158,9 +205,11 @@ def test_take_lists_users_once_and_groups_once():
         UserRecord(id="e1f2a3b4", active=True, name=None, uid=None, gid=None, gecos="Carol White", home=None,
                    shell=None, ssh_keys=None),
     )
+    # coreweave_member_match = auto: a value of at most 32 characters may also be a POSIX name.
+    alice, bob = Member("5b0e8f7a", "User", "5b0e8f7a"), Member("c3a4d5e6", "User", "c3a4d5e6")
     assert snap.groups == (
-        GroupRecord("9d1c0001", "slurm-users", 30001, (Member("5b0e8f7a", "User"), Member("c3a4d5e6", "User"))),
-        GroupRecord("9d1c0002", "slurm-sudo", 30002, (Member("5b0e8f7a", "User"),)),
+        GroupRecord("9d1c0001", "slurm-users", 30001, (alice, bob)),
+        GroupRecord("9d1c0002", "slurm-sudo", 30002, (alice,)),
     )
     assert isinstance(snap.fetched_at, float)
 
@@ -258,7 +307,7 @@ def test_a_group_named_with_a_listed_prefix_brings_no_members():
     snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
 
     assert [u.id for u in snap.users] == ["u1"]
-    assert [(g.id, g.members) for g in snap.groups] == [("g1", (Member("u1", None),)), ("g2", ()), ("g3", ())]
+    assert [(g.id, g.members) for g in snap.groups] == [("g1", (Member("u1", None, "u1"),)), ("g2", ()), ("g3", ())]
 
 
 def test_other_groups_keep_their_gid_and_their_members_among_the_wanted_users():
@@ -278,6 +327,62 @@ def test_other_groups_keep_their_gid_and_their_members_among_the_wanted_users():
 
     assert [(g.id, g.gid, [m.value for m in g.members], g.member_ids) for g in snap.groups] == [
         ("g1", 30001, ["u1", "u2"], frozenset()), ("g2", 30003, [], {"u2"}), ("g3", 30004, [], {"u1"}),
+    ]
+
+
+def cw_user(id, name):
+    return {"id": id, USER_EXTENSION: {"sunkPosixUsername": name}}
+
+
+def test_auto_keeps_the_users_members_name_and_only_the_names_they_give():
+    cfg = configured()  # coreweave_groups = slurm-users, coreweave_member_match = auto
+    groups = [
+        {"id": "g1", "sunkPosixGroupName": "slurm-users", "members": [{"value": "alice"}, {"value": "u2"}]},
+        {"id": "g2", "sunkPosixGroupName": "other", "members": [{"value": "carol"}, {"value": "alice"}]},
+    ]
+    users = [cw_user("u1", "alice"), cw_user("u2", "bob"), cw_user("u3", "carol"), cw_user("u4", "alice")]
+    transport = ScriptedTransport(page(groups), page(users))
+
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
+
+    # u1 and u4 both carry the name a member gives (policy finds it ambiguous), u2 is named
+    # by its id; carol is named only by a group that grants nothing: u3 is kept as its id.
+    assert [(u.id, u.name) for u in snap.users] == [("u1", "alice"), ("u2", "bob"), ("u4", "alice")]
+    assert [(g.id, g.member_ids, g.member_names) for g in snap.groups] == [
+        ("g1", frozenset(), frozenset()), ("g2", {"alice"}, {"alice"}),
+    ]
+
+
+def test_auto_reads_no_other_users_name_when_members_are_long_ids(mocker):
+    cfg = configured()
+    ids = [f"0b6c1a52-8d0e-4c1f-9a57-3f1e2d4c5b{n:02d}" for n in range(4)]
+    groups = [{"id": "g1", "sunkPosixGroupName": "slurm-users", "members": [{"value": ids[0]}]}]
+    transport = ScriptedTransport(page(groups), page([cw_user(i, f"user{n}") for n, i in enumerate(ids)]))
+    spy = mocker.spy(snapshot, "resolve")
+
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
+
+    assert [u.id for u in snap.users] == [ids[0]]
+    # The POSIX name is read for the kept user alone (by _user).
+    assert [c.args[0]["id"] for c in spy.call_args_list if c.args[1] is cfg.users.name] == [ids[0]]
+
+
+@pytest.mark.parametrize("mode", ["value", "display", "userName"])
+def test_name_modes_keep_the_users_members_name(mode):
+    cfg = configured(member_match=mode)
+    groups = [
+        # A $ref names an id: never read in the name modes.
+        {"id": "g1", "sunkPosixGroupName": "slurm-users", "members": [{mode: "alice"}, {"$ref": f"{BASE}/Users/u2"}]},
+        {"id": "g2", "sunkPosixGroupName": "other", "members": [{mode: "alice"}, {mode: "carol"}]},
+    ]
+    users = [cw_user("u1", "alice"), cw_user("u2", "bob"), cw_user("u3", "carol")]
+    transport = ScriptedTransport(page(groups), page(users))
+
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
+
+    assert [u.id for u in snap.users] == ["u1"]
+    assert [(g.id, g.member_ids, g.member_names) for g in snap.groups] == [
+        ("g1", frozenset(), frozenset()), ("g2", frozenset(), {"alice"}),
     ]
 
 
