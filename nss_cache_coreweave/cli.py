@@ -253,6 +253,8 @@ def _policy_report(config, snap) -> int:
         problems += 1
     keys = sum(len(a.keys) for a in decided.accounts)
     print(f"would write: {len(decided.accounts)} users, {len(decided.groups)} groups, {keys} SSH keys")
+    for warning in decided.warnings:
+        print(f"warning: {warning}")
     for drop in decided.drops:
         print(str(drop))
     return problems

@@ -107,8 +107,9 @@ OPTIONS: Tuple[Option, ...] = (
     Option("base_url", Kind.TEXT, None, "SCIM base URL, e.g. `https://api.coreweave.com/scim/<org-id>`; `http://` is "
            "accepted only for a loopback test server (`localhost`, `127.0.0.0/8`, `::1`), any other `http://` host "
            "is a configuration error", shown="required"),
-    Option("users_endpoint", Kind.TEXT, "Users", "users endpoint, relative to the base URL"),
-    Option("groups_endpoint", Kind.TEXT, "Groups", "groups endpoint, relative to the base URL"),
+    Option("users_endpoint", Kind.TEXT, "Users", "users endpoint, relative to the base URL (a `?` or `#` in it, or "
+           "in the base URL, is refused: parameters go in `coreweave_users_query`)"),
+    Option("groups_endpoint", Kind.TEXT, "Groups", "groups endpoint, relative to the base URL (no `?` or `#`)"),
     Option("token_file", Kind.PATH, None, "absolute path of a file holding the bearer token (surrounding whitespace "
            "stripped); recommended, chmod 600 (a group/world-readable file gets a warning)", shown="unset"),
     Option("token", Kind.TEXT, None, "inline token; discouraged (nsscache.conf is world-readable; a `%` in it makes "
@@ -133,9 +134,10 @@ OPTIONS: Tuple[Option, ...] = (
     Option("group_name_attribute", Kind.ATTRIBUTES, "sunkPosixGroupName, displayName",
            "a group's POSIX name: the first present of these"),
     Option("group_gid_attribute", Kind.ATTRIBUTES, "sunkPosixGid", "a group's gid"),
-    Option("member_match", Kind.CHOICE, "auto", "how a group's `members` name users: `auto`, a member's `value` (or "
-           "the id ending its `$ref`) that is a listed user's `id` is that user, else a `value` equal to exactly one "
-           "listed user's POSIX name; `id`, the `id` only (RFC 7643); `value`, `display` or `userName`, that "
+    Option("member_match", Kind.CHOICE, "auto", "how a group's `members` name users: `auto`, by `id` only when "
+           "any member's `value` (or the id ending its `$ref`) is a listed user's `id`, else each `value` as "
+           "exactly one listed user's POSIX name (one way per run); `id`, the `id` only (RFC 7643); `value`, "
+           "`display` or `userName`, that "
            "sub-attribute of each member holds the POSIX name (CoreWeave's fork: `members/value`, "
            "`members/display`, its default); a bare string member is then the name",
            choices=("auto", "id", "value", "display", "userName")),
@@ -194,10 +196,13 @@ OPTIONS: Tuple[Option, ...] = (
     Option("pagination", Kind.CHOICE, "index", "`index` (`startIndex`/`count`, RFC 7644) or `cursor` "
            "(`cursor`/`nextCursor`, RFC 9865)", choices=("index", "cursor")),
     Option("users_query", Kind.TEXT, None, "extra query parameters on every Users listing request, as a query string "
-           "(`filter=active eq \"true\"&groups=admin`), URL-encoded when sent; `startIndex`, `count` and `cursor` "
-           "are the client's and refused here; saves IAM load, never trusted for access", shown="unset"),
-    Option("groups_query", Kind.TEXT, None, "the same for every Groups listing request "
-           "(`filter=displayName eq \"slurm-users\"`); `coreweave_groups` still decides access", shown="unset"),
+           "(`filter=active eq \"true\"&groups=admin`), URL-encoded when sent; names are ASCII letters, digits, "
+           "`_`, `.`, `-`; `startIndex`, `count` and `cursor` are the client's, `attributes` and "
+           "`excludedAttributes` could strip `active`: all refused; saves IAM load, never trusted for access",
+           shown="unset"),
+    Option("groups_query", Kind.TEXT, None, "the same for every Groups listing request, except that `filter`, "
+           "`attributes` and `excludedAttributes` are refused: the primary-gid rule needs every group, gid and "
+           "members (choose groups with `coreweave_groups`)", shown="unset"),
     Option("max_pages", Kind.INTEGER, 10000, "more pages than this for one endpoint is refused as an endless listing",
            low=1, high=1_000_000),
     Option("max_users", Kind.INTEGER, 2_000_000, "a Users listing announcing or holding more users is refused; bounds "
@@ -576,8 +581,8 @@ def _server(r: Reader, base_url: str, token: str) -> Server:
     """The endpoints below base_url, and the limits of listing them."""
     return Server(
         base_url=base_url,
-        users_url=base_url + "/" + r.text("users_endpoint").strip("/"),
-        groups_url=base_url + "/" + r.text("groups_endpoint").strip("/"),
+        users_url=_endpoint_url(r, base_url, "users_endpoint"),
+        groups_url=_endpoint_url(r, base_url, "groups_endpoint"),
         token=token,
         page_size=r.integer("page_size"),
         pagination=r.choice("pagination"),
@@ -595,14 +600,42 @@ def _server(r: Reader, base_url: str, token: str) -> Server:
     )
 
 
+def _endpoint_url(r: Reader, base_url: str, name: str) -> str:
+    """base_url/<endpoint>, the endpoint without surrounding '/'."""
+    endpoint = r.text(name).strip("/")
+    _refuse_url_query(r, name, endpoint)
+    return base_url + "/" + endpoint
+
+
+def _refuse_url_query(r: Reader, name: str, text: str) -> None:
+    """A '?' or '#' would carry parameters past the checks of the query options."""
+    if "?" in text or "#" in text:
+        r.problem(name, f"{_BY_NAME[name].key} must not hold '?' or '#', got {text!r}: query parameters go in "
+                        "coreweave_users_query / coreweave_groups_query")
+
+
 # The listing's own parameters (RFC 7644 §3.4.2.4, RFC 9865): never set by a query option.
 _PAGING_PARAMETERS = frozenset({"startindex", "count", "cursor"})
+# Parameters that could hide what a decision reads, by lower-case name, with why. A filtered Users
+# listing only narrows (a user it leaves out is never a member), a filtered Groups listing does not:
+# the primary-gid rule needs the gid and members of every group (docs/configuration.md).
+_GROUPS_STRIPPED = ("it can strip the gids and members the primary-gid rule and membership read; choose groups "
+                    "with coreweave_groups")
+_USERS_STRIPPED = "it can strip `active` (a user without it counts as active) and the attributes the checks read"
+_HIDING_PARAMETERS = {
+    "groups_query": {"filter": "the primary-gid rule needs every group; choose groups with coreweave_groups",
+                     "attributes": _GROUPS_STRIPPED, "excludedattributes": _GROUPS_STRIPPED},
+    "users_query": {"attributes": _USERS_STRIPPED, "excludedattributes": _USERS_STRIPPED},
+}
+# ASCII only: a server folding case the Unicode way (Java's equalsIgnoreCase) would read `ſtartIndex`
+# (long s) as startIndex, `fılter` (dotless i) as filter.
+_PARAMETER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def _query(r: Reader, name: str) -> Optional[Tuple[Tuple[str, str], ...]]:
     """A query string (``a=b&c=d``, as CoreWeave's fork writes it) as (name,
     value) pairs, as written: requests URL-encodes them when sending."""
-    key, text = _BY_NAME[name].key, r.text(name)
+    text = r.text(name)
     if not text:
         return None
     pairs = []
@@ -610,15 +643,27 @@ def _query(r: Reader, name: str) -> Optional[Tuple[Tuple[str, str], ...]]:
         if not item:
             continue
         param, has_value, value = item.partition("=")
-        param = param.strip()
-        if param.lower() in _PAGING_PARAMETERS:
-            r.problem(name, f"{key} must not set {param!r}: paging is the client's (coreweave_page_size, "
-                            "coreweave_pagination)")
-        elif not param or not has_value:
-            r.problem(name, f"{key}: {item!r} is not name=value")
+        problem = _query_item_problem(name, item, param.strip(), bool(has_value))
+        if problem:
+            r.problem(name, problem)
         else:
-            pairs.append((param, value.strip()))
+            pairs.append((param.strip(), value.strip()))
     return tuple(pairs)
+
+
+def _query_item_problem(name: str, item: str, param: str, has_value: bool) -> str:
+    """What is wrong with one name=value item of coreweave_<name>; "" when nothing."""
+    key = _BY_NAME[name].key
+    if param.lower() in _PAGING_PARAMETERS:
+        return f"{key} must not set {param!r}: paging is the client's (coreweave_page_size, coreweave_pagination)"
+    why = _HIDING_PARAMETERS[name].get(param.lower())
+    if why:
+        return f"{key} must not set {param!r}: {why}"
+    if not param or not has_value:
+        return f"{key}: {item!r} is not name=value"
+    if not _PARAMETER_NAME.fullmatch(param):
+        return f"{key}: parameter name {param!r} must be ASCII letters, digits, '_', '.' or '-'"
+    return ""
 
 
 def _base_url(r: Reader) -> str:
@@ -629,7 +674,9 @@ def _base_url(r: Reader) -> str:
                               "https://api.coreweave.com/scim/<org-id>)")
         return ""
     base_url = text.rstrip("/")
-    if not base_url.startswith(("https://", "http://")):
+    if "?" in base_url or "#" in base_url:
+        _refuse_url_query(r, "base_url", base_url)
+    elif not base_url.startswith(("https://", "http://")):
         r.problem("base_url", "coreweave_base_url must start with https:// (or http:// for a loopback test server), "
                               f"got {base_url!r}")
     elif base_url.startswith("http://") and not _is_loopback(_url_host(base_url)):

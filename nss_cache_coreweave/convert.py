@@ -7,7 +7,11 @@ in their own section or in [DEFAULT], and every map's view of it must agree,
 because this package lists Users and Groups once for all maps. The
 translation lands in [DEFAULT]; nsscache's own keys stay where they were.
 Nothing is ever widened: what cannot be translated is left commented for a
-person (exit 1). The token's value is never part of the output or a note.
+person (exit 1). Last, the translated keys are read back as nsscache reads
+them and parsed by config.parse: what it refuses is commented out too (exit
+1), so exit 0 never hands over a configuration that fails every run (the
+fork's old caches would stay). The token's value is never part of the output
+or a note.
 docs/migrating-from-the-fork.md is the operator's side of this table.
 """
 
@@ -20,7 +24,8 @@ from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import config as config_mod
-from .errors import ConfigError
+from .errors import ConfigError, ConfigProblem
+from .policy import POSIX_NAME
 
 __all__ = [
     "EXIT_OK", "EXIT_NEEDS_PERSON", "EXIT_NOT_CONVERTED", "Note", "Conversion", "Found", "Line", "Translated",
@@ -31,10 +36,9 @@ EXIT_OK, EXIT_NEEDS_PERSON, EXIT_NOT_CONVERTED = 0, 1, 2
 
 FORK_MAPS = ("passwd", "shadow", "group", "sshkey")  # what the fork's scim source serves
 USER_MAPS = ("passwd", "shadow", "sshkey")  # the maps that list Users in the fork
-SHADOW_FIELDS = ("lstchg", "min", "max", "warn", "inact", "expire", "flag")
-MEMBER_FIELDS = ("value", "display", "userName")  # coreweave_member_match's sub-attribute choices
+# coreweave_member_match's sub-attribute choices: value, display, userName
+MEMBER_FIELDS = tuple(c for c in config_mod.option("member_match").choices if c not in ("auto", "id"))
 TOKEN_FILE = "/etc/nsscache-coreweave/token"  # the path conf/nsscache.conf suggests
-PAGING_ITEMS = ("startIndex", "count", "cursor")  # the pager's own query parameters
 
 _NO_DEFAULT_SECTION = "\x00"  # no file can name it: [DEFAULT] reads as an ordinary section
 _NAME_EQ = re.compile(r'\s*displayName\s+eq\s+"([^"\\,]+)"\s*', re.ASCII | re.IGNORECASE)
@@ -88,6 +92,7 @@ class Line:
     value: Optional[str]
     comments: Tuple[str, ...] = ()
     shown: str = ""  # after the '=' of a line left commented (never a token)
+    origin: str = ""  # the fork key(s) it comes from, as a Note names them
 
 
 @dataclass(frozen=True)
@@ -115,14 +120,14 @@ class Row:
 
 def _fail(row: Row, found: Found, message: str, shown: str = "") -> Translated:
     """The target left commented for a person, and a note saying why."""
-    line = Line(row.target, None, (f"{found.origin}: {message}",), shown) if row.target else None
+    line = Line(row.target, None, (f"{found.origin}: {message}",), shown, found.origin) if row.target else None
     return Translated((line,) if line else (), (Note(found.origin, message, needs_person=True),))
 
 
 def _one(row: Row, found: Found, value: str, *more: str) -> Translated:
     """The target set to value, under the origin and what the fork does differently."""
     comments = (found.origin,) + more + ((f"the fork: {row.differs}",) if row.differs else ())
-    return Translated((Line(row.target, value, comments),))
+    return Translated((Line(row.target, value, comments, origin=found.origin),))
 
 
 def _same(row: Row, found: Found) -> Translated:
@@ -172,13 +177,6 @@ def _number(text: str, low: float, high: float, integer: bool) -> Optional[float
     return value if low <= value <= high else None
 
 
-def _integer(row: Row, found: Found) -> Translated:
-    option = config_mod.option(row.target)
-    if _number(str(found.value), option.low, option.high, True) is None:
-        return _fail(row, found, f"{found.value!r} is not an integer in {option.low:g}..{option.high:g}")
-    return _same(row, found)
-
-
 def _timeout(row: Row, found: Found) -> Translated:
     """The fork's curl timeout (whole request; 0: none) -> seconds per request."""
     seconds = _number(str(found.value), 0.1, 3600, False)
@@ -212,13 +210,6 @@ def _verify(row: Row, found: Found) -> Translated:
                              "coreweave_verify_tls = false yourself if you mean it", shown="false")
 
 
-def _shadow_default(row: Row, found: Found) -> Translated:
-    text = str(found.value).strip()
-    if text and not text.isdigit():
-        return _fail(row, found, f"{text!r} is not a non-negative integer or empty", shown=text)
-    return _same(row, found)
-
-
 def _token(row: Row, found: Found) -> Translated:
     """Never the value: whether there is one, and where this package looks."""
     if not found.sections:
@@ -228,15 +219,17 @@ def _token(row: Row, found: Found) -> Translated:
     message = ("an inline token (not copied): put it in a root-only file (chmod 600) named by "
                "coreweave_token_file; in the fork an inline token wins over the environment, here a token file or "
                "NSSCACHE_COREWEAVE_TOKEN / NSSCACHE_SCIM_AUTH_TOKEN wins over an inline coreweave_token")
-    line = Line("token_file", None, (f"{found.origin}: {message}",), TOKEN_FILE)
+    line = Line("token_file", None, (f"{found.origin}: {message}",), TOKEN_FILE, found.origin)
     return Translated((line,), (Note(found.origin, message, needs_person=True),))
 
 
 # --- the query parameters: the allow-list, paging, what is left for the server ---------------------------------
 
 
-def _query_items(text: Optional[str]) -> List[Tuple[str, Optional[str]]]:
-    """The fork's split: ``&`` between items, the first ``=`` within one; a bare name has no value."""
+def _fork_items(text: Optional[str]) -> List[Tuple[str, Optional[str]]]:
+    """The fork's split: ``&`` between items, the first ``=`` within one; a bare name has no value
+    (a bare ``cursor`` is the fork's switch to cursor paging). What is left for the server is checked
+    by config.parse at the end, as every run reads it."""
     items = []
     for item in (text or "").split("&"):
         name, eq, value = item.partition("=")
@@ -255,20 +248,14 @@ def _leftover(items: List[Tuple[str, Optional[str]]]) -> List[Tuple[str, Optiona
 
 
 def _query(row: Row, found: Found, items: List[Tuple[str, Optional[str]]]) -> Translated:
-    """Items left for the server; never one of the pager's own."""
-    own = [n for n, _ in items if n in PAGING_ITEMS]
-    if own:
-        kept = [(n, v) for n, v in items if n not in PAGING_ITEMS]
-        failed = _fail(replace(row, target=""), found, f"{', '.join(own)} in the query: this package pages itself "
-                                                       "(not sent)")
-        return Translated(_query(row, found, kept).lines, failed.notes)
+    """Items left for the server (config.parse refuses the pager's own and bare names)."""
     if not items:
         return Translated()
     return _one(row, found, _query_text(items), "sent with every listing request; never trusted for access")
 
 
 def _users_parameters(row: Row, found: Found) -> Translated:
-    return _query(row, found, _leftover(_query_items(found.value)))
+    return _query(row, found, _leftover(_fork_items(found.value)))
 
 
 def _filter_groups(text: str) -> Optional[Tuple[str, ...]]:
@@ -283,24 +270,38 @@ def _filter_groups(text: str) -> Optional[Tuple[str, ...]]:
 
 
 def _groups_parameters(row: Row, found: Found) -> Translated:
-    """The filter becomes the allow-list; the rest is left for the server."""
-    items = _leftover(_query_items(found.value))
-    filters = [v for n, v in items if n == "filter"]
-    groups = _filter_groups(filters[0]) if len(filters) == 1 and filters[0] else None
-    query = _query(replace(row, target="groups_query"), found,
-                   [(n, v) for n, v in items if n != "filter" or groups is None])
-    if groups is None:
-        why = (f"the fork's groups filter {filters[0]!r} is not displayName eq \"a\" or displayName eq \"b\""
-               if filters else "the fork has no groups filter: it wrote every user IAM listed")
-        allow = _fail(row, found, why + ": name the POSIX groups whose members may log in (never * unless "
-                                        "every group is meant)")
-    else:
-        names = ", ".join(groups)
-        allow = Translated((Line("groups", names, (
-            f"{found.origin}: {filters[0]}", "matched as POSIX group names (coreweave_group_name_attribute), "
-            "not on the server")),), (Note(found.origin, f"coreweave_groups = {names}: matched as POSIX group names "
-                                                      "(coreweave_group_name_attribute), not displayName"),))
+    """The filter becomes the allow-list, never a filter on the server: that would hide the groups that hold
+    users' primary gids (a user whose primary group is not listed is dropped). The rest is left for the server."""
+    items = _leftover(_fork_items(found.value))
+    filters = [v or "" for n, v in items if n.lower() == "filter"]
+    allow = _allow_list(row, found, filters)
+    query = _query(replace(row, target="groups_query"), found, [(n, v) for n, v in items if n.lower() != "filter"])
     return Translated(allow.lines + query.lines, allow.notes + query.notes)
+
+
+_NAME_THEM = ": name the POSIX groups whose members may log in (never * unless every group is meant)"
+
+
+def _allow_list(row: Row, found: Found, filters: List[str]) -> Translated:
+    """coreweave_groups from the one displayName filter; POSIX group names only, else left to a person."""
+    if not filters:
+        return _fail(row, found, "the fork has no groups filter: it wrote every user IAM listed" + _NAME_THEM)
+    shown = " and ".join(repr(f) for f in filters)
+    groups = _filter_groups(filters[0]) if len(filters) == 1 else None
+    if groups is None:
+        return _fail(row, found, f"the fork's groups filter {shown} is not displayName eq \"a\" or displayName eq "
+                                 "\"b\"; not sent to the server (it would hide the groups of users' primary gids)"
+                     + _NAME_THEM)
+    bad = [name for name in groups if not POSIX_NAME.fullmatch(name)]
+    if bad:
+        return _fail(row, found, f"the fork's groups filter {shown} names {', '.join(map(repr, bad))}, not a POSIX "
+                                 "group name (a-z 0-9 _ . -, at most 32)" + _NAME_THEM)
+    names = ", ".join(groups)
+    return Translated((Line("groups", names, (
+        f"{found.origin}: {filters[0]}", "matched as POSIX group names (coreweave_group_name_attribute), "
+        "not on the server"), origin=found.origin),), (Note(found.origin, f"coreweave_groups = {names}: matched as "
+                                                           "POSIX group names (coreweave_group_name_attribute), "
+                                                           "not displayName"),))
 
 
 _PARAMETERS = "scim_users_parameters, scim_groups_parameters"
@@ -309,22 +310,22 @@ _PARAMETERS = "scim_users_parameters, scim_groups_parameters"
 def _paging(users: Found, groups: Found) -> Translated:
     """Bare ``cursor`` and ``count=`` of both listings: one pagination and page size here."""
     origin = ", ".join(f.origin for f in (users, groups) if f.values)
-    per_listing = [_query_items(f.value) for f in (users, groups)]
+    per_listing = [_fork_items(f.value) for f in (users, groups)]
     cursors = [any(n == "cursor" and v is None for n, v in items) for items in per_listing]
     counts = sorted({v.strip() for items in per_listing for n, v in items if n == "count" and v is not None})
     lines: List[Line] = []
     notes: List[Note] = []
     if all(cursors):
-        lines.append(Line("pagination", "cursor", (f"{origin}: cursor",)))
+        lines.append(Line("pagination", "cursor", (f"{origin}: cursor",), origin=origin))
     elif any(cursors):
         message = "the fork pages one listing by cursor, the other by index; coreweave_pagination is both's"
-        lines.append(Line("pagination", None, (f"{origin}: {message}",), "cursor"))
+        lines.append(Line("pagination", None, (f"{origin}: {message}",), "cursor", origin))
         notes.append(Note(_PARAMETERS, message, needs_person=True))
-    if len(counts) == 1 and _number(counts[0], 1, 10000, True) is not None:
-        lines.append(Line("page_size", counts[0], (f"{origin}: count={counts[0]}",)))
+    if len(counts) == 1:  # its range is config.parse's to check
+        lines.append(Line("page_size", counts[0], (f"{origin}: count={counts[0]}",), origin=origin))
     elif counts:
-        message = f"count={' and count='.join(counts)}: this package sends one count (1..10000) to both endpoints"
-        lines.append(Line("page_size", None, (f"{origin}: {message}",), counts[0]))
+        message = f"count={' and count='.join(counts)}: this package sends one count to both endpoints"
+        lines.append(Line("page_size", None, (f"{origin}: {message}",), counts[0], origin))
         notes.append(Note(_PARAMETERS, message, needs_person=True))
     return Translated(tuple(lines), tuple(notes))
 
@@ -359,12 +360,12 @@ ROWS: Tuple[Row, ...] = (
     Row("scim_path_username", ("group",), _member_match, "member_match", default="userName"),
     Row("scim_override_home_directory", ("passwd",), _home_template, "home_directory"),
     Row("scim_default_shell", ("passwd",), _same, "default_shell"),
-    *(Row(f"scim_shadow_default_{field}", ("shadow",), _shadow_default, f"shadow_default_{field}")
-      for field in SHADOW_FIELDS),
+    *(Row(f"scim_shadow_default_{field}", ("shadow",), _same, f"shadow_default_{field}")
+      for field in config_mod.SHADOW_FIELDS),
     Row("scim_timeout", _ALL, _timeout, "timeout"),
     Row("scim_retry_max", _ALL, _retries, "retries"),
     Row("scim_retry_delay", _ALL, _retry_delay),
-    Row("scim_max_cursor_pages", _ALL, _integer, "max_pages"),
+    Row("scim_max_cursor_pages", _ALL, _same, "max_pages"),
     Row("scim_verify_ssl", _ALL, _verify, "verify_tls"),
 )
 
@@ -511,6 +512,58 @@ def _render(fork: _Fork, lines: List[Line]) -> str:
     return "\n".join(out) + "\n"
 
 
+# --- the translation as every run will read it -------------------------------------------------------------------
+
+_PREFIX = "coreweave_"
+# Neither is ever part of the output: a token for config.parse to find (the real one is the operator's to place),
+# and a shell list so that the check does not read the converting machine's /etc/shells.
+_CHECK_ENVIRON = {config_mod.TOKEN_ENV_VARS[0]: "convert-config-check"}
+_CHECK_SHELLS = "/bin/sh"
+
+
+def _nsscache_value(text: str) -> object:
+    """nsscache's FixValue: quotes stripped, then an int, else a float, else the text."""
+    text = _fix(text)
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _refused(lines: List[Line]) -> Tuple[ConfigProblem, ...]:
+    """What config.parse refuses in the lines set, read back from their text as nsscache reads [DEFAULT]."""
+    parser = configparser.ConfigParser()
+    parser.read_string("[DEFAULT]\n" + "\n".join(t for line in lines for t in _line_text(line)) + "\n")
+    options = {key[len(_PREFIX):]: _nsscache_value(value) for key, value in parser.defaults().items()
+               if key.startswith(_PREFIX)}
+    options.setdefault("allowed_shells", _CHECK_SHELLS)
+    try:
+        config_mod.parse(options, _CHECK_ENVIRON)
+    except ConfigError as e:
+        return e.problems
+    return ()
+
+
+def _checked(lines: List[Line]) -> Translated:
+    """The lines with each one config.parse refuses commented out under its message, and a note for a person.
+    A key already left commented is already a person's (its problem is that it is unset)."""
+    problems = _refused(lines)
+    left = {_PREFIX + line.key for line in lines if line.key and line.value is None}
+    notes = [Note(problem.key, problem.message, needs_person=True) for problem in problems
+             if problem.key not in left and not any(_PREFIX + line.key == problem.key for line in lines)]
+    checked = []
+    for line in lines:
+        refused = [p.message for p in problems if line.key and line.value is not None and p.key == _PREFIX + line.key]
+        if refused:
+            comments = line.comments + tuple(f"this package refuses it: {message}" for message in refused)
+            line = replace(line, value=None, comments=comments, shown=str(line.value))
+            notes += [Note(line.origin or _PREFIX + line.key, message, needs_person=True) for message in refused]
+        checked.append(line)
+    return Translated(tuple(checked), tuple(notes))
+
+
 def convert(text: str) -> Conversion:
     """The configuration for source = coreweave equivalent to the fork's ``text``."""
     fork, notes = _read(text)
@@ -528,5 +581,7 @@ def convert(text: str) -> Conversion:
         lines += translated.lines
         found_notes += translated.notes
     found_notes += _unread_keys(fork)
+    checked = _checked(lines)
+    lines, found_notes = list(checked.lines), found_notes + list(checked.notes)
     status = EXIT_NEEDS_PERSON if any(n.needs_person for n in found_notes) else EXIT_OK
     return Conversion(_render(fork, lines), tuple(found_notes), status)

@@ -82,6 +82,7 @@ class Directory:
     groups: Tuple[PosixGroup, ...]
     drops: Tuple[Drop, ...]
     missing_groups: Tuple[str, ...]  # allowed groups the directory lacks
+    warnings: Tuple[str, ...] = ()  # about the listing as a whole (logged, and shown by check)
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ def decide(snapshot: Snapshot, config: Config, local: Optional[LocalAccounts] = 
         groups=tuple(sorted(posix_groups, key=lambda g: g.name)),
         drops=tuple(drops),
         missing_groups=missing,
+        warnings=_match_warnings(snapshot, index),
     )
 
 
@@ -163,37 +165,58 @@ class _Group:
 
 @dataclass(frozen=True)
 class _Members:
-    """The listed users as group members may name them (coreweave_member_match)."""
+    """The listed users as group members name them (coreweave_member_match)."""
 
     by_id: Dict[str, UserRecord]
     by_name: Dict[str, List[str]]  # a name -> the ids of the listed users carrying it (empty in ``id`` mode)
-    reads_ids: bool  # id, auto: a member's id is looked up (never in the name modes)
-    ids_first: bool  # auto: a listed user's id is that user, never the name of another
+    # Members are ids, never names: in ``id``, and in ``auto`` for a listing where a member
+    # of any group is a listed user's id; names only otherwise (and in the name modes).
+    reads_ids: bool
 
 
 def _member_index(snapshot: Snapshot, config: Config) -> _Members:
     """Every name a member may give is a listed user's name in snapshot.users
     (snapshot.take keeps each user carrying one), so a name carried twice is seen twice."""
     mode = config.groups.member_match
+    by_id = {u.id: u for u in snapshot.users}
     by_name: Dict[str, List[str]] = {}
     if mode != "id":
         for user in snapshot.users:
             if isinstance(user.name, str):
                 by_name.setdefault(user.name, []).append(user.id)
-    return _Members({u.id: u for u in snapshot.users}, by_name, mode in ("id", "auto"), mode == "auto")
+    return _Members(by_id, by_name, mode == "id" or (mode == "auto" and _ids_given(snapshot, by_id)))
+
+
+def _ids_given(snapshot: Snapshot, by_id: Dict[str, UserRecord]) -> bool:
+    """Whether a user member of any group gives a listed user's id: auto then
+    reads this listing's members as ids (RFC 7643), so that an id (of a user
+    the listing lacks, too) never stands for another user's name."""
+    if snapshot.listed_member_ids:
+        return True
+    given = (m.value for g in snapshot.groups for m in g.members if m.value is not None and not _nested(m))
+    return any(i in by_id for i in given) or any(i in by_id for g in snapshot.groups for i in g.member_ids)
+
+
+def _match_warnings(snapshot: Snapshot, index: _Members) -> Tuple[str, ...]:
+    """Members read as ids while some are listed users' names: say how many names are not taken."""
+    if not index.reads_ids or not index.by_name:
+        return ()
+    names = {m.name for g in snapshot.groups for m in g.members if m.name is not None and not _nested(m)}
+    count = sum(1 for n in names if n in index.by_name and n not in index.by_id and n not in snapshot.listed_member_ids)
+    if not count:
+        return ()
+    return (f"coreweave_member_match = auto: this listing's group members are user ids (RFC 7643), so {count} "
+            "member value(s) equal to a listed user's POSIX name and to no listed user's id are not taken",)
 
 
 def _member_user(index: _Members, member_id: Optional[str], name: Optional[str]) -> Optional[str]:
-    """The id of the one listed user a member names, else None. An id wins:
-    in auto a value that is a listed user's id is never taken as another
-    user's name, and a name carried by several users names none of them."""
-    if member_id is not None and index.reads_ids and member_id in index.by_id:
-        return member_id
-    if name is not None and not (index.ids_first and name in index.by_id):
-        holders = index.by_name.get(name)
-        if holders is not None and len(holders) == 1:
-            return holders[0]
-    return None
+    """The id of the one listed user a member names, else None: by its id
+    when the listing's members are ids, else by a POSIX name exactly one
+    listed user carries (a name several carry names none of them)."""
+    if index.reads_ids:
+        return member_id if member_id is not None and member_id in index.by_id else None
+    holders = index.by_name.get(name, ()) if name is not None else ()
+    return holders[0] if len(holders) == 1 else None
 
 
 def _resolved(group: _Group, index: _Members, drops: List[Drop]) -> Tuple[str, ...]:
@@ -219,6 +242,8 @@ def _unresolved(member: Member, index: _Members) -> Tuple[str, bool, str]:
     if _nested(member):
         return f"is a {member.type!r}, not a User (nested groups are not supported)", False, "nested_group"
     carriers = len(index.by_name.get(member.name, ())) if member.name is not None else 0
+    if index.reads_ids and carriers:
+        return "is a listed user's POSIX name, but this listing's members are user ids: not taken", False, "not_an_id"
     if carriers > 1:
         return f"is the POSIX name of {carriers} listed users: ambiguous, none is taken", False, "ambiguous"
     return "does not resolve to any listed user", False, "unresolved"

@@ -206,6 +206,8 @@ def log_directory(config: config_mod.Config, decided: policy.Directory) -> None:
         log.warning("coreweave: %s", warning)
     for name in decided.missing_groups:
         log.warning("coreweave: group %r listed in coreweave_groups does not exist in the directory", name)
+    for warning in decided.warnings:
+        log.warning("coreweave: %s", warning)
     for drop in decided.drops:
         log.log(logging.INFO if drop.expected else logging.WARNING, "coreweave: %s", drop)
 

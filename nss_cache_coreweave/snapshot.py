@@ -63,6 +63,9 @@ class Snapshot:
     users: Tuple[UserRecord, ...]
     groups: Tuple[GroupRecord, ...]
     fetched_at: float  # time.time() when the listing started
+    # coreweave_member_match = auto: the ids of listed users (kept as records or not) that a
+    # user member of any group gives, read before other groups are narrowed (take).
+    listed_member_ids: FrozenSet[str] = frozenset()
 
 
 def take(
@@ -98,6 +101,7 @@ def take(
             session, server, scim.Listing("Groups", server.groups_url, lambda r: _group(r, config, allowed), _id),
             clock=clock, deadline=deadline, stats=stats,
         )
+        given = _given_ids(groups) if config.groups.member_match == "auto" else frozenset()
         wanted = None if allowed is None else _Wanted.of(groups)
         if wanted is not None:
             # Other groups matter only for the primary-gid rule, and only through wanted users.
@@ -110,7 +114,14 @@ def take(
     finally:
         if own_session:
             session.close()
-    return Snapshot(tuple(u for u in users if type(u) is UserRecord), tuple(groups), started)
+    listed = frozenset(i for i in map(_id, users) if i in given)
+    return Snapshot(tuple(u for u in users if type(u) is UserRecord), tuple(groups), started, listed)
+
+
+def _given_ids(groups: Iterable[GroupRecord]) -> FrozenSet[str]:
+    """Every id a user member of any group gives (nested groups are never users)."""
+    given = {m.value for g in groups for m in g.members if m.value and _user_type(m.type)}
+    return frozenset(given.union(*(g.member_ids for g in groups)))
 
 
 @dataclass(frozen=True)
@@ -219,7 +230,7 @@ def _group(resource: dict, config: Config, allowed: Optional[frozenset] = None) 
     if allowed is not None and not (isinstance(name, str) and name in allowed):
         # Not ours: only which users it lists matters (one string per user however many
         # groups list it: memberships of every group are held while the listing lasts).
-        refs = [_references(m, mode) for m in items]
+        refs = [_references(m, mode) for m in items if isinstance(m, str) or _is_user(m)]
         ids = frozenset(sys.intern(i) for i, _ in refs if i)
         names = frozenset(sys.intern(n) for _, n in refs if n)
         return GroupRecord(resource["id"], name, gid, (), ids, names)
@@ -228,8 +239,7 @@ def _group(resource: dict, config: Config, allowed: Optional[frozenset] = None) 
 
 def _member(item, mode: str) -> Member:
     value, name = _references(item, mode)
-    kind = _child(item, "type") if isinstance(item, dict) else _MISSING
-    return Member(value, None if kind is _MISSING else kind, name)
+    return Member(value, _kind(item) if isinstance(item, dict) else None, name)
 
 
 def _references(item, mode: str) -> Tuple[Optional[str], Optional[str]]:
@@ -255,7 +265,22 @@ def _references(item, mode: str) -> Tuple[Optional[str], Optional[str]]:
     return value or None, None
 
 
-def _is_user(item: dict) -> bool:
-    """A member without a type, or of type User (any case)."""
+def _kind(item: dict) -> Any:
+    """A member's ``type`` (None if absent); "Group" whatever it says when its
+    ``$ref`` is no Users resource (``.../Groups/<id>``): a nested group."""
+    ref = _child(item, "$ref")
+    if isinstance(ref, str) and ref.strip("/"):
+        segments = ref.rstrip("/").split("/")
+        if len(segments) < 2 or segments[-2].lower() != "users":
+            return "Group"
     kind = _child(item, "type")
-    return kind is _MISSING or kind is None or str(kind).lower() == "user"
+    return None if kind is _MISSING else kind
+
+
+def _is_user(item: dict) -> bool:
+    """A member without a type, or of type User (any case), whose ``$ref`` (if any) is a Users resource."""
+    return _user_type(_kind(item))
+
+
+def _user_type(kind: Any) -> bool:
+    return kind is None or str(kind).lower() == "user"

@@ -6,8 +6,9 @@ beside it) against the loopback IAM (tests/support/fakeiam.py).
   page, the last, short one included, syncs with exact caches: completeness
   is decided by ``totalResults``, the distinct ids collected and progress.
 * ``coreweave_users_query`` / ``coreweave_groups_query`` reach the server on
-  every listing request, and a server that filters with them never widens
-  access: ``coreweave_groups`` still decides.
+  every listing request, and a server that filters never widens access:
+  ``coreweave_groups`` still decides. A Groups ``filter`` is refused (the
+  primary-gid rule needs every group).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from support.fakeiam import FakeIAM, Fault
 from support.node import EXT, MAPS, TOKEN, Node, assert_stock_update_writes_the_demo_caches
 
 USERS_QUERY = 'groups=admin&filter=active eq "true"'
-GROUPS_QUERY = 'filter=displayName eq "slurm-users" or displayName eq "other-team"'
+GROUPS_QUERY = "sortBy=displayName&sortOrder=ascending"  # a Groups filter is refused
 USERS_ENCODED = "groups=admin&filter=active+eq+%22true%22"
-GROUPS_ENCODED = "filter=displayName+eq+%22slurm-users%22+or+displayName+eq+%22other-team%22"
+GROUPS_ENCODED = "sortBy=displayName&sortOrder=ascending"
 
 
 @pytest.fixture
@@ -142,7 +143,7 @@ def test_the_server_receives_the_query_on_every_page(tmp_path, installed_venv, i
         assert (request.params["groups"], request.params["filter"]) == ("admin", 'active eq "true"')
         assert request.target.endswith("&" + USERS_ENCODED), request.target
     for request in groups:
-        assert request.params["filter"] == 'displayName eq "slurm-users" or displayName eq "other-team"'
+        assert (request.params["sortBy"], request.params["sortOrder"]) == ("displayName", "ascending")
         assert request.target.endswith("&" + GROUPS_ENCODED), request.target
     if users_targets is not None:
         assert [r.target.split("?")[1] for r in users[:3]] == users_targets
@@ -151,9 +152,10 @@ def test_the_server_receives_the_query_on_every_page(tmp_path, installed_venv, i
 
 
 def server_filter(org: dict) -> List[Fault]:
-    """What a server honouring the two queries (and more) sends: active users
-    only; slurm-users without bob and other-team, but not slurm-admins. Every
-    page of both endpoints, with consistent totals."""
+    """What a server honouring the users query (and more) sends: active users
+    only; and groups narrowed by some rule of its own: slurm-users without bob
+    and other-team, but not slurm-admins. Every page of both endpoints, with
+    consistent totals."""
     users = [u for u in org["Users"] if u["active"]]
     groups = [copy.deepcopy(g) for g in org["Groups"] if g["sunkPosixGroupName"] in ("slurm-users", "other-team")]
     bob = next(u["id"] for u in org["Users"] if u[EXT]["sunkPosixUsername"] == "bob")
@@ -191,4 +193,19 @@ def test_a_server_side_filter_never_widens_access(tmp_path, installed_venv, iam,
     for name in MAPS:
         text = node.cache(name)
         assert not any(word in text for word in ("bob", "carol", "dave", "other-team", "slurm-admins")), name
-    assert all(r.params.get("filter") for r in iam.requests())
+    assert all(r.params.get("filter") for r in iam.requests("Users"))
+    assert all(r.params.get("sortBy") for r in iam.requests("Groups"))
+
+
+def test_a_groups_filter_is_refused_before_any_request(tmp_path, installed_venv, iam):
+    # Hiding a group from the listing would hide its gid from the primary-gid rule.
+    node = a_node(tmp_path, installed_venv, iam.base_url,
+                  'coreweave_groups_query = filter=displayName eq "slurm-users"\n')
+
+    result = node.run("nsscache", "update", "--full")
+
+    assert result.returncode != 0
+    assert ("invalid configuration: coreweave_groups_query must not set 'filter': the primary-gid rule needs every "
+            "group; choose groups with coreweave_groups") in result.stderr
+    assert iam.requests() == []
+    assert not any((node.root / "cache" / f"{name}.cache").exists() for name in MAPS)

@@ -499,6 +499,15 @@ def test_verify_tls_false_wins_over_ca_bundle():
                      "coreweave_users_query: 'active' is not name=value", id="query-no-value"),
         pytest.param({"groups_query": "=x"}, "coreweave_groups_query",
                      "coreweave_groups_query: '=x' is not name=value", id="query-no-name"),
+        # Parameter names are ASCII: a server folding case the Unicode way (Java's equalsIgnoreCase)
+        # would take `ſtartIndex` (long s) as startIndex, or `fılter` (dotless i) as filter.
+        pytest.param({"users_query": "\u017ftartIndex=5"}, "coreweave_users_query",
+                     "coreweave_users_query: parameter name '\u017ftartIndex' must be ASCII letters, digits, '_', '.' "
+                     "or '-'", id="query-non-ascii-name"),
+        pytest.param({"groups_query": "f\u0131lter=x"}, "coreweave_groups_query",
+                     "parameter name 'f\u0131lter' must be", id="query-dotless-i"),
+        pytest.param({"users_query": "a b=1"}, "coreweave_users_query", "parameter name 'a b' must be",
+                     id="query-name-with-space"),
     ],
 )
 def test_bad_value_is_refused_naming_the_option(options, key, expected):
@@ -927,14 +936,78 @@ def test_default_shell_outside_the_allowed_shells_is_a_warning():
         pytest.param('filter=displayName eq "users" or displayName eq "admin"',
                      (("filter", 'displayName eq "users" or displayName eq "admin"'),), id="value-with-spaces"),
         pytest.param("a=1=2& b = 2 &&c=", (("a", "1=2"), ("b", "2"), ("c", "")), id="split-at-the-first-equals"),
-        pytest.param("attributes=id&attributes=userName", (("attributes", "id"), ("attributes", "userName")),
-                     id="repeated-name"),
+        pytest.param("groups=a&groups=b", (("groups", "a"), ("groups", "b")), id="repeated-name"),
         pytest.param("a=%41", (("a", "%41"),), id="kept-as-written"),  # requests encodes it: %2541
     ],
 )
 def test_a_query_option_is_read_as_name_value_pairs(text, pairs):
+    assert ok(users_query=text).server.users_query == pairs
+
+
+def test_the_groups_query_is_read_as_the_users_query_is():
+    text = "a=1=2& b = 2 &&c=&groups=x&groups=y"
     server = ok(users_query=text, groups_query=text).server
-    assert (server.users_query, server.groups_query) == (pairs, pairs)
+    assert server.groups_query == server.users_query == (("a", "1=2"), ("b", "2"), ("c", ""), ("groups", "x"),
+                                                         ("groups", "y"))
+
+
+# A Groups listing the server narrows would hide the gids the primary-gid rule checks (a user whose
+# primary gid is a hidden group's, e.g. admins', would get it); stripped attributes hide gids and members.
+@pytest.mark.parametrize("text, param, why", [
+    pytest.param('filter=displayName eq "slurm-users"', "filter",
+                 "the primary-gid rule needs every group; choose groups with coreweave_groups", id="filter"),
+    pytest.param("sortBy=displayName&FILTER=x", "FILTER", "the primary-gid rule needs every group", id="FILTER"),
+    pytest.param("attributes=displayName", "attributes",
+                 "it can strip the gids and members the primary-gid rule and membership read; choose groups with "
+                 "coreweave_groups", id="attributes"),
+    pytest.param("excludedAttributes=members", "excludedAttributes", "it can strip the gids and members",
+                 id="excludedAttributes"),
+    pytest.param("ExcludedAttributes=gidNumber", "ExcludedAttributes", "it can strip the gids and members",
+                 id="excludedAttributes-any-case"),
+])
+def test_a_groups_query_that_can_hide_groups_or_their_content_is_refused(text, param, why):
+    refused = problem(groups_query=text)
+    assert refused.key == "coreweave_groups_query"
+    assert refused.message.startswith(f"coreweave_groups_query must not set {param!r}: {why}")
+
+
+# A user without `active` counts as active: stripping it would let inactive users in.
+@pytest.mark.parametrize("text, param", [
+    pytest.param("attributes=userName,emails", "attributes", id="attributes"),
+    pytest.param("excludedAttributes=active", "excludedAttributes", id="excludedAttributes"),
+    pytest.param("groups=admin&EXCLUDEDATTRIBUTES=active", "EXCLUDEDATTRIBUTES", id="any-case"),
+])
+def test_a_users_query_that_can_strip_attributes_is_refused(text, param):
+    refused = problem(users_query=text)
+    assert refused.key == "coreweave_users_query"
+    assert refused.message == (f"coreweave_users_query must not set {param!r}: it can strip `active` (a user "
+                               "without it counts as active) and the attributes the checks read")
+
+
+def test_a_users_query_may_filter():
+    # A user the server leaves out is never a member: filtering users only narrows access.
+    assert ok(users_query='filter=active eq "true"&groups=admin').server.users_query == (
+        ("filter", 'active eq "true"'), ("groups", "admin"))
+
+
+def test_a_groups_query_may_carry_parameters_that_hide_nothing():
+    assert ok(groups_query="sortBy=displayName&x.y-z_1=2").server.groups_query == (
+        ("sortBy", "displayName"), ("x.y-z_1", "2"))
+
+
+@pytest.mark.parametrize("key, value", [
+    pytest.param("base_url", BASE + "?count=5", id="base-url-query"),
+    pytest.param("base_url", BASE + "#x", id="base-url-fragment"),
+    pytest.param("users_endpoint", "Users?startIndex=3", id="users-endpoint-query"),
+    pytest.param("groups_endpoint", "Groups#", id="groups-endpoint-fragment"),
+    pytest.param("groups_endpoint", "?filter=x", id="groups-endpoint-only-query"),
+])
+def test_a_query_or_fragment_in_the_url_is_refused(key, value):
+    # Parameters there would slip past the paging and hiding checks of the query options.
+    refused = problem(**{key: value})
+    assert refused.key == f"coreweave_{key}"
+    assert refused.message == (f"coreweave_{key} must not hold '?' or '#', got {value!r}: query parameters go in "
+                               "coreweave_users_query / coreweave_groups_query")
 
 
 def test_both_query_options_refused_are_reported_together():

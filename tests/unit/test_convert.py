@@ -19,6 +19,7 @@ import pytest
 from nss_cache_coreweave import cli
 from nss_cache_coreweave import config as config_mod
 from nss_cache_coreweave.convert import EXIT_NEEDS_PERSON, EXIT_NOT_CONVERTED, EXIT_OK, ROWS, Note, convert
+from nss_cache_coreweave.errors import ConfigError
 
 FORK = Path(__file__).resolve().parents[1] / "data" / "fork"
 EXT = "urn:coreweave:params:scim:schemas:extension:coreweave:2.0:CoreWeaveUser"
@@ -155,10 +156,10 @@ KEY_CASES = [
     ("DEFAULT", "scim_users_endpoint", "v2/Users", "coreweave_users_endpoint", "v2/Users"),
     ("DEFAULT", "scim_groups_endpoint", "v2/Groups", "coreweave_groups_endpoint", "v2/Groups"),
     ("DEFAULT", "scim_users_parameters", 'filter=active eq "true"', "coreweave_users_query", 'filter=active eq "true"'),
-    ("group", "scim_groups_parameters", 'filter=displayName eq "a" or displayName eq "b"&attributes=members',
+    ("group", "scim_groups_parameters", 'filter=displayName eq "a" or displayName eq "b"&sortBy=displayName',
      "coreweave_groups", "a, b"),
-    ("group", "scim_groups_parameters", 'filter=displayName eq "a"&attributes=members',
-     "coreweave_groups_query", "attributes=members"),
+    ("group", "scim_groups_parameters", 'filter=displayName eq "a"&sortBy=displayName',
+     "coreweave_groups_query", "sortBy=displayName"),
     ("DEFAULT", "scim_max_cursor_pages", "500", "coreweave_max_pages", "500"),
     ("DEFAULT", "scim_timeout", "90", "coreweave_timeout", "90"),
     ("DEFAULT", "scim_timeout", "7.5", "coreweave_timeout", "7.5"),
@@ -243,6 +244,11 @@ UNTRANSLATABLE = [
     ({"DEFAULT": {FILTER: 'filter=displayName eq "a,b"'}}, FILTER, "coreweave_groups"),
     ({"DEFAULT": {FILTER: 'filter=displayName eq "a"&filter=displayName eq "b"'}}, FILTER, "coreweave_groups"),
     ({"DEFAULT": {FILTER: None}}, FILTER, "coreweave_groups"),
+    # group names from the filter must be POSIX group names: "*" never becomes every group
+    ({"DEFAULT": {FILTER: 'filter=displayName eq "*"'}}, FILTER, "coreweave_groups"),
+    ({"group": {FILTER: 'filter=displayName eq "*"'}}, f"{FILTER} in [group]", "coreweave_groups"),
+    ({"DEFAULT": {FILTER: 'filter=displayName eq "a" or displayName eq "*"'}}, FILTER, "coreweave_groups"),
+    ({"DEFAULT": {FILTER: 'filter=displayName eq "Slurm Users"'}}, FILTER, "coreweave_groups"),
     ({"DEFAULT": {FILTER: 'filter=displayName eq "a"&startIndex=5'}}, FILTER, None),
     ({"DEFAULT": {"scim_users_parameters": "cursor"}}, "scim_users_parameters", "coreweave_pagination"),
     ({"DEFAULT": {"scim_users_parameters": "count=100", FILTER: 'count=50&filter=displayName eq "a"'}},
@@ -259,6 +265,16 @@ UNTRANSLATABLE = [
     ({"DEFAULT": {"scim_timeout": "0"}}, "scim_timeout", "coreweave_timeout"),
     ({"DEFAULT": {"scim_retry_max": "20"}}, "scim_retry_max", "coreweave_retries"),
     ({"shadow": {"scim_shadow_default_max": "-1"}}, "scim_shadow_default_max", "coreweave_shadow_default_max"),
+    # what config.parse refuses is never set: exit 1 with the key named, not a configuration failing every run
+    ({"DEFAULT": {"scim_users_parameters": "startindex=3"}}, "scim_users_parameters", "coreweave_users_query"),
+    ({"DEFAULT": {"scim_users_parameters": "Cursor"}}, "scim_users_parameters", "coreweave_users_query"),
+    ({"DEFAULT": {"scim_users_parameters": "active"}}, "scim_users_parameters", "coreweave_users_query"),
+    ({"passwd": {"scim_default_shell": "bash"}}, "scim_default_shell", "coreweave_default_shell"),
+    ({"shadow": {"scim_shadow_default_max": "99999999999"}}, "scim_shadow_default_max",
+     "coreweave_shadow_default_max"),
+    ({"shadow": {"scim_shadow_default_min": "\u00b2"}}, "scim_shadow_default_min", "coreweave_shadow_default_min"),
+    ({"DEFAULT": {"scim_max_cursor_pages": "0"}}, "scim_max_cursor_pages", "coreweave_max_pages"),
+    ({"DEFAULT": {"scim_base_url": "http://iam.example.com/scim"}}, "scim_base_url", "coreweave_base_url"),
     ({"DEFAULT": {"scim_auth_tokn": "x"}}, "scim_auth_tokn", None),
     ({"DEFAULT": {"maps": "passwd, group, netgroup"}}, "", None),
 ]
@@ -274,6 +290,45 @@ def test_what_cannot_be_translated_is_left_for_a_person_and_never_widened(change
     if left is not None:
         assert left not in coreweave_lines(result.text)
         assert any(line.startswith(f"# {left} =") for line in result.text.splitlines())
+
+
+@pytest.mark.parametrize("changes, named, left", UNTRANSLATABLE, ids=[str(c[0]) for c in UNTRANSLATABLE])
+def test_every_key_set_is_one_config_parse_accepts(changes, named, left, tmp_path):
+    """What config.parse refuses is only ever a key left commented for a person."""
+    text = convert(fork_text(changes)).text
+    try:
+        configs(text, tmp_path)
+    except ConfigError as e:
+        commented = {line[2:].partition(" =")[0] for line in text.splitlines() if line.startswith("# coreweave_")}
+        assert set(e.keys) <= commented, e
+
+
+def test_a_value_config_parse_refuses_is_left_commented_under_its_message():
+    result = convert(fork_text({"passwd": {"scim_default_shell": "bash"}}))
+    message = "coreweave_default_shell must be an absolute, clean path, got 'bash'"
+    assert [n for n in result.notes if n.needs_person] == [Note("scim_default_shell in [passwd]", message, True)]
+    lines = result.text.splitlines()
+    at = lines.index("# coreweave_default_shell = bash")
+    assert lines[at - 2:at] == ["# scim_default_shell in [passwd]", f"# this package refuses it: {message}"]
+
+
+UNTRANSLATABLE_FILTERS = [
+    'filter=displayName sw "slurm"&sortBy=displayName',
+    'filter=displayName eq "a"&filter=displayName eq "b"&sortBy=displayName',
+    'Filter=displayName eq "*"&sortBy=displayName',
+]
+
+
+@pytest.mark.parametrize("parameters", UNTRANSLATABLE_FILTERS)
+def test_a_groups_filter_is_never_sent_to_the_server(parameters):
+    """A filter on the server would hide the groups that hold users' primary gids: it stays a comment."""
+    result = convert(fork_text({"DEFAULT": {FILTER: parameters}}))
+    assert result.status == EXIT_NEEDS_PERSON
+    assert coreweave_lines(result.text)["coreweave_groups_query"] == "sortBy=displayName"
+    assert "coreweave_groups" not in coreweave_lines(result.text)
+    assert [n.key for n in result.notes if n.needs_person] == [f"{FILTER} in [DEFAULT]"]
+    assert comment_above(result.text, "coreweave_groups").startswith(f"# {FILTER} in [DEFAULT]: the fork's groups "
+                                                                     "filter")
 
 
 def test_a_key_the_fork_does_not_read_where_it_is_is_noted_not_translated():

@@ -7,6 +7,8 @@ checked; a bad entry is dropped with a Drop naming it and the reason, never
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from nss_cache_coreweave import config, policy, state
@@ -518,12 +520,77 @@ def either(value):
     return Member(value, "User", value)
 
 
-def test_auto_takes_a_value_that_is_no_id_as_the_one_user_of_that_name():
+def test_auto_takes_values_as_names_when_none_is_a_listed_users_id():
     users = [user(), user("u-bob", "bob", 20002)]
-    directory = decide(users, [group(members=[either("alice"), either("u-bob")])])
+    directory = decide(users, [group(members=[either("alice"), either("bob")])])
     assert names(directory) == ["alice", "bob"]
     assert directory.groups == (PosixGroup("slurm-users", 30001, ("alice", "bob")),)
-    assert directory.drops == ()
+    assert (directory.drops, directory.warnings) == ((), ())
+
+
+MIXED_WARNING = ("coreweave_member_match = auto: this listing's group members are user ids (RFC 7643), so {} "
+                 "member value(s) equal to a listed user's POSIX name and to no listed user's id are not taken")
+
+
+def test_auto_reads_ids_only_once_a_value_is_a_listed_users_id_and_warns_of_the_names():
+    users = [user(), user("u-bob", "bob", 20002), user("u-carol", "carol", 20003)]
+    members = [either("u-bob"), either("alice"), either("carol"), either("ghost")]
+    directory = decide(users, [group(members=members), group("g-2", "team", 30002, [either("alice")])],
+                       allowed="slurm-users, team")
+    assert names(directory) == ["bob"]
+    assert directory.groups == (PosixGroup("slurm-users", 30001, ("bob",)), PosixGroup("team", 30002, ()))
+    not_taken = "is a listed user's POSIX name, but this listing's members are user ids: not taken"
+    assert directory.drops == (
+        Drop("member", "slurm-users/alice", not_taken), Drop("member", "slurm-users/carol", not_taken),
+        Drop("member", "slurm-users/ghost", "does not resolve to any listed user"),
+        Drop("member", "team/alice", not_taken),
+    )
+    assert [d.code for d in directory.drops] == ["not_an_id", "not_an_id", "unresolved", "not_an_id"]
+    assert directory.warnings == (MIXED_WARNING.format(2),)
+
+
+def test_auto_never_gives_an_unlisted_users_id_to_the_user_of_that_name():
+    # John (id "jsmith") is not in the Users listing (a users query filtered him, or he was
+    # deleted between the listings); Jane's POSIX name is "jsmith". The other members are ids:
+    # "jsmith" is John's id, never Jane's name, for the admins group and for team's gid.
+    jane = user("u-jane", "jsmith", 20002, 30004)
+    users = [user(), jane]
+    groups = [group(members=[either("u-alice"), either("u-jane")]),
+              group("g-admins", "admins", 30002, [either("jsmith")]),
+              GroupRecord("g-team", "team", 30004, (), frozenset({"jsmith"}), frozenset({"jsmith"}))]
+    directory = decide_on_node(users, groups, allowed="slurm-users, admins", local=SLURM_NODE)
+    assert names(directory) == ["alice"]
+    assert directory.groups == (PosixGroup("admins", 30002, ()), PosixGroup("slurm-users", 30001, ("alice",)))
+    assert [(d.who, d.code) for d in directory.drops] == [("admins/jsmith", "not_an_id"), ("jsmith", "gid_not_member")]
+
+    jane = dataclasses.replace(jane, gid=20002)
+    directory = decide_on_node([user(), jane], groups, allowed="slurm-users, admins", local=SLURM_NODE)
+    assert directory.groups == (PosixGroup("admins", 30002, ()), PosixGroup("slurm-users", 30001, ("alice", "jsmith")))
+
+
+@pytest.mark.parametrize(
+    "evidence, members",
+    [
+        pytest.param(None, ("bob",), id="no-listed-id-names"),
+        pytest.param("other-group", (), id="an-id-in-another-group"),
+        pytest.param("user-without-record", (), id="an-id-of-a-user-kept-only-as-its-id"),
+    ],
+)
+def test_auto_decides_one_convention_for_the_whole_listing(evidence, members):
+    """A member "bob" in slurm-users is the user named bob unless some member of any group is
+    the id of any listed user: then every member is read as an id."""
+    users = [user("u-bob", "bob", 20002)]
+    groups = [group(members=[either("bob")])]
+    listed = frozenset()
+    if evidence == "other-group":
+        users.append(user("u-carol", "carol", 20003))
+        groups.append(GroupRecord("g-x", "other", 30009, (), frozenset({"u-carol"})))
+    elif evidence == "user-without-record":
+        listed = frozenset({"u-dave"})  # snapshot.take: the listed users' ids members give
+    snap = Snapshot(tuple(users), tuple(groups), 0.0, listed)
+    directory = policy.decide(snap, configure(), local=LocalAccounts())
+    assert directory.groups == (PosixGroup("slurm-users", 30001, members),)
+    assert directory.warnings == (() if evidence is None else (MIXED_WARNING.format(1),))
 
 
 def test_auto_never_takes_an_id_for_another_users_name():
@@ -534,15 +601,16 @@ def test_auto_never_takes_an_id_for_another_users_name():
     assert directory.groups == (PosixGroup("slurm-users", 30001, ("alice",)),)
 
 
-def test_a_name_two_listed_users_carry_names_neither():
+@pytest.mark.parametrize("mode", ["auto", "value"])
+def test_a_name_two_listed_users_carry_names_neither(mode):
     users = [user("u-1", "bob", 20001), user("u-2", "bob", 20002), user("u-3", "carol", 20003)]
-    for member in (either("bob"), by_name("bob")):
-        directory = decide(users, [group(members=[member, either("u-3")])], member_match="auto")
-        assert names(directory) == ["carol"]
-        assert directory.drops == (
-            Drop("member", "slurm-users/bob", "is the POSIX name of 2 listed users: ambiguous, none is taken"),
-        )
-        assert directory.drops[0].code == "ambiguous"
+    member = either if mode == "auto" else by_name
+    directory = decide(users, [group(members=[member("bob"), member("carol")])], member_match=mode)
+    assert names(directory) == ["carol"]
+    assert directory.drops == (
+        Drop("member", "slurm-users/bob", "is the POSIX name of 2 listed users: ambiguous, none is taken"),
+    )
+    assert directory.drops[0].code == "ambiguous"
 
 
 @pytest.mark.parametrize("mode", ["value", "display", "userName"])

@@ -9,6 +9,7 @@ outcome of a scope from what nsscache wrote (``scope_outcome``).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 from collections import Counter
@@ -66,6 +67,22 @@ def test_fetch_and_decide_lists_once_per_process_and_logs_every_drop(config, moc
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("INFO", "coreweave: dropped user dave: is inactive"),
     ] * 2
+
+
+def test_fetch_and_decide_logs_the_listings_warnings(config, mocker, caplog):
+    # coreweave_member_match = auto: u-alice is an id, so the member "bob" (a name) is not taken.
+    members = (Member("u-alice", "User", "u-alice"), Member("bob", None, "bob"))
+    mixed = dataclasses.replace(SNAPSHOT, groups=(GroupRecord("g-users", "slurm-users", 30001, members),))
+    mocker.patch.object(snapshot, "take", return_value=mixed)
+    caplog.set_level(logging.WARNING, logger="nss_cache_coreweave")
+
+    decided = run.fetch_and_decide(config)
+
+    assert [a.name for a in decided.accounts] == ["alice"]
+    assert [r.getMessage() for r in caplog.records] == [f"coreweave: {decided.warnings[0]}", (
+        "coreweave: dropped member slurm-users/bob: is a listed user's POSIX name, but this listing's members "
+        "are user ids: not taken")]
+    assert "1 member value(s)" in decided.warnings[0]
 
 
 def test_a_failed_listing_is_raised_again_without_listing_again(config, mocker):

@@ -151,6 +151,26 @@ def test_name_modes_read_the_name_from_their_sub_attribute(mode, item, member):
     assert group_record([item], mode).members == (member,)
 
 
+@pytest.mark.parametrize(
+    "mode, item, member",
+    [
+        pytest.param("id", {"$ref": f"{BASE}/Groups/g-2"}, Member("g-2", "Group"), id="id-ref-only"),
+        pytest.param("id", {"value": "g-2", "$ref": f"{BASE}/groups/g-2/"}, Member("g-2", "Group"),
+                     id="id-value-and-ref-any-case"),
+        pytest.param("id", {"value": "g-2", "type": "User", "$ref": f"{BASE}/Groups/g-2"}, Member("g-2", "Group"),
+                     id="id-ref-beats-type"),
+        pytest.param("auto", {"value": "admins", "$ref": f"{BASE}/Groups/admins"}, Member("admins", "Group", None),
+                     id="auto-no-name"),
+        pytest.param("auto", {"value": "u-1", "$ref": f"{BASE}/USERS/u-1"}, Member("u-1", None, "u-1"),
+                     id="auto-users-any-case-is-a-user"),
+        pytest.param("display", {"display": "admins", "$ref": f"{BASE}/Groups/g-2"}, Member(None, "Group", None),
+                     id="display-no-name"),
+    ],
+)
+def test_a_member_whose_ref_is_no_users_resource_is_a_nested_group(mode, item, member):
+    assert group_record([item], mode).members == (member,)
+
+
 def test_bare_string_members_are_names_only_in_the_name_modes():
     assert [group_record(["alice", 5, None], mode).members for mode in ("auto", "id", "value")] == [
         (), (), (Member(None, None, "alice"),),
@@ -365,6 +385,28 @@ def test_auto_reads_no_other_users_name_when_members_are_long_ids(mocker):
     assert [u.id for u in snap.users] == [ids[0]]
     # The POSIX name is read for the kept user alone (by _user).
     assert [c.args[0]["id"] for c in spy.call_args_list if c.args[1] is cfg.users.name] == [ids[0]]
+
+
+def test_auto_keeps_the_listed_users_ids_that_members_of_any_group_give():
+    # coreweave_member_match = auto reads members as ids when one is a listed user's id: the
+    # evidence spans every group (before other groups are narrowed to the wanted users) and
+    # every listed user (also those kept only as their id).
+    cfg = configured()
+    groups = [
+        {"id": "g1", "sunkPosixGroupName": "slurm-users", "members": [{"value": "bob"}, {"value": "u-gone"}]},
+        {"id": "g2", "sunkPosixGroupName": "other", "members": [{"value": "u3"}, {"value": "u-x", "type": "Group"}]},
+    ]
+    users = [cw_user("u2", "bob"), cw_user("u3", "carol"), cw_user("u-x", "x")]
+    transport = ScriptedTransport(page(groups), page(users))
+
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
+
+    assert [u.id for u in snap.users] == ["u2"]
+    assert [(g.id, g.member_ids) for g in snap.groups] == [("g1", frozenset()), ("g2", frozenset())]
+    assert snap.listed_member_ids == {"u3"}
+    assert snapshot.take(configured(member_match="value"),
+                         session=session_with(ScriptedTransport(page(groups), page(users)),
+                                              cfg.server)).listed_member_ids == frozenset()
 
 
 @pytest.mark.parametrize("mode", ["value", "display", "userName"])
