@@ -5,6 +5,7 @@ a real HTTP server on loopback (tests/support/fakeiam.py), exact cache contents.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 
@@ -73,6 +74,27 @@ def test_members_served_by_name_with_member_match_id_are_dropped_with_warnings(n
     for name in ("alice", "bob", "erin", "frank"):
         assert f"dropped member slurm-users/{name}: does not resolve to any listed user" in result.stderr
     assert not any((node.root / "cache" / f"{name}.cache").exists() for name in MAPS)
+
+
+def test_names_and_group_refs_among_id_members_grant_nothing(node, demo_org):
+    # An insider who can edit a group's members (or a directory mixing conventions) adds POSIX
+    # names and a $ref to a Groups resource beside the RFC 7643 ids: in auto, one listed id
+    # decides that this listing names members by id, so none of them is taken.
+    org = copy.deepcopy(demo_org)
+    admins = next(g for g in org["Groups"] if g.get("sunkPosixGroupName") == "slurm-admins")
+    erin_id = next(u["id"] for u in org["Users"] if u[EXT]["sunkPosixUsername"] == "erin")
+    admins["members"] += [
+        {"value": "bob"},  # bob's POSIX name
+        {"value": "carol", "type": "User"},  # carol is in no allowed group
+        {"$ref": f"https://api.coreweave.com/scim/cw-demo/Groups/{erin_id}"},  # a group, not erin
+    ]
+    with FakeIAM(org, token=TOKEN) as served:
+        node.configure(served.base_url)
+
+        result = assert_stock_update_writes_the_demo_caches(node, demo_org)  # slurm-admins: alice only
+
+    assert "carol" not in node.cache("passwd") + node.cache("shadow") + node.cache("sshkey")
+    assert "this listing's members are user ids" in result.stderr
 
 
 def test_inactive_and_outside_users_never_reach_any_cache(node, iam):
