@@ -9,6 +9,8 @@
                       --max-age a check (0 fresh, 1 stale/failed, 2 unknown)
     slurm-sync        Slurm users, accounts and associations from the same
                       users and groups, through sacctmgr (see slurm.py)
+    publish           list IAM once and write a signed bundle for nodes in
+                      mirror mode (publish.py); --dry-run prints the changes
     convert-config F  the source = coreweave configuration for F, a
                       configuration of CoreWeave's nsscache fork (convert.py);
                       0 all translated, 1 something needs a person, 2 not one
@@ -75,6 +77,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     sync.add_argument("--adopt-account", action="append", default=[], metavar="ACCOUNT",
                       help="hand an existing Slurm account over to slurm-sync (repeatable; its extra users and "
                            "limits are reported)")
+    publish_command = commands.add_parser("publish", help="list IAM once and write a signed bundle into "
+                                          "coreweave_publish_dir for nodes in mirror mode")
+    publish_command.add_argument("--dry-run", action="store_true", help="print what would change; write nothing")
+    publish_command.add_argument("--accept-shrink", action="store_true",
+                                 help="accept, for this run only, a drop larger than coreweave_max_shrink")
     convert_config = commands.add_parser("convert-config", help="print the configuration for source = coreweave "
                                          "equivalent to one of CoreWeave's nsscache fork (source = scim)")
     convert_config.add_argument("fork_conf", metavar="FORK_CONF", help="the fork's nsscache.conf")
@@ -90,7 +97,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_USAGE
     _REDACT.learn(conf)
     commands_by_name = {"update": _update, "check": _check, "preview": _preview, "status": _status,
-                        "slurm-sync": _slurm_sync}
+                        "slurm-sync": _slurm_sync, "publish": _publish}
     return commands_by_name[args.command](conf, args)
 
 
@@ -213,6 +220,8 @@ def _check(conf, args) -> int:
         return EXIT_USAGE
     coreweave_maps = [m for m in conf.maps if conf.options[m].source.get("name") == "coreweave"]
     print(f"configuration: {conf.config_file}: maps {', '.join(coreweave_maps)} use source coreweave")
+    if config.mirror is not None:
+        return _check_mirror(config)
     print(f"directory: {config.server.base_url} ({config.server.pagination} pagination, "
           f"{config.server.page_size} per page)")
     for warning in config.warnings:
@@ -239,11 +248,41 @@ def _check(conf, args) -> int:
     return status
 
 
+def _check_mirror(config) -> int:
+    """Mirror mode's check: the mirror, the bundle it serves (verified, nothing kept) and what the maps would get."""
+    from . import mirror, policy, sshsig
+
+    assert config.mirror is not None
+    keys = ", ".join(sshsig.fingerprint(k) for k in config.mirror.public_keys)
+    print(f"mirror: {config.mirror.url} (trusted keys: {keys}; max age {config.mirror.max_age:g} s)")
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    try:
+        accepted = mirror.take(config, scim.Stats())
+    except FetchError as e:
+        print(f"mirror unavailable: {e}")
+        return EXIT_TEMPFAIL
+    except CoreWeaveError as e:
+        print(f"bundle refused: {e}")
+        return EXIT_FAILED
+    manifest = accepted.manifest
+    print(f"bundle: generation {manifest.generation}, published {_iso(manifest.created)} "
+          f"({time.time() - manifest.created:.0f} s ago): {manifest.users} users, {manifest.groups} groups")
+    problems = _decided_report(config, policy.narrow(accepted.published.directory, config))
+    registration = install.registration_problem()
+    if registration:
+        print(f"problem: {registration}")
+    return EXIT_FAILED if problems or registration else EXIT_OK
+
+
 def _policy_report(config, snap) -> int:
     """What the maps would get: missing groups, the shrink guard, the counts
     and every dropped entry. Returns the number of problems."""
+    return _decided_report(config, run.decide(config, snap))
+
+
+def _decided_report(config, decided) -> int:
     problems = 0
-    decided = run.decide(config, snap)
     for name in decided.missing_groups:
         print(f"problem: group {name!r} in coreweave_groups does not exist in the directory")
         problems += 1
@@ -305,8 +344,8 @@ def _preview(conf, args) -> int:
 
     try:
         config = config_mod.parse(_coreweave_options(conf, args.map))
-        decided = run.decide(config, snapshot.take(config))
-        nss_map = render(args.map, decided, marker.new_run(time.time()), config.shadow)
+        decided, shadow = _preview_directory(config)
+        nss_map = render(args.map, decided, marker.new_run(time.time()), shadow)
     except CoreWeaveError as e:
         log.error("%s", e)
         return _exit_status(e)
@@ -317,6 +356,16 @@ def _preview(conf, args) -> int:
         writer._WriteData(buffer, entry)
     sys.stdout.write(buffer.getvalue().decode())
     return EXIT_OK
+
+
+def _preview_directory(config):
+    """What a run would hand nsscache now, and the shadow fields (nothing kept, no guard)."""
+    if config.mirror is None:
+        return run.decide(config, snapshot.take(config)), config.shadow
+    from . import mirror, policy
+
+    accepted = mirror.take(config, scim.Stats())
+    return policy.narrow(accepted.published.directory, config), accepted.published.shadow
 
 
 @dataclass(frozen=True)
@@ -431,6 +480,10 @@ def _print_last_run(last_run: Optional[RunReport], config) -> None:
     print(f"last run: {_iso(last_run.started)} {last_run.outcome} in {last_run.duration} s: {last_run.users} users, "
           f"{last_run.groups} groups, {last_run.keys} SSH keys; "
           f"nsscache wrote: {', '.join(last_run.maps_written) or 'none'}")
+    if last_run.mirror:
+        bundle = (f"generation {last_run.generation}, published {_iso(last_run.published)} "
+                  f"({time.time() - last_run.published:.0f} s ago)" if last_run.generation else "no bundle accepted")
+        print(f"mirror: {last_run.mirror}: {bundle}")
     for reason, count in last_run.drops.items():
         print(f"dropped {reason}: {count}")
     if last_run.outcome != "ok":
@@ -504,6 +557,8 @@ def _slurm_sync(conf, args) -> int:
     Slurm unless the listing is complete and the guards pass."""
     try:
         config = config_mod.parse(_coreweave_options(conf))
+        if config.mirror is not None:
+            raise ConfigError("slurm-sync reads IAM: run it where coreweave_base_url is set, not in mirror mode")
     except ConfigError as e:
         log.error("%s", e)
         return EXIT_USAGE
@@ -530,6 +585,32 @@ def _slurm_sync(conf, args) -> int:
         log.error("coreweave: slurm: cannot record state in %s: %s", config.state_dir, e.strerror or e)
         return EXIT_FAILED
     return EXIT_FAILED if result.conflicts else EXIT_OK
+
+
+def _publish(conf, args) -> int:
+    """List IAM, decide, guard, and write the next signed generation (or, with --dry-run, say what it would change)."""
+    from . import publish
+
+    try:
+        config = config_mod.parse(_coreweave_options(conf))
+        for warning in config.warnings:
+            log.warning("coreweave: %s", warning)
+        result = publish.publish(config, dry_run=args.dry_run, accept_shrink=args.accept_shrink or shrink.accepted())
+    except GuardError as e:
+        publish.refused(config, e)
+        log.error("coreweave: publish refused, nothing written: %s", e)
+        return EXIT_FAILED
+    except CoreWeaveError as e:
+        log.error("coreweave: publish failed, nothing written: %s", e)
+        return _exit_status(e)
+    m = result.manifest
+    changes = "; ".join(f"{c.map_name} +{c.added} -{c.removed}" for c in result.changes)
+    verb = "published" if result.written else "would publish"
+    print(f"{verb} generation {m.generation}: {m.users} users, {m.groups} groups, {m.keys} SSH keys; {changes}")
+    if result.pruned:
+        print(f"removed generations {', '.join(map(str, result.pruned))} (coreweave_publish_keep "
+              f"{config.publish.keep})")
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

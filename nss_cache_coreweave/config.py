@@ -49,6 +49,8 @@ __all__ = [
     "parse_path",
     "SlurmSync",
     "ShadowDefaults",
+    "Publish",
+    "Mirror",
     "SHADOW_FIELDS",
 ]
 
@@ -96,6 +98,7 @@ class Option:
 
 
 _SLURM_ONLY = "`slurm-sync` only: "
+_PUBLISH_ONLY = "`publish` only: "
 # shadow(5) fields are read by glibc through an int: a larger number would wrap around (2**31 to a date before 1970).
 _DAYS = 2**31 - 1
 _SHADOW = "the same on every shadow line (0–2147483647; nsscache writes `0` as an empty field): "
@@ -221,6 +224,21 @@ OPTIONS: Tuple[Option, ...] = (
            "run fails (no retries left), so cron runs never pile up", low=1, high=86400),
     Option("ca_bundle", Kind.PATH, None, "absolute path of a CA bundle for the server's certificate", shown="unset"),
     Option("verify_tls", Kind.BOOLEAN, True, "`false` disables certificate checks (tests only)"),
+    # one listing for many nodes: `publish` writes a signed bundle, nodes in mirror mode read it
+    Option("publish_dir", Kind.PATH, None, _PUBLISH_ONLY + "the directory the signed bundle is written to, served "
+           "as static files (docs/many-nodes.md)", shown="unset"),
+    Option("publish_key", Kind.PATH, None, _PUBLISH_ONLY + "the publisher's ed25519 private key (OpenSSH format, "
+           "unencrypted, from `ssh-keygen -t ed25519`; mode 0600)", shown="unset"),
+    Option("publish_keep", Kind.INTEGER, 3, _PUBLISH_ONLY + "older generations kept readable for nodes that fetch "
+           "while a publish runs", low=0, high=1000),
+    Option("mirror_url", Kind.TEXT, None, "mirror mode: read the bundle `publish` wrote from this URL (`https://`, or "
+           "`http://` on loopback) instead of IAM; `coreweave_base_url` and the token are then not needed, "
+           "`coreweave_groups` is optional and narrows the published groups", shown="unset"),
+    Option("mirror_public_key", Kind.PATH, None, "mirror mode: the publisher's public key file (its `.pub`; one "
+           "`ssh-ed25519` key per line, several while keys are rotated); required with `coreweave_mirror_url`",
+           shown="unset"),
+    Option("mirror_max_age", Kind.NUMBER, 3600.0, "mirror mode: a bundle made longer ago than this (seconds) is "
+           "refused: the publisher has stopped", low=60, high=30 * 86400),
     # Slurm accounting: nsscache-coreweave slurm-sync only, not read by the maps
     Option("slurm_accounts", Kind.TEXT, None, _SLURM_ONLY + "comma-separated `group` or `group=account` items; each "
            "named group (which must be in `coreweave_groups`) feeds a Slurm account of that name; the order sets "
@@ -338,6 +356,25 @@ class SlurmSync:
     timeout: float = _default("slurm_timeout")  # seconds per sacctmgr call
 
 
+@dataclass(frozen=True)
+class Publish:
+    """The coreweave_publish_* keys, for ``nsscache-coreweave publish``."""
+
+    directory: str = ""  # "" when unset: publish refuses to run
+    key_file: str = ""
+    keep: int = _default("publish_keep")  # older generations kept
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """Mirror mode: the maps come from a signed bundle at ``url``, not from IAM."""
+
+    url: str  # without the trailing '/'
+    public_keys: Tuple[bytes, ...]  # the trusted ssh-ed25519 keys (SSH wire blobs)
+    public_key_file: str
+    max_age: float = _default("mirror_max_age")  # seconds
+
+
 # The shadow(5) fields after the password, in line order: coreweave_shadow_default_<field>.
 SHADOW_FIELDS = ("lstchg", "min", "max", "warn", "inact", "expire", "flag")
 
@@ -378,6 +415,8 @@ class Config:
     warnings: Tuple[str, ...] = ()
     slurm: SlurmSync = SlurmSync()
     shadow: ShadowDefaults = ShadowDefaults()
+    publish: Publish = Publish()
+    mirror: Optional[Mirror] = None  # mirror mode: the maps come from a published bundle
 
 
 def parse_path(text: str) -> AttributePath:
@@ -544,9 +583,10 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
     ``need_token`` (for ``status``) the token is not read at all.
     """
     r = Reader.of(options)
-    base_url = _base_url(r)  # the three required settings first: where, who, the credential
-    allowed = _allowed_groups(r)
-    token = _token(r, environ) if need_token else ""
+    mirror = _mirror(r)  # in mirror mode the maps come from a published bundle, not from IAM
+    base_url = _base_url(r, required=mirror is None)  # the required settings first: where, who, the credential
+    allowed = _allowed_groups(r, required=mirror is None)
+    token = _token(r, environ) if need_token and mirror is None else ""
     config = Config(
         server=_server(r, base_url, token),
         users=_user_attributes(r),
@@ -567,6 +607,8 @@ def parse(options: Mapping[str, object], environ: Mapping[str, str] = os.environ
         metrics_file=r.absolute("metrics_file") or None,
         slurm=_slurm_sync(r, allowed),
         shadow=_shadow_defaults(r),
+        publish=Publish(r.absolute("publish_dir"), r.absolute("publish_key"), r.integer("publish_keep")),
+        mirror=mirror,
     )
     _check_together(r, config)
     if r.problems:
@@ -666,24 +708,62 @@ def _query_item_problem(name: str, item: str, param: str, has_value: bool) -> st
     return ""
 
 
-def _base_url(r: Reader) -> str:
+def _base_url(r: Reader, *, required: bool = True) -> str:
     """https://, or http:// to a loopback test server; without the trailing '/'."""
     text = r.text("base_url")
     if not text:
-        r.problem("base_url", "coreweave_base_url is required (the SCIM base URL, e.g. "
-                              "https://api.coreweave.com/scim/<org-id>)")
+        if required:
+            r.problem("base_url", "coreweave_base_url is required (the SCIM base URL, e.g. "
+                                  "https://api.coreweave.com/scim/<org-id>)")
         return ""
-    base_url = text.rstrip("/")
-    if "?" in base_url or "#" in base_url:
-        _refuse_url_query(r, "base_url", base_url)
-    elif not base_url.startswith(("https://", "http://")):
-        r.problem("base_url", "coreweave_base_url must start with https:// (or http:// for a loopback test server), "
-                              f"got {base_url!r}")
-    elif base_url.startswith("http://") and not _is_loopback(_url_host(base_url)):
-        r.problem("base_url", f"coreweave_base_url must use https:// for host {_url_host(base_url)!r}: http:// is "
-                              "accepted only for a loopback test server (localhost, 127.0.0.0/8, ::1), "
-                              f"got {base_url!r}")
-    return base_url
+    return _url(r, "base_url", text)
+
+
+def _url(r: Reader, name: str, text: str) -> str:
+    """``text`` without the trailing '/', or a problem of coreweave_<name>."""
+    url, key = text.rstrip("/"), _BY_NAME[name].key
+    if "?" in url or "#" in url:
+        _refuse_url_query(r, name, url)
+    elif not url.startswith(("https://", "http://")):
+        r.problem(name, f"{key} must start with https:// (or http:// for a loopback test server), got {url!r}")
+    elif url.startswith("http://") and not _is_loopback(_url_host(url)):
+        r.problem(name, f"{key} must use https:// for host {_url_host(url)!r}: http:// is accepted only for a "
+                        f"loopback test server (localhost, 127.0.0.0/8, ::1), got {url!r}")
+    return url
+
+
+def _mirror(r: Reader) -> Optional[Mirror]:
+    """Mirror mode, when coreweave_mirror_url is set: the URL and the trusted keys (read now, like the token)."""
+    text = r.text("mirror_url")
+    if not text:
+        return None
+    url = _url(r, "mirror_url", text)
+    path = r.absolute("mirror_public_key")
+    if not path:
+        r.problem("mirror_public_key", "coreweave_mirror_public_key is required with coreweave_mirror_url: the "
+                                       "publisher's public key file (its .pub)")
+    keys = _trusted_keys(r, path) if path.startswith("/") else ()
+    return Mirror(url, keys, path, r.number("mirror_max_age"))
+
+
+def _trusted_keys(r: Reader, path: str) -> Tuple[bytes, ...]:
+    """The keys of coreweave_mirror_public_key; a file others may write would let them choose the publisher."""
+    from . import sshsig  # cryptography: only in mirror mode (the keys command imports this module)
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            keys = sshsig.read_public_keys(f.read(), path=path)
+    except (OSError, UnicodeDecodeError, sshsig.KeyFileError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        r.problem("mirror_public_key", f"coreweave_mirror_public_key {path!r} cannot be used: {reason}")
+        return ()
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        r.problem("mirror_public_key", f"coreweave_mirror_public_key {path!r} is writable by group or others: "
+                                       "chmod 644 it (whoever can write it chooses the publisher)")
+    if not keys:
+        r.problem("mirror_public_key", f"coreweave_mirror_public_key {path!r} holds no ssh-ed25519 key")
+    return keys
 
 
 def _verify(r: Reader) -> Union[bool, str]:
@@ -739,9 +819,12 @@ def _checked_token(r: Reader, key: str, token: str, source: str) -> str:
     return token
 
 
-def _allowed_groups(r: Reader) -> Optional[Tuple[str, ...]]:
-    """The groups whose members may log in, each once; None for ``*``: every group."""
+def _allowed_groups(r: Reader, *, required: bool = True) -> Optional[Tuple[str, ...]]:
+    """The groups whose members may log in, each once; None for ``*``: every group
+    (and, in mirror mode, when unset: every published group)."""
     text = r.text("groups")
+    if not text and not required:
+        return None
     if not text:
         r.problem("groups", "coreweave_groups is required: the POSIX groups whose members may log in, "
                             "comma-separated, or *")
@@ -833,6 +916,9 @@ def _check_together(r: Reader, config: Config) -> None:
                   "coreweave_min_uid/min_gid must not exceed coreweave_max_uid/max_gid")
     if config.default_shell not in config.allowed_shells:
         r.warn(f"coreweave_default_shell {config.default_shell} is not among the allowed shells")
+    if config.mirror is not None and config.shadow != ShadowDefaults():
+        r.warn("coreweave_shadow_default_* are ignored in mirror mode: the shadow fields come from the bundle "
+               "(set them on the publisher)")
 
 
 def _slurm_sync(r: Reader, allowed: Optional[Tuple[str, ...]]) -> SlurmSync:

@@ -20,6 +20,8 @@ __all__ = [
     "ListingError",
     "ListingReason",
     "GuardError",
+    "BundleReason",
+    "BundleError",
     "InternalError",
 ]
 
@@ -207,6 +209,47 @@ class ListingError(_EndpointError):
     the (shortened) text the reason's template names."""
 
     reason: ListingReason
+
+
+_REFUSED_BUNDLE = "refusing the bundle, the caches are kept"
+
+
+@unique
+class BundleReason(Enum):
+    """Why a node refused a published bundle (mirror mode); each value is the
+    message's template (``where``: the bundle file, e.g. "bundle manifest.json")."""
+
+    HTTP_STATUS = ("{where}: HTTP {status} from {url}: check coreweave_mirror_url and that the publisher has "
+                   "published; " + _REFUSED_BUNDLE)
+    TOO_LARGE = "{where}: larger than {limit} bytes: " + _REFUSED_BUNDLE
+    BAD_SIGNATURE = ("{where}: the signature does not verify ({detail}): " + _REFUSED_BUNDLE
+                     + "; is coreweave_mirror_public_key the publisher's key?")
+    MALFORMED = "{where}: {detail}: " + _REFUSED_BUNDLE
+    TAMPERED = ("{where}: {what} is {got}, the signed manifest says {expected}: a tampered or partly copied file; "
+                + _REFUSED_BUNDLE)
+    ROLLBACK = ("{where}: generation {generation} is older than generation {accepted}, the last one this node "
+                "accepted: " + _REFUSED_BUNDLE + " (a rollback)")
+    REUSED = ("{where}: generation {generation} differs from the generation of that number this node accepted: "
+              + _REFUSED_BUNDLE)
+    STALE = ("{where}: generation {generation} was published {age:.0f} s ago, more than coreweave_mirror_max_age "
+             "({max_age:g} s): " + _REFUSED_BUNDLE + "; is the publisher running?")
+    FUTURE = ("{where}: generation {generation} is dated {ahead:.0f} s in the future: " + _REFUSED_BUNDLE
+              + "; check the clocks of the publisher and this node")
+
+
+class BundleError(_EndpointError):
+    """A published bundle the node does not accept (mirror.py): unsigned,
+    tampered, rolled back, stale or malformed. The source maps it to
+    InvalidMap: nsscache keeps the previous caches. ``kind`` names the bundle
+    file; the values are what the reason's template names."""
+
+    reason: BundleReason
+
+    def __init__(self, kind: str, reason: BundleReason, **values: Any) -> None:
+        super().__init__(kind, None, reason, **values)
+
+    def __reduce__(self):
+        return functools.partial(type(self), **self.values), (self.kind, self.reason)
 
 
 # The shrink guard's refusals by the command they refuse: (more than max_shrink lost, all of it lost).

@@ -22,7 +22,8 @@ from .errors import GuardError
 from .snapshot import GroupRecord, Member, Snapshot, UserRecord
 
 __all__ = [
-    "Account", "PosixGroup", "Drop", "Directory", "LocalAccounts", "decide", "read_local_accounts", "shrink_problem",
+    "Account", "PosixGroup", "Drop", "Directory", "LocalAccounts", "decide", "narrow", "read_local_accounts",
+    "shrink_problem",
     "POSIX_NAME",
 ]
 
@@ -154,6 +155,62 @@ def decide(snapshot: Snapshot, config: Config, local: Optional[LocalAccounts] = 
         missing_groups=missing,
         warnings=_match_warnings(snapshot, index),
     )
+
+
+def narrow(published: Directory, config: Config, local: Optional[LocalAccounts] = None) -> Directory:
+    """A published Directory (mirror mode) under this node's own rules: its
+    accounts and groups, uid/gid ranges and shells, and ``coreweave_groups``
+    choosing among the published groups. The rules that need the whole IAM
+    listing (duplicates, primary gids) were the publisher's."""
+    if local is None:
+        local = read_local_accounts(config)
+    drops: List[Drop] = []
+    groups = [g for g in published.groups if _node_accepts_group(g, config, local, drops)]
+    found = {g.name for g in groups}
+    wanted = {name for g in groups for name in g.members}
+    accounts = {}
+    for account in published.accounts:
+        if account.name in wanted:
+            problem = _node_account_problem(account, config, local)
+            if problem:
+                drops.append(Drop("user", account.name, problem.text, code=problem.code))
+            else:
+                accounts[account.name] = _with_allowed_shell(account, config, drops)
+    accounts = _without_nested_homes(accounts, local, drops)
+    return Directory(
+        accounts=tuple(sorted(accounts.values(), key=lambda a: a.name)),
+        groups=tuple(PosixGroup(g.name, g.gid, tuple(m for m in g.members if m in accounts)) for g in groups),
+        drops=tuple(drops),
+        missing_groups=tuple(n for n in (config.allowed_groups or ()) if n not in found),
+    )
+
+
+def _node_accepts_group(group: PosixGroup, config: Config, local: LocalAccounts, drops: List[Drop]) -> bool:
+    if config.allowed_groups is not None and group.name not in config.allowed_groups:
+        return False
+    problem = (_id_problem(group.gid, "gid", config.min_gid, config.max_gid)
+               or _local_clash(group.name, "group", local.group_names, group.gid, "gid", local.gids))
+    if problem:
+        drops.append(Drop("group", group.name, problem.text, code=problem.code))
+    return problem is None
+
+
+def _node_account_problem(account: Account, config: Config, local: LocalAccounts) -> Optional[_Problem]:
+    return (
+        _id_problem(account.uid, "uid", config.min_uid, config.max_uid)
+        or _id_problem(account.gid, "gid", config.min_gid, config.max_gid)
+        or _local_clash(account.name, "account", local.user_names, account.uid, "uid", local.uids)
+        or (_gid_local(account.gid) if account.gid in local.gids else None)
+        or _home_problem(account.home, local)
+    )
+
+
+def _with_allowed_shell(account: Account, config: Config, drops: List[Drop]) -> Account:
+    if _clean_path(account.shell) and account.shell in config.allowed_shells:
+        return account
+    drops.append(Drop("shell", account.name, f"shell {_show(account.shell)} is not an allowed shell: "
+                                             f"{config.default_shell} used instead", code="shell"))
+    return dataclasses.replace(account, shell=config.default_shell)
 
 
 @dataclass(frozen=True)
@@ -351,13 +408,17 @@ def _primary_gid_problem(user_id: str, gid: Optional[int], local: LocalAccounts,
     if gid is None:
         return None  # _id_problem reports it
     if gid in local.gids:
-        return _Problem("gid_local", f"primary gid {gid} belongs to a local group of this node")
+        return _gid_local(gid)
     for name, members in holders.get(gid, ()):
         if user_id not in members:
             return _Problem(
                 "gid_not_member", f"primary gid {gid} is the gid of IAM group {name}, which the user is not a member of"
             )
     return None
+
+
+def _gid_local(gid: int) -> _Problem:
+    return _Problem("gid_local", f"primary gid {gid} belongs to a local group of this node")
 
 
 def _home_problem(home, local: LocalAccounts) -> Optional[_Problem]:

@@ -54,7 +54,7 @@ def summary(report: RunReport) -> str:
             f"run {report.outcome} in {report.duration:.2f} s: {report.users} users, {report.groups} groups, "
             f"{report.keys} SSH keys; dropped: {dropped}; {requests} requests, {report.retries} retries; "
             f"nsscache wrote: {written} (run {report.run})"
-        )
+        ) + (f"; mirror generation {report.generation}" if report.mirror else "")
         return text if report.outcome == "ok" else f"{text}; {report.error}"
     return (f"run {report.outcome} in {report.duration:.2f} s after {requests} requests: "
             f"{report.error_kind}: {report.error}")
@@ -93,6 +93,14 @@ def metrics_text(report: RunReport, record: ScopeRecord) -> str:
         ("shrink_guard_refusals_total", "counter", "Runs refused by the shrink guard.",
          (({}, float(record.shrink_refusals)),)),
     ]
+    if report.mirror:
+        mirror = {"mirror": report.mirror}
+        families += [
+            ("mirror_generation", "gauge", "Generation of the bundle the last run read from the mirror (0: none "
+             "accepted).", ((mirror, float(report.generation)),)),
+            ("mirror_published_timestamp_seconds", "gauge", "When the bundle the last run read was published "
+             "(0: none accepted).", ((mirror, float(report.published)),)),
+        ]
     return "".join(_metric(*family) for family in families)
 
 

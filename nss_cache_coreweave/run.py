@@ -31,13 +31,13 @@ from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 from . import config as config_mod
-from . import marker, policy, report, scim, shrink, snapshot, state
+from . import marker, mirror, policy, report, scim, shrink, snapshot, state
 from .errors import CoreWeaveError, GuardError, InternalError
 from .state import CacheRecord, RunReport
 
 __all__ = [
-    "Run", "current_run", "directory", "finish", "fetch_and_decide", "decide", "report_of", "scope_outcome",
-    "shrink_problem", "state_scope",
+    "Run", "current_run", "directory", "finish", "fetch_and_decide", "decide", "narrow", "report_of", "with_mirror",
+    "scope_outcome", "shrink_problem", "state_scope",
 ]
 
 log = logging.getLogger("nss_cache_coreweave")
@@ -50,6 +50,7 @@ class Run:
     config: config_mod.Config
     outcome: Union[policy.Directory, CoreWeaveError]
     report: RunReport  # as decided (its run id heads every cache); finish() adds what nsscache wrote
+    accepted: Optional[mirror.Accepted] = None  # mirror mode: the bundle the Directory was read from
     record: bool = False  # only runs that hand maps to nsscache are recorded (not Verify)
     served: List[str] = field(default_factory=list)  # maps handed to nsscache
     written: List[str] = field(default_factory=list)  # maps nsscache committed
@@ -60,6 +61,11 @@ class Run:
         if isinstance(self.outcome, CoreWeaveError):
             raise self.outcome
         return self.outcome
+
+    @property
+    def shadow(self) -> config_mod.ShadowDefaults:
+        """The shadow fields of every account: the configured ones, or in mirror mode the bundle's."""
+        return self.config.shadow if self.accepted is None else self.accepted.published.shadow
 
     def hand_out(self, map_name: str, nss_map):
         """``nss_map`` as handed to nsscache, noting when nsscache has written it."""
@@ -112,24 +118,51 @@ def directory(options: dict, *, record: bool = True) -> policy.Directory:
 def _start(config: config_mod.Config) -> Run:
     started, start = time.time(), time.monotonic()
     stats = scim.Stats()
-    outcome = _outcome(config, stats)
+    outcome, accepted = _outcome(config, stats)
     run_id = _CACHE.setdefault(("run id",), marker.new_run(started))
     assert isinstance(run_id, str)
     duration = round(time.monotonic() - start, 3)
-    return Run(config, outcome, report_of(outcome, run=run_id, started=started, duration=duration, stats=stats))
+    decided = report_of(outcome, run=run_id, started=started, duration=duration, stats=stats)
+    return Run(config, outcome, with_mirror(decided, config, accepted), accepted)
 
 
-def _outcome(config: config_mod.Config, stats: scim.Stats) -> Union[policy.Directory, CoreWeaveError]:
-    """fetch -> decide -> guard; the error that stops it is the run's outcome."""
+def _outcome(config: config_mod.Config, stats: scim.Stats) -> Tuple[Union[policy.Directory, CoreWeaveError],
+                                                                   Optional[mirror.Accepted]]:
+    """fetch -> decide -> guard (in mirror mode: the bundle -> the node's rules
+    -> guard -> keep it); the error that stops it is the run's outcome."""
+    accepted = None
     try:
-        decided = fetch_and_decide(config, stats)
+        if config.mirror is None:
+            decided = fetch_and_decide(config, stats)
+        else:
+            accepted = mirror.take(config, stats)
+            decided = narrow(config, accepted)
         shrink.enforce(shrink_problem(config, decided), accept=shrink.accepted())
+        if accepted is not None:
+            mirror.keep(config, accepted)
     except CoreWeaveError as e:
-        return e
+        return e, accepted
     except Exception as e:  # a bug of ours: every map fails the same way, and the run is recorded
         log.exception("coreweave: internal error deciding the run")
-        return InternalError(type(e).__name__)
+        return InternalError(type(e).__name__), accepted
+    return decided, accepted
+
+
+def narrow(config: config_mod.Config, accepted: mirror.Accepted) -> policy.Directory:
+    """A bundle's Directory under this node's rules, each drop logged."""
+    decided = policy.narrow(accepted.published.directory, config)
+    log_directory(config, decided)
     return decided
+
+
+def with_mirror(report: RunReport, config: config_mod.Config, accepted: Optional[mirror.Accepted]) -> RunReport:
+    """The report naming the mirror and the generation it served (mirror mode)."""
+    if config.mirror is None:
+        return report
+    if accepted is None:
+        return replace(report, mirror=config.mirror.url)
+    return replace(report, mirror=config.mirror.url, generation=accepted.manifest.generation,
+                   published=accepted.manifest.created)
 
 
 def report_of(outcome: Union[policy.Directory, CoreWeaveError], *, run: str, started: float, duration: float,
@@ -195,9 +228,10 @@ def shrink_problem(config: config_mod.Config, decided: policy.Directory) -> Opti
 
 
 def state_scope(config: config_mod.Config) -> str:
-    """Counts are kept per directory and allow-list."""
+    """Counts are kept per directory (or mirror) and allow-list."""
     groups = "*" if config.allowed_groups is None else ",".join(config.allowed_groups)
-    return f"{config.server.base_url} groups={groups}"
+    where = config.server.base_url if config.mirror is None else f"mirror {config.mirror.url}"
+    return f"{where} groups={groups}"
 
 
 def log_directory(config: config_mod.Config, decided: policy.Directory) -> None:

@@ -11,7 +11,7 @@ from nss_cache import error
 from nss_cache.sources import source
 
 from . import redact, render, run
-from .errors import ConfigError, CoreWeaveError, FetchError, GuardError, InternalError, ListingError
+from .errors import BundleError, ConfigError, CoreWeaveError, FetchError, GuardError, InternalError, ListingError
 
 __all__ = ["CoreWeaveSource", "register"]
 
@@ -66,11 +66,11 @@ class CoreWeaveSource(source.Source):
             decided = current.directory()
             if since is not None:  # nsscache means to merge: make it rewrite instead
                 return _NoMerge(map_name)
-            nss_map = render.render(map_name, decided, current.report.run, current.config.shadow)
+            nss_map = render.render(map_name, decided, current.report.run, current.shadow)
             return current.hand_out(map_name, nss_map)
         except FetchError as e:  # skips the remaining maps: they stay mutually consistent
             raise error.SourceUnavailable(f"coreweave: {e}") from None
-        except (ConfigError, ListingError, GuardError) as e:
+        except (ConfigError, ListingError, BundleError, GuardError) as e:
             raise error.InvalidMap(f"coreweave: {e}") from None
         except InternalError as e:  # logged while deciding the run
             raise error.InvalidMap(f"coreweave: internal error ({e.kind}); the {map_name} cache is kept") from None

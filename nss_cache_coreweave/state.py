@@ -18,7 +18,7 @@ import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 __all__ = ["STATE_FILE", "Counts", "RunReport", "CacheRecord", "ScopeRecord", "read", "write", "write_atomically"]
 
@@ -54,6 +54,9 @@ class RunReport:
     requests: Dict[str, int] = field(default_factory=dict)  # "Users/2xx" -> count
     retries: int = 0
     bytes: int = 0
+    mirror: str = ""  # mirror mode: the mirror's URL
+    generation: int = 0  # mirror mode: the bundle's generation (0: none accepted)
+    published: float = 0.0  # mirror mode: when that bundle was published (time.time())
 
     @classmethod
     def from_dict(cls, data: object) -> Optional[RunReport]:
@@ -70,14 +73,20 @@ class RunReport:
                 maps_written=_names(data.get("maps_written")), maps_not_written=_names(data.get("maps_not_written")),
                 drops=_counted(data.get("drops")), requests=_counted(data.get("requests")),
                 retries=int(data.get("retries", 0)), bytes=int(data.get("bytes", 0)),
+                mirror=str(data.get("mirror", "")), generation=int(data.get("generation", 0)),
+                published=float(_number(data.get("published")) or 0.0),
             )
         except (KeyError, TypeError, ValueError, OverflowError):
             return None
 
     def to_dict(self) -> dict:
         """The report as the state file keeps it (JSON: lists for tuples)."""
-        return {**asdict(self), "maps_written": list(self.maps_written),
+        data = {**asdict(self), "maps_written": list(self.maps_written),
                 "maps_not_written": list(self.maps_not_written)}
+        for name in ("mirror", "generation", "published"):  # mirror mode's: left out when unset
+            if not data[name]:
+                del data[name]
+        return data
 
 
 @dataclass(frozen=True)
@@ -153,15 +162,18 @@ def write(state_dir: str, scope: str, record: ScopeRecord) -> None:
 _KNOWN_FIELDS = frozenset({"users", "groups", "time", "last_run", "caches", "last_success", "shrink_refusals"})
 
 
-def write_atomically(path: str, text: str, mode: int) -> None:
-    """Readers see the old file or the new one, never a part. :raises OSError:"""
+def write_atomically(path: str, text: Union[str, bytes], mode: int, mtime: Optional[float] = None) -> None:
+    """Readers see the old file or the new one, never a part; ``mtime`` sets
+    the new file's modification time before it appears. :raises OSError:"""
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path) or ".")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8") if isinstance(text, str) else text)
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
+        if mtime is not None:
+            os.utime(tmp, (mtime, mtime))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -120,7 +120,21 @@ DEFAULTS = {
     "deadline": (lambda c: c.server.deadline, 300.0),
     "ca_bundle": (lambda c: c.server.verify, True),
     "verify_tls": (lambda c: c.server.verify, True),
+    "publish_dir": (lambda c: c.publish.directory, ""),  # publish only
+    "publish_key": (lambda c: c.publish.key_file, ""),
+    "publish_keep": (lambda c: c.publish.keep, 3),
+    "mirror_url": (lambda c: c.mirror, None),  # unset: no mirror mode
+    "mirror_public_key": (lambda c: c.mirror, None),
+    "mirror_max_age": (lambda c: c.mirror.max_age, 3600.0),  # read in mirror mode: MIRROR_ONLY
 }
+MIRROR = {"mirror_url": "https://nsscache.cluster.example/bundle",
+          "mirror_public_key": os.path.join(os.path.dirname(__file__), "..", "data", "mirror", "publisher.pub")}
+MIRROR_ONLY = {"mirror_max_age"}
+
+
+def ok_for(key, **options):
+    """``ok`` with the options that make ``key`` count (mirror mode for mirror-only keys)."""
+    return ok(**{**(MIRROR if key in MIRROR_ONLY else {}), **options})
 
 
 def test_every_key_has_a_default_test():
@@ -130,7 +144,7 @@ def test_every_key_has_a_default_test():
 @pytest.mark.parametrize("key", sorted(DEFAULTS))
 def test_unset_key_takes_its_default(key):
     read, expected = DEFAULTS[key]
-    value = read(ok())
+    value = read(ok_for(key))
     assert value == expected
     assert type(value) is type(expected)
 
@@ -175,11 +189,12 @@ def test_each_row_is_complete(row):
 def test_a_number_is_accepted_at_its_bounds_and_refused_beyond(row):
     read, _ = DEFAULTS[row.name]
     lowest_minimums = {"min_uid": 1, "min_gid": 1}  # so that a max_* at its lowest bound is not below its min_*
+    mode = MIRROR if row.name in MIRROR_ONLY else {}
     for bound in (row.low, row.high):
-        assert read(ok(**{**lowest_minimums, row.name: bound})) == bound
+        assert read(ok(**{**mode, **lowest_minimums, row.name: bound})) == bound
     step = 0.01 if row.kind is Kind.NUMBER else 1
     for beyond in (row.low - step, row.high + step):
-        refused, *_ = problems(**{row.name: beyond})  # (a min_* past its bound may also exceed its max_*)
+        refused, *_ = problems(**{**mode, row.name: beyond})  # (a min_* past its bound may also exceed its max_*)
         assert refused.key == row.key
         assert f"must be between {row.low} and {row.high}, got " in refused.message
 

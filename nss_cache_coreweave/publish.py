@@ -1,0 +1,230 @@
+"""``nsscache-coreweave publish``: list IAM once, decide as a node sync does
+(policy, shrink guard, all or nothing), and write a signed bundle (bundle.py)
+into ``coreweave_publish_dir`` for nodes in mirror mode (mirror.py).
+
+Readers never see a mix of generations: a generation's directory is written
+whole under a temporary name and renamed into place before ``manifest.json``
+is replaced; ``coreweave_publish_keep`` older generations stay for nodes that
+read the previous manifest a moment ago. One publish at a time (a lock file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Dict, Iterator, Mapping, Optional, Tuple
+
+from . import bundle, marker, policy, render, run, scim, shrink, sshsig, state
+from .bundle import MANIFEST, SIGNATURE, FileEntry, Manifest
+from .config import Config
+from .errors import ConfigError, GuardError
+from .state import Counts, RunReport
+
+__all__ = ["Change", "Result", "publish", "scope"]
+
+log = logging.getLogger("nss_cache_coreweave")
+
+LOCK = ".publish.lock"
+GENERATIONS = "generations"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a publish changes in one map, compared with the current generation."""
+
+    map_name: str
+    added: int  # lines (the marker line not counted)
+    removed: int
+
+
+@dataclass(frozen=True)
+class Result:
+    manifest: Manifest
+    changes: Tuple[Change, ...]
+    written: bool  # False for --dry-run
+    pruned: Tuple[int, ...] = ()  # generations removed
+
+
+def scope(config: Config) -> str:
+    """The publisher's state scope (its own shrink-guard counts, apart from a node sync's)."""
+    return "publish " + run.state_scope(config)
+
+
+def publish(config: Config, *, dry_run: bool = False, accept_shrink: bool = False,
+            stats: Optional[scim.Stats] = None, now: Optional[float] = None) -> Result:
+    """List, decide, guard, then (unless ``dry_run``) write and sign the next
+    generation. :raises CoreWeaveError: nothing was written"""
+    directory = _publish_dir(config)
+    key = None if dry_run else _private_key(config)
+    decided = run.fetch_and_decide(config, stats)
+    shrink.enforce(policy.shrink_problem(decided, state.read(config.state_dir, scope(config)).accepted,
+                                         config.max_shrink, config.allowed_groups), accept=accept_shrink)
+    now = time.time() if now is None else now
+    with _locked(directory, dry_run):
+        current = _current(directory)
+        generation = max(current.generation + 1 if current else 1, int(now))
+        maps = _rendered(config, decided, marker.new_run(now))
+        manifest = _manifest(decided, generation, now, maps)
+        changes = _changes(directory, current, maps)
+        if dry_run:
+            return Result(manifest, changes, written=False)
+        assert key is not None
+        _write(directory, manifest, maps, sshsig.sign(bundle.manifest_bytes(manifest), key))
+        pruned = _prune(directory, generation, config.publish.keep)
+    _record(config, manifest, now)
+    return Result(manifest, changes, written=True, pruned=pruned)
+
+
+def _publish_dir(config: Config) -> str:
+    if config.mirror is not None:
+        raise ConfigError("publish reads IAM: remove coreweave_mirror_url from the publisher's configuration")
+    if not config.publish.directory:
+        raise ConfigError("publish needs coreweave_publish_dir: the directory the bundle is written to")
+    return config.publish.directory
+
+
+def _private_key(config: Config):
+    if not config.publish.key_file:
+        raise ConfigError("publish needs coreweave_publish_key: the publisher's ed25519 private key "
+                          "(ssh-keygen -t ed25519)")
+    try:
+        return sshsig.load_private_key(config.publish.key_file)
+    except sshsig.KeyFileError as e:
+        raise ConfigError(f"coreweave_publish_key: {e}") from None
+
+
+@contextlib.contextmanager
+def _locked(directory: str, dry_run: bool) -> Iterator[None]:
+    """One publish at a time (a dry run reads only, and takes no lock)."""
+    if dry_run:
+        yield
+        return
+    os.makedirs(os.path.join(directory, GENERATIONS), mode=0o755, exist_ok=True)
+    with open(os.path.join(directory, LOCK), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another publish into {directory} is running: nothing was written") from None
+        yield
+
+
+def _current(directory: str) -> Optional[Manifest]:
+    """The published manifest, or None (a new directory, or an unreadable manifest: published afresh)."""
+    try:
+        with open(os.path.join(directory, MANIFEST), "rb") as f:
+            return bundle.parse_manifest(f.read())
+    except (OSError, bundle.BundleError):
+        return None
+
+
+def _rendered(config: Config, decided: policy.Directory, run_id: str) -> Dict[str, bytes]:
+    return {name: bundle.map_bytes(name, render.render(name, decided, run_id, config.shadow))
+            for name in bundle.MAPS}
+
+
+def _manifest(decided: policy.Directory, generation: int, now: float, maps: Mapping[str, bytes]) -> Manifest:
+    files = {name: FileEntry(f"{bundle.generation_dir(generation)}/{name}", bundle.sha256(data), len(data))
+             for name, data in maps.items()}
+    run_id = marker.run_of(maps["passwd"].split(b"\n", 1)[0])
+    assert run_id is not None
+    return Manifest(generation, round(now, 3), run_id, len(decided.accounts), len(decided.groups),
+                    sum(len(a.keys) for a in decided.accounts), files)
+
+
+def _changes(directory: str, current: Optional[Manifest], maps: Mapping[str, bytes]) -> Tuple[Change, ...]:
+    changes = []
+    for name, data in maps.items():
+        before = set(_entries(_read(directory, current.files[name].path))) if current else set()
+        after = set(_entries(data))
+        changes.append(Change(name, len(after - before), len(before - after)))
+    return tuple(changes)
+
+
+def _entries(data: bytes):
+    return data.split(b"\n")[1:-1]  # without the marker line and the final newline
+
+
+def _read(directory: str, path: str) -> bytes:
+    try:
+        with open(os.path.join(directory, path), "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _write(directory: str, manifest: Manifest, maps: Mapping[str, bytes], signature: bytes) -> None:
+    """generations/<N> whole under a temporary name, renamed into place; then the latest manifest's copies."""
+    final = os.path.join(directory, bundle.generation_dir(manifest.generation))
+    temporary = final + ".tmp"
+    shutil.rmtree(temporary, ignore_errors=True)  # left by a publish that died (the lock is ours)
+    os.mkdir(temporary, 0o755)
+    manifest_text = bundle.manifest_bytes(manifest)
+    for name, data in {**maps, MANIFEST: manifest_text, SIGNATURE: signature}.items():
+        state.write_atomically(os.path.join(temporary, name), data, 0o644)
+    os.chmod(temporary, 0o755)
+    os.rename(temporary, final)
+    _fsync_dir(os.path.dirname(final))
+    # The signature first: a reader of manifest.json then finds its signature in place (nodes
+    # read the one in generations/<N>, which never changes).
+    state.write_atomically(os.path.join(directory, SIGNATURE), signature, 0o644)
+    state.write_atomically(os.path.join(directory, MANIFEST), manifest_text, 0o644,
+                           mtime=_next_mtime(os.path.join(directory, MANIFEST)))
+    _fsync_dir(directory)
+
+
+def _next_mtime(path: str) -> float:
+    """A modification time a whole second past the old manifest's: nginx's ETag is
+    mtime (in seconds) and size, so a manifest of the same size replaced within
+    the same second would keep its ETag, and nodes would be told 304."""
+    now = time.time()
+    try:
+        return max(now, os.stat(path).st_mtime + 1)
+    except OSError:
+        return now
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _prune(directory: str, current: int, keep: int) -> Tuple[int, ...]:
+    """Remove the generations older than the ``keep`` newest before ``current``."""
+    root = os.path.join(directory, GENERATIONS)
+    older = sorted((int(n) for n in os.listdir(root) if n.isdigit() and int(n) < current), reverse=True)
+    removed = tuple(older[keep:])
+    for generation in removed:
+        shutil.rmtree(os.path.join(root, str(generation)), ignore_errors=True)
+    return removed
+
+
+def _record(config: Config, manifest: Manifest, now: float) -> None:
+    """The published counts are what the next publish's shrink guard compares with."""
+    previous = state.read(config.state_dir, scope(config))
+    report = RunReport(started=now, duration=round(time.time() - now, 3), outcome="ok", run=manifest.run,
+                       users=manifest.users, groups=manifest.groups, keys=manifest.keys,
+                       generation=manifest.generation, published=manifest.created)
+    try:
+        state.write(config.state_dir, scope(config), state.ScopeRecord(
+            accepted=Counts(manifest.users, manifest.groups, now), last_run=report, caches=previous.caches,
+            last_success=now, shrink_refusals=previous.shrink_refusals))
+    except OSError as e:
+        log.warning("coreweave: cannot record the publish in %s (%s): the next publish's shrink guard has "
+                    "nothing to compare with", config.state_dir, e.strerror)
+
+
+def refused(config: Config, error: GuardError) -> None:
+    """Count a shrink-guard refusal of a publish."""
+    previous = state.read(config.state_dir, scope(config))
+    with contextlib.suppress(OSError):
+        state.write(config.state_dir, scope(config),
+                    state.ScopeRecord(previous.accepted, previous.last_run, previous.caches, previous.last_success,
+                                      previous.shrink_refusals + 1))
