@@ -1,4 +1,4 @@
-"""Benchmarks for nss-cache-coreweave (issue 5).
+"""Benchmarks for nss-cache-coreweave (issues 5 and 15).
 
 ``python -m benchmarks`` (or ``make bench``) runs the real ``nsscache update --full``
 against a synthetic organisation served from loopback and compares it with the
@@ -12,7 +12,10 @@ Modules:
 * ``server``  the fast loopback SCIM server (pre-rendered pages), run as its own process
 * ``launch``  the tiny launcher that measures one child (wall, CPU, peak RSS)
 * ``floor``   the floor client: one requests.Session, json.loads of every page
+* ``common``  what the runner and the many-nodes part share (measuring a process, a node's conf)
 * ``runner``  the benchmark runner and ``docs/benchmarks.md``
+* ``many``    issue 15's many-nodes part: publish, a node in mirror mode behind a real nginx, a fleet
+* ``report``, ``many_report``, ``tables``  the report's sections and tables
 
 Nothing is imported here: ``launch`` and ``floor`` run as scripts.
 """

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, List, Optional, Tuple
+
+from . import many_report
+from .tables import Target, mb, md_table, med, text_table, yes
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import BenchResult, Run, SizeResult
@@ -19,27 +21,8 @@ MAX_RSS_MB = 200.0  # MB = 10**6 bytes (ru_maxrss is in KiB)
 MAX_DISCOVERY = 1
 
 
-@dataclass
-class Target:
-    name: str
-    measured: str
-    passed: Optional[bool]  # None: not measured in this run
-
-    @property
-    def mark(self) -> str:
-        return {True: "✅ pass", False: "❌ FAIL", None: "— not measured"}[self.passed]
-
-
-def _med(runs: List["Run"], attr: str) -> float:
-    return statistics.median(getattr(r, attr) for r in runs)
-
-
-def _mb(kb: float) -> float:
-    return kb * 1024 / 1e6
-
-
 def ratio(size: "SizeResult", attr: str = "wall") -> float:
-    return _med(size.sync, attr) / _med(size.floor, attr)
+    return med(size.sync, attr) / med(size.floor, attr)
 
 
 def _size(result: "BenchResult", users: int) -> Optional["SizeResult"]:
@@ -61,19 +44,19 @@ def targets(result: "BenchResult") -> List[Target]:
     if big:
         r = ratio(big)
         out.append(Target(f"sync/floor ≤ {MAX_RATIO} at {TARGET_N:,} users (median wall time)",
-                          f"{r:.2f} ({_med(big.sync, 'wall'):.2f} s / {_med(big.floor, 'wall'):.2f} s; "
+                          f"{r:.2f} ({med(big.sync, 'wall'):.2f} s / {med(big.floor, 'wall'):.2f} s; "
                           f"CPU time: {ratio(big, 'cpu'):.2f})", r <= MAX_RATIO))
     else:
         out.append(Target(f"sync/floor ≤ {MAX_RATIO} at {TARGET_N:,} users", "N = 100,000 not run", None))
     if big and small:
-        g = _med(big.sync, "wall") / _med(small.sync, "wall")
-        gc = _med(big.sync, "cpu") / _med(small.sync, "cpu")
+        g = med(big.sync, "wall") / med(small.sync, "wall")
+        gc = med(big.sync, "cpu") / med(small.sync, "cpu")
         out.append(Target(f"time from {BASE_N:,} to {TARGET_N:,} users grows ≤ {MAX_GROWTH:g}× (median sync wall)",
                           f"{g:.2f}× (CPU time: {gc:.2f}×)", g <= MAX_GROWTH))
     else:
         out.append(Target(f"growth {BASE_N:,} → {TARGET_N:,} ≤ {MAX_GROWTH:g}×", "both sizes not run", None))
     if big:
-        peak = max(_mb(r.maxrss_kb) for r in big.sync)
+        peak = max(mb(r.maxrss_kb) for r in big.sync)
         out.append(Target(f"peak RSS ≤ {MAX_RSS_MB:g} MB at {TARGET_N:,} users (worst of the sync runs)",
                           f"{peak:.0f} MB", peak <= MAX_RSS_MB))
     else:
@@ -108,8 +91,8 @@ def time_rows(result: "BenchResult") -> Tuple[List[str], List[List[str]]]:
     for s in result.sizes:
         rows.append([
             f"{s.users:,}", f"{s.groups:,}", f"{s.members:,}",
-            _spread(s.sync, "wall"), f"{_med(s.sync, 'cpu'):.2f}",
-            _spread(s.floor, "wall"), f"{_med(s.floor, 'cpu'):.2f}",
+            _spread(s.sync, "wall"), f"{med(s.sync, 'cpu'):.2f}",
+            _spread(s.floor, "wall"), f"{med(s.floor, 'cpu'):.2f}",
             f"**{ratio(s):.2f}**", f"{ratio(s, 'cpu'):.2f}",
         ])
     return head, rows
@@ -130,8 +113,8 @@ def resource_rows(result: "BenchResult") -> Tuple[List[str], List[List[str]]]:
         exp = s.org["expected"]
         rows.append([
             f"{s.users:,}",
-            f"{_mb(_med(s.sync, 'maxrss_kb')):.0f} ({max(_mb(r.maxrss_kb) for r in s.sync):.0f})",
-            f"{_mb(_med(s.floor, 'maxrss_kb')):.0f}",
+            f"{mb(med(s.sync, 'maxrss_kb')):.0f} ({max(mb(r.maxrss_kb) for r in s.sync):.0f})",
+            f"{mb(med(s.floor, 'maxrss_kb')):.0f}",
             ("" if requests_ok(s) else "⚠ ") + _requests_text(s).split(" +")[0],
             "/".join(sorted({str(r.other_requests) for r in s.sync})),
             "/".join(sorted({str(r.connections) for r in s.sync})),
@@ -149,10 +132,10 @@ def growth_rows(result: "BenchResult") -> Tuple[List[str], List[List[str]]]:
     for a, b in zip(result.sizes, result.sizes[1:]):
         rows.append([
             f"{a.users:,} → {b.users:,}", f"{b.users / a.users:g}",
-            f"**{_med(b.sync, 'wall') / _med(a.sync, 'wall'):.2f}**",
-            f"{_med(b.sync, 'cpu') / _med(a.sync, 'cpu'):.2f}",
-            f"{_med(b.floor, 'wall') / _med(a.floor, 'wall'):.2f}",
-            f"{_med(b.sync, 'maxrss_kb') / _med(a.sync, 'maxrss_kb'):.2f}",
+            f"**{med(b.sync, 'wall') / med(a.sync, 'wall'):.2f}**",
+            f"{med(b.sync, 'cpu') / med(a.sync, 'cpu'):.2f}",
+            f"{med(b.floor, 'wall') / med(a.floor, 'wall'):.2f}",
+            f"{med(b.sync, 'maxrss_kb') / med(a.sync, 'maxrss_kb'):.2f}",
         ])
     return head, rows
 
@@ -181,54 +164,45 @@ def checks(result: "BenchResult") -> List[str]:
         same_floor = all(r.targets_match for r in s.floor)
         floor_requests = sorted({r.listing_requests + r.other_requests for r in s.floor})
         out.append(
-            f"N={s.users:,}: every sync run requested the same {len(s.targets)} URLs: {_yes(same_sync)}; "
-            f"the floor requested exactly those: {_yes(same_floor)} ({'/'.join(map(str, floor_requests))} requests); "
-            f"cache line counts match the organisation's expected counts: {_yes(lines_ok(s))}; "
+            f"N={s.users:,}: every sync run requested the same {len(s.targets)} URLs: {yes(same_sync)}; "
+            f"the floor requested exactly those: {yes(same_floor)} ({'/'.join(map(str, floor_requests))} requests); "
+            f"cache line counts match the organisation's expected counts: {yes(lines_ok(s))}; "
             f"Accept-Encoding sent: {', '.join(repr(k) for k in s.accept_encoding) or 'none'}"
         )
     out.append(f"installed package: {result.machine['installed']}")
     return out
 
 
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "**NO**"
-
-
-def _md_table(head: List[str], rows: List[List[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _text_table(head: List[str], rows: List[List[str]]) -> str:
-    rows = [[c.replace("**", "") for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
-
-
 def console(result: "BenchResult") -> str:
-    parts = [_text_table(*time_rows(result)), "", _text_table(*resource_rows(result))]
+    parts = [text_table(*time_rows(result)), "", text_table(*resource_rows(result))]
     if len(result.sizes) > 1:
-        parts += ["", _text_table(*growth_rows(result))]
+        parts += ["", text_table(*growth_rows(result))]
     parts += ["", "targets (issue 5):"]
     parts += [f"  {t.mark:16} {t.name}: {t.measured}" for t in targets(result)]
     parts += ["", "checks:"] + [f"  {c}" for c in checks(result)]
+    parts += many_report.console(result)
     return "\n".join(parts)
 
 
 def markdown(result: "BenchResult") -> str:
-    s = result.settings
+    """docs/benchmarks.md: command, machine, issue 5's targets and results, the organisation, issue 15's many
+    nodes, the profile."""
+    out = _head(result) + _issue5(result) + _organisation(result)
+    out += many_report.markdown(result)
+    profiles = [x for x in result.sizes if x.profile]
+    if profiles:
+        out += ["## Profile", ""]
+        for x in profiles:
+            out += ["```", x.profile.rstrip(), "```", ""]
+    return "\n".join(out)
+
+
+def _head(result: "BenchResult") -> List[str]:
     m = result.machine
-    first = result.sizes[0] if result.sizes else None
-    org = first.org if first else {}
-    key_types = ", ".join(f"{n} {k}" for k, n in org.get("key_types", {}).items())
-    members = (f"M = {s.members:,} for every N" if s.members is not None
-               else f"M = {s.members_share:.0%} of N")
     out = [
         "# Benchmarks",
         "",
-        "Written by the benchmark runner (`benchmarks/`, issue 5); do not edit by hand, rerun it. "
+        "Written by the benchmark runner (`benchmarks/`, issues 5 and 15); do not edit by hand, rerun it. "
         f"Run started {result.started}, took {result.seconds / 60:.1f} min.",
         "",
         "## Command",
@@ -238,7 +212,8 @@ def markdown(result: "BenchResult") -> str:
         "```",
         "",
         "`make bench` runs `.venv/bin/python -m benchmarks $(BENCH_ARGS)` after `make install`; "
-        "`--million` adds N = 1,000,000; `--profile` adds a cProfile of one sync per N.",
+        "`--million` adds N = 1,000,000; `--profile` adds a cProfile of one sync per N; the many-nodes part "
+        "(issue 15) runs by default at 100,000 users (`--no-many-nodes` skips it).",
         "",
         "## Machine",
         "",
@@ -254,25 +229,34 @@ def markdown(result: "BenchResult") -> str:
     warning = busy(m)
     if warning:
         out += [f"**Warning:** {warning}. Rerun on an idle machine before quoting wall times.", ""]
-    out += [
+    return out
+
+
+def _issue5(result: "BenchResult") -> List[str]:
+    s = result.settings
+    out = [
         "## Targets (issue 5)",
         "",
-        _md_table(["target", "measured", "result"], [[t.name, t.measured, t.mark] for t in targets(result)]),
+        md_table(["target", "measured", "result"], [[t.name, t.measured, t.mark] for t in targets(result)]),
         "",
         "## Results",
         "",
         f"Medians of {s.reps} runs each (min–max in brackets; {s.large_reps} from 1,000,000 users on), after "
         f"{s.warmup} unmeasured warm-up run of each; sync and floor runs alternate.",
         "",
-        _md_table(*time_rows(result)),
+        md_table(*time_rows(result)),
         "",
-        _md_table(*resource_rows(result)),
+        md_table(*resource_rows(result)),
         "",
     ]
     if len(result.sizes) > 1:
-        out += ["Growth:", "", _md_table(*growth_rows(result)), ""]
+        out += ["Growth:", "", md_table(*growth_rows(result)), ""]
     out += ["Checks of the measurement itself:", ""] + [f"- {c}" for c in checks(result)] + [""]
-    out += [
+    return out + _measured(s)
+
+
+def _measured(s) -> List[str]:
+    return [
         "## What is measured",
         "",
         "- **sync**: the stock `nsscache -c nsscache.conf update --full` with `maps = passwd, group, shadow, sshkey`, "
@@ -300,6 +284,17 @@ def markdown(result: "BenchResult") -> str:
         "pagination, `attributes`/`excludedAttributes` (`id` and `schemas` always returned); ignores `filter`. "
         f"gzip: {'on for clients that accept it' if s.gzip else 'off'}.",
         "",
+    ]
+
+
+def _organisation(result: "BenchResult") -> List[str]:
+    s = result.settings
+    first = result.sizes[0] if result.sizes else None
+    org = first.org if first else {}
+    key_types = ", ".join(f"{n} {k}" for k, n in org.get("key_types", {}).items())
+    members = (f"M = {s.members:,} for every N" if s.members is not None
+               else f"M = {s.members_share:.0%} of N")
+    out = [
         "## Organisation",
         "",
         f"Synthetic and deterministic (`benchmarks/org.py`, seed {s.seed}): N users, G = {s.groups:,} flat groups, "
@@ -327,9 +322,4 @@ def markdown(result: "BenchResult") -> str:
                 f"{partners} valid members dropped as duplicate partners; "
                 f"configured group sizes {', '.join(f'{k} {v:,}' for k, v in sizes.items())}"]
     out.append("")
-    profiles = [x for x in result.sizes if x.profile]
-    if profiles:
-        out += ["## Profile", ""]
-        for x in profiles:
-            out += ["```", x.profile.rstrip(), "```", ""]
-    return "\n".join(out)
+    return out

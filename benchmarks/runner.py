@@ -20,6 +20,11 @@ run; the caches' line counts are compared with what the organisation says the po
 must accept. Medians over R runs are reported, with the sync/floor ratio per N, the
 growth from one N to the next, and the issue's targets marked pass/fail; the report is
 printed and written to ``docs/benchmarks.md`` (``--output``).
+
+At ``--many-nodes-at`` users (100,000; on unless ``--no-many-nodes``), with the same
+server, the many-nodes part of issue 15 follows (:mod:`benchmarks.many`): publish, a
+node's refresh from a real nginx serving the bundle, an idle refresh, and a fleet of
+``--fleet-nodes`` nodes.
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ import json
 import math
 import os
 import platform
-import pty
 import shlex
 import shutil
 import statistics
@@ -40,24 +44,20 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
-from . import report
-from .org import CONFIGURED_GROUPS, SHELLS
+from . import many as many_mod
+from . import many_report, report
+from .common import HERE, LARGE_N, MAPS, REPO, TOKEN, BenchError, child_env, launch, line_counts, tail, write_conf
+from .org import CONFIGURED_GROUPS
 
 __all__ = ["Settings", "Run", "SizeResult", "BenchResult", "run", "main", "MAPS"]
 
-REPO = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
-MAPS = ("passwd", "group", "shadow", "sshkey")
-TOKEN = "bench-token-5d2e8c"
 DEFAULT_SIZES = (10_000, 100_000)
 MILLION = 1_000_000
 READY_TIMEOUT = 900.0  # seconds: the first run computes the RSA key pool
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not be run as asked (a failing sync, a dead server ...)."""
+MANY_AT = 100_000  # users: where the many-nodes part runs (issue 15)
+FLEET_NODES = 200
 
 
 @dataclass
@@ -81,6 +81,10 @@ class Settings:
     keep: bool = False
     profile: bool = False
     quiet: bool = False
+    many_nodes: bool = True  # the many-nodes part (issue 15) at many_at users
+    many_at: int = MANY_AT
+    fleet_nodes: int = FLEET_NODES
+    fleet_workers: Optional[int] = None  # default: 2 x the usable cores
 
     def members_for(self, users: int) -> int:
         if self.members is not None:
@@ -148,33 +152,10 @@ class BenchResult:
     command: str
     started: str
     seconds: float
+    many: Optional[many_mod.ManyResult] = None  # issue 15's many-nodes part
 
 
 # --- measuring ------------------------------------------------------------------------
-
-
-def _launch(python: str, command: List[str], log: Path, env: Dict[str, str], cwd: Path) -> dict:
-    """Run ``command`` under benchmarks/launch.py with a pty as stdin, in ``cwd``; its measurement."""
-    result_file = log.with_suffix(".result.json")
-    primary, secondary = pty.openpty()
-    try:
-        done = subprocess.run(
-            [python, "-S", str(HERE / "launch.py"), str(result_file), str(log), "--", *command],
-            stdin=secondary, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd, timeout=3600,
-        )
-    finally:
-        os.close(primary)
-        os.close(secondary)
-    if done.returncode != 0:
-        raise BenchError(f"launch.py failed ({done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}")
-    return json.loads(result_file.read_text())
-
-
-def _tail(path: Path, limit: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-limit:]
-    except OSError:
-        return ""
 
 
 class _Server:
@@ -203,7 +184,7 @@ class _Server:
         deadline = time.monotonic() + READY_TIMEOUT
         while not self.ready.exists():
             if self.proc.poll() is not None:
-                raise BenchError(f"the benchmark server exited ({self.proc.returncode}):\n{_tail(self.log)}")
+                raise BenchError(f"the benchmark server exited ({self.proc.returncode}):\n{tail(self.log)}")
             if time.monotonic() > deadline:
                 self.close()
                 raise BenchError(f"the benchmark server did not start within {READY_TIMEOUT:g} s")
@@ -228,60 +209,6 @@ class _Server:
                 self.proc.wait()
 
 
-LARGE_DEADLINE = 1800  # seconds, coreweave_deadline from LARGE_N users on (the default 300 s is tight at 1M)
-LARGE_N = 1_000_000
-
-
-def _write_conf(node: Path, base_url: str, settings: Settings, users: int = 0) -> Path:
-    for sub in ("cache", "state"):
-        (node / sub).mkdir(parents=True, exist_ok=True)
-    token = node / "token"
-    token.write_text(TOKEN + "\n")
-    token.chmod(0o600)
-    (node / "local-passwd").write_text("")
-    (node / "local-group").write_text("")
-    conf = node / "nsscache.conf"
-    conf.write_text(
-        "[DEFAULT]\n"
-        "source = coreweave\n"
-        "cache = files\n"
-        f"maps = {', '.join(MAPS)}\n"
-        f"timestamp_dir = {node / 'state'}\n"
-        f"lockfile = {node / 'nsscache.lock'}\n"
-        f"files_dir = {node / 'cache'}\n"
-        "files_cache_filename_suffix = cache\n"
-        f"coreweave_base_url = {base_url}\n"
-        f"coreweave_token_file = {token}\n"
-        f"coreweave_groups = {', '.join(name for name, _, _ in CONFIGURED_GROUPS)}\n"
-        f"coreweave_state_dir = {node / 'state'}\n"
-        f"coreweave_allowed_shells = {', '.join(SHELLS)}\n"
-        f"coreweave_local_passwd = {node / 'local-passwd'}\n"
-        f"coreweave_local_group = {node / 'local-group'}\n"
-        "coreweave_max_shrink = 1\n"
-        f"coreweave_page_size = {settings.page_size}\n"
-        f"coreweave_pagination = {settings.pagination}\n"
-        + (f"coreweave_deadline = {LARGE_DEADLINE}\n" if users >= LARGE_N else "")
-    )
-    return conf
-
-
-def _child_env() -> Dict[str, str]:
-    scrub = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONINSPECT", "PYTHONPROFILEIMPORTTIME")
-    return {k: v for k, v in os.environ.items() if not k.startswith("NSSCACHE_") and k not in scrub}
-
-
-def _line_counts(cache: Path) -> Dict[str, int]:
-    """Entries per cache: its lines, less the run marker on the first."""
-    counts = {}
-    for name in MAPS:
-        try:
-            data = (cache / f"{name}.cache").read_bytes()
-        except FileNotFoundError:
-            counts[name] = 0
-            continue
-        counts[name] = data.count(b"\n") - data.startswith(b"nsscache-coreweave:")
-    return counts
-
 
 class _Size:
     """Everything for one N: server, node directory, measured runs."""
@@ -291,10 +218,10 @@ class _Size:
         self.node = workdir / "node"
         self.node.mkdir(parents=True)
         self.server = _Server(settings, users, workdir, self._token_file())
-        self.conf = _write_conf(self.node, self.server.base_url, settings, users)
+        self.conf = write_conf(self.node, self.server.base_url, settings, users)
         self.bin = settings.bin_dir
         self.python = str(self.bin / "python")
-        self.env = _child_env()
+        self.env = child_env()
         self.floor_env = dict(self.env, BENCH_TOKEN=TOKEN)
         self.urls_file = workdir / "floor-urls.json"
         self.targets: Optional[List[str]] = None
@@ -313,11 +240,11 @@ class _Size:
     def sync(self) -> Run:
         self.server.stats(reset=True)
         log = self._log("sync")
-        m = _launch(self.python, [str(self.bin / "nsscache"), "-c", str(self.conf), "update", "--full"], log, self.env,
+        m = launch(self.python, [str(self.bin / "nsscache"), "-c", str(self.conf), "update", "--full"], log, self.env,
                     self.node)
         stats = self.server.stats(reset=True)
         if m["exit"] != 0:
-            raise BenchError(f"nsscache update --full exited {m['exit']} at N={self.users}; log {log}:\n{_tail(log)}")
+            raise BenchError(f"nsscache update --full exited {m['exit']} at N={self.users}; log {log}:\n{tail(log)}")
         if self.targets is None:
             self.targets = stats["targets"]
             self.accept_encoding = stats["accept_encodings"]
@@ -326,17 +253,17 @@ class _Size:
         return Run(
             wall=m["wall"], user=m["user"], sys=m["sys"], maxrss_kb=m["maxrss_kb"], exit=m["exit"],
             requests=stats["requests"], body_bytes=stats["body_bytes"], connections=stats["connections"],
-            lines=_line_counts(self.node / "cache"), targets_match=stats["targets"] == self.targets,
+            lines=line_counts(self.node / "cache"), targets_match=stats["targets"] == self.targets,
         )
 
     def floor(self) -> Run:
         self.server.stats(reset=True)
         log = self._log("floor")
-        m = _launch(self.python, [self.python, str(HERE / "floor.py"), str(self.urls_file)], log, self.floor_env,
+        m = launch(self.python, [self.python, str(HERE / "floor.py"), str(self.urls_file)], log, self.floor_env,
                     self.node)
         stats = self.server.stats(reset=True)
         if m["exit"] != 0:
-            raise BenchError(f"the floor client exited {m['exit']} at N={self.users}; log {log}:\n{_tail(log)}")
+            raise BenchError(f"the floor client exited {m['exit']} at N={self.users}; log {log}:\n{tail(log)}")
         return Run(
             wall=m["wall"], user=m["user"], sys=m["sys"], maxrss_kb=m["maxrss_kb"], exit=m["exit"],
             requests=stats["requests"], body_bytes=stats["body_bytes"], connections=stats["connections"],
@@ -350,11 +277,11 @@ class _Size:
 
         out = self.workdir / "sync.prof"
         log = self._log("profile")
-        m = _launch(self.python, [self.python, "-m", "cProfile", "-o", str(out), str(self.bin / "nsscache"),
+        m = launch(self.python, [self.python, "-m", "cProfile", "-o", str(out), str(self.bin / "nsscache"),
                                   "-c", str(self.conf), "update", "--full"], log, self.env, self.node)
         self.server.stats(reset=True)
         if m["exit"] != 0:
-            raise BenchError(f"the profiled sync exited {m['exit']}; log {log}:\n{_tail(log)}")
+            raise BenchError(f"the profiled sync exited {m['exit']}; log {log}:\n{tail(log)}")
         text = io.StringIO()
         stats = pstats.Stats(str(out), stream=text)
         stats.strip_dirs()
@@ -402,19 +329,13 @@ def run(settings: Settings, say=print) -> BenchResult:
         raise BenchError(f"{nsscache} does not exist: run `make install` (or pass --bin-dir)")
     machine = machine_description(settings.bin_dir)
     say(report.machine_line(machine))
-    results = []
+    results, many = [], None
     base = Path(tempfile.mkdtemp(prefix="nss-bench-", dir=settings.work_dir))
     try:
         for users in settings.sizes:
-            say(f"N={users:,}: {settings.groups:,} groups, {settings.members_for(users):,} members of the "
-                f"{len(CONFIGURED_GROUPS)} configured groups; starting the server ...")
-            size = _Size(settings, users, base / f"n{users}", say)
-            try:
-                results.append(size.measure())
-            finally:
-                size.close()
-            if results[-1].profile:
-                say(results[-1].profile)
+            found, many_here = _measure_size(settings, users, base / f"n{users}", say)
+            results.append(found)
+            many = many_here or many
     finally:
         if settings.keep:
             say(f"work files kept in {base}")
@@ -429,7 +350,38 @@ def run(settings: Settings, say=print) -> BenchResult:
                                 "ran `make install`?): the figures may mix two versions; rerun")
         machine["installed_matches"] = "no"
     return BenchResult(settings=settings, sizes=results, machine=machine, command="", started=time.strftime(
-        "%Y-%m-%d %H:%M:%S %Z", time.localtime(started)), seconds=time.time() - started)
+        "%Y-%m-%d %H:%M:%S %Z", time.localtime(started)), seconds=time.time() - started, many=many)
+
+
+def fleet_workers(settings: Settings) -> int:
+    if settings.fleet_workers:
+        return settings.fleet_workers
+    try:
+        return 2 * len(os.sched_getaffinity(0))
+    except AttributeError:
+        return 2 * (os.cpu_count() or 1)
+
+
+def _measure_size(settings: Settings, users: int, workdir: Path,
+                  say) -> Tuple[SizeResult, Optional[many_mod.ManyResult]]:
+    """One N: the syncs and floors, then (at ``many_at`` users) the many-nodes part with the same server."""
+    say(f"N={users:,}: {settings.groups:,} groups, {settings.members_for(users):,} members of the "
+        f"{len(CONFIGURED_GROUPS)} configured groups; starting the server ...")
+    size = _Size(settings, users, workdir, say)
+    many = None
+    try:
+        found = size.measure()
+        if found.profile:
+            say(found.profile)
+        if settings.many_nodes and users == settings.many_at:
+            workers = fleet_workers(settings)
+            say(f"N={users:,}: many nodes: a publisher, one nginx, a node in mirror mode, a fleet of "
+                f"{settings.fleet_nodes} nodes ({workers} at a time) ...")
+            many = many_mod.measure(size, found.expected_requests, settings.reps, settings.fleet_nodes, workers,
+                                    say, keep=settings.keep)
+    finally:
+        size.close()
+    return found, many
 
 
 # --- the machine -------------------------------------------------------------------------
@@ -479,7 +431,7 @@ def machine_description(bin_dir: Path) -> Dict[str, str]:
     except AttributeError:
         usable = os.cpu_count() or 0
     # Not from the checkout: "-c" puts the working directory first on sys.path.
-    probe = subprocess.run([str(bin_dir / "python"), "-c", _PROBE], capture_output=True, text=True, env=_child_env(),
+    probe = subprocess.run([str(bin_dir / "python"), "-c", _PROBE], capture_output=True, text=True, env=child_env(),
                            cwd=tempfile.gettempdir())
     if probe.returncode != 0:
         raise BenchError(f"cannot import nss_cache / nss_cache_coreweave with {bin_dir / 'python'}: "
@@ -544,6 +496,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, caches, conf)")
     p.add_argument("--profile", action="store_true",
                    help="also run one sync per N under cProfile and print the top functions")
+    p.add_argument("--no-many-nodes", action="store_true",
+                   help="skip the many-nodes part (issue 15: publish, a node in mirror mode, a fleet)")
+    p.add_argument("--many-nodes-at", type=int, default=MANY_AT,
+                   help="the N (one of --sizes) at which the many-nodes part runs")
+    p.add_argument("--fleet-nodes", type=int, default=FLEET_NODES, help="nodes in the simulated fleet")
+    p.add_argument("--fleet-workers", type=int, default=None,
+                   help="fleet nodes updating at a time (default: 2 x the usable cores)")
     p.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md", help="the Markdown report")
     p.add_argument("--no-write", action="store_true", help="print the report only")
     p.add_argument("--json", type=Path, default=None, help="also write the raw measurements as JSON")
@@ -564,6 +523,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         large_reps=args.large_reps, warmup=args.warmup, page_size=args.page_size, pagination=args.pagination,
         seed=args.seed, invalid=args.invalid, key_pool=args.key_pool, gzip=args.gzip, bin_dir=args.bin_dir.absolute(),
         cache_dir=args.cache_dir, work_dir=args.work_dir, keep=args.keep, profile=args.profile,
+        many_nodes=not args.no_many_nodes, many_at=args.many_nodes_at, fleet_nodes=args.fleet_nodes,
+        fleet_workers=args.fleet_workers,
     )
     try:
         result = run(settings, say=lambda text: print(text, flush=True))
@@ -579,7 +540,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"\nwritten: {args.output}")
     if args.json:
         args.json.write_text(json.dumps(_as_json(result), indent=1, default=str))
-    if args.strict and not all(t.passed for t in report.targets(result) if t.passed is not None):
+    every = report.targets(result) + many_report.targets(result)
+    if args.strict and not all(t.passed for t in every if t.passed is not None):
         return 1
     return 0
 

@@ -215,7 +215,7 @@ def _lines(map_name: str, manifest: Manifest, data: bytes) -> List[_Row]:
     for number, line in enumerate(lines[1:], 2):
         fields = line.split(":", 1) if map_name == "sshkey" else line.split(":")
         row = _Row(map_name, number, fields)
-        if len(fields) != _FIELDS.get(map_name, 2) or not POSIX_NAME.fullmatch(fields[0]):
+        if len(fields) != _FIELDS.get(map_name, 2) or not POSIX_NAME.fullmatch(fields[0]) or fields[0] == marker.NAME:
             raise row.problem("not an entry of a valid name and the format's fields")
         if not line.isprintable():
             raise row.problem("holds a control character")

@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import __version__, convert, install, marker, redact, run, scim, shrink, slurm, snapshot, state
 from . import config as config_mod
-from .errors import ConfigError, CoreWeaveError, FetchError, GuardError
+from .errors import ConfigError, CoreWeaveError, FetchError, GuardError, PublishError
 from .state import RunReport
 
 log = logging.getLogger("nss_cache_coreweave")
@@ -209,7 +209,8 @@ def _exit_status(error: CoreWeaveError) -> int:
     """The documented exit code for one of our errors."""
     if isinstance(error, ConfigError):
         return EXIT_USAGE
-    return EXIT_TEMPFAIL if isinstance(error, FetchError) else EXIT_FAILED
+    busy = isinstance(error, PublishError) and error.busy
+    return EXIT_TEMPFAIL if isinstance(error, FetchError) or busy else EXIT_FAILED
 
 
 def _check(conf, args) -> int:
@@ -396,6 +397,7 @@ class Status:
     registration_problem: Optional[str]
     shrink_refusals: int
     slurm_sync: Optional[slurm.SlurmRun]
+    last_publish: Optional[RunReport] = None  # on a publisher (coreweave_publish_dir set)
 
 
 STATUS_EXIT = {"fresh": 0, "stale": 1, "failed": 1, "unknown": 2}  # status --max-age is a check
@@ -440,7 +442,16 @@ def _status_report(conf, config, max_age: Optional[float]) -> Status:
         exit_status=STATUS_EXIT[overall] if max_age is not None else EXIT_OK, caches_agree=caches_agree,
         last_run=record.last_run, last_success=record.last_success, registration_problem=registration,
         shrink_refusals=record.shrink_refusals, slurm_sync=slurm.last_run_of(config.state_dir),
+        last_publish=_last_publish(config),
     )
+
+
+def _last_publish(config) -> Optional[RunReport]:
+    if not config.publish.directory or config.mirror is not None:
+        return None
+    from . import publish
+
+    return state.read(config.state_dir, publish.scope(config)).last_run
 
 
 def _ours(conf, name: str) -> bool:
@@ -470,7 +481,18 @@ def _print_status(found: Status, config) -> None:
     if found.registration_problem:
         print(f"problem: {found.registration_problem}")
     _print_slurm_sync(found.slurm_sync)
+    _print_last_publish(found.last_publish)
     print(f"status: {found.status}")
+
+
+def _print_last_publish(last: Optional[RunReport]) -> None:
+    if last is None:
+        return
+    if last.outcome == "ok":
+        print(f"publish: last {_iso(last.started)} ok: generation {last.generation}, {last.users} users, "
+              f"{last.groups} groups, {last.keys} SSH keys")
+    else:
+        print(f"publish: last {_iso(last.started)} {last.outcome}: {last.error_kind}: {last.error}")
 
 
 def _print_last_run(last_run: Optional[RunReport], config) -> None:
@@ -596,12 +618,8 @@ def _publish(conf, args) -> int:
         for warning in config.warnings:
             log.warning("coreweave: %s", warning)
         result = publish.publish(config, dry_run=args.dry_run, accept_shrink=args.accept_shrink or shrink.accepted())
-    except GuardError as e:
-        publish.refused(config, e)
-        log.error("coreweave: publish refused, nothing written: %s", e)
-        return EXIT_FAILED
     except CoreWeaveError as e:
-        log.error("coreweave: publish failed, nothing written: %s", e)
+        log.error("coreweave: publish %s, nothing written: %s", "refused" if isinstance(e, GuardError) else "failed", e)
         return _exit_status(e)
     m = result.manifest
     changes = "; ".join(f"{c.map_name} +{c.added} -{c.removed}" for c in result.changes)

@@ -909,6 +909,17 @@ def _key_rules(r: Reader) -> KeyRules:
     return KeyRules(types=types, min_rsa_bits=r.integer("min_rsa_bits"), allow_options=r.boolean("allow_key_options"))
 
 
+# What the publisher decides and a node in mirror mode does not read (docs/configuration.md, "Mirror mode").
+_PUBLISHERS_OPTIONS = (
+    "base_url", "users_endpoint", "groups_endpoint", "token_file", "token", "user_name_attribute", "uid_attribute",
+    "gid_attribute", "ssh_keys_attribute", "home_attribute", "shell_attribute", "gecos_attribute",
+    "group_name_attribute", "group_gid_attribute", "member_match", "home_directory",
+    *("shadow_default_" + f for f in SHADOW_FIELDS), "ssh_key_types", "min_rsa_bits", "allow_key_options",
+    "page_size", "pagination", "users_query", "groups_query", "max_pages", "max_users", "workers",
+    "publish_dir", "publish_key", "publish_keep",
+)
+
+
 def _check_together(r: Reader, config: Config) -> None:
     """What no single option shows: the id ranges' order, the default shell among the allowed."""
     if config.min_uid > config.max_uid or config.min_gid > config.max_gid:
@@ -916,9 +927,10 @@ def _check_together(r: Reader, config: Config) -> None:
                   "coreweave_min_uid/min_gid must not exceed coreweave_max_uid/max_gid")
     if config.default_shell not in config.allowed_shells:
         r.warn(f"coreweave_default_shell {config.default_shell} is not among the allowed shells")
-    if config.mirror is not None and config.shadow != ShadowDefaults():
-        r.warn("coreweave_shadow_default_* are ignored in mirror mode: the shadow fields come from the bundle "
-               "(set them on the publisher)")
+    ignored = [_BY_NAME[name].key for name in _PUBLISHERS_OPTIONS if name in r.options]
+    if config.mirror is not None and ignored:
+        r.warn(f"{', '.join(ignored)}: read by the publisher, ignored in mirror mode (the bundle carries what they "
+               "decide)")
 
 
 def _slurm_sync(r: Reader, allowed: Optional[Tuple[str, ...]]) -> SlurmSync:

@@ -20,6 +20,7 @@ __all__ = [
     "ListingError",
     "ListingReason",
     "GuardError",
+    "PublishError",
     "BundleReason",
     "BundleError",
     "InternalError",
@@ -264,7 +265,15 @@ _SHRINK_REFUSALS = {
         "coreweave_max_shrink {max_shrink:.0%}): nothing was changed. ",
         "refusing to remove all {before} {what} from every managed Slurm account: nothing was changed. ",
     ),
+    "publish": (
+        "refusing to publish {now} {what}, down from {before} (-{share:.0%}, more than coreweave_max_shrink "
+        "{max_shrink:.0%} of the last publish): nothing was published. ",
+        "refusing to publish no {what}, down from {before}: nothing was published. ",
+    ),
 }
+# What an empty result with nothing to compare with leaves, by command.
+_KEPT = {"publish": "nothing was published", "update": "the previous caches are kept",
+         "slurm-sync": "nothing was changed"}
 
 
 class GuardError(CoreWeaveError):
@@ -272,7 +281,7 @@ class GuardError(CoreWeaveError):
     "groups") would go from ``before`` to ``now``, losing more than
     ``max_shrink`` of it or all of it; or, ``before`` None, the run is empty
     with no earlier accepted run to compare with (``allowed_groups``: None for
-    every group). ``command`` ("update", "slurm-sync") is what the operator
+    every group). ``command`` ("update", "slurm-sync", "publish") is what the operator
     reruns with --accept-shrink. The source maps it to InvalidMap: nsscache
     keeps the previous cache."""
 
@@ -294,7 +303,7 @@ class GuardError(CoreWeaveError):
         if self.before is None:
             groups = "*" if self.allowed_groups is None else ", ".join(self.allowed_groups)
             return (f"refusing an empty directory: no active member of coreweave_groups ({groups}) is left to "
-                    "write (no earlier accepted run to compare with); the previous caches are kept. ")
+                    f"write (no earlier accepted run to compare with); {_KEPT.get(self.command, _KEPT['update'])}. ")
         share = (self.before - self.now) / self.before if self.before else 0.0
         too_many, all_of_it = _SHRINK_REFUSALS[self.command]
         return (too_many if share > self.max_shrink else all_of_it).format(
@@ -303,6 +312,25 @@ class GuardError(CoreWeaveError):
 
     def __reduce__(self):  # a pickled copy keeps the fields, not only the rendered text
         return type(self), (self.what, self.before, self.now, self.max_shrink, self.command, self.allowed_groups)
+
+
+class PublishError(CoreWeaveError):
+    """``publish`` could not write the bundle (``path``, the OS's ``reason``),
+    or another publish holds the directory (``busy``); nodes still read the
+    previous generation."""
+
+    def __init__(self, path: str, reason: str, busy: bool = False):
+        self.path, self.reason, self.busy = path, reason, busy
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.busy:
+            return f"another publish into {self.path} is running: nothing was published; try again later"
+        return f"cannot write the bundle into {self.path}: {self.reason}: nothing was published (nodes keep the " \
+               "previous generation); check coreweave_publish_dir"
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason, self.busy)
 
 
 class InternalError(CoreWeaveError):

@@ -548,21 +548,21 @@ def _name_problem(name) -> Optional[_Problem]:
 
 
 def shrink_problem(directory: Directory, previous, max_shrink: float,
-                   allowed_groups: Optional[Tuple[str, ...]] = None) -> Optional[GuardError]:
+                   allowed_groups: Optional[Tuple[str, ...]] = None, command: str = "update") -> Optional[GuardError]:
     """The shrink guard's refusal of ``directory`` (shrink.py): losing too many
     users, then groups, compared with ``previous`` (state.Counts of the last
     accepted run); or, with nothing to compare with, being empty. None when
-    the run may go on."""
+    the run may go on. ``command`` is the one to rerun with --accept-shrink."""
     if previous is None:
         # An empty result is far likelier an outage or a wrong setting than a
         # decision, even with nothing to compare with (a first run over caches
         # another source wrote, a changed coreweave_base_url or coreweave_groups).
-        return None if directory.accounts else GuardError("users", None, 0, max_shrink, "update", allowed_groups)
+        return None if directory.accounts else GuardError("users", None, 0, max_shrink, command, allowed_groups)
     for what, before, now in (
         ("users", previous.users, len(directory.accounts)),
         ("groups", previous.groups, len(directory.groups)),
     ):
-        refusal = shrink.problem("update", what, before, now, max_shrink)
+        refusal = shrink.problem(command, what, before, now, max_shrink)
         if refusal is not None:
             return refusal
     return None

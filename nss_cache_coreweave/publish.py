@@ -16,14 +16,14 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Iterator, Mapping, Optional, Tuple
 
-from . import bundle, marker, policy, render, run, scim, shrink, sshsig, state
+from . import bundle, marker, policy, render, report, run, scim, shrink, sshsig, state
 from .bundle import MANIFEST, SIGNATURE, FileEntry, Manifest
 from .config import Config
-from .errors import ConfigError, GuardError
-from .state import Counts, RunReport
+from .errors import ConfigError, CoreWeaveError, PublishError
+from .state import RunReport
 
 __all__ = ["Change", "Result", "publish", "scope"]
 
@@ -58,26 +58,50 @@ def scope(config: Config) -> str:
 def publish(config: Config, *, dry_run: bool = False, accept_shrink: bool = False,
             stats: Optional[scim.Stats] = None, now: Optional[float] = None) -> Result:
     """List, decide, guard, then (unless ``dry_run``) write and sign the next
-    generation. :raises CoreWeaveError: nothing was written"""
+    generation, and record the run (state file, metrics file) as a node's
+    runs are. :raises CoreWeaveError: nothing was written"""
+    started, start = time.time(), time.monotonic()
+    stats = stats or scim.Stats()
+    try:
+        result, decided = _publish(config, dry_run, accept_shrink, stats, started if now is None else now)
+    except CoreWeaveError as e:
+        if not dry_run and not isinstance(e, ConfigError):
+            _record(config, run.report_of(e, run="", started=started, duration=round(time.monotonic() - start, 3),
+                                          stats=stats))
+        raise
+    if result.written:
+        done = run.report_of(decided, run=result.manifest.run, started=started,
+                             duration=round(time.monotonic() - start, 3), stats=stats)
+        _record(config, replace(done, outcome="ok", generation=result.manifest.generation,
+                                published=result.manifest.created))
+    return result
+
+
+def _publish(config: Config, dry_run: bool, accept_shrink: bool, stats: scim.Stats,
+             now: float) -> Tuple[Result, policy.Directory]:
     directory = _publish_dir(config)
     key = None if dry_run else _private_key(config)
     decided = run.fetch_and_decide(config, stats)
     shrink.enforce(policy.shrink_problem(decided, state.read(config.state_dir, scope(config)).accepted,
-                                         config.max_shrink, config.allowed_groups), accept=accept_shrink)
-    now = time.time() if now is None else now
-    with _locked(directory, dry_run):
-        current = _current(directory)
-        generation = max(current.generation + 1 if current else 1, int(now))
-        maps = _rendered(config, decided, marker.new_run(now))
-        manifest = _manifest(decided, generation, now, maps)
-        changes = _changes(directory, current, maps)
-        if dry_run:
-            return Result(manifest, changes, written=False)
-        assert key is not None
-        _write(directory, manifest, maps, sshsig.sign(bundle.manifest_bytes(manifest), key))
-        pruned = _prune(directory, generation, config.publish.keep)
-    _record(config, manifest, now)
-    return Result(manifest, changes, written=True, pruned=pruned)
+                                         config.max_shrink, config.allowed_groups, "publish"), accept=accept_shrink)
+    try:
+        with _locked(directory, dry_run):
+            current = _current(directory)
+            generation = max(current.generation + 1 if current else 1, int(now))
+            old = _maps_of(directory, current)
+            maps = _rendered(config, decided, marker.new_run(now))
+            changes = _changes(old, maps)
+            if old and not any(c.added or c.removed for c in changes):
+                maps = old  # the same files: nodes fetch the new manifest and nothing else
+            manifest = _manifest(decided, generation, now, maps)
+            if dry_run:
+                return Result(manifest, changes, written=False), decided
+            assert key is not None
+            _write(directory, manifest, maps, sshsig.sign(bundle.manifest_bytes(manifest), key))
+            pruned = _prune(directory, generation, config.publish.keep)
+    except OSError as e:
+        raise PublishError(directory, e.strerror or type(e).__name__) from None
+    return Result(manifest, changes, written=True, pruned=pruned), decided
 
 
 def _publish_dir(config: Config) -> str:
@@ -109,7 +133,7 @@ def _locked(directory: str, dry_run: bool) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"another publish into {directory} is running: nothing was written") from None
+            raise PublishError(directory, "locked", busy=True) from None
         yield
 
 
@@ -136,25 +160,32 @@ def _manifest(decided: policy.Directory, generation: int, now: float, maps: Mapp
                     sum(len(a.keys) for a in decided.accounts), files)
 
 
-def _changes(directory: str, current: Optional[Manifest], maps: Mapping[str, bytes]) -> Tuple[Change, ...]:
+def _maps_of(directory: str, current: Optional[Manifest]) -> Dict[str, bytes]:
+    """The current generation's maps as published ({} when there is none or a file is not as signed)."""
+    if current is None:
+        return {}
+    maps = {}
+    for name, entry in current.files.items():
+        try:
+            with open(os.path.join(directory, entry.path), "rb") as f:
+                maps[name] = f.read()
+        except OSError:
+            return {}
+        if bundle.sha256(maps[name]) != entry.sha256:
+            return {}
+    return maps
+
+
+def _changes(old: Mapping[str, bytes], maps: Mapping[str, bytes]) -> Tuple[Change, ...]:
     changes = []
     for name, data in maps.items():
-        before = set(_entries(_read(directory, current.files[name].path))) if current else set()
-        after = set(_entries(data))
+        before, after = set(_entries(old.get(name, b""))), set(_entries(data))
         changes.append(Change(name, len(after - before), len(before - after)))
     return tuple(changes)
 
 
 def _entries(data: bytes):
     return data.split(b"\n")[1:-1]  # without the marker line and the final newline
-
-
-def _read(directory: str, path: str) -> bytes:
-    try:
-        with open(os.path.join(directory, path), "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
 
 
 def _write(directory: str, manifest: Manifest, maps: Mapping[str, bytes], signature: bytes) -> None:
@@ -206,25 +237,17 @@ def _prune(directory: str, current: int, keep: int) -> Tuple[int, ...]:
     return removed
 
 
-def _record(config: Config, manifest: Manifest, now: float) -> None:
-    """The published counts are what the next publish's shrink guard compares with."""
-    previous = state.read(config.state_dir, scope(config))
-    report = RunReport(started=now, duration=round(time.time() - now, 3), outcome="ok", run=manifest.run,
-                       users=manifest.users, groups=manifest.groups, keys=manifest.keys,
-                       generation=manifest.generation, published=manifest.created)
+def _record(config: Config, done: RunReport) -> None:
+    """The published counts are what the next publish's shrink guard compares
+    with; the metrics file (if set) has the usual last-run and last-success gauges."""
     try:
-        state.write(config.state_dir, scope(config), state.ScopeRecord(
-            accepted=Counts(manifest.users, manifest.groups, now), last_run=report, caches=previous.caches,
-            last_success=now, shrink_refusals=previous.shrink_refusals))
+        saved = report.record(config.state_dir, scope(config), done)
     except OSError as e:
         log.warning("coreweave: cannot record the publish in %s (%s): the next publish's shrink guard has "
                     "nothing to compare with", config.state_dir, e.strerror)
-
-
-def refused(config: Config, error: GuardError) -> None:
-    """Count a shrink-guard refusal of a publish."""
-    previous = state.read(config.state_dir, scope(config))
-    with contextlib.suppress(OSError):
-        state.write(config.state_dir, scope(config),
-                    state.ScopeRecord(previous.accepted, previous.last_run, previous.caches, previous.last_success,
-                                      previous.shrink_refusals + 1))
+        return
+    if config.metrics_file:
+        try:
+            report.write_metrics(config.metrics_file, done, saved)
+        except OSError as e:
+            log.warning("coreweave: cannot write %s: %s", config.metrics_file, e.strerror)

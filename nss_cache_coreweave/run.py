@@ -139,13 +139,23 @@ def _outcome(config: config_mod.Config, stats: scim.Stats) -> Tuple[Union[policy
             decided = narrow(config, accepted)
         shrink.enforce(shrink_problem(config, decided), accept=shrink.accepted())
         if accepted is not None:
-            mirror.keep(config, accepted)
+            _keep(config, accepted)
     except CoreWeaveError as e:
         return e, accepted
     except Exception as e:  # a bug of ours: every map fails the same way, and the run is recorded
         log.exception("coreweave: internal error deciding the run")
         return InternalError(type(e).__name__), accepted
     return decided, accepted
+
+
+def _keep(config: config_mod.Config, accepted: mirror.Accepted) -> None:
+    """Keep the accepted bundle; failing to only costs the next run a full fetch (and its rollback
+    baseline), while failing the run would leave removed users on the node."""
+    try:
+        mirror.keep(config, accepted)
+    except OSError as e:
+        log.warning("coreweave: cannot keep the accepted bundle in %s (%s): the next run fetches it whole and "
+                    "cannot tell a rollback; set coreweave_state_dir", mirror.store_dir(config), e.strerror or e)
 
 
 def narrow(config: config_mod.Config, accepted: mirror.Accepted) -> policy.Directory:

@@ -2,8 +2,9 @@
 
 The organisation generator, the pre-rendering SCIM server and the runner (real
 nsscache from a fresh venv with the project's wheel, the floor, the report) run end to
-end on a few hundred users. Request counts, cache line counts and the report's shape
-are asserted; timings never are.
+end on a few hundred users; so does the many-nodes part (issue 15: a real publish, a
+real nginx, nodes in mirror mode through the stock nsscache, a small fleet). Request
+counts, bytes, cache line counts and the report's shape are asserted; timings never are.
 """
 
 from __future__ import annotations
@@ -143,3 +144,64 @@ def test_runner_end_to_end(installed_venv, tmp_path):
     assert "| 150 → 300 | 2 |" in text
     assert "✅ pass" in text and "— not measured" in text  # the request-count target; 100k was not run
     assert "FAIL" not in text.split("## Targets")[1].split("## Results")[0]
+    many = text.split("\n## Many nodes (issue 15)\n")[1]
+    assert ("| many nodes (issue 15) | not run (--no-many-nodes, or --many-nodes-at not among --sizes) "
+            "| — not measured |") in many
+    assert data["many"] is None
+
+
+def _bundle_paths(generation: str):
+    return ["/manifest.json", f"/generations/{generation}/manifest.json.sig",
+            *(f"/generations/{generation}/{name}" for name in runner.MAPS)]
+
+
+def test_many_nodes_publish_refresh_idle_and_fleet(installed_venv, tmp_path):
+    md, raw = tmp_path / "benchmarks.md", tmp_path / "bench.json"
+    status = runner.main([
+        "--sizes", "150", "--groups", "12", "--members-share", "0.4", "--invalid", "34", "--key-pool", "32",
+        "--reps", "2", "--page-size", "40", "--many-nodes-at", "150", "--fleet-nodes", "3", "--fleet-workers", "2",
+        "--bin-dir", str(installed_venv.python.parent), "--work-dir", str(tmp_path), "--output", str(md),
+        "--json", str(raw),
+    ])
+
+    assert status == 0
+    data = json.loads(raw.read_text())
+    many, (size,) = data["many"], data["sizes"]
+    listing = {"Users": math.ceil(150 / 40), "Groups": 1}
+    assert many["expected_listing"] == 5 and many["users"] == 150 and many["members"] == 60
+    assert [run["iam_requests"] for run in many["publish"]] == [listing, listing]
+    assert [run["iam_bytes"] for run in many["publish"]] == [run["body_bytes"] for run in size["sync"]]
+    for run in many["refresh"]:  # right after a publish: the new manifest, its signature, every map, once
+        generation = run["nginx"]["paths"][1].split("/")[2]
+        assert run["nginx"]["paths"] == _bundle_paths(generation)
+        assert run["nginx"]["statuses"] == {"200": 6} and run["node_requests"] == {"mirror/2xx": 6}
+        assert run["nginx"]["body_bytes"] == run["node_bytes"] > 0
+        assert run["iam_requests"] == {} and run["iam_bytes"] == 0
+        assert run["lines"] == {name: size["org"]["expected"][name] for name in runner.MAPS}
+        assert run["same_as_direct"] is True
+    for run in many["idle"]:  # nothing new: one conditional GET, answered 304
+        assert run["nginx"]["paths"] == ["/manifest.json"] and run["nginx"]["statuses"] == {"304": 1}
+        assert run["nginx"]["body_bytes"] == 0 == run["node_bytes"] and run["node_requests"] == {"mirror/3xx": 1}
+        assert run["iam_requests"] == {} and run["same_as_direct"] is True
+
+    after_publish, nothing_new = many["rounds"]
+    assert after_publish["iam_requests"] == listing  # the publisher's listing, and no node's
+    assert after_publish["publish"]["iam_requests"] == listing
+    assert after_publish["nginx"]["statuses"] == {"200": 18}
+    assert after_publish["nginx"]["body_bytes"] == 3 * sum(many["bundle"].values())
+    assert after_publish["per_node"] == {"mirror/2xx 6": 3} and after_publish["failures"] == 0
+    assert nothing_new["iam_requests"] == {} and nothing_new["publish"] is None
+    assert nothing_new["nginx"]["statuses"] == {"304": 3} and nothing_new["nginx"]["body_bytes"] == 0
+    assert nothing_new["per_node"] == {"mirror/3xx 1": 3} and nothing_new["failures"] == 0
+    assert sorted(many["bundle"]) == sorted(["manifest.json", "manifest.json.sig", *runner.MAPS])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "benchmarks.md"]  # nginx stopped, files gone
+
+    section = md.read_text().split("\n## Many nodes (issue 15)\n")[1]
+    for target in ("an idle refresh (nothing new published): exactly one request, a 304, in every run",
+                   "IAM requests per fleet round of 3 nodes = one listing, the publisher's",
+                   "no IAM request from any node (single refreshes, idle refreshes, both fleet rounds)",
+                   "fleet round with nothing new: every one of 3 nodes sends one request, a 304"):
+        row = next(line for line in section.splitlines() if line.startswith(f"| {target} |"))
+        assert row.endswith("| ✅ pass |"), row
+    assert "| publish / floor |" in section and "| round | nodes | at a time |" in section
+    assert "**NO**" not in section  # every check of the measurement itself holds

@@ -62,6 +62,25 @@ class Node:
         )
         return self.conf
 
+    def configure_mirror(self, url: str, public_key: Path, extra: str = "", maps: str = ", ".join(MAPS)) -> Path:
+        """Mirror mode: the maps from the bundle at ``url``, signed by ``public_key``'s
+        private half; no IAM URL, no token, every published group (``extra`` may narrow)."""
+        self.conf.write_text(
+            "[DEFAULT]\n"
+            "source = coreweave\n"
+            "cache = files\n"
+            f"maps = {maps}\n"
+            f"timestamp_dir = {self.root / 'state'}\n"
+            f"lockfile = {self.root / 'nsscache.lock'}\n"
+            f"files_dir = {self.root / 'cache'}\n"
+            "files_cache_filename_suffix = cache\n"
+            f"coreweave_mirror_url = {url}\n"
+            f"coreweave_mirror_public_key = {public_key}\n"
+            f"coreweave_state_dir = {self.root / 'state'}\n"
+            "coreweave_allowed_shells = /bin/bash, /bin/zsh\n" + extra
+        )
+        return self.conf
+
     def run(self, command: str, *args: str, environ: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess:
         """Run ``nsscache`` or ``nsscache-coreweave`` with ``-c`` this node's
         conf, without our NSSCACHE_* variables unless ``environ`` sets them. stdin is
@@ -105,6 +124,14 @@ class Node:
              "--system-passwd", str(self.local_passwd), *args],
             capture_output=True, text=True, timeout=60,
         )
+
+    def caches(self) -> Dict[str, bytes]:
+        """Every cache and index file byte for byte, the run id of the marker
+        line replaced by RUN (the same length): what two runs writing the same
+        entries agree on."""
+        run = self.run_marker().encode()  # "*<run id>"
+        same = b"*" + b"R" * (len(run) - 1)
+        return {p.name: p.read_bytes().replace(run, same) for p in sorted(self.root.glob("cache/*")) if p.is_file()}
 
     def files(self) -> Dict[str, bytes]:
         """Every cache and index file and nsscache's timestamps, byte for
