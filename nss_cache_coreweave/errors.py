@@ -266,9 +266,9 @@ _SHRINK_REFUSALS = {
         "refusing to remove all {before} {what} from every managed Slurm account: nothing was changed. ",
     ),
     "publish": (
-        "refusing to publish {now} {what}, down from {before} (-{share:.0%}, more than coreweave_max_shrink "
+        "refusing to shrink {what} from {before} to {now} (-{share:.0%}, more than coreweave_max_shrink "
         "{max_shrink:.0%} of the last publish): nothing was published. ",
-        "refusing to publish no {what}, down from {before}: nothing was published. ",
+        "refusing to remove all {before} {what} of the last publish: nothing was published. ",
     ),
 }
 # What an empty result with nothing to compare with leaves, by command.

@@ -387,7 +387,9 @@ def test_a_new_generation_of_unchanged_data_fetches_no_map(publisher, web, mirro
     assert mirror_node.state()["last_run"]["generation"] == same
 
 
-def test_a_change_to_one_users_keys_fetches_only_the_sshkey_map(iam, demo_org, publisher, web, mirror_node):
+def test_a_change_to_one_users_keys_fetches_the_new_run_of_every_map(iam, demo_org, publisher, web, mirror_node):
+    """The four maps of a bundle name one run (as a node's caches do, for whole-file consumers and
+    the keys command), so a changed entry gives every map a new run id: all four are fetched once."""
     published(publisher.publish())
     update(mirror_node)
     settled(web, 6)
@@ -398,9 +400,9 @@ def test_a_change_to_one_users_keys_fetches_only_the_sshkey_map(iam, demo_org, p
     changed = published(publisher.publish())
     update(mirror_node)
 
-    assert fetched(settled(web, 3)) == [("GET", "/manifest.json", 200),
+    assert fetched(settled(web, 6)) == [("GET", "/manifest.json", 200),
                                         ("GET", f"/generations/{changed}/manifest.json.sig", 200),
-                                        ("GET", f"/generations/{changed}/sshkey", 200)]
+                                        *[("GET", f"/generations/{changed}/{name}", 200) for name in MAPS]]
     assert mirror_node.cache("passwd") == expected_caches(demo_org)["passwd"]
     assert f"bob:{bob_keys!r}\n" in mirror_node.cache("sshkey")
 
@@ -444,8 +446,10 @@ def test_two_publishes_within_one_second_of_the_same_size_are_both_seen(tmp_path
         update(node)
 
         assert proxy.errors == []
-    first = settled(web, 6)[0]
+    # B has A's entries, so A's map files: the node fetches B's manifest and signature, no map.
+    first, signature = settled(web, 2)
     assert (first.path, first.if_none_match, first.status) == ("/manifest.json", seen["etag_a"], 200)
+    assert (signature.path, signature.status) == (f"/generations/{seen['b']}/manifest.json.sig", 200)
     assert node.state()["last_run"]["generation"] == seen["b"]
 
 

@@ -306,6 +306,8 @@ KEYS_REFUSED = "the keys are not a list of strings"
         pytest.param(edited("passwd", "alice:", "Alice:"), "passwd", f"line 2: {NOT_AN_ENTRY}",
                      id="not-a-posix-name"),
         pytest.param(appended("passwd", ""), "passwd", NOT_AN_ENTRY, id="blank-line"),
+        pytest.param(appended("group", f"nsscache-coreweave:*{RUN}:65534:"), "group", f"line 5: {NOT_AN_ENTRY}",
+                     id="a-second-marker"),
         pytest.param(edited("group", "alice,bob,erin", "alice,bob,erin,mallory"), "group",
                      "member 'mallory' has no passwd entry", id="member-without-passwd"),
         pytest.param(appended("shadow", "mallory:*:19000::99999:7::20500:"), "shadow",

@@ -1250,3 +1250,174 @@ def test_the_run_markers_name_is_never_an_iam_user_or_group():
     assert names(directory) == ["alice"]
     assert [g.name for g in directory.groups] == ["slurm-users"]
     assert directory.drops == (Drop("group", "nsscache-coreweave", reason), Drop("user", "nsscache-coreweave", reason))
+
+
+# --- policy.narrow: a published Directory under the node's own rules (mirror mode) -------------------------
+
+CAROL_ACCOUNT = Account("carol", 20003, 20003, "Carol White", "/home/carol", "/bin/bash", ())
+BOB_ACCOUNT = Account("bob", 20002, 20002, "Bob Jones", "/home/bob", "/bin/zsh", (ed25519_key("bob"),))
+PUBLISHED = policy.Directory(
+    accounts=(dataclasses.replace(ALICE_ACCOUNT, keys=(ed25519_key(),)), BOB_ACCOUNT, CAROL_ACCOUNT),
+    groups=(PosixGroup("other-team", 30003, ("carol",)), PosixGroup("slurm-admins", 30002, ("alice",)),
+            PosixGroup("slurm-users", 30001, ("alice", "bob"))),
+    drops=(), missing_groups=(),
+)
+
+
+EMPTY_NODE = LocalAccounts()
+
+
+def narrow(published=PUBLISHED, allowed="*", local=EMPTY_NODE, **options):
+    """``published`` narrowed by a node with coreweave_groups = ``allowed`` ("*": every published group)."""
+    return policy.narrow(published, configure(allowed, **options), local=local)
+
+
+def drops_with_codes(directory):
+    return [(d.kind, d.who, d.reason, d.code) for d in directory.drops]
+
+
+def test_narrow_keeps_a_published_directory_nothing_node_local_touches():
+    assert narrow() == PUBLISHED
+
+
+def test_narrow_in_mirror_mode_without_coreweave_groups_keeps_every_published_group(tmp_path):
+    public = tmp_path / "publisher.pub"
+    public.write_text(ed25519_key("publisher") + "\n")
+    cfg = config.parse({"mirror_url": "https://mirror.example.com/bundle", "mirror_public_key": str(public),
+                        "allowed_shells": "/bin/bash, /bin/zsh"}, environ={})
+
+    assert cfg.allowed_groups is None
+    assert policy.narrow(PUBLISHED, cfg, local=LocalAccounts()) == PUBLISHED
+
+
+def test_narrow_leaves_what_decide_published_unchanged():
+    users = [user(keys=[ed25519_key()]), user("u-bob", "bob", 20002, 30001, gecos="Bob Jones", shell="/bin/zsh"),
+             user("u-carol", "carol", 20003, gecos="Carol White", home="/srv/carol")]
+    groups = [group(members=["u-alice", "u-bob"]), group("g-admins", "slurm-admins", 30002, ["u-alice", "u-carol"])]
+    decided = decide(users, groups, allowed="slurm-users, slurm-admins")
+    assert (decided.drops, decided.warnings, len(decided.accounts)) == ((), (), 3)
+
+    narrowed = policy.narrow(decided, configure("slurm-users, slurm-admins"), local=LocalAccounts())
+
+    assert narrowed == decided
+    assert policy.narrow(narrowed, configure("slurm-users, slurm-admins"), local=LocalAccounts()) == decided
+
+
+@pytest.mark.parametrize(
+    "local, reason",
+    [
+        pytest.param(LocalAccounts(user_names=frozenset({"bob"})),
+                     "name 'bob' is a local account of this node (/etc/passwd)", id="name"),
+        pytest.param(LocalAccounts(uids=frozenset({20002})), "uid 20002 belongs to a local account of this node",
+                     id="uid"),
+    ],
+)
+def test_narrow_drops_an_account_clashing_with_a_local_one(local, reason):
+    narrowed = narrow(local=local)
+
+    assert names(narrowed) == ["alice", "carol"]
+    assert drops_with_codes(narrowed) == [("user", "bob", reason, "local_clash")]
+    assert narrowed.groups[2] == PosixGroup("slurm-users", 30001, ("alice",))
+
+
+@pytest.mark.parametrize(
+    "local, reason",
+    [
+        pytest.param(LocalAccounts(group_names=frozenset({"other-team"})),
+                     "name 'other-team' is a local group of this node (/etc/group)", id="name"),
+        pytest.param(LocalAccounts(gids=frozenset({30003})), "gid 30003 belongs to a local group of this node",
+                     id="gid"),
+    ],
+)
+def test_narrow_drops_a_group_clashing_with_a_local_one_and_its_only_members(local, reason):
+    narrowed = narrow(allowed="slurm-users, slurm-admins, other-team", local=local)
+
+    assert [g.name for g in narrowed.groups] == ["slurm-admins", "slurm-users"]
+    assert names(narrowed) == ["alice", "bob"]  # carol's only group is not on this node
+    assert drops_with_codes(narrowed) == [("group", "other-team", reason, "local_clash")]
+    assert narrowed.missing_groups == ("other-team",)
+
+
+def test_narrow_drops_an_account_whose_primary_gid_is_a_local_group():
+    narrowed = narrow(local=LocalAccounts(gids=frozenset({20002})))
+
+    assert names(narrowed) == ["alice", "carol"]
+    assert drops_with_codes(narrowed) == [
+        ("user", "bob", "primary gid 20002 belongs to a local group of this node", "gid_local")]
+
+
+@pytest.mark.parametrize(
+    "options, drops",
+    [
+        pytest.param(dict(min_uid="20002"), [("user", "alice", "uid 20001 is outside [20002, 4294967294]", "uid")],
+                     id="uid-below"),
+        pytest.param(dict(max_uid="20002"), [("user", "carol", "uid 20003 is outside [1000, 20002]", "uid")],
+                     id="uid-above"),
+        pytest.param(dict(min_gid="20002"), [("user", "alice", "gid 20001 is outside [20002, 4294967294]", "gid")],
+                     id="primary-gid-below"),
+        pytest.param(dict(max_gid="30002"), [("group", "other-team", "gid 30003 is outside [1000, 30002]", "gid")],
+                     id="group-gid-above"),
+    ],
+)
+def test_narrow_applies_the_nodes_id_ranges(options, drops):
+    narrowed = narrow(**options)
+
+    assert drops_with_codes(narrowed) == drops
+    assert drops[0][1] not in names(narrowed) + [g.name for g in narrowed.groups]
+
+
+def test_narrow_drops_an_account_whose_uid_range_leaves_its_group_empty_but_keeps_the_group():
+    narrowed = narrow(min_uid="20002")
+
+    assert narrowed.groups[1] == PosixGroup("slurm-admins", 30002, ())
+
+
+@pytest.mark.parametrize(
+    "home, local_homes, reason, code",
+    [
+        pytest.param("/home/localadmin", {"/home/localadmin"},
+                     "home directory '/home/localadmin' is the home of a local account of this node", "home_local",
+                     id="a-local-accounts-home"),
+        pytest.param("/srv/shared/bob", {"/srv/shared"}, "home /srv/shared/bob is inside /srv/shared, the home of "
+                     "a local account", "home_nested", id="inside-a-local-accounts-home"),
+        pytest.param("/etc/bob", set(), "home directory '/etc/bob' is a system directory", "home_system",
+                     id="a-system-tree"),
+    ],
+)
+def test_narrow_drops_an_account_whose_home_is_not_its_own_on_this_node(home, local_homes, reason, code):
+    published = dataclasses.replace(PUBLISHED, accounts=(PUBLISHED.accounts[0], dataclasses.replace(
+        BOB_ACCOUNT, home=home), CAROL_ACCOUNT))
+
+    narrowed = narrow(published, local=LocalAccounts(homes=frozenset(local_homes)))
+
+    assert names(narrowed) == ["alice", "carol"]
+    assert drops_with_codes(narrowed) == [("user", "bob", reason, code)]
+
+
+def test_narrow_replaces_a_shell_the_node_does_not_allow_by_its_default():
+    narrowed = narrow(allowed_shells="/bin/bash, /bin/sh", default_shell="/bin/sh")
+
+    assert narrowed.accounts[1] == dataclasses.replace(BOB_ACCOUNT, shell="/bin/sh")
+    assert drops_with_codes(narrowed) == [
+        ("shell", "bob", "shell '/bin/zsh' is not an allowed shell: /bin/sh used instead", "shell")]
+
+
+def test_narrow_to_the_nodes_coreweave_groups():
+    narrowed = narrow(allowed="slurm-users")
+
+    assert narrowed.groups == (PosixGroup("slurm-users", 30001, ("alice", "bob")),)
+    assert names(narrowed) == ["alice", "bob"]  # carol, in other-team only, is not kept
+    assert (narrowed.drops, narrowed.missing_groups) == ((), ())
+
+
+def test_narrow_keeps_a_member_of_a_listed_group_in_no_other_listed_group():
+    narrowed = narrow(allowed="other-team")
+
+    assert (names(narrowed), narrowed.groups) == (["carol"], (PosixGroup("other-team", 30003, ("carol",)),))
+
+
+def test_narrow_names_a_listed_group_the_bundle_lacks():
+    narrowed = narrow(allowed="gpu-users, slurm-users, hpc")
+
+    assert [g.name for g in narrowed.groups] == ["slurm-users"]
+    assert narrowed.missing_groups == ("gpu-users", "hpc")

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from nss_cache_coreweave import bundle, config, policy, publish, run, sshsig, state
 from nss_cache_coreweave.bundle import MAPS, Published
 from nss_cache_coreweave.config import ShadowDefaults
-from nss_cache_coreweave.errors import ConfigError, GuardError
+from nss_cache_coreweave.errors import ConfigError, GuardError, PublishError
 from nss_cache_coreweave.publish import Change
 from support.node import TOKEN, expected_caches
 
@@ -154,9 +154,9 @@ def test_a_publish_is_recorded_for_the_next_ones_shrink_guard(cfg):
     result = publish.publish(cfg, now=NOW)
 
     record = state.read(cfg.state_dir, publish.scope(cfg))
-    assert record.accepted == state.Counts(4, 2, NOW)
-    assert (record.last_run.outcome, record.last_run.run, record.last_run.generation, record.last_run.published) == (
-        "ok", result.manifest.run, GENERATION, NOW)
+    assert (record.accepted.users, record.accepted.groups) == (4, 2)
+    assert (record.last_run.outcome, record.last_run.run, record.last_run.users, record.last_run.generation,
+            record.last_run.published) == ("ok", result.manifest.run, 4, GENERATION, NOW)
     assert publish.scope(cfg) == f"publish {cfg.server.base_url} groups=slurm-users,slurm-admins"
     assert state.read(cfg.state_dir, run.state_scope(cfg)).accepted is None  # a node sync's scope is apart
 
@@ -225,6 +225,17 @@ def test_the_first_publish_adds_every_line(cfg):
         Change("passwd", 4, 0), Change("group", 2, 0), Change("shadow", 4, 0), Change("sshkey", 3, 0))
 
 
+def test_an_unchanged_listing_republishes_the_same_map_files(cfg):
+    first = publish.publish(cfg, now=NOW)
+
+    second = publish.publish(cfg, now=NOW + 60)
+
+    assert second.changes == tuple(Change(name, 0, 0) for name in MAPS)
+    assert (second.manifest.generation, second.manifest.run) == (GENERATION + 60, first.manifest.run)
+    assert {n: f.sha256 for n, f in second.manifest.files.items()} == {
+        n: f.sha256 for n, f in first.manifest.files.items()}  # a node holding them fetches the manifest only
+
+
 def test_a_removal_in_iam_shows_in_the_changes(cfg, iam, demo_org, monkeypatch):
     publish.publish(cfg, now=NOW)
     org = copy.deepcopy(demo_org)
@@ -275,10 +286,11 @@ def test_a_second_concurrent_publish_is_refused_and_writes_nothing(cfg, tmp_path
     with open(root / ".publish.lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a publish running
 
-        with pytest.raises(ConfigError) as caught:
+        with pytest.raises(PublishError) as caught:
             publish.publish(cfg, now=NOW)
 
-    assert str(caught.value) == f"another publish into {root} is running: nothing was written"
+    assert (caught.value.path, caught.value.busy) == (str(root), True)
+    assert str(caught.value) == f"another publish into {root} is running: nothing was published; try again later"
     assert sorted(tree(root)) == [".publish.lock", "generations/"]
     assert state.read(cfg.state_dir, publish.scope(cfg)).accepted is None
 

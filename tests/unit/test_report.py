@@ -383,3 +383,62 @@ def test_write_metrics_replaces_the_file_whole(tmp_path):
 def test_write_metrics_into_a_missing_directory_raises_oserror(tmp_path):
     with pytest.raises(OSError):
         report.write_metrics(str(tmp_path / "missing" / "coreweave.prom"), OK, ScopeRecord())
+
+
+# --- mirror mode ---------------------------------------------------------------------------------------------
+
+MIRROR_URL = "https://mirror.example.com/bundle"
+MIRRORED = replace(OK, requests={"mirror/2xx": 3}, mirror=MIRROR_URL, generation=1_780_000_000,
+                   published=NOW - 60.5)
+
+
+def test_metrics_of_a_mirror_run_name_the_mirror_its_generation_and_publication_time():
+    found = samples(report.metrics_text(MIRRORED, ScopeRecord(last_success=NOW)))
+
+    assert found[(P + "mirror_generation", (("mirror", MIRROR_URL),))] == 1_780_000_000.0
+    assert found[(P + "mirror_published_timestamp_seconds", (("mirror", MIRROR_URL),))] == NOW - 60.5
+    assert found[(P + "http_requests", (("endpoint", "mirror"), ("status_class", "2xx")))] == 3.0
+
+
+def test_the_mirror_metrics_are_two_gauge_lines():
+    text = report.metrics_text(MIRRORED, ScopeRecord())
+
+    assert [line for line in text.splitlines() if "mirror_" in line and not line.startswith("#")] == [
+        f'{P}mirror_generation{{mirror="{MIRROR_URL}"}} 1780000000.0',
+        f'{P}mirror_published_timestamp_seconds{{mirror="{MIRROR_URL}"}} {NOW - 60.5!r}',
+    ]
+    assert {name: kind for name, kind in families(text).items() if "mirror_" in name} == {
+        P + "mirror_generation": "gauge", P + "mirror_published_timestamp_seconds": "gauge"}
+
+
+def test_the_mirror_label_is_escaped():
+    url = 'https://mirror.example.com/a"b\\c\nd'  # a quote, a backslash, a line break
+
+    text = report.metrics_text(replace(MIRRORED, mirror=url), ScopeRecord())
+
+    assert f'{P}mirror_generation{{mirror="https://mirror.example.com/a\\"b\\\\c\\nd"}} 1780000000.0' in text
+    assert samples(text)[(P + "mirror_generation", (("mirror", url),))] == 1_780_000_000.0
+
+
+def test_a_mirror_run_that_accepted_no_bundle_shows_generation_zero():
+    failed = replace(FAILED, mirror=MIRROR_URL)
+
+    found = samples(report.metrics_text(failed, ScopeRecord()))
+
+    assert found[(P + "mirror_generation", (("mirror", MIRROR_URL),))] == 0.0
+    assert found[(P + "mirror_published_timestamp_seconds", (("mirror", MIRROR_URL),))] == 0.0
+
+
+def test_an_iam_run_has_no_mirror_metrics():
+    assert "mirror" not in report.metrics_text(OK, ScopeRecord(last_success=NOW))
+
+
+def test_the_summary_of_a_mirror_run_names_the_generation():
+    assert report.summary(MIRRORED).endswith(f"(run {RUN}); mirror generation 1780000000")
+
+
+def test_a_mirror_run_is_recorded_with_its_generation(tmp_path):
+    saved = report.record(str(tmp_path), "mirror " + MIRROR_URL + " groups=*", MIRRORED)
+
+    assert saved.last_run == MIRRORED
+    assert state.read(str(tmp_path), "mirror " + MIRROR_URL + " groups=*").last_run.generation == 1_780_000_000

@@ -231,3 +231,56 @@ def test_an_unwritable_state_directory_raises_os_error(tmp_path):
 def test_module_exports():
     assert state.STATE_FILE == "coreweave-state.json"
     assert {"Counts", "RunReport", "ScopeRecord", "read", "write", "write_atomically"} <= set(state.__all__)
+
+
+# --- mirror mode: the mirror, its generation and when it was published --------------------------------------
+
+MIRROR_REPORT = RunReport(started=NOW - 2.0, duration=0.25, outcome="ok", run=RUN, users=3, groups=2, keys=4,
+                          maps_written=("passwd", "group", "shadow", "sshkey"), requests={"mirror/2xx": 3},
+                          bytes=2048, mirror="https://mirror.example.com/bundle", generation=1_780_000_000,
+                          published=NOW - 60.5)
+
+
+def test_a_mirror_report_round_trips_through_its_dict():
+    data = MIRROR_REPORT.to_dict()
+
+    assert (data["mirror"], data["generation"], data["published"]) == (
+        "https://mirror.example.com/bundle", 1_780_000_000, NOW - 60.5)
+    assert RunReport.from_dict(data) == MIRROR_REPORT
+    assert RunReport.from_dict(json.loads(json.dumps(data))) == MIRROR_REPORT
+
+
+def test_an_iam_report_has_no_mirror_keys():
+    assert not {"mirror", "generation", "published"} & set(REPORT.to_dict())
+    assert REPORT.to_dict() == FULL_AS_WRITTEN["last_run"]  # as the previous version wrote it
+
+
+def test_a_mirror_report_is_kept_in_the_state_file(tmp_path):
+    record = ScopeRecord(accepted=Counts(3, 2, NOW), last_run=MIRROR_REPORT, last_success=NOW)
+    state.write(str(tmp_path), "mirror https://mirror.example.com/bundle groups=*", record)
+
+    assert state.read(str(tmp_path), "mirror https://mirror.example.com/bundle groups=*") == record
+    kept = written(tmp_path)["scopes"]["mirror https://mirror.example.com/bundle groups=*"]["last_run"]
+    assert (kept["mirror"], kept["generation"], kept["published"]) == (
+        "https://mirror.example.com/bundle", 1_780_000_000, NOW - 60.5)
+
+
+def test_a_failed_mirror_run_names_the_mirror_without_a_generation():
+    failed = RunReport(started=NOW, duration=0.1, outcome="failed", error_kind="BundleError", error="refused",
+                       mirror="https://mirror.example.com/bundle")
+
+    data = failed.to_dict()
+
+    assert data["mirror"] == "https://mirror.example.com/bundle"
+    assert "generation" not in data and "published" not in data
+    assert RunReport.from_dict(data) == failed
+
+
+def test_a_generation_that_is_no_number_reads_as_no_report():
+    assert RunReport.from_dict({**MIRROR_REPORT.to_dict(), "generation": "many"}) is None
+
+
+def test_a_publication_time_that_is_no_number_reads_as_none_accepted():
+    found = RunReport.from_dict({**MIRROR_REPORT.to_dict(), "published": "yesterday"})
+
+    assert found == RunReport(**{**MIRROR_REPORT.__dict__, "published": 0.0})
