@@ -7,12 +7,14 @@ SCIM server still up, after the direct syncs and floors of that size:
   nsscache.conf plus ``coreweave_publish_dir`` and ``coreweave_publish_key``, an
   ed25519 key from ``ssh-keygen``) under launch.py: wall, CPU, peak RSS, and the SCIM
   server's requests and bytes;
-* **refresh**: the stock ``nsscache -c NODECONF update --full`` on a node in mirror
+* **unchanged**: the stock ``nsscache -c NODECONF update --full`` on a node in mirror
   mode (``coreweave_mirror_url`` = a real nginx serving the publish directory,
-  tests/support/nginx.py) right after that publish: every publish writes new maps
-  (their first line names the run), so the node fetches manifest.json, the
-  generation's signature and all four maps; nginx's access log gives its requests
-  and bytes;
+  tests/support/nginx.py) right after that publish: the listing did not change, so
+  the new generation names the same maps and the node fetches the new manifest and
+  its signature only; nginx's access log gives its requests and bytes;
+* **refresh**: the same node with its kept bundle (<state_dir>/coreweave-mirror)
+  removed first, so that it fetches manifest.json, the signature and all four maps,
+  as after a publish that changed every map (the cost the issue's goal is about);
 * **idle**: the same node again with nothing new published: one conditional GET;
 * **fleet**: F nodes (each its own nsscache.conf, caches and state) run the stock
   ``nsscache update --full`` as real processes, W at a time, against the same nginx:
@@ -20,7 +22,7 @@ SCIM server still up, after the direct syncs and floors of that size:
   server counts what IAM saw in each round, nginx what the nodes fetched, each node's
   own run record (coreweave-state.json) what it asked for.
 
-R repetitions of publish, refresh, idle (medians); one fleet round of each kind.
+R repetitions of publish, unchanged, refresh, idle (medians); one fleet round of each kind.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = ["Served", "Measured", "Round", "ManyResult", "measure", "nginx_suppor
            "NODE_TIMEOUT", "MODE"]
 
 STATE_FILE = "coreweave-state.json"
+MIRROR_STORE = "coreweave-mirror"  # a node's kept bundle, under its state directory
 NODE_TIMEOUT = 600  # seconds, one node's update
 MODE = "real `nsscache update --full` processes"
 REFRESH_FILES = ("manifest.json", "manifest.json.sig", *MAPS)  # what a node fetches after a publish
@@ -129,9 +132,10 @@ class ManyResult:
     expected_listing: int  # ⌈users/page⌉ + ⌈groups/page⌉
     bundle: Dict[str, int]  # the files a node fetches after a publish -> bytes (the last generation)
     publish: List[Measured]
-    refresh: List[Measured]
-    idle: List[Measured]
+    refresh: List[Measured]  # every map fetched
+    idle: List[Measured]  # nothing new published
     rounds: List[Round]
+    unchanged: List[Measured] = field(default_factory=list)  # a new generation naming the same maps
     mode: str = MODE
 
 
@@ -273,6 +277,10 @@ class _Many:
                         served(logged), own, int(record.get("bytes", 0)), line_counts(self.node / "cache"),
                         cache_entries(self.node / "cache") == self.direct)
 
+    def forget(self) -> None:
+        """Remove the node's kept bundle: its next update fetches every map (its caches stay)."""
+        shutil.rmtree(self.node / "state" / MIRROR_STORE)
+
     def bundle(self) -> Dict[str, int]:
         """The bytes of the files a node fetches after the last publish."""
         manifest = json.loads((self.publish_dir / "manifest.json").read_text())
@@ -356,7 +364,7 @@ def measure(size, expected_listing: int, reps: int, nodes: int, workers: int, sa
     try:
         with nginx.serve(work / "published", work / "nginx") as web:
             many = _Many(size, web, work)
-            publishes, refreshes, idles = _repeat(many, reps, say)
+            publishes, unchanged, refreshes, idles = _repeat(many, reps, say)
             rounds = many.fleet(nodes, workers, say)
             bundle = many.bundle()
     except (nginx.NginxMissing, nginx.NginxError, subprocess.CalledProcessError) as e:
@@ -366,20 +374,27 @@ def measure(size, expected_listing: int, reps: int, nodes: int, workers: int, sa
             shutil.rmtree(work / "fleet", ignore_errors=True)  # gigabytes at 100,000 users
     return ManyResult(users=size.users, members=size.settings.members_for(size.users),
                       expected_listing=expected_listing, bundle=bundle, publish=publishes, refresh=refreshes,
-                      idle=idles, rounds=rounds)
+                      idle=idles, rounds=rounds, unchanged=unchanged)
 
 
-def _repeat(many: _Many, reps: int, say) -> Tuple[List[Measured], List[Measured], List[Measured]]:
-    """After a warm-up pair, ``reps`` times: publish, the node's refresh, its idle refresh."""
+def _repeat(many: _Many, reps: int, say) -> Tuple[List[Measured], ...]:
+    """After a warm-up pair, ``reps`` times: publish; the node's refresh (it holds the previous
+    generation); its refresh without its kept bundle (every map); its idle refresh."""
     many.publish()  # the node then holds a generation, as a node in service does
     many.update()
-    publishes, refreshes, idles = [], [], []
+    publishes: List[Measured] = []
+    unchanged: List[Measured] = []
+    refreshes: List[Measured] = []
+    idles: List[Measured] = []
     for rep in range(reps):
         publishes.append(many.publish())
+        unchanged.append(many.update())
+        many.forget()
         refreshes.append(many.update())
         idles.append(many.update())
-        p, r, i = publishes[-1], refreshes[-1], idles[-1]
+        p, u, r, i = publishes[-1], unchanged[-1], refreshes[-1], idles[-1]
         say(f"  mirror rep {rep + 1}/{reps}: publish {p.wall:.2f} s (CPU {p.cpu:.2f} s, {p.maxrss_kb / 1024:.0f} MiB), "
-            f"node refresh {r.wall:.2f} s ({r.nginx.requests} requests, {r.nginx.bytes_sent / 1e6:.2f} MB), "
+            f"node refresh {u.wall:.2f} s ({u.nginx.requests} requests, {u.nginx.bytes_sent:,} bytes), "
+            f"every map {r.wall:.2f} s ({r.nginx.requests} requests, {r.nginx.bytes_sent / 1e6:.2f} MB), "
             f"idle {i.wall:.2f} s ({i.nginx.requests} requests: {i.nginx.statuses})")
-    return publishes, refreshes, idles
+    return publishes, unchanged, refreshes, idles

@@ -171,6 +171,8 @@ def read_bundle(manifest: Manifest, texts: Mapping[str, bytes]) -> Published:
     the maps must agree with each other and with the manifest's counts.
     :raises BundleError: MALFORMED"""
     lines = {name: _lines(name, manifest, texts[name]) for name in MAPS}
+    for name in ("shadow", "sshkey"):  # a second line must not replace the first unseen
+        _unique(name, [row.fields[0] for row in lines[name]])
     shadow = _shadow_fields(lines["shadow"])
     keys = _keys(lines["sshkey"])
     accounts = [_account(row, keys.get(row.fields[0], ())) for row in lines["passwd"]]

@@ -183,7 +183,9 @@ def _load(config: Config) -> Optional[_Stored]:
     for entry in bundle.parse_manifest(manifest_bytes).files.values():
         with contextlib.suppress(OSError):
             with open(os.path.join(directory, entry.sha256), "rb") as f:
-                blobs[entry.sha256] = f.read()
+                data = f.read()
+            if bundle.sha256(data) == entry.sha256:  # a damaged copy is fetched again, not trusted
+                blobs[entry.sha256] = data
     return _Stored(manifest_bytes, signature, generation, str(record.get("etag") or ""),
                    str(record.get("last_modified") or ""), blobs)
 
@@ -221,7 +223,11 @@ class _Client:
     @contextlib.contextmanager
     def of(cls, config: Config, stats: scim.Stats, clock: scim.Clock) -> Iterator[_Client]:
         with requests.Session() as session:
-            session.headers["User-Agent"] = scim.USER_AGENT  # no Authorization: a mirror needs no token
+            session.headers["User-Agent"] = scim.USER_AGENT
+            # No Authorization: a mirror needs no credential, and requests would otherwise send
+            # the ~/.netrc login of the mirror's host (also to wherever a redirect leads; the
+            # bundle is signed, so following one is safe).
+            session.auth = _NoAuth()
             yield cls(session, config, stats, clock, clock.monotonic() + config.server.deadline)
 
     def get(self, path: str, limit: int, conditional: Optional[Mapping[str, str]] = None):
@@ -275,6 +281,11 @@ class _Client:
         log.warning("%s: %s; retrying in %.1f s (%d of %d)", where, failure, wait, attempt + 1, self.policy.retries)
         self.stats.retries += 1
         self.clock.sleep(wait)
+
+
+class _NoAuth(requests.auth.AuthBase):
+    def __call__(self, request):
+        return request
 
 
 def _read(response, path: str, limit: int) -> bytes:

@@ -171,7 +171,13 @@ def test_many_nodes_publish_refresh_idle_and_fleet(installed_venv, tmp_path):
     assert many["expected_listing"] == 5 and many["users"] == 150 and many["members"] == 60
     assert [run["iam_requests"] for run in many["publish"]] == [listing, listing]
     assert [run["iam_bytes"] for run in many["publish"]] == [run["body_bytes"] for run in size["sync"]]
-    for run in many["refresh"]:  # right after a publish: the new manifest, its signature, every map, once
+    for run in many["unchanged"]:  # after a publish of the same listing: the new manifest and its signature only
+        generation = run["nginx"]["paths"][1].split("/")[2]
+        assert run["nginx"]["paths"] == _bundle_paths(generation)[:2]
+        assert run["nginx"]["statuses"] == {"200": 2} and run["node_requests"] == {"mirror/2xx": 2}
+        assert run["nginx"]["body_bytes"] == run["node_bytes"] > 0
+        assert run["iam_requests"] == {} and run["same_as_direct"] is True
+    for run in many["refresh"]:  # without its kept bundle: the manifest, its signature, every map, once
         generation = run["nginx"]["paths"][1].split("/")[2]
         assert run["nginx"]["paths"] == _bundle_paths(generation)
         assert run["nginx"]["statuses"] == {"200": 6} and run["node_requests"] == {"mirror/2xx": 6}
@@ -204,4 +210,5 @@ def test_many_nodes_publish_refresh_idle_and_fleet(installed_venv, tmp_path):
         row = next(line for line in section.splitlines() if line.startswith(f"| {target} |"))
         assert row.endswith("| ✅ pass |"), row
     assert "| publish / floor |" in section and "| round | nodes | at a time |" in section
+    assert "| node refresh, unchanged listing / direct sync |" in section
     assert "**NO**" not in section  # every check of the measurement itself holds

@@ -371,6 +371,7 @@ def test_status_json_before_any_run(node, clock):
         "registration_problem": None,
         "shrink_refusals": 0,
         "slurm_sync": None,
+        "last_publish": None,
     }
 
 
