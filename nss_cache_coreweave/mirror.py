@@ -134,11 +134,17 @@ def _maps(client: _Client, manifest: Manifest, blobs: Mapping[str, bytes]) -> Tu
     maps, downloaded = {}, []
     for name in bundle.MAPS:
         entry = manifest.files[name]
+        where = f"bundle {entry.path}"
         data = blobs.get(entry.sha256)
         if data is None:
-            data = client.get(entry.path, entry.bytes)[2]
+            try:
+                data = client.get(entry.path, entry.bytes)[2]
+            except BundleError as e:  # never read past the signed size
+                if e.reason is not BundleReason.TOO_LARGE:
+                    raise
+                raise BundleError(where, BundleReason.TAMPERED, what="its size", got=f"more than {entry.bytes}",
+                                  expected=entry.bytes) from None
             downloaded.append(name)
-        where = f"bundle {entry.path}"
         if len(data) != entry.bytes:
             raise BundleError(where, BundleReason.TAMPERED, what="its size", got=len(data), expected=entry.bytes)
         digest = bundle.sha256(data)

@@ -13,16 +13,18 @@ keys). The host's /etc is checked unchanged afterwards.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import pytest
 
 from support.fakeiam import FakeIAM
 from support.loginnode import (
+    ALICE_ID,
+    FRANK_ID,
     HOST_STATE_DIR,
     KEYS_COMMAND,
     LoginNode,
+    build_org,
     fingerprint,
     make_key,
     make_keys_venv,
@@ -31,40 +33,12 @@ from support.loginnode import (
     run,
     snapshot,
 )
+from support.loginnode import group_of as _group
+from support.loginnode import user_of as _user
 from support.node import EXT, TOKEN
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_PATHS = ("/etc", "/usr/local/sbin", HOST_STATE_DIR)  # a missing one must stay missing
-
-ALICE_ID = "uid=20001(alice) gid=20001 groups=20001,30001(slurm-users),30002(slurm-admins)\n"
-FRANK_ID = "uid=20006(frank) gid=20006 groups=20006,30001(slurm-users)\n"
-
-
-def _user(org, name):
-    return next(u for u in org["Users"] if u[EXT]["sunkPosixUsername"] == name)
-
-
-def _group(org, name):
-    return next(g for g in org["Groups"] if g["sunkPosixGroupName"] == name)
-
-
-def build_org(keys):
-    """demo/org.json with our public keys, plus IAM members ``root`` and ``al``."""
-    org = json.loads((REPO / "demo" / "org.json").read_text())
-    for name in ("alice", "bob", "carol", "dave", "frank"):
-        _user(org, name)[EXT]["sunkSshKeys"] = [public_key(keys[name])]
-    _user(org, "alice")[EXT]["sunkSshKeys"].append(public_key(keys["alice2"]))
-    for number, (name, user_keys) in enumerate((("root", [public_key(keys["root"])]), ("al", [])), start=7):
-        user = copy.deepcopy(_user(org, "erin"))
-        user["id"] = f"00000000-0000-4000-8000-00000000000{number}"
-        user["userName"] = f"{name}@example.com"
-        user["displayName"] = f"IAM {name}"
-        user[EXT].update(sunkPosixUsername=name, sunkPosixUid=20000 + number, sunkPosixGid=20000 + number,
-                         sunkSshKeys=user_keys)
-        org["Users"].append(user)
-        _group(org, "slurm-users")["members"].append({"value": user["id"], "type": "User"})
-    return org
-
 
 @pytest.fixture(scope="module")
 def host_before():

@@ -23,7 +23,9 @@ Anything missing (root, unshare, sshd, libnss-cache) fails the test: nothing is 
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import os
 import pty
 import shutil
@@ -35,9 +37,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
+
+from support.node import EXT
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
@@ -136,11 +140,14 @@ def fingerprint(private: Path) -> str:
 class LoginNode:
     """The namespace, its /etc copy, nsscache and sshd. Use as a context manager."""
 
-    def __init__(self, nsscache_bin: Path, keys_bin: Path, base_url: str, token: str):
+    def __init__(self, nsscache_bin: Path, keys_bin: Path, base_url: str, token: str,
+                 mirror: Optional[Tuple[str, Path]] = None):
         self.nsscache_bin = nsscache_bin  # venv bin/ with the stock nsscache script (run as root)
         self.keys_bin = keys_bin  # venv bin/ readable by KEYS_USER, with nsscache-coreweave-keys
         self.base_url = base_url
         self.token = token
+        # Mirror mode (issue 15): (the bundle's URL, the publisher's public key) instead of IAM.
+        self.mirror = mirror
         # Not under pytest's tmp_path (0700): KEYS_USER must reach the timestamp directory.
         self.root = Path(tempfile.mkdtemp(prefix="nsscache-e2e-"))
         self.root.chmod(0o755)
@@ -199,20 +206,25 @@ class LoginNode:
         nsswitch.write_text("\n".join(lines) + "\n")
         # nsscache.conf: the shipped example, pointed at the FakeIAM; what it keeps in /var/lib/nsscache
         # (timestamps, the shrink guard's state) goes to this node's state directory instead.
-        conf = []
-        for line in (CONF / "nsscache.conf").read_text().splitlines():
-            if line.startswith("coreweave_base_url ="):
-                line = f"coreweave_base_url = {self.base_url}"
-            elif line.startswith("coreweave_token_file ="):
-                line = f"coreweave_token_file = {token}"
-            elif not line.startswith("#"):
-                line = line.replace(f"= {HOST_STATE_DIR}", f"= {self.state}")
-            conf.append(line)
+        conf = [self._conf_line(line, token) for line in (CONF / "nsscache.conf").read_text().splitlines()]
         (self.etc / "nsscache.conf").write_text("\n".join(conf) + "\n")
         # sshd: Debian's sshd_config (it includes sshd_config.d/*.conf) plus the shipped snippet.
         dropin = self.etc / "ssh" / "sshd_config.d"
         dropin.mkdir(exist_ok=True)
         shutil.copy(CONF / "sshd_config.d" / "nsscache-coreweave.conf", dropin / "nsscache-coreweave.conf")
+
+    def _conf_line(self, line: str, token: Path) -> str:
+        """A line of the shipped nsscache.conf as this node has it: IAM's URL and the token
+        file, or in mirror mode the mirror and the publisher's key in their place."""
+        if line.startswith("coreweave_base_url ="):
+            if self.mirror is not None:
+                return f"coreweave_mirror_url = {self.mirror[0]}\ncoreweave_mirror_public_key = {self.mirror[1]}"
+            return f"coreweave_base_url = {self.base_url}"
+        if line.startswith("coreweave_token_file ="):
+            return "" if self.mirror is not None else f"coreweave_token_file = {token}"
+        if not line.startswith("#"):
+            return line.replace(f"= {HOST_STATE_DIR}", f"= {self.state}")
+        return line
 
     def _enter_namespace(self) -> None:
         script = (
@@ -367,3 +379,35 @@ __all__ = ["HOST_STATE_DIR", "KEYS_USER", "LoginNode", "Login", "Sshd", "make_ke
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("import this module from tests/e2e")
+
+
+# --- the organisation of the login tests (tests/e2e) ------------------------------------------
+
+ALICE_ID = "uid=20001(alice) gid=20001 groups=20001,30001(slurm-users),30002(slurm-admins)\n"
+FRANK_ID = "uid=20006(frank) gid=20006 groups=20006,30001(slurm-users)\n"
+
+
+def user_of(org, name):
+    return next(u for u in org["Users"] if u[EXT]["sunkPosixUsername"] == name)
+
+
+def group_of(org, name):
+    return next(g for g in org["Groups"] if g["sunkPosixGroupName"] == name)
+
+
+def build_org(keys):
+    """demo/org.json with our public keys, plus IAM members ``root`` and ``al``."""
+    org = json.loads((REPO / "demo" / "org.json").read_text())
+    for name in ("alice", "bob", "carol", "dave", "frank"):
+        user_of(org, name)[EXT]["sunkSshKeys"] = [public_key(keys[name])]
+    user_of(org, "alice")[EXT]["sunkSshKeys"].append(public_key(keys["alice2"]))
+    for number, (name, user_keys) in enumerate((("root", [public_key(keys["root"])]), ("al", [])), start=7):
+        user = copy.deepcopy(user_of(org, "erin"))
+        user["id"] = f"00000000-0000-4000-8000-00000000000{number}"
+        user["userName"] = f"{name}@example.com"
+        user["displayName"] = f"IAM {name}"
+        user[EXT].update(sunkPosixUsername=name, sunkPosixUid=20000 + number, sunkPosixGid=20000 + number,
+                         sunkSshKeys=user_keys)
+        org["Users"].append(user)
+        group_of(org, "slurm-users")["members"].append({"value": user["id"], "type": "User"})
+    return org

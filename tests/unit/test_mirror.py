@@ -462,7 +462,8 @@ def test_a_longer_map_is_refused_unread(tmp_path, published, server):
     error = refusal(configure(tmp_path, server.url))
 
     assert (error.kind, error.reason, error.values) == (
-        f"bundle generations/{GENERATION}/passwd", BundleReason.TOO_LARGE, {"limit": entry.bytes})
+        f"bundle generations/{GENERATION}/passwd", BundleReason.TAMPERED,
+        {"what": "its size", "got": f"more than {entry.bytes}", "expected": entry.bytes})
 
 
 def test_a_bundle_signed_by_another_key_is_refused(tmp_path, published, server):
