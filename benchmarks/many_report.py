@@ -208,7 +208,8 @@ def markdown(result: "BenchResult") -> List[str]:
     out += [
         f"At {many.users:,} users ({many.members:,} members of the configured groups), the same server and "
         f"organisation as the direct syncs above; medians of {len(many.publish)} runs each (min–max in brackets), "
-        "after one unmeasured publish and node refresh; publish, refresh and idle refresh alternate.",
+        "after one unmeasured publish and node refresh; then, in turn, a publish, the node's refresh, its refresh "
+        "without its kept bundle and its idle refresh.",
         "",
         md_table(*run_rows(many, size)),
         "",

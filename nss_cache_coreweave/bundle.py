@@ -28,7 +28,7 @@ from nss_cache.caches import files
 from . import marker
 from .config import SHADOW_FIELDS, ShadowDefaults
 from .errors import BundleError, BundleReason
-from .policy import POSIX_NAME, Account, Directory, PosixGroup
+from .policy import Account, Directory, PosixGroup, valid_name
 
 __all__ = [
     "FORMAT", "MAPS", "MANIFEST", "SIGNATURE", "FileEntry", "Manifest", "Published", "generation_dir",
@@ -99,7 +99,7 @@ def parse_manifest(data: bytes, where: str = "bundle " + MANIFEST) -> Manifest:
     """A manifest, checked field by field. :raises BundleError: MALFORMED"""
     try:
         document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise BundleError(where, BundleReason.MALFORMED, detail="not JSON") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise BundleError(where, BundleReason.MALFORMED, detail=f"not a manifest of format {FORMAT}")
@@ -217,10 +217,10 @@ def _lines(map_name: str, manifest: Manifest, data: bytes) -> List[_Row]:
     for number, line in enumerate(lines[1:], 2):
         fields = line.split(":", 1) if map_name == "sshkey" else line.split(":")
         row = _Row(map_name, number, fields)
-        if len(fields) != _FIELDS.get(map_name, 2) or not POSIX_NAME.fullmatch(fields[0]) or fields[0] == marker.NAME:
+        if len(fields) != _FIELDS.get(map_name, 2) or not valid_name(fields[0]):
             raise row.problem("not an entry of a valid name and the format's fields")
-        if not line.isprintable():
-            raise row.problem("holds a control character")
+        if not (line.isascii() and line.isprintable()):  # what policy lets through is printable ASCII
+            raise row.problem("holds a control or non-ASCII character")
         rows.append(row)
     return rows
 
@@ -248,7 +248,7 @@ def _shadow_fields(rows: List[_Row]) -> Dict[str, Tuple[Optional[int], ...]]:
     for row in rows:
         if row.fields[1] != "*":
             raise row.problem("the password field must be '*'")
-        found[row.fields[0]] = tuple(_number(row, f) if f else None for f in row.fields[2:])
+        found[row.fields[0]] = tuple(_number(row, f, 2**31 - 1) if f else None for f in row.fields[2:])
     return found
 
 
@@ -274,9 +274,9 @@ def _keys(rows: List[_Row]) -> Dict[str, Tuple[str, ...]]:
     return found
 
 
-def _number(row: _Row, text: str) -> int:
-    if not (text.isascii() and text.isdigit() and len(text) <= 10):
-        raise row.problem(f"{text!r} is not a number")
+def _number(row: _Row, text: str, high: int = 2**32 - 1) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 10) or int(text) > high:
+        raise row.problem(f"{text!r} is not a number up to {high}")
     return int(text)
 
 

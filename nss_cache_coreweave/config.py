@@ -729,6 +729,9 @@ def _url(r: Reader, name: str, text: str) -> str:
     elif url.startswith("http://") and not _is_loopback(_url_host(url)):
         r.problem(name, f"{key} must use https:// for host {_url_host(url)!r}: http:// is accepted only for a "
                         f"loopback test server (localhost, 127.0.0.0/8, ::1), got {url!r}")
+    elif "@" in _authority(url):
+        r.problem(name, f"{key} must not hold a user or password (it would be logged and is never sent): "
+                        f"got {_url_host(url)!r}")
     return url
 
 
@@ -1056,6 +1059,11 @@ def _shown(value: object) -> str:
 
 
 # --- small checks ------------------------------------------------------------------------------------------------
+
+
+def _authority(url: str) -> str:
+    """What lies between ``scheme://`` and the next '/' (user, password, host, port)."""
+    return url.partition("://")[2].split("/", 1)[0]
 
 
 def _url_host(url: str) -> str:

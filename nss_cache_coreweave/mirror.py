@@ -22,9 +22,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Mapping, Optional, Tuple
+from typing import Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import requests
 import urllib3
@@ -44,6 +45,7 @@ FUTURE_SKEW = 300.0  # seconds a bundle may be dated ahead of this node's clock
 SMALL_FILE = 1 << 20  # bytes: the most a manifest or a signature may take
 ERROR_BODY = 4096  # bytes of an error answer read, for its detail
 _CLOCK = scim.Clock()
+_VALIDATOR = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,255}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def take(config: Config, stats: scim.Stats, *, clock: scim.Clock = _CLOCK,
         else:
             generation = bundle.parse_manifest(manifest_bytes).generation
             signature = client.get(f"{bundle.generation_dir(generation)}/{SIGNATURE}", SMALL_FILE)[2]
-            etag, modified = headers.get("ETag", ""), headers.get("Last-Modified", "")
+            etag, modified = _validator(headers.get("ETag")), _validator(headers.get("Last-Modified"))
         manifest = _verified(manifest_bytes, signature, mirror)
         _check_generation(manifest, manifest_bytes, stored, now, mirror.max_age)
         maps, downloaded = _maps(client, manifest, stored.blobs if stored else {})
@@ -192,8 +194,14 @@ def _load(config: Config) -> Optional[_Stored]:
                 data = f.read()
             if bundle.sha256(data) == entry.sha256:  # a damaged copy is fetched again, not trusted
                 blobs[entry.sha256] = data
-    return _Stored(manifest_bytes, signature, generation, str(record.get("etag") or ""),
-                   str(record.get("last_modified") or ""), blobs)
+    return _Stored(manifest_bytes, signature, generation, _validator(record.get("etag")),
+                   _validator(record.get("last_modified")), blobs)
+
+
+def _validator(value: object) -> str:
+    """An ETag or Last-Modified worth sending back: printable ASCII, bounded; else none
+    (a value requests refuses to send would fail every later run)."""
+    return value if isinstance(value, str) and _VALIDATOR.fullmatch(value) else ""
 
 
 def _validators(stored: Optional[_Stored]) -> Dict[str, str]:
@@ -213,13 +221,16 @@ def _validators(stored: Optional[_Stored]) -> Dict[str, str]:
 
 @dataclass
 class _Client:
-    """GETs files below the mirror URL within the run's deadline, retrying as the listing does."""
+    """GETs files below the mirror URL within the run's deadline, retrying as
+    the listing does; each exchange in a watchdog thread (scim.Exchanger), so
+    a server trickling its headers or body is abandoned at the deadline."""
 
     session: requests.Session
     config: Config
     stats: scim.Stats
     clock: scim.Clock
     deadline: float
+    exchanger: scim.Exchanger = field(default_factory=scim.Exchanger)
     policy: scim.RetryPolicy = field(init=False)
 
     def __post_init__(self) -> None:
@@ -229,12 +240,15 @@ class _Client:
     @contextlib.contextmanager
     def of(cls, config: Config, stats: scim.Stats, clock: scim.Clock) -> Iterator[_Client]:
         with requests.Session() as session:
-            session.headers["User-Agent"] = scim.USER_AGENT
-            # No Authorization: a mirror needs no credential, and requests would otherwise send
-            # the ~/.netrc login of the mirror's host (also to wherever a redirect leads; the
-            # bundle is signed, so following one is safe).
+            # No Authorization (a mirror needs no credential; requests would otherwise send the
+            # ~/.netrc login of the mirror's host), no compression (no decompression bomb).
             session.auth = _NoAuth()
-            yield cls(session, config, stats, clock, clock.monotonic() + config.server.deadline)
+            session.headers.update({"User-Agent": scim.USER_AGENT, "Accept-Encoding": "identity"})
+            client = cls(session, config, stats, clock, clock.monotonic() + config.server.deadline)
+            try:
+                yield client
+            finally:
+                client.exchanger.close()
 
     def get(self, path: str, limit: int, conditional: Optional[Mapping[str, str]] = None):
         """(status, headers, body) of a 200, or of a 304 when ``conditional`` headers were sent."""
@@ -254,26 +268,29 @@ class _Client:
             attempt += 1
 
     def _attempt(self, url: str, path: str, limit: int, conditional: Mapping[str, str]):
-        """One request: (status, headers, body), or the Verdict of a transport error."""
+        """One request, counted: (status, headers, body), or the Verdict of a transport error."""
         remaining = self.deadline - self.clock.monotonic()
+        deadline = self.config.server.deadline
         if remaining <= 0:
-            raise FetchError(f"mirror {path}", None, FetchReason.DEADLINE, deadline=self.config.server.deadline)
-        try:
-            with self.session.get(url, headers=dict(conditional), stream=True, verify=self.config.server.verify,
-                                  timeout=min(self.config.server.timeout, remaining)) as response:
-                log.debug("GET %s -> %d", url, response.status_code)
-                body = _read(response, path, limit)
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                urllib3.exceptions.HTTPError) as e:
+            raise FetchError(f"mirror {path}", None, FetchReason.DEADLINE, deadline=deadline)
+        exchange = _Exchange(self.session, url, path, limit, dict(conditional), self.config.server.verify,
+                             min(self.config.server.timeout, remaining), self.clock, self.deadline, deadline)
+        found = self.exchanger.run(exchange.run, remaining + scim.WATCHDOG_GRACE)
+        if found is None:
+            raise FetchError(f"mirror {path}", None, FetchReason.DEADLINE_WAITING, deadline=deadline)
+        if "error" in found:
+            raise found["error"]
+        outcome = found["result"]
+        if isinstance(outcome, scim.Verdict):
             self.stats.requests[("mirror", "error")] += 1
-            return scim.Verdict(scim.Action.RETRY, error=type(e).__name__)
-        self.stats.requests[("mirror", f"{response.status_code // 100}xx")] += 1
-        self.stats.bytes += len(body)
-        return response.status_code, response.headers, body
+        else:
+            self.stats.requests[("mirror", f"{outcome[0] // 100}xx")] += 1
+            self.stats.bytes += len(outcome[2])
+        return outcome
 
     def _before_retrying(self, verdict: scim.Verdict, url: str, path: str, attempt: int) -> None:
         where = f"mirror {path}"
-        if verdict.action is not scim.Action.RETRY:
+        if verdict.action is not scim.Action.RETRY:  # a redirect too: the mirror URL must be the final one
             raise BundleError(where, BundleReason.HTTP_STATUS, status=verdict.status, url=url)
         failure = Failure(url, verdict.status, verdict.detail, verdict.error)
         if self.policy.exhausted(attempt):
@@ -289,19 +306,54 @@ class _Client:
         self.clock.sleep(wait)
 
 
+@dataclass(frozen=True)
+class _Exchange:
+    """One GET, run in the watchdog thread: no redirect followed, the body read
+    within ``limit`` bytes and the run's deadline."""
+
+    session: requests.Session
+    url: str
+    path: str
+    limit: int
+    headers: Dict[str, str]
+    verify: Union[bool, str]
+    timeout: float
+    clock: scim.Clock
+    deadline: float  # monotonic
+    deadline_setting: float  # coreweave_deadline, for messages
+
+    def run(self):
+        try:
+            with self.session.get(self.url, headers=self.headers, stream=True, verify=self.verify,
+                                  timeout=self.timeout, allow_redirects=False) as response:
+                log.debug("GET %s -> %d", self.url, response.status_code)
+                return response.status_code, response.headers, self._read(response)
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.HTTPError) as e:
+            return scim.Verdict(scim.Action.RETRY, error=type(e).__name__)
+        except requests.RequestException as e:
+            raise FetchError(f"mirror {self.path}", None, FetchReason.REQUEST_FAILED, error=type(e).__name__) from None
+
+    def _read(self, response) -> bytes:
+        """A 200's body, refused past ``limit`` bytes; of any other answer, the start (for its error detail)."""
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if response.status_code == 200 and encoding not in ("", "identity"):
+            raise BundleError(f"bundle {self.path}", BundleReason.MALFORMED,
+                              detail=f"sent with Content-Encoding {encoding[:40]!r}, identity was asked for")
+        chunks, size = [], 0
+        for chunk in response.iter_content(scim.CHUNK):
+            if response.status_code != 200:
+                return chunk[:ERROR_BODY]
+            size += len(chunk)
+            if size > self.limit:
+                raise BundleError(f"bundle {self.path}", BundleReason.TOO_LARGE, limit=self.limit)
+            if self.clock.monotonic() > self.deadline:
+                raise FetchError(f"mirror {self.path}", None, FetchReason.DEADLINE_READING,
+                                 deadline=self.deadline_setting)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
 class _NoAuth(requests.auth.AuthBase):
     def __call__(self, request):
         return request
-
-
-def _read(response, path: str, limit: int) -> bytes:
-    """A 200's body, refused past ``limit`` bytes; of any other answer, the start (for its error detail)."""
-    chunks, size = [], 0
-    for chunk in response.iter_content(scim.CHUNK):
-        if response.status_code != 200:
-            return chunk[:ERROR_BODY]
-        size += len(chunk)
-        if size > limit:
-            raise BundleError(f"bundle {path}", BundleReason.TOO_LARGE, limit=limit)
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -23,7 +23,7 @@ from .snapshot import GroupRecord, Member, Snapshot, UserRecord
 
 __all__ = [
     "Account", "PosixGroup", "Drop", "Directory", "LocalAccounts", "decide", "narrow", "read_local_accounts",
-    "shrink_problem",
+    "shrink_problem", "valid_name",
     "POSIX_NAME",
 ]
 
@@ -176,7 +176,10 @@ def narrow(published: Directory, config: Config, local: Optional[LocalAccounts] 
                 drops.append(Drop("user", account.name, problem.text, code=problem.code))
             else:
                 accounts[account.name] = _with_allowed_shell(account, config, drops)
+    # The publisher dropped every party to a clash; a bundle that has one anyway is not trusted with it.
+    accounts = _without_duplicates(accounts, ("name", "uid", "home"), "user", drops)
     accounts = _without_nested_homes(accounts, local, drops)
+    groups = list(_without_duplicates({g.name: g for g in groups}, ("name", "gid"), "group", drops).values())
     return Directory(
         accounts=tuple(sorted(accounts.values(), key=lambda a: a.name)),
         groups=tuple(PosixGroup(g.name, g.gid, tuple(m for m in g.members if m in accounts)) for g in groups),
@@ -532,6 +535,11 @@ def _without_duplicates(entries: dict, fields: Tuple[str, ...], kind: str, drops
 class _Problem(NamedTuple):
     code: str
     text: str
+
+
+def valid_name(name) -> bool:
+    """Whether an IAM user or group may have ``name`` on the node (and it is not the run marker's)."""
+    return _name_problem(name) is None
 
 
 def _name_problem(name) -> Optional[_Problem]:

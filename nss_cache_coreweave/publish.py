@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from typing import Dict, Iterator, Mapping, Optional, Tuple
@@ -65,7 +66,8 @@ def publish(config: Config, *, dry_run: bool = False, accept_shrink: bool = Fals
     try:
         result, decided = _publish(config, dry_run, accept_shrink, stats, started if now is None else now)
     except CoreWeaveError as e:
-        if not dry_run and not isinstance(e, ConfigError):
+        busy = isinstance(e, PublishError) and e.busy  # the running publish records its own run
+        if not dry_run and not busy and not isinstance(e, ConfigError):
             _record(config, run.report_of(e, run="", started=started, duration=round(time.monotonic() - start, 3),
                                           stats=stats))
         raise
@@ -81,27 +83,43 @@ def _publish(config: Config, dry_run: bool, accept_shrink: bool, stats: scim.Sta
              now: float) -> Tuple[Result, policy.Directory]:
     directory = _publish_dir(config)
     key = None if dry_run else _private_key(config)
-    decided = run.fetch_and_decide(config, stats)
-    shrink.enforce(policy.shrink_problem(decided, state.read(config.state_dir, scope(config)).accepted,
-                                         config.max_shrink, config.allowed_groups, "publish"), accept=accept_shrink)
+    with _locked(directory, dry_run):  # before listing: a publish that cannot run costs IAM nothing
+        decided = run.fetch_and_decide(config, stats)
+        shrink.enforce(policy.shrink_problem(decided, state.read(config.state_dir, scope(config)).accepted,
+                                             config.max_shrink, config.allowed_groups, "publish"),
+                       accept=accept_shrink)
+        try:
+            return _next_generation(config, directory, decided, key, now), decided
+        except OSError as e:
+            raise PublishError(directory, e.strerror or type(e).__name__) from None
+
+
+def _next_generation(config: Config, directory: str, decided: policy.Directory, key, now: float) -> Result:
+    """Write and sign the next generation (``key`` None: a dry run, nothing written)."""
+    current = _current(directory)
+    if key is not None:
+        _clear_leftovers(directory, current)
+    recorded = state.read(config.state_dir, scope(config)).last_run
+    generation = max(current.generation + 1 if current else 1, _highest(directory) + 1,
+                     (recorded.generation if recorded else 0) + 1, int(now))
+    old = _maps_of(directory, current)
+    maps = _rendered(config, decided, marker.new_run(now))
+    changes = _changes(old, maps)
+    if old and not any(c.added or c.removed for c in changes):
+        maps = old  # the same files: nodes fetch the new manifest and nothing else
+    manifest = _manifest(decided, generation, now, maps)
+    if key is None:
+        return Result(manifest, changes, written=False)
+    _write(directory, manifest, maps, sshsig.sign(bundle.manifest_bytes(manifest), key))
+    # Published: what follows only tidies up, and fails the publish no more.
     try:
-        with _locked(directory, dry_run):
-            current = _current(directory)
-            generation = max(current.generation + 1 if current else 1, int(now))
-            old = _maps_of(directory, current)
-            maps = _rendered(config, decided, marker.new_run(now))
-            changes = _changes(old, maps)
-            if old and not any(c.added or c.removed for c in changes):
-                maps = old  # the same files: nodes fetch the new manifest and nothing else
-            manifest = _manifest(decided, generation, now, maps)
-            if dry_run:
-                return Result(manifest, changes, written=False), decided
-            assert key is not None
-            _write(directory, manifest, maps, sshsig.sign(bundle.manifest_bytes(manifest), key))
-            pruned = _prune(directory, generation, config.publish.keep)
+        _fsync_dir(directory)
+        pruned = _prune(directory, generation, config.publish.keep)
     except OSError as e:
-        raise PublishError(directory, e.strerror or type(e).__name__) from None
-    return Result(manifest, changes, written=True, pruned=pruned), decided
+        log.warning("coreweave: generation %d is published, but tidying %s failed: %s", generation, directory,
+                    e.strerror or e)
+        pruned = ()
+    return Result(manifest, changes, written=True, pruned=pruned)
 
 
 def _publish_dir(config: Config) -> str:
@@ -124,12 +142,20 @@ def _private_key(config: Config):
 
 @contextlib.contextmanager
 def _locked(directory: str, dry_run: bool) -> Iterator[None]:
-    """One publish at a time (a dry run reads only, and takes no lock)."""
+    """One publish at a time (a dry run reads only, and takes no lock). The
+    directories it creates are 0755 whatever the umask: the web server reads them."""
     if dry_run:
         yield
         return
-    os.makedirs(os.path.join(directory, GENERATIONS), mode=0o755, exist_ok=True)
-    with open(os.path.join(directory, LOCK), "a") as lock:
+    try:
+        for path in (directory, os.path.join(directory, GENERATIONS)):
+            if not os.path.isdir(path):
+                os.makedirs(path, exist_ok=True)
+                os.chmod(path, 0o755)
+        lock = open(os.path.join(directory, LOCK), "a")
+    except OSError as e:
+        raise PublishError(directory, e.strerror or type(e).__name__) from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -138,12 +164,39 @@ def _locked(directory: str, dry_run: bool) -> Iterator[None]:
 
 
 def _current(directory: str) -> Optional[Manifest]:
-    """The published manifest, or None (a new directory, or an unreadable manifest: published afresh)."""
+    """The published manifest; None for a new directory, or a manifest that is not one
+    (published afresh, numbered past every generation present). :raises OSError: unreadable"""
     try:
         with open(os.path.join(directory, MANIFEST), "rb") as f:
             return bundle.parse_manifest(f.read())
-    except (OSError, bundle.BundleError):
+    except FileNotFoundError:
         return None
+    except bundle.BundleError as e:
+        log.warning("coreweave: %s is not a manifest (%s): publishing afresh", os.path.join(directory, MANIFEST), e)
+        return None
+
+
+def _generations(directory: str) -> Dict[int, str]:
+    """The generation directories by number (their names exactly the number's digits)."""
+    try:
+        names = os.listdir(os.path.join(directory, GENERATIONS))
+    except FileNotFoundError:  # a dry run before the first publish
+        return {}
+    return {int(n): n for n in names if n.isascii() and n.isdigit() and str(int(n)) == n}
+
+
+def _highest(directory: str) -> int:
+    return max(_generations(directory), default=0)
+
+
+def _clear_leftovers(directory: str, current: Optional[Manifest]) -> None:
+    """What a publish that died left (the lock is ours): temporary directories, and
+    generations newer than the manifest, which no node ever read."""
+    root = os.path.join(directory, GENERATIONS)
+    newer = [n for g, n in _generations(directory).items() if current is not None and g > current.generation]
+    for name in [n for n in os.listdir(root) if ".tmp" in n] + newer:
+        log.warning("coreweave: removing %s, left by a publish that did not finish", os.path.join(root, name))
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 def _rendered(config: Config, decided: policy.Directory, run_id: str) -> Dict[str, bytes]:
@@ -171,7 +224,8 @@ def _maps_of(directory: str, current: Optional[Manifest]) -> Dict[str, bytes]:
                 maps[name] = f.read()
         except OSError:
             return {}
-        if bundle.sha256(maps[name]) != entry.sha256:
+        first = maps[name].split(b"\n", 1)[0]
+        if bundle.sha256(maps[name]) != entry.sha256 or marker.run_of(first) != current.run:
             return {}
     return maps
 
@@ -191,9 +245,9 @@ def _entries(data: bytes):
 def _write(directory: str, manifest: Manifest, maps: Mapping[str, bytes], signature: bytes) -> None:
     """generations/<N> whole under a temporary name, renamed into place; then the latest manifest's copies."""
     final = os.path.join(directory, bundle.generation_dir(manifest.generation))
-    temporary = final + ".tmp"
-    shutil.rmtree(temporary, ignore_errors=True)  # left by a publish that died (the lock is ours)
-    os.mkdir(temporary, 0o755)
+    # A name of its own: where the lock does not hold (NFS without locking), two publishes
+    # never mix their files; the second rename then fails instead.
+    temporary = tempfile.mkdtemp(prefix=f"{manifest.generation}.tmp.", dir=os.path.dirname(final))
     manifest_text = bundle.manifest_bytes(manifest)
     for name, data in {**maps, MANIFEST: manifest_text, SIGNATURE: signature}.items():
         state.write_atomically(os.path.join(temporary, name), data, 0o644)
@@ -205,7 +259,6 @@ def _write(directory: str, manifest: Manifest, maps: Mapping[str, bytes], signat
     state.write_atomically(os.path.join(directory, SIGNATURE), signature, 0o644)
     state.write_atomically(os.path.join(directory, MANIFEST), manifest_text, 0o644,
                            mtime=_next_mtime(os.path.join(directory, MANIFEST)))
-    _fsync_dir(directory)
 
 
 def _next_mtime(path: str) -> float:
@@ -228,12 +281,13 @@ def _fsync_dir(path: str) -> None:
 
 
 def _prune(directory: str, current: int, keep: int) -> Tuple[int, ...]:
-    """Remove the generations older than the ``keep`` newest before ``current``."""
-    root = os.path.join(directory, GENERATIONS)
-    older = sorted((int(n) for n in os.listdir(root) if n.isdigit() and int(n) < current), reverse=True)
+    """Remove the generations older than the ``keep`` newest before ``current``
+    (only real ones: _clear_leftovers removed what no manifest named)."""
+    found = _generations(directory)
+    older = sorted((g for g in found if g < current), reverse=True)
     removed = tuple(older[keep:])
     for generation in removed:
-        shutil.rmtree(os.path.join(root, str(generation)), ignore_errors=True)
+        shutil.rmtree(os.path.join(directory, GENERATIONS, found[generation]), ignore_errors=True)
     return removed
 
 

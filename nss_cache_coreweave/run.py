@@ -123,6 +123,8 @@ def _start(config: config_mod.Config) -> Run:
     assert isinstance(run_id, str)
     duration = round(time.monotonic() - start, 3)
     decided = report_of(outcome, run=run_id, started=started, duration=duration, stats=stats)
+    if isinstance(outcome, CoreWeaveError):
+        accepted = None  # a bundle the run refused (e.g. the shrink guard) is not the one the caches hold
     return Run(config, outcome, with_mirror(decided, config, accepted), accepted)
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "Stats",
     "RetryPolicy",
     "retry_after_seconds",
+    "Exchanger",
     "Action",
     "Verdict",
     "classify",
@@ -556,7 +557,7 @@ class _Fetcher:
     clock: Clock
     deadline: float
     stats: Stats
-    exchanger: Optional[_Exchanger] = None
+    exchanger: Optional[Exchanger] = None
     policy: RetryPolicy = field(init=False)
     query: Tuple[Tuple[str, str], ...] = field(init=False)  # the endpoint's coreweave_*_query
 
@@ -625,7 +626,7 @@ class _Fetcher:
         # grace lets the socket timeout and _read's checks, which say more,
         # speak first.
         if self.exchanger is None:
-            self.exchanger = _Exchanger()
+            self.exchanger = Exchanger()
         outcome = self.exchanger.run(lambda: self._exchange(params, page_no, remaining), remaining + WATCHDOG_GRACE)
         if outcome is None:
             raise FetchError(self.kind, page_no, FetchReason.DEADLINE_WAITING, deadline=self.server.deadline)
@@ -683,7 +684,7 @@ def _query_of(server: Server, url: str) -> Tuple[Tuple[str, str], ...]:
     return ()
 
 
-class _Exchanger:
+class Exchanger:
     """One daemon thread that performs a listing's HTTP exchanges, one at a
     time, so that the caller can stop waiting at the deadline (and a thread
     is started once per listing, not once per page)."""

@@ -227,7 +227,9 @@ def _public_key_blob(line: str, number: int, path: str) -> bytes:
     fields = line.split(None, 2)
     key_type = fields[0]
     if key_type != KEY_TYPE:
-        shown = repr(key_type) if _KEY_LINE_TYPE.fullmatch(key_type) else "something else"
+        # Only a key type's name is quoted: the file may be the wrong one (a token file).
+        known = key_type.startswith(("ssh-", "ecdsa-", "sk-")) and _KEY_LINE_TYPE.fullmatch(key_type)
+        shown = repr(key_type) if known else "something else"
         raise KeyFileError(
             path, f"line {number}: starts with {shown}, not {KEY_TYPE}: only ed25519 public keys (.pub lines) work"
         )

@@ -260,6 +260,7 @@ def first_line_dropped(map_name: str) -> dict:
 ALICE_PASSWD = "alice:x:20001:20001:Alice Smith:/mnt/home/alice:/bin/bash"
 ALICE_KEYS = f"alice:{list(ALICE.keys)!r}"
 NOT_AN_ENTRY = "not an entry of a valid name and the format's fields"
+UNPRINTABLE = "line 2: holds a control or non-ASCII character"
 KEYS_REFUSED = "the keys are not a list of strings"
 
 
@@ -288,19 +289,24 @@ KEYS_REFUSED = "the keys are not a list of strings"
                      id="uid-exponent"),
         pytest.param(edited("passwd", ":20001:20001:", ": 20001:20001:"), "passwd", "line 2: ' 20001' is not a number",
                      id="uid-space"),
-        pytest.param(edited("passwd", ":20001:20001:", ":２0001:20001:"), "passwd", "is not a number",
-                     id="uid-non-ascii-digit"),
+        pytest.param(edited("passwd", ":20001:20001:", ":２0001:20001:"), "passwd",
+                     "line 2: holds a control or non-ASCII character", id="uid-non-ascii-digit"),
+        pytest.param(edited("passwd", "alice:x:", "0:x:"), "passwd", f"line 2: {NOT_AN_ENTRY}", id="name-digits"),
+        pytest.param(edited("passwd", "alice:x:", "..:x:"), "passwd", f"line 2: {NOT_AN_ENTRY}", id="name-dot-dot"),
+        pytest.param(edited("passwd", "Alice Smith", "Alicé Smith"), "passwd",
+                     "line 2: holds a control or non-ASCII character", id="gecos-non-ascii"),
+        pytest.param(edited("shadow", "alice:*:19000:", "alice:*:2147483648:"), "shadow",
+                     "line 2: '2147483648' is not a number up to 2147483647", id="shadow-field-past-int"),
         pytest.param(edited("passwd", ":20001:20001:", ":20001::"), "passwd", "line 2: '' is not a number",
                      id="gid-empty"),
         pytest.param(edited("group", ":30001:", ":x30001:"), "group", "'x30001' is not a number", id="group-gid"),
         pytest.param(edited("shadow", "alice:*:19000:", "alice:*:-1:"), "shadow", "line 2: '-1' is not a number",
                      id="shadow-field"),
-        pytest.param(edited("passwd", "Alice Smith", "Alice\tSmith"), "passwd", "line 2: holds a control character",
-                     id="tab"),
-        pytest.param(edited("passwd", "Alice Smith", "Alice\rSmith"), "passwd", "line 2: holds a control character",
+        pytest.param(edited("passwd", "Alice Smith", "Alice\tSmith"), "passwd", UNPRINTABLE, id="tab"),
+        pytest.param(edited("passwd", "Alice Smith", "Alice\rSmith"), "passwd", UNPRINTABLE,
                      id="carriage-return"),
         pytest.param(edited("passwd", "Alice Smith", "Alice\x1b[2JSmith"), "passwd",
-                     "line 2: holds a control character", id="escape"),
+                     "line 2: holds a control or non-ASCII character", id="escape"),
         pytest.param(edited("passwd", ALICE_PASSWD, "alice:x:20001:20001:/mnt/home/alice:/bin/bash"), "passwd",
                      f"line 2: {NOT_AN_ENTRY}", id="passwd-a-field-missing"),
         pytest.param(edited("passwd", "alice:", "Alice:"), "passwd", f"line 2: {NOT_AN_ENTRY}",

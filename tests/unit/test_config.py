@@ -1172,3 +1172,14 @@ def test_a_default_shell_that_cannot_be_written_is_refused(shell):
     refused = problem(default_shell=shell, allowed_shells="/bin/bash")
     assert refused.key == "coreweave_default_shell"
     assert f"must be an absolute, clean path, got {shell!r}" in refused.message
+
+
+@pytest.mark.parametrize("key", ["base_url", "mirror_url"])
+def test_a_url_with_a_user_and_password_is_refused_without_showing_them(key):
+    url = "https://svc:hunter2@scim.example.com/x"
+    options = {**MIRROR, key: url} if key == "mirror_url" else {key: url}
+
+    (refused,) = problems(**options)
+
+    assert refused.key == "coreweave_" + key
+    assert "must not hold a user or password" in refused.message and "hunter2" not in refused.message

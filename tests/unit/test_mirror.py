@@ -10,6 +10,7 @@ stores what a run accepted. Retries wait on an injected clock, never for real.
 from __future__ import annotations
 
 import email.utils
+import gzip
 import hashlib
 import http.server
 import os
@@ -608,3 +609,70 @@ def test_no_retry_past_the_deadline(tmp_path, published, server):
 
     # waits 1 and 2 fit in 5 s; the third (4 s) would end past the deadline
     assert (caught.value.reason, clock.waits) == (FetchReason.NO_TIME_TO_RETRY, [1.0, 2.0])
+
+
+# --- what a broken or hostile web server sends ----------------------------------------------------------------
+
+
+def test_an_etag_requests_cannot_send_back_is_not_kept(tmp_path, published, server):
+    write_bundle(published)
+    cfg = configure(tmp_path, server.url)
+    answer = server.answer
+    server.answer = lambda path, asked: (lambda s, h, b: (s, {**h, "ETag": "\x0bx"}, b))(*answer(path, asked))
+    mirror.keep(cfg, take(cfg))
+
+    again = take(cfg)  # the next run sends no unusable validator: it fetches the bundle whole
+
+    assert (again.etag, again.not_modified) == ("", False)
+    assert server.paths()[-2:] == ["/manifest.json", f"/generations/{GENERATION}/manifest.json.sig"]
+    assert "If-None-Match" not in server.sent[-2].headers
+
+
+def test_a_redirect_is_refused_never_followed(tmp_path, published, server):
+    write_bundle(published)
+    server.faults["/manifest.json"] = [302]
+
+    error = refusal(configure(tmp_path, server.url))
+
+    assert (error.reason, error.values["status"]) == (BundleReason.HTTP_STATUS, 302)
+    assert server.paths() == ["/manifest.json"]
+
+
+def test_a_compressed_answer_is_refused(tmp_path, published, server):
+    write_bundle(published)
+    answer = server.answer
+    server.answer = lambda path, asked: (lambda s, h, b: (s, {**h, "Content-Encoding": "gzip"}, gzip.compress(b)))(
+        *answer(path, asked))
+
+    error = refusal(configure(tmp_path, server.url))
+
+    assert (error.kind, error.reason) == ("bundle manifest.json", BundleReason.MALFORMED)
+    assert "Content-Encoding 'gzip'" in error.values["detail"]
+    assert server.sent[0].headers["Accept-Encoding"] == "identity"
+
+
+def test_a_mirror_trickling_its_answer_is_abandoned_at_the_deadline(tmp_path):
+    """A byte every 0.2 s never lets the socket timeout fire: the run's deadline must."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle():
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 200:
+                if stop.wait(0.2):
+                    return
+                connection.sendall(bytes([byte]))
+
+    threading.Thread(target=trickle, daemon=True).start()
+    cfg = configure(tmp_path, f"http://127.0.0.1:{listener.getsockname()[1]}", timeout="0.5", deadline="1",
+                    retries="0")
+    try:
+        with pytest.raises(FetchError) as caught:
+            mirror.take(cfg, scim.Stats(), now=NOW)
+    finally:
+        stop.set()
+        listener.close()
+
+    assert caught.value.reason is FetchReason.DEADLINE_WAITING

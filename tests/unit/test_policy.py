@@ -1421,3 +1421,18 @@ def test_narrow_names_a_listed_group_the_bundle_lacks():
 
     assert [g.name for g in narrowed.groups] == ["slurm-users"]
     assert narrowed.missing_groups == ("gpu-users", "hpc")
+
+
+def test_narrow_drops_every_party_to_a_clash_a_bundle_should_never_hold():
+    twin = dataclasses.replace(BOB_ACCOUNT, name="bobby", home="/home/bobby")  # bob's uid
+    published = dataclasses.replace(
+        PUBLISHED, accounts=PUBLISHED.accounts + (twin,),
+        groups=PUBLISHED.groups[:2] + (PosixGroup("slurm-users", 30001, ("alice", "bob", "bobby")),
+                                        PosixGroup("twins", 30001, ("carol",))))
+
+    narrowed = narrow(published)
+
+    assert names(narrowed) == ["alice", "carol"]
+    assert [(d.kind, d.who, d.code) for d in narrowed.drops] == [
+        ("user", "bob", "duplicate"), ("user", "bobby", "duplicate"),
+        ("group", "slurm-users", "duplicate"), ("group", "twins", "duplicate")]

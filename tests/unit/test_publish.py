@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import fcntl
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -383,3 +384,64 @@ def test_a_shrink_beyond_the_limit_is_refused_and_nothing_is_written(cfg, iam, d
     assert "run `nsscache-coreweave publish --accept-shrink` once" in str(caught.value)
     assert tree(tmp_path / "published") == before
     assert publish.publish(cfg, accept_shrink=True, now=NOW + 120).manifest.users == 1
+
+
+# --- what a publish that died, or a strict umask, leaves ---------------------------------------------------
+
+
+def test_a_generation_left_newer_than_the_manifest_is_removed_and_the_same_second_publishes(cfg, tmp_path):
+    publish.publish(cfg, now=NOW)
+    root = tmp_path / "published" / "generations"
+    (root / str(GENERATION + 1)).mkdir()  # renamed into place, then the publish died before manifest.json
+    (root / f"{GENERATION + 1}.tmp.abc123").mkdir()
+
+    result = publish.publish(cfg, now=NOW)
+
+    assert result.manifest.generation == GENERATION + 1
+    assert sorted(p.name for p in root.iterdir()) == [str(GENERATION), str(GENERATION + 1)]
+    assert (root / str(GENERATION + 1) / "manifest.json").read_bytes() == bundle.manifest_bytes(result.manifest)
+
+
+def test_a_lost_manifest_never_numbers_a_generation_below_those_present_or_recorded(cfg, tmp_path):
+    publish.publish(cfg, now=NOW + 5000)  # a clock once ahead
+    (tmp_path / "published" / "manifest.json").unlink()
+
+    assert publish.publish(cfg, now=NOW).manifest.generation == GENERATION + 5001
+
+    shutil.rmtree(tmp_path / "published")  # the directory lost, the state file kept
+    assert publish.publish(cfg, now=NOW).manifest.generation == GENERATION + 5002
+
+
+def test_the_directories_are_readable_by_the_web_server_under_umask_0077(cfg, tmp_path):
+    old = os.umask(0o077)
+    try:
+        result = publish.publish(cfg, now=NOW)
+    finally:
+        os.umask(old)
+    root = tmp_path / "published"
+
+    for directory in (root, root / "generations", root / "generations" / str(result.manifest.generation)):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o755, directory
+
+
+def test_a_publish_refused_as_busy_is_not_recorded(cfg, tmp_path):
+    publish.publish(cfg, now=NOW)
+    recorded = state.read(cfg.state_dir, publish.scope(cfg))
+    with open(tmp_path / "published" / ".publish.lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(PublishError) as busy:
+            publish.publish(cfg, now=NOW + 60)
+
+    assert busy.value.busy
+    assert state.read(cfg.state_dir, publish.scope(cfg)) == recorded
+
+
+def test_maps_without_the_manifests_marker_are_rendered_again_not_reused(cfg, tmp_path):
+    first = publish.publish(cfg, now=NOW)
+    passwd = tmp_path / "published" / first.manifest.files["passwd"].path
+    lines = passwd.read_bytes().split(b"\n", 1)
+    passwd.write_bytes(lines[1])  # an unchanged entry set, but no marker line
+
+    second = publish.publish(cfg, now=NOW + 60)
+
+    assert second.manifest.run != first.manifest.run

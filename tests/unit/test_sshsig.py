@@ -393,16 +393,16 @@ def _rsa_body_under_ed25519_name(tmp_path: Path) -> str:
 
 
 GARBAGE = {
-    "prose": (lambda tmp_path, ed: "this is not a key", "line 1: starts with 'this', not ssh-ed25519"),
+    "prose": (lambda tmp_path, ed: "this is not a key", "line 1: starts with something else, not ssh-ed25519"),
     "binary": (lambda tmp_path, ed: "\x00\x01\x02 x", "line 1: starts with something else, not ssh-ed25519"),
     "type-only": (lambda tmp_path, ed: "ssh-ed25519", "line 1: not a valid ssh-ed25519 key"),
     "bad-base64": (lambda tmp_path, ed: "ssh-ed25519 AAAA!!!!", "line 1: not a valid ssh-ed25519 key"),
     "cut-body": (lambda tmp_path, ed: ed[:-8], "line 1: not a valid ssh-ed25519 key"),
     "rsa-body": (lambda tmp_path, ed: _rsa_body_under_ed25519_name(tmp_path), "line 1: not a valid ssh-ed25519 key"),
     "allowed-signers-line": (
-        lambda tmp_path, ed: f'publisher namespaces="{NAMESPACE}" {ed}', "line 1: starts with 'publisher'",
+        lambda tmp_path, ed: f'publisher namespaces="{NAMESPACE}" {ed}', "line 1: starts with something else",
     ),
-    "options-before-key": (lambda tmp_path, ed: f"restrict {ed}", "line 1: starts with 'restrict'"),
+    "options-before-key": (lambda tmp_path, ed: f"restrict {ed}", "line 1: starts with something else"),
     "garbage-after-a-good-line": (lambda tmp_path, ed: f"{ed}\n\n%%%", "line 3: starts with something else"),
     "nothing": (lambda tmp_path, ed: "", "holds no ssh-ed25519 public key"),
     "comments-only": (lambda tmp_path, ed: "# nothing yet\n\n", "holds no ssh-ed25519 public key"),
@@ -509,3 +509,11 @@ def test_key_file_errors_are_value_errors_with_fields():
     assert isinstance(error, ValueError)
     assert (error.path, error.reason, str(error)) == ("/etc/key", "is missing", "/etc/key: is missing")
     assert isinstance(SignatureError(SignatureReason.ARMOR), ValueError)
+
+
+def test_a_token_file_named_as_the_public_key_is_never_quoted():
+    with pytest.raises(KeyFileError) as refused:
+        read_public_keys("cwT0ken-secret-value\n", path="/etc/nsscache-coreweave/token")
+
+    assert "cwT0ken" not in str(refused.value)
+    assert refused.value.reason.startswith("line 1: starts with something else, not ssh-ed25519")
