@@ -470,6 +470,13 @@ def machine_description(bin_dir: Path) -> Dict[str, str]:
 # --- command line -------------------------------------------------------------------------
 
 
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -500,7 +507,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip the many-nodes part (issue 15: publish, a node in mirror mode, a fleet)")
     p.add_argument("--many-nodes-at", type=int, default=MANY_AT,
                    help="the N (one of --sizes) at which the many-nodes part runs")
-    p.add_argument("--fleet-nodes", type=int, default=FLEET_NODES, help="nodes in the simulated fleet")
+    p.add_argument("--fleet-nodes", type=_positive, default=FLEET_NODES, help="nodes in the simulated fleet")
     p.add_argument("--fleet-workers", type=int, default=None,
                    help="fleet nodes updating at a time (default: 2 x the usable cores)")
     p.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md", help="the Markdown report")

@@ -21,7 +21,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from nss_cache.caches import files
 
@@ -42,6 +42,7 @@ SIGNATURE = "manifest.json.sig"
 MAX_GENERATION = 2**53  # exact in every JSON reader
 _SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 _RUN = re.compile(r"[0-9A-Za-z_.-]{1,64}", re.ASCII)
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e\n]")
 # nsscache's files cache writes each map's lines; calling its own writers keeps the format its own.
 _WRITERS = {
     "passwd": files.FilesPasswdMapHandler._WriteData,
@@ -188,8 +189,7 @@ def read_bundle(manifest: Manifest, texts: Mapping[str, bytes]) -> Published:
     return Published(published, _one_set(shadow))
 
 
-@dataclass(frozen=True)
-class _Row:
+class _Row(NamedTuple):  # one per line: a tuple is built 3 times faster than a frozen dataclass
     map_name: str
     number: int  # 1-based line number
     fields: List[str]
@@ -210,17 +210,20 @@ def _lines(map_name: str, manifest: Manifest, data: bytes) -> List[_Row]:
         raise BundleError(where, BundleReason.MALFORMED, detail="not UTF-8") from None
     if not text.endswith("\n"):
         raise BundleError(where, BundleReason.MALFORMED, detail="does not end with a newline")
+    odd = _UNPRINTABLE.search(text[:-1])  # what policy lets through is printable ASCII: one pass over the file
+    if odd is not None:
+        number = text.count("\n", 0, odd.start()) + 1
+        raise _Row(map_name, number, []).problem("holds a control or non-ASCII character")
     lines = text[:-1].split("\n")
     if marker.run_of(lines[0].encode()) != manifest.run:
         raise BundleError(where, BundleReason.MALFORMED, detail=f"line 1 is not the marker of run {manifest.run}")
-    rows = []
+    rows, size = [], _FIELDS.get(map_name, 2)
+    named_here = map_name in ("passwd", "group")  # shadow and sshkey must name passwd's users (read_bundle)
     for number, line in enumerate(lines[1:], 2):
         fields = line.split(":", 1) if map_name == "sshkey" else line.split(":")
         row = _Row(map_name, number, fields)
-        if len(fields) != _FIELDS.get(map_name, 2) or not valid_name(fields[0]):
+        if len(fields) != size or (named_here and not valid_name(fields[0])):
             raise row.problem("not an entry of a valid name and the format's fields")
-        if not (line.isascii() and line.isprintable()):  # what policy lets through is printable ASCII
-            raise row.problem("holds a control or non-ASCII character")
         rows.append(row)
     return rows
 
@@ -264,14 +267,26 @@ def _keys(rows: List[_Row]) -> Dict[str, Tuple[str, ...]]:
     """name:['key', 'key']: the repr of a list of strings, as nsscache writes it."""
     found = {}
     for row in rows:
-        try:
-            value = ast.literal_eval(row.fields[1])
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            value = None
-        if not isinstance(value, list) or not value or not all(isinstance(k, str) and k.isprintable() for k in value):
+        value = _key_list(row.fields[1])
+        if not isinstance(value, list) or not value or not all(isinstance(k, str) and k and k.isprintable()
+                                                                for k in value):
             raise row.problem("the keys are not a list of strings")
         found[row.fields[0]] = tuple(value)
     return found
+
+
+def _key_list(text: str):
+    """The list a repr of a list of strings stands for, or None. The common form
+    (``['k1', 'k2']``, no quote or backslash inside) is split; others are
+    read as a Python literal, which is 20 times slower."""
+    if text.startswith("['") and text.endswith("']"):
+        parts = text[2:-2].split("', '")
+        if not any("'" in p or "\\" in p for p in parts):
+            return parts
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
 
 
 def _number(row: _Row, text: str, high: int = 2**32 - 1) -> int:
