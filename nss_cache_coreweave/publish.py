@@ -68,8 +68,9 @@ def publish(config: Config, *, dry_run: bool = False, accept_shrink: bool = Fals
     except CoreWeaveError as e:
         busy = isinstance(e, PublishError) and e.busy  # the running publish records its own run
         if not dry_run and not busy and not isinstance(e, ConfigError):
-            _record(config, run.report_of(e, run="", started=started, duration=round(time.monotonic() - start, 3),
-                                          stats=stats))
+            failed = run.report_of(e, run="", started=started, duration=round(time.monotonic() - start, 3),
+                                   stats=stats)
+            _record(config, _still_published(config, failed))
         raise
     if result.written:
         done = run.report_of(decided, run=result.manifest.run, started=started,
@@ -120,6 +121,13 @@ def _next_generation(config: Config, directory: str, decided: policy.Directory, 
                     e.strerror or e)
         pruned = ()
     return Result(manifest, changes, written=True, pruned=pruned)
+
+
+def _still_published(config: Config, failed: RunReport) -> RunReport:
+    """A failed run's report naming the generation still published (the next
+    publish numbers past it, also when the directory is lost)."""
+    last = state.read(config.state_dir, scope(config)).last_run
+    return replace(failed, generation=last.generation, published=last.published) if last else failed
 
 
 def _publish_dir(config: Config) -> str:

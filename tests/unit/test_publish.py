@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from nss_cache_coreweave import bundle, config, policy, publish, run, sshsig, state
 from nss_cache_coreweave.bundle import MAPS, Published
 from nss_cache_coreweave.config import ShadowDefaults
-from nss_cache_coreweave.errors import ConfigError, GuardError, PublishError
+from nss_cache_coreweave.errors import ConfigError, FetchError, GuardError, PublishError
 from nss_cache_coreweave.publish import Change
 from support.node import TOKEN, expected_caches
 
@@ -445,3 +445,16 @@ def test_maps_without_the_manifests_marker_are_rendered_again_not_reused(cfg, tm
     second = publish.publish(cfg, now=NOW + 60)
 
     assert second.manifest.run != first.manifest.run
+
+
+def test_a_failed_publish_keeps_the_published_generation_on_record(cfg, tmp_path, iam):
+    first = publish.publish(cfg, now=NOW)
+    run._CACHE.clear()  # the next publish is another process: it lists IAM again
+    iam.fail("Users", status=404)
+    with pytest.raises(FetchError):
+        publish.publish(cfg, now=NOW + 60)
+    shutil.rmtree(tmp_path / "published")
+
+    last = state.read(cfg.state_dir, publish.scope(cfg)).last_run
+    assert (last.outcome, last.generation) == ("failed", first.manifest.generation)
+    assert publish.publish(cfg, now=NOW).manifest.generation == first.manifest.generation + 1
