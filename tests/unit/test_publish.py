@@ -454,6 +454,7 @@ def test_a_failed_publish_keeps_the_published_generation_on_record(cfg, tmp_path
     with pytest.raises(FetchError):
         publish.publish(cfg, now=NOW + 60)
     shutil.rmtree(tmp_path / "published")
+    run._CACHE.clear()
 
     last = state.read(cfg.state_dir, publish.scope(cfg)).last_run
     assert (last.outcome, last.generation) == ("failed", first.manifest.generation)

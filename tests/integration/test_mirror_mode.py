@@ -9,7 +9,7 @@ manifest, another key, a rolled-back or reused generation, a stale or
 future bundle, maps that disagree, a missing file, no mirror at all): its
 caches and nsscache's timestamps stay byte-identical, the reason is in its
 log, the exit status is non-zero. Publishing itself (freshness, atomicity,
-304s, status and metrics) is tests/integration/test_publish.py's."""
+304s, status and metrics) is tests/integration/test_publishing.py's."""
 
 from __future__ import annotations
 
