@@ -10,7 +10,15 @@ Data flows one way, one module per stage:
 
     run      one run per process: fetch -> decide -> guard (shrink) -> record (state, report)
     source   the nsscache Source adapter (name "coreweave") over run
-    cli      the operator's commands (update, check, preview, status, slurm-sync) over run
+    cli      the operator's commands (update, check, preview, status, slurm-sync, publish) over run
+
+Many nodes, one listing (docs/many-nodes.md):
+
+    publish  list once, decide, guard, write a signed bundle (bundle: the files and manifest,
+             sshsig: OpenSSH SSHSIG signatures) into a directory served as static files
+    mirror   a node's fetch of that bundle instead of IAM (conditional, verified, kept);
+             then policy.narrow (the node's own rules) -> render, as above
+
     convert  convert-config: a configuration of CoreWeave's nsscache fork -> ours
     errors   the exception tree; each error carries its fields
     redact   the bearer token out of every log line (ours and nsscache's)
