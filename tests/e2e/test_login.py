@@ -17,45 +17,21 @@ from pathlib import Path
 
 import pytest
 
-from support.fakeiam import FakeIAM
 from support.loginnode import (
     ALICE_ID,
     FRANK_ID,
-    HOST_STATE_DIR,
     KEYS_COMMAND,
     LoginNode,
-    build_org,
     fingerprint,
-    make_key,
     make_keys_venv,
     public_key,
-    require_environment,
     run,
-    snapshot,
 )
 from support.loginnode import group_of as _group
 from support.loginnode import user_of as _user
 from support.node import EXT, TOKEN
 
 REPO = Path(__file__).resolve().parents[2]
-HOST_PATHS = ("/etc", "/usr/local/sbin", HOST_STATE_DIR)  # a missing one must stay missing
-
-@pytest.fixture(scope="module")
-def host_before():
-    require_environment()
-    before = snapshot(*HOST_PATHS)
-    yield before
-    after = snapshot(*HOST_PATHS)
-    changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
-    assert changed == [], f"changed on the host: {changed}"
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ssh-keys")
-    return {name: make_key(directory, name)
-            for name in ("alice", "alice2", "bob", "carol", "dave", "frank", "root", "mallory")}
-
 
 @pytest.fixture(scope="module")
 def keys_bin(project_wheel, host_before):
@@ -64,17 +40,6 @@ def keys_bin(project_wheel, host_before):
     import shutil
 
     shutil.rmtree(path.parent, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def org(keys):
-    return build_org(keys)
-
-
-@pytest.fixture(scope="module")
-def iam(org):
-    with FakeIAM(org, token=TOKEN) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -11,53 +11,18 @@ import copy
 
 import pytest
 
-from support.fakeiam import FakeIAM
 from support.fleet import Publisher
 from support.loginnode import (
     ALICE_ID,
     FRANK_ID,
-    HOST_STATE_DIR,
     LoginNode,
-    build_org,
     group_of,
-    make_key,
     make_keys_venv,
     public_key,
-    require_environment,
-    snapshot,
     user_of,
 )
 from support.nginx import serve
-from support.node import EXT, TOKEN
-
-HOST_PATHS = ("/etc", "/usr/local/sbin", HOST_STATE_DIR)  # a missing one must stay missing
-
-
-@pytest.fixture(scope="module")
-def host_before():
-    require_environment()
-    before = snapshot(*HOST_PATHS)
-    yield before
-    after = snapshot(*HOST_PATHS)
-    assert sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p)) == []
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ssh-keys")
-    return {name: make_key(directory, name)
-            for name in ("alice", "alice2", "bob", "carol", "dave", "frank", "root", "mallory")}
-
-
-@pytest.fixture(scope="module")
-def org(keys):
-    return build_org(keys)
-
-
-@pytest.fixture(scope="module")
-def iam(org):
-    with FakeIAM(org, token=TOKEN) as server:
-        yield server
+from support.node import EXT
 
 
 @pytest.fixture(scope="module")

@@ -42,8 +42,9 @@ class Node:
     def conf(self) -> Path:
         return self.root / "nsscache.conf"
 
-    def configure(self, base_url: str, extra: str = "", maps: str = ", ".join(MAPS)) -> Path:
-        self.conf.write_text(
+    def _nsscache_lines(self, maps: str) -> str:
+        """nsscache's own settings: this node's caches, timestamps and lock."""
+        return (
             "[DEFAULT]\n"
             "source = coreweave\n"
             "cache = files\n"
@@ -52,6 +53,11 @@ class Node:
             f"lockfile = {self.root / 'nsscache.lock'}\n"
             f"files_dir = {self.root / 'cache'}\n"
             "files_cache_filename_suffix = cache\n"
+        )
+
+    def configure(self, base_url: str, extra: str = "", maps: str = ", ".join(MAPS)) -> Path:
+        self.conf.write_text(
+            self._nsscache_lines(maps) +
             f"coreweave_base_url = {base_url}\n"
             f"coreweave_token_file = {self.token_file}\n"
             "coreweave_groups = slurm-users, slurm-admins\n"
@@ -66,14 +72,7 @@ class Node:
         """Mirror mode: the maps from the bundle at ``url``, signed by ``public_key``'s
         private half; no IAM URL, no token, every published group (``extra`` may narrow)."""
         self.conf.write_text(
-            "[DEFAULT]\n"
-            "source = coreweave\n"
-            "cache = files\n"
-            f"maps = {maps}\n"
-            f"timestamp_dir = {self.root / 'state'}\n"
-            f"lockfile = {self.root / 'nsscache.lock'}\n"
-            f"files_dir = {self.root / 'cache'}\n"
-            "files_cache_filename_suffix = cache\n"
+            self._nsscache_lines(maps) +
             f"coreweave_mirror_url = {url}\n"
             f"coreweave_mirror_public_key = {public_key}\n"
             f"coreweave_state_dir = {self.root / 'state'}\n"
