@@ -31,7 +31,6 @@ from support.loginnode import group_of as _group
 from support.loginnode import user_of as _user
 from support.node import EXT, TOKEN
 
-REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def keys_bin(project_wheel, host_before):
