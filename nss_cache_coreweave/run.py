@@ -123,15 +123,14 @@ def _start(config: config_mod.Config) -> Run:
     assert isinstance(run_id, str)
     duration = round(time.monotonic() - start, 3)
     decided = report_of(outcome, run=run_id, started=started, duration=duration, stats=stats)
-    if isinstance(outcome, CoreWeaveError):
-        accepted = None  # a bundle the run refused (e.g. the shrink guard) is not the one the caches hold
     return Run(config, outcome, with_mirror(decided, config, accepted), accepted)
 
 
 def _outcome(config: config_mod.Config, stats: scim.Stats) -> Tuple[Union[policy.Directory, CoreWeaveError],
                                                                    Optional[mirror.Accepted]]:
     """fetch -> decide -> guard (in mirror mode: the bundle -> the node's rules
-    -> guard -> keep it); the error that stops it is the run's outcome."""
+    -> guard -> keep it); the error that stops it is the run's outcome, with no
+    bundle (one the run refused, e.g. by the shrink guard, is not what the caches hold)."""
     accepted = None
     try:
         if config.mirror is None:
@@ -143,10 +142,10 @@ def _outcome(config: config_mod.Config, stats: scim.Stats) -> Tuple[Union[policy
         if accepted is not None:
             _keep(config, accepted)
     except CoreWeaveError as e:
-        return e, accepted
+        return e, None
     except Exception as e:  # a bug of ours: every map fails the same way, and the run is recorded
         log.exception("coreweave: internal error deciding the run")
-        return InternalError(type(e).__name__), accepted
+        return InternalError(type(e).__name__), None
     return decided, accepted
 
 
