@@ -206,6 +206,10 @@ OPTIONS: Tuple[Option, ...] = (
     Option("groups_query", Kind.TEXT, None, "the same for every Groups listing request, except that `filter`, "
            "`attributes` and `excludedAttributes` are refused: the primary-gid rule needs every group, gid and "
            "members (choose groups with `coreweave_groups`)", shown="unset"),
+    Option("fetch", Kind.CHOICE, "full", "`full`: list every user; `auto`: when the server advertises filtering "
+           "(`/ServiceProviderConfig`), fetch only the allowed groups' members by id, in batches, and list every user "
+           "instead when an answer shows the filter is not honoured (logged); `members`: that, or fail (issue 16, in "
+           "progress: `auto` becomes the default once it is measured)", choices=("full", "auto", "members")),
     Option("max_pages", Kind.INTEGER, 10000, "more pages than this for one endpoint is refused as an endless listing",
            low=1, high=1_000_000),
     Option("max_users", Kind.INTEGER, 2_000_000, "a Users listing announcing or holding more users is refused; bounds "
@@ -336,6 +340,7 @@ class Server:
     verify: Union[bool, str] = True  # requests' verify: a CA bundle path or a bool
     users_query: Optional[Tuple[Tuple[str, str], ...]] = None  # extra (name, value) parameters of every Users
     groups_query: Optional[Tuple[Tuple[str, str], ...]] = None  # (Groups) listing request; None: unset
+    fetch: str = _default("fetch")  # auto, members, full: which users are fetched (memberfetch.py)
 
 
 @dataclass(frozen=True)
@@ -639,7 +644,17 @@ def _server(r: Reader, base_url: str, token: str) -> Server:
         verify=_verify(r),
         users_query=_query(r, "users_query"),
         groups_query=_query(r, "groups_query"),
+        fetch=_fetch(r),
     )
+
+
+def _fetch(r: Reader) -> str:
+    """coreweave_fetch; a Users query would have to be combined with the ids' filter: members refuses it."""
+    fetch = r.choice("fetch")
+    if fetch == "members" and r.text("users_query"):
+        r.problem("fetch", "coreweave_fetch = members cannot be combined with coreweave_users_query (its filter and "
+                           "ours would have to be joined): use auto, which lists every user when a Users query is set")
+    return fetch
 
 
 def _endpoint_url(r: Reader, base_url: str, name: str) -> str:

@@ -158,6 +158,8 @@ class ListingReason(Enum):
     COUNT_MISMATCH = "{where}: collected {collected} distinct resources but totalResults is {total}: " + _PARTIAL
     TOO_MANY_ANNOUNCED = "{where}: totalResults is {count}, more than {option} ({limit}): " + _TOO_MANY
     TOO_MANY_COLLECTED = "{where}: collected {count}, more than {option} ({limit}): " + _TOO_MANY
+    NO_MEMBER_FETCH = ("{where}: {why}: coreweave_fetch = members refuses to list every user instead; set "
+                       "coreweave_fetch = auto (falls back to the full listing) or full")
 
 
 class _EndpointError(CoreWeaveError):

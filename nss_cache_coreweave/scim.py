@@ -46,6 +46,7 @@ __all__ = [
     "Listing",
     "list_resources",
     "fetch_page",
+    "fetch_document",
     "Clock",
     "Stats",
     "RetryPolicy",
@@ -80,6 +81,7 @@ class Stats:
     requests: Counter = field(default_factory=Counter)  # (endpoint, "2xx"/"4xx"/.../"error") -> count
     retries: int = 0
     bytes: int = 0
+    fetch: str = ""  # which users were fetched: "members" (by id) or "full" (every user); "" none yet
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,18 @@ def fetch_page(
     fetcher = _Fetcher(session, server, url, kind, clock, deadline, stats if stats is not None else Stats())
     try:
         return fetcher.page(1, params)
+    finally:
+        fetcher.close()
+
+
+def fetch_document(session: requests.Session, server: Server, url: str, kind: str, *, clock: Clock,
+                   deadline: float, stats: Stats) -> bytes:
+    """One JSON document that is no listing (``/ServiceProviderConfig``), under a
+    listing's rules: retries, no redirect, the size limit, ``deadline``.
+    :raises FetchError, ListingError: as :func:`fetch_page`"""
+    fetcher = _Fetcher(session, server, url, kind, clock, deadline, stats)
+    try:
+        return fetcher.content(1, {})
     finally:
         fetcher.close()
 

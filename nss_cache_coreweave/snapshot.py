@@ -7,15 +7,18 @@ kept (raw JSON values, not yet validated: that is policy's job).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, FrozenSet, Iterable, Optional, Sequence, Tuple
 
-from . import scim
-from .config import AttributePath, Config
+from . import memberfetch, scim
+from .config import AttributePath, Config, Server
 
 __all__ = ["UserRecord", "Member", "GroupRecord", "Snapshot", "take", "resolve"]
+
+log = logging.getLogger("nss_cache_coreweave")
 
 _MISSING = object()
 # coreweave_member_match modes in which a sub-attribute of each member holds the POSIX name.
@@ -106,16 +109,73 @@ def take(
         if wanted is not None:
             # Other groups matter only for the primary-gid rule, and only through wanted users.
             groups = [wanted.narrow(g) for g in groups]
-        users = scim.list_resources(
-            session, server,
-            scim.Listing("Users", server.users_url, lambda r: _extract(r, config, wanted), _id, limit=server.max_users),
-            clock=clock, deadline=deadline, stats=stats,
-        )
+        users = _users(_Lister(session, config, wanted, clock, deadline, stats or scim.Stats()))
     finally:
         if own_session:
             session.close()
     listed = frozenset(i for i in map(_id, users) if i in given)
     return Snapshot(tuple(u for u in users if type(u) is UserRecord), tuple(groups), started, listed)
+
+
+@dataclass(frozen=True)
+class _Lister:
+    """Lists Users for one run: every user, or (memberfetch.py) the wanted ones by id."""
+
+    session: Any
+    config: Config
+    wanted: Optional["_Wanted"]
+    clock: scim.Clock
+    deadline: float
+    stats: scim.Stats
+
+    def users(self, server: Server) -> list:
+        listing = scim.Listing("Users", server.users_url, lambda r: _extract(r, self.config, self.wanted), _id,
+                               limit=server.max_users)
+        return scim.list_resources(self.session, server, listing, clock=self.clock, deadline=self.deadline,
+                                   stats=self.stats)
+
+    def document(self, url: str) -> bytes:
+        return scim.fetch_document(self.session, self.config.server, url, "ServiceProviderConfig", clock=self.clock,
+                                   deadline=self.deadline, stats=self.stats)
+
+
+def _users(lister: _Lister) -> list:
+    """The wanted users by id when coreweave_fetch and the server allow it, else
+    every user (``auto``), or an error (``members``); ``stats.fetch`` says which."""
+    server = lister.config.server
+    why = _no_member_fetch(lister.config, lister.wanted)
+    most = None if why else memberfetch.discover(lister.document, server)
+    if why is None and most is None:
+        why = "the server does not advertise filtering in /ServiceProviderConfig"
+    if why is None:
+        assert lister.wanted is not None and most is not None
+        try:
+            found = memberfetch.fetch(lister.users, server, lister.wanted.ids, memberfetch.Batches.of(server, most),
+                                      _id)
+        except memberfetch.NotFiltering as e:
+            log.warning("coreweave: fetching only the members of coreweave_groups failed: %s; listing every user "
+                        "instead", e.why)
+            why = e.why
+        else:
+            lister.stats.fetch = "members"
+            return found
+    if server.fetch == "members":
+        raise memberfetch.refused("Users", why)
+    lister.stats.fetch = "full"
+    return lister.users(server)
+
+
+def _no_member_fetch(config: Config, wanted: Optional["_Wanted"]) -> Optional[str]:
+    """Why this run lists every user whatever the server can do; None when it need not."""
+    if config.server.fetch == "full":
+        return "coreweave_fetch = full"
+    if wanted is None:
+        return "every user is wanted (coreweave_groups = *)"
+    if config.groups.member_match in NAME_MODES:
+        return f"members name users by POSIX name (coreweave_member_match = {config.groups.member_match})"
+    if config.server.users_query:
+        return "coreweave_users_query is set"
+    return None
 
 
 def _given_ids(groups: Iterable[GroupRecord]) -> FrozenSet[str]:

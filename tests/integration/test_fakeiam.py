@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -423,6 +424,247 @@ def test_base_url_is_loopback_ephemeral(org):
     with FakeIAM(org, prefix="/scim/cw623e") as a, FakeIAM(org) as b:
         assert a.base_url.startswith("http://127.0.0.1:") and a.base_url.endswith("/scim/cw623e")
         assert a.port != b.port and a.port > 0
+
+
+# -- ServiceProviderConfig (RFC 7643 §5) --------------------------------------
+
+SPC_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"
+ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
+
+
+def test_service_provider_config_is_404_unless_served(iam, http):
+    r = http.get(iam.base_url + "/ServiceProviderConfig", timeout=5)
+    assert r.status_code == 404 and r.json()["schemas"] == [ERROR_SCHEMA]
+    assert [(q.endpoint, q.status) for q in iam.requests()] == [(None, 404)]
+
+
+def test_service_provider_config_advertises_the_filter(org, http):
+    with FakeIAM(org, token=TOKEN, service_provider_config=True, filter_supported=True, filter_max_results=50,
+                 max_page_size=500) as iam:
+        r = http.get(iam.base_url + "/ServiceProviderConfig", timeout=5)
+        assert r.status_code == 200 and r.headers["Content-Type"] == "application/scim+json"
+        body = r.json()
+        assert body["schemas"] == [SPC_SCHEMA]
+        assert body["filter"] == {"supported": True, "maxResults": 50}
+        assert {k: body[k] for k in ("patch", "changePassword", "sort", "etag")} == {
+            k: {"supported": False} for k in ("patch", "changePassword", "sort", "etag")}
+        assert body["bulk"] == {"supported": False, "maxOperations": 0, "maxPayloadSize": 0}
+        assert [s["type"] for s in body["authenticationSchemes"]] == ["oauthbearertoken"]
+        assert body["pagination"] == {"cursor": True, "index": True, "defaultPaginationMethod": "index",
+                                      "defaultPageSize": 100, "maxPageSize": 500}
+        assert [(q.endpoint, q.status, q.page) for q in iam.requests()] == [("ServiceProviderConfig", 200, None)]
+        assert iam.request_count("ServiceProviderConfig") == 1
+
+
+def test_service_provider_config_defaults_to_no_filter_and_needs_the_token(org, http):
+    with FakeIAM(org, token=TOKEN, service_provider_config=True) as iam:
+        assert http.get(iam.base_url + "/ServiceProviderConfig", timeout=5).json()["filter"] == {
+            "supported": False, "maxResults": 200}
+        assert requests.get(iam.base_url + "/ServiceProviderConfig", timeout=5).status_code == 401
+        assert http.post(iam.base_url + "/ServiceProviderConfig", timeout=5).status_code == 405
+
+
+def test_service_provider_config_fault_is_explicit_not_wildcard(org, http):
+    with FakeIAM(org, token=TOKEN, service_provider_config=True) as iam:
+        wildcard = iam.add_fault(Fault("*", status=503))
+        spc = iam.add_fault(Fault("ServiceProviderConfig", status=500))
+        assert http.get(iam.base_url + "/ServiceProviderConfig", timeout=5).status_code == 500
+        assert http.get(iam.base_url + "/ServiceProviderConfig", timeout=5).status_code == 200
+        assert (spc.fired, wildcard.fired) == (1, 0)
+
+
+# -- filter (RFC 7644 §3.4.2.2) ---------------------------------------------
+
+ODD_IDS = ["plain", 'with "quotes"', "back\\slash", "u-4", "u-5"]
+
+
+def odd_org() -> dict:
+    """Users whose ids need escaping in a filter; ``u-5`` is in no group."""
+    return {"Users": [{"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "id": i, "userName": f"n{n}"}
+                      for n, i in enumerate(ODD_IDS)], "Groups": []}
+
+
+def id_filter(*values: str) -> str:
+    return " or ".join(f"id eq {json.dumps(v)}" for v in values)
+
+
+def get_users(http, iam, **params):
+    return http.get(iam.base_url + "/Users", params=params, timeout=5)
+
+
+@pytest.fixture
+def filtering(http):
+    with FakeIAM(odd_org(), token=TOKEN, filter_mode="honour") as server:
+        yield server
+
+
+def test_filter_honour_one_id(filtering, http):
+    body = get_users(http, filtering, filter='id eq "u-4"').json()
+    assert (body["totalResults"], body["itemsPerPage"], body["startIndex"]) == (1, 1, 1)
+    assert ids(body["Resources"]) == ["u-4"]
+    assert filtering.requests("Users")[0].params == {"filter": 'id eq "u-4"'}
+
+
+def test_filter_honour_several_ids_in_org_order_with_escapes(filtering, http):
+    wanted = ["u-4", "back\\slash", 'with "quotes"']
+    body = get_users(http, filtering, filter=id_filter(*wanted)).json()
+    assert body["totalResults"] == 3
+    assert ids(body["Resources"]) == ['with "quotes"', "back\\slash", "u-4"]
+    sent = r'id eq "u-4" or id eq "back\\slash" or id eq "with \"quotes\""'
+    assert filtering.requests("Users")[0].params["filter"] == sent
+
+
+@pytest.mark.parametrize("text", [
+    '(id eq "plain" or id eq "u-5")', 'ID EQ "plain" OR Id Eq "u-5"', '  id  eq "plain"  or\tid eq "\\u0075-5" ',
+    'id eq "plain" or id eq "u-5" or id eq "plain"',
+])
+def test_filter_honour_accepts_the_member_fetch_forms(filtering, http, text):
+    body = get_users(http, filtering, filter=text).json()
+    assert (ids(body["Resources"]), body["totalResults"]) == (["plain", "u-5"], 2)
+
+
+def test_filter_honour_unknown_id_is_not_in_the_answer(filtering, http):
+    body = get_users(http, filtering, filter=id_filter("u-4", "nobody", "plain")).json()
+    assert (ids(body["Resources"]), body["totalResults"], body["itemsPerPage"]) == (["plain", "u-4"], 2, 2)
+    none = get_users(http, filtering, filter=id_filter("nobody")).json()
+    assert (none["Resources"], none["totalResults"], none["itemsPerPage"]) == ([], 0, 0)
+
+
+def test_filtered_listing_pages_like_the_full_one(filtering, http):
+    text = id_filter("u-5", "plain", "u-4")
+    first = get_users(http, filtering, filter=text, startIndex=1, count=2).json()
+    second = get_users(http, filtering, filter=text, startIndex=3, count=2).json()
+    assert [(p["startIndex"], p["itemsPerPage"], p["totalResults"], ids(p["Resources"])) for p in (first, second)] == [
+        (1, 2, 3, ["plain", "u-4"]), (3, 1, 3, ["u-5"])]
+    assert [r.page for r in filtering.requests("Users")] == [1, 2]
+    pages = walk_cursor(http, filtering.base_url + f"/Users?filter={quote(text)}", count=2)
+    assert [ids(p["Resources"]) for p in pages] == [["plain", "u-4"], ["u-5"]]
+
+
+@pytest.mark.parametrize("text", [
+    'userName eq "n1"', 'id eq "plain" and id eq "u-4"', "id eq plain", 'id ne "plain"', "", 'id eq "plain" or',
+    '(id eq "plain"', '((id eq "plain"))', 'id eq "bad \\q escape"', 'id eq "plain" or userName eq "n1"',
+    'id eq "plain"or id eq "u-4"', 'id pr',
+])
+def test_filter_honour_refuses_every_other_filter(filtering, http, text):
+    r = get_users(http, filtering, filter=text)
+    assert r.status_code == 400
+    assert (r.json()["scimType"], r.json()["schemas"]) == ("invalidFilter", [ERROR_SCHEMA])
+
+
+def test_filter_with_more_ids_than_max_results_is_too_many(http):
+    with FakeIAM(odd_org(), token=TOKEN, filter_mode="honour", filter_max_results=2) as iam:
+        assert get_users(http, iam, filter=id_filter("plain", "u-4", "plain")).status_code == 200
+        r = get_users(http, iam, filter=id_filter("plain", "u-4", "u-5"))
+        assert (r.status_code, r.json()["scimType"]) == (400, "tooMany")
+
+
+def test_filter_honour_without_a_filter_lists_everyone_and_groups_ignore_it(filtering, http):
+    assert ids(get_users(http, filtering).json()["Resources"]) == ODD_IDS
+    groups = http.get(filtering.base_url + "/Groups", params={"filter": "anything"}, timeout=5)
+    assert groups.status_code == 200
+
+
+def test_filter_ignored_by_default(iam, http, org):
+    body = get_users(http, iam, filter=id_filter(org["Users"][0]["id"])).json()
+    assert (body["Resources"], body["totalResults"]) == (org["Users"], 6)
+    assert iam.requests("Users")[0].params["filter"] == id_filter(org["Users"][0]["id"])
+
+
+def test_filter_reject_is_invalid_filter(http):
+    with FakeIAM(odd_org(), token=TOKEN, filter_mode="reject") as iam:
+        r = get_users(http, iam, filter='id eq "plain"')
+        assert (r.status_code, r.json()["scimType"]) == (400, "invalidFilter")
+        assert get_users(http, iam).json()["totalResults"] == 5
+        assert [(q.status, q.params) for q in iam.requests()] == [(400, {"filter": 'id eq "plain"'}), (200, {})]
+
+
+def test_filter_extra_adds_a_user_not_asked_for(http):
+    with FakeIAM(odd_org(), token=TOKEN, filter_mode="extra") as iam:
+        body = get_users(http, iam, filter=id_filter("u-4", "back\\slash")).json()
+        assert (ids(body["Resources"]), body["totalResults"]) == (["plain", "back\\slash", "u-4"], 3)
+    with FakeIAM(odd_org(), token=TOKEN, filter_mode="extra", filter_fault_user="u-5") as iam:
+        body = get_users(http, iam, filter=id_filter("plain")).json()
+        assert (ids(body["Resources"]), body["totalResults"]) == (["plain", "u-5"], 2)
+
+
+def test_filter_drop_leaves_out_a_requested_user_still_counted(http):
+    with FakeIAM(odd_org(), token=TOKEN, filter_mode="drop") as iam:
+        body = get_users(http, iam, filter=id_filter("nobody", "u-4", "plain")).json()
+        assert (ids(body["Resources"]), body["totalResults"], body["itemsPerPage"]) == (["plain"], 2, 1)
+    with FakeIAM(odd_org(), token=TOKEN, filter_mode="drop", filter_fault_user="plain") as iam:
+        body = get_users(http, iam, filter=id_filter("u-4", "plain", "u-5")).json()
+        assert (ids(body["Resources"]), body["totalResults"]) == (["u-4", "u-5"], 3)
+
+
+@pytest.mark.parametrize("kwargs", [{"filter_mode": "sometimes"}, {"attributes_mode": "honor"},
+                                    {"filter_max_results": 0}])
+def test_mode_validation(org, kwargs):
+    with pytest.raises(ValueError):
+        FakeIAM(org, **kwargs)
+
+
+# -- attributes (RFC 7644 §3.9) ---------------------------------------------
+
+
+@pytest.fixture
+def projecting(org):
+    with FakeIAM(org, token=TOKEN, attributes_mode="honour") as server:
+        yield server
+
+
+def test_attributes_honour_users_with_extension_and_sub_attributes(projecting, http, org):
+    asked = f"UserName,name.givenName,{EXT}:sunkPosixUid,{EXT}:SUNKSSHKEYS"
+    body = get_users(http, projecting, attributes=asked).json()
+    assert body["totalResults"] == 6
+    alice = org["Users"][0]
+    assert body["Resources"][0] == {
+        "schemas": alice["schemas"], "id": alice["id"], "userName": "alice.smith@example.com",
+        "name": {"givenName": "Alice"}, EXT: {"sunkPosixUid": 20001, "sunkSshKeys": alice[EXT]["sunkSshKeys"]}}
+    assert ids(body["Resources"]) == ids(org["Users"])
+    assert all(sorted(u[EXT]) == ["sunkPosixUid", "sunkSshKeys"] for u in body["Resources"])
+    # A complex attribute without the sub-attribute asked for stays, empty; one not set stays absent.
+    assert (body["Resources"][1]["name"], "name" in body["Resources"][4]) == ({}, False)
+    assert projecting.requests("Users")[0].params == {"attributes": asked}
+
+
+def test_attributes_honour_whole_extension_and_core_urn(projecting, http, org):
+    asked = f"{EXT},urn:ietf:params:scim:schemas:core:2.0:User:active,urn:x:unknown:thing,nosuch"
+    body = get_users(http, projecting, attributes=asked, count=1).json()
+    user = org["Users"][0]
+    assert body["Resources"] == [{"schemas": user["schemas"], "id": user["id"], "active": user["active"],
+                                  EXT: user[EXT]}]
+
+
+def test_attributes_honour_groups_members_value(projecting, http, org):
+    body = http.get(projecting.base_url + "/Groups", params={"attributes": "displayName,members.value"},
+                    timeout=5).json()
+    assert body["Resources"] == [
+        {"schemas": g["schemas"], "id": g["id"], "displayName": g["displayName"],
+         **({"members": [{"value": m["value"]} for m in g["members"]]} if "members" in g else {})}
+        for g in org["Groups"]]
+
+
+def test_attributes_honour_with_filter_and_empty_attributes(org, http):
+    users = org["Users"]
+    with FakeIAM(org, token=TOKEN, attributes_mode="honour", filter_mode="honour") as iam:
+        body = get_users(http, iam, filter=id_filter(users[1]["id"]), attributes="userName").json()
+        assert body["Resources"] == [{"schemas": users[1]["schemas"], "id": users[1]["id"],
+                                      "userName": users[1]["userName"]}]
+        assert get_users(http, iam, attributes="").json()["Resources"] == users
+
+
+def test_attributes_ignored_by_default(iam, http, org):
+    assert get_users(http, iam, attributes="userName").json()["Resources"] == org["Users"]
+    assert iam.requests("Users")[0].params == {"attributes": "userName"}
+
+
+@pytest.mark.parametrize("endpoint", ["Users", "Groups"])
+def test_attributes_reject_is_invalid_value(org, http, endpoint):
+    with FakeIAM(org, token=TOKEN, attributes_mode="reject") as iam:
+        r = http.get(f"{iam.base_url}/{endpoint}", params={"attributes": "id"}, timeout=5)
+        assert (r.status_code, r.json()["scimType"], r.json()["schemas"]) == (400, "invalidValue", [ERROR_SCHEMA])
+        assert http.get(f"{iam.base_url}/{endpoint}", timeout=5).status_code == 200
 
 
 # -- command line -----------------------------------------------------------

@@ -14,8 +14,40 @@ CoreWeave IAM returns them), with both pagination modes of
   ``scimType`` ``invalidCursor``; after :meth:`FakeIAM.invalidate_cursors` the
   issued ones get ``invalidCursor`` or ``expiredCursor``.
 
-Filters (``filter=``, ``groups=``, ``attributes=``) are recorded but ignored: every
-page holds every resource, as a server that does not honour them would answer.
+By default filters (``filter=``, ``groups=``, ``attributes=``) are recorded but
+ignored: every page holds every resource, as a server that does not honour them
+would answer. Each request's query parameters are recorded
+(:attr:`RecordedRequest.params`), so tests can assert what a client sent. Off by
+default, each of these makes the server act like one that supports more of SCIM:
+
+* ``service_provider_config=True``: ``GET <prefix>/ServiceProviderConfig`` (RFC 7643
+  §5; else a 404 as any unknown path) answers ``filter: {"supported":
+  filter_supported, "maxResults": filter_max_results}``, the other required members
+  (nothing else supported) and RFC 9865 ``pagination``; recorded as endpoint
+  ``"ServiceProviderConfig"``; it takes the same bearer token. What it advertises
+  is independent of ``filter_mode`` (a server may advertise a filter it ignores).
+* ``filter_mode`` (``Users`` only; ``Groups`` always list every group):
+  ``"ignore"`` (default) as above; ``"reject"``: a request carrying ``filter`` gets
+  400 ``invalidFilter``; ``"honour"``: the filter a member-only fetch sends,
+  ``id eq "<id>"`` terms joined by ``or`` (RFC 7644 §3.4.2.2: keywords and the
+  attribute name case-insensitive, values JSON strings so ``\\"`` and ``\\\\`` escape),
+  optionally in one pair of parentheses, lists the users with those ids, in org
+  order, paged as the full listing is (``totalResults`` = the users matching; an
+  unknown id matches nothing). Any other filter is a 400 ``invalidFilter``; more
+  distinct ids than ``filter_max_results`` a 400 ``tooMany``. Two broken filters,
+  parsed as ``"honour"`` does: ``"extra"`` also matches one user not asked for
+  (``filter_fault_user``, default the first listed user not asked for; none when
+  every user was asked for), counted in ``totalResults``; ``"drop"`` leaves one
+  requested listed user (``filter_fault_user``, default the first such id in the
+  filter's order) out of ``Resources`` while ``totalResults`` still counts it.
+* ``attributes_mode`` (``Users`` and ``Groups``): ``"ignore"`` (default);
+  ``"reject"``: a request carrying ``attributes`` gets 400 ``invalidValue``;
+  ``"honour"`` (RFC 7644 §3.9): each resource holds only ``id``, ``schemas`` and
+  the attributes named (case-insensitive; sub-attributes as ``name.givenName`` or
+  ``members.value``, also inside multi-valued ones; extension attributes by their
+  schema URN, ``urn:...:CoreWeaveUser:sunkPosixUid`` or the bare URN for the whole
+  extension; a core schema URN prefix is dropped). An empty ``attributes`` is no
+  projection. ``excludedAttributes`` stays ignored.
 
 Python use::
 
@@ -46,6 +78,7 @@ import hmac
 import http.server
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -58,9 +91,12 @@ from typing import Any, TextIO, Union
 from urllib.parse import parse_qs, urlsplit
 
 __all__ = [
+    "ATTRIBUTES_MODES",
     "DEFAULT_COUNT",
     "DEFAULT_PREFIX",
     "ENDPOINTS",
+    "FILTER_MODES",
+    "SERVICE_PROVIDER_CONFIG",
     "FakeIAM",
     "Fault",
     "RecordedRequest",
@@ -71,7 +107,12 @@ __all__ = [
 DEFAULT_PREFIX = "/scim/cw-demo"
 DEFAULT_COUNT = 100
 ENDPOINTS = ("Users", "Groups")
+SERVICE_PROVIDER_CONFIG = "ServiceProviderConfig"
+FILTER_MODES = ("ignore", "honour", "reject", "extra", "drop")
+ATTRIBUTES_MODES = ("ignore", "honour", "reject")
 
+SPC_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"
+CORE_SCHEMAS = ("urn:ietf:params:scim:schemas:core:2.0:user", "urn:ietf:params:scim:schemas:core:2.0:group")
 LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 SCIM_JSON = "application/scim+json"
@@ -84,8 +125,10 @@ Body = Union[bytes, str, dict, list, Callable[[dict], Any], None]
 class Fault:
     """What to do instead of the normal answer, for matching requests.
 
-    :param endpoint: ``"Users"``, ``"Groups"`` or ``"*"`` (both). Faults apply only to
-        authorized, well-formed GETs (not to 401, 404, or 400 such as invalidCursor).
+    :param endpoint: ``"Users"``, ``"Groups"``, ``"*"`` (both) or ``"ServiceProviderConfig"``
+        (served only with ``service_provider_config=True``; ``"*"`` does not match it).
+        Faults apply only to authorized, well-formed GETs (not to 401, 404, or 400 such
+        as invalidCursor or invalidFilter).
     :param page: the 1-based page number the request asks for (index mode:
         ``(startIndex - 1) // count + 1``; cursor mode: the page the cursor points
         at, 1 for the empty cursor); ``None`` matches every request.
@@ -133,8 +176,9 @@ class Fault:
     fired: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
-        if self.endpoint not in (*ENDPOINTS, "*"):
-            raise ValueError(f"Fault endpoint must be one of {ENDPOINTS} or '*': {self.endpoint!r}")
+        if self.endpoint not in (*ENDPOINTS, "*", SERVICE_PROVIDER_CONFIG):
+            raise ValueError(f"Fault endpoint must be one of {ENDPOINTS}, '*' or {SERVICE_PROVIDER_CONFIG!r}:"
+                             f" {self.endpoint!r}")
         if self.page is not None and self.page < 1:
             raise ValueError(f"Fault page is 1-based: {self.page!r}")
         if self.times is not None and self.times < 1:
@@ -255,7 +299,7 @@ class RecordedRequest:
 
     method: str
     target: str  # path + query, as sent
-    endpoint: str | None  # "Users", "Groups", or None for other paths
+    endpoint: str | None  # "Users", "Groups", "ServiceProviderConfig" (when served), or None
     params: dict[str, str]  # last value of each query parameter, blanks kept
     status: int  # 0 when the connection was dropped
     bytes_sent: int  # body bytes
@@ -347,6 +391,84 @@ def _int_param(params: Mapping[str, str], name: str) -> int | None:
         raise _ClientError(400, f"{name} must be an integer: {raw!r}", "invalidValue") from None
 
 
+# One ``id eq "<JSON string>"`` term; the filters a member-only fetch sends are these joined by ``or``.
+_ID_TERM = r'id\s+eq\s+("(?:[^"\\]|\\.)*")'
+_ID_FILTER = re.compile(rf"\s*{_ID_TERM}(?:\s+or\s+{_ID_TERM})*\s*", re.IGNORECASE | re.DOTALL)
+
+
+def _parse_id_filter(text: str) -> list[str]:
+    """The ids of ``id eq "a" or id eq "b"`` (optionally in parentheses), in order.
+
+    :raises _ClientError: 400 ``invalidFilter`` for any other filter.
+    """
+    inner = text.strip()
+    if inner.startswith("(") and inner.endswith(")"):
+        inner = inner[1:-1]
+    if not _ID_FILTER.fullmatch(inner):
+        raise _ClientError(400, f"unsupported filter (only id eq \"...\" joined by or): {text!r}", "invalidFilter")
+    try:
+        # Terms follow one another left to right, so findall sees exactly the validated ones.
+        values = [json.loads(quoted) for quoted in re.findall(_ID_TERM, inner, re.IGNORECASE | re.DOTALL)]
+    except json.JSONDecodeError:
+        raise _ClientError(400, f"bad string escape in filter: {text!r}", "invalidFilter") from None
+    return values
+
+
+def _attribute_path(name: str, resource: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The lower-cased key path ``name`` selects in ``resource``: an extension URN is
+    the resource's key, a core schema URN prefix is dropped; None: no such schema."""
+    if not name.startswith("urn:"):
+        return tuple(name.split("."))
+    for urn in CORE_SCHEMAS:
+        if name.startswith(urn + ":"):
+            return tuple(name[len(urn) + 1 :].split("."))
+    urns = sorted((k.lower() for k in resource if k.startswith("urn:")), key=len, reverse=True)
+    for urn in urns:
+        if name == urn or name.startswith(urn + ":"):
+            rest = name[len(urn) + 1 :]
+            return (urn, *rest.split(".")) if rest else (urn,)
+    return None
+
+
+def _keep(node: Any, paths: list[tuple[str, ...]]) -> Any:
+    """``node`` with only the key paths given (lower-cased), through lists."""
+    if any(not p for p in paths):
+        return node
+    if isinstance(node, list):
+        return [_keep(item, paths) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        below = [p[1:] for p in paths if p[0] == key.lower()]
+        if below:
+            out[key] = _keep(value, below)
+    return out
+
+
+def _project(resource: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """``resource`` with only ``id``, ``schemas`` and the attributes ``names`` (lower-cased) select."""
+    paths = [p for p in (_attribute_path(n, resource) for n in names) if p is not None]
+    return _keep(resource, [*paths, ("id",), ("schemas",)])
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """What one listing request asks for beyond paging (None: everything)."""
+
+    ids: tuple[str, ...] | None = None  # an honoured id filter's ids, in the order asked
+    attributes: tuple[str, ...] | None = None  # an honoured attributes=, names lower-cased
+
+
+def _check_modes(filter_mode: str, attributes_mode: str, filter_max_results: int) -> None:
+    if filter_mode not in FILTER_MODES:
+        raise ValueError(f"filter_mode must be one of {FILTER_MODES}: {filter_mode!r}")
+    if attributes_mode not in ATTRIBUTES_MODES:
+        raise ValueError(f"attributes_mode must be one of {ATTRIBUTES_MODES}: {attributes_mode!r}")
+    if filter_max_results < 1:
+        raise ValueError(f"filter_max_results must be >= 1: {filter_max_results!r}")
+
+
 class FakeIAM:
     """A loopback SCIM server serving one org; a context manager.
 
@@ -365,6 +487,15 @@ class FakeIAM:
         member that is a listed user gets that user's POSIX name (``sunkPosixUsername``
         of the CoreWeave extension) in this sub-attribute: ``"value"`` (the name instead
         of the id), ``"display"`` or ``"userName"``; None: as given (``value`` = the id).
+    :param service_provider_config: serve ``GET <prefix>/ServiceProviderConfig``
+        (else it is a 404), advertising ``filter_supported`` and ``filter_max_results``.
+    :param filter_mode: what ``filter`` on ``Users`` does, one of :data:`FILTER_MODES`:
+        ``"ignore"``, ``"honour"``, ``"reject"``, or the broken ``"extra"``/``"drop"``
+        (see the module docstring).
+    :param filter_fault_user: the user id ``"extra"`` adds or ``"drop"`` leaves out;
+        None: the first eligible one.
+    :param attributes_mode: what ``attributes`` on ``Users``/``Groups`` does, one of
+        :data:`ATTRIBUTES_MODES`: ``"ignore"``, ``"honour"`` or ``"reject"``.
     :param log: stream for one line per request (e.g. ``sys.stderr``); None: silent.
 
     Everything read or set from Python is thread-safe.
@@ -383,8 +514,15 @@ class FakeIAM:
         cursor_pagination: bool = True,
         echo_count: bool = False,
         members_by: str | None = None,
+        service_provider_config: bool = False,
+        filter_supported: bool = False,
+        filter_max_results: int = 200,
+        filter_mode: str = "ignore",
+        filter_fault_user: str | None = None,
+        attributes_mode: str = "ignore",
         log: TextIO | None = None,
     ):
+        _check_modes(filter_mode, attributes_mode, filter_max_results)
         if members_by not in (None, "value", "display", "userName"):
             raise ValueError(f"members_by must be value, display, userName or None: {members_by!r}")
         if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
@@ -401,6 +539,12 @@ class FakeIAM:
         self.cursor_pagination = cursor_pagination
         self.members_by = members_by
         self.echo_count = echo_count
+        self.service_provider_config = service_provider_config
+        self.filter_supported = filter_supported
+        self.filter_max_results = filter_max_results
+        self.filter_mode = filter_mode
+        self.filter_fault_user = filter_fault_user
+        self.attributes_mode = attributes_mode
         self.log = log
         self._host, self._port = host, port
         self._lock = threading.Lock()
@@ -539,11 +683,7 @@ class FakeIAM:
         well-formed GETs of ``Users``/``Groups``; errors are answered as is."""
         split = urlsplit(target)
         params = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
-        endpoint: str | None = None
-        if split.path.startswith(self.prefix + "/"):
-            rest = split.path[len(self.prefix) + 1 :]
-            if rest in ENDPOINTS:
-                endpoint = rest
+        endpoint = self._endpoint(split.path)
         try:
             if endpoint is None:
                 raise _ClientError(404, f"no SCIM endpoint at {split.path!r}")
@@ -553,10 +693,74 @@ class FakeIAM:
                 response = _Response(401, headers={"WWW-Authenticate": 'Bearer realm="scim"'})
                 response.body = _encode(_error_body(401, "invalid or expired bearer token"))
                 return response, endpoint, params
+            if endpoint == SERVICE_PROVIDER_CONFIG:
+                return self._page_response(endpoint, None, lambda _: self._service_provider_config()), endpoint, params
             page_no, build = self._plan_page(endpoint, params)
         except _ClientError as e:
             return _Response(e.status, _encode(_error_body(e.status, e.detail, e.scim_type))), endpoint, params
         return self._page_response(endpoint, page_no, build), endpoint, params
+
+    def _endpoint(self, path: str) -> str | None:
+        """The endpoint a request path names, None for any other path."""
+        rest = path[len(self.prefix) + 1 :] if path.startswith(self.prefix + "/") else None
+        if rest in ENDPOINTS or (rest == SERVICE_PROVIDER_CONFIG and self.service_provider_config):
+            return rest
+        return None
+
+    def _service_provider_config(self) -> dict[str, Any]:
+        """RFC 7643 §5 (all required members) plus RFC 9865 §4 ``pagination``."""
+        pagination: dict[str, Any] = {"cursor": self.cursor_pagination, "index": True,
+                                      "defaultPaginationMethod": "index", "defaultPageSize": self.default_count}
+        if self.max_page_size is not None:
+            pagination["maxPageSize"] = self.max_page_size
+        return {
+            "schemas": [SPC_SCHEMA],
+            "patch": {"supported": False},
+            "bulk": {"supported": False, "maxOperations": 0, "maxPayloadSize": 0},
+            "filter": {"supported": self.filter_supported, "maxResults": self.filter_max_results},
+            "changePassword": {"supported": False},
+            "sort": {"supported": False},
+            "etag": {"supported": False},
+            "pagination": pagination,
+            "authenticationSchemes": [{"type": "oauthbearertoken", "name": "OAuth Bearer Token",
+                                       "description": "Authentication with a bearer token"}],
+            "meta": {"resourceType": "ServiceProviderConfig", "location": f"{self.prefix}/{SERVICE_PROVIDER_CONFIG}"},
+        }
+
+    def _selection(self, endpoint: str, params: Mapping[str, str]) -> _Selection:
+        """The honoured ``filter`` and ``attributes`` of a listing request.
+
+        :raises _ClientError: 400 for a filter or attributes refused by the modes."""
+        ids = None
+        if endpoint == "Users" and "filter" in params and self.filter_mode != "ignore":
+            if self.filter_mode == "reject":
+                raise _ClientError(400, "filter is not supported by this server", "invalidFilter")
+            ids = tuple(_parse_id_filter(params["filter"]))
+            if len(set(ids)) > self.filter_max_results:
+                raise _ClientError(400, f"filter asks for {len(set(ids))} ids, more than maxResults"
+                                        f" {self.filter_max_results}", "tooMany")
+        attributes = None
+        if "attributes" in params and self.attributes_mode != "ignore":
+            if self.attributes_mode == "reject":
+                raise _ClientError(400, "attributes is not supported by this server", "invalidValue")
+            names = tuple(n.strip().lower() for n in params["attributes"].split(","))
+            attributes = tuple(n for n in names if n) or None
+        return _Selection(ids, attributes)
+
+    def _listed(self, endpoint: str, selection: _Selection) -> tuple[list[dict[str, Any]], str | None]:
+        """The resources a listing pages through and the id of one to leave out of
+        its pages (``"drop"``); call with the lock held."""
+        resources = self._org[endpoint]
+        if selection.ids is None:
+            return resources, None
+        wanted = set(selection.ids)
+        fault_user, extra, drop = self.filter_fault_user, None, None
+        if self.filter_mode == "extra":
+            extra = fault_user or next((r["id"] for r in resources if r["id"] not in wanted), None)
+        elif self.filter_mode == "drop":
+            listed = {r["id"] for r in resources}
+            drop = fault_user or next((i for i in selection.ids if i in listed), None)
+        return [r for r in resources if r["id"] in wanted or r["id"] == extra], drop
 
     def _plan_page(self, endpoint: str, params: Mapping[str, str]) -> tuple[int, Callable[[int | None], dict]]:
         """Validate the paging parameters; return the page number and a function
@@ -586,15 +790,11 @@ class FakeIAM:
             start = _int_param(params, "startIndex")
             offset = max(start or 1, 1) - 1
         page_no = offset // count + 1 if count else 1
+        selection = self._selection(endpoint, params)
 
         def build(as_page: int | None) -> dict:
             first = offset if as_page is None else (as_page - 1) * count
-            with self._lock:
-                resources = self._org[endpoint]
-                chunk = copy.deepcopy(resources[first : first + count])
-                if endpoint == "Groups" and self.members_by:
-                    _name_members(chunk, self._org["Users"], self.members_by)
-                total = len(resources)
+            chunk, total = self._chunk(endpoint, selection, first, count)
             per_page = count if self.echo_count else len(chunk)
             body: dict[str, Any] = {"schemas": [LIST_RESPONSE], "totalResults": total, "itemsPerPage": per_page}
             if by_cursor:
@@ -606,6 +806,18 @@ class FakeIAM:
             return body
 
         return page_no, build
+
+    def _chunk(self, endpoint: str, selection: _Selection, first: int, count: int) -> tuple[list[dict], int]:
+        """Copies of the resources of one page, as served, and ``totalResults``."""
+        with self._lock:
+            resources, drop = self._listed(endpoint, selection)
+            chunk = copy.deepcopy([r for r in resources[first : first + count] if r["id"] != drop])
+            if endpoint == "Groups" and self.members_by:
+                _name_members(chunk, self._org["Users"], self.members_by)
+            total = len(resources)
+        if selection.attributes is not None:
+            chunk = [_project(r, selection.attributes) for r in chunk]
+        return chunk, total
 
     def _issue_cursor(self, endpoint: str, offset: int) -> str:
         """The cursor of a position: one per (endpoint, offset) until
@@ -623,7 +835,7 @@ class FakeIAM:
             for fault in self._faults:
                 if fault.times is not None and fault.fired >= fault.times:
                     continue
-                if fault.endpoint != "*" and fault.endpoint != endpoint:
+                if fault.endpoint != endpoint and (fault.endpoint != "*" or endpoint not in ENDPOINTS):
                     continue
                 if fault.page is not None and fault.page != page:
                     continue
@@ -631,7 +843,7 @@ class FakeIAM:
                 return fault
         return None
 
-    def _page_response(self, endpoint: str, page: int, build: Callable[[int | None], dict]) -> _Response:
+    def _page_response(self, endpoint: str, page: int | None, build: Callable[[int | None], dict]) -> _Response:
         response = _Response(200, page=page)
         fault = response.fault = self._take_fault(endpoint, page)
         if fault is None:

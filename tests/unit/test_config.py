@@ -109,6 +109,7 @@ DEFAULTS = {
     "page_size": (lambda c: c.server.page_size, 1000),
     "pagination": (lambda c: c.server.pagination, "index"),
     "users_query": (lambda c: c.server.users_query, None),
+    "fetch": (lambda c: c.server.fetch, "full"),
     "groups_query": (lambda c: c.server.groups_query, None),
     "max_pages": (lambda c: c.server.max_pages, 10000),
     "max_users": (lambda c: c.server.max_users, 2_000_000),
@@ -205,6 +206,7 @@ DATACLASS_DEFAULTS = [
                                                "max_page_bytes", "timeout", "retries", "max_retry_wait", "deadline")],
     (config.Server, "verify", "verify_tls"),
     (config.Server, "users_query", "users_query"),
+    (config.Server, "fetch", "fetch"),
     (config.Server, "groups_query", "groups_query"),
     (config.SlurmSync, "accounts", "slurm_accounts"),
     (config.SlurmSync, "clusters", "slurm_cluster"),
@@ -1183,3 +1185,10 @@ def test_a_url_with_a_user_and_password_is_refused_without_showing_them(key):
 
     assert refused.key == "coreweave_" + key
     assert "must not hold a user or password" in refused.message and "hunter2" not in refused.message
+
+
+def test_fetch_members_cannot_be_joined_with_a_users_query():
+    (refused,) = problems(fetch="members", users_query="filter=active eq \"true\"")
+
+    assert refused.key == "coreweave_fetch"
+    assert "cannot be combined with coreweave_users_query" in refused.message

@@ -1449,6 +1449,11 @@ RENDERED = [
         ListingError("Users", None, ListingReason.TOO_MANY_COLLECTED, count=3, limit=2, option="coreweave_max_users"),
         "Users: collected 3, more than coreweave_max_users (2): refusing to hold a larger listing",
     ),
+    (
+        ListingError("Users", None, ListingReason.NO_MEMBER_FETCH, why="coreweave_users_query is set"),
+        "Users: coreweave_users_query is set: coreweave_fetch = members refuses to list every user instead; set "
+        "coreweave_fetch = auto (falls back to the full listing) or full",
+    ),
 ]
 MESSAGES = [pytest.param(error, message, id=error.reason.name) for error, message in RENDERED]
 
