@@ -502,6 +502,9 @@ def _print_last_run(last_run: Optional[RunReport], config) -> None:
     print(f"last run: {_iso(last_run.started)} {last_run.outcome} in {last_run.duration} s: {last_run.users} users, "
           f"{last_run.groups} groups, {last_run.keys} SSH keys; "
           f"nsscache wrote: {', '.join(last_run.maps_written) or 'none'}")
+    if last_run.fetch:
+        print("users fetched: " + ("only the members of coreweave_groups, by id" if last_run.fetch == "members"
+                                   else "every user of the directory"))
     if last_run.mirror:
         bundle = (f"generation {last_run.generation}, published {_iso(last_run.published)} "
                   f"({time.time() - last_run.published:.0f} s ago)" if last_run.generation else "no bundle accepted")

@@ -54,7 +54,8 @@ def summary(report: RunReport) -> str:
             f"run {report.outcome} in {report.duration:.2f} s: {report.users} users, {report.groups} groups, "
             f"{report.keys} SSH keys; dropped: {dropped}; {requests} requests, {report.retries} retries; "
             f"nsscache wrote: {written} (run {report.run})"
-        ) + (f"; mirror generation {report.generation}" if report.mirror else "")
+        ) + (f"; mirror generation {report.generation}" if report.mirror else "") + (
+            "; only the members' users fetched" if report.fetch == "members" else "")
         return text if report.outcome == "ok" else f"{text}; {report.error}"
     return (f"run {report.outcome} in {report.duration:.2f} s after {requests} requests: "
             f"{report.error_kind}: {report.error}")
@@ -93,6 +94,10 @@ def metrics_text(report: RunReport, record: ScopeRecord) -> str:
         ("shrink_guard_refusals_total", "counter", "Runs refused by the shrink guard.",
          (({}, float(record.shrink_refusals)),)),
     ]
+    if report.fetch:
+        families.append(("users_fetched_by_id", "gauge", "1 if the last run fetched only the allowed groups' "
+                         "members by id (coreweave_fetch), 0 if it listed every user.",
+                         (({}, 1.0 if report.fetch == "members" else 0.0),)))
     if report.mirror:
         mirror = {"mirror": report.mirror}
         families += [

@@ -182,7 +182,7 @@ def report_of(outcome: Union[policy.Directory, CoreWeaveError], *, run: str, sta
     that prevented it (a GuardError refuses the run, any other error fails it)."""
     requests = {f"{endpoint}/{status}": n for (endpoint, status), n in sorted(stats.requests.items())}
     decided = RunReport(started=started, duration=duration, outcome="decided", run=run,
-                        requests=requests, retries=stats.retries, bytes=stats.bytes)
+                        requests=requests, retries=stats.retries, bytes=stats.bytes, fetch=stats.fetch)
     if isinstance(outcome, CoreWeaveError):
         return replace(decided, outcome="refused" if isinstance(outcome, GuardError) else "failed",
                        error_kind=type(outcome).__name__, error=str(outcome))

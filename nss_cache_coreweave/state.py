@@ -57,6 +57,7 @@ class RunReport:
     mirror: str = ""  # mirror mode: the mirror's URL
     generation: int = 0  # mirror mode: the bundle's generation (0: none accepted)
     published: float = 0.0  # mirror mode: when that bundle was published (time.time())
+    fetch: str = ""  # which users were fetched: "members" (by id) or "full" (every user); "": not listed
 
     @classmethod
     def from_dict(cls, data: object) -> Optional[RunReport]:
@@ -74,7 +75,7 @@ class RunReport:
                 drops=_counted(data.get("drops")), requests=_counted(data.get("requests")),
                 retries=int(data.get("retries", 0)), bytes=int(data.get("bytes", 0)),
                 mirror=str(data.get("mirror", "")), generation=int(data.get("generation", 0)),
-                published=float(_number(data.get("published")) or 0.0),
+                published=float(_number(data.get("published")) or 0.0), fetch=str(data.get("fetch", "")),
             )
         except (KeyError, TypeError, ValueError, OverflowError):
             return None
@@ -83,7 +84,7 @@ class RunReport:
         """The report as the state file keeps it (JSON: lists for tuples)."""
         data = {**asdict(self), "maps_written": list(self.maps_written),
                 "maps_not_written": list(self.maps_not_written)}
-        for name in ("mirror", "generation", "published"):  # mirror mode's: left out when unset
+        for name in ("mirror", "generation", "published", "fetch"):  # left out when unset
             if not data[name]:
                 del data[name]
         return data

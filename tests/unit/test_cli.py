@@ -471,6 +471,7 @@ def test_status_text_after_a_good_run(updated, clock):
         f"sshkey  fresh   updated {T0_ISO} (30 s ago), 3 entries, run {run['run']}",
         f"last run: {iso(run['started'])} ok in {run['duration']} s: 4 users, 2 groups, 4 SSH keys; "
         "nsscache wrote: passwd, group, shadow, sshkey",
+        "users fetched: every user of the directory",
         "dropped key/key: 1",
         "dropped user/inactive: 1",
         "status: fresh",
