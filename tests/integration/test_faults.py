@@ -773,6 +773,7 @@ LISTING_RULES: Dict[ListingReason, str] = {
     ListingReason.COUNT_MISMATCH: "at the end, the distinct ids collected are exactly `totalResults`",
     ListingReason.TOO_MANY_ANNOUNCED: "at most `coreweave_max_users` users announced",
     ListingReason.TOO_MANY_COLLECTED: "at most `coreweave_max_users` users collected",
+    ListingReason.NO_MEMBER_FETCH: "`coreweave_fetch = members`: the members fetched by id, never every user",
 }
 
 

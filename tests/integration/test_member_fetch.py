@@ -1,0 +1,86 @@
+"""coreweave_fetch (issue 16) through the stock nsscache 0.49: with ``auto`` a
+node asks only for the allowed groups' members, by id, when the server
+advertises filtering, and lists every user instead whenever an answer shows
+the filter is not honoured; the caches are the same exact demo caches on
+either path. ``members`` refuses the full listing: the caches stay
+byte-identical. The server is the loopback fake IAM with its filter modes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from support.fakeiam import FakeIAM
+from support.node import TOKEN, assert_stock_update_writes_the_demo_caches
+
+
+def members(org) -> set:
+    """The ids the node's groups (slurm-users, slurm-admins) list: dave's too (inactive, policy drops him)."""
+    return {m["value"] for g in org["Groups"] if g["sunkPosixGroupName"] in ("slurm-users", "slurm-admins")
+            for m in g["members"]}
+
+
+def filtering_iam(demo_org, mode="honour", advertised=True):
+    return FakeIAM(demo_org, token=TOKEN, service_provider_config=True, filter_supported=advertised,
+                   filter_mode=mode)
+
+
+def asked_ids(request) -> set:
+    terms = request.params["filter"].split(" or ")
+    return {json.loads(term[len("id eq "):]) for term in terms}
+
+
+def test_only_the_members_are_fetched_by_id_and_the_caches_are_exact(node, demo_org):
+    with filtering_iam(demo_org) as iam:
+        node.configure(iam.base_url, "coreweave_fetch = auto\n")
+
+        assert_stock_update_writes_the_demo_caches(node, demo_org)
+
+        (users,) = iam.requests("Users")
+        assert asked_ids(users) == members(demo_org)  # carol, only in another team, is never asked for
+        assert iam.request_count("ServiceProviderConfig") == 1
+        assert node.state()["last_run"]["fetch"] == "members"
+
+
+@pytest.mark.parametrize("mode, why", [
+    pytest.param("ignore", "an answer held users that were not asked for", id="filter-ignored"),
+    pytest.param("reject", "the server refused the filter", id="filter-rejected"),
+    pytest.param("extra", "an answer held users that were not asked for", id="an-extra-id"),
+    pytest.param("drop", "did not add up", id="a-missing-id"),
+])
+def test_a_server_that_does_not_filter_as_asked_gets_the_full_listing_in_the_same_run(node, demo_org, mode, why):
+    with filtering_iam(demo_org, mode) as iam:
+        node.configure(iam.base_url, "coreweave_fetch = auto\n")
+
+        result = assert_stock_update_writes_the_demo_caches(node, demo_org)
+
+        assert "fetching only the members of coreweave_groups failed" in result.stderr and why in result.stderr
+        assert "filter" not in iam.requests("Users")[-1].params  # the last listing: every user
+        assert node.state()["last_run"]["fetch"] == "full"
+
+
+def test_a_server_that_does_not_advertise_filtering_is_listed_whole(node, demo_org):
+    with filtering_iam(demo_org, advertised=False) as iam:
+        node.configure(iam.base_url, "coreweave_fetch = auto\n")
+
+        assert_stock_update_writes_the_demo_caches(node, demo_org)
+
+        assert ["filter" in r.params for r in iam.requests("Users")] == [False]
+        assert node.state()["last_run"]["fetch"] == "full"
+
+
+def test_fetch_members_refuses_the_full_listing_and_keeps_the_caches(node, demo_org):
+    with filtering_iam(demo_org) as iam:
+        node.configure(iam.base_url, "coreweave_fetch = auto\n")
+        assert_stock_update_writes_the_demo_caches(node, demo_org)
+        before = node.files()
+        node.configure(iam.base_url, "coreweave_fetch = members\n")
+        iam.filter_mode = "reject"
+
+        result = node.run("nsscache-coreweave", "update")
+
+        assert result.returncode == 1, result.stderr
+        assert "coreweave_fetch = members refuses to list every user instead" in result.stderr
+        assert node.files() == before
+        assert all("filter" in r.params for r in iam.requests("Users"))
