@@ -23,7 +23,6 @@ from support.loginnode import (
     KEYS_COMMAND,
     LoginNode,
     fingerprint,
-    make_keys_venv,
     public_key,
     run,
 )
@@ -33,26 +32,10 @@ from support.node import EXT, TOKEN
 
 
 @pytest.fixture(scope="module")
-def keys_bin(project_wheel, host_before):
-    path = make_keys_venv(project_wheel)
-    yield path
-    import shutil
-
-    shutil.rmtree(path.parent, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
 def node(host_before, installed_venv, keys_bin, iam):
     with LoginNode(installed_venv.python.parent, keys_bin, iam.base_url, TOKEN) as n:
         n.update()
         yield n
-
-
-@pytest.fixture(scope="module")
-def sshd(node):
-    server = node.start_sshd()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

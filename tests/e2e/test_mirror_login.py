@@ -17,7 +17,6 @@ from support.loginnode import (
     FRANK_ID,
     LoginNode,
     group_of,
-    make_keys_venv,
     public_key,
     user_of,
 )
@@ -41,21 +40,13 @@ def mirror(tmp_path_factory, publisher):
 
 
 @pytest.fixture(scope="module")
-def node(host_before, installed_venv, project_wheel, iam, publisher, mirror):
-    keys_bin = make_keys_venv(project_wheel)
+def node(host_before, installed_venv, keys_bin, iam, publisher, mirror):
     mode = (mirror.base_url, publisher.public_key)
     with LoginNode(installed_venv.python.parent, keys_bin, "", "", mirror=mode) as n:
         iam.reset_stats()
         n.update()
         assert iam.request_count() == 0  # the node never asks IAM
         yield n
-
-
-@pytest.fixture(scope="module")
-def sshd(node):
-    server = node.start_sshd()
-    yield server
-    server.stop()
 
 
 def test_a_member_logs_in_from_the_mirror_with_iam_identity(sshd, keys):
