@@ -236,13 +236,7 @@ def _check(conf, args) -> int:
         print(f"listing refused: {e}")
         return EXIT_FAILED
     print(f"listed: {len(snap.users)} users, {len(snap.groups)} groups (token accepted)")
-    problems = _attribute_report(config, snap) + _policy_report(config, snap)
-    registration = install.registration_problem()
-    if registration:
-        print(f"problem: {registration}")
-        problems += 1
-    else:
-        print("registration: the nsscache command finds source coreweave")
+    problems = _attribute_report(config, snap) + _policy_report(config, snap) + _registration_report()
     status = EXIT_FAILED if problems else EXIT_OK
     if args.sample:
         status = max(status, _print_sample(config))
@@ -270,10 +264,17 @@ def _check_mirror(config) -> int:
     print(f"bundle: generation {manifest.generation}, published {_iso(manifest.created)} "
           f"({time.time() - manifest.created:.0f} s ago): {manifest.users} users, {manifest.groups} groups")
     problems = _decided_report(config, policy.narrow(accepted.published.directory, config))
+    return EXIT_FAILED if problems + _registration_report() else EXIT_OK
+
+
+def _registration_report() -> int:
+    """Whether the nsscache command finds the source (1: a problem, printed)."""
     registration = install.registration_problem()
     if registration:
         print(f"problem: {registration}")
-    return EXIT_FAILED if problems or registration else EXIT_OK
+        return 1
+    print("registration: the nsscache command finds source coreweave")
+    return 0
 
 
 def _policy_report(config, snap) -> int:

@@ -184,17 +184,17 @@ def _load(config: Config) -> Optional[_Stored]:
         with open(os.path.join(directory, RECORD), encoding="utf-8") as f:
             record = json.load(f)
         manifest_bytes, signature = record["manifest"].encode("utf-8"), record["signature"].encode("ascii")
-        generation = bundle.parse_manifest(manifest_bytes).generation
+        manifest = bundle.parse_manifest(manifest_bytes)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, BundleError):
         return None
     blobs = {}
-    for entry in bundle.parse_manifest(manifest_bytes).files.values():
+    for entry in manifest.files.values():
         with contextlib.suppress(OSError):
             with open(os.path.join(directory, entry.sha256), "rb") as f:
                 data = f.read()
             if bundle.sha256(data) == entry.sha256:  # a damaged copy is fetched again, not trusted
                 blobs[entry.sha256] = data
-    return _Stored(manifest_bytes, signature, generation, _validator(record.get("etag")),
+    return _Stored(manifest_bytes, signature, manifest.generation, _validator(record.get("etag")),
                    _validator(record.get("last_modified")), blobs)
 
 

@@ -8,6 +8,7 @@ byte-identical. The server is the loopback fake IAM with its filter modes."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -27,8 +28,11 @@ def filtering_iam(demo_org, mode="honour", advertised=True):
 
 
 def asked_ids(request) -> set:
-    terms = request.params["filter"].split(" or ")
-    return {json.loads(term[len("id eq "):]) for term in terms}
+    """The ids of an `id eq "…" or …` filter, each a JSON string (which may itself hold " or ")."""
+    text = request.params["filter"]
+    terms = re.findall(r'id eq ("(?:[^"\\]|\\.)*")(?: or |$)', text)
+    assert " or ".join(f"id eq {t}" for t in terms) == text
+    return {json.loads(term) for term in terms}
 
 
 def test_only_the_members_are_fetched_by_id_and_the_caches_are_exact(node, demo_org):
@@ -84,3 +88,20 @@ def test_fetch_members_refuses_the_full_listing_and_keeps_the_caches(node, demo_
         assert "coreweave_fetch = members refuses to list every user instead" in result.stderr
         assert node.files() == before
         assert all("filter" in r.params for r in iam.requests("Users"))
+
+
+def test_a_member_value_crafted_as_filter_syntax_is_asked_for_as_one_id(node, demo_org):
+    """A group admin (an insider) names a member `x" or id pr or id eq "y`: sent as a JSON string it stays
+    one id, which no user has, so the run lists every user and the caches are exactly the demo's."""
+    crafted = 'x" or id pr or id eq "y'
+    next(g for g in demo_org["Groups"] if g["sunkPosixGroupName"] == "slurm-users")["members"].append(
+        {"value": crafted, "type": "User"})
+    with filtering_iam(demo_org) as iam:
+        node.configure(iam.base_url, "coreweave_fetch = auto\n")
+
+        result = assert_stock_update_writes_the_demo_caches(node, demo_org)
+
+        first = iam.requests("Users")[0]
+        assert first.status == 200 and crafted in asked_ids(first)
+        assert f"1 of {len(members(demo_org))} requested users did not come back" in result.stderr
+        assert node.state()["last_run"]["fetch"] == "full"

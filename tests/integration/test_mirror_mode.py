@@ -37,18 +37,6 @@ EXIT_TEMPFAIL = 75
 
 
 @pytest.fixture
-def publisher(tmp_path, bin_dir, iam):
-    return Publisher.create(tmp_path, bin_dir, iam.base_url)
-
-
-@pytest.fixture
-def mirror(tmp_path, publisher):
-    publisher.directory.mkdir()
-    with serve(publisher.directory, tmp_path / "nginx") as server:
-        yield server
-
-
-@pytest.fixture
 def mirror_node(tmp_path, bin_dir, publisher, mirror):
     node = Node(tmp_path / "node", bin_dir)
     node.configure_mirror(mirror.base_url, publisher.public_key)

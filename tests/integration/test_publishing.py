@@ -83,11 +83,11 @@ def nginx_etag(path: Path) -> str:
     return f'"{int(info.st_mtime):x}-{info.st_size:x}"'
 
 
-def settled(web: Nginx, count: int) -> List[Request]:
+def settled(mirror: Nginx, count: int) -> List[Request]:
     """The ``count`` requests logged since the last reset, and proof that there are no more: a GET of
     SETTLED made after them must be the next line."""
-    assert requests.get(web.url(SETTLED), timeout=10).status_code == 404
-    logged = web.requests(count + 1)
+    assert requests.get(mirror.url(SETTLED), timeout=10).status_code == 404
+    logged = mirror.requests(count + 1)
     assert [(r.path, r.status) for r in logged[count:]] == [(SETTLED, 404)], logged
     return logged[:count]
 
@@ -217,22 +217,9 @@ def interpose(upstream: str) -> Iterator[Proxy]:
 
 
 @pytest.fixture
-def publisher(tmp_path, bin_dir, iam):
-    return Publisher.create(tmp_path, bin_dir, iam.base_url)
-
-
-@pytest.fixture
-def web(tmp_path, publisher):
-    """nginx serving the publish directory (created empty: nginx needs its root)."""
-    publisher.directory.mkdir()
-    with serve(publisher.directory, tmp_path / "nginx") as server:
-        yield server
-
-
-@pytest.fixture
-def mirror_node(tmp_path, bin_dir, publisher, web):
+def mirror_node(tmp_path, bin_dir, publisher, mirror):
     node = Node(tmp_path / "node", bin_dir)
-    node.configure_mirror(web.base_url, publisher.public_key,
+    node.configure_mirror(mirror.base_url, publisher.public_key,
                           f"coreweave_metrics_file = {tmp_path / 'node' / 'coreweave.prom'}\n")
     return node
 
@@ -355,52 +342,52 @@ def test_publish_keep_one_leaves_the_current_and_one_older_generation(tmp_path, 
 # --- 4., 5. what a refresh costs --------------------------------------------------------------------------------
 
 
-def test_an_idle_refresh_is_one_conditional_request_answered_304(publisher, web, mirror_node):
+def test_an_idle_refresh_is_one_conditional_request_answered_304(publisher, mirror, mirror_node):
     generation = published(publisher.publish())
     update(mirror_node)
-    assert len(settled(web, 6)) == 6
+    assert len(settled(mirror, 6)) == 6
     caches = mirror_node.caches()
-    web.reset_log()
+    mirror.reset_log()
 
     update(mirror_node)
 
-    (request,) = settled(web, 1)
+    (request,) = settled(mirror, 1)
     assert request == Request("GET", "/manifest.json", 304, request.bytes_sent,
                               nginx_etag(publisher.directory / "manifest.json"), 0)
     assert mirror_node.caches() == caches
     assert mirror_node.state()["last_run"]["generation"] == generation
 
 
-def test_a_new_generation_of_unchanged_data_fetches_no_map(publisher, web, mirror_node):
+def test_a_new_generation_of_unchanged_data_fetches_no_map(publisher, mirror, mirror_node):
     published(publisher.publish())
     update(mirror_node)
-    settled(web, 6)
+    settled(mirror, 6)
     caches = mirror_node.caches()
-    web.reset_log()
+    mirror.reset_log()
 
     same = published(publisher.publish())  # IAM unchanged
     update(mirror_node)
 
-    assert fetched(settled(web, 2)) == [("GET", "/manifest.json", 200),
+    assert fetched(settled(mirror, 2)) == [("GET", "/manifest.json", 200),
                                         ("GET", f"/generations/{same}/manifest.json.sig", 200)]
     assert mirror_node.caches() == caches
     assert mirror_node.state()["last_run"]["generation"] == same
 
 
-def test_a_change_to_one_users_keys_fetches_the_new_run_of_every_map(iam, demo_org, publisher, web, mirror_node):
+def test_a_change_to_one_users_keys_fetches_the_new_run_of_every_map(iam, demo_org, publisher, mirror, mirror_node):
     """The four maps of a bundle name one run (as a node's caches do, for whole-file consumers and
     the keys command), so a changed entry gives every map a new run id: all four are fetched once."""
     published(publisher.publish())
     update(mirror_node)
-    settled(web, 6)
-    web.reset_log()
+    settled(mirror, 6)
+    mirror.reset_log()
     bob_keys = user(demo_org, "alice")[EXT]["sunkSshKeys"][:1]
     iam.set_org(with_keys(demo_org, "bob", bob_keys))
 
     changed = published(publisher.publish())
     update(mirror_node)
 
-    assert fetched(settled(web, 6)) == [("GET", "/manifest.json", 200),
+    assert fetched(settled(mirror, 6)) == [("GET", "/manifest.json", 200),
                                         ("GET", f"/generations/{changed}/manifest.json.sig", 200),
                                         *[("GET", f"/generations/{changed}/{name}", 200) for name in MAPS]]
     assert mirror_node.cache("passwd") == expected_caches(demo_org)["passwd"]
@@ -410,7 +397,7 @@ def test_a_change_to_one_users_keys_fetches_the_new_run_of_every_map(iam, demo_o
 # --- 6. a manifest replaced within one second ------------------------------------------------------------------
 
 
-def test_two_publishes_within_one_second_of_the_same_size_are_both_seen(tmp_path, bin_dir, publisher, web):
+def test_two_publishes_within_one_second_of_the_same_size_are_both_seen(tmp_path, bin_dir, publisher, mirror):
     """Generation A is published just before the node's first GET of manifest.json reaches nginx,
     B (same IAM data, same creation time: a manifest of the same size) just after nginx answered
     it: the node holds A's ETag, and B's mtime must move it."""
@@ -429,7 +416,7 @@ def test_two_publishes_within_one_second_of_the_same_size_are_both_seen(tmp_path
             seen["etag_a"] = headers["ETag"]
             seen["b"] = publish_mod.publish(config, now=now).manifest.generation
 
-    with interpose(web.base_url) as proxy:
+    with interpose(mirror.base_url) as proxy:
         proxy.before, proxy.after = before, after
         node = Node(tmp_path / "node", bin_dir)
         node.configure_mirror(proxy.base_url, publisher.public_key)
@@ -440,14 +427,14 @@ def test_two_publishes_within_one_second_of_the_same_size_are_both_seen(tmp_path
         assert manifest.stat().st_size == a_size
         assert int(manifest.stat().st_mtime) >= int(a_mtime) + 1
         assert seen["etag_a"] == f'"{int(a_mtime):x}-{a_size:x}"' != nginx_etag(manifest)
-        settled(web, 6)
-        web.reset_log()
+        settled(mirror, 6)
+        mirror.reset_log()
 
         update(node)
 
         assert proxy.errors == []
     # B has A's entries, so A's map files: the node fetches B's manifest and signature, no map.
-    first, signature = settled(web, 2)
+    first, signature = settled(mirror, 2)
     assert (first.path, first.if_none_match, first.status) == ("/manifest.json", seen["etag_a"], 200)
     assert (signature.path, signature.status) == (f"/generations/{seen['b']}/manifest.json.sig", 200)
     assert node.state()["last_run"]["generation"] == seen["b"]
@@ -467,7 +454,7 @@ def test_a_reader_of_manifest_n_finds_every_file_of_n_after_two_more_publishes(t
         if path == "/manifest.json" and not later:
             later.extend(published(publisher.publish()) for _ in range(2))
 
-    with serve(publisher.directory, tmp_path / "nginx") as web, interpose(web.base_url) as proxy:
+    with serve(publisher.directory, tmp_path / "nginx") as mirror, interpose(mirror.base_url) as proxy:
         proxy.after = after
         node = Node(tmp_path / "node", bin_dir)
         node.configure_mirror(proxy.base_url, publisher.public_key)
@@ -475,7 +462,7 @@ def test_a_reader_of_manifest_n_finds_every_file_of_n_after_two_more_publishes(t
         accepted = mirror_mod.take(coreweave_config(node.conf), scim.Stats())
 
         assert proxy.errors == []
-        assert fetched(settled(web, 6)) == [("GET", "/manifest.json", 200),
+        assert fetched(settled(mirror, 6)) == [("GET", "/manifest.json", 200),
                                             ("GET", f"/generations/{first}/manifest.json.sig", 200),
                                             *[("GET", f"/generations/{first}/{name}", 200) for name in MAPS]]
     assert accepted.manifest.generation == first and accepted.maps == expected
@@ -504,14 +491,14 @@ class Takes:
 
 
 def test_readers_under_fifteen_publishes_get_one_whole_generation_or_never_fail(tmp_path, bin_dir, iam,
-                                                                                   demo_org, publisher, web):
+                                                                                   demo_org, publisher, mirror):
     config = coreweave_config(publisher.node.conf)
     other = with_keys(demo_org, "alice", user(demo_org, "alice")[EXT]["sunkSshKeys"][:1])
     user(other, "bob")[EXT]["sunkLoginShell"] = "/bin/bash"
     result = publish_mod.publish(config).manifest.generation
     published_files = {result: generation_files(publisher.directory, result)}
     node = Node(tmp_path / "node", bin_dir)
-    node.configure_mirror(web.base_url, publisher.public_key)
+    node.configure_mirror(mirror.base_url, publisher.public_key)
     node_config = coreweave_config(node.conf)
     takes = Takes()
 
@@ -538,7 +525,7 @@ def test_readers_under_fifteen_publishes_get_one_whole_generation_or_never_fail(
 # --- 8. the publisher's shrink guard ---------------------------------------------------------------------------
 
 
-def test_publish_refuses_a_shrink_until_accepted_and_nodes_keep_their_caches(iam, demo_org, publisher, web,
+def test_publish_refuses_a_shrink_until_accepted_and_nodes_keep_their_caches(iam, demo_org, publisher, mirror,
                                                                              mirror_node):
     generation = published(publisher.publish())
     update(mirror_node)
@@ -568,12 +555,12 @@ def test_publish_refuses_a_shrink_until_accepted_and_nodes_keep_their_caches(iam
 # --- 9. status, metrics, check, preview on a mirror node ------------------------------------------------------
 
 
-def test_status_metrics_check_and_preview_name_the_mirror_and_its_generation(demo_org, publisher, web,
+def test_status_metrics_check_and_preview_name_the_mirror_and_its_generation(demo_org, publisher, mirror,
                                                                             mirror_node):
     generation = published(publisher.publish())
     created = publisher.manifest()["created"]
     update(mirror_node)
-    url = web.base_url
+    url = mirror.base_url
     iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
 
     status = mirror_node.run("nsscache-coreweave", "status")
