@@ -206,10 +206,12 @@ OPTIONS: Tuple[Option, ...] = (
     Option("groups_query", Kind.TEXT, None, "the same for every Groups listing request, except that `filter`, "
            "`attributes` and `excludedAttributes` are refused: the primary-gid rule needs every group, gid and "
            "members (choose groups with `coreweave_groups`)", shown="unset"),
-    Option("fetch", Kind.CHOICE, "full", "`full`: list every user; `auto`: when the server advertises filtering "
-           "(`/ServiceProviderConfig`), fetch only the allowed groups' members by id, in batches, and list every user "
-           "instead when an answer shows the filter is not honoured (logged); `members`: that, or fail (issue 16, in "
-           "progress: `auto` becomes the default once it is measured)", choices=("full", "auto", "members")),
+    Option("fetch", Kind.CHOICE, "auto", "`auto`: when the server advertises filtering (`/ServiceProviderConfig`), "
+           "fetch only the allowed groups' members by id, in batches, and list every user instead when an answer "
+           "shows the filter is not honoured (logged); Users are asked only for the attributes this configuration "
+           "reads (`attributes=`), whole again when the server refuses that; `members`: the same, or fail; `full`: "
+           "every user, whole, exactly as before (no discovery, no filter, no projection)",
+           choices=("full", "auto", "members")),
     Option("max_pages", Kind.INTEGER, 10000, "more pages than this for one endpoint is refused as an endless listing",
            low=1, high=1_000_000),
     Option("max_users", Kind.INTEGER, 2_000_000, "a Users listing announcing or holding more users is refused; bounds "

@@ -26,7 +26,7 @@ from urllib.parse import quote
 from .config import Server
 from .errors import FetchError, FetchReason, ListingError, ListingReason
 
-__all__ = ["Batches", "NotFiltering", "discover", "fetch", "batches", "FILTER_BUDGET"]
+__all__ = ["Batches", "NotFiltering", "discover", "fetch", "batches", "is_bad_request", "refused", "FILTER_BUDGET"]
 
 log = logging.getLogger("nss_cache_coreweave")
 
@@ -113,15 +113,15 @@ def fetch(list_users: Callable[[Server], List[T]], server: Server, ids: Iterable
     found: List[T] = []
     for batch in batches(ids, plan.size):
         asked = frozenset(batch)
+        # The only query: member fetch is off with a coreweave_users_query (the caller adds attributes=).
         filtered = dataclasses.replace(server, users_query=(("filter", filter_of(batch)),))
         try:
             answer = list_users(filtered)
         except ListingError as e:
             raise NotFiltering(f"a filtered Users listing did not add up ({e})") from None
         except FetchError as e:
-            failure = e.values.get("failure")
-            if getattr(failure, "status", None) == 400:
-                raise NotFiltering(f"the server refused the filter ({failure})") from None
+            if is_bad_request(e):
+                raise NotFiltering(f"the server refused the filter ({e.values['failure']})") from None
             raise
         got = [key(item) for item in answer]
         if not asked.issuperset(got):
@@ -130,6 +130,11 @@ def fetch(list_users: Callable[[Server], List[T]], server: Server, ids: Iterable
             raise NotFiltering(f"{len(asked) - len(set(got))} of {len(asked)} requested users did not come back")
         found.extend(answer)
     return found
+
+
+def is_bad_request(error: FetchError) -> bool:
+    """A plain 400 (not an expired cursor, RFC 9865): the server refused what was asked."""
+    return error.reason is FetchReason.NOT_RETRIED and getattr(error.values.get("failure"), "status", None) == 400
 
 
 def refused(kind: str, why: str) -> ListingError:

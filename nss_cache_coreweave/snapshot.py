@@ -15,8 +15,9 @@ from typing import Any, FrozenSet, Iterable, Optional, Sequence, Tuple
 
 from . import memberfetch, scim
 from .config import AttributePath, Config, Server
+from .errors import FetchError
 
-__all__ = ["UserRecord", "Member", "GroupRecord", "Snapshot", "take", "resolve"]
+__all__ = ["UserRecord", "Member", "GroupRecord", "Snapshot", "take", "resolve", "attributes_of"]
 
 log = logging.getLogger("nss_cache_coreweave")
 
@@ -109,7 +110,9 @@ def take(
         if wanted is not None:
             # Other groups matter only for the primary-gid rule, and only through wanted users.
             groups = [wanted.narrow(g) for g in groups]
-        users = _users(_Lister(session, config, wanted, clock, deadline, stats or scim.Stats()))
+        # coreweave_fetch = full asks exactly what it always did: whole users.
+        attributes = None if server.fetch == "full" else attributes_of(config)
+        users = _users(_Lister(session, config, wanted, clock, deadline, stats or scim.Stats(), attributes))
     finally:
         if own_session:
             session.close()
@@ -117,9 +120,10 @@ def take(
     return Snapshot(tuple(u for u in users if type(u) is UserRecord), tuple(groups), started, listed)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Lister:
-    """Lists Users for one run: every user, or (memberfetch.py) the wanted ones by id."""
+    """Lists Users for one run: every user, or (memberfetch.py) the wanted ones by id;
+    with ``attributes`` (RFC 7644 §3.4.2.5) until the server shows it cannot be trusted with them."""
 
     session: Any
     config: Config
@@ -127,16 +131,62 @@ class _Lister:
     clock: scim.Clock
     deadline: float
     stats: scim.Stats
+    attributes: Optional[str] = None  # the attributes= value of this run's Users requests; None: whole users
 
     def users(self, server: Server) -> list:
-        listing = scim.Listing("Users", server.users_url, lambda r: _extract(r, self.config, self.wanted), _id,
-                               limit=server.max_users)
+        """The Users listing with ``server``'s query, projected while the server allows:
+        a 400 answered to the projected request but not to the same one without
+        ``attributes``, or a wanted user coming back without ``active`` (absent
+        counts as active: a server projecting it away would revive deactivated
+        users), means whole users for the rest of the run."""
+        if self.attributes is None:
+            return self._list(server, projected=False)
+        try:
+            return self._list(_with_attributes(server, self.attributes), projected=True)
+        except _Unprojected:
+            why = "a user came back without `active`"
+        except FetchError as e:
+            if not memberfetch.is_bad_request(e):
+                raise
+            why = "the server refused `attributes` (HTTP 400)"
+        found = self._list(server, projected=False)  # a 400 here too: the filter was refused, not the attributes
+        log.warning("coreweave: asking for only the attributes this configuration reads failed: %s; asking for "
+                    "whole users for the rest of this run", why)
+        self.attributes = None
+        return found
+
+    def _list(self, server: Server, projected: bool) -> list:
+        listing = scim.Listing("Users", server.users_url, lambda r: _extract(r, self.config, self.wanted, projected),
+                               _id, limit=server.max_users)
         return scim.list_resources(self.session, server, listing, clock=self.clock, deadline=self.deadline,
                                    stats=self.stats)
 
     def document(self, url: str) -> bytes:
         return scim.fetch_document(self.session, self.config.server, url, "ServiceProviderConfig", clock=self.clock,
                                    deadline=self.deadline, stats=self.stats)
+
+
+class _Unprojected(Exception):
+    """A projected Users answer cannot be trusted (raised while listing, also in a decoding worker)."""
+
+
+def attributes_of(config: Config) -> str:
+    """The ``attributes`` of a run's Users requests: ``active``, every configured
+    user attribute path and GECOS's fallback (``id`` is always returned)."""
+    users = config.users
+    paths = (users.name, users.uid, users.gid, users.gecos, users.home, users.shell, users.ssh_keys)
+    names = [_notation(p) for field in paths for p in field]
+    return ",".join(dict.fromkeys(["active", *names, "name.givenName", "name.familyName"]))
+
+
+def _notation(path: AttributePath) -> str:
+    """RFC 7644 §3.10 attribute notation: ``urn:…:Schema:attr.sub`` or ``attr.sub``."""
+    dotted = ".".join(path.names)
+    return f"{path.schema}:{dotted}" if path.schema else dotted
+
+
+def _with_attributes(server: Server, attributes: str) -> Server:
+    return dataclasses.replace(server, users_query=(*(server.users_query or ()), ("attributes", attributes)))
 
 
 def _users(lister: _Lister) -> list:
@@ -204,20 +254,23 @@ class _Wanted:
                                    member_names=group.member_names & self.names)
 
 
-def _extract(resource: dict, config: Config, wanted: Optional[_Wanted]):
+def _extract(resource: dict, config: Config, wanted: Optional[_Wanted], projected: bool = False):
     """A user's record when an allowed group may list it (its id, or its POSIX
     name, is among the members' references), else its bare id: kept for the
     listing's checks, 100,000 users cost a set of strings. Only a name that
     members give is looked up (none when members are UUIDs and ids): the names
     of other users are never kept."""
     user_id = resource["id"]
-    if wanted is None or user_id in wanted.ids:
-        return _user(resource, config)
-    if wanted.names:
+    kept = wanted is None or user_id in wanted.ids
+    if not kept and wanted is not None and wanted.names:
         name = resolve(resource, config.users.name)
-        if isinstance(name, str) and name in wanted.names:
-            return _user(resource, config)  # kept whatever policy decides: a name two users carry is ambiguous
-    return user_id
+        # Kept whatever policy decides: a name two users carry is ambiguous.
+        kept = isinstance(name, str) and name in wanted.names
+    if not kept:
+        return user_id
+    if projected and _child(resource, "active") is _MISSING:
+        raise _Unprojected(user_id)
+    return _user(resource, config)
 
 
 def _id(item) -> str:

@@ -74,7 +74,8 @@ def test_status_after_a_good_run_is_fresh(node):
     run = report["last_run"]
     assert (run["outcome"], run["users"], run["groups"], run["keys"]) == ("ok", 4, 2, 4)
     assert run["drops"] == {"key/key": 1, "user/inactive": 1}
-    assert run["requests"] == {"Groups/2xx": 1, "Users/2xx": 1}
+    # The fake IAM has no /ServiceProviderConfig: a 404, counted (coreweave_fetch = auto asks every run).
+    assert run["requests"] == {"Groups/2xx": 1, "ServiceProviderConfig/4xx": 1, "Users/2xx": 1}
 
 
 def test_status_of_an_old_run_is_stale(node):
@@ -126,6 +127,8 @@ def test_metrics_file_matches_the_run(node):
     assert m[("nsscache_coreweave_dropped_entries", (("kind", "key"), ("reason", "key")))] == 1.0
     assert m[("nsscache_coreweave_http_requests", (("endpoint", "Users"), ("status_class", "2xx")))] == 1.0
     assert m[("nsscache_coreweave_http_requests", (("endpoint", "Groups"), ("status_class", "2xx")))] == 1.0
+    discovery = (("endpoint", "ServiceProviderConfig"), ("status_class", "4xx"))
+    assert m[("nsscache_coreweave_http_requests", discovery)] == 1.0
     assert m[("nsscache_coreweave_http_retries", ())] == 0.0
     assert m[("nsscache_coreweave_shrink_guard_refusals_total", ())] == 0.0
     assert [m[("nsscache_coreweave_map_written", (("map", name),))] for name in MAPS] == [1.0] * 4
@@ -135,7 +138,7 @@ def test_metrics_file_matches_the_run(node):
     ]
     # The run's one summary line (stderr: stdin is a terminal for nsscache).
     assert "coreweave: run ok in " in result.stderr
-    assert "4 users, 2 groups, 4 SSH keys; dropped: key/key 1, user/inactive 1; 2 requests, 0 retries" in result.stderr
+    assert "4 users, 2 groups, 4 SSH keys; dropped: key/key 1, user/inactive 1; 3 requests, 0 retries" in result.stderr
 
 
 def test_metrics_after_a_failed_run_keep_the_last_success(node, iam):

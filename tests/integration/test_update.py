@@ -12,7 +12,14 @@ import time
 import pytest
 
 from support.fakeiam import FakeIAM, Fault
-from support.node import EXT, MAPS, TOKEN, assert_stock_update_writes_the_demo_caches, expected_caches
+from support.node import (
+    ATTRIBUTES_ENCODED,
+    EXT,
+    MAPS,
+    TOKEN,
+    assert_stock_update_writes_the_demo_caches,
+    expected_caches,
+)
 
 
 def test_stock_nsscache_writes_exact_caches(node, iam, demo_org):
@@ -26,9 +33,9 @@ def test_four_maps_make_one_users_pass_and_one_groups_pass(node, iam):
 
     assert node.run("nsscache", "update", "--full").returncode == 0
 
-    # 6 users and 3 groups at 2 per page: 3 + 2 requests for all four maps.
+    # 6 users and 3 groups at 2 per page: 3 + 2 requests for all four maps (and one discovery).
     assert [r.target for r in iam.requests("Users")] == [
-        f"/scim/cw-demo/Users?startIndex={i}&count=2" for i in (1, 3, 5)
+        f"/scim/cw-demo/Users?startIndex={i}&count=2&{ATTRIBUTES_ENCODED}" for i in (1, 3, 5)
     ]
     assert [r.target for r in iam.requests("Groups")] == [
         f"/scim/cw-demo/Groups?startIndex={i}&count=2" for i in (1, 3)
@@ -283,5 +290,5 @@ def test_long_listing_decoded_in_workers_writes_the_same_caches(node, iam, demo_
     assert_stock_update_writes_the_demo_caches(node, demo_org)
 
     assert [r.target for r in iam.requests("Users")] == [
-        f"/scim/cw-demo/Users?startIndex={i}&count=1" for i in range(1, 27)
+        f"/scim/cw-demo/Users?startIndex={i}&count=1&{ATTRIBUTES_ENCODED}" for i in range(1, 27)
     ]

@@ -47,7 +47,8 @@ default, each of these makes the server act like one that supports more of SCIM:
   ``members.value``, also inside multi-valued ones; extension attributes by their
   schema URN, ``urn:...:CoreWeaveUser:sunkPosixUid`` or the bare URN for the whole
   extension; a core schema URN prefix is dropped). An empty ``attributes`` is no
-  projection. ``excludedAttributes`` stays ignored.
+  projection; ``"lose-active"``: honoured, but ``active`` is left out even when
+  asked for (a broken projection). ``excludedAttributes`` stays ignored.
 
 Python use::
 
@@ -109,7 +110,7 @@ DEFAULT_COUNT = 100
 ENDPOINTS = ("Users", "Groups")
 SERVICE_PROVIDER_CONFIG = "ServiceProviderConfig"
 FILTER_MODES = ("ignore", "honour", "reject", "extra", "drop")
-ATTRIBUTES_MODES = ("ignore", "honour", "reject")
+ATTRIBUTES_MODES = ("ignore", "honour", "reject", "lose-active")
 
 SPC_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"
 CORE_SCHEMAS = ("urn:ietf:params:scim:schemas:core:2.0:user", "urn:ietf:params:scim:schemas:core:2.0:group")
@@ -495,7 +496,7 @@ class FakeIAM:
     :param filter_fault_user: the user id ``"extra"`` adds or ``"drop"`` leaves out;
         None: the first eligible one.
     :param attributes_mode: what ``attributes`` on ``Users``/``Groups`` does, one of
-        :data:`ATTRIBUTES_MODES`: ``"ignore"``, ``"honour"`` or ``"reject"``.
+        :data:`ATTRIBUTES_MODES`: ``"ignore"``, ``"honour"``, ``"reject"`` or ``"lose-active"``.
     :param log: stream for one line per request (e.g. ``sys.stderr``); None: silent.
 
     Everything read or set from Python is thread-safe.
@@ -816,7 +817,10 @@ class FakeIAM:
                 _name_members(chunk, self._org["Users"], self.members_by)
             total = len(resources)
         if selection.attributes is not None:
-            chunk = [_project(r, selection.attributes) for r in chunk]
+            names = selection.attributes
+            if self.attributes_mode == "lose-active":
+                names = tuple(n for n in names if n != "active")
+            chunk = [_project(r, names) for r in chunk]
         return chunk, total
 
     def _issue_cursor(self, endpoint: str, offset: int) -> str:

@@ -15,6 +15,13 @@ TOKEN = "cw-test-token-4f1c9a"
 EXT = "urn:coreweave:params:scim:schemas:extension:coreweave:2.0:CoreWeaveUser"
 MAPS = ("passwd", "group", "shadow", "sshkey")
 MARKER = "nsscache-coreweave"  # the first line of every cache names the run that wrote it
+# What the default configuration asks Users for (coreweave_fetch = auto): `active`, the configured
+# attribute paths, GECOS's fallback; as sent (comma-separated) and as URL-encoded in a target.
+ATTRIBUTES = ",".join([
+    "active", f"{EXT}:sunkPosixUsername", f"{EXT}:sunkPosixUid", f"{EXT}:sunkPosixGid", "displayName", "name.formatted",
+    f"{EXT}:sunkHomeDirectory", f"{EXT}:sunkLoginShell", f"{EXT}:sunkSshKeys", "name.givenName", "name.familyName",
+])
+ATTRIBUTES_ENCODED = "attributes=" + ATTRIBUTES.replace(":", "%3A").replace(",", "%2C")
 
 
 @dataclass
