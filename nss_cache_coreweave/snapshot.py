@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, FrozenSet, Iterable, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, Optional, Sequence, Tuple
 
 from . import memberfetch, scim
 from .config import AttributePath, Config, Server
@@ -175,8 +175,11 @@ def attributes_of(config: Config) -> str:
     user attribute path and GECOS's fallback (``id`` is always returned)."""
     users = config.users
     paths = (users.name, users.uid, users.gid, users.gecos, users.home, users.shell, users.ssh_keys)
-    names = [_notation(p) for field in paths for p in field]
-    return ",".join(dict.fromkeys(["active", *names, "name.givenName", "name.familyName"]))
+    names = ["active", *(_notation(p) for field in paths for p in field), "name.givenName", "name.familyName"]
+    first: Dict[str, str] = {}
+    for name in names:
+        first.setdefault(name.lower(), name)  # attribute names are case-insensitive (RFC 7643 §2.1)
+    return ",".join(first.values())
 
 
 def _notation(path: AttributePath) -> str:

@@ -109,7 +109,7 @@ DEFAULTS = {
     "page_size": (lambda c: c.server.page_size, 1000),
     "pagination": (lambda c: c.server.pagination, "index"),
     "users_query": (lambda c: c.server.users_query, None),
-    "fetch": (lambda c: c.server.fetch, "full"),
+    "fetch": (lambda c: c.server.fetch, "auto"),
     "groups_query": (lambda c: c.server.groups_query, None),
     "max_pages": (lambda c: c.server.max_pages, 10000),
     "max_users": (lambda c: c.server.max_users, 2_000_000),

@@ -36,7 +36,16 @@ from nss_cache_coreweave import keycache as keys_command
 from nss_cache_coreweave.errors import CoreWeaveError
 from nss_cache_coreweave.policy import POSIX_NAME, LocalAccounts
 from support.keys import dsa_key, ecdsa_key, ed25519_key, rsa_key, sk_ed25519_key
-from support.scripted_http import BASE, LIST_RESPONSE, TOKEN, USER_EXTENSION, Reply, ScriptedTransport, session_with
+from support.scripted_http import (
+    BASE,
+    LIST_RESPONSE,
+    TOKEN,
+    USER_EXTENSION,
+    Reply,
+    ScriptedTransport,
+    scim_error,
+    session_with,
+)
 
 CI = bool(os.environ.get("CI"))
 PROPERTY = settings(
@@ -178,9 +187,12 @@ def configure(allowed: str, allow_options: bool) -> config.Config:
 
 
 def serving(org: dict, ascii_json: bool) -> ScriptedTransport:
-    """A transport answering index-paged requests from ``org``."""
+    """A transport answering index-paged requests from ``org``, as a server without
+    /ServiceProviderConfig (404: it does not filter) that ignores ``attributes``."""
 
     def answer(sent):
+        if sent.path.endswith("/ServiceProviderConfig"):
+            return scim_error(404, "no such endpoint")
         resources = org["Users"] if sent.path.endswith("/Users") else org["Groups"]
         start, count = int(sent.params["startIndex"]), int(sent.params["count"])
         chunk = resources[start - 1 : start - 1 + count]

@@ -15,12 +15,13 @@ import shutil
 import stat
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from nss_cache_coreweave import bundle, config, policy, publish, run, sshsig, state
+from nss_cache_coreweave import bundle, config, policy, publish, run, snapshot, sshsig, state
 from nss_cache_coreweave.bundle import MAPS, Published
 from nss_cache_coreweave.config import ShadowDefaults
 from nss_cache_coreweave.errors import ConfigError, FetchError, GuardError, PublishError
@@ -109,7 +110,14 @@ def test_publish_writes_the_signed_bundle(cfg, tmp_path, key_file, demo_org, iam
     for name in MAPS:
         assert (generation / name).read_text() == marker_line(name, result.manifest.run) + "\n" + \
             expected_caches(demo_org)[name], name
-    assert iam.request_count() == 2  # one listing: Users and Groups, one page each
+    # One listing: Groups, then (the server has no /ServiceProviderConfig: it does not
+    # filter) every user, asked only for the attributes the configuration reads; one page each.
+    prefix = urlsplit(iam.base_url).path
+    assert [(urlsplit(r.target).path, r.status, r.params.get("attributes")) for r in iam.requests()] == [
+        (f"{prefix}/Groups", 200, None),
+        (f"{prefix}/ServiceProviderConfig", 404, None),
+        (f"{prefix}/Users", 200, snapshot.attributes_of(cfg)),
+    ]
 
 
 def test_the_manifest_names_the_generation_its_maps_and_counts(cfg, tmp_path):

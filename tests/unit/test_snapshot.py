@@ -3,17 +3,38 @@
 ``resolve`` reads a configured attribute path out of a SCIM resource: the
 first present, non-empty value among several paths, attribute names matched
 case-insensitively (RFC 7643 §2.1), extension objects keyed by their URN.
+
+``take`` runs the default ``coreweave_fetch = auto``: when the allowed groups'
+members are ids it asks ``/ServiceProviderConfig`` whether the server filters
+(these scripted servers have none: 404, so every user is listed), and every
+Users request carries ``attributes=`` (the attributes this configuration
+reads); a server that ignores it, as these do, answers whole users.
+``coreweave_fetch = full`` asks exactly what it always did.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
+from urllib.parse import urlencode
+
 import pytest
 
-from nss_cache_coreweave import config, snapshot
+from nss_cache_coreweave import config, scim, snapshot
 from nss_cache_coreweave.config import USER_EXTENSION, parse_path
-from nss_cache_coreweave.errors import AuthError, ListingError, ListingReason
+from nss_cache_coreweave.errors import AuthError, FetchError, FetchReason, ListingError, ListingReason
 from nss_cache_coreweave.snapshot import GroupRecord, Member, UserRecord, resolve
-from support.scripted_http import BASE, TOKEN, ScriptedTransport, load_page, page, scim_error, session_with
+from support.scripted_http import BASE, TOKEN, Reply, ScriptedTransport, load_page, page, scim_error, session_with
+
+# What a server without /ServiceProviderConfig answers: it does not filter, every user is listed.
+NO_SPC = scim_error(404, "no such endpoint")
+# attributes= of every Users request in auto, with the default attribute paths (snapshot.attributes_of).
+ATTRIBUTES = (
+    f"active,{USER_EXTENSION}:sunkPosixUsername,{USER_EXTENSION}:sunkPosixUid,{USER_EXTENSION}:sunkPosixGid,"
+    f"displayName,name.formatted,{USER_EXTENSION}:sunkHomeDirectory,{USER_EXTENSION}:sunkLoginShell,"
+    f"{USER_EXTENSION}:sunkSshKeys,name.givenName,name.familyName"
+)
+GROUPS, SPC, USERS = "/scim/cw-test/Groups", "/scim/cw-test/ServiceProviderConfig", "/scim/cw-test/Users"
 
 ALICE = {
     "id": "5b0e8f7a",
@@ -85,10 +106,13 @@ def test_resolve_with_no_paths_is_none():
 
 def group_record(members, member_match="auto", **resource):
     cfg = configured(member_match=member_match)
-    # Groups are listed first, then Users.
+    # Groups are listed first, then Users; members naming users by id (not in the name
+    # modes) could be fetched by id: the server is asked whether it filters in between.
+    discovery = [] if member_match in snapshot.NAME_MODES else [NO_SPC]
     transport = ScriptedTransport(page([{"id": "g1", "sunkPosixGroupName": "slurm-users", "sunkPosixGid": 3000,
-                                         "members": members, **resource}]), page([]))
+                                         "members": members, **resource}]), *discovery, page([]))
     snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
+    assert transport.steps == []
     return snap.groups[0]
 
 
@@ -193,22 +217,29 @@ def test_malformed_members_yield_no_member(members):
 
 def test_group_without_members_attribute_has_no_members():
     cfg = configured()
-    transport = ScriptedTransport(page([{"id": "g1", "displayName": "g"}]), page([]))
+    transport = ScriptedTransport(page([{"id": "g1", "displayName": "g"}]), NO_SPC, page([]))
     assert snapshot.take(cfg, session=session_with(transport, cfg.server)).groups == (GroupRecord("g1", "g", None, ()),)
 
 
 # --- take -------------------------------------------------------------------
 
 
-def test_take_lists_users_once_and_groups_once():
-    cfg = configured()
-    transport = ScriptedTransport(
+def documented_pages(*between):
+    """docs/coreweave-iam-scim.md §8: the Groups page, then ``between``, then the two Users pages."""
+    return ScriptedTransport(
         page(load_page("groups.json")["Resources"]),
+        *between,
         page(load_page("users-index-page1.json")["Resources"], total=3),
         page(load_page("users-index-page2.json")["Resources"], total=3),
     )
+
+
+def test_take_lists_users_once_and_groups_once():
+    # coreweave_fetch = full: exactly the requests of before (no discovery, no projection).
+    cfg = configured(fetch="full")
+    transport = documented_pages()
     snap = snapshot.take(cfg, session=session_with(transport, cfg.server), everyone=True)
-    assert transport.paths() == ["/scim/cw-test/Groups", "/scim/cw-test/Users", "/scim/cw-test/Users"]
+    assert transport.paths() == [GROUPS, USERS, USERS]
     assert [s.params for s in transport.sent] == [
         {"startIndex": "1", "count": "2"},
         {"startIndex": "1", "count": "2"},
@@ -232,6 +263,39 @@ def test_take_lists_users_once_and_groups_once():
         GroupRecord("9d1c0002", "slurm-sudo", 30002, (alice,)),
     )
     assert isinstance(snap.fetched_at, float)
+
+
+def test_take_by_default_asks_whether_the_server_filters_and_only_the_attributes_it_reads():
+    # coreweave_fetch = auto, coreweave_groups = slurm-users: members are ids, so the server is
+    # asked whether it filters (404: it does not), then every user is listed, projected.
+    cfg = configured()
+    transport = documented_pages(NO_SPC)
+    stats = scim.Stats()
+
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server), stats=stats)
+
+    assert [s.url for s in transport.sent] == [
+        f"{BASE}/Groups?startIndex=1&count=2",
+        f"{BASE}/ServiceProviderConfig",
+        f"{BASE}/Users?startIndex=1&count=2&" + urlencode({"attributes": ATTRIBUTES}),
+        f"{BASE}/Users?startIndex=3&count=2&" + urlencode({"attributes": ATTRIBUTES}),
+    ]
+    assert (stats.fetch, stats.requests) == (
+        "full", Counter({("Groups", "2xx"): 1, ("ServiceProviderConfig", "4xx"): 1, ("Users", "2xx"): 2}),
+    )
+    assert snap.users == (
+        UserRecord(
+            id="5b0e8f7a", active=True, name="alice", uid=20001, gid=20001, gecos="Alice Smith", home=None, shell=None,
+            ssh_keys=["ssh-ed25519 AAAAC3Nza...1 alice@laptop", "ssh-rsa AAAAB3Nza...2 alice@desk"],
+        ),
+        UserRecord(id="c3a4d5e6", active=True, name="bob", uid=20002, gid=20002, gecos="Bob Jones", home=None,
+                   shell=None, ssh_keys=None),
+    )
+    alice, bob = Member("5b0e8f7a", "User", "5b0e8f7a"), Member("c3a4d5e6", "User", "c3a4d5e6")
+    assert snap.groups == (
+        GroupRecord("9d1c0001", "slurm-users", 30001, (alice, bob)),
+        GroupRecord("9d1c0002", "slurm-sudo", 30002, (), frozenset({"5b0e8f7a"}), frozenset({"5b0e8f7a"})),
+    )
 
 
 def test_take_follows_the_configured_attribute_paths():
@@ -258,37 +322,51 @@ def test_take_follows_the_configured_attribute_paths():
     assert snap.groups == (GroupRecord("g1", "ops", 30010, ()),)
 
 
+WHOLE = None  # a Users request without attributes=
+
+
 @pytest.mark.parametrize(
-    "resource, active",
+    "resource, active, asked",
     [
-        pytest.param({"id": "u1"}, True, id="absent-means-active"),
-        pytest.param({"id": "u1", "active": False}, False, id="false"),
-        pytest.param({"id": "u1", "active": None}, None, id="null-kept-for-policy"),
-        pytest.param({"id": "u1", "active": "false"}, "false", id="string-kept-for-policy"),
-        pytest.param({"id": "u1", "Active": False}, False, id="attribute-name-any-case"),
-        pytest.param({"id": "u1", "ACTIVE": False}, False, id="attribute-name-upper-case"),
+        # Projected away or never sent? A projected answer without it is asked again whole.
+        pytest.param({"id": "u1"}, True, [ATTRIBUTES, WHOLE], id="absent-means-active"),
+        pytest.param({"id": "u1", "active": False}, False, [ATTRIBUTES], id="false"),
+        pytest.param({"id": "u1", "active": None}, None, [ATTRIBUTES], id="null-kept-for-policy"),
+        pytest.param({"id": "u1", "active": "false"}, "false", [ATTRIBUTES], id="string-kept-for-policy"),
+        pytest.param({"id": "u1", "Active": False}, False, [ATTRIBUTES], id="attribute-name-any-case"),
+        pytest.param({"id": "u1", "ACTIVE": False}, False, [ATTRIBUTES], id="attribute-name-upper-case"),
     ],
 )
-def test_active_flag_is_read_as_sent(resource, active):
+def test_active_flag_is_read_as_sent(resource, active, asked):
     cfg = configured()
-    transport = ScriptedTransport(page([]), page([resource]))
+    # Every user is wanted: no discovery (nothing to fetch by id).
+    transport = ScriptedTransport(page([]), page([resource]), page([resource]))
     assert snapshot.take(cfg, session=session_with(transport, cfg.server), everyone=True).users[0].active == active
+    assert [s.params.get("attributes") for s in transport.sent[1:]] == asked
+
+
+def test_absent_active_means_active_in_full_users():
+    cfg = configured(fetch="full")
+    transport = ScriptedTransport(page([]), page([{"id": "u1"}]))
+    assert snapshot.take(cfg, session=session_with(transport, cfg.server), everyone=True).users[0].active is True
+    assert transport.paths() == [GROUPS, USERS]
 
 
 def test_take_fails_whole_when_users_fail():
     cfg = configured()
-    transport = ScriptedTransport(page([{"id": "g1", "displayName": "g"}]),
+    transport = ScriptedTransport(page([{"id": "g1", "displayName": "g"}]), NO_SPC,
                                   scim_error(401, "invalid or expired bearer token"))
     with pytest.raises(AuthError):
         snapshot.take(cfg, session=session_with(transport, cfg.server))
-    assert transport.paths() == ["/scim/cw-test/Groups", "/scim/cw-test/Users"]
+    # Only a 400 can be the projection's fault: nothing is asked again.
+    assert transport.paths() == [GROUPS, SPC, USERS]
 
 
 def test_coreweave_max_users_bounds_the_users_listing_not_the_groups_listing():
     cfg = configured(max_users=2)
     groups = [{"id": f"g{n}", "sunkPosixGroupName": f"group-{n}"} for n in range(3)]
     users = [{"id": "u1"}, {"id": "u2"}, {"id": "u3"}]
-    transport = ScriptedTransport(page(groups), page(users))
+    transport = ScriptedTransport(page(groups), NO_SPC, page(users))
 
     with pytest.raises(ListingError) as caught:
         snapshot.take(cfg, session=session_with(transport, cfg.server))
@@ -306,7 +384,7 @@ def test_only_members_of_allowed_groups_are_kept_but_every_user_is_counted():
         {"id": "g2", "sunkPosixGroupName": "other", "members": [{"value": "u2"}]},
     ]
     users = [{"id": "u1", "active": True}, {"id": "u2", "active": True}, {"id": "u3"}]
-    transport = ScriptedTransport(page(groups), page(users[:2], total=3), page(users[2:], total=3))
+    transport = ScriptedTransport(page(groups), NO_SPC, page(users[:2], total=3), page(users[2:], total=3))
 
     snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
 
@@ -321,8 +399,8 @@ def test_a_group_named_with_a_listed_prefix_brings_no_members():
         {"id": "g2", "sunkPosixGroupName": "slurm-users-evil", "members": [{"value": "u2"}]},
         {"id": "g3", "sunkPosixGroupName": "slurm", "members": [{"value": "u3"}]},
     ]
-    users = [{"id": "u1"}, {"id": "u2"}, {"id": "u3"}]
-    transport = ScriptedTransport(page(groups), page(users))
+    users = [{"id": "u1", "active": True}, {"id": "u2", "active": True}, {"id": "u3", "active": True}]
+    transport = ScriptedTransport(page(groups), NO_SPC, page(users))
 
     snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
 
@@ -340,8 +418,8 @@ def test_other_groups_keep_their_gid_and_their_members_among_the_wanted_users():
          "members": [{"value": "u2"}, {"value": "u3"}, {"value": "u9"}]},
         {"id": "g3", "sunkPosixGroupName": ["not", "a", "name"], "sunkPosixGid": 30004, "members": [{"value": "u1"}]},
     ]
-    users = [{"id": "u1"}, {"id": "u2"}, {"id": "u3"}]
-    transport = ScriptedTransport(page(groups), page(users))
+    users = [{"id": "u1", "active": True}, {"id": "u2", "active": True}, {"id": "u3", "active": True}]
+    transport = ScriptedTransport(page(groups), NO_SPC, page(users))
 
     snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
 
@@ -351,7 +429,7 @@ def test_other_groups_keep_their_gid_and_their_members_among_the_wanted_users():
 
 
 def cw_user(id, name):
-    return {"id": id, USER_EXTENSION: {"sunkPosixUsername": name}}
+    return {"id": id, "active": True, USER_EXTENSION: {"sunkPosixUsername": name}}
 
 
 def test_auto_keeps_the_users_members_name_and_only_the_names_they_give():
@@ -361,7 +439,7 @@ def test_auto_keeps_the_users_members_name_and_only_the_names_they_give():
         {"id": "g2", "sunkPosixGroupName": "other", "members": [{"value": "carol"}, {"value": "alice"}]},
     ]
     users = [cw_user("u1", "alice"), cw_user("u2", "bob"), cw_user("u3", "carol"), cw_user("u4", "alice")]
-    transport = ScriptedTransport(page(groups), page(users))
+    transport = ScriptedTransport(page(groups), NO_SPC, page(users))
 
     snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
 
@@ -377,7 +455,7 @@ def test_auto_reads_no_other_users_name_when_members_are_long_ids(mocker):
     cfg = configured()
     ids = [f"0b6c1a52-8d0e-4c1f-9a57-3f1e2d4c5b{n:02d}" for n in range(4)]
     groups = [{"id": "g1", "sunkPosixGroupName": "slurm-users", "members": [{"value": ids[0]}]}]
-    transport = ScriptedTransport(page(groups), page([cw_user(i, f"user{n}") for n, i in enumerate(ids)]))
+    transport = ScriptedTransport(page(groups), NO_SPC, page([cw_user(i, f"user{n}") for n, i in enumerate(ids)]))
     spy = mocker.spy(snapshot, "resolve")
 
     snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
@@ -397,13 +475,14 @@ def test_auto_keeps_the_listed_users_ids_that_members_of_any_group_give():
         {"id": "g2", "sunkPosixGroupName": "other", "members": [{"value": "u3"}, {"value": "u-x", "type": "Group"}]},
     ]
     users = [cw_user("u2", "bob"), cw_user("u3", "carol"), cw_user("u-x", "x")]
-    transport = ScriptedTransport(page(groups), page(users))
+    transport = ScriptedTransport(page(groups), NO_SPC, page(users))
 
     snap = snapshot.take(cfg, session=session_with(transport, cfg.server))
 
     assert [u.id for u in snap.users] == ["u2"]
     assert [(g.id, g.member_ids) for g in snap.groups] == [("g1", frozenset()), ("g2", frozenset())]
     assert snap.listed_member_ids == {"u3"}
+    # A name mode fetches no one by id: no discovery.
     assert snapshot.take(configured(member_match="value"),
                          session=session_with(ScriptedTransport(page(groups), page(users)),
                                               cfg.server)).listed_member_ids == frozenset()
@@ -430,7 +509,7 @@ def test_name_modes_keep_the_users_members_name(mode):
 
 def test_take_opens_and_closes_its_own_session_when_given_none(mocker):
     cfg = configured()
-    transport = ScriptedTransport(page([]), page([]))
+    transport = ScriptedTransport(page([]), NO_SPC, page([]))
     session = session_with(transport, cfg.server)
     close = mocker.spy(session, "close")
     new_session = mocker.patch.object(snapshot.scim, "new_session", return_value=session)
@@ -442,7 +521,258 @@ def test_take_opens_and_closes_its_own_session_when_given_none(mocker):
 
 def test_take_leaves_a_given_session_open(mocker):
     cfg = configured()
-    session = session_with(ScriptedTransport(page([]), page([])), cfg.server)
+    session = session_with(ScriptedTransport(page([]), NO_SPC, page([])), cfg.server)
     close = mocker.spy(session, "close")
     snapshot.take(cfg, session=session)
     assert close.call_count == 0
+
+
+# --- attribute projection (coreweave_fetch = auto and members) ---------------------------------------
+
+
+def test_users_are_asked_for_active_the_configured_paths_and_gecos_fallback():
+    assert snapshot.attributes_of(configured()) == ATTRIBUTES
+
+
+def test_the_attributes_asked_for_follow_the_configured_paths():
+    cfg = configured(
+        user_name_attribute="urn:ietf:params:scim:schemas:core:2.0:User:userName",
+        uid_attribute="urn:example:ext:2.0:User/uidNumber",
+        gid_attribute="urn:example:ext:2.0:User:uidNumber",
+        gecos_attribute="name/formatted, displayName, name.givenName",
+        home_attribute="urn:example:ext:2.0:User:homeDirectory",
+        shell_attribute="urn:example:ext:2.0:User:loginShell",
+        ssh_keys_attribute="urn:example:ext:2.0:User:sshKeys, USERNAME, Name.GivenName",
+    )
+    # In SCIM notation (RFC 7644 §3.10): a core attribute without its schema URN, SUNK's
+    # '/' as ':' and '.'; each once whatever its case (RFC 7643 §2.1), as it first appears
+    # (in the order of the options).
+    assert snapshot.attributes_of(cfg) == (
+        "active,userName,urn:example:ext:2.0:User:uidNumber,name.formatted,displayName,name.givenName,"
+        "urn:example:ext:2.0:User:homeDirectory,urn:example:ext:2.0:User:loginShell,"
+        "urn:example:ext:2.0:User:sshKeys,name.familyName"
+    )
+
+
+# A server that advertises filtering (RFC 7643 §5): the wanted users are fetched by id.
+FILTERS = Reply(200, {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+                      "filter": {"supported": True, "maxResults": 200}})
+REFUSED = scim_error(400, "attributes is not supported", "invalidValue")
+FILTER_REFUSED = scim_error(400, "filter is not supported", "invalidFilter")
+PROJECTION_REFUSED = (
+    "coreweave: asking for only the attributes this configuration reads failed: the server refused `attributes` "
+    "(HTTP 400); asking for whole users for the rest of this run"
+)
+ACTIVE_MISSING = (
+    "coreweave: asking for only the attributes this configuration reads failed: a user came back without `active`; "
+    "asking for whole users for the rest of this run"
+)
+
+
+def members_of_slurm_users(*ids):
+    return page([{"id": "g1", "sunkPosixGroupName": "slurm-users", "sunkPosixGid": 30001,
+                  "members": [{"value": i} for i in ids]}])
+
+
+def posix_user(id, name, uid, **fields):
+    return {"id": id, USER_EXTENSION: {"sunkPosixUsername": name, "sunkPosixUid": uid, "sunkPosixGid": uid}, **fields}
+
+
+def record(id, name, uid, active=True):
+    return UserRecord(id, active, name, uid, uid, None, None, None, None)
+
+
+def by_id(*ids):
+    """The filter of a batch of ids (memberfetch.filter_of)."""
+    return " or ".join(f'id eq "{i}"' for i in ids)
+
+
+def warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def take(cfg, transport, **kw):
+    stats = scim.Stats()
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server), stats=stats, **kw)
+    assert transport.steps == []
+    return snap, stats
+
+
+def test_a_refused_projection_is_asked_again_whole_and_logged_once(caplog):
+    cfg = configured()
+    transport = ScriptedTransport(
+        members_of_slurm_users("u1"), NO_SPC, REFUSED,
+        page([posix_user("u1", "alice", 20001), posix_user("u2", "bob", 20002)]),
+    )
+
+    snap, stats = take(cfg, transport)
+
+    assert snap.users == (record("u1", "alice", 20001),)
+    assert transport.paths() == [GROUPS, SPC, USERS, USERS]
+    assert transport.params()[2:] == [{"startIndex": "1", "count": "2", "attributes": ATTRIBUTES},
+                                      {"startIndex": "1", "count": "2"}]
+    assert (stats.fetch, stats.requests[("Users", "4xx")], stats.requests[("Users", "2xx")]) == ("full", 1, 1)
+    assert warnings(caplog) == [PROJECTION_REFUSED]
+
+
+def test_a_projection_refused_to_a_batch_is_left_off_for_the_rest_of_the_run(caplog):
+    cfg = configured()
+    transport = ScriptedTransport(
+        members_of_slurm_users("u1", "u2", "u3"), FILTERS, REFUSED,
+        page([posix_user("u1", "alice", 20001), posix_user("u2", "bob", 20002)]),
+        page([posix_user("u3", "carol", 20003)]),
+    )
+
+    snap, stats = take(cfg, transport)
+
+    assert snap.users == (record("u1", "alice", 20001), record("u2", "bob", 20002), record("u3", "carol", 20003))
+    assert transport.params()[2:] == [
+        {"filter": by_id("u1", "u2"), "startIndex": "1", "count": "2", "attributes": ATTRIBUTES},
+        {"filter": by_id("u1", "u2"), "startIndex": "1", "count": "2"},
+        {"filter": by_id("u3"), "startIndex": "1", "count": "2"},
+    ]
+    assert stats.fetch == "members"
+    assert warnings(caplog) == [PROJECTION_REFUSED]
+
+
+def test_a_listing_refused_with_and_without_attributes_fails_the_run(caplog):
+    cfg = configured()
+    transport = ScriptedTransport(members_of_slurm_users("u1"), NO_SPC, REFUSED, REFUSED)
+
+    with pytest.raises(FetchError) as caught:
+        snapshot.take(cfg, session=session_with(transport, cfg.server))
+
+    error = caught.value
+    assert (error.kind, error.page, error.reason, error.values["failure"].status) == (
+        "Users", 1, FetchReason.NOT_RETRIED, 400)
+    assert [s.params.get("attributes") for s in transport.sent[2:]] == [ATTRIBUTES, WHOLE]
+    assert warnings(caplog) == []  # the projection was not at fault
+
+
+def test_a_lister_refused_whole_users_too_keeps_its_projection():
+    # The 400 was not the projection's fault: a later request (the full listing after a
+    # refused filter) still asks for only the attributes read.
+    cfg = configured()
+    transport = ScriptedTransport(REFUSED, REFUSED)
+    clock = scim.Clock()
+    lister = snapshot._Lister(session_with(transport, cfg.server), cfg, None, clock,
+                              clock.monotonic() + cfg.server.deadline, scim.Stats(), ATTRIBUTES)
+
+    with pytest.raises(FetchError):
+        lister.users(cfg.server)
+
+    assert lister.attributes == ATTRIBUTES
+
+
+def test_a_filter_refused_with_and_without_attributes_lists_every_user_still_projected(caplog):
+    cfg = configured()
+    transport = ScriptedTransport(
+        members_of_slurm_users("u1"), FILTERS, FILTER_REFUSED, FILTER_REFUSED,
+        page([posix_user("u1", "alice", 20001, active=True), posix_user("u2", "bob", 20002, active=True)]),
+    )
+
+    snap, stats = take(cfg, transport)
+
+    assert snap.users == (record("u1", "alice", 20001),)
+    assert transport.params()[2:] == [
+        {"filter": by_id("u1"), "startIndex": "1", "count": "2", "attributes": ATTRIBUTES},
+        {"filter": by_id("u1"), "startIndex": "1", "count": "2"},
+        {"startIndex": "1", "count": "2", "attributes": ATTRIBUTES},
+    ]
+    assert stats.fetch == "full"
+    assert warnings(caplog) == [
+        "coreweave: fetching only the members of coreweave_groups failed: the server refused the filter "
+        f"(HTTP 400 from {BASE} ('filter is not supported')); listing every user instead",
+    ]
+
+
+def test_a_wanted_user_without_active_in_a_projected_answer_is_listed_again_whole(caplog):
+    # Absent counts as active: trusting a projection that lost `active` would revive u1.
+    cfg = configured()
+    transport = ScriptedTransport(
+        members_of_slurm_users("u1"), NO_SPC,
+        page([posix_user("u1", "alice", 20001), posix_user("u2", "bob", 20002, active=True)]),
+        page([posix_user("u1", "alice", 20001, active=False), posix_user("u2", "bob", 20002, active=True)]),
+    )
+
+    snap, stats = take(cfg, transport)
+
+    assert snap.users == (record("u1", "alice", 20001, active=False),)
+    assert [s.params.get("attributes") for s in transport.sent[2:]] == [ATTRIBUTES, WHOLE]
+    assert warnings(caplog) == [ACTIVE_MISSING]
+
+
+def test_an_unwanted_user_without_active_asks_nothing_again(caplog):
+    cfg = configured()
+    transport = ScriptedTransport(
+        members_of_slurm_users("u1"), NO_SPC,
+        page([posix_user("u1", "alice", 20001, active=True), posix_user("u2", "bob", 20002)]),
+    )
+
+    snap, stats = take(cfg, transport)
+
+    assert snap.users == (record("u1", "alice", 20001),)
+    assert [s.params.get("attributes") for s in transport.sent[2:]] == [ATTRIBUTES]
+    assert warnings(caplog) == []
+
+
+def test_a_batch_answer_without_active_is_asked_again_whole_and_so_are_the_next_batches(caplog):
+    cfg = configured()
+    transport = ScriptedTransport(
+        members_of_slurm_users("u1", "u2", "u3"), FILTERS,
+        page([posix_user("u1", "alice", 20001), posix_user("u2", "bob", 20002)]),
+        page([posix_user("u1", "alice", 20001, active=False), posix_user("u2", "bob", 20002)]),
+        page([posix_user("u3", "carol", 20003)]),
+    )
+
+    snap, stats = take(cfg, transport)
+
+    assert snap.users == (record("u1", "alice", 20001, active=False), record("u2", "bob", 20002),
+                          record("u3", "carol", 20003))
+    assert [(s.params["filter"], s.params.get("attributes")) for s in transport.sent[2:]] == [
+        (by_id("u1", "u2"), ATTRIBUTES), (by_id("u1", "u2"), WHOLE), (by_id("u3"), WHOLE),
+    ]
+    assert stats.fetch == "members"
+    assert warnings(caplog) == [ACTIVE_MISSING]
+
+
+def test_fetch_full_asks_no_service_provider_config_and_no_attributes(caplog):
+    cfg = configured(fetch="full")
+    transport = ScriptedTransport(members_of_slurm_users("u1"), page([posix_user("u1", "alice", 20001)]))
+
+    snap, stats = take(cfg, transport)
+
+    assert snap.users == (record("u1", "alice", 20001),)
+    assert [s.url for s in transport.sent] == [f"{BASE}/Groups?startIndex=1&count=2",
+                                               f"{BASE}/Users?startIndex=1&count=2"]
+    assert stats.fetch == "full"
+    assert warnings(caplog) == []
+
+
+def test_active_missing_from_a_page_decoded_in_a_worker_lists_every_user_again_whole(mocker, caplog):
+    # One user per page, 12 pages: decoded in forked workers (scim.PARALLEL_MIN_PAGES); the
+    # worker's _Unprojected crosses the process boundary like any listing error.
+    cfg = configured(page_size=1, workers=2)
+    directory = [posix_user(f"u{n:02d}", f"user{n:02d}", 20000 + n, active=True) for n in range(12)]
+
+    def answer(sent):
+        if sent.path == GROUPS:
+            return page([])
+        start = int(sent.params["startIndex"])
+        user = dict(directory[start - 1])
+        if "attributes" in sent.params and user["id"] == "u05":
+            del user["active"]  # a projection that loses it
+        return page([user], total=len(directory))
+
+    transport = ScriptedTransport(*[answer] * 40)
+    pool = mocker.spy(scim.multiprocessing.get_context("fork"), "Pool")
+
+    snap = snapshot.take(cfg, session=session_with(transport, cfg.server), everyone=True)
+
+    assert snap.users == tuple(record(f"u{n:02d}", f"user{n:02d}", 20000 + n) for n in range(12))
+    asked = [(s.params.get("attributes"), int(s.params["startIndex"])) for s in transport.sent[1:]]
+    projected = len(asked) - len(directory)
+    assert asked[projected:] == [(WHOLE, n) for n in range(1, 13)]
+    assert [a for a, _ in asked[:projected]] == [ATTRIBUTES] * projected and projected >= 6
+    assert pool.call_count == 2
+    assert warnings(caplog) == [ACTIVE_MISSING]

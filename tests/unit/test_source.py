@@ -37,7 +37,16 @@ from nss_cache_coreweave.errors import (
 from nss_cache_coreweave.snapshot import GroupRecord, Member, Snapshot, UserRecord
 from nss_cache_coreweave.source import CoreWeaveSource
 from support.keys import ed25519_key, rsa_key
-from support.scripted_http import BASE, TOKEN, USER_EXTENSION, ScriptedTransport, load_page, page, session_with
+from support.scripted_http import (
+    BASE,
+    TOKEN,
+    USER_EXTENSION,
+    ScriptedTransport,
+    load_page,
+    page,
+    scim_error,
+    session_with,
+)
 
 CONF = {
     "name": "coreweave",
@@ -47,6 +56,8 @@ CONF = {
     "page_size": 2,
 }
 MAPS = ("passwd", "group", "shadow", "sshkey")
+# A server without /ServiceProviderConfig (asked in the default coreweave_fetch = auto): it does not filter.
+NO_SPC = scim_error(404, "no such endpoint")
 GETTERS = {
     "passwd": CoreWeaveSource.GetPasswdMap,
     "group": CoreWeaveSource.GetGroupMap,
@@ -146,12 +157,14 @@ def test_four_maps_list_users_and_groups_once(mocker):
 def test_four_maps_over_the_wire_make_one_walk_of_each_endpoint(mocker):
     transport = ScriptedTransport(
         page(load_page("groups.json")["Resources"]),
+        NO_SPC,
         page(load_page("users-index-page1.json")["Resources"], total=3),
         page(load_page("users-index-page2.json")["Resources"], total=3),
     )
     serve_from(mocker, transport)
     every_map()
-    assert transport.paths() == ["/scim/cw-test/Groups", "/scim/cw-test/Users", "/scim/cw-test/Users"]
+    assert transport.paths() == ["/scim/cw-test/Groups", "/scim/cw-test/ServiceProviderConfig",
+                                 "/scim/cw-test/Users", "/scim/cw-test/Users"]
 
 
 def test_maps_with_different_allow_lists_list_separately(mocker):
@@ -171,6 +184,7 @@ def test_documented_example_renders_the_documented_files(mocker, tmp_path):
     users_page["Resources"][0][USER_EXTENSION]["sunkSshKeys"] = keys
     transport = ScriptedTransport(
         page(load_page("groups.json")["Resources"]),
+        NO_SPC,
         page(users_page["Resources"], total=3),
         page(load_page("users-index-page2.json")["Resources"], total=3),
     )
