@@ -1,5 +1,6 @@
-"""What the runner (runner.py) and the many-nodes part (many.py) share: paths, the
-token, measuring one process under launch.py, a node's nsscache.conf, cache line counts."""
+"""What the runner (runner.py), the many-nodes part (many.py) and the fetch-less part
+(fetchless.py) share: paths, the token, measuring one process under launch.py, a measured
+run, a node's nsscache.conf, cache line counts, request targets compared."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import json
 import os
 import pty
 import subprocess
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
+from urllib.parse import parse_qsl, urlsplit
 
 from .org import CONFIGURED_GROUPS, SHELLS
 
-__all__ = ["BenchError", "REPO", "HERE", "MAPS", "TOKEN", "LARGE_DEADLINE", "LARGE_N", "launch", "tail",
-           "write_conf", "child_env", "line_counts"]
+__all__ = ["BenchError", "Run", "REPO", "HERE", "MAPS", "TOKEN", "LARGE_DEADLINE", "LARGE_N", "launch", "tail",
+           "write_conf", "child_env", "line_counts", "listing_requests"]
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -23,6 +27,36 @@ TOKEN = "bench-token-5d2e8c"
 
 class BenchError(RuntimeError):
     """The benchmark could not be run as asked (a failing sync, a dead server ...)."""
+
+
+@dataclass
+class Run:
+    """One measured process (sync or floor) and what the server saw."""
+
+    wall: float
+    user: float
+    sys: float
+    maxrss_kb: int
+    exit: int
+    requests: Dict[str, int]
+    body_bytes: int
+    connections: int
+    lines: Dict[str, int] = field(default_factory=dict)
+    targets_match: bool = True
+    fetch: str = ""  # a sync's run record: which users it fetched ("members", "full")
+    same_caches: Optional[bool] = None  # its caches equal a full-listing run's (run marker aside); None: not compared
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.sys
+
+    @property
+    def listing_requests(self) -> int:
+        return self.requests.get("Users", 0) + self.requests.get("Groups", 0)
+
+    @property
+    def other_requests(self) -> int:
+        return self.requests.get("other", 0)
 
 
 def launch(python: str, command: List[str], log: Path, env: Dict[str, str], cwd: Path) -> dict:
@@ -54,7 +88,8 @@ LARGE_DEADLINE = 1800  # seconds, coreweave_deadline from LARGE_N users on (the 
 LARGE_N = 1_000_000
 
 
-def write_conf(node: Path, base_url: str, settings, users: int = 0) -> Path:
+def write_conf(node: Path, base_url: str, settings, users: int = 0, fetch: Optional[str] = None) -> Path:
+    """The node's nsscache.conf; ``coreweave_fetch`` only when ``fetch`` is given (else the package's default)."""
     for sub in ("cache", "state"):
         (node / sub).mkdir(parents=True, exist_ok=True)
     token = node / "token"
@@ -83,6 +118,7 @@ def write_conf(node: Path, base_url: str, settings, users: int = 0) -> Path:
         f"coreweave_page_size = {settings.page_size}\n"
         f"coreweave_pagination = {settings.pagination}\n"
         + (f"coreweave_deadline = {LARGE_DEADLINE}\n" if users >= LARGE_N else "")
+        + (f"coreweave_fetch = {fetch}\n" if fetch else "")
     )
     return conf
 
@@ -103,4 +139,18 @@ def line_counts(cache: Path) -> Dict[str, int]:
             continue
         counts[name] = data.count(b"\n") - data.startswith(b"nsscache-coreweave:")
     return counts
+
+
+def listing_requests(targets: List[str], prefix: str) -> Counter:
+    """The Users and Groups requests among ``targets``, each as (path, its parameters but ``attributes`` and
+    ``excludedAttributes``, sorted): what a listing asked for, whatever it asked to leave out."""
+    found: Counter = Counter()
+    for target in targets:
+        split = urlsplit(target)
+        if split.path.rstrip("/") not in (f"{prefix}/Users", f"{prefix}/Groups"):
+            continue
+        params = tuple(sorted((k, v) for k, v in parse_qsl(split.query, keep_blank_values=True)
+                              if k not in ("attributes", "excludedAttributes")))
+        found[(split.path, params)] += 1
+    return found
 

@@ -2,10 +2,15 @@
 
     BENCH_TOKEN=... python floor.py URLS.json
 
-URLS.json is a JSON list of absolute URLs (the targets the sync run requested, in
-order). Each page is fetched, parsed and dropped; nothing else is done with it. The
-Authorization and Accept headers are the ones the package sends. One line of JSON
-(pages, bytes) goes to stdout at the end; any non-200 answer exits 1.
+URLS.json is a JSON list of absolute URLs: the whole listing, every Users and Groups
+page without filter or attributes, as a ``coreweave_fetch = full`` run requests them.
+The runner computes them (``benchmarks.server.listing_targets``: ``startIndex``/``count``
+per page, or the walk of the server's cursors) rather than recording a sync's, since a
+sync may now ask for less (members by id, projected attributes); the fetch-less part
+checks them against a ``coreweave_fetch = full`` run's requests. Each page is fetched,
+parsed and dropped; nothing else is done with it. The Authorization and Accept headers
+are the ones the package sends. One line of JSON (pages, bytes) goes to stdout at the
+end; any non-200 answer exits 1.
 """
 
 import json

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
-from . import many_report
+from . import fetchless_report, many_report
 from .tables import Target, mb, md_table, med, text_table, yes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,7 +30,10 @@ def _size(result: "BenchResult", users: int) -> Optional["SizeResult"]:
 
 
 def requests_ok(size: "SizeResult") -> bool:
-    return all(r.listing_requests == size.expected_requests and r.other_requests <= MAX_DISCOVERY for r in size.sync)
+    """Every sync's listing requests are the whole listing's (their number and their URLs, attributes aside), at
+    most one discovery request besides."""
+    return size.full_listing_requests and all(
+        r.listing_requests == size.expected_requests and r.other_requests <= MAX_DISCOVERY for r in size.sync)
 
 
 def lines_ok(size: "SizeResult") -> bool:
@@ -65,15 +68,16 @@ def targets(result: "BenchResult") -> List[Target]:
     detail = "; ".join(
         f"N={s.users:,}: {_requests_text(s)}" for s in result.sizes
     )
-    out.append(Target("listing requests = ⌈users/page⌉ + ⌈groups/page⌉ (+ ≤ 1 discovery) in every sync run, every N",
-                      detail, not bad if result.sizes else None))
+    out.append(Target("listing requests = the whole listing's, ⌈users/page⌉ + ⌈groups/page⌉ (+ ≤ 1 discovery), in "
+                      "every sync run, every N", detail, not bad if result.sizes else None))
     return out
 
 
 def _requests_text(size: "SizeResult") -> str:
     listing = sorted({r.listing_requests for r in size.sync})
     other = sorted({r.other_requests for r in size.sync})
-    text = f"{'/'.join(map(str, listing))} (expected {size.expected_requests})"
+    text = f"{'/'.join(map(str, listing))} (expected {size.expected_requests}"
+    text += ")" if size.full_listing_requests else "; NOT the whole listing's URLs)"
     if any(other):
         text += f" + {'/'.join(map(str, other))} other"
     return text
@@ -165,7 +169,10 @@ def checks(result: "BenchResult") -> List[str]:
         floor_requests = sorted({r.listing_requests + r.other_requests for r in s.floor})
         out.append(
             f"N={s.users:,}: every sync run requested the same {len(s.targets)} URLs: {yes(same_sync)}; "
-            f"the floor requested exactly those: {yes(same_floor)} ({'/'.join(map(str, floor_requests))} requests); "
+            f"their listing requests are the whole listing's (attributes aside): {yes(s.full_listing_requests)}; "
+            f"users fetched: {', '.join(sorted({r.fetch or '?' for r in s.sync}))}; "
+            f"the floor requested exactly the whole listing's {len(s.listing_targets)} URLs: {yes(same_floor)} "
+            f"({'/'.join(map(str, floor_requests))} requests); "
             f"cache line counts match the organisation's expected counts: {yes(lines_ok(s))}; "
             f"Accept-Encoding sent: {', '.join(repr(k) for k in s.accept_encoding) or 'none'}"
         )
@@ -181,14 +188,16 @@ def console(result: "BenchResult") -> str:
     parts += [f"  {t.mark:16} {t.name}: {t.measured}" for t in targets(result)]
     parts += ["", "checks:"] + [f"  {c}" for c in checks(result)]
     parts += many_report.console(result)
+    parts += fetchless_report.console(result)
     return "\n".join(parts)
 
 
 def markdown(result: "BenchResult") -> str:
     """docs/benchmarks.md: command, machine, issue 5's targets and results, the organisation, issue 15's many
-    nodes, the profile."""
+    nodes, issue 16's fetching less, the profile."""
     out = _head(result) + _issue5(result) + _organisation(result)
     out += many_report.markdown(result)
+    out += fetchless_report.markdown(result)
     profiles = [x for x in result.sizes if x.profile]
     if profiles:
         out += ["## Profile", ""]
@@ -202,7 +211,7 @@ def _head(result: "BenchResult") -> List[str]:
     out = [
         "# Benchmarks",
         "",
-        "Written by the benchmark runner (`benchmarks/`, issues 5 and 15); do not edit by hand, rerun it. "
+        "Written by the benchmark runner (`benchmarks/`, issues 5, 15 and 16); do not edit by hand, rerun it. "
         f"Run started {result.started}, took {result.seconds / 60:.1f} min.",
         "",
         "## Command",
@@ -213,7 +222,8 @@ def _head(result: "BenchResult") -> List[str]:
         "",
         "`make bench` runs `.venv/bin/python -m benchmarks $(BENCH_ARGS)` after `make install`; "
         "`--million` adds N = 1,000,000; `--profile` adds a cProfile of one sync per N; the many-nodes part "
-        "(issue 15) runs by default at 100,000 users (`--no-many-nodes` skips it).",
+        "(issue 15) runs by default at 100,000 users (`--no-many-nodes` skips it); the fetch-less part (issue 16) "
+        "at 100,000 users, and 1,000,000 with `--million` (`--no-fetch-less` skips it).",
         "",
         "## Machine",
         "",
@@ -267,12 +277,14 @@ def _measured(s) -> List[str]:
         "`coreweave_allowed_shells` = the organisation's shells, empty "
         "`coreweave_local_passwd`/`coreweave_local_group`, "
         "`coreweave_max_shrink = 1`, state in the temporary directory; from 1,000,000 users on also "
-        "`coreweave_deadline = 1800` (the default 300 s is tight on a busy 2-core machine).",
-        "- **floor**: a fresh `python benchmarks/floor.py` (same interpreter) fetching exactly the URLs the sync "
-        "requested, as the server recorded them, in the same order, with one `requests.Session` (same "
-        "`Authorization` and `Accept` headers) and `json.loads` of every page, nothing else. Because the URLs are "
-        "the same, whatever the sync asks of the server (`attributes=`, `count`, compression) makes the floor "
-        "cheaper too: the ratio measures the client's own work beyond downloading and parsing.",
+        "`coreweave_deadline = 1800` (the default 300 s is tight on a busy 2-core machine). No `coreweave_fetch`: "
+        "the package's default, against a server that supports neither `filter` nor `attributes` (below).",
+        "- **floor**: a fresh `python benchmarks/floor.py` (same interpreter) downloading and parsing the whole "
+        "listing: every Users and Groups page, no filter, no attributes, as a `coreweave_fetch = full` run asks for "
+        "them (the URLs are computed from N, G, the page size and the pagination), with one `requests.Session` "
+        "(same `Authorization` and `Accept` headers) and `json.loads` of every page, nothing else. The sync's "
+        "listing requests are checked to be the same URLs (any `attributes` aside, which this server ignores): "
+        "the ratio measures the client's own work beyond downloading and parsing.",
         "- **wall**: fork to exit of the measured process, interpreter start-up included. **CPU**: its user + system "
         "time (`os.wait4`). **Peak RSS**: its `ru_maxrss` (MB = 10⁶ bytes). Both are measured through "
         "`benchmarks/launch.py`, a tiny launcher, because Linux reports a child's `ru_maxrss` as at least the "
@@ -281,7 +293,9 @@ def _measured(s) -> List[str]:
         "connections that carried requests). Expected listing requests: ⌈users/page⌉ + ⌈groups/page⌉.",
         "- **server**: `benchmarks/server.py` in its own process (its CPU is not the client's) on 127.0.0.1, HTTP/1.1 "
         "keep-alive, every page rendered once and then served from memory; honours `count`, index and cursor "
-        "pagination, `attributes`/`excludedAttributes` (`id` and `schemas` always returned); ignores `filter`. "
+        "pagination. Capability `plain`, a server that does neither: `/ServiceProviderConfig` says "
+        "`filter.supported: false`, and `filter`, `attributes` and `excludedAttributes` are ignored (every page "
+        "holds whole resources). "
         f"gzip: {'on for clients that accept it' if s.gzip else 'off'}.",
         "",
     ]

@@ -2,16 +2,21 @@
 
 For each organisation size N (default 10,000 and 100,000; 1,000,000 with
 ``--million``) it starts the benchmark SCIM server (:mod:`benchmarks.server`, its own
-process) with a synthetic organisation (:mod:`benchmarks.org`: N users, G groups,
-M = ``--members-share`` x N members of the five configured groups), writes an
-``nsscache.conf`` into a temporary directory and then, after one warm-up of each,
-alternates R times:
+process, capability ``plain``: a server that supports neither ``filter`` nor
+``attributes``) with a synthetic organisation (:mod:`benchmarks.org`: N users, G
+groups, M = ``--members-share`` x N members of the five configured groups), writes an
+``nsscache.conf`` (no ``coreweave_fetch``: the package's default) into a temporary
+directory and then, after one warm-up of each, alternates R times:
 
 * **sync**: the real ``nsscache -c CONF update --full`` (passwd, group, shadow,
   sshkey; stdin a pty so nsscache logs to stderr, which goes to a file);
-* **floor**: :mod:`benchmarks.floor` in a fresh interpreter, fetching exactly the URLs
-  the warm-up sync requested (as the server recorded them, in order) with one
-  ``requests.Session`` and ``json.loads`` of every page, nothing else.
+* **floor**: :mod:`benchmarks.floor` in a fresh interpreter, fetching the whole
+  listing's URLs (Users and Groups pages, no filter, no attributes, as a
+  ``coreweave_fetch = full`` run requests them), computed from N, G, the page size and
+  the pagination by :func:`benchmarks.server.listing_targets` (not recorded from the
+  sync, which may ask for less), with one ``requests.Session`` and ``json.loads`` of
+  every page, nothing else. The fetch-less part checks the computed URLs against a
+  ``coreweave_fetch = full`` run's requests.
 
 Both run under :mod:`benchmarks.launch`, which measures the process alone: wall time
 (including interpreter start-up), CPU time (user + sys, ``os.wait4``) and peak RSS
@@ -25,6 +30,11 @@ At ``--many-nodes-at`` users (100,000; on unless ``--no-many-nodes``), with the 
 server, the many-nodes part of issue 15 follows (:mod:`benchmarks.many`): publish, a
 node's refresh from a real nginx serving the bundle, an idle refresh, and a fleet of
 ``--fleet-nodes`` nodes.
+
+At ``--fetch-less-at`` users (100,000; and 1,000,000 with ``--million``; on unless
+``--no-fetch-less``), last, the same server switched to the ``filtering`` capability,
+issue 16's part follows (:mod:`benchmarks.fetchless`): the sync with
+``coreweave_fetch = auto`` (members by id, attributes projected) against the floor.
 """
 
 from __future__ import annotations
@@ -45,11 +55,27 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+from urllib.parse import urlsplit
 
+from . import fetchless, fetchless_report, many_report, report
 from . import many as many_mod
-from . import many_report, report
-from .common import HERE, LARGE_N, MAPS, REPO, TOKEN, BenchError, child_env, launch, line_counts, tail, write_conf
+from .common import (
+    HERE,
+    LARGE_N,
+    MAPS,
+    REPO,
+    TOKEN,
+    BenchError,
+    Run,
+    child_env,
+    launch,
+    line_counts,
+    listing_requests,
+    tail,
+    write_conf,
+)
 from .org import CONFIGURED_GROUPS
+from .server import listing_targets
 
 __all__ = ["Settings", "Run", "SizeResult", "BenchResult", "run", "main", "MAPS"]
 
@@ -57,6 +83,7 @@ DEFAULT_SIZES = (10_000, 100_000)
 MILLION = 1_000_000
 READY_TIMEOUT = 900.0  # seconds: the first run computes the RSA key pool
 MANY_AT = 100_000  # users: where the many-nodes part runs (issue 15)
+FETCH_LESS_AT = 100_000  # users: where the fetch-less part runs (issue 16), and at MILLION with --million
 FLEET_NODES = 200
 
 
@@ -85,39 +112,13 @@ class Settings:
     many_at: int = MANY_AT
     fleet_nodes: int = FLEET_NODES
     fleet_workers: Optional[int] = None  # default: 2 x the usable cores
+    fetch_less: bool = True  # the fetch-less part (issue 16) at fetch_less_sizes
+    fetch_less_sizes: List[int] = field(default_factory=lambda: [FETCH_LESS_AT])
 
     def members_for(self, users: int) -> int:
         if self.members is not None:
             return min(self.members, users)
         return max(1, min(users, round(users * self.members_share)))
-
-
-@dataclass
-class Run:
-    """One measured process (sync or floor) and what the server saw."""
-
-    wall: float
-    user: float
-    sys: float
-    maxrss_kb: int
-    exit: int
-    requests: Dict[str, int]
-    body_bytes: int
-    connections: int
-    lines: Dict[str, int] = field(default_factory=dict)
-    targets_match: bool = True
-
-    @property
-    def cpu(self) -> float:
-        return self.user + self.sys
-
-    @property
-    def listing_requests(self) -> int:
-        return self.requests.get("Users", 0) + self.requests.get("Groups", 0)
-
-    @property
-    def other_requests(self) -> int:
-        return self.requests.get("other", 0)
 
 
 @dataclass
@@ -134,6 +135,8 @@ class SizeResult:
     page_bytes_per_user: float
     server_render_seconds: float
     profile: Optional[str] = None
+    listing_targets: List[str] = field(default_factory=list)  # the whole listing's, which the floor fetches
+    full_listing_requests: bool = False  # the sync's listing requests are the whole listing's (attributes aside)
 
     @property
     def expected_requests(self) -> int:
@@ -153,6 +156,7 @@ class BenchResult:
     started: str
     seconds: float
     many: Optional[many_mod.ManyResult] = None  # issue 15's many-nodes part
+    fetch_less: List[fetchless.FetchLessResult] = field(default_factory=list)  # issue 16's part, per N
 
 
 # --- measuring ------------------------------------------------------------------------
@@ -168,7 +172,7 @@ class _Server:
             sys.executable, "-m", "benchmarks.server",
             "--users", str(users), "--groups", str(settings.groups), "--members", str(settings.members_for(users)),
             "--seed", str(settings.seed), "--token-file", str(token_file), "--ready-file", str(self.ready),
-            "--prerender", str(settings.page_size), "--pagination", settings.pagination,
+            "--prerender", str(settings.page_size), "--pagination", settings.pagination, "--capability", "plain",
         ]
         if settings.invalid is not None:
             args += ["--invalid", str(settings.invalid)]
@@ -199,6 +203,13 @@ class _Server:
         with urllib.request.urlopen(url, timeout=60) as response:
             return json.loads(response.read())
 
+    def capability(self, name: str) -> None:
+        """Switch the server to ``plain`` or ``filtering`` (filtering builds its id index first: seconds at 1M)."""
+        url = f"{self.origin}/_bench/capability?set={name}"
+        with urllib.request.urlopen(url, timeout=READY_TIMEOUT) as response:
+            if json.loads(response.read()).get("capability") != name:
+                raise BenchError(f"the benchmark server did not switch to {name}")
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -223,9 +234,21 @@ class _Size:
         self.python = str(self.bin / "python")
         self.env = child_env()
         self.floor_env = dict(self.env, BENCH_TOKEN=TOKEN)
+        self.prefix = urlsplit(self.server.base_url).path
+        self.listing = listing_targets(self.prefix, {"Users": users, "Groups": settings.groups}, settings.page_size,
+                                       settings.pagination)
         self.urls_file = workdir / "floor-urls.json"
-        self.targets: Optional[List[str]] = None
+        self.urls_file.write_text(json.dumps([self.server.origin + t for t in self.listing]))
+        self.first_targets: Dict[Path, List[str]] = {}  # per node: what its first sync requested, in order
+        self.accept_encoding: Optional[Dict[str, int]] = None  # the table's first sync's
+        self.users_bytes = 0
         self.counter = 0
+        self.last_log: Optional[Path] = None  # the last measured process's output
+
+    @property
+    def targets(self) -> Optional[List[str]]:
+        """What the first sync of the table's node requested."""
+        return self.first_targets.get(self.node)
 
     def _token_file(self) -> Path:
         path = self.workdir / "server-token"
@@ -235,28 +258,33 @@ class _Size:
 
     def _log(self, what: str) -> Path:
         self.counter += 1
-        return self.workdir / f"{self.counter:02d}-{what}.log"
+        self.last_log = self.workdir / f"{self.counter:02d}-{what}.log"
+        return self.last_log
 
-    def sync(self) -> Run:
+    def sync(self, node: Optional[Path] = None) -> Run:
+        """One measured ``nsscache update --full`` of ``node`` (default: the table's node, its conf inside)."""
+        node = node or self.node
         self.server.stats(reset=True)
         log = self._log("sync")
-        m = launch(self.python, [str(self.bin / "nsscache"), "-c", str(self.conf), "update", "--full"], log, self.env,
-                    self.node)
+        m = launch(self.python, [str(self.bin / "nsscache"), "-c", str(node / "nsscache.conf"), "update", "--full"],
+                   log, self.env, node)
         stats = self.server.stats(reset=True)
         if m["exit"] != 0:
             raise BenchError(f"nsscache update --full exited {m['exit']} at N={self.users}; log {log}:\n{tail(log)}")
-        if self.targets is None:
-            self.targets = stats["targets"]
+        if node not in self.first_targets:
+            self.first_targets[node] = stats["targets"]
+        if node == self.node and self.accept_encoding is None:
             self.accept_encoding = stats["accept_encodings"]
             self.users_bytes = stats["bytes_by_endpoint"].get("Users", 0)
-            self.urls_file.write_text(json.dumps([self.server.origin + t for t in self.targets]))
         return Run(
             wall=m["wall"], user=m["user"], sys=m["sys"], maxrss_kb=m["maxrss_kb"], exit=m["exit"],
             requests=stats["requests"], body_bytes=stats["body_bytes"], connections=stats["connections"],
-            lines=line_counts(self.node / "cache"), targets_match=stats["targets"] == self.targets,
+            lines=line_counts(node / "cache"), targets_match=stats["targets"] == self.first_targets[node],
+            fetch=str(many_mod.node_record(node).get("fetch", "")),
         )
 
     def floor(self) -> Run:
+        """One measured floor: the whole listing's pages (self.listing) downloaded and parsed."""
         self.server.stats(reset=True)
         log = self._log("floor")
         m = launch(self.python, [self.python, str(HERE / "floor.py"), str(self.urls_file)], log, self.floor_env,
@@ -267,8 +295,12 @@ class _Size:
         return Run(
             wall=m["wall"], user=m["user"], sys=m["sys"], maxrss_kb=m["maxrss_kb"], exit=m["exit"],
             requests=stats["requests"], body_bytes=stats["body_bytes"], connections=stats["connections"],
-            targets_match=stats["targets"] == self.targets,
+            targets_match=stats["targets"] == self.listing,
         )
+
+    def lists_whole(self, targets: List[str]) -> bool:
+        """Whether ``targets`` hold exactly the whole listing's requests (attributes aside; discovery apart)."""
+        return listing_requests(targets, self.prefix) == listing_requests(self.listing, self.prefix)
 
     def profile(self) -> str:
         """One more sync under cProfile; the top functions as text."""
@@ -296,7 +328,7 @@ class _Size:
     def measure(self) -> SizeResult:
         s = self.settings
         for _ in range(max(1, s.warmup)):
-            self.sync()  # the first sync also records the URLs the floor replays
+            self.sync()  # the first sync's targets: every later one must request the same
             self.floor()
         syncs, floors = [], []
         reps = s.large_reps if self.users >= LARGE_N else s.reps
@@ -312,9 +344,10 @@ class _Size:
         return SizeResult(
             users=self.users, groups=s.groups, members=s.members_for(self.users), page_size=s.page_size,
             org=self.server.summary, sync=syncs, floor=floors, targets=list(self.targets),
-            accept_encoding=self.accept_encoding,
+            accept_encoding=self.accept_encoding or {},
             page_bytes_per_user=self.users_bytes / self.users,
             server_render_seconds=stats.get("render_seconds", 0.0), profile=profile,
+            listing_targets=list(self.listing), full_listing_requests=self.lists_whole(self.targets or []),
         )
 
     def close(self) -> None:
@@ -329,13 +362,14 @@ def run(settings: Settings, say=print) -> BenchResult:
         raise BenchError(f"{nsscache} does not exist: run `make install` (or pass --bin-dir)")
     machine = machine_description(settings.bin_dir)
     say(report.machine_line(machine))
-    results, many = [], None
+    results, many, fetch_less = [], None, []
     base = Path(tempfile.mkdtemp(prefix="nss-bench-", dir=settings.work_dir))
     try:
         for users in settings.sizes:
-            found, many_here = _measure_size(settings, users, base / f"n{users}", say)
+            found, many_here, less = _measure_size(settings, users, base / f"n{users}", say)
             results.append(found)
             many = many_here or many
+            fetch_less += [less] if less else []
     finally:
         if settings.keep:
             say(f"work files kept in {base}")
@@ -350,7 +384,8 @@ def run(settings: Settings, say=print) -> BenchResult:
                                 "ran `make install`?): the figures may mix two versions; rerun")
         machine["installed_matches"] = "no"
     return BenchResult(settings=settings, sizes=results, machine=machine, command="", started=time.strftime(
-        "%Y-%m-%d %H:%M:%S %Z", time.localtime(started)), seconds=time.time() - started, many=many)
+        "%Y-%m-%d %H:%M:%S %Z", time.localtime(started)), seconds=time.time() - started, many=many,
+        fetch_less=fetch_less)
 
 
 def fleet_workers(settings: Settings) -> int:
@@ -362,13 +397,14 @@ def fleet_workers(settings: Settings) -> int:
         return 2 * (os.cpu_count() or 1)
 
 
-def _measure_size(settings: Settings, users: int, workdir: Path,
-                  say) -> Tuple[SizeResult, Optional[many_mod.ManyResult]]:
-    """One N: the syncs and floors, then (at ``many_at`` users) the many-nodes part with the same server."""
+def _measure_size(settings: Settings, users: int, workdir: Path, say) -> Tuple[
+        SizeResult, Optional[many_mod.ManyResult], Optional[fetchless.FetchLessResult]]:
+    """One N: the syncs and floors, then (at ``many_at`` users) the many-nodes part and (at
+    ``fetch_less_sizes``) the fetch-less part, with the same server."""
     say(f"N={users:,}: {settings.groups:,} groups, {settings.members_for(users):,} members of the "
         f"{len(CONFIGURED_GROUPS)} configured groups; starting the server ...")
     size = _Size(settings, users, workdir, say)
-    many = None
+    many = less = None
     try:
         found = size.measure()
         if found.profile:
@@ -379,9 +415,13 @@ def _measure_size(settings: Settings, users: int, workdir: Path,
                 f"{settings.fleet_nodes} nodes ({workers} at a time) ...")
             many = many_mod.measure(size, found.expected_requests, settings.reps, settings.fleet_nodes, workers,
                                     say, keep=settings.keep)
+        if settings.fetch_less and users in settings.fetch_less_sizes:
+            say(f"N={users:,}: fetching less: the server filters and projects; coreweave_fetch = auto against "
+                "the floor ...")
+            less = fetchless.measure(size, found.expected_requests, say)
     finally:
         size.close()
-    return found, many
+    return found, many, less
 
 
 # --- the machine -------------------------------------------------------------------------
@@ -510,6 +550,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fleet-nodes", type=_positive, default=FLEET_NODES, help="nodes in the simulated fleet")
     p.add_argument("--fleet-workers", type=int, default=None,
                    help="fleet nodes updating at a time (default: 2 x the usable cores)")
+    p.add_argument("--no-fetch-less", action="store_true",
+                   help="skip the fetch-less part (issue 16: members by id and projection on a filtering server)")
+    p.add_argument("--fetch-less-at", type=int, default=FETCH_LESS_AT,
+                   help="the N (one of --sizes) at which the fetch-less part runs (also at 1,000,000 with --million)")
     p.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md", help="the Markdown report")
     p.add_argument("--no-write", action="store_true", help="print the report only")
     p.add_argument("--json", type=Path, default=None, help="also write the raw measurements as JSON")
@@ -523,6 +567,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sizes = [int(x.replace("_", "")) for x in args.sizes.split(",") if x.strip()]
     if args.million and MILLION not in sizes:
         sizes.append(MILLION)
+    fetch_less_sizes = sorted({args.fetch_less_at} | ({MILLION} if args.million else set()))
     if args.reps < 1 or args.large_reps < 1:
         raise SystemExit("--reps and --large-reps must be at least 1")
     settings = Settings(
@@ -531,7 +576,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         seed=args.seed, invalid=args.invalid, key_pool=args.key_pool, gzip=args.gzip, bin_dir=args.bin_dir.absolute(),
         cache_dir=args.cache_dir, work_dir=args.work_dir, keep=args.keep, profile=args.profile,
         many_nodes=not args.no_many_nodes, many_at=args.many_nodes_at, fleet_nodes=args.fleet_nodes,
-        fleet_workers=args.fleet_workers,
+        fleet_workers=args.fleet_workers, fetch_less=not args.no_fetch_less, fetch_less_sizes=fetch_less_sizes,
     )
     try:
         result = run(settings, say=lambda text: print(text, flush=True))
@@ -547,7 +592,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"\nwritten: {args.output}")
     if args.json:
         args.json.write_text(json.dumps(_as_json(result), indent=1, default=str))
-    every = report.targets(result) + many_report.targets(result)
+    every = report.targets(result) + many_report.targets(result) + fetchless_report.targets(result)
     if args.strict and not all(t.passed for t in every if t.passed is not None):
         return 1
     return 0
@@ -566,4 +611,5 @@ def _as_json(result: BenchResult) -> dict:
     data = asdict(result)
     for size in data["sizes"]:
         size.pop("targets", None)
+        size.pop("listing_targets", None)
     return data

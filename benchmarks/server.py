@@ -1,4 +1,4 @@
-"""The benchmark SCIM server (issue 5, item 2): pre-rendered pages on loopback.
+"""The benchmark SCIM server (issues 5 and 16): pre-rendered pages on loopback.
 
 ``GET <prefix>/Users`` and ``GET <prefix>/Groups`` list a synthetic organisation
 (:mod:`benchmarks.org`) with both pagination modes:
@@ -9,21 +9,38 @@
   gets ``nextCursor`` while more remain; a cursor this server did not issue gets a
   400 ``invalidCursor``.
 
-``attributes`` and ``excludedAttributes`` (RFC 7644 §3.9) are honoured: names are
-case-insensitive, sub-attributes use ``.`` (``name.givenName``, ``members.value``),
-extension attributes carry their schema URN (``urn:...:CoreWeaveUser:sunkSshKeys``,
-or the bare URN for the whole extension); ``id`` (RFC 7643 §3.1: returned
-"always") and ``schemas`` (required in every representation, RFC 7643 §3; scim2-models
-always dumps it too) are always returned. ``filter``, ``groups`` and other parameters are recorded and ignored (every
-page holds every resource, as a server that does not support them answers), so the
-client's own allow-list does the work.
+What else it honours is its capability (:data:`CAPABILITIES`; ``--capability``,
+switchable at ``GET /_bench/capability?set=NAME``):
 
-Every distinct page (endpoint, position, count, attributes, excludedAttributes) is
-rendered once, on first request, and then served from memory as bytes; with
-``--gzip`` a client sending ``Accept-Encoding: gzip`` gets a cached gzip copy. The
-server is meant to run in its own process (``python -m benchmarks.server``) so its
-CPU time never counts against the measured client. HTTP/1.1 with Content-Length and
-TCP_NODELAY: a client's keep-alive connection is reused.
+* ``plain``, a server that does neither: ``/ServiceProviderConfig`` says
+  ``filter.supported`` false, and ``filter``, ``attributes`` and
+  ``excludedAttributes`` are ignored (every page holds every resource, whole);
+* ``filtering``: ``/ServiceProviderConfig`` advertises ``filter`` with
+  ``maxResults`` :data:`FILTER_MAX_RESULTS`; ``filter`` on Users is honoured for
+  ``id eq "<JSON string>" (or id eq "<JSON string>")*`` (RFC 7644 §3.4.2.2:
+  attribute name and operators case-insensitive; ``id`` is caseExact, RFC 7643
+  §3.1), anything else, or a filter on Groups, gets a 400 ``invalidFilter``; the
+  answer lists the matching users in listing order (``totalResults`` = how many
+  match), paged by index or cursor over them, ``count`` capped at
+  :data:`FILTER_MAX_RESULTS`. ``attributes`` and ``excludedAttributes`` (RFC 7644
+  §3.9) are honoured: names are case-insensitive, sub-attributes use ``.``
+  (``name.givenName``, ``members.value``), extension attributes carry their schema
+  URN (``urn:...:CoreWeaveUser:sunkSshKeys``, or the bare URN for the whole
+  extension); ``id`` (RFC 7643 §3.1: returned "always") and ``schemas`` (required
+  in every representation, RFC 7643 §3; scim2-models always dumps it too) are
+  always returned.
+
+Other parameters (``groups`` ...) are recorded and ignored.
+
+Every distinct page (endpoint, position, count, attributes, excludedAttributes,
+filter) is rendered once, on first request, and then served from memory as bytes
+(filtered pages up to :data:`FILTERED_CACHE_BYTES` in all, then rendered per
+request); with ``--gzip`` a client sending ``Accept-Encoding: gzip`` gets a cached
+gzip copy. A user is found by id in a dict built once when the server starts
+filtering. The server is meant to run in its own process (``python -m
+benchmarks.server``) so its CPU time never counts against the measured client.
+HTTP/1.1 with Content-Length and TCP_NODELAY: a client's keep-alive connection is
+reused.
 
 Counters (requests per endpoint, body bytes, connections, statuses) and the request
 targets in arrival order are read and reset at ``GET /_bench/stats?reset=1``, which is
@@ -38,6 +55,7 @@ import hmac
 import http.server
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -51,7 +69,9 @@ from urllib.parse import parse_qsl, urlsplit
 from .org import CORE_GROUP, CORE_USER, EXT_CW, EXT_ENTERPRISE, Org, OrgSpec
 
 __all__ = [
-    "BenchServer", "Stats", "DEFAULT_COUNT", "MAX_COUNT", "DEFAULT_PREFIX", "parse_attribute_list", "project", "main",
+    "BenchServer", "Stats", "DEFAULT_COUNT", "MAX_COUNT", "DEFAULT_PREFIX", "CAPABILITIES", "FILTER_MAX_RESULTS",
+    "InvalidFilter", "parse_id_filter", "parse_attribute_list", "project", "service_provider_config",
+    "listing_targets", "main",
 ]
 
 DEFAULT_PREFIX = "/scim/cwbench"
@@ -63,6 +83,46 @@ SCIM_JSON = "application/scim+json"
 ALWAYS = ("id", "schemas")  # returned whatever attributes/excludedAttributes say
 ENDPOINTS = ("Users", "Groups")
 CONTROL = "/_bench/"
+CAPABILITIES = ("plain", "filtering")  # a server that does neither; one that filters Users by id and projects
+FILTER_MAX_RESULTS = 200  # /ServiceProviderConfig filter.maxResults when filtering; caps count with a filter
+FILTERED_CACHE_BYTES = 1 << 30  # filtered pages kept (1,000 batches at 1,000,000 users are ~0.1 GB)
+
+
+# --- filter (RFC 7644 §3.4.2.2), the one form this server honours ----------------------
+
+
+class InvalidFilter(ValueError):
+    """A filter outside ``id eq "<JSON string>" (or id eq "<JSON string>")*``."""
+
+
+_ID_EQ = re.compile(r"\s*id\s+eq\s+(?=\")", re.ASCII | re.IGNORECASE)
+_OR = re.compile(r"\s+or\s+", re.ASCII | re.IGNORECASE)
+_END = re.compile(r"\s*\Z", re.ASCII)
+_STRING = json.JSONDecoder()
+
+
+def parse_id_filter(text: str) -> Tuple[str, ...]:
+    """The ids of ``id eq "a" or id eq "b"``, in order: ``("a", "b")``. Each value is a
+    JSON string (a SCIM string literal), so ``"x\\" or id pr"`` is one id.
+
+    :raises InvalidFilter: anything else (another attribute, operator or value type, ``and``, brackets)
+    """
+    ids, at = [], 0
+    while True:
+        term = _ID_EQ.match(text, at)
+        if term is None:
+            raise InvalidFilter(f"not an id filter at character {at}: {text[at:at + 40]!r}")
+        try:
+            value, at = _STRING.raw_decode(text, term.end())
+        except ValueError:
+            raise InvalidFilter(f"not a JSON string at character {term.end()}") from None
+        ids.append(value)
+        if _END.match(text, at):
+            return tuple(ids)
+        joint = _OR.match(text, at)
+        if joint is None:
+            raise InvalidFilter(f"expected ' or ' at character {at}: {text[at:at + 40]!r}")
+        at = joint.end()
 
 
 # --- attributes / excludedAttributes (RFC 7644 §3.9, §3.10) -------------------------
@@ -176,17 +236,30 @@ class Stats:
 class BenchServer:
     """The organisation's pages over HTTP on 127.0.0.1 (a ThreadingHTTPServer)."""
 
-    def __init__(self, org: Org, token: str, *, port: int = 0, prefix: str = DEFAULT_PREFIX, gzip_pages: bool = False):
+    def __init__(self, org: Org, token: str, *, port: int = 0, prefix: str = DEFAULT_PREFIX, gzip_pages: bool = False,
+                 capability: str = "plain"):
         self.org, self.token, self.prefix, self.gzip_pages = org, token, prefix.rstrip("/"), gzip_pages
         self.totals = {"Users": org.spec.users, "Groups": org.spec.groups}
         self._schemas = {"Users": (CORE_USER, EXT_ENTERPRISE, EXT_CW), "Groups": (CORE_GROUP,)}
         self._pages: Dict[tuple, Tuple[int, bytes, Optional[bytes]]] = {}
+        self._filtered_bytes = 0  # of the filtered pages kept in _pages
+        self._ids: Optional[Dict[str, int]] = None  # user id -> listing index, built when filtering starts
         self._render_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.stats = Stats()
         self.render_seconds = 0.0
+        self.capability = "plain"
+        self.set_capability(capability)
         self._httpd = _HTTPServer(("127.0.0.1", port), _Handler, self)
         self._thread: Optional[threading.Thread] = None
+
+    def set_capability(self, capability: str) -> None:
+        """Answer as a ``plain`` or a ``filtering`` server from the next request on."""
+        if capability not in CAPABILITIES:
+            raise ValueError(f"capability must be one of {', '.join(CAPABILITIES)}, not {capability!r}")
+        if capability == "filtering" and self._ids is None:
+            self._ids = {self.org.user_id(i): i for i in range(self.totals["Users"])}
+        self.capability = capability
 
     @property
     def port(self) -> int:
@@ -220,6 +293,7 @@ class BenchServer:
         with self._stats_lock:
             data = self.stats.as_dict()
             data["pages_cached"] = len(self._pages)
+            data["capability"] = self.capability
             data["render_seconds"] = round(self.render_seconds, 3)
             if reset:
                 self.stats = Stats()
@@ -252,54 +326,76 @@ class BenchServer:
         if not (authorization and hmac.compare_digest(authorization.encode(), f"Bearer {self.token}".encode())):
             return self._error(401, "invalid or expired bearer token")
         if endpoint == "ServiceProviderConfig":
-            return 200, _dumps(SERVICE_PROVIDER_CONFIG), None
+            return 200, _dumps(service_provider_config(self.capability)), None
         if endpoint not in ENDPOINTS:
             return self._error(404, "no such endpoint")
-        params = dict(parse_qsl(query, keep_blank_values=True))
         try:
-            count = _int(params.get("count"), DEFAULT_COUNT)
-        except ValueError:
-            return self._error(400, "count is not an integer", "invalidValue")
-        count = max(0, min(count, MAX_COUNT))
-        total = self.totals[endpoint]
-        if "cursor" in params:
-            cursor = params["cursor"]
-            offset = 0 if cursor == "" else _parse_cursor(cursor, endpoint)
-            if offset is None or offset > total:
-                return self._error(400, "the cursor is not valid", "invalidCursor")
-            mode = "cursor"
-        else:
-            try:
-                offset = max(1, _int(params.get("startIndex"), 1)) - 1
-            except ValueError:
-                return self._error(400, "startIndex is not an integer", "invalidValue")
-            mode = "index"
-        schemas = self._schemas[endpoint]
-        attributes = parse_attribute_list(params.get("attributes"), schemas)
-        excluded = parse_attribute_list(params.get("excludedAttributes"), schemas)
-        key = (endpoint, mode, offset, count, attributes, excluded)
+            key = self._page_key(endpoint, dict(parse_qsl(query, keep_blank_values=True)))
+        except _BadRequest as e:
+            return self._error(400, e.detail, e.scim_type)
         page = self._pages.get(key)
         if page is None:
             with self._render_lock:
                 page = self._pages.get(key)
                 if page is None:
-                    page = self._pages[key] = self._render(key, total)
+                    page = self._render(key)
+                    self._keep(key, page)
         return page
+
+    def _page_key(self, endpoint: str, params: Dict[str, str]) -> tuple:
+        """(endpoint, mode, offset, count, attributes, excluded, matched): what the page holds. ``matched``
+        is None for the whole listing, else the filter's users (listing indices, in order).
+        :raises _BadRequest: a parameter this server refuses"""
+        filtering = self.capability == "filtering"
+        matched = self._matched(endpoint, params.get("filter")) if filtering else None
+        total = self.totals[endpoint] if matched is None else len(matched)
+        count = min(_int(params, "count", DEFAULT_COUNT), MAX_COUNT if matched is None else FILTER_MAX_RESULTS)
+        mode, offset = _position(params, endpoint, total)
+        attributes: Tuple[Path_, ...] = ()
+        excluded: Tuple[Path_, ...] = ()
+        if filtering:
+            schemas = self._schemas[endpoint]
+            attributes = parse_attribute_list(params.get("attributes"), schemas)
+            excluded = parse_attribute_list(params.get("excludedAttributes"), schemas)
+        return (endpoint, mode, offset, max(0, count), attributes, excluded, matched)
+
+    def _matched(self, endpoint: str, text: Optional[str]) -> Optional[Tuple[int, ...]]:
+        """The listing indices of the users ``text`` (an id filter) names, in listing order; None without a filter."""
+        if text is None:
+            return None
+        if endpoint != "Users":
+            raise _BadRequest("only Users can be filtered", "invalidFilter")
+        try:
+            ids = parse_id_filter(text)
+        except InvalidFilter as e:
+            raise _BadRequest(f"the filter is not supported: {e}", "invalidFilter") from None
+        assert self._ids is not None, "built by set_capability"
+        return tuple(sorted({self._ids[i] for i in ids if i in self._ids}))
+
+    def _keep(self, key: tuple, page: Tuple[int, bytes, Optional[bytes]]) -> None:
+        """Keep a rendered page: every whole-listing page, filtered ones while they fit FILTERED_CACHE_BYTES."""
+        if key[-1] is not None:
+            if self._filtered_bytes + len(page[1]) > FILTERED_CACHE_BYTES:
+                return
+            self._filtered_bytes += len(page[1])
+        self._pages[key] = page
 
     def prerender(self, count: int, mode: str = "index") -> None:
         """Render every page of both endpoints for ``count`` (no attributes) ahead of the first client."""
         for endpoint, total in self.totals.items():
             for offset in range(0, total, max(1, count)):
-                key = (endpoint, mode, offset, count, (), ())
+                key = (endpoint, mode, offset, count, (), (), None)
                 if key not in self._pages:
-                    self._pages[key] = self._render(key, total)
+                    self._pages[key] = self._render(key)
 
-    def _render(self, key: tuple, total: int):
+    def _render(self, key: tuple):
         started = time.perf_counter()
-        endpoint, mode, offset, count, attributes, excluded = key
+        endpoint, mode, offset, count, attributes, excluded, matched = key
         make = self.org.user if endpoint == "Users" else self.org.group
+        positions = range(self.totals[endpoint]) if matched is None else matched
+        total = len(positions)
         stop = min(total, offset + count)
-        resources = [project(make(i), attributes, excluded) for i in range(offset, stop)]
+        resources = [project(make(i), attributes, excluded) for i in positions[offset:stop]]
         body: dict = {"schemas": [LIST_RESPONSE], "totalResults": total, "itemsPerPage": len(resources)}
         if mode == "index":
             body["startIndex"] = offset + 1
@@ -319,29 +415,70 @@ class BenchServer:
         return status, _dumps(body), None
 
 
-SERVICE_PROVIDER_CONFIG = {
-    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
-    "patch": {"supported": False},
-    "bulk": {"supported": False, "maxOperations": 0, "maxPayloadSize": 0},
-    "filter": {"supported": False, "maxResults": 0},
-    "changePassword": {"supported": False},
-    "sort": {"supported": False},
-    "etag": {"supported": False},
-    "pagination": {"cursor": True, "index": True, "defaultPaginationMethod": "index",
-                   "defaultPageSize": DEFAULT_COUNT, "maxPageSize": MAX_COUNT, "cursorTimeout": 3600},
-    "authenticationSchemes": [{"type": "oauthbearertoken", "name": "OAuth Bearer Token",
-                               "description": "Authentication with a bearer token"}],
-}
+class _BadRequest(Exception):
+    """A request answered 400 (``detail``, ``scim_type``: RFC 7644 §3.12)."""
+
+    def __init__(self, detail: str, scim_type: str):
+        super().__init__(detail)
+        self.detail, self.scim_type = detail, scim_type
+
+
+def service_provider_config(capability: str) -> dict:
+    """RFC 7643 §5: what a server of ``capability`` advertises (filtering: ``filter`` and its ``maxResults``)."""
+    filtering = capability == "filtering"
+    return {
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+        "patch": {"supported": False},
+        "bulk": {"supported": False, "maxOperations": 0, "maxPayloadSize": 0},
+        "filter": {"supported": filtering, "maxResults": FILTER_MAX_RESULTS if filtering else 0},
+        "changePassword": {"supported": False},
+        "sort": {"supported": False},
+        "etag": {"supported": False},
+        "pagination": {"cursor": True, "index": True, "defaultPaginationMethod": "index",
+                       "defaultPageSize": DEFAULT_COUNT, "maxPageSize": MAX_COUNT, "cursorTimeout": 3600},
+        "authenticationSchemes": [{"type": "oauthbearertoken", "name": "OAuth Bearer Token",
+                                   "description": "Authentication with a bearer token"}],
+    }
+
+
+def listing_targets(prefix: str, totals: Dict[str, int], count: int, pagination: str) -> List[str]:
+    """The request targets of the whole listing of Users, then Groups, ``count`` per page, as a client with
+    ``coreweave_fetch = full`` asks for them: ``startIndex``/``count`` (index), or the walk of this server's
+    cursors (cursor), with no filter and no attributes."""
+    targets = []
+    for endpoint in ENDPOINTS:
+        total, url = totals[endpoint], f"{prefix.rstrip('/')}/{endpoint}"
+        for offset in range(0, max(total, 1), count):
+            if pagination == "index":
+                targets.append(f"{url}?startIndex={offset + 1}&count={count}")
+            else:
+                targets.append(f"{url}?cursor={_cursor(offset, endpoint) if offset else ''}&count={count}")
+    return targets
 
 
 def _dumps(body) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _int(value: Optional[str], default: int) -> int:
+def _int(params: Dict[str, str], name: str, default: int) -> int:
+    value = params.get(name)
     if value is None or value == "":
         return default
-    return int(value)
+    try:
+        return int(value)
+    except ValueError:
+        raise _BadRequest(f"{name} is not an integer", "invalidValue") from None
+
+
+def _position(params: Dict[str, str], endpoint: str, total: int) -> Tuple[str, int]:
+    """("cursor", offset) for a request carrying ``cursor`` (RFC 9865), else ("index", startIndex - 1)."""
+    if "cursor" not in params:
+        return "index", max(1, _int(params, "startIndex", 1)) - 1
+    cursor = params["cursor"]
+    offset = 0 if cursor == "" else _parse_cursor(cursor, endpoint)
+    if offset is None or offset > total:
+        raise _BadRequest("the cursor is not valid", "invalidCursor")
+    return "cursor", offset
 
 
 def _cursor(offset: int, endpoint: str) -> str:
@@ -401,10 +538,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _control(self, bench: BenchServer):
         split = urlsplit(self.path)
+        query = dict(parse_qsl(split.query))
         if split.path == CONTROL + "stats":
-            reset = dict(parse_qsl(split.query)).get("reset") == "1"
-            body = _dumps(bench.take_stats(reset=reset))
-            status = 200
+            body, status = _dumps(bench.take_stats(reset=query.get("reset") == "1")), 200
+        elif split.path == CONTROL + "capability":
+            try:
+                bench.set_capability(query.get("set", bench.capability))
+                body, status = _dumps({"capability": bench.capability}), 200
+            except ValueError as e:
+                body, status = _dumps({"detail": str(e)}), 400
         else:
             body, status = b'{"detail":"unknown control path"}', 404
         self.send_response(status)
@@ -428,6 +570,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--token-file", type=Path, required=True)
     parser.add_argument("--ready-file", type=Path, help="written (JSON: port, base_url, org summary) once listening")
     parser.add_argument("--gzip", action="store_true", help="gzip pages for clients that accept it")
+    parser.add_argument("--capability", choices=CAPABILITIES, default="plain",
+                        help="plain: no filter support, filter and attributes ignored; filtering: id filters on "
+                             "Users and attributes honoured, filter advertised in /ServiceProviderConfig")
     parser.add_argument("--prerender", type=int, default=0, metavar="COUNT",
                         help="render every page for this count (no attributes) before listening")
     parser.add_argument("--pagination", choices=("index", "cursor"), default="index",
@@ -439,7 +584,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         spec_args["key_pool"] = args.key_pool
     org = Org(OrgSpec(**spec_args), cache_dir=args.cache_dir)
     server = BenchServer(org, args.token_file.read_text().strip(), port=args.port, prefix=args.prefix,
-                         gzip_pages=args.gzip)
+                         gzip_pages=args.gzip, capability=args.capability)
     if args.prerender:
         server.prerender(args.prerender, args.pagination)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server._httpd.shutdown, daemon=True).start())

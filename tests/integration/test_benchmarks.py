@@ -1,10 +1,12 @@
 """The benchmark harness (benchmarks/) at a tiny size, so that it cannot rot.
 
-The organisation generator, the pre-rendering SCIM server and the runner (real
-nsscache from a fresh venv with the project's wheel, the floor, the report) run end to
-end on a few hundred users; so does the many-nodes part (issue 15: a real publish, a
-real nginx, nodes in mirror mode through the stock nsscache, a small fleet). Request
-counts, bytes, cache line counts and the report's shape are asserted; timings never are.
+The organisation generator, the pre-rendering SCIM server (plain, or filtering: id
+filters and attributes honoured) and the runner (real nsscache from a fresh venv with the
+project's wheel, the floor, the report) run end to end on a few hundred users; so do the
+many-nodes part (issue 15: a real publish, a real nginx, nodes in mirror mode through the
+stock nsscache, a small fleet) and the fetch-less part (issue 16: members by id from the
+filtering server). Request counts, bytes, cache line counts and the report's shape are
+asserted; timings never are.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import requests
 
 from benchmarks import keys, runner
 from benchmarks.org import CONFIGURED_GROUPS, EXT_CW, Org, OrgSpec
-from benchmarks.server import BenchServer
+from benchmarks.server import FILTER_MAX_RESULTS, BenchServer, InvalidFilter, listing_targets, parse_id_filter
 from nss_cache_coreweave import sshkeys
 
 SPEC = OrgSpec(users=150, groups=12, members=60, invalid=34, key_pool=32)
@@ -70,7 +72,7 @@ def _get(session, url, **params):
 
 
 def test_server_paginates_projects_and_counts(org):
-    with BenchServer(org, "t0ken") as server:
+    with BenchServer(org, "t0ken", capability="filtering") as server:
         s = requests.Session()
         s.headers["Authorization"] = "Bearer t0ken"
         users = f"{server.base_url}/Users"
@@ -111,6 +113,128 @@ def test_server_paginates_projects_and_counts(org):
         assert server.take_stats()["requests"] == {}
 
 
+def _session() -> requests.Session:
+    s = requests.Session()
+    s.headers["Authorization"] = "Bearer t0ken"
+    return s
+
+
+def _filter(*ids: str) -> str:
+    return " or ".join(f"id eq {json.dumps(i)}" for i in ids)
+
+
+def test_plain_server_ignores_filter_and_attributes(org):
+    with BenchServer(org, "t0ken", capability="plain") as server:
+        s = _session()
+
+        status, config = _get(s, f"{server.base_url}/ServiceProviderConfig")
+        status, page = _get(s, f"{server.base_url}/Users", startIndex=1, count=3, filter=_filter(org.user_id(7)),
+                            attributes="userName", excludedAttributes="emails")
+
+        assert config["filter"] == {"supported": False, "maxResults": 0}
+        assert status == 200 and page["totalResults"] == SPEC.users and page["itemsPerPage"] == 3
+        assert page["Resources"] == [org.user(0), org.user(1), org.user(2)]
+
+
+def test_filtering_server_advertises_and_honours_id_filters(org):
+    with BenchServer(org, "t0ken", capability="filtering") as server:
+        s = _session()
+        users = f"{server.base_url}/Users"
+
+        status, config = _get(s, f"{server.base_url}/ServiceProviderConfig")
+        assert config["filter"] == {"supported": True, "maxResults": FILTER_MAX_RESULTS}
+        # Matches come back once each, in listing order; an id no user has matches nothing.
+        asked = _filter(org.user_id(7), "no-such-user", org.user_id(3), org.user_id(7))
+        status, page = _get(s, users, startIndex=1, count=100, filter=asked)
+        assert status == 200
+        assert (page["totalResults"], page["startIndex"], page["itemsPerPage"]) == (2, 1, 2)
+        assert page["Resources"] == [org.user(3), org.user(7)]
+        status, page = _get(s, users, filter=asked, attributes="active")
+        assert page["Resources"] == [{"schemas": org.user(3)["schemas"], "id": org.user_id(3), "active": True},
+                                     {"schemas": org.user(7)["schemas"], "id": org.user_id(7), "active": True}]
+        status, page = _get(s, users, filter=_filter(org.user_id(3).upper()))
+        assert (page["totalResults"], page["Resources"]) == (0, [])  # ids are compared exactly
+
+
+def test_filtering_server_pages_over_the_matches_at_most_max_results_a_page():
+    many = Org(OrgSpec(users=450, groups=12, members=60, invalid=0, key_pool=32))
+    with BenchServer(many, "t0ken", capability="filtering") as server:
+        s = _session()
+        everyone = _filter(*(many.user_id(i) for i in range(449, 199, -1)))  # 250 users, in reverse
+
+        status, first = _get(s, f"{server.base_url}/Users", startIndex=1, count=1000, filter=everyone)
+        status, second = _get(s, f"{server.base_url}/Users", startIndex=201, count=1000, filter=everyone)
+        status, walked = _get(s, f"{server.base_url}/Users", cursor="", count=1000, filter=everyone)
+
+        assert (first["totalResults"], first["itemsPerPage"]) == (250, FILTER_MAX_RESULTS)
+        assert [r["id"] for r in first["Resources"] + second["Resources"]] == [many.user_id(i) for i in range(200, 450)]
+        assert second["itemsPerPage"] == 50
+        assert walked["itemsPerPage"] == FILTER_MAX_RESULTS and "nextCursor" in walked
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param("", id="empty"),
+    pytest.param('userName eq "a"', id="another-attribute"),
+    pytest.param('id ne "a"', id="another-operator"),
+    pytest.param("id eq 7", id="not-a-string"),
+    pytest.param('id eq "a" and id eq "b"', id="and"),
+    pytest.param('(id eq "a")', id="brackets"),
+    pytest.param('id eq "a" or', id="dangling-or"),
+    pytest.param('id eq "a', id="unterminated-string"),
+    pytest.param('id eq "a" id eq "b"', id="no-operator"),
+])
+def test_filtering_server_refuses_any_other_filter(org, text):
+    with pytest.raises(InvalidFilter):
+        parse_id_filter(text)
+    with BenchServer(org, "t0ken", capability="filtering") as server:
+        status, body = _get(_session(), f"{server.base_url}/Users", filter=text)
+
+    assert status == 400 and body["scimType"] == "invalidFilter" and body["status"] == "400"
+
+
+def test_id_filter_values_are_json_strings():
+    crafted = 'x" or id pr or id eq "y'
+
+    assert parse_id_filter(_filter(crafted, "b\\c", "é")) == (crafted, "b\\c", "é")
+    assert parse_id_filter('ID Eq "a"  OR  id EQ "b"') == ("a", "b")  # RFC 7644 §3.4.2.2: case-insensitive
+
+
+def test_filtering_server_refuses_a_filter_on_groups_and_switches_capability(org):
+    with BenchServer(org, "t0ken", capability="filtering") as server:
+        s = _session()
+        status, body = _get(s, f"{server.base_url}/Groups", filter=_filter("x"))
+        assert (status, body["scimType"]) == (400, "invalidFilter")
+
+        switched = requests.get(f"{server.base_url.split('/scim')[0]}/_bench/capability?set=plain")
+        status, config = _get(s, f"{server.base_url}/ServiceProviderConfig")
+        refused = requests.get(f"{server.base_url.split('/scim')[0]}/_bench/capability?set=psychic")
+
+        assert switched.json() == {"capability": "plain"} and config["filter"]["supported"] is False
+        assert refused.status_code == 400 and server.capability == "plain"
+
+
+@pytest.mark.parametrize("pagination", ["index", "cursor"])
+def test_listing_targets_are_a_whole_listing_walk(org, pagination):
+    with BenchServer(org, "t0ken") as server:
+        s = _session()
+        for endpoint in ("Users", "Groups"):
+            params = {"startIndex": 1} if pagination == "index" else {"cursor": ""}
+            while True:
+                status, page = _get(s, f"{server.base_url}/{endpoint}", **params, count=40)
+                if pagination == "index":
+                    params["startIndex"] += 40
+                    if params["startIndex"] > page["totalResults"]:
+                        break
+                elif "nextCursor" in page:
+                    params["cursor"] = page["nextCursor"]
+                else:
+                    break
+        walked = server.take_stats()["targets"]
+
+        assert listing_targets(server.prefix, server.totals, 40, pagination) == walked
+        assert len(walked) == math.ceil(SPEC.users / 40) + 1
+
+
 def test_runner_end_to_end(installed_venv, tmp_path):
     md, raw = tmp_path / "benchmarks.md", tmp_path / "bench.json"
     status = runner.main([
@@ -148,6 +272,51 @@ def test_runner_end_to_end(installed_venv, tmp_path):
     assert ("| many nodes (issue 15) | not run (--no-many-nodes, or --many-nodes-at not among --sizes) "
             "| — not measured |") in many
     assert data["many"] is None
+    less = text.split("\n## Fetching less (issue 16)\n")[1]
+    assert ("| fetching less (issue 16) | not run (--no-fetch-less, or --fetch-less-at not among --sizes) "
+            "| — not measured |") in less
+    assert data["fetch_less"] == []
+
+
+def test_fetch_less_part_fetches_the_members_by_id_with_the_full_listings_caches(installed_venv, tmp_path):
+    """An organisation without dangling member ids (``--invalid 0``): with one, the package lists every user."""
+    md, raw = tmp_path / "benchmarks.md", tmp_path / "bench.json"
+    status = runner.main([
+        "--sizes", "450", "--groups", "12", "--members-share", "0.4", "--invalid", "0", "--key-pool", "32",
+        "--reps", "2", "--page-size", "40", "--no-many-nodes", "--fetch-less-at", "450",
+        "--bin-dir", str(installed_venv.python.parent), "--work-dir", str(tmp_path), "--output", str(md),
+        "--json", str(raw),
+    ])
+
+    assert status == 0
+    data = json.loads(raw.read_text())
+    (size,), (part,) = data["sizes"], data["fetch_less"]
+    expected_lines = {m: size["org"]["expected"][m] for m in runner.MAPS}
+    whole = math.ceil(450 / 40) + 1
+    assert size["full_listing_requests"] is True and {r["fetch"] for r in size["sync"]} == {"full"}
+    assert part["users"] == 450 and part["members"] == 180 and part["expected_listing"] == whole
+    assert part["floor_is_full_run"] is True and part["fell_back"] == []
+    assert part["full"]["fetch"] == "full" and part["full"]["requests"] == {"Users": whole - 1, "Groups": 1}
+    assert part["full"]["lines"] == expected_lines
+    for run in part["sync"]:  # the Groups page, then 180 ids in batches of at most 40 (coreweave_page_size)
+        assert run["fetch"] == "members" and run["same_caches"] is True and run["lines"] == expected_lines
+        assert run["requests"] == {"Groups": 1, "Users": math.ceil(180 / 40), "other": 1}
+        assert run["body_bytes"] < part["full_listing_bytes"] and run["targets_match"]
+    for run in part["floor"]:
+        assert run["requests"] == {"Users": whole - 1, "Groups": 1} and run["targets_match"]
+        assert run["body_bytes"] == part["full_listing_bytes"]
+
+    section = md.read_text().split("\n## Fetching less (issue 16)\n")[1]
+    for target in ("at 450 users, filtering server: users fetched by id (`fetch: members`) and caches identical to a "
+                   "full listing's, every run",
+                   "at 450 users, filtering server: ≤ 300 listing requests (worst run)",
+                   "at 450 users, plain server (the table's runs): listing requests exactly the whole listing's "
+                   "(+ ≤ 1 discovery)"):
+        row = next(line for line in section.splitlines() if line.startswith(f"| {target} |"))
+        assert row.endswith("| ✅ pass |"), row
+    assert "| 450 | filtering: `coreweave_fetch = auto` |" in section
+    assert "| 450 | plain: default `coreweave_fetch` (the table's runs) |" in section
+    assert "**NO**" not in section  # every check of the measurement itself holds
 
 
 def _bundle_paths(generation: str):
@@ -169,7 +338,8 @@ def test_many_nodes_publish_refresh_idle_and_fleet(installed_venv, tmp_path):
     many, (size,) = data["many"], data["sizes"]
     listing = {"Users": math.ceil(150 / 40), "Groups": 1}
     assert many["expected_listing"] == 5 and many["users"] == 150 and many["members"] == 60
-    assert [run["iam_requests"] for run in many["publish"]] == [listing, listing]
+    publisher = dict(listing, other=1)  # the listing and one discovery (the plain server: every user is fetched)
+    assert [run["iam_requests"] for run in many["publish"]] == [publisher, publisher]
     assert [run["iam_bytes"] for run in many["publish"]] == [run["body_bytes"] for run in size["sync"]]
     for run in many["unchanged"]:  # after a publish of the same listing: the new manifest and its signature only
         generation = run["nginx"]["paths"][1].split("/")[2]
@@ -191,8 +361,8 @@ def test_many_nodes_publish_refresh_idle_and_fleet(installed_venv, tmp_path):
         assert run["iam_requests"] == {} and run["same_as_direct"] is True
 
     after_publish, nothing_new = many["rounds"]
-    assert after_publish["iam_requests"] == listing  # the publisher's listing, and no node's
-    assert after_publish["publish"]["iam_requests"] == listing
+    assert after_publish["iam_requests"] == publisher  # the publisher's requests, and no node's
+    assert after_publish["publish"]["iam_requests"] == publisher
     assert after_publish["nginx"]["statuses"] == {"200": 18}
     assert after_publish["nginx"]["body_bytes"] == 3 * sum(many["bundle"].values())
     assert after_publish["per_node"] == {"mirror/2xx 6": 3} and after_publish["failures"] == 0

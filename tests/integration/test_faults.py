@@ -43,13 +43,16 @@ from support.faults import (
     CHANGED,
     DEMO_ORG,
     FAULT_SETTINGS,
+    FULL_LISTING,
     KIND_MEANING,
     KINDS,
+    MEMBER_FETCH,
     REJECTED,
     RETRIED,
     WHOLE_RUN,
     Caches,
     Ctx,
+    FetchPath,
     Scenario,
     add_member,
     adding,
@@ -83,9 +86,12 @@ MAX_REQUESTS = 40  # per run, both endpoints: far above any honest run here (6 u
 # --- the table -------------------------------------------------------------------
 
 
-def requests_to(endpoint: str, count: int) -> Callable[[Ctx], None]:
+def requests_to(endpoint: str, count: int, members: Optional[int] = None) -> Callable[[Ctx], None]:
+    """``count`` requests to ``endpoint`` (``members`` on the member path, when it differs)."""
+
     def check(ctx: Ctx) -> None:
-        assert ctx.iam.request_count(endpoint) == count, [r.target for r in ctx.iam.requests(endpoint)]
+        expected = count if members is None or ctx.path is not MEMBER_FETCH else members
+        assert ctx.iam.request_count(endpoint) == expected, [r.target for r in ctx.iam.requests(endpoint)]
 
     return check
 
@@ -101,6 +107,14 @@ def redirect_target_got_nothing(ctx: Ctx) -> None:
     # The token must not reach another host: the client never goes there.
     assert ctx.other.requests() == []
     assert ctx.iam.request_count("Users") == 1
+
+
+def asked_with_then_without_attributes(ctx: Ctx) -> None:
+    """A 400 to a request carrying attributes= is retried once without it (a server refusing
+    projection); on the member path a 400 also means a refused filter: the full listing follows."""
+    asked = [("filter" in r.params, "attributes" in r.params) for r in ctx.iam.requests("Users")]
+    full = [(False, True), (False, False)]
+    assert asked == ([(True, True), (True, False), *full] if ctx.path is MEMBER_FETCH else full)
 
 
 def page_with(change: Callable[[dict], None]) -> Callable[[dict], dict]:
@@ -223,7 +237,7 @@ SCENARIOS: List[Scenario] = [
              check=requests_to("Groups", 2)),
     Scenario("short-page-once", "Users page 2 holds 1 of its 2 resources once, says itemsPerPage 2", RETRIED, 0,
              "run ok", faults=lambda ctx: [Fault("Users", 2, body=page_with(lambda b: b["Resources"].pop()))],
-             check=requests_to("Users", 4)),
+             check=requests_to("Users", 4, members=3)),
     # --- transport: the whole run fails (SourceUnavailable: exit 75) ------------
     Scenario("500-every-attempt", "HTTP 500 on every attempt at Users page 2", WHOLE_RUN, 75,
              "Users page 2: HTTP 500 from {base} ('injected fault: HTTP 500') (after 2 attempts): "
@@ -258,7 +272,7 @@ SCENARIOS: List[Scenario] = [
     Scenario("400", "HTTP 400 on Users page 1", WHOLE_RUN, 75,
              "Users page 1: HTTP 400 from {base} ('injected fault: HTTP 400'): not retried; "
              "check coreweave_base_url and the endpoints",
-             faults=lambda ctx: [Fault.error("Users", 1, 400, times=None)], check=requests_to("Users", 1)),
+             faults=lambda ctx: [Fault.error("Users", 1, 400, times=None)], check=asked_with_then_without_attributes),
     Scenario("redirect-to-another-host", "HTTP 302 from Users page 1 to another host", WHOLE_RUN, 75,
              "Users page 1: HTTP 302 redirect to {other}: refusing to follow it "
              "(the bearer token must not go anywhere else); set coreweave_base_url to the final URL",
@@ -293,39 +307,39 @@ SCENARIOS: List[Scenario] = [
     # --- not a complete listing (InvalidMap for each of the 4 maps: exit 4) ------
     Scenario("truncated-json", "Users page 2's JSON cut in half (complete HTTP answer)", WHOLE_RUN, 4,
              "Users page 2: the response is not JSON: refusing a malformed listing",
-             faults=lambda ctx: [Fault.truncated_json("Users", 2)]),
+             faults=lambda ctx: [Fault.truncated_json("Users", 2, times=None)]),
     Scenario("wrong-content-type", "Users page 2 as text/plain (valid JSON inside)", WHOLE_RUN, 4,
              "Users page 2: the response is text/plain, not JSON: refusing a malformed listing",
-             faults=lambda ctx: [Fault.content_type("Users", 2, "text/plain")]),
+             faults=lambda ctx: [Fault.content_type("Users", 2, "text/plain", times=None)]),
     Scenario("html-error-page-200", "an HTML error page with 200 and text/html for Groups page 1", WHOLE_RUN, 4,
              "Groups page 1: the response is text/html, not JSON: refusing a malformed listing",
              faults=lambda ctx: [Fault.html_page("Groups", 1)]),
     Scenario("html-as-scim-json", "an HTML page with 200, labelled application/scim+json", WHOLE_RUN, 4,
              "Users page 3: the response is not JSON: refusing a malformed listing",
-             faults=lambda ctx: [Fault.not_json("Users", 3)]),
+             faults=lambda ctx: [Fault.not_json("Users", 3, times=None)]),
     Scenario("not-a-list-response", "a SCIM Error body with 200", WHOLE_RUN, 4,
              "Users page 1: the response is not a SCIM ListResponse "
              "(schemas ['urn:ietf:params:scim:api:messages:2.0:Error'])",
              faults=lambda ctx: [Fault("Users", 1,
                                        body={"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
-                                             "detail": "x"})]),
+                                             "detail": "x"}, times=None)]),
     Scenario("missing-totalResults", "Users page 1 without totalResults", WHOLE_RUN, 4,
              "Users page 1: totalResults is None, not a non-negative integer: refusing a listing we cannot check",
-             faults=lambda ctx: [Fault.wrong_total("Users", 1, total=None)]),
+             faults=lambda ctx: [Fault.wrong_total("Users", 1, total=None, times=None)]),
     Scenario("changing-totalResults", "totalResults 99 on Users page 2 (6 on page 1)", WHOLE_RUN, 4,
              "Users page 2 has totalResults 99, page 1 said 6: refusing a partial listing",
-             faults=lambda ctx: [Fault.wrong_total("Users", 2, total=99)]),
+             faults=lambda ctx: [Fault.wrong_total("Users", 2, total=99, times=None)]),
     Scenario("itemsPerPage-0", "itemsPerPage 0 on Users page 2 (2 resources)", WHOLE_RUN, 4,
              "Users page 2 says itemsPerPage 0 but holds 2 resources: refusing a partial listing",
-             faults=lambda ctx: [Fault("Users", 2, body=page_with(lambda b: b.update(itemsPerPage=0)))]),
+             faults=lambda ctx: [Fault("Users", 2, body=page_with(lambda b: b.update(itemsPerPage=0)), times=None)]),
     Scenario("more-than-itemsPerPage", "Users page 2 says itemsPerPage 1 but holds 2 resources", WHOLE_RUN, 4,
              "Users page 2 says itemsPerPage 1 but holds 2 resources: refusing a partial listing",
-             faults=lambda ctx: [Fault("Users", 2, body=page_with(lambda b: b.update(itemsPerPage=1)))]),
+             faults=lambda ctx: [Fault("Users", 2, body=page_with(lambda b: b.update(itemsPerPage=1)), times=None)]),
     Scenario("fewer-than-promised", "dave on no page (Users page 2 holds 1, says itemsPerPage 2), totalResults 6",
              WHOLE_RUN, 4,
              "Users page 5 (startIndex 7) brought no new resources after 5 of 6: refusing a partial listing",
              faults=lambda ctx: [Fault("Users", None, body=without_user("dave"), times=None)],
-             check=requests_to("Users", 5)),
+             check=requests_to("Users", 5, members=4 + 5)),
     Scenario("cursor-short-last-page", "cursor paging: frank on no page (the last page holds 1, no nextCursor), "
              "totalResults 6", WHOLE_RUN, 4,
              "Users: collected 5 distinct resources but totalResults is 6: refusing a partial listing",
@@ -333,7 +347,7 @@ SCENARIOS: List[Scenario] = [
              faults=lambda ctx: [Fault("Users", None, body=without_user("frank"), times=None)]),
     Scenario("empty-page-before-total", "Users page 2 empty (itemsPerPage 0), totalResults 6", WHOLE_RUN, 4,
              "Users page 2 (startIndex 3) brought no new resources after 2 of 6: refusing a partial listing",
-             faults=lambda ctx: [Fault.empty_page("Users", 2)]),
+             faults=lambda ctx: [Fault.empty_page("Users", 2, times=None)]),
     Scenario("repeated-page", "Users page 2 answered with page 1 (startIndex ignored)", WHOLE_RUN, 4,
              "Users page 2 (startIndex 3) brought no new resources after 2 of 6: refusing a partial listing",
              faults=lambda ctx: [Fault.repeated_page("Users", 2, of_page=1, times=None)]),
@@ -347,26 +361,26 @@ SCENARIOS: List[Scenario] = [
     Scenario("duplicate-id-different-content", "alice again on Users page 2, with another displayName", WHOLE_RUN, 4,
              f"Users page 2: id {user_named(DEMO_ORG, 'alice')['id']!r} appears twice with different content: "
              "the directory changed during the listing, refusing it (the next run will retry)",
-             faults=lambda ctx: [Fault("Users", 2, body=page_with(alice_renamed))]),
+             faults=lambda ctx: [Fault("Users", 2, body=page_with(alice_renamed), times=None)]),
     Scenario("more-than-max-pages", "3 pages of Users, coreweave_max_pages 2", WHOLE_RUN, 4,
              "Users: more than coreweave_max_pages (2) pages: refusing an endless listing",
-             settings={"max_pages": "2"}, check=requests_to("Users", 2)),
+             settings={"max_pages": "2"}, check=requests_to("Users", 2, members=2 + 2)),
     Scenario("huge-page", "Users page 2 padded to 200 kB (Content-Length), coreweave_max_page_bytes 65536",
              WHOLE_RUN, 4,
              "Users page 2: the response is larger than coreweave_max_page_bytes (65536 bytes): "
              "refusing a runaway response",
              settings={"max_page_bytes": "65536"},
-             faults=lambda ctx: [Fault.huge_page("Users", 2, size=200_000)]),
+             faults=lambda ctx: [Fault.huge_page("Users", 2, size=200_000, times=None)]),
     Scenario("huge-chunked-page", "Users page 2 padded to 4 MB, chunked (no Content-Length)", WHOLE_RUN, 4,
              "Users page 2: the response is larger than coreweave_max_page_bytes (65536 bytes): "
              "refusing a runaway response",
              settings={"max_page_bytes": "65536"},
-             faults=lambda ctx: [Fault.huge_page("Users", 2, size=4_000_000, chunked=True)]),
+             faults=lambda ctx: [Fault.huge_page("Users", 2, size=4_000_000, chunked=True, times=None)]),
     Scenario("gzip-bomb", "Users page 2 as 40 kB of gzip that inflates to 40 MB (Content-Encoding: gzip)", WHOLE_RUN, 4,
              "Users page 2: the response is larger than coreweave_max_page_bytes (65536 bytes): "
              "refusing a runaway response",
              settings={"max_page_bytes": "65536"},
-             faults=lambda ctx: [Fault("Users", 2, body=gzip_bomb, headers={"Content-Encoding": "gzip"})]),
+             faults=lambda ctx: [Fault("Users", 2, body=gzip_bomb, headers={"Content-Encoding": "gzip"}, times=None)]),
     # --- whole-run guards (InvalidMap: exit 4) ----------------------------------
     Scenario("shrink", "4 users -> 1 (slurm-users loses bob, erin, frank)", WHOLE_RUN, 4,
              SHRINK_4_TO_1, org=only_alice),
@@ -614,6 +628,30 @@ SCENARIOS: List[Scenario] = [
 ]
 BY_ID = {s.id: s for s in SCENARIOS}
 
+# --- the member path ------------------------------------------------------------------
+# Every row also runs against MEMBER_FETCH (test_fault_member_fetch), except these: each cannot mean
+# the same thing when only the members are fetched by id.
+NOT_ON_MEMBER_PATH: Dict[str, str] = {
+    "too-many-users": "coreweave_max_users bounds a listing: the member path lists the 5 members, not the 6 users",
+}
+ON_BOTH_PATHS = [s for s in SCENARIOS if s.id not in NOT_ON_MEMBER_PATH]
+FALLBACK = "fetching only the members of coreweave_groups failed"
+# Accepted rows whose member path lists every user instead (logged), with why.
+# Findings (issue 16): the outcome is the same, but not the path.
+FALLS_BACK: Dict[str, str] = {
+    "nested-group-member": "the member of type Group is asked for by id from /Users, does not come back, and "
+                           "a missing id is taken as a server that does not filter",
+    "unresolved-member": "an id no user has does not come back, and a missing id is taken as a server that does "
+                         "not filter (issue 16 asks for it to be reported as not found)",
+}
+
+
+def falls_back_to_full_listing(s: Scenario) -> bool:
+    """A whole-run refusal of the Users listing for a reason a filtered batch meets first: a listing
+    that does not add up (LISTING_RULES), or an HTTP 400 (to the member path, a refused filter)."""
+    return s.kind == WHOLE_RUN and s.message.startswith("Users") and (
+        listing_reason(s.message) is not None or "HTTP 400" in s.message)
+
 
 @pytest.fixture(scope="module")
 def good_node_files(bin_dir, tmp_path_factory) -> Dict[str, bytes]:
@@ -635,50 +673,90 @@ def restore(node: Node, files: Dict[str, bytes]) -> None:
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.id for s in SCENARIOS])
 def test_fault(scenario: Scenario, bin_dir, good_node_files, tmp_path):
+    check_scenario(scenario, FULL_LISTING, bin_dir, good_node_files, tmp_path)
+
+
+@pytest.mark.parametrize("scenario", ON_BOTH_PATHS, ids=[s.id for s in ON_BOTH_PATHS])
+def test_fault_member_fetch(scenario: Scenario, bin_dir, good_node_files, tmp_path):
+    """The same row against a server that filters and projects: the same exit status, log line and
+    caches, the members fetched by id when the run is accepted."""
+    check_scenario(scenario, MEMBER_FETCH, bin_dir, good_node_files, tmp_path)
+
+
+def check_scenario(scenario: Scenario, path: FetchPath, bin_dir, good_node_files, tmp_path) -> None:
     org = copy.deepcopy(DEMO_ORG)
-    with FakeIAM(org, token=TOKEN) as iam, FakeIAM({"Users": [], "Groups": []}) as other:
-        node = Node(tmp_path / "node", bin_dir)
-        ctx = Ctx(iam, other, node)
-        message = scenario.message.format(base=iam.base_url, other=f"localhost:{other.port}")
-        if scenario.kind in (WHOLE_RUN, ACCEPTED) and scenario.org is not None:
-            # The guards compare with this directory's last accepted run: make one.
-            configure(node, scenario, iam.base_url, {})
-            first = run(node, "nsscache", "update", "--full")
-            assert first.returncode == 0, outcome(scenario, first)
-            assert read_caches(node) == fault_free()
-            iam.reset_stats()
-        elif scenario.kind == WHOLE_RUN:
-            restore(node, good_node_files)  # the caches a node has before the bad run: a good run's
-        before = cache_files(node)
-        if scenario.org is not None:
-            scenario.org(org)
-            iam.set_org(org)
-        if scenario.prepare is not None:
-            scenario.prepare(ctx)
-        for fault in scenario.faults(ctx):
-            iam.add_fault(fault)
-        configure(node, scenario, iam.base_url, {**FAULT_SETTINGS, **scenario.settings})
-
-        result = ctx.result = run(node, *scenario.command, env=scenario.env, timeout=scenario.deadline + 60)
+    with FakeIAM(org, token=TOKEN, **path.iam) as iam, FakeIAM({"Users": [], "Groups": []}) as other:
+        ctx = Ctx(iam, other, Node(tmp_path / "node", bin_dir), path=path)
+        before = set_up(ctx, scenario, org, good_node_files)
+        configure(ctx.node, scenario, iam.base_url, {**FAULT_SETTINGS, **path.settings, **scenario.settings})
+        result = ctx.result = run(ctx.node, *scenario.command, env=scenario.env, timeout=scenario.deadline + 60)
         ctx.elapsed = result.elapsed
-
-        assert result.returncode == scenario.status, outcome(scenario, result)
-        assert message in result.stderr, outcome(scenario, result)
-        # Done when: no run takes longer than its deadline + 5 s, none loops.
-        assert result.elapsed < scenario.deadline + 5, outcome(scenario, result)
-        assert iam.request_count() <= MAX_REQUESTS, [r.target for r in iam.requests()]
-        if scenario.kind == WHOLE_RUN:
-            assert cache_files(node) == before, outcome(scenario, result)
-        else:
-            assert read_caches(node) == scenario.expect(fault_free()), outcome(scenario, result)
-            # All four caches are from this one run.
-            assert node.run_marker() == "*" + node.state()["last_run"]["run"]
-        if scenario.kind in (REJECTED, CHANGED, RETRIED):
-            # Each rejection is logged once per run, although nsscache asks for four maps.
-            assert result.stderr.count(message) == scenario.logged, outcome(scenario, result)
-        assert TOKEN not in result.stdout + result.stderr
+        assert_outcome(ctx, scenario, before)
+        assert_fetch_path(ctx, scenario)
         if scenario.check is not None:
             scenario.check(ctx)
+
+
+def set_up(ctx: Ctx, scenario: Scenario, org: dict, good_node_files: Dict[str, bytes]) -> Dict[str, bytes]:
+    """The node before the faulty run, the server's organisation and faults in place; returns the node's files."""
+    node, iam = ctx.node, ctx.iam
+    if scenario.kind in (WHOLE_RUN, ACCEPTED) and scenario.org is not None:
+        # The guards compare with this directory's last accepted run: make one.
+        configure(node, scenario, iam.base_url, ctx.path.settings)
+        first = run(node, "nsscache", "update", "--full")
+        assert first.returncode == 0, outcome(scenario, first)
+        assert read_caches(node) == fault_free()
+        assert node.state()["last_run"]["fetch"] == ctx.path.name
+        iam.reset_stats()
+    elif scenario.kind == WHOLE_RUN:
+        restore(node, good_node_files)  # the caches a node has before the bad run: a good run's
+    before = cache_files(node)
+    if scenario.org is not None:
+        scenario.org(org)
+        iam.set_org(org)
+    if scenario.prepare is not None:
+        scenario.prepare(ctx)
+    for fault in scenario.faults(ctx):
+        iam.add_fault(fault)
+    return before
+
+
+def assert_outcome(ctx: Ctx, scenario: Scenario, before: Dict[str, bytes]) -> None:
+    """What every row asserts, on either path."""
+    result, node, iam = ctx.result, ctx.node, ctx.iam
+    message = scenario.message.format(base=iam.base_url, other=f"localhost:{ctx.other.port}")
+    assert result.returncode == scenario.status, outcome(scenario, result)
+    assert message in result.stderr, outcome(scenario, result)
+    # Done when: no run takes longer than its deadline + 5 s, none loops.
+    assert result.elapsed < scenario.deadline + 5, outcome(scenario, result)
+    assert iam.request_count() <= MAX_REQUESTS, [r.target for r in iam.requests()]
+    if scenario.kind == WHOLE_RUN:
+        assert cache_files(node) == before, outcome(scenario, result)
+    else:
+        assert read_caches(node) == scenario.expect(fault_free()), outcome(scenario, result)
+        # All four caches are from this one run.
+        assert node.run_marker() == "*" + node.state()["last_run"]["run"]
+    if scenario.kind in (REJECTED, CHANGED, RETRIED):
+        # Each rejection is logged once per run, although nsscache asks for four maps.
+        assert result.stderr.count(message) == scenario.logged, outcome(scenario, result)
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def assert_fetch_path(ctx: Ctx, scenario: Scenario) -> None:
+    """Which users the run fetched: on the member path, a batch meeting a listing fault is not
+    trusted, so the full listing follows (logged once) and meets the same fault; an accepted run
+    records which path it took."""
+    result = ctx.result
+    falls_back = ctx.path is MEMBER_FETCH and (falls_back_to_full_listing(scenario) or scenario.id in FALLS_BACK)
+    assert result.stderr.count(FALLBACK) == int(falls_back), outcome(scenario, result)
+    # The member path's Users requests are filtered batches, until a fallback; the full path's never are.
+    filtered = ["filter" in r.params for r in ctx.iam.requests("Users")]
+    if ctx.path is MEMBER_FETCH:
+        assert filtered == sorted(filtered, reverse=True) and (False in filtered) == falls_back, filtered
+    else:
+        assert True not in filtered, filtered
+    if scenario.kind != WHOLE_RUN:
+        assert ctx.node.state()["last_run"]["fetch"] == ("full" if falls_back else ctx.path.name)
 
 
 def test_a_refused_shrink_is_written_by_the_next_accepted_run_only(bin_dir, tmp_path):

@@ -205,6 +205,37 @@ def key(kind: str) -> str:
     }[kind]
 
 
+# --- the two ways a run fetches its users (coreweave_fetch = auto) -----------------
+
+
+@dataclass(frozen=True)
+class FetchPath:
+    """The server a scenario runs against, and the settings that go with it, for one of
+    the two ways ``coreweave_fetch = auto`` (the default) fetches users."""
+
+    name: str  # what the run record's ``fetch`` says after an accepted run: "full" or "members"
+    iam: Dict[str, object]  # FakeIAM keyword arguments, beside the organisation and the token
+    settings: Dict[str, str]  # coreweave_* for every run, under the scenario's own
+    text: str  # for docs/faults.md
+
+
+# The fake IAM's defaults: no /ServiceProviderConfig, so every user is listed (the
+# attributes= a run sends are ignored: whole users come back).
+FULL_LISTING = FetchPath("full", {}, {}, "every user listed, page by page")
+# The same organisation from a server that advertises and honours id filters and
+# attributes=: the allowed groups' members are one batch (coreweave_page_size 10, at
+# most 6 members here), which the server pages by 2 as it pages the full listing, so
+# "Users page n" is page n of the filtered listing, and of the full listing after a fallback.
+MEMBER_FETCH = FetchPath(
+    "members",
+    {"service_provider_config": True, "filter_supported": True, "filter_mode": "honour", "attributes_mode": "honour",
+     "max_page_size": 2},
+    {"page_size": "10"},
+    "the members fetched by id",
+)
+FETCH_PATHS = (FULL_LISTING, MEMBER_FETCH)
+
+
 # --- a scenario: one row of the table ---------------------------------------------
 
 
@@ -217,6 +248,7 @@ class Ctx:
     node: Node
     result: Optional[subprocess.CompletedProcess] = None
     elapsed: float = 0.0
+    path: FetchPath = FULL_LISTING
 
 
 @dataclass(frozen=True)
