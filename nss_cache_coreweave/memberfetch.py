@@ -7,11 +7,14 @@ When the server advertises filtering (RFC 7643 §5, ``/ServiceProviderConfig``
 complete, checked listing (scim.list_resources), the batch's size within the
 server's ``maxResults``, ``coreweave_page_size`` and a URL length budget.
 Nothing depends on the server honouring it: an answer holding an id that was
-not asked for, a requested id that did not come back, a refused filter (400)
-or a listing that does not add up means the server does not filter as asked,
-and ``auto`` lists every user instead in the same run (logged once);
-``members`` fails. So the result is exactly what the full listing would give
-for the wanted users.
+not asked for, a refused filter (400) or a listing that does not add up means
+the server does not filter as asked, and ``auto`` lists every user instead in
+the same run (logged once); ``members`` fails. A requested id missing from a
+batch that adds up (``totalResults`` counts only what came back) is a user
+IAM does not have: its member does not resolve, as in a full listing; unless
+the id may also be a POSIX name (``coreweave_member_match = auto``), which only
+the full listing can tell. So the result is exactly what the full listing
+would give for the wanted users.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional, Sequence, TypeVar
+from typing import Callable, FrozenSet, Iterable, List, Optional, Sequence, TypeVar
 from urllib.parse import quote
 
 from .config import Server
@@ -107,29 +110,42 @@ class Batches:
 
 
 def fetch(list_users: Callable[[Server], List[T]], server: Server, ids: Iterable[str], plan: Batches,
-          key: Callable[[T], str]) -> List[T]:
-    """Every wanted user, batch by batch (``list_users(server)`` lists Users with the
-    server's query). :raises NotFiltering: the answers show the filter is not honoured"""
+          key: Callable[[T], str], names: FrozenSet[str] = frozenset()) -> List[T]:
+    """Every wanted user IAM has, batch by batch (``list_users(server)`` lists Users
+    with the server's query); ``names``: the ids that may also be POSIX names.
+    :raises NotFiltering: the answers show the filter is not honoured"""
     found: List[T] = []
+    not_found = 0
     for batch in batches(ids, plan.size):
-        asked = frozenset(batch)
-        # The only query: member fetch is off with a coreweave_users_query (the caller adds attributes=).
-        filtered = dataclasses.replace(server, users_query=(("filter", filter_of(batch)),))
-        try:
-            answer = list_users(filtered)
-        except ListingError as e:
-            raise NotFiltering(f"a filtered Users listing did not add up ({e})") from None
-        except FetchError as e:
-            if is_bad_request(e):
-                raise NotFiltering(f"the server refused the filter ({e.values['failure']})") from None
-            raise
-        got = [key(item) for item in answer]
-        if not asked.issuperset(got):
-            raise NotFiltering("an answer held users that were not asked for")
-        if len(set(got)) != len(asked):
-            raise NotFiltering(f"{len(asked) - len(set(got))} of {len(asked)} requested users did not come back")
-        found.extend(answer)
+        missing = _missing(list_users, server, batch, key, found)
+        if missing & names:
+            raise NotFiltering(f"{len(missing & names)} requested ids did not come back and may be POSIX names "
+                               "(coreweave_member_match = auto), which only the full listing resolves")
+        not_found += len(missing)
+    if not_found:
+        log.info("coreweave: %d members' ids are no user of IAM (their members do not resolve)", not_found)
     return found
+
+
+def _missing(list_users: Callable[[Server], List[T]], server: Server, batch: Sequence[str], key: Callable[[T], str],
+             found: List[T]) -> FrozenSet[str]:
+    """Ask for one batch, add its users to ``found``; the requested ids that did not come back."""
+    # The only query: member fetch is off with a coreweave_users_query (the caller adds attributes=).
+    filtered = dataclasses.replace(server, users_query=(("filter", filter_of(batch)),))
+    try:
+        answer = list_users(filtered)
+    except ListingError as e:
+        raise NotFiltering(f"a filtered Users listing did not add up ({e})") from None
+    except FetchError as e:
+        if is_bad_request(e):
+            raise NotFiltering(f"the server refused the filter ({e.values['failure']})") from None
+        raise
+    asked = frozenset(batch)
+    got = frozenset(key(item) for item in answer)
+    if not asked.issuperset(got):
+        raise NotFiltering("an answer held users that were not asked for")
+    found.extend(answer)
+    return asked - got
 
 
 def is_bad_request(error: FetchError) -> bool:

@@ -19,7 +19,7 @@ from . import marker, shrink, sshkeys
 from .config import Config
 from .config import clean_path as _clean_path
 from .errors import GuardError
-from .snapshot import GroupRecord, Member, Snapshot, UserRecord
+from .snapshot import LEAN, GroupRecord, Member, Snapshot, UserRecord
 
 __all__ = [
     "Account", "PosixGroup", "Drop", "Directory", "LocalAccounts", "decide", "narrow", "read_local_accounts",
@@ -42,7 +42,7 @@ _LIB = re.compile(r"/lib[^/]*", re.ASCII)  # /lib, /lib32, /lib64, /libx32 ...
 _GECOS_MAX = 255
 
 
-@dataclass(frozen=True)
+@dataclass(**LEAN)
 class Account:
     name: str
     uid: int
@@ -60,7 +60,7 @@ class PosixGroup:
     members: Tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(**LEAN)
 class Drop:
     """An entry (or part of one) that does not reach the caches, and why."""
 

@@ -26,9 +26,12 @@ _MISSING = object()
 NAME_MODES = ("value", "display", "userName")
 # The longest POSIX name policy accepts: in ``auto`` a longer value (a UUID id) is never tried as a name.
 _NAME_MAX = 32
+# The options of the dataclasses made once per user or member: without a __dict__ where Python
+# allows it (3.10+), 100,000 members' records take about 30 MB less (docs/performance.md).
+LEAN = {"frozen": True, "slots": True} if sys.version_info >= (3, 10) else {"frozen": True}
 
 
-@dataclass(frozen=True)
+@dataclass(**LEAN)
 class UserRecord:
     id: str
     active: Any
@@ -41,7 +44,7 @@ class UserRecord:
     ssh_keys: Any
 
 
-@dataclass(frozen=True)
+@dataclass(**LEAN)
 class Member:
     """Whom a group member may be, as coreweave_member_match reads it (policy resolves it)."""
 
@@ -50,7 +53,7 @@ class Member:
     name: Optional[str] = None  # a POSIX name: ``value`` in auto, the mode's sub-attribute in the name modes
 
 
-@dataclass(frozen=True)
+@dataclass(**LEAN)
 class GroupRecord:
     id: str
     name: Any
@@ -204,7 +207,7 @@ def _users(lister: _Lister) -> list:
         assert lister.wanted is not None and most is not None
         try:
             found = memberfetch.fetch(lister.users, server, lister.wanted.ids, memberfetch.Batches.of(server, most),
-                                      _id)
+                                      _id, lister.wanted.names)
         except memberfetch.NotFiltering as e:
             log.warning("coreweave: fetching only the members of coreweave_groups failed: %s; listing every user "
                         "instead", e.why)

@@ -92,7 +92,8 @@ def test_fetch_members_refuses_the_full_listing_and_keeps_the_caches(node, demo_
 
 def test_a_member_value_crafted_as_filter_syntax_is_asked_for_as_one_id(node, demo_org):
     """A group admin (an insider) names a member `x" or id pr or id eq "y`: sent as a JSON string it stays
-    one id, which no user has, so the run lists every user and the caches are exactly the demo's."""
+    one id, which no user has; short enough to be a POSIX name (member_match auto), so the run lists
+    every user, and the caches are exactly the demo's."""
     crafted = 'x" or id pr or id eq "y'
     next(g for g in demo_org["Groups"] if g["sunkPosixGroupName"] == "slurm-users")["members"].append(
         {"value": crafted, "type": "User"})
@@ -103,5 +104,21 @@ def test_a_member_value_crafted_as_filter_syntax_is_asked_for_as_one_id(node, de
 
         first = iam.requests("Users")[0]
         assert first.status == 200 and crafted in asked_ids(first)
-        assert f"1 of {len(members(demo_org))} requested users did not come back" in result.stderr
+        assert "1 requested ids did not come back and may be POSIX names" in result.stderr
         assert node.state()["last_run"]["fetch"] == "full"
+
+
+def test_a_member_iam_does_not_have_does_not_resolve_and_the_members_path_holds(node, demo_org):
+    """A member whose user IAM deleted (a UUID no user has): not found, as in a full listing."""
+    gone = "0b7e5a31-6a55-4c1e-9d0e-3f1f6a1c2d4e"
+    next(g for g in demo_org["Groups"] if g["sunkPosixGroupName"] == "slurm-users")["members"].append(
+        {"value": gone, "type": "User"})
+    with filtering_iam(demo_org) as iam:
+        node.configure(iam.base_url)
+
+        result = assert_stock_update_writes_the_demo_caches(node, demo_org)
+
+        assert [asked_ids(r) for r in iam.requests("Users")] == [members(demo_org)]
+        assert "coreweave: 1 members' ids are no user of IAM (their members do not resolve)" in result.stderr
+        assert f"dropped member slurm-users/{gone}: does not resolve to any listed user" in result.stderr
+        assert node.state()["last_run"]["fetch"] == "members"

@@ -109,13 +109,33 @@ def test_every_wanted_user_comes_back_batch_by_batch():
     pytest.param(lambda server: asked(server) + ["someone-else"], "an answer held users that were not asked for",
                  id="an-id-not-asked-for"),
     pytest.param(lambda server: IDS, "an answer held users that were not asked for", id="the-filter-ignored"),
-    pytest.param(lambda server: asked(server)[1:], "1 of 3 requested users did not come back", id="a-user-missing"),
 ])
 def test_an_answer_that_is_not_what_was_asked_means_the_server_does_not_filter(list_users, why):
     with pytest.raises(NotFiltering) as caught:
         memberfetch.fetch(list_users, SERVER, IDS[:3], Batches(3), key=str)
 
     assert caught.value.why == why
+
+
+def test_a_requested_id_missing_from_an_answer_that_adds_up_is_no_user_of_iam(caplog):
+    """As in a full listing, the member naming it does not resolve (policy drops and logs it)."""
+    caplog.set_level("INFO", "nss_cache_coreweave")
+
+    found = memberfetch.fetch(lambda server: asked(server)[1:], SERVER, IDS[:6], Batches(3), key=str)
+
+    assert found == IDS[1:3] + IDS[4:6]
+    assert [r.getMessage() for r in caplog.records] == [
+        "coreweave: 2 members' ids are no user of IAM (their members do not resolve)"]
+
+
+def test_a_missing_id_that_may_be_a_posix_name_means_the_full_listing():
+    """coreweave_member_match = auto: a short `value` may name a user by POSIX name, not by id."""
+    with pytest.raises(NotFiltering) as caught:
+        memberfetch.fetch(lambda server: asked(server)[1:], SERVER, IDS[:3], Batches(3), key=str,
+                          names=frozenset(IDS[:1]))
+
+    assert caught.value.why == ("1 requested ids did not come back and may be POSIX names "
+                                "(coreweave_member_match = auto), which only the full listing resolves")
 
 
 def test_a_listing_that_does_not_add_up_or_a_refused_filter_means_no_filtering():
