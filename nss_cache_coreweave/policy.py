@@ -622,8 +622,8 @@ def _clean_gecos(value) -> str:
     ascii_text = value if value.isascii() else (
         unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode("ascii")
     )
-    cleaned = "".join(c for c in ascii_text if c.isprintable() and c != ":")
-    return " ".join(cleaned.split())[:_GECOS_MAX]
+    cleaned = " ".join("".join(c for c in ascii_text if c.isprintable() and c != ":").split())[:_GECOS_MAX]
+    return value if cleaned == value else cleaned  # the snapshot's string, not a copy, when nothing changed
 
 
 def _printable(value) -> str:

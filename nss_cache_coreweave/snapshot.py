@@ -249,7 +249,7 @@ class _Wanted:
 
     @classmethod
     def of(cls, groups: Iterable[GroupRecord]) -> _Wanted:
-        members = [m for g in groups for m in g.members]
+        members = [m for g in groups for m in g.members if _user_type(m.type)]  # a nested group is no user
         return cls(frozenset(m.value for m in members if m.value), frozenset(m.name for m in members if m.name))
 
     def narrow(self, group: GroupRecord) -> GroupRecord:
@@ -318,7 +318,7 @@ def _user(resource: dict, config: Config) -> UserRecord:
     attrs = config.users
     active = _child(resource, "active")
     return UserRecord(
-        id=resource["id"],
+        id=sys.intern(resource["id"]),  # the same string as the members naming it (_references)
         active=True if active is _MISSING else active,  # absent counts as active
         name=resolve(resource, attrs.name),
         uid=resolve(resource, attrs.uid),
@@ -378,6 +378,7 @@ def _references(item, mode: str) -> Tuple[Optional[str], Optional[str]]:
     value = _child(item, "value")
     if isinstance(value, str) and value:
         named = mode == "auto" and len(value) <= _NAME_MAX and _is_user(item)
+        value = sys.intern(value)  # one string per user however many groups list it
         return value, value if named else None
     ref = _child(item, "$ref")
     value = ref.rstrip("/").rpartition("/")[2] if isinstance(ref, str) else None

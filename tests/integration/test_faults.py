@@ -15,6 +15,16 @@ subprocess against ``tests/support/fakeiam.py`` on loopback and asserts
 * the wall time: below the run's ``coreweave_deadline`` + 5 s; and a bounded
   number of requests (nothing loops).
 
+Each row runs on both paths of ``coreweave_fetch = auto`` (the default):
+``test_fault`` against the fake IAM's defaults (no /ServiceProviderConfig: every
+user listed), ``test_fault_member_fetch`` against the same organisation from a
+server that advertises and honours id filters and ``attributes=`` (only the
+allowed groups' members fetched by id), with the same expected outcome, and the
+run record's ``fetch`` saying which path an accepted run took. A fault on a Users
+page hits that page of the filtered listing; when that listing cannot be trusted
+the run lists every user instead (logged once) and meets the same fault there.
+``NOT_ON_MEMBER_PATH`` lists the rows that cannot mean the same thing there.
+
 ``docs/faults.md`` is generated from the same table
 (``PYTHONPATH=tests python tests/integration/test_faults.py --write-doc``), and
 ``test_docs_faults_md_is_this_table`` fails when the two differ: the document
@@ -269,7 +279,8 @@ SCENARIOS: List[Scenario] = [
              "Users page 1: HTTP 404 from {base} (\"no SCIM endpoint at '/scim/cw-demo/People'\"): not retried; "
              "check coreweave_base_url and the endpoints",
              settings={"users_endpoint": "People"}),
-    Scenario("400", "HTTP 400 on Users page 1", WHOLE_RUN, 75,
+    Scenario("400", "HTTP 400 on Users page 1, every time (also when asked again without `attributes=`)",
+             WHOLE_RUN, 75,
              "Users page 1: HTTP 400 from {base} ('injected fault: HTTP 400'): not retried; "
              "check coreweave_base_url and the endpoints",
              faults=lambda ctx: [Fault.error("Users", 1, 400, times=None)], check=asked_with_then_without_attributes),
@@ -545,6 +556,9 @@ SCENARIOS: List[Scenario] = [
     Scenario("unresolved-member", "a member id no user has", REJECTED, 0,
              "dropped member slurm-users/u-ghost: does not resolve to any listed user",
              org=lambda org: add_member(org, "slurm-users", "u-ghost")),
+    Scenario("unresolved-member-uuid", "a member UUID no user has (a deleted user)", REJECTED, 0,
+             "dropped member slurm-users/6f1c2b7e-4a0d-4e8f-9b3a-2c5d7e9f1a3b: does not resolve to any listed user",
+             org=lambda org: add_member(org, "slurm-users", "6f1c2b7e-4a0d-4e8f-9b3a-2c5d7e9f1a3b")),
     Scenario("key-dsa", "mallory with a DSA key and an ed25519 key", CHANGED, 0,
              "dropped key mallory: key 1 is a DSA key, which is not accepted",
              org=lambda org: adding(mallory(sunkSshKeys=[key("dsa"), key("ed25519")]))(org),
@@ -639,10 +653,9 @@ FALLBACK = "fetching only the members of coreweave_groups failed"
 # Accepted rows whose member path lists every user instead (logged), with why.
 # Findings (issue 16): the outcome is the same, but not the path.
 FALLS_BACK: Dict[str, str] = {
-    "nested-group-member": "the member of type Group is asked for by id from /Users, does not come back, and "
-                           "a missing id is taken as a server that does not filter",
-    "unresolved-member": "an id no user has does not come back, and a missing id is taken as a server that does "
-                         "not filter (issue 16 asks for it to be reported as not found)",
+    "unresolved-member": "`u-ghost` is short enough to be a POSIX name (`coreweave_member_match = auto`): asked for "
+                         "by id, it does not come back, and only the full listing can tell whether a user carries "
+                         "that name (a missing UUID is reported as not found: `unresolved-member-uuid`)",
 }
 
 
@@ -755,6 +768,9 @@ def assert_fetch_path(ctx: Ctx, scenario: Scenario) -> None:
         assert filtered == sorted(filtered, reverse=True) and (False in filtered) == falls_back, filtered
     else:
         assert True not in filtered, filtered
+    # Users are asked for only the attributes the configuration reads, on both paths (ignored on the full one).
+    assert not filtered or "attributes" in ctx.iam.requests("Users")[0].params
+    assert "asking for only the attributes this configuration reads failed" not in result.stderr
     if scenario.kind != WHOLE_RUN:
         assert ctx.node.state()["last_run"]["fetch"] == ("full" if falls_back else ctx.path.name)
 
@@ -897,11 +913,11 @@ def doc_text() -> str:
         "",
         "Generated from `SCENARIOS` in `tests/integration/test_faults.py`",
         f"(`{WRITE_DOC}`);",
-        "`test_docs_faults_md_is_this_table` fails when this file and the table differ, and `test_fault[<id>]`",
-        "asserts every row against the stock `nsscache update --full` (nsscache 0.49) run as a subprocess against",
-        "`tests/support/fakeiam.py` on loopback. Do not edit by hand.",
+        "`test_docs_faults_md_is_this_table` fails when this file and the table differ, and `test_fault[<id>]` and",
+        "`test_fault_member_fetch[<id>]` assert every row against the stock `nsscache update --full` (nsscache 0.49)",
+        "run as a subprocess against `tests/support/fakeiam.py` on loopback. Do not edit by hand.",
         "",
-        f"**{len(SCENARIOS)} scenarios.**",
+        f"**{len(SCENARIOS)} scenarios, {len(ON_BOTH_PATHS)} of them on both paths.**",
         "",
         "| outcome | what the test asserts | scenarios |",
         "|---|---|---|",
@@ -921,17 +937,50 @@ def doc_text() -> str:
         "",
         "Every run, including the failures, stays below its `coreweave_deadline` + 5 s and makes at most",
         f"{MAX_REQUESTS} requests; the bearer token appears in no output.",
+        *paths_text(),
         "",
-        "| # | scenario | injected | outcome | exit | log line (stderr) | caches |",
-        "|---|---|---|---|---|---|---|",
+        "| # | scenario | injected | outcome | exit | log line (stderr) | caches | paths |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for number, s in enumerate(SCENARIOS, 1):
         message = s.message.format(base="<base>", other="<other-host>")
+        paths = "full" if s.id in NOT_ON_MEMBER_PATH else "both"
         lines.append(
             f"| {number} | `{s.id}` | {s.injected.replace('|', '/')} | {s.kind} | {s.status} | {_cell(message)} "
-            f"| {s.caches_text()} |"
+            f"| {s.caches_text()} | {paths} |"
         )
-    return "\n".join(lines + rules_text()) + "\n"
+    return "\n".join(lines + rules_text() + member_path_text()) + "\n"
+
+
+def paths_text() -> List[str]:
+    return [
+        "",
+        "**paths**: the ways `coreweave_fetch = auto` (the default) fetches users that the row runs on, `both` or",
+        "`full` (see the end for why). *full*: the fake IAM's defaults (no `/ServiceProviderConfig`, so every user",
+        "is listed; the `attributes=` the run sends are ignored). *members*: the same organisation from a server",
+        "that advertises and honours id filters and `attributes=`, and pages by 2 (`coreweave_page_size = 10`: the",
+        "at most 6 members are one filtered listing of 3 pages, as the full listing has 3), so only the members",
+        "are fetched by id. Same exit status, log line and caches on both paths; an accepted run records",
+        "`fetch = members`. A fault on a Users page hits that page of the filtered listing. A filtered listing",
+        "that does not add up, or a 400, means the server is not trusted to filter: the run logs `fetching only",
+        "the members of coreweave_groups failed` once and lists every user, and meets the same fault again (a",
+        "fault that refuses the listing fires every time), so the outcome is the same whole-run refusal.",
+    ]
+
+
+def member_path_text() -> List[str]:
+    return [
+        "",
+        "## Rows run on the full listing only",
+        "",
+        *(f"- `{i}`: {why}." for i, why in NOT_ON_MEMBER_PATH.items()),
+        "",
+        "## Rows whose member path lists every user instead",
+        "",
+        "Same outcome and caches as on the full listing, but the run logs the fallback and records `fetch = full`:",
+        "",
+        *(f"- `{i}`: {why}." for i, why in FALLS_BACK.items()),
+    ]
 
 
 def test_docs_faults_md_is_this_table():

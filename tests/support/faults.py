@@ -216,12 +216,11 @@ class FetchPath:
     name: str  # what the run record's ``fetch`` says after an accepted run: "full" or "members"
     iam: Dict[str, object]  # FakeIAM keyword arguments, beside the organisation and the token
     settings: Dict[str, str]  # coreweave_* for every run, under the scenario's own
-    text: str  # for docs/faults.md
 
 
 # The fake IAM's defaults: no /ServiceProviderConfig, so every user is listed (the
 # attributes= a run sends are ignored: whole users come back).
-FULL_LISTING = FetchPath("full", {}, {}, "every user listed, page by page")
+FULL_LISTING = FetchPath("full", {}, {})
 # The same organisation from a server that advertises and honours id filters and
 # attributes=: the allowed groups' members are one batch (coreweave_page_size 10, at
 # most 6 members here), which the server pages by 2 as it pages the full listing, so
@@ -231,9 +230,7 @@ MEMBER_FETCH = FetchPath(
     {"service_provider_config": True, "filter_supported": True, "filter_mode": "honour", "attributes_mode": "honour",
      "max_page_size": 2},
     {"page_size": "10"},
-    "the members fetched by id",
 )
-FETCH_PATHS = (FULL_LISTING, MEMBER_FETCH)
 
 
 # --- a scenario: one row of the table ---------------------------------------------

@@ -776,3 +776,13 @@ def test_active_missing_from_a_page_decoded_in_a_worker_lists_every_user_again_w
     assert [a for a, _ in asked[:projected]] == [ATTRIBUTES] * projected and projected >= 6
     assert pool.call_count == 2
     assert warnings(caplog) == [ACTIVE_MISSING]
+
+
+def test_only_user_members_are_wanted_a_nested_group_is_never_asked_for_from_users():
+    groups = [GroupRecord("g1", "slurm-users", 5000, (
+        Member("u-1", "User"), Member("u-2", None, "u-2"), Member("g-nested", "Group"), Member("g-2", "group"),
+    ))]
+
+    wanted = snapshot._Wanted.of(groups)
+
+    assert (wanted.ids, wanted.names) == (frozenset({"u-1", "u-2"}), frozenset({"u-2"}))
