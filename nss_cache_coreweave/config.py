@@ -209,8 +209,10 @@ OPTIONS: Tuple[Option, ...] = (
     Option("fetch", Kind.CHOICE, "auto", "`auto`: when the server advertises filtering (`/ServiceProviderConfig`), "
            "fetch only the allowed groups' members by id, in batches, and list every user instead when an answer "
            "shows the filter is not honoured (logged); Users are asked only for the attributes this configuration "
-           "reads (`attributes=`), whole again when the server refuses that; `members`: the same, or fail; `full`: "
-           "every user, whole, exactly as before (no discovery, no filter, no projection)",
+           "reads (`attributes=`), whole again when the server refuses that or a user comes back without `active`; "
+           "`members`: the same, or fail (not with `coreweave_groups = *`, a name mode of `coreweave_member_match` "
+           "or a `coreweave_users_query`); `full`: every user, whole, exactly as before (no discovery, no filter, "
+           "no projection)",
            choices=("full", "auto", "members")),
     Option("max_pages", Kind.INTEGER, 10000, "more pages than this for one endpoint is refused as an endless listing",
            low=1, high=1_000_000),
@@ -650,12 +652,22 @@ def _server(r: Reader, base_url: str, token: str) -> Server:
     )
 
 
+# What coreweave_fetch = members cannot be combined with: each means the full listing by nature.
+_NOT_WITH_MEMBERS = (
+    ("users_query", lambda text: bool(text), "its filter and ours would have to be joined"),
+    ("groups", lambda text: text == "*", "every user is wanted"),
+    ("member_match", lambda text: text in ("value", "display", "userName"), "members name users by POSIX name, "
+                                                                          "which only the full listing resolves"),
+)
+
+
 def _fetch(r: Reader) -> str:
-    """coreweave_fetch; a Users query would have to be combined with the ids' filter: members refuses it."""
+    """coreweave_fetch; ``members`` refuses what only the full listing can serve."""
     fetch = r.choice("fetch")
-    if fetch == "members" and r.text("users_query"):
-        r.problem("fetch", "coreweave_fetch = members cannot be combined with coreweave_users_query (its filter and "
-                           "ours would have to be joined): use auto, which lists every user when a Users query is set")
+    for name, clashes, why in _NOT_WITH_MEMBERS if fetch == "members" else ():
+        if clashes(r.text(name)):
+            r.problem("fetch", f"coreweave_fetch = members cannot be combined with coreweave_{name} = "
+                               f"{r.text(name)} ({why}): use auto, which lists every user then")
     return fetch
 
 

@@ -29,11 +29,19 @@ from urllib.parse import quote
 from .config import Server
 from .errors import FetchError, FetchReason, ListingError, ListingReason
 
-__all__ = ["Batches", "NotFiltering", "discover", "fetch", "batches", "is_bad_request", "refused", "FILTER_BUDGET"]
+__all__ = [
+    "Batches", "NotFiltering", "discover", "fetch", "batches", "filter_of", "is_refusal", "refused", "FILTER_BUDGET",
+    "REFUSALS",
+]
 
 log = logging.getLogger("nss_cache_coreweave")
 
-FILTER_BUDGET = 6000  # characters of the URL-encoded filter of one request (servers take 8 KiB URLs)
+# URL-encoded characters of one request's filter and attributes= together (servers commonly take
+# 8 KiB request lines); however long the attributes, a filter gets room for some ids.
+FILTER_BUDGET = 7000
+MIN_FILTER_BUDGET = 1000
+# Requested ids a run confirms gone one by one (GET /Users/<id>: 404); more means the full listing.
+MAX_CONFIRMED = 50
 T = TypeVar("T")
 
 
@@ -47,15 +55,16 @@ class NotFiltering(Exception):
 
 def discover(get: Callable[[str], bytes], server: Server) -> Optional[int]:
     """The server's filter ``maxResults`` when its ServiceProviderConfig says it
-    filters, else None (no document, 404, or filtering not supported).
-    ``get(url)`` fetches a document (scim.fetch_document)."""
+    filters, else None (no such document, or filtering not supported).
+    ``get(url)`` fetches a document (scim.fetch_document).
+    :raises NotFiltering: the document could not be read (the run has listed Groups with
+        the same token: whatever stops this request, the full listing may still work)"""
     try:
         content = get(server.base_url + "/ServiceProviderConfig")
     except FetchError as e:
-        failure = e.values.get("failure")
-        if e.reason is FetchReason.NOT_RETRIED and getattr(failure, "status", None) in (400, 404, 405, 501):
+        if is_refusal(e) or getattr(e.values.get("failure"), "status", None) == 404:
             return None
-        raise
+        raise NotFiltering(f"/ServiceProviderConfig could not be read ({e})") from None
     except ListingError:  # not JSON, too large: no usable document
         return None
     return _max_results(content)
@@ -74,11 +83,11 @@ def _max_results(content: bytes) -> Optional[int]:
 
 
 def batches(ids: Iterable[str], size: int, budget: int = FILTER_BUDGET) -> List[List[str]]:
-    """The ids in batches of at most ``size``, each filter at most ``budget`` encoded characters."""
+    """The ids, in order, in batches of at most ``size``, each filter at most ``budget`` encoded characters."""
     found: List[List[str]] = []
     current: List[str] = []
     length = 0
-    for user_id in sorted(ids):
+    for user_id in ids:
         term = len(quote(_term(user_id), safe="")) + len(quote(" or ", safe=""))
         if current and (len(current) >= size or length + term > budget):
             found.append(current)
@@ -91,7 +100,8 @@ def batches(ids: Iterable[str], size: int, budget: int = FILTER_BUDGET) -> List[
 
 
 def _term(user_id: str) -> str:
-    return "id eq " + json.dumps(user_id)  # a SCIM string is a JSON string: quotes and backslashes escaped
+    # A SCIM string is a JSON string: quotes and backslashes escaped, any other character as itself.
+    return "id eq " + json.dumps(user_id, ensure_ascii=False)
 
 
 def filter_of(batch: Sequence[str]) -> str:
@@ -103,28 +113,55 @@ class Batches:
     """How one run fetches its wanted users."""
 
     size: int  # ids per request
+    budget: int = FILTER_BUDGET  # URL-encoded characters of one request's filter
 
     @classmethod
-    def of(cls, server: Server, max_results: int) -> Batches:
-        return cls(max(1, min(max_results, server.page_size)))
+    def of(cls, server: Server, max_results: int, attributes: Optional[str] = None) -> Batches:
+        """Within maxResults and coreweave_page_size; the filter and ``attributes=`` within the URL budget."""
+        taken = len(quote(attributes, safe="")) if attributes else 0
+        return cls(max(1, min(max_results, server.page_size)), max(MIN_FILTER_BUDGET, FILTER_BUDGET - taken))
 
 
 def fetch(list_users: Callable[[Server], List[T]], server: Server, ids: Iterable[str], plan: Batches,
-          key: Callable[[T], str], names: FrozenSet[str] = frozenset()) -> List[T]:
+          key: Callable[[T], str], get: Callable[[str], bytes], names: FrozenSet[str] = frozenset()) -> List[T]:
     """Every wanted user IAM has, batch by batch (``list_users(server)`` lists Users
-    with the server's query); ``names``: the ids that may also be POSIX names.
+    with the server's query); ``names``: the ids that may also be POSIX names (asked
+    for first: one missing means the full listing); ``get(url)`` fetches one user, to
+    confirm that a requested id which did not come back is no user of IAM.
     :raises NotFiltering: the answers show the filter is not honoured"""
     found: List[T] = []
-    not_found = 0
-    for batch in batches(ids, plan.size):
-        missing = _missing(list_users, server, batch, key, found)
-        if missing & names:
-            raise NotFiltering(f"{len(missing & names)} requested ids did not come back and may be POSIX names "
+    missing: List[str] = []
+    for batch in batches(sorted(ids, key=lambda i: (i not in names, i)), plan.size, plan.budget):
+        gone = _missing(list_users, server, batch, key, found)
+        if gone & names:
+            raise NotFiltering(f"{len(gone & names)} requested ids did not come back and may be POSIX names "
                                "(coreweave_member_match = auto), which only the full listing resolves")
-        not_found += len(missing)
-    if not_found:
-        log.info("coreweave: %d members' ids are no user of IAM (their members do not resolve)", not_found)
+        missing.extend(sorted(gone))
+    if missing:
+        _confirm_gone(get, server, missing)
+        log.info("coreweave: %d members' ids are no user of IAM (their members do not resolve)", len(missing))
     return found
+
+
+def _confirm_gone(get: Callable[[str], bytes], server: Server, missing: List[str]) -> None:
+    """Each requested id a filtered answer left out must be a 404 on its own: a server
+    that drops users from filtered answers (truncates long filters) would otherwise
+    take their access away. :raises NotFiltering:"""
+    if len(missing) > MAX_CONFIRMED:
+        raise NotFiltering(f"{len(missing)} requested users did not come back (more than {MAX_CONFIRMED} to confirm "
+                           "one by one)")
+    for user_id in missing:
+        try:
+            get(f"{server.users_url}/{quote(user_id, safe='')}")
+        except FetchError as e:
+            if getattr(e.values.get("failure"), "status", None) == 404:
+                continue
+            raise NotFiltering(f"requested user {user_id!r} did not come back and could not be confirmed gone "
+                               f"({e})") from None
+        except ListingError as e:
+            raise NotFiltering(f"requested user {user_id!r} did not come back and could not be confirmed gone "
+                               f"({e})") from None
+        raise NotFiltering(f"requested user {user_id!r} exists but the filtered answer left it out")
 
 
 def _missing(list_users: Callable[[Server], List[T]], server: Server, batch: Sequence[str], key: Callable[[T], str],
@@ -137,7 +174,7 @@ def _missing(list_users: Callable[[Server], List[T]], server: Server, batch: Seq
     except ListingError as e:
         raise NotFiltering(f"a filtered Users listing did not add up ({e})") from None
     except FetchError as e:
-        if is_bad_request(e):
+        if is_refusal(e):
             raise NotFiltering(f"the server refused the filter ({e.values['failure']})") from None
         raise
     asked = frozenset(batch)
@@ -148,9 +185,14 @@ def _missing(list_users: Callable[[Server], List[T]], server: Server, batch: Seq
     return asked - got
 
 
-def is_bad_request(error: FetchError) -> bool:
-    """A plain 400 (not an expired cursor, RFC 9865): the server refused what was asked."""
-    return error.reason is FetchReason.NOT_RETRIED and getattr(error.values.get("failure"), "status", None) == 400
+# What a server answers to a request it will not serve as asked: bad request, URI or headers
+# too long, not implemented (RFC 9110 §15.5.1, §15.5.15, RFC 6585 §5, RFC 9110 §15.6.2).
+REFUSALS = frozenset({400, 405, 414, 431, 501})
+
+
+def is_refusal(error: FetchError) -> bool:
+    """A refused request (not an expired cursor, RFC 9865): the server will not serve what was asked."""
+    return error.reason is FetchReason.NOT_RETRIED and getattr(error.values.get("failure"), "status", None) in REFUSALS
 
 
 def refused(kind: str, why: str) -> ListingError:

@@ -1,6 +1,8 @@
 """Snapshot: one consistent set of users and groups per run.
 
-Users and Groups are each listed once; only the fields the maps need are
+Groups are listed whole, then the users the allowed groups name: by id when
+the server filters (memberfetch.py), else every user; with only the attributes
+the configuration reads (coreweave_fetch). Only the fields the maps need are
 kept (raw JSON values, not yet validated: that is policy's job).
 """
 
@@ -83,13 +85,13 @@ def take(
     stats: Optional[scim.Stats] = None,
     everyone: bool = False,
 ) -> Snapshot:
-    """List Groups, then Users, once each, both within coreweave_deadline.
+    """List Groups, then the Users the run needs, all within coreweave_deadline.
 
-    Groups come first so that only members of the allowed groups are kept
-    from the (much longer) Users listing; every user still counts for the
-    listing's checks. Every group is kept, the others with the ids of the
-    wanted users they list (policy's primary-gid rule needs every gid).
-    ``everyone`` keeps every user (for ``check``).
+    Groups come first so that only members of the allowed groups are asked
+    for by id, or kept from the (much longer) full Users listing, where every
+    user still counts for the listing's checks. Every group is kept, the
+    others with the ids of the wanted users they list (policy's primary-gid
+    rule needs every gid). ``everyone`` keeps every user (for ``check``).
 
     :raises FetchError, ListingError: see scim.list_resources.
     """
@@ -149,10 +151,11 @@ class _Lister:
         except _Unprojected:
             why = "a user came back without `active`"
         except FetchError as e:
-            if not memberfetch.is_bad_request(e):
+            if not memberfetch.is_refusal(e):
                 raise
-            why = "the server refused `attributes` (HTTP 400)"
-        found = self._list(server, projected=False)  # a 400 here too: the filter was refused, not the attributes
+            why = f"the server refused `attributes` ({e.values['failure']})"
+        # Refused here too: not the attributes (with a filter: the filter; else the run fails).
+        found = self._list(server, projected=False)
         log.warning("coreweave: asking for only the attributes this configuration reads failed: %s; asking for "
                     "whole users for the rest of this run", why)
         self.attributes = None
@@ -164,8 +167,8 @@ class _Lister:
         return scim.list_resources(self.session, server, listing, clock=self.clock, deadline=self.deadline,
                                    stats=self.stats)
 
-    def document(self, url: str) -> bytes:
-        return scim.fetch_document(self.session, self.config.server, url, "ServiceProviderConfig", clock=self.clock,
+    def document(self, url: str, kind: str = "ServiceProviderConfig") -> bytes:
+        return scim.fetch_document(self.session, self.config.server, url, kind, clock=self.clock,
                                    deadline=self.deadline, stats=self.stats)
 
 
@@ -200,25 +203,35 @@ def _users(lister: _Lister) -> list:
     every user (``auto``), or an error (``members``); ``stats.fetch`` says which."""
     server = lister.config.server
     why = _no_member_fetch(lister.config, lister.wanted)
-    most = None if why else memberfetch.discover(lister.document, server)
-    if why is None and most is None:
-        why = "the server does not advertise filtering in /ServiceProviderConfig"
     if why is None:
-        assert lister.wanted is not None and most is not None
         try:
-            found = memberfetch.fetch(lister.users, server, lister.wanted.ids, memberfetch.Batches.of(server, most),
-                                      _id, lister.wanted.names)
+            found = _members(lister)
         except memberfetch.NotFiltering as e:
             log.warning("coreweave: fetching only the members of coreweave_groups failed: %s; listing every user "
                         "instead", e.why)
             why = e.why
         else:
-            lister.stats.fetch = "members"
-            return found
-    if server.fetch == "members":
-        raise memberfetch.refused("Users", why)
+            if found is not None:
+                lister.stats.fetch = "members"
+                return found
+            why = "the server does not advertise filtering in /ServiceProviderConfig"
+        if server.fetch == "members":  # config refuses it where the full listing is the only way
+            raise memberfetch.refused("Users", why)
     lister.stats.fetch = "full"
     return lister.users(server)
+
+
+def _members(lister: _Lister) -> Optional[list]:
+    """The wanted users by id; None when the server does not advertise filtering.
+    :raises memberfetch.NotFiltering:"""
+    server = lister.config.server
+    most = memberfetch.discover(lister.document, server)
+    if most is None:
+        return None
+    assert lister.wanted is not None, "_no_member_fetch: none when every user is wanted"
+    plan = memberfetch.Batches.of(server, most, lister.attributes)
+    return memberfetch.fetch(lister.users, server, lister.wanted.ids, plan, _id,
+                             lambda url: lister.document(url, "Users"), lister.wanted.names)
 
 
 def _no_member_fetch(config: Config, wanted: Optional["_Wanted"]) -> Optional[str]:
@@ -358,7 +371,9 @@ def _group(resource: dict, config: Config, allowed: Optional[frozenset] = None) 
 
 def _member(item, mode: str) -> Member:
     value, name = _references(item, mode)
-    return Member(value, _kind(item) if isinstance(item, dict) else None, name)
+    kind = _kind(item) if isinstance(item, dict) else None
+    # "User" once, not once per member (100,000 members: 5 MB).
+    return Member(value, sys.intern(kind) if type(kind) is str else kind, name)
 
 
 def _references(item, mode: str) -> Tuple[Optional[str], Optional[str]]:

@@ -1187,8 +1187,18 @@ def test_a_url_with_a_user_and_password_is_refused_without_showing_them(key):
     assert "must not hold a user or password" in refused.message and "hunter2" not in refused.message
 
 
-def test_fetch_members_cannot_be_joined_with_a_users_query():
-    (refused,) = problems(fetch="members", users_query="filter=active eq \"true\"")
+@pytest.mark.parametrize("options, named", [
+    pytest.param({"users_query": "filter=active eq \"true\""}, "coreweave_users_query", id="a-users-query"),
+    pytest.param({"groups": "*"}, "coreweave_groups = *", id="every-group"),
+    pytest.param({"member_match": "display"}, "coreweave_member_match = display", id="a-name-mode"),
+])
+def test_fetch_members_refuses_what_only_the_full_listing_serves(options, named):
+    (refused,) = problems(fetch="members", **options)
 
     assert refused.key == "coreweave_fetch"
-    assert "cannot be combined with coreweave_users_query" in refused.message
+    assert f"coreweave_fetch = members cannot be combined with {named}" in refused.message
+
+
+@pytest.mark.parametrize("options", [{"groups": "*"}, {"member_match": "display"}, {"users_query": "a=b"}])
+def test_fetch_auto_takes_the_full_listing_for_them(options):
+    assert parse({**REQUIRED, "fetch": "auto", **options}, environ=ENV).server.fetch == "auto"

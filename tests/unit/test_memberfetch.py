@@ -21,6 +21,15 @@ SERVER = Server(base_url="https://iam.example/scim", users_url="https://iam.exam
 IDS = [f"00000000-0000-4000-8000-{n:012d}" for n in range(7)]
 
 
+def never(url: str) -> bytes:
+    raise AssertionError(f"no user should be fetched on its own: {url}")
+
+
+def gone(url: str) -> bytes:
+    """GET /Users/<id> of a user IAM does not have."""
+    raise FetchError("Users", 1, FetchReason.NOT_RETRIED, failure=Failure(SERVER.base_url, 404))
+
+
 def asked(server: Server) -> List[str]:
     """The ids a filtered Users listing asks for."""
     ((name, text),) = server.users_query
@@ -36,8 +45,8 @@ def honest(directory):
 # --- batches ------------------------------------------------------------------------------------------
 
 
-def test_batches_hold_at_most_the_size_each_in_sorted_order():
-    assert memberfetch.batches(reversed(IDS), 3) == [IDS[0:3], IDS[3:6], IDS[6:7]]
+def test_batches_hold_at_most_the_size_each_in_the_order_given():
+    assert memberfetch.batches(IDS[::-1], 3) == [IDS[6:3:-1], IDS[3:0:-1], IDS[0:1]]
 
 
 def test_a_batch_stays_within_the_url_budget():
@@ -73,7 +82,7 @@ def refusal(status: int) -> FetchError:
     return FetchError("ServiceProviderConfig", 1, FetchReason.NOT_RETRIED, failure=Failure(SERVER.base_url, status))
 
 
-@pytest.mark.parametrize("status", [400, 404, 405, 501])
+@pytest.mark.parametrize("status", [400, 404, 405, 414, 431, 501])
 def test_a_server_without_the_document_does_not_filter(status):
     def get(url):
         assert url == "https://iam.example/scim/ServiceProviderConfig"
@@ -82,11 +91,26 @@ def test_a_server_without_the_document_does_not_filter(status):
     assert memberfetch.discover(get, SERVER) is None
 
 
-def test_a_refused_token_at_discovery_fails_the_run():
-    error = FetchError("ServiceProviderConfig", 1, FetchReason.TOKEN_REFUSED, failure=Failure(SERVER.base_url, 401))
-
-    with pytest.raises(FetchError):
+@pytest.mark.parametrize("error", [
+    FetchError("ServiceProviderConfig", 1, FetchReason.TOKEN_REFUSED, failure=Failure(SERVER.base_url, 403)),
+    FetchError("ServiceProviderConfig", 1, FetchReason.SERVER_FAILING, failure=Failure(SERVER.base_url, 503),
+               attempts=4),
+    FetchError("ServiceProviderConfig", 1, FetchReason.REDIRECT, status=302, location="elsewhere"),
+], ids=["forbidden", "failing", "redirected"])
+def test_a_discovery_that_fails_means_no_member_fetch_not_a_failed_run(error):
+    """The run has just listed Groups with the same token: the full listing may still work."""
+    with pytest.raises(NotFiltering) as caught:
         memberfetch.discover(lambda url: (_ for _ in ()).throw(error), SERVER)
+
+    assert caught.value.why == f"/ServiceProviderConfig could not be read ({error})"
+
+
+def test_batches_leave_room_for_the_attributes_in_the_url():
+    attributes = "a" * 2000
+
+    assert Batches.of(SERVER, 1000) == Batches(size=100, budget=7000)
+    assert Batches.of(SERVER, 1000, attributes) == Batches(size=100, budget=5000)
+    assert Batches.of(SERVER, 1000, "a" * 9000) == Batches(size=100, budget=1000)  # a filter still gets room
 
 
 # --- fetching ------------------------------------------------------------------------------------------
@@ -99,7 +123,7 @@ def test_every_wanted_user_comes_back_batch_by_batch():
         sent.append(asked(server))
         return honest(set(IDS))(server)
 
-    found = memberfetch.fetch(list_users, SERVER, IDS, Batches(3), key=str)
+    found = memberfetch.fetch(list_users, SERVER, IDS, Batches(3), key=str, get=never)
 
     assert found == IDS
     assert sent == [IDS[0:3], IDS[3:6], IDS[6:7]]
@@ -112,7 +136,7 @@ def test_every_wanted_user_comes_back_batch_by_batch():
 ])
 def test_an_answer_that_is_not_what_was_asked_means_the_server_does_not_filter(list_users, why):
     with pytest.raises(NotFiltering) as caught:
-        memberfetch.fetch(list_users, SERVER, IDS[:3], Batches(3), key=str)
+        memberfetch.fetch(list_users, SERVER, IDS[:3], Batches(3), key=str, get=never)
 
     assert caught.value.why == why
 
@@ -121,17 +145,60 @@ def test_a_requested_id_missing_from_an_answer_that_adds_up_is_no_user_of_iam(ca
     """As in a full listing, the member naming it does not resolve (policy drops and logs it)."""
     caplog.set_level("INFO", "nss_cache_coreweave")
 
-    found = memberfetch.fetch(lambda server: asked(server)[1:], SERVER, IDS[:6], Batches(3), key=str)
+    confirmed = []
+
+    def get(url):
+        confirmed.append(url)
+        gone(url)
+
+    found = memberfetch.fetch(lambda server: asked(server)[1:], SERVER, IDS[:6], Batches(3), key=str, get=get)
 
     assert found == IDS[1:3] + IDS[4:6]
+    assert confirmed == [f"https://iam.example/scim/Users/{IDS[0]}", f"https://iam.example/scim/Users/{IDS[3]}"]
     assert [r.getMessage() for r in caplog.records] == [
         "coreweave: 2 members' ids are no user of IAM (their members do not resolve)"]
+
+
+@pytest.mark.parametrize("get, why", [
+    pytest.param(lambda url: b'{"id": "x"}', f"requested user {IDS[0]!r} exists but the filtered answer left it out",
+                 id="it-exists"),
+    pytest.param(lambda url: (_ for _ in ()).throw(FetchError("Users", 1, FetchReason.NOT_RETRIED,
+                                                              failure=Failure(SERVER.base_url, 403))),
+                 f"requested user {IDS[0]!r} did not come back and could not be confirmed gone", id="forbidden"),
+])
+def test_a_requested_user_left_out_but_not_confirmed_gone_means_the_full_listing(get, why):
+    """A server that truncates long filters (answering a consistent total) must not take access away."""
+    with pytest.raises(NotFiltering) as caught:
+        memberfetch.fetch(lambda server: asked(server)[1:], SERVER, IDS[:3], Batches(3), key=str, get=get)
+
+    assert caught.value.why.startswith(why)
+
+
+def test_more_missing_users_than_a_run_confirms_mean_the_full_listing():
+    ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(memberfetch.MAX_CONFIRMED + 1)]
+
+    with pytest.raises(NotFiltering) as caught:
+        memberfetch.fetch(lambda server: [], SERVER, ids, Batches(100), key=str, get=never)
+
+    assert caught.value.why == "51 requested users did not come back (more than 50 to confirm one by one)"
+
+
+def test_ids_that_may_be_posix_names_are_asked_for_first():
+    sent = []
+
+    def list_users(server):
+        sent.append(asked(server))
+        return asked(server)
+
+    memberfetch.fetch(list_users, SERVER, IDS[:4], Batches(2), key=str, get=never, names=frozenset({IDS[3]}))
+
+    assert sent == [[IDS[3], IDS[0]], [IDS[1], IDS[2]]]
 
 
 def test_a_missing_id_that_may_be_a_posix_name_means_the_full_listing():
     """coreweave_member_match = auto: a short `value` may name a user by POSIX name, not by id."""
     with pytest.raises(NotFiltering) as caught:
-        memberfetch.fetch(lambda server: asked(server)[1:], SERVER, IDS[:3], Batches(3), key=str,
+        memberfetch.fetch(lambda server: asked(server)[1:], SERVER, IDS[:3], Batches(3), key=str, get=never,
                           names=frozenset(IDS[:1]))
 
     assert caught.value.why == ("1 requested ids did not come back and may be POSIX names "
@@ -147,7 +214,7 @@ def test_a_listing_that_does_not_add_up_or_a_refused_filter_means_no_filtering()
 
     for list_users, fragment in ((inconsistent, "did not add up"), (refused, "refused the filter")):
         with pytest.raises(NotFiltering) as caught:
-            memberfetch.fetch(list_users, SERVER, IDS[:3], Batches(3), key=str)
+            memberfetch.fetch(list_users, SERVER, IDS[:3], Batches(3), key=str, get=never)
         assert fragment in caught.value.why
 
 
@@ -156,8 +223,12 @@ def test_a_failing_server_fails_the_run_rather_than_listing_everyone():
         raise FetchError("Users", 1, FetchReason.SERVER_FAILING, failure=Failure(SERVER.base_url, 503), attempts=4)
 
     with pytest.raises(FetchError):
-        memberfetch.fetch(failing, SERVER, IDS[:3], Batches(3), key=str)
+        memberfetch.fetch(failing, SERVER, IDS[:3], Batches(3), key=str, get=never)
 
 
 def test_no_wanted_user_asks_nothing():
-    assert memberfetch.fetch(lambda server: pytest.fail("asked"), SERVER, [], Batches(3), key=str) == []
+    assert memberfetch.fetch(lambda server: pytest.fail("asked"), SERVER, [], Batches(3), key=str, get=never) == []
+
+
+def test_an_id_is_one_json_string_with_any_other_character_as_itself():
+    assert memberfetch.filter_of(['a"b\\c', "zoë"]) == 'id eq "a\\"b\\\\c" or id eq "zoë"'

@@ -561,7 +561,8 @@ REFUSED = scim_error(400, "attributes is not supported", "invalidValue")
 FILTER_REFUSED = scim_error(400, "filter is not supported", "invalidFilter")
 PROJECTION_REFUSED = (
     "coreweave: asking for only the attributes this configuration reads failed: the server refused `attributes` "
-    "(HTTP 400); asking for whole users for the rest of this run"
+    "(HTTP 400 from https://api.coreweave.test/scim/cw-test ('attributes is not supported')); asking for whole "
+    "users for the rest of this run"
 )
 ACTIVE_MISSING = (
     "coreweave: asking for only the attributes this configuration reads failed: a user came back without `active`; "
