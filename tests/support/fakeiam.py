@@ -3,7 +3,7 @@
 Stdlib only. It serves ``GET <prefix>/Users`` and ``GET <prefix>/Groups`` from an
 organisation given as ``{"Users": [...], "Groups": [...]}`` (SCIM resources, as
 CoreWeave IAM returns them), with both pagination modes of
-``docs/coreweave-iam-scim.md`` §3:
+``docs/coreweave-iam-scim.md`` §3, and one resource by id (below):
 
 * index (RFC 7644 §3.4.2.4): ``startIndex`` (1-based, default 1) and ``count``
   (default :data:`DEFAULT_COUNT`); the ListResponse carries ``schemas``,
@@ -13,6 +13,14 @@ CoreWeave IAM returns them), with both pagination modes of
   more remain, ``nextCursor``. A cursor this server did not issue gets a 400 with
   ``scimType`` ``invalidCursor``; after :meth:`FakeIAM.invalidate_cursors` the
   issued ones get ``invalidCursor`` or ``expiredCursor``.
+
+``GET <prefix>/Users/<id>`` and ``GET <prefix>/Groups/<id>`` (RFC 7644 §3.4.1; the id
+percent-decoded, one path segment) answer the resource as the listing would serve it
+(``members_by``, ``attributes_mode``), or a 404 SCIM Error ``Resource <id> not found``;
+same bearer token. They are recorded under the singular endpoints ``"User"`` and
+``"Group"`` (:data:`RESOURCE_KINDS`), with :attr:`RecordedRequest.resource_id`, so
+``iam.requests("Users")`` stays the listing requests and ``iam.requests("User")`` is
+the lookups.
 
 By default filters (``filter=``, ``groups=``, ``attributes=``) are recorded but
 ignored: every page holds every resource, as a server that does not honour them
@@ -39,7 +47,10 @@ default, each of these makes the server act like one that supports more of SCIM:
   (``filter_fault_user``, default the first listed user not asked for; none when
   every user was asked for), counted in ``totalResults``; ``"drop"`` leaves one
   requested listed user (``filter_fault_user``, default the first such id in the
-  filter's order) out of ``Resources`` while ``totalResults`` still counts it.
+  filter's order) out of ``Resources`` while ``totalResults`` still counts it;
+  ``"truncate"``: a server that silently cuts long filters: only the first
+  ``filter_truncate_after`` terms (default 1) of the filter are matched, as
+  ``"honour"`` would match them, ``totalResults`` consistent with what is served.
 * ``attributes_mode`` (``Users`` and ``Groups``): ``"ignore"`` (default);
   ``"reject"``: a request carrying ``attributes`` gets 400 ``invalidValue``;
   ``"honour"`` (RFC 7644 §3.9): each resource holds only ``id``, ``schemas`` and
@@ -59,7 +70,8 @@ Python use::
         assert [r.target for r in iam.requests("Users")][0] == "/scim/cw-demo/Users?startIndex=1&count=100"
 
 Faults are plain values (:class:`Fault`) matched, in the order added, against the
-endpoint and the page number a request asks for; each fires ``times`` times.
+endpoint and the page number a request asks for; each fires ``times`` times. A
+``"User"``/``"Group"`` fault replaces a lookup's answer, found (200) or not (404).
 
 Command line (the demo)::
 
@@ -97,6 +109,7 @@ __all__ = [
     "DEFAULT_PREFIX",
     "ENDPOINTS",
     "FILTER_MODES",
+    "RESOURCE_KINDS",
     "SERVICE_PROVIDER_CONFIG",
     "FakeIAM",
     "Fault",
@@ -109,7 +122,9 @@ DEFAULT_PREFIX = "/scim/cw-demo"
 DEFAULT_COUNT = 100
 ENDPOINTS = ("Users", "Groups")
 SERVICE_PROVIDER_CONFIG = "ServiceProviderConfig"
-FILTER_MODES = ("ignore", "honour", "reject", "extra", "drop")
+# One resource by id (GET <prefix>/Users/<id>): the endpoint it is recorded under -> its listing's.
+RESOURCE_KINDS = {"User": "Users", "Group": "Groups"}
+FILTER_MODES = ("ignore", "honour", "reject", "extra", "drop", "truncate")
 ATTRIBUTES_MODES = ("ignore", "honour", "reject", "lose-active")
 
 SPC_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"
@@ -126,17 +141,19 @@ Body = Union[bytes, str, dict, list, Callable[[dict], Any], None]
 class Fault:
     """What to do instead of the normal answer, for matching requests.
 
-    :param endpoint: ``"Users"``, ``"Groups"``, ``"*"`` (both) or ``"ServiceProviderConfig"``
-        (served only with ``service_provider_config=True``; ``"*"`` does not match it).
+    :param endpoint: ``"Users"``, ``"Groups"``, ``"*"`` (both), ``"ServiceProviderConfig"``
+        (served only with ``service_provider_config=True``) or ``"User"``/``"Group"``
+        (one resource by id; its page is None); ``"*"`` matches only the two listings.
         Faults apply only to authorized, well-formed GETs (not to 401, 404, or 400 such
-        as invalidCursor or invalidFilter).
+        as invalidCursor or invalidFilter), except that a lookup's 404 (no such id) is
+        replaced too.
     :param page: the 1-based page number the request asks for (index mode:
         ``(startIndex - 1) // count + 1``; cursor mode: the page the cursor points
         at, 1 for the empty cursor); ``None`` matches every request.
     :param status: HTTP status to answer; with no ``body`` a SCIM Error body is sent.
     :param body: replaces the body: ``bytes``/``str`` are sent as is, ``dict``/``list``
-        as JSON, a callable gets a deep copy of the normal ListResponse dict and
-        returns one of those (e.g. ``lambda page: {**page, "totalResults": 99}``).
+        as JSON, a callable gets a deep copy of the normal ListResponse dict (of a
+        lookup: the resource, or the 404 Error) and returns one of those (e.g. ``lambda page: {**page, "totalResults": 99}``).
         The Content-Type stays ``application/scim+json`` unless ``headers`` set it.
     :param headers: extra response headers (e.g. ``{"Retry-After": "2"}``).
     :param delay: seconds to wait before answering (cut short when the server closes).
@@ -177,9 +194,9 @@ class Fault:
     fired: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
-        if self.endpoint not in (*ENDPOINTS, "*", SERVICE_PROVIDER_CONFIG):
-            raise ValueError(f"Fault endpoint must be one of {ENDPOINTS}, '*' or {SERVICE_PROVIDER_CONFIG!r}:"
-                             f" {self.endpoint!r}")
+        if self.endpoint not in (*ENDPOINTS, "*", SERVICE_PROVIDER_CONFIG, *RESOURCE_KINDS):
+            raise ValueError(f"Fault endpoint must be one of {ENDPOINTS}, '*', {SERVICE_PROVIDER_CONFIG!r} or"
+                             f" {tuple(RESOURCE_KINDS)}: {self.endpoint!r}")
         if self.page is not None and self.page < 1:
             raise ValueError(f"Fault page is 1-based: {self.page!r}")
         if self.times is not None and self.times < 1:
@@ -300,7 +317,7 @@ class RecordedRequest:
 
     method: str
     target: str  # path + query, as sent
-    endpoint: str | None  # "Users", "Groups", "ServiceProviderConfig" (when served), or None
+    endpoint: str | None  # "Users", "Groups", "ServiceProviderConfig" (when served), "User", "Group", or None
     params: dict[str, str]  # last value of each query parameter, blanks kept
     status: int  # 0 when the connection was dropped
     bytes_sent: int  # body bytes
@@ -308,6 +325,7 @@ class RecordedRequest:
     authorized: bool
     fault: Fault | None = None
     authorization_sent: bool = False  # an Authorization header arrived (its value is never kept)
+    resource_id: str | None = None  # the id a "User"/"Group" lookup asked for, percent-decoded
 
 
 @dataclass
@@ -319,6 +337,7 @@ class _Response:
     fault: Fault | None = None
     disconnect: bool = False
     delay: float = 0.0
+    resource_id: str | None = None
 
 
 class _ClientError(Exception):
