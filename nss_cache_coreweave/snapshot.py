@@ -231,7 +231,7 @@ def _members(lister: _Lister) -> Optional[list]:
     assert lister.wanted is not None, "_no_member_fetch: none when every user is wanted"
     plan = memberfetch.Batches.of(server, most, lister.attributes)
     return memberfetch.fetch(lister.users, server, lister.wanted.ids, plan, _id,
-                             lambda url: lister.document(url, "Users"), lister.wanted.names)
+                             lambda url: lister.document(url, "User"), lister.wanted.names)
 
 
 def _no_member_fetch(config: Config, wanted: Optional["_Wanted"]) -> Optional[str]:

@@ -597,8 +597,32 @@ def test_filter_drop_leaves_out_a_requested_user_still_counted(http):
         assert (ids(body["Resources"]), body["totalResults"]) == (["u-4", "u-5"], 3)
 
 
+def test_filter_truncate_matches_only_the_first_terms_with_consistent_totals(http):
+    """A server that silently cuts long filters: ``filter_truncate_after`` terms, in the filter's order."""
+    with FakeIAM(odd_org(), token=TOKEN, filter_mode="truncate", filter_truncate_after=2) as iam:
+        body = get_users(http, iam, filter=id_filter("u-5", "plain", "u-4", "back\\slash")).json()
+        assert (ids(body["Resources"]), body["totalResults"], body["itemsPerPage"]) == (["plain", "u-5"], 2, 2)
+        body = get_users(http, iam, filter=id_filter("nobody", "u-4", "plain")).json()
+        assert (ids(body["Resources"]), body["totalResults"], body["itemsPerPage"]) == (["u-4"], 1, 1)
+        pages = walk_index(http, iam.base_url + f"/Users?filter={quote(id_filter('u-4', 'plain', 'u-5'))}", count=1)
+        assert [(p["startIndex"], p["totalResults"], ids(p["Resources"])) for p in pages] == [
+            (1, 2, ["plain"]), (2, 2, ["u-4"])]
+        assert ids(get_users(http, iam).json()["Resources"]) == ODD_IDS  # no filter: every user
+    with FakeIAM(odd_org(), token=TOKEN, filter_mode="truncate") as iam:
+        body = get_users(http, iam, filter=id_filter("u-4", "plain")).json()
+        assert (ids(body["Resources"]), body["totalResults"], body["itemsPerPage"]) == (["u-4"], 1, 1)
+
+
+def test_filter_truncate_checks_the_whole_filter_as_honour_does(http):
+    with FakeIAM(odd_org(), token=TOKEN, filter_mode="truncate", filter_max_results=2) as iam:
+        r = get_users(http, iam, filter=id_filter("plain", "u-4", "u-5"))
+        assert (r.status_code, r.json()["scimType"]) == (400, "tooMany")
+        r = get_users(http, iam, filter='id eq "plain" or userName eq "n1"')
+        assert (r.status_code, r.json()["scimType"]) == (400, "invalidFilter")
+
+
 @pytest.mark.parametrize("kwargs", [{"filter_mode": "sometimes"}, {"attributes_mode": "honor"},
-                                    {"filter_max_results": 0}])
+                                    {"filter_max_results": 0}, {"filter_truncate_after": 0}])
 def test_mode_validation(org, kwargs):
     with pytest.raises(ValueError):
         FakeIAM(org, **kwargs)
@@ -665,6 +689,97 @@ def test_attributes_reject_is_invalid_value(org, http, endpoint):
         r = http.get(f"{iam.base_url}/{endpoint}", params={"attributes": "id"}, timeout=5)
         assert (r.status_code, r.json()["scimType"], r.json()["schemas"]) == (400, "invalidValue", [ERROR_SCHEMA])
         assert http.get(f"{iam.base_url}/{endpoint}", timeout=5).status_code == 200
+
+
+# -- one resource by id (RFC 7644 §3.4.1) ------------------------------------
+
+
+def test_a_user_by_id_is_the_resource_the_listing_serves(iam, http, org):
+    bob = org["Users"][1]
+    r = http.get(f"{iam.base_url}/Users/{bob['id']}", timeout=5)
+    assert (r.status_code, r.headers["Content-Type"], r.json()) == (200, "application/scim+json", bob)
+    (lookup,) = iam.requests("User")
+    assert (lookup.method, lookup.target, lookup.status, lookup.page, lookup.resource_id, lookup.authorized) == (
+        "GET", f"{DEFAULT_PREFIX}/Users/{bob['id']}", 200, None, bob["id"], True)
+    assert lookup.bytes_sent == len(r.content)
+    assert (iam.requests("Users"), iam.requests("Group")) == ([], [])  # "Users": the listings only
+
+
+def test_a_group_by_id_is_the_resource_the_listing_serves(org, http):
+    group = org["Groups"][0]
+    with FakeIAM(org, token=TOKEN, members_by="value") as iam:
+        r = http.get(f"{iam.base_url}/Groups/{group['id']}", timeout=5)
+        listed = http.get(f"{iam.base_url}/Groups", timeout=5).json()["Resources"][0]
+        assert (r.status_code, r.json()) == (200, listed)
+        assert [m["value"] for m in r.json()["members"]] == ["alice", "bob", "dave", "erin", "frank"]
+        assert [(q.endpoint, q.status, q.resource_id) for q in iam.requests()] == [
+            ("Group", 200, group["id"]), ("Groups", 200, None)]
+
+
+def test_an_unknown_id_is_a_404_scim_error(iam, http, org):
+    r = http.get(f"{iam.base_url}/Users/nobody", timeout=5)
+    assert (r.status_code, r.headers["Content-Type"]) == (404, "application/scim+json")
+    assert r.json() == {"schemas": [ERROR_SCHEMA], "status": "404", "detail": "Resource nobody not found"}
+    group_id = org["Groups"][0]["id"]
+    r = http.get(f"{iam.base_url}/Groups/{org['Users'][0]['id']}", timeout=5)  # a user's id is no group's
+    assert r.json() == {"schemas": [ERROR_SCHEMA], "status": "404",
+                        "detail": f"Resource {org['Users'][0]['id']} not found"}
+    assert http.get(f"{iam.base_url}/Users/{group_id}", timeout=5).status_code == 404
+    assert [(q.endpoint, q.status, q.resource_id) for q in iam.requests()] == [
+        ("User", 404, "nobody"), ("Group", 404, org["Users"][0]["id"]), ("User", 404, group_id)]
+
+
+def test_a_lookup_takes_the_id_percent_decoded_as_one_path_segment(http):
+    odd = {"Users": [*odd_org()["Users"], {"id": "a/b c", "userName": "slash"}], "Groups": []}
+    with FakeIAM(odd, token=TOKEN) as iam:
+        for user in odd["Users"]:
+            r = http.get(f"{iam.base_url}/Users/{quote(user['id'], safe='')}", timeout=5)
+            assert (r.status_code, r.json()) == (200, user)
+        assert [q.resource_id for q in iam.requests("User")] == [*ODD_IDS, "a/b c"]
+        # Not a lookup: no id, or more than one segment.
+        assert [http.get(f"{iam.base_url}/Users/{rest}", timeout=5).status_code for rest in ("", "a/b%20c")] == [
+            404, 404]
+        assert [(q.endpoint, q.status) for q in iam.requests()][-2:] == [(None, 404), (None, 404)]
+
+
+def test_a_lookup_needs_the_token_and_a_get(iam, org):
+    url = f"{iam.base_url}/Users/{org['Users'][0]['id']}"
+    r = requests.get(url, timeout=5)
+    assert (r.status_code, r.headers["WWW-Authenticate"]) == (401, 'Bearer realm="scim"')
+    assert r.json() == {"schemas": [ERROR_SCHEMA], "status": "401", "detail": "invalid or expired bearer token"}
+    assert requests.get(f"{iam.base_url}/Users/nobody", headers={"Authorization": "Bearer wrong"},
+                        timeout=5).status_code == 401
+    assert requests.delete(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).status_code == 405
+    assert [(q.method, q.endpoint, q.status, q.authorized) for q in iam.requests("User")] == [
+        ("GET", "User", 401, False), ("GET", "User", 401, False), ("DELETE", "User", 405, True)]
+
+
+def test_a_lookup_projects_as_the_listing_does(projecting, http, org):
+    alice = org["Users"][0]
+    r = http.get(f"{projecting.base_url}/Users/{alice['id']}", params={"attributes": f"userName,{EXT}:sunkPosixUid"},
+                 timeout=5)
+    assert r.json() == {"schemas": alice["schemas"], "id": alice["id"], "userName": alice["userName"],
+                        EXT: {"sunkPosixUid": 20001}}
+    assert projecting.requests("User")[0].params == {"attributes": f"userName,{EXT}:sunkPosixUid"}
+    with FakeIAM(org, token=TOKEN, attributes_mode="reject") as iam:
+        r = http.get(f"{iam.base_url}/Users/{alice['id']}", params={"attributes": "id"}, timeout=5)
+        assert (r.status_code, r.json()["scimType"]) == (400, "invalidValue")
+        assert http.get(f"{iam.base_url}/Users/{alice['id']}", timeout=5).json() == alice
+
+
+def test_a_lookup_fault_replaces_the_answer_found_or_not(iam, http, org):
+    alice_id = org["Users"][0]["id"]
+    wildcard = iam.add_fault(Fault("*", status=500, times=None))
+    listing = iam.add_fault(Fault("Users", status=500, times=None))
+    lookups = iam.add_fault(Fault.error("User", status=503, times=2))
+    renamed = iam.add_fault(Fault("User", body=lambda user: {**user, "userName": "mallory"}))
+    assert [http.get(f"{iam.base_url}/Users/{i}", timeout=5).status_code for i in (alice_id, "nobody")] == [503, 503]
+    assert http.get(f"{iam.base_url}/Users/{alice_id}", timeout=5).json()["userName"] == "mallory"
+    assert http.get(f"{iam.base_url}/Users/{alice_id}", timeout=5).json() == org["Users"][0]
+    assert http.get(f"{iam.base_url}/Groups/{org['Groups'][0]['id']}", timeout=5).status_code == 200
+    assert (wildcard.fired, listing.fired, lookups.fired, renamed.fired) == (0, 0, 2, 1)
+    with pytest.raises(ValueError):
+        Fault("Users/x")
 
 
 # -- command line -----------------------------------------------------------

@@ -122,3 +122,45 @@ def test_a_member_iam_does_not_have_does_not_resolve_and_the_members_path_holds(
         assert "coreweave: 1 members' ids are no user of IAM (their members do not resolve)" in result.stderr
         assert f"dropped member slurm-users/{gone}: does not resolve to any listed user" in result.stderr
         assert node.state()["last_run"]["fetch"] == "members"
+
+
+def filter_terms(request) -> list:
+    """The ids of an `id eq "…" or …` filter in the order sent."""
+    return [json.loads(term) for term in re.findall(r'id eq ("(?:[^"\\]|\\.)*")(?: or |$)', request.params["filter"])]
+
+
+def test_a_server_that_truncates_long_filters_gets_the_full_listing_and_nobody_loses_access(node, demo_org):
+    """The answer adds up for the two ids the server kept; the members it cut exist (GET /Users/<id>:
+    200), so the filter cannot be trusted: the same run lists every user, and the caches are exact."""
+    with filtering_iam(demo_org, "truncate") as iam:
+        iam.filter_truncate_after = 2
+        node.configure(iam.base_url, "coreweave_fetch = auto\n")
+
+        result = assert_stock_update_writes_the_demo_caches(node, demo_org)
+
+        filtered, full = iam.requests("Users")
+        assert asked_ids(filtered) == members(demo_org) and "filter" not in full.params
+        left_out = set(filter_terms(filtered)[2:])
+        assert len(left_out) == len(members(demo_org)) - 2
+        (lookup,) = iam.requests("User")  # the first one found is enough
+        assert (lookup.status, lookup.resource_id in left_out) == (200, True)
+        assert (f"fetching only the members of coreweave_groups failed: requested user {lookup.resource_id!r} "
+                "exists but the filtered answer left it out") in result.stderr
+        assert node.state()["last_run"]["fetch"] == "full"
+
+
+def test_a_member_iam_does_not_have_is_confirmed_gone_by_one_lookup(node, demo_org):
+    """The id a filtered answer left out is asked for once on its own (GET /Users/<id>): a 404, so its
+    member does not resolve and the run stays on the member path."""
+    gone = "0b7e5a31-6a55-4c1e-9d0e-3f1f6a1c2d4e"
+    next(g for g in demo_org["Groups"] if g["sunkPosixGroupName"] == "slurm-users")["members"].append(
+        {"value": gone, "type": "User"})
+    with filtering_iam(demo_org) as iam:
+        node.configure(iam.base_url, "coreweave_fetch = auto\n")
+
+        assert_stock_update_writes_the_demo_caches(node, demo_org)
+
+        assert [asked_ids(r) for r in iam.requests("Users")] == [members(demo_org)]
+        assert [(r.method, r.target.split("?")[0], r.status, r.resource_id) for r in iam.requests("User")] == [
+            ("GET", f"{iam.prefix}/Users/{gone}", 404, gone)]
+        assert node.state()["last_run"]["fetch"] == "members"

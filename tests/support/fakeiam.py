@@ -42,15 +42,15 @@ default, each of these makes the server act like one that supports more of SCIM:
   optionally in one pair of parentheses, lists the users with those ids, in org
   order, paged as the full listing is (``totalResults`` = the users matching; an
   unknown id matches nothing). Any other filter is a 400 ``invalidFilter``; more
-  distinct ids than ``filter_max_results`` a 400 ``tooMany``. Two broken filters,
-  parsed as ``"honour"`` does: ``"extra"`` also matches one user not asked for
+  distinct ids than ``filter_max_results`` a 400 ``tooMany``. Three broken filters,
+  parsed and checked as ``"honour"`` does: ``"extra"`` also matches one user not asked for
   (``filter_fault_user``, default the first listed user not asked for; none when
   every user was asked for), counted in ``totalResults``; ``"drop"`` leaves one
   requested listed user (``filter_fault_user``, default the first such id in the
   filter's order) out of ``Resources`` while ``totalResults`` still counts it;
-  ``"truncate"``: a server that silently cuts long filters: only the first
-  ``filter_truncate_after`` terms (default 1) of the filter are matched, as
-  ``"honour"`` would match them, ``totalResults`` consistent with what is served.
+  ``"truncate"``, a server that silently cuts long filters, matches only the first
+  ``filter_truncate_after`` terms (default 1) of the filter, ``totalResults``
+  counting what it serves.
 * ``attributes_mode`` (``Users`` and ``Groups``): ``"ignore"`` (default);
   ``"reject"``: a request carrying ``attributes`` gets 400 ``invalidValue``;
   ``"honour"`` (RFC 7644 §3.9): each resource holds only ``id``, ``schemas`` and
@@ -101,7 +101,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, Union
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = [
     "ATTRIBUTES_MODES",
@@ -153,7 +153,8 @@ class Fault:
     :param status: HTTP status to answer; with no ``body`` a SCIM Error body is sent.
     :param body: replaces the body: ``bytes``/``str`` are sent as is, ``dict``/``list``
         as JSON, a callable gets a deep copy of the normal ListResponse dict (of a
-        lookup: the resource, or the 404 Error) and returns one of those (e.g. ``lambda page: {**page, "totalResults": 99}``).
+        lookup: the resource, or the 404 Error) and returns one of those
+        (e.g. ``lambda page: {**page, "totalResults": 99}``).
         The Content-Type stays ``application/scim+json`` unless ``headers`` set it.
     :param headers: extra response headers (e.g. ``{"Retry-After": "2"}``).
     :param delay: seconds to wait before answering (cut short when the server closes).
@@ -480,13 +481,15 @@ class _Selection:
     attributes: tuple[str, ...] | None = None  # an honoured attributes=, names lower-cased
 
 
-def _check_modes(filter_mode: str, attributes_mode: str, filter_max_results: int) -> None:
+def _check_modes(filter_mode: str, attributes_mode: str, filter_max_results: int, filter_truncate_after: int) -> None:
     if filter_mode not in FILTER_MODES:
         raise ValueError(f"filter_mode must be one of {FILTER_MODES}: {filter_mode!r}")
     if attributes_mode not in ATTRIBUTES_MODES:
         raise ValueError(f"attributes_mode must be one of {ATTRIBUTES_MODES}: {attributes_mode!r}")
     if filter_max_results < 1:
         raise ValueError(f"filter_max_results must be >= 1: {filter_max_results!r}")
+    if filter_truncate_after < 1:
+        raise ValueError(f"filter_truncate_after must be >= 1: {filter_truncate_after!r}")
 
 
 class FakeIAM:
@@ -510,10 +513,11 @@ class FakeIAM:
     :param service_provider_config: serve ``GET <prefix>/ServiceProviderConfig``
         (else it is a 404), advertising ``filter_supported`` and ``filter_max_results``.
     :param filter_mode: what ``filter`` on ``Users`` does, one of :data:`FILTER_MODES`:
-        ``"ignore"``, ``"honour"``, ``"reject"``, or the broken ``"extra"``/``"drop"``
+        ``"ignore"``, ``"honour"``, ``"reject"``, or the broken ``"extra"``/``"drop"``/``"truncate"``
         (see the module docstring).
     :param filter_fault_user: the user id ``"extra"`` adds or ``"drop"`` leaves out;
         None: the first eligible one.
+    :param filter_truncate_after: how many of a filter's terms ``"truncate"`` matches.
     :param attributes_mode: what ``attributes`` on ``Users``/``Groups`` does, one of
         :data:`ATTRIBUTES_MODES`: ``"ignore"``, ``"honour"``, ``"reject"`` or ``"lose-active"``.
     :param log: stream for one line per request (e.g. ``sys.stderr``); None: silent.
@@ -539,10 +543,11 @@ class FakeIAM:
         filter_max_results: int = 200,
         filter_mode: str = "ignore",
         filter_fault_user: str | None = None,
+        filter_truncate_after: int = 1,
         attributes_mode: str = "ignore",
         log: TextIO | None = None,
     ):
-        _check_modes(filter_mode, attributes_mode, filter_max_results)
+        _check_modes(filter_mode, attributes_mode, filter_max_results, filter_truncate_after)
         if members_by not in (None, "value", "display", "userName"):
             raise ValueError(f"members_by must be value, display, userName or None: {members_by!r}")
         if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
@@ -564,6 +569,7 @@ class FakeIAM:
         self.filter_max_results = filter_max_results
         self.filter_mode = filter_mode
         self.filter_fault_user = filter_fault_user
+        self.filter_truncate_after = filter_truncate_after
         self.attributes_mode = attributes_mode
         self.log = log
         self._host, self._port = host, port
@@ -699,33 +705,60 @@ class FakeIAM:
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode())
 
     def _answer(self, method: str, target: str, authorized: bool) -> tuple[_Response, str | None, dict[str, str]]:
-        """The response to one request. Faults apply only to authorized,
-        well-formed GETs of ``Users``/``Groups``; errors are answered as is."""
+        """The response to one request, its endpoint and its query parameters.
+        Faults apply only to authorized, well-formed GETs; errors are answered as is."""
         split = urlsplit(target)
         params = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
-        endpoint = self._endpoint(split.path)
+        endpoint, resource_id = self._route(split.path)
         try:
-            if endpoint is None:
-                raise _ClientError(404, f"no SCIM endpoint at {split.path!r}")
-            if method != "GET":
-                raise _ClientError(405, f"{method} not supported: this fake is read-only")
-            if not authorized:
-                response = _Response(401, headers={"WWW-Authenticate": 'Bearer realm="scim"'})
-                response.body = _encode(_error_body(401, "invalid or expired bearer token"))
-                return response, endpoint, params
-            if endpoint == SERVICE_PROVIDER_CONFIG:
-                return self._page_response(endpoint, None, lambda _: self._service_provider_config()), endpoint, params
-            page_no, build = self._plan_page(endpoint, params)
+            response = self._respond(method, split.path, endpoint, resource_id, params, authorized)
         except _ClientError as e:
-            return _Response(e.status, _encode(_error_body(e.status, e.detail, e.scim_type))), endpoint, params
-        return self._page_response(endpoint, page_no, build), endpoint, params
+            response = _Response(e.status, _encode(_error_body(e.status, e.detail, e.scim_type)))
+        response.resource_id = resource_id
+        return response, endpoint, params
 
-    def _endpoint(self, path: str) -> str | None:
-        """The endpoint a request path names, None for any other path."""
+    def _respond(self, method: str, path: str, endpoint: str | None, resource_id: str | None,
+                 params: Mapping[str, str], authorized: bool) -> _Response:
+        """:raises _ClientError: for an answer no fault replaces (404, 405, 400)."""
+        if endpoint is None:
+            raise _ClientError(404, f"no SCIM endpoint at {path!r}")
+        if method != "GET":
+            raise _ClientError(405, f"{method} not supported: this fake is read-only")
+        if not authorized:
+            response = _Response(401, headers={"WWW-Authenticate": 'Bearer realm="scim"'})
+            response.body = _encode(_error_body(401, "invalid or expired bearer token"))
+            return response
+        if endpoint == SERVICE_PROVIDER_CONFIG:
+            return self._page_response(endpoint, None, lambda _: self._service_provider_config())
+        if resource_id is not None:
+            return self._lookup(endpoint, resource_id, self._selection(endpoint, params))
+        page_no, build = self._plan_page(endpoint, params)
+        return self._page_response(endpoint, page_no, build)
+
+    def _route(self, path: str) -> tuple[str | None, str | None]:
+        """The endpoint a request path names (None for any other path) and, for
+        ``<prefix>/Users/<id>`` or ``<prefix>/Groups/<id>``, the id, percent-decoded."""
         rest = path[len(self.prefix) + 1 :] if path.startswith(self.prefix + "/") else None
         if rest in ENDPOINTS or (rest == SERVICE_PROVIDER_CONFIG and self.service_provider_config):
-            return rest
-        return None
+            return rest, None
+        listing, _, quoted = (rest or "").partition("/")
+        kind = next((k for k, v in RESOURCE_KINDS.items() if v == listing), None)
+        if kind is None or not quoted or "/" in quoted:
+            return None, None
+        return kind, unquote(quoted)
+
+    def _lookup(self, kind: str, resource_id: str, selection: _Selection) -> _Response:
+        """One resource as its listing serves it (200), or a 404 SCIM Error; a fault may replace either."""
+        with self._lock:
+            found = next((r for r in self._org[RESOURCE_KINDS[kind]] if r["id"] == resource_id), None)
+            resource = copy.deepcopy(found)
+            if resource is not None and kind == "Group" and self.members_by:
+                _name_members([resource], self._org["Users"], self.members_by)
+        if resource is None:
+            error = _error_body(404, f"Resource {resource_id} not found")
+            return self._page_response(kind, None, lambda _: copy.deepcopy(error), status=404)
+        (served,) = self._projected([resource], selection)
+        return self._page_response(kind, None, lambda _: copy.deepcopy(served))
 
     def _service_provider_config(self) -> dict[str, Any]:
         """RFC 7643 §5 (all required members) plus RFC 9865 §4 ``pagination``."""
@@ -775,7 +808,9 @@ class FakeIAM:
             return resources, None
         wanted = set(selection.ids)
         fault_user, extra, drop = self.filter_fault_user, None, None
-        if self.filter_mode == "extra":
+        if self.filter_mode == "truncate":
+            wanted = set(selection.ids[: self.filter_truncate_after])
+        elif self.filter_mode == "extra":
             extra = fault_user or next((r["id"] for r in resources if r["id"] not in wanted), None)
         elif self.filter_mode == "drop":
             listed = {r["id"] for r in resources}
@@ -835,12 +870,16 @@ class FakeIAM:
             if endpoint == "Groups" and self.members_by:
                 _name_members(chunk, self._org["Users"], self.members_by)
             total = len(resources)
-        if selection.attributes is not None:
-            names = selection.attributes
-            if self.attributes_mode == "lose-active":
-                names = tuple(n for n in names if n != "active")
-            chunk = [_project(r, names) for r in chunk]
-        return chunk, total
+        return self._projected(chunk, selection), total
+
+    def _projected(self, resources: list[dict], selection: _Selection) -> list[dict]:
+        """The resources with only the attributes an honoured ``attributes=`` names."""
+        if selection.attributes is None:
+            return resources
+        names = selection.attributes
+        if self.attributes_mode == "lose-active":
+            names = tuple(n for n in names if n != "active")
+        return [_project(r, names) for r in resources]
 
     def _issue_cursor(self, endpoint: str, offset: int) -> str:
         """The cursor of a position: one per (endpoint, offset) until
@@ -866,8 +905,10 @@ class FakeIAM:
                 return fault
         return None
 
-    def _page_response(self, endpoint: str, page: int | None, build: Callable[[int | None], dict]) -> _Response:
-        response = _Response(200, page=page)
+    def _page_response(self, endpoint: str, page: int | None, build: Callable[[int | None], dict],
+                       status: int = 200) -> _Response:
+        """The answer ``build`` makes (with ``status``), or what a matching fault makes instead."""
+        response = _Response(status, page=page)
         fault = response.fault = self._take_fault(endpoint, page)
         if fault is None:
             response.body = _encode(build(None))
@@ -967,6 +1008,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 authorized=authorized,
                 fault=response.fault,
                 authorization_sent="Authorization" in self.headers,
+                resource_id=response.resource_id,
             )
         )
         if dropped:

@@ -27,7 +27,7 @@ def never(url: str) -> bytes:
 
 def gone(url: str) -> bytes:
     """GET /Users/<id> of a user IAM does not have."""
-    raise FetchError("Users", 1, FetchReason.NOT_RETRIED, failure=Failure(SERVER.base_url, 404))
+    raise FetchError("User", 1, FetchReason.NOT_RETRIED, failure=Failure(SERVER.base_url, 404))
 
 
 def asked(server: Server) -> List[str]:
