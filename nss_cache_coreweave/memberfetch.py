@@ -7,14 +7,14 @@ When the server advertises filtering (RFC 7643 §5, ``/ServiceProviderConfig``
 complete, checked listing (scim.list_resources), the batch's size within the
 server's ``maxResults``, ``coreweave_page_size`` and a URL length budget.
 Nothing depends on the server honouring it: an answer holding an id that was
-not asked for, a refused filter (400) or a listing that does not add up means
-the server does not filter as asked, and ``auto`` lists every user instead in
-the same run (logged once); ``members`` fails. A requested id missing from a
-batch that adds up (``totalResults`` counts only what came back) is a user
-IAM does not have: its member does not resolve, as in a full listing; unless
-the id may also be a POSIX name (``coreweave_member_match = auto``), which only
-the full listing can tell. So the result is exactly what the full listing
-would give for the wanted users.
+not asked for, a refused filter (REFUSALS) or a listing that does not add up
+means the server does not filter as asked, and ``auto`` lists every user
+instead in the same run (logged once); ``members`` fails. A requested id
+missing from a batch that adds up must be a 404 on its own (``GET
+/Users/<id>``): a user IAM does not have, whose member does not resolve, as in
+a full listing; an id that may also be a POSIX name (``coreweave_member_match
+= auto``) only the full listing can tell. So the result is exactly what the
+full listing would give for the wanted users.
 """
 
 from __future__ import annotations
