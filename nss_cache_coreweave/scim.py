@@ -312,22 +312,19 @@ def fetch_page(
     :raises ListingError: a response too large, or not a SCIM ListResponse.
     """
     clock = clock or Clock()
-    deadline = clock.monotonic() + server.deadline
-    fetcher = _Fetcher(session, server, url, kind, clock, deadline, stats if stats is not None else Stats())
-    try:
-        return fetcher.page(1, params)
-    finally:
-        fetcher.close()
+    content = fetch_document(session, server, url, kind, clock=clock, deadline=clock.monotonic() + server.deadline,
+                             stats=stats if stats is not None else Stats(), params=params)
+    return _decode(content, kind, 1)
 
 
 def fetch_document(session: requests.Session, server: Server, url: str, kind: str, *, clock: Clock,
-                   deadline: float, stats: Stats) -> bytes:
-    """One JSON document that is no listing (``/ServiceProviderConfig``), under a
-    listing's rules: retries, no redirect, the size limit, ``deadline``.
+                   deadline: float, stats: Stats, params: Optional[dict] = None) -> bytes:
+    """One JSON document's text (``/ServiceProviderConfig``, ``/Users/<id>``, a page),
+    under a listing's rules: retries, no redirect, the size limit, ``deadline``.
     :raises FetchError, ListingError: as :func:`fetch_page`"""
     fetcher = _Fetcher(session, server, url, kind, clock, deadline, stats)
     try:
-        return fetcher.content(1, {})
+        return fetcher.content(1, params or {})
     finally:
         fetcher.close()
 
