@@ -42,6 +42,9 @@ benchmarks.server``) so its CPU time never counts against the measured client.
 HTTP/1.1 with Content-Length and TCP_NODELAY: a client's keep-alive connection is
 reused.
 
+``GET /_bench/latency?set=MS`` makes every answer wait MS milliseconds before it is
+sent (0 by default): one round trip to a server far away, each request in its thread.
+
 Counters (requests per endpoint, body bytes, connections, statuses) and the request
 targets in arrival order are read and reset at ``GET /_bench/stats?reset=1``, which is
 not counted; ``GET /ServiceProviderConfig`` answers discovery (counted as "other").
@@ -250,6 +253,7 @@ class BenchServer:
         self.render_seconds = 0.0
         self.capability = "plain"
         self.set_capability(capability)
+        self.latency = 0.0  # seconds added before each answer: a server far away (GET /_bench/latency?set=MS)
         self._httpd = _HTTPServer(("127.0.0.1", port), _Handler, self)
         self._thread: Optional[threading.Thread] = None
 
@@ -530,6 +534,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         status, body, headers = bench.answer(
             self.path, self.headers.get("Authorization"), self.headers.get("Accept-Encoding", "")
         )
+        if bench.latency:
+            time.sleep(bench.latency)  # one round trip to a server far away (each request has its thread)
         head = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}"]
         head += [f"{k}: {v}" for k, v in headers.items()]
         head.append(f"Content-Length: {len(body)}")
@@ -547,6 +553,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 body, status = _dumps({"capability": bench.capability}), 200
             except ValueError as e:
                 body, status = _dumps({"detail": str(e)}), 400
+        elif split.path == CONTROL + "latency":
+            bench.latency = float(query.get("set", bench.latency * 1000)) / 1000
+            body, status = _dumps({"latency_ms": bench.latency * 1000}), 200
         else:
             body, status = b'{"detail":"unknown control path"}', 404
         self.send_response(status)

@@ -5,7 +5,8 @@ When the server advertises filtering (RFC 7643 §5, ``/ServiceProviderConfig``
 ``filter.supported``), the wanted ids are asked for in batches,
 ``filter=id eq "a" or id eq "b" …`` (RFC 7644 §3.4.2.2), each batch a
 complete, checked listing (scim.list_resources), the batch's size within the
-server's ``maxResults``, ``coreweave_page_size`` and a URL length budget.
+server's ``maxResults``, ``coreweave_page_size`` and a URL length budget,
+IN_FLIGHT batches at a time, their answers taken in order.
 Nothing depends on the server honouring it: an answer holding an id that was
 not asked for, a refused filter (REFUSALS) or a listing that does not add up
 means the server does not filter as asked, and ``auto`` lists every user
@@ -22,8 +23,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, FrozenSet, Iterable, List, Optional, Sequence, TypeVar
+from typing import Callable, Deque, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import quote
 
 from .config import Server
@@ -31,7 +34,7 @@ from .errors import FetchError, FetchReason, ListingError, ListingReason
 
 __all__ = [
     "Batches", "NotFiltering", "discover", "fetch", "batches", "filter_of", "is_refusal", "refused", "FILTER_BUDGET",
-    "REFUSALS",
+    "IN_FLIGHT", "REFUSALS",
 ]
 
 log = logging.getLogger("nss_cache_coreweave")
@@ -42,6 +45,9 @@ FILTER_BUDGET = 7000
 MIN_FILTER_BUDGET = 1000
 # Requested ids a run confirms gone one by one (GET /Users/<id>: 404); more means the full listing.
 MAX_CONFIRMED = 50
+# Batches asked for at once: while one answer is decoded, the next is on the wire (and a
+# server far away costs one round trip per IN_FLIGHT batches, not one per batch).
+IN_FLIGHT = 2
 T = TypeVar("T")
 
 
@@ -125,22 +131,56 @@ class Batches:
 def fetch(list_users: Callable[[Server], List[T]], server: Server, ids: Iterable[str], plan: Batches,
           key: Callable[[T], str], get: Callable[[str], bytes], names: FrozenSet[str] = frozenset()) -> List[T]:
     """Every wanted user IAM has, batch by batch (``list_users(server)`` lists Users
-    with the server's query); ``names``: the ids that may also be POSIX names (asked
-    for first: one missing means the full listing); ``get(url)`` fetches one user, to
-    confirm that a requested id which did not come back is no user of IAM.
+    with the server's query, and is called from IN_FLIGHT threads at once); ``names``:
+    the ids that may also be POSIX names (asked for first: one missing means the full
+    listing); ``get(url)`` fetches one user, to confirm that a requested id which did
+    not come back is no user of IAM.
     :raises NotFiltering: the answers show the filter is not honoured"""
     found: List[T] = []
     missing: List[str] = []
-    for batch in batches(sorted(ids, key=lambda i: (i not in names, i)), plan.size, plan.budget):
-        gone = _missing(list_users, server, batch, key, found)
-        if gone & names:
-            raise NotFiltering(f"{len(gone & names)} requested ids did not come back and may be POSIX names "
-                               "(coreweave_member_match = auto), which only the full listing resolves")
-        missing.extend(sorted(gone))
+    ordered = batches(sorted(ids, key=lambda i: (i not in names, i)), plan.size, plan.budget)
+    with ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="nss-cache-coreweave-batch") as pool:
+        for batch, answer in _answers(pool, list_users, server, ordered):
+            gone = _missing(batch, answer, key)
+            if gone & names:
+                raise NotFiltering(f"{len(gone & names)} requested ids did not come back and may be POSIX names "
+                                   "(coreweave_member_match = auto), which only the full listing resolves")
+            found.extend(answer)
+            missing.extend(sorted(gone))
     if missing:
         _confirm_gone(get, server, missing)
         log.info("coreweave: %d members' ids are no user of IAM (their members do not resolve)", len(missing))
     return found
+
+
+def _answers(pool: ThreadPoolExecutor, list_users: Callable[[Server], List[T]], server: Server,
+             ordered: List[List[str]]) -> Iterator[Tuple[List[str], List[T]]]:
+    """Each batch with its answer, in order, IN_FLIGHT batches asked for at once.
+    The first error in that order is raised; of the batches after it, only those
+    already asked for are (the caller's pool waits for them)."""
+    pending: Deque[Tuple[List[str], Future]] = deque()
+    for batch in ordered:
+        pending.append((batch, pool.submit(_ask, list_users, server, batch)))
+        if len(pending) == IN_FLIGHT:
+            done, answer = pending.popleft()
+            yield done, answer.result()
+    while pending:
+        done, answer = pending.popleft()
+        yield done, answer.result()
+
+
+def _ask(list_users: Callable[[Server], List[T]], server: Server, batch: Sequence[str]) -> List[T]:
+    """One batch's answer. :raises NotFiltering: the answer does not add up or the filter is refused"""
+    # The only query: member fetch is off with a coreweave_users_query (the caller adds attributes=).
+    filtered = dataclasses.replace(server, users_query=(("filter", filter_of(batch)),))
+    try:
+        return list_users(filtered)
+    except ListingError as e:
+        raise NotFiltering(f"a filtered Users listing did not add up ({e})") from None
+    except FetchError as e:
+        if is_refusal(e):
+            raise NotFiltering(f"the server refused the filter ({e.values['failure']})") from None
+        raise
 
 
 def _confirm_gone(get: Callable[[str], bytes], server: Server, missing: List[str]) -> None:
@@ -164,24 +204,12 @@ def _confirm_gone(get: Callable[[str], bytes], server: Server, missing: List[str
         raise NotFiltering(f"requested user {user_id!r} exists but the filtered answer left it out")
 
 
-def _missing(list_users: Callable[[Server], List[T]], server: Server, batch: Sequence[str], key: Callable[[T], str],
-             found: List[T]) -> FrozenSet[str]:
-    """Ask for one batch, add its users to ``found``; the requested ids that did not come back."""
-    # The only query: member fetch is off with a coreweave_users_query (the caller adds attributes=).
-    filtered = dataclasses.replace(server, users_query=(("filter", filter_of(batch)),))
-    try:
-        answer = list_users(filtered)
-    except ListingError as e:
-        raise NotFiltering(f"a filtered Users listing did not add up ({e})") from None
-    except FetchError as e:
-        if is_refusal(e):
-            raise NotFiltering(f"the server refused the filter ({e.values['failure']})") from None
-        raise
+def _missing(batch: Sequence[str], answer: List[T], key: Callable[[T], str]) -> FrozenSet[str]:
+    """The requested ids that did not come back. :raises NotFiltering: the answer holds others"""
     asked = frozenset(batch)
     got = frozenset(key(item) for item in answer)
     if not asked.issuperset(got):
         raise NotFiltering("an answer held users that were not asked for")
-    found.extend(answer)
     return asked - got
 
 

@@ -282,10 +282,9 @@ class _Client:
             raise found["error"]
         outcome = found["result"]
         if isinstance(outcome, scim.Verdict):
-            self.stats.requests[("mirror", "error")] += 1
+            self.stats.answered("mirror", "error")
         else:
-            self.stats.requests[("mirror", f"{outcome[0] // 100}xx")] += 1
-            self.stats.bytes += len(outcome[2])
+            self.stats.answered("mirror", f"{outcome[0] // 100}xx", len(outcome[2]))
         return outcome
 
     def _before_retrying(self, verdict: scim.Verdict, url: str, path: str, attempt: int) -> None:
@@ -302,7 +301,7 @@ class _Client:
             raise FetchError(where, None, FetchReason.NO_TIME_TO_RETRY, failure=failure,
                              deadline=self.config.server.deadline)
         log.warning("%s: %s; retrying in %.1f s (%d of %d)", where, failure, wait, attempt + 1, self.policy.retries)
-        self.stats.retries += 1
+        self.stats.retried()
         self.clock.sleep(wait)
 
 

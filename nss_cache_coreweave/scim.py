@@ -76,12 +76,24 @@ T = TypeVar("T")
 
 @dataclass
 class Stats:
-    """HTTP counters of one run, for the run record and the metrics file."""
+    """HTTP counters of one run, for the run record and the metrics file
+    (counted with ``answered`` and ``retried``: several threads may fetch at once)."""
 
     requests: Counter = field(default_factory=Counter)  # (endpoint, "2xx"/"4xx"/.../"error") -> count
     retries: int = 0
     bytes: int = 0
     fetch: str = ""  # which users were fetched: "members" (by id) or "full" (every user); "" none yet
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def answered(self, endpoint: str, status: str, size: int = 0) -> None:
+        """One request to ``endpoint`` ended with ``status`` ("2xx" ... or "error") and ``size`` body bytes."""
+        with self.lock:
+            self.requests[(endpoint, status)] += 1
+            self.bytes += size
+
+    def retried(self) -> None:
+        with self.lock:
+            self.retries += 1
 
 
 @dataclass(frozen=True)
@@ -597,10 +609,9 @@ class _Fetcher:
         try:
             status, headers, content = self._send(params, page_no)
         except _Transient as e:
-            self.stats.requests[(self.kind, "error")] += 1
+            self.stats.answered(self.kind, "error")
             return Verdict(Action.RETRY, error=e.args[0]), None, b""
-        self.stats.requests[(self.kind, f"{status // 100}xx")] += 1
-        self.stats.bytes += len(content)
+        self.stats.answered(self.kind, f"{status // 100}xx", len(content))
         return classify(status, headers, content, self.server.token), headers, content
 
     def _before_retrying(self, verdict: Verdict, page_no: int, attempt: int) -> None:
@@ -622,7 +633,7 @@ class _Fetcher:
             "%s page %d: %s; retrying in %.1f s (%d of %d)",
             self.kind, page_no, failure, wait, attempt + 1, self.policy.retries,
         )
-        self.stats.retries += 1
+        self.stats.retried()
         self.clock.sleep(wait)
 
     def _send(self, params: dict, page_no: int):

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, Iterable, Optional, Sequence, Tuple
 
 from . import memberfetch, scim
@@ -137,6 +138,7 @@ class _Lister:
     deadline: float
     stats: scim.Stats
     attributes: Optional[str] = None  # the attributes= value of this run's Users requests; None: whole users
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def users(self, server: Server) -> list:
         """The Users listing with ``server``'s query, projected while the server allows:
@@ -144,10 +146,11 @@ class _Lister:
         ``attributes``, or a wanted user coming back without ``active`` (absent
         counts as active: a server projecting it away would revive deactivated
         users), means whole users for the rest of the run."""
-        if self.attributes is None:
+        attributes = self.attributes
+        if attributes is None:
             return self._list(server, projected=False)
         try:
-            return self._list(_with_attributes(server, self.attributes), projected=True)
+            return self._list(_with_attributes(server, attributes), projected=True)
         except _Unprojected:
             why = "a user came back without `active`"
         except FetchError as e:
@@ -156,9 +159,11 @@ class _Lister:
             why = f"the server refused `attributes` ({e.values['failure']})"
         # Refused here too: not the attributes (with a filter: the filter; else the run fails).
         found = self._list(server, projected=False)
-        log.warning("coreweave: asking for only the attributes this configuration reads failed: %s; asking for "
-                    "whole users for the rest of this run", why)
-        self.attributes = None
+        with self.lock:  # batches are asked for from several threads (memberfetch.IN_FLIGHT): warn once
+            stopped, self.attributes = self.attributes is not None, None
+        if stopped:
+            log.warning("coreweave: asking for only the attributes this configuration reads failed: %s; asking "
+                        "for whole users for the rest of this run", why)
         return found
 
     def _list(self, server: Server, projected: bool) -> list:

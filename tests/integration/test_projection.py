@@ -63,6 +63,22 @@ def test_a_projection_that_loses_active_cannot_revive_a_deactivated_user(node, d
         assert result.stderr.count(FELL_BACK) == 1
 
 
+def test_batches_asked_together_each_lose_active_and_each_is_asked_again_whole(node, demo_org):
+    """Batches of two members, two on the wire at once (memberfetch.IN_FLIGHT): every projected
+    answer that lost `active` is asked again whole, the switch is logged once, dave stays out."""
+    with iam_with(demo_org, "lose-active", filtering=True) as iam:
+        node.configure(iam.base_url, "coreweave_page_size = 2\n")
+
+        result = assert_stock_update_writes_the_demo_caches(node, demo_org)
+
+        asked = [(r.params["filter"], "attributes" in r.params) for r in iam.requests("Users")]
+        batches = {f for f, _ in asked}
+        assert len(batches) >= 3
+        assert sorted(f for f, projected in asked if not projected) == sorted(batches)  # each batch whole once
+        assert {f for f, projected in asked if projected} <= batches
+        assert result.stderr.count(FELL_BACK) == 1
+
+
 def test_fetch_full_asks_exactly_what_it_always_did(node, demo_org):
     with iam_with(demo_org, "honour", filtering=True) as iam:
         node.configure(iam.base_url, "coreweave_fetch = full\n")

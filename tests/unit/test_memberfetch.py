@@ -6,6 +6,7 @@ server is tests/integration's."""
 from __future__ import annotations
 
 import json
+import threading
 from typing import List
 from urllib.parse import quote
 
@@ -126,7 +127,46 @@ def test_every_wanted_user_comes_back_batch_by_batch():
     found = memberfetch.fetch(list_users, SERVER, IDS, Batches(3), key=str, get=never)
 
     assert found == IDS
-    assert sent == [IDS[0:3], IDS[3:6], IDS[6:7]]
+    assert sorted(sent) == [IDS[0:3], IDS[3:6], IDS[6:7]]  # sorted: batches are asked for from two threads
+
+
+def test_two_batches_are_on_the_wire_at_once():
+    """A server far away costs one round trip per IN_FLIGHT batches."""
+    together = threading.Barrier(memberfetch.IN_FLIGHT, timeout=30)  # broken (the test fails) unless both meet
+
+    def list_users(server):
+        together.wait()
+        return asked(server)
+
+    assert memberfetch.fetch(list_users, SERVER, IDS[:4], Batches(2), key=str, get=never) == IDS[:4]
+
+
+def test_answers_are_taken_in_batch_order_whichever_comes_first():
+    second_done = threading.Event()
+
+    def list_users(server):
+        if asked(server) == IDS[:2]:
+            assert second_done.wait(30), "the second batch was not asked for while the first was out"
+        else:
+            second_done.set()
+        return asked(server)
+
+    assert memberfetch.fetch(list_users, SERVER, IDS[:4], Batches(2), key=str, get=never) == IDS[:4]
+
+
+def test_a_refused_batch_stops_the_batches_not_yet_asked_for():
+    sent = []
+
+    def list_users(server):
+        sent.append(asked(server))
+        if asked(server) == IDS[:2]:
+            raise refusal(400)
+        return asked(server)
+
+    with pytest.raises(NotFiltering):
+        memberfetch.fetch(list_users, SERVER, IDS[:6], Batches(2), key=str, get=never)
+
+    assert sorted(sent) == [IDS[0:2], IDS[2:4]]  # the second was on the wire with the first; the third never
 
 
 @pytest.mark.parametrize("list_users, why", [
@@ -192,7 +232,8 @@ def test_ids_that_may_be_posix_names_are_asked_for_first():
 
     memberfetch.fetch(list_users, SERVER, IDS[:4], Batches(2), key=str, get=never, names=frozenset({IDS[3]}))
 
-    assert sent == [[IDS[3], IDS[0]], [IDS[1], IDS[2]]]
+    # The batches: the possible name with the first id, then the others (asked from two threads: any order).
+    assert sorted(sent) == [[IDS[1], IDS[2]], [IDS[3], IDS[0]]]
 
 
 def test_a_missing_id_that_may_be_a_posix_name_means_the_full_listing():

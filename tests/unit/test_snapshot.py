@@ -15,12 +15,13 @@ reads); a server that ignores it, as these do, answers whole users.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from urllib.parse import urlencode
 
 import pytest
 
-from nss_cache_coreweave import config, scim, snapshot
+from nss_cache_coreweave import config, memberfetch, scim, snapshot
 from nss_cache_coreweave.config import USER_EXTENSION, parse_path
 from nss_cache_coreweave.errors import AuthError, FetchError, FetchReason, ListingError, ListingReason
 from nss_cache_coreweave.snapshot import GroupRecord, Member, UserRecord, resolve
@@ -616,7 +617,8 @@ def test_a_refused_projection_is_asked_again_whole_and_logged_once(caplog):
     assert warnings(caplog) == [PROJECTION_REFUSED]
 
 
-def test_a_projection_refused_to_a_batch_is_left_off_for_the_rest_of_the_run(caplog):
+def test_a_projection_refused_to_a_batch_is_left_off_for_the_rest_of_the_run(caplog, monkeypatch):
+    monkeypatch.setattr(memberfetch, "IN_FLIGHT", 1)  # one batch at a time: the script's order is the requests'
     cfg = configured()
     transport = ScriptedTransport(
         members_of_slurm_users("u1", "u2", "u3"), FILTERS, REFUSED,
@@ -717,7 +719,8 @@ def test_an_unwanted_user_without_active_asks_nothing_again(caplog):
     assert warnings(caplog) == []
 
 
-def test_a_batch_answer_without_active_is_asked_again_whole_and_so_are_the_next_batches(caplog):
+def test_a_batch_answer_without_active_is_asked_again_whole_and_so_are_the_next_batches(caplog, monkeypatch):
+    monkeypatch.setattr(memberfetch, "IN_FLIGHT", 1)  # one batch at a time: the script's order is the requests'
     cfg = configured()
     transport = ScriptedTransport(
         members_of_slurm_users("u1", "u2", "u3"), FILTERS,
@@ -732,6 +735,34 @@ def test_a_batch_answer_without_active_is_asked_again_whole_and_so_are_the_next_
                           record("u3", "carol", 20003))
     assert [(s.params["filter"], s.params.get("attributes")) for s in transport.sent[2:]] == [
         (by_id("u1", "u2"), ATTRIBUTES), (by_id("u1", "u2"), WHOLE), (by_id("u3"), WHOLE),
+    ]
+    assert stats.fetch == "members"
+    assert warnings(caplog) == [ACTIVE_MISSING]
+
+
+def test_batches_in_flight_together_that_lose_active_are_each_asked_again_whole_with_one_warning(caplog):
+    """Both batches are on the wire before either answer is read (memberfetch.IN_FLIGHT):
+    each projected answer is refused on its own, and the switch to whole users is logged once."""
+    cfg = configured()
+    users = {"u1": posix_user("u1", "alice", 20001), "u2": posix_user("u2", "bob", 20002),
+             "u3": posix_user("u3", "carol", 20003, active=False)}
+    together = threading.Barrier(2, timeout=30)  # broken, and the test failed, unless two batches meet
+
+    def answer(sent):
+        asked = [users[i] for i in users if f'"{i}"' in sent.params["filter"]]
+        if "attributes" in sent.params:
+            together.wait()
+            return page([{k: v for k, v in u.items() if k != "active"} for u in asked])
+        return page(asked)
+
+    transport = ScriptedTransport(members_of_slurm_users("u1", "u2", "u3"), FILTERS, answer, answer, answer, answer)
+
+    snap, stats = take(cfg, transport)
+
+    assert snap.users == (record("u1", "alice", 20001), record("u2", "bob", 20002),
+                          record("u3", "carol", 20003, active=False))
+    assert sorted((s.params["filter"], s.params.get("attributes") or "") for s in transport.sent[2:]) == [
+        (by_id("u1", "u2"), ""), (by_id("u1", "u2"), ATTRIBUTES), (by_id("u3"), ""), (by_id("u3"), ATTRIBUTES),
     ]
     assert stats.fetch == "members"
     assert warnings(caplog) == [ACTIVE_MISSING]
