@@ -1,5 +1,6 @@
 """End to end: who can ssh into a login node. The real chain, as root, in a private mount
-namespace (tests/support/loginnode.py): FakeIAM on loopback -> the stock ``nsscache update --full``
+namespace (tests/support/loginnode.py): FakeIAM on loopback (one that neither filters nor projects,
+then one that does both: the full listing and the member-only fetch) -> the stock ``nsscache update --full``
 -> /etc/*.cache -> the real libnss-cache (``passwd/group/shadow: files cache``) -> a real sshd
 (Debian's sshd_config, ``UsePAM yes``, the shipped conf/sshd_config.d snippet:
 ``AuthorizedKeysFile none``, ``AuthorizedKeysCommand /usr/local/sbin/nsscache-coreweave-keys
@@ -28,7 +29,20 @@ from support.loginnode import (
 )
 from support.loginnode import group_of as _group
 from support.loginnode import user_of as _user
+from support.fakeiam import FakeIAM
 from support.node import EXT, TOKEN
+
+
+@pytest.fixture(scope="module", params=["full-listing", "members-by-id"])
+def iam(request, org):
+    """The directory as a server that neither filters nor projects (the node lists every user)
+    and as one that does both (the default coreweave_fetch = auto asks for the allowed groups'
+    members by id, with only the attributes read): every login below is proven on both paths."""
+    filtering = request.param == "members-by-id"
+    with FakeIAM(org, token=TOKEN, service_provider_config=filtering, filter_supported=filtering,
+                 filter_mode="honour" if filtering else "ignore",
+                 attributes_mode="honour" if filtering else "ignore") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +66,11 @@ def change_iam(node, iam, org):
 
 
 # --- the node resolves IAM users through libnss-cache -----------------------------------------
+
+
+def test_the_node_fetched_users_the_way_the_server_allows(node, iam):
+    filtered = {"filter" in r.params for r in iam.requests("Users")}
+    assert filtered == {iam.filter_supported}  # by id on every request, or never
 
 
 def test_nss_resolves_iam_users_through_libnss_cache(node):
