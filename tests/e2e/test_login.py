@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from support.fakeiam import FakeIAM
 from support.loginnode import (
     ALICE_ID,
     FRANK_ID,
@@ -29,7 +30,6 @@ from support.loginnode import (
 )
 from support.loginnode import group_of as _group
 from support.loginnode import user_of as _user
-from support.fakeiam import FakeIAM
 from support.node import EXT, TOKEN
 
 
