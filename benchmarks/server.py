@@ -554,8 +554,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             except ValueError as e:
                 body, status = _dumps({"detail": str(e)}), 400
         elif split.path == CONTROL + "latency":
-            bench.latency = float(query.get("set", bench.latency * 1000)) / 1000
-            body, status = _dumps({"latency_ms": bench.latency * 1000}), 200
+            body, status = self._set_latency(bench, query.get("set", ""))
         else:
             body, status = b'{"detail":"unknown control path"}', 404
         self.send_response(status)
@@ -563,6 +562,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+    @staticmethod
+    def _set_latency(bench: BenchServer, value: str) -> Tuple[bytes, int]:
+        try:
+            ms = float(value)
+        except ValueError:
+            ms = -1.0
+        if not 0 <= ms <= 10_000:  # nan fails too
+            return _dumps({"detail": f"latency must be 0 to 10000 ms, not {value!r}"}), 400
+        bench.latency = ms / 1000
+        return _dumps({"latency_ms": ms}), 200
 
 
 def main(argv: Optional[List[str]] = None) -> int:

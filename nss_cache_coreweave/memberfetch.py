@@ -172,10 +172,15 @@ def _answers(pool: ThreadPoolExecutor, list_users: Callable[[Server], List[T]], 
 def _ask(list_users: Callable[[Server], List[T]], server: Server, batch: Sequence[str]) -> List[T]:
     """One batch's answer. :raises NotFiltering: the answer does not add up or the filter is refused"""
     # The only query: member fetch is off with a coreweave_users_query (the caller adds attributes=).
-    filtered = dataclasses.replace(server, users_query=(("filter", filter_of(batch)),))
+    # At most the batch's users: a server ignoring the filter is caught at its first page,
+    # not after listing the whole directory (twice, with two batches in flight).
+    filtered = dataclasses.replace(server, users_query=(("filter", filter_of(batch)),), max_users=len(batch))
     try:
         return list_users(filtered)
     except ListingError as e:
+        if e.reason in (ListingReason.TOO_MANY_ANNOUNCED, ListingReason.TOO_MANY_COLLECTED):
+            raise NotFiltering(f"an answer held more users ({e.values['count']}) than the {len(batch)} asked "
+                               "for") from None
         raise NotFiltering(f"a filtered Users listing did not add up ({e})") from None
     except FetchError as e:
         if is_refusal(e):

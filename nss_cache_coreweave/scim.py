@@ -292,18 +292,41 @@ def list_resources(
     walk = _walk_cursor if server.pagination == "cursor" else _walk_index
     # Decoded pages hold no reference cycles: while they stream through, the
     # cyclic collector would only keep walking millions of fresh objects.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        return walk(fetcher, _Collector(listing))
-    except StaleCursorError:
-        # RFC 9865: a cursor may expire mid-walk; start over once.
-        log.warning("%s: the server expired our cursor; restarting the listing once", listing.kind)
-        return walk(fetcher, _Collector(listing))
-    finally:
-        fetcher.close()
-        if collecting:
-            gc.enable()
+    with _COLLECTOR_PAUSE:
+        try:
+            return walk(fetcher, _Collector(listing))
+        except StaleCursorError:
+            # RFC 9865: a cursor may expire mid-walk; start over once.
+            log.warning("%s: the server expired our cursor; restarting the listing once", listing.kind)
+            return walk(fetcher, _Collector(listing))
+        finally:
+            fetcher.close()
+
+
+class _CollectorPause:
+    """The cyclic garbage collector off while any listing runs, in any thread (member
+    batches are listed two at a time), and back as it was when the last one ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listings = 0
+        self._was_enabled = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._listings == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._listings += 1
+
+    def __exit__(self, *exc_info) -> None:
+        with self._lock:
+            self._listings -= 1
+            if self._listings == 0 and self._was_enabled:
+                gc.enable()
+
+
+_COLLECTOR_PAUSE = _CollectorPause()
 
 
 def fetch_page(

@@ -213,6 +213,16 @@ def test_filtering_server_refuses_a_filter_on_groups_and_switches_capability(org
         assert refused.status_code == 400 and server.capability == "plain"
 
 
+def test_latency_is_set_in_milliseconds_and_a_bad_value_is_refused(org):
+    with BenchServer(org, "t0ken") as server:
+        control = f"{server.base_url.split('/scim')[0]}/_bench/latency"
+
+        answers = [requests.get(control, params={"set": value}) for value in ("25", "-1", "nan", "slow", "0")]
+
+        assert [a.status_code for a in answers] == [200, 400, 400, 400, 200]
+        assert answers[0].json() == {"latency_ms": 25.0} and server.latency == 0.0
+
+
 @pytest.mark.parametrize("pagination", ["index", "cursor"])
 def test_listing_targets_are_a_whole_listing_walk(org, pagination):
     with BenchServer(org, "t0ken") as server:

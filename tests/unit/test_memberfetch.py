@@ -130,15 +130,33 @@ def test_every_wanted_user_comes_back_batch_by_batch():
     assert sorted(sent) == [IDS[0:3], IDS[3:6], IDS[6:7]]  # sorted: batches are asked for from two threads
 
 
-def test_two_batches_are_on_the_wire_at_once():
+def test_in_flight_batches_are_on_the_wire_at_once():
     """A server far away costs one round trip per IN_FLIGHT batches."""
-    together = threading.Barrier(memberfetch.IN_FLIGHT, timeout=30)  # broken (the test fails) unless both meet
+    ids = IDS[:memberfetch.IN_FLIGHT]
+    together = threading.Barrier(len(ids), timeout=30)  # broken (the test fails) unless all meet
 
     def list_users(server):
         together.wait()
         return asked(server)
 
-    assert memberfetch.fetch(list_users, SERVER, IDS[:4], Batches(2), key=str, get=never) == IDS[:4]
+    assert memberfetch.fetch(list_users, SERVER, ids, Batches(1), key=str, get=never) == ids
+
+
+def test_a_batch_is_a_listing_of_at_most_its_ids():
+    """A server that ignores the filter is caught at its first page (scim: totalResults above
+    the listing's limit), not after listing the whole directory."""
+    limits = []
+
+    def list_users(server):
+        limits.append(server.max_users)
+        raise ListingError("Users", 1, ListingReason.TOO_MANY_ANNOUNCED, count=100000, limit=server.max_users,
+                           option="coreweave_max_users")
+
+    with pytest.raises(NotFiltering) as caught:
+        memberfetch.fetch(list_users, SERVER, IDS[:3], Batches(3), key=str, get=never)
+
+    assert limits == [3]
+    assert caught.value.why == "an answer held more users (100000) than the 3 asked for"
 
 
 def test_answers_are_taken_in_batch_order_whichever_comes_first():

@@ -9,6 +9,7 @@ network, no sleeping: ``sleep`` is injected and only recorded.
 from __future__ import annotations
 
 import email.utils
+import gc
 import json
 import logging
 import pickle
@@ -1481,3 +1482,16 @@ def test_an_errors_repr_shows_its_fields():
         f"FetchError('Users', 1, FetchReason.SERVER_FAILING, failure=Failure(base_url={BASE!r}, status=503, "
         "detail='', error=''), attempts=4)"
     )
+
+
+def test_the_collector_is_back_on_only_when_the_last_of_overlapping_listings_ends():
+    """Member batches are listed two at a time, each in its thread: the first to end must not
+    turn the collector back on under the other, nor the last leave it off."""
+    pause = scim._CollectorPause()
+    assert gc.isenabled()
+    pause.__enter__()
+    pause.__enter__()
+    pause.__exit__(None, None, None)
+    assert not gc.isenabled()
+    pause.__exit__(None, None, None)
+    assert gc.isenabled()
