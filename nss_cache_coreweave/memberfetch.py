@@ -162,11 +162,14 @@ def _answers(pool: ThreadPoolExecutor, list_users: Callable[[Server], List[T]], 
     for batch in ordered:
         pending.append((batch, pool.submit(_ask, list_users, server, batch)))
         if len(pending) == IN_FLIGHT:
-            done, answer = pending.popleft()
-            yield done, answer.result()
+            yield _oldest(pending)
     while pending:
-        done, answer = pending.popleft()
-        yield done, answer.result()
+        yield _oldest(pending)
+
+
+def _oldest(pending: Deque[Tuple[List[str], Future]]) -> Tuple[List[str], list]:
+    batch, answer = pending.popleft()
+    return batch, answer.result()
 
 
 def _ask(list_users: Callable[[Server], List[T]], server: Server, batch: Sequence[str]) -> List[T]:
@@ -198,12 +201,9 @@ def _confirm_gone(get: Callable[[str], bytes], server: Server, missing: List[str
     for user_id in missing:
         try:
             get(f"{server.users_url}/{quote(user_id, safe='')}")
-        except FetchError as e:
-            if getattr(e.values.get("failure"), "status", None) == 404:
+        except (FetchError, ListingError) as e:
+            if isinstance(e, FetchError) and getattr(e.values.get("failure"), "status", None) == 404:
                 continue
-            raise NotFiltering(f"requested user {user_id!r} did not come back and could not be confirmed gone "
-                               f"({e})") from None
-        except ListingError as e:
             raise NotFiltering(f"requested user {user_id!r} did not come back and could not be confirmed gone "
                                f"({e})") from None
         raise NotFiltering(f"requested user {user_id!r} exists but the filtered answer left it out")
