@@ -658,6 +658,8 @@ def test_main_refusal_exits_0_with_one_line(node, capsys):
 def test_main_fails_closed_with_one_line(node, capsys):
     Path(node.sshkey_cache).chmod(0o644)
     Path(node.sshkey_cache).write_text("alice:['broken\n")
+    for cache in (node.sshkey_cache, node.passwd_cache):
+        os.utime(cache, (0, 0))  # a disagreement that old is no write in progress: no settle wait
 
     assert keys.main(_argv(node, "alice")) == 1
     out, err = capsys.readouterr()
