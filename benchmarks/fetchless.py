@@ -17,22 +17,29 @@ its ``filtering`` capability (:mod:`benchmarks.server`: ``filter`` advertised in
   must equal the reference's byte for byte (the run marker line aside) and hold the
   organisation's expected line counts;
 * **floor**: benchmarks/floor.py downloading and parsing the whole listing, as in the
-  table.
+  table;
+* **lower bound**: benchmarks/replay.py on a third node: the stock ``nsscache update
+  --full`` with a source that requests and parses exactly the sync's URLs, then hands
+  nsscache the sync's own caches as maps (nsscache's parser, all four held in memory).
+  What the member path costs if this package's own work (policy, rendering, checks)
+  cost nothing; its caches must be the sync's byte for byte.
 
-One warm-up of each of sync and floor (the server renders the filtered pages on
-first request and keeps them), then R alternating pairs (the runner's ``--reps``,
+One warm-up of each of sync, floor and lower bound (the server renders the filtered pages on
+first request and keeps them), then R alternating triples (the runner's ``--reps``,
 ``--large-reps`` from 1,000,000 users on). The server is switched back to ``plain``
 at the end. The ``plain`` server's figures at the same N are the table's.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List
 
-from .common import LARGE_N, Run, write_conf
+from .common import LARGE_N, MAPS, Run, write_conf
 from .many import cache_entries
 
 __all__ = ["FetchLessResult", "measure"]
@@ -55,6 +62,7 @@ class FetchLessResult:
     floor_is_full_run: bool  # the floor's URLs are the coreweave_fetch = full run's requests (attributes aside)
     full_listing_bytes: int  # the floor's body bytes: the whole listing
     fell_back: List[str] = field(default_factory=list)  # why syncs listed every user instead (their logs), distinct
+    lower: List[Run] = field(default_factory=list)  # benchmarks/replay.py: the sync's requests, its caches replayed
 
 
 def _node(size, name: str, fetch: str) -> Path:
@@ -84,22 +92,51 @@ def measure(size, expected_listing: int, say) -> FetchLessResult:
     full_node, node = _node(size, "fetch-full", "full"), _node(size, "fetch-auto", "auto")
     full = size.sync(full_node)
     reference = cache_entries(full_node / "cache")
-    syncs, floors, fell_back = [], [], []
+    syncs, floors, lower, fell_back = [], [], [], []
     for _ in range(max(1, settings.warmup)):
         _compared(size.sync(node), node, reference)
         _why_full(size, fell_back)
         size.floor()
+    replay = _Replay.of(size, node)  # what the warm-up sync requested and wrote
+    replay.run(size)  # its own warm-up
     for rep in range(reps):
         syncs.append(_compared(size.sync(node), node, reference))
         _why_full(size, fell_back)
         floors.append(size.floor())
+        lower.append(replay.run(size))
         last = syncs[-1]
         say(f"  N={size.users:,} fetch-less rep {rep + 1}/{reps}: sync {last.wall:.2f} s (CPU {last.cpu:.2f} s, "
             f"{last.maxrss_kb / 1024:.0f} MiB, {last.listing_requests} listing requests, "
-            f"{last.body_bytes / 1e6:.1f} MB, users fetched: {last.fetch}), floor {floors[-1].wall:.2f} s")
+            f"{last.body_bytes / 1e6:.1f} MB, users fetched: {last.fetch}), floor {floors[-1].wall:.2f} s, "
+            f"lower bound {lower[-1].wall:.2f} s ({lower[-1].maxrss_kb / 1024:.0f} MiB)")
     size.server.capability("plain")
     return FetchLessResult(
         users=size.users, members=settings.members_for(size.users), expected_listing=expected_listing, full=full,
         sync=syncs, floor=floors, floor_is_full_run=size.lists_whole(size.first_targets[full_node]),
-        full_listing_bytes=floors[0].body_bytes, fell_back=fell_back,
+        full_listing_bytes=floors[0].body_bytes, fell_back=fell_back, lower=lower,
     )
+
+
+@dataclass(frozen=True)
+class _Replay:
+    """The lower bound's inputs (a sync's URLs and caches) and the node it writes."""
+
+    node: Path
+    urls_file: Path
+    caches: Path
+    targets: List[str]
+
+    @classmethod
+    def of(cls, size, synced: Path) -> "_Replay":
+        targets = size.first_targets[synced]
+        urls_file, caches = size.workdir / "replay-urls.json", size.workdir / "replay-caches"
+        urls_file.write_text(json.dumps([size.server.origin + t for t in targets]))
+        shutil.rmtree(caches, ignore_errors=True)
+        shutil.copytree(synced / "cache", caches)
+        return cls(_node(size, "replay", "auto"), urls_file, caches, targets)
+
+    def run(self, size) -> Run:
+        run = size.replay(self.node, self.urls_file, self.caches, self.targets)
+        run.same_caches = all((self.node / "cache" / f"{name}.cache").read_bytes()
+                              == (self.caches / f"{name}.cache").read_bytes() for name in MAPS)
+        return run

@@ -300,6 +300,22 @@ class _Size:
             targets_match=stats["targets"] == self.listing,
         )
 
+    def replay(self, node: Path, urls_file: Path, cache_dir: Path, sync_targets: List[str]) -> Run:
+        """One measured lower bound (benchmarks/replay.py): a sync's requests, then its caches
+        handed to the stock nsscache as they are; ``targets_match``: the requests were ``sync_targets``."""
+        self.server.stats(reset=True)
+        log = self._log("replay")
+        m = launch(self.python, [self.python, str(HERE / "replay.py"), str(urls_file), str(cache_dir),
+                                 "-c", str(node / "nsscache.conf"), "update", "--full"], log, self.floor_env, node)
+        stats = self.server.stats(reset=True)
+        if m["exit"] != 0:
+            raise BenchError(f"the replay exited {m['exit']} at N={self.users}; log {log}:\n{tail(log)}")
+        return Run(
+            wall=m["wall"], user=m["user"], sys=m["sys"], maxrss_kb=m["maxrss_kb"], exit=m["exit"],
+            requests=stats["requests"], body_bytes=stats["body_bytes"], connections=stats["connections"],
+            lines=line_counts(node / "cache"), targets_match=sorted(stats["targets"]) == sorted(sync_targets),
+        )
+
     def lists_whole(self, targets: List[str]) -> bool:
         """Whether ``targets`` hold exactly the whole listing's requests (attributes aside; discovery apart)."""
         return listing_requests(targets, self.prefix) == listing_requests(self.listing, self.prefix)

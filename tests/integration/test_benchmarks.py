@@ -315,6 +315,10 @@ def test_fetch_less_part_fetches_the_members_by_id_with_the_full_listings_caches
     for run in part["floor"]:
         assert run["requests"] == {"Users": whole - 1, "Groups": 1} and run["targets_match"]
         assert run["body_bytes"] == part["full_listing_bytes"]
+    assert len(part["lower"]) == 2
+    for run, sync in zip(part["lower"], part["sync"]):  # the lower bound: the sync's requests and caches, nothing else
+        assert run["requests"] == sync["requests"] and run["body_bytes"] == sync["body_bytes"]
+        assert run["targets_match"] is True and run["same_caches"] is True and run["lines"] == expected_lines
 
     section = md.read_text().split("\n## Fetching less (issue 16)\n")[1]
     for target in ("at 450 users, filtering server: users fetched by id (`fetch: members`) and caches identical to a "
@@ -326,6 +330,8 @@ def test_fetch_less_part_fetches_the_members_by_id_with_the_full_listings_caches
         assert row.endswith("| ✅ pass |"), row
     assert "| 450 | filtering: `coreweave_fetch = auto` |" in section
     assert "| 450 | plain: default `coreweave_fetch` (the table's runs) |" in section
+    assert "| 450 | lower bound: the sync's requests, its caches replayed |" in section
+    assert "every lower bound requested the sync's URLs and wrote its caches byte for byte: yes" in section
     assert "**NO**" not in section  # every check of the measurement itself holds
 
 
