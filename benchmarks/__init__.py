@@ -12,11 +12,12 @@ Modules:
 * ``server``  the fast loopback SCIM server (pre-rendered pages; plain or filtering), run as its own process
 * ``launch``  the tiny launcher that measures one child (wall, CPU, peak RSS)
 * ``floor``   the floor client: one requests.Session, json.loads of every page
+* ``replay``  the fetch-less part's lower bound: the stock nsscache fed a sync's own requests and caches
 * ``common``  what the runner and the many-nodes part share (measuring a process, a node's conf)
 * ``runner``  the benchmark runner and ``docs/benchmarks.md``
 * ``many``    issue 15's many-nodes part: publish, a node in mirror mode behind a real nginx, a fleet
 * ``fetchless`` issue 16's part: members by id and projected attributes on a filtering server
 * ``report``, ``many_report``, ``fetchless_report``, ``tables``  the report's sections and tables
 
-Nothing is imported here: ``launch`` and ``floor`` run as scripts.
+Nothing is imported here: ``launch``, ``floor`` and ``replay`` run as scripts.
 """

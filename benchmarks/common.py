@@ -44,7 +44,9 @@ class Run:
     lines: Dict[str, int] = field(default_factory=dict)
     targets_match: bool = True
     fetch: str = ""  # a sync's run record: which users it fetched ("members", "full")
-    same_caches: Optional[bool] = None  # its caches equal a full-listing run's (run marker aside); None: not compared
+    # A sync: its caches equal a full-listing run's (run marker aside); a lower bound: they are the caches it
+    # replays, byte for byte. None: not compared.
+    same_caches: Optional[bool] = None
 
     @property
     def cpu(self) -> float:

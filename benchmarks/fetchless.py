@@ -19,10 +19,11 @@ its ``filtering`` capability (:mod:`benchmarks.server`: ``filter`` advertised in
 * **floor**: benchmarks/floor.py downloading and parsing the whole listing, as in the
   table;
 * **lower bound**: benchmarks/replay.py on a third node: the stock ``nsscache update
-  --full`` with a source that requests and parses exactly the sync's URLs, then hands
-  nsscache the sync's own caches as maps (nsscache's parser, all four held in memory).
-  What the member path costs if this package's own work (policy, rendering, checks)
-  cost nothing; its caches must be the sync's byte for byte.
+  --full`` with a stand-in source (the package not even imported) that requests and
+  parses exactly the sync's URLs, two at a time, then hands nsscache the sync's own
+  caches as maps (nsscache's parser, all four held in memory). What the member path
+  costs if this package's own work cost nothing; its requests must be the sync's and
+  its caches the sync's byte for byte.
 
 One warm-up of each of sync, floor and lower bound (the server renders the filtered pages on
 first request and keeps them), then R alternating triples (the runner's ``--reps``,
@@ -62,7 +63,7 @@ class FetchLessResult:
     floor_is_full_run: bool  # the floor's URLs are the coreweave_fetch = full run's requests (attributes aside)
     full_listing_bytes: int  # the floor's body bytes: the whole listing
     fell_back: List[str] = field(default_factory=list)  # why syncs listed every user instead (their logs), distinct
-    lower: List[Run] = field(default_factory=list)  # benchmarks/replay.py: the sync's requests, its caches replayed
+    lower: List[Run] = field(default_factory=list)  # the lower bound (benchmarks/replay.py), alternating with sync
 
 
 def _node(size, name: str, fetch: str) -> Path:
@@ -97,13 +98,13 @@ def measure(size, expected_listing: int, say) -> FetchLessResult:
         _compared(size.sync(node), node, reference)
         _why_full(size, fell_back)
         size.floor()
-    replay = _Replay.of(size, node)  # what the warm-up sync requested and wrote
-    replay.run(size)  # its own warm-up
+        bound = _LowerBound.of(size, node)  # what that sync requested and wrote
+        bound.run(size)
     for rep in range(reps):
         syncs.append(_compared(size.sync(node), node, reference))
         _why_full(size, fell_back)
         floors.append(size.floor())
-        lower.append(replay.run(size))
+        lower.append(bound.run(size))
         last = syncs[-1]
         say(f"  N={size.users:,} fetch-less rep {rep + 1}/{reps}: sync {last.wall:.2f} s (CPU {last.cpu:.2f} s, "
             f"{last.maxrss_kb / 1024:.0f} MiB, {last.listing_requests} listing requests, "
@@ -118,8 +119,8 @@ def measure(size, expected_listing: int, say) -> FetchLessResult:
 
 
 @dataclass(frozen=True)
-class _Replay:
-    """The lower bound's inputs (a sync's URLs and caches) and the node it writes."""
+class _LowerBound:
+    """The lower bound's inputs (a sync's requests and caches) and the node it writes."""
 
     node: Path
     urls_file: Path
@@ -127,16 +128,18 @@ class _Replay:
     targets: List[str]
 
     @classmethod
-    def of(cls, size, synced: Path) -> "_Replay":
+    def of(cls, size, synced: Path) -> "_LowerBound":
+        """From the last sync of ``synced`` (its caches) and its first (its requests: every sync's, any order)."""
         targets = size.first_targets[synced]
-        urls_file, caches = size.workdir / "replay-urls.json", size.workdir / "replay-caches"
+        urls_file, caches = size.workdir / "lower-bound-urls.json", size.workdir / "lower-bound-caches"
         urls_file.write_text(json.dumps([size.server.origin + t for t in targets]))
         shutil.rmtree(caches, ignore_errors=True)
         shutil.copytree(synced / "cache", caches)
-        return cls(_node(size, "replay", "auto"), urls_file, caches, targets)
+        return cls(_node(size, "lower-bound", "auto"), urls_file, caches, targets)
 
     def run(self, size) -> Run:
-        run = size.replay(self.node, self.urls_file, self.caches, self.targets)
+        """One measured run; ``same_caches``: it wrote the sync's caches byte for byte."""
+        run = size.lower_bound(self.node, self.urls_file, self.caches, self.targets)
         run.same_caches = all((self.node / "cache" / f"{name}.cache").read_bytes()
                               == (self.caches / f"{name}.cache").read_bytes() for name in MAPS)
         return run

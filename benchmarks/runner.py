@@ -261,25 +261,35 @@ class _Size:
         self.last_log = self.workdir / f"{self.counter:02d}-{what}.log"
         return self.last_log
 
+    def _measured(self, what: str, command: List[str], env: Dict[str, str], cwd: Path) -> Tuple[dict, dict]:
+        """One process under launch.py and what the server saw of it: (measurement, server stats).
+        :raises BenchError: it exited non-zero"""
+        self.server.stats(reset=True)
+        log = self._log(what)
+        m = launch(self.python, command, log, env, cwd)
+        stats = self.server.stats(reset=True)
+        if m["exit"] != 0:
+            raise BenchError(f"{what} exited {m['exit']} at N={self.users}; log {log}:\n{tail(log)}")
+        return m, stats
+
+    @staticmethod
+    def _run(m: dict, stats: dict, **more) -> Run:
+        return Run(wall=m["wall"], user=m["user"], sys=m["sys"], maxrss_kb=m["maxrss_kb"], exit=m["exit"],
+                   requests=stats["requests"], body_bytes=stats["body_bytes"], connections=stats["connections"],
+                   **more)
+
     def sync(self, node: Optional[Path] = None) -> Run:
         """One measured ``nsscache update --full`` of ``node`` (default: the table's node, its conf inside)."""
         node = node or self.node
-        self.server.stats(reset=True)
-        log = self._log("sync")
-        m = launch(self.python, [str(self.bin / "nsscache"), "-c", str(node / "nsscache.conf"), "update", "--full"],
-                   log, self.env, node)
-        stats = self.server.stats(reset=True)
-        if m["exit"] != 0:
-            raise BenchError(f"nsscache update --full exited {m['exit']} at N={self.users}; log {log}:\n{tail(log)}")
+        m, stats = self._measured("sync", [str(self.bin / "nsscache"), "-c", str(node / "nsscache.conf"), "update",
+                                           "--full"], self.env, node)
         if node not in self.first_targets:
             self.first_targets[node] = stats["targets"]
         if node == self.node and self.accept_encoding is None:
             self.accept_encoding = stats["accept_encodings"]
             self.users_bytes = stats["bytes_by_endpoint"].get("Users", 0)
-        return Run(
-            wall=m["wall"], user=m["user"], sys=m["sys"], maxrss_kb=m["maxrss_kb"], exit=m["exit"],
-            requests=stats["requests"], body_bytes=stats["body_bytes"], connections=stats["connections"],
-            lines=line_counts(node / "cache"),
+        return self._run(
+            m, stats, lines=line_counts(node / "cache"),
             # In any order: a member-only fetch has two batches on the wire at once (memberfetch.IN_FLIGHT).
             targets_match=sorted(stats["targets"]) == sorted(self.first_targets[node]),
             fetch=str(many_mod.node_record(node).get("fetch", "")),
@@ -287,34 +297,18 @@ class _Size:
 
     def floor(self) -> Run:
         """One measured floor: the whole listing's pages (self.listing) downloaded and parsed."""
-        self.server.stats(reset=True)
-        log = self._log("floor")
-        m = launch(self.python, [self.python, str(HERE / "floor.py"), str(self.urls_file)], log, self.floor_env,
-                    self.node)
-        stats = self.server.stats(reset=True)
-        if m["exit"] != 0:
-            raise BenchError(f"the floor client exited {m['exit']} at N={self.users}; log {log}:\n{tail(log)}")
-        return Run(
-            wall=m["wall"], user=m["user"], sys=m["sys"], maxrss_kb=m["maxrss_kb"], exit=m["exit"],
-            requests=stats["requests"], body_bytes=stats["body_bytes"], connections=stats["connections"],
-            targets_match=stats["targets"] == self.listing,
-        )
+        m, stats = self._measured("floor", [self.python, str(HERE / "floor.py"), str(self.urls_file)],
+                                  self.floor_env, self.node)
+        return self._run(m, stats, targets_match=stats["targets"] == self.listing)
 
-    def replay(self, node: Path, urls_file: Path, cache_dir: Path, sync_targets: List[str]) -> Run:
-        """One measured lower bound (benchmarks/replay.py): a sync's requests, then its caches
-        handed to the stock nsscache as they are; ``targets_match``: the requests were ``sync_targets``."""
-        self.server.stats(reset=True)
-        log = self._log("replay")
-        m = launch(self.python, [self.python, str(HERE / "replay.py"), str(urls_file), str(cache_dir),
-                                 "-c", str(node / "nsscache.conf"), "update", "--full"], log, self.floor_env, node)
-        stats = self.server.stats(reset=True)
-        if m["exit"] != 0:
-            raise BenchError(f"the replay exited {m['exit']} at N={self.users}; log {log}:\n{tail(log)}")
-        return Run(
-            wall=m["wall"], user=m["user"], sys=m["sys"], maxrss_kb=m["maxrss_kb"], exit=m["exit"],
-            requests=stats["requests"], body_bytes=stats["body_bytes"], connections=stats["connections"],
-            lines=line_counts(node / "cache"), targets_match=sorted(stats["targets"]) == sorted(sync_targets),
-        )
+    def lower_bound(self, node: Path, urls_file: Path, cache_dir: Path, sync_targets: List[str]) -> Run:
+        """One measured lower bound (benchmarks/replay.py): a sync's requests, then its caches handed to
+        the stock nsscache as they are; ``targets_match``: the requests were ``sync_targets``."""
+        command = [self.python, str(HERE / "replay.py"), str(urls_file), str(cache_dir), str(node / "token"),
+                   "-c", str(node / "nsscache.conf"), "update", "--full"]
+        m, stats = self._measured("lower-bound", command, dict(self.env, NSS_CACHE_COREWEAVE_DISABLE_HOOK="1"), node)
+        return self._run(m, stats, lines=line_counts(node / "cache"),
+                         targets_match=sorted(stats["targets"]) == sorted(sync_targets))
 
     def lists_whole(self, targets: List[str]) -> bool:
         """Whether ``targets`` hold exactly the whole listing's requests (attributes aside; discovery apart)."""
