@@ -28,8 +28,10 @@ demo: install
 system:
 	bash scripts/system-packages
 
+# pytest runs as two sessions side by side (scripts/run-tests): the system suites (e2e,
+# packaging, slurm), which mostly wait on daemons, beside unit and integration.
 test: system install lint type
-	$(PY) -m pytest
+	$(PY) scripts/run-tests
 
 # Gates of make test (and of tox -e lint,type): ruff with pyproject.toml's rules, mypy.
 lint: venv
