@@ -24,10 +24,11 @@ import pytest
 from nss_cache import config as nss_config
 
 from nss_cache_coreweave import bundle, config, publish, sshsig
+from support.fakeiam import FakeIAM
 from support.fleet import Publisher, allowed_signers, new_key
 from support.keys import ed25519_key
 from support.nginx import serve
-from support.node import EXT, MAPS, Node, expected_caches
+from support.node import EXT, MAPS, TOKEN, Node, expected_caches
 
 # The stock `nsscache update --full` when the source refuses the bundle (nsscache counts the failed maps:
 # all four), and `nsscache-coreweave update`'s documented statuses.
@@ -153,6 +154,28 @@ def test_node_caches_equal_a_direct_sync_and_no_node_asks_iam(tmp_path, bin_dir,
     assert mirror_node.caches() == direct.caches()
     for name, content in expected_caches(demo_org).items():
         assert mirror_node.cache(name) == content, name
+
+
+def test_a_publisher_fetching_only_the_members_serves_nodes_the_same_caches(tmp_path, bin_dir, demo_org):
+    # A server that filters and projects: the publisher asks for the members by id, as a node would.
+    with FakeIAM(demo_org, token=TOKEN, service_provider_config=True, filter_supported=True, filter_mode="honour",
+                 attributes_mode="honour") as iam:
+        publisher = Publisher.create(tmp_path, bin_dir, iam.base_url)
+        publisher.directory.mkdir()
+        with serve(publisher.directory, tmp_path / "nginx") as mirror:
+            node = Node(tmp_path / "node", bin_dir)
+            node.configure_mirror(mirror.base_url, publisher.public_key)
+            publish_ok(publisher)
+            (users,) = iam.requests("Users")  # one batch of ids, projected
+            iam.reset_stats()
+
+            update(node)
+
+        assert iam.request_count() == 0
+    assert users.params["filter"].startswith('id eq "') and "attributes" in users.params
+    assert publisher.node.state()["last_run"]["fetch"] == "members"
+    for name, content in expected_caches(demo_org).items():
+        assert node.cache(name) == content, name
 
 
 def test_a_removal_in_iam_reaches_a_node_after_one_publish_and_one_update(iam, org, publisher, mirror_node):
