@@ -320,12 +320,8 @@ class _Size:
         import pstats
 
         out = self.workdir / "sync.prof"
-        log = self._log("profile")
-        m = launch(self.python, [self.python, "-m", "cProfile", "-o", str(out), str(self.bin / "nsscache"),
-                                  "-c", str(self.conf), "update", "--full"], log, self.env, self.node)
-        self.server.stats(reset=True)
-        if m["exit"] != 0:
-            raise BenchError(f"the profiled sync exited {m['exit']}; log {log}:\n{tail(log)}")
+        m, _ = self._measured("profile", [self.python, "-m", "cProfile", "-o", str(out), str(self.bin / "nsscache"),
+                                          "-c", str(self.conf), "update", "--full"], self.env, self.node)
         text = io.StringIO()
         stats = pstats.Stats(str(out), stream=text)
         stats.strip_dirs()

@@ -23,7 +23,6 @@ The operator's commands (cli.py) take the same steps: ``slurm-sync`` calls
 from __future__ import annotations
 
 import atexit
-import gc
 import logging
 import time
 from collections import Counter
@@ -222,13 +221,8 @@ def decide(config: config_mod.Config, snap: snapshot.Snapshot) -> policy.Directo
     """policy.decide, with the cyclic garbage collector paused: policy builds
     tens of thousands of small objects and no reference cycles, so the
     collector would only keep walking the snapshot (as while listing, scim.py)."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with scim.COLLECTOR_PAUSED:
         return policy.decide(snap, config)
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def shrink_problem(config: config_mod.Config, decided: policy.Directory) -> Optional[GuardError]:

@@ -45,6 +45,7 @@ __all__ = [
     "new_session",
     "Listing",
     "list_resources",
+    "COLLECTOR_PAUSED",
     "fetch_page",
     "fetch_document",
     "Clock",
@@ -292,7 +293,7 @@ def list_resources(
     walk = _walk_cursor if server.pagination == "cursor" else _walk_index
     # Decoded pages hold no reference cycles: while they stream through, the
     # cyclic collector would only keep walking millions of fresh objects.
-    with _COLLECTOR_PAUSE:
+    with COLLECTOR_PAUSED:
         try:
             return walk(fetcher, _Collector(listing))
         except StaleCursorError:
@@ -304,7 +305,7 @@ def list_resources(
 
 
 class _CollectorPause:
-    """The cyclic garbage collector off while any listing runs, in any thread (member
+    """The cyclic garbage collector off while any user of it runs, in any thread (member
     batches are listed two at a time), and back as it was when the last one ends."""
 
     def __init__(self) -> None:
@@ -326,7 +327,8 @@ class _CollectorPause:
                 gc.enable()
 
 
-_COLLECTOR_PAUSE = _CollectorPause()
+# Listings, and policy deciding a run (run.decide): both build many small objects and no cycles.
+COLLECTOR_PAUSED = _CollectorPause()
 
 
 def fetch_page(
